@@ -1,0 +1,411 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Errors returned by Store.Write. Check them with errors.Is.
+var (
+	// ErrFenced means the writer no longer holds the lock: another replica
+	// leads now, or the lock expired while the writer was paused.
+	ErrFenced = errors.New("cache: fenced: writer does not hold the lock")
+	// ErrStale means Redis already holds a token that expires at the same
+	// time or later than the one offered.
+	ErrStale = errors.New("cache: stale: stored token expires later")
+	// ErrInvalid means the token offered cannot be stored at all.
+	ErrInvalid = errors.New("cache: invalid token")
+)
+
+// Keys names the Redis keys of one token. All carry the same hash tag so a
+// script touches one slot in Redis Cluster.
+type Keys struct {
+	Token  string // hash holding the token
+	Lock   string // leader lock (github.com/bsm/redislock)
+	Events string // pub/sub channel
+}
+
+// KeysFor returns the keys of the token called name:
+// tokenkeeper:{name}:token, tokenkeeper:{name}:lock, tokenkeeper:{name}:events.
+func KeysFor(name string) Keys {
+	p := "tokenkeeper:{" + name + "}:"
+	return Keys{Token: p + "token", Lock: p + "lock", Events: p + "events"}
+}
+
+// RedisClient is what the store needs of a go-redis client
+// (*redis.Client, *redis.ClusterClient and *redis.Ring all fit).
+type RedisClient interface {
+	redis.Scripter
+	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
+	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
+}
+
+// Config tunes a Store. The zero value works, with the defaults below.
+type Config struct {
+	// Keys names the Redis keys. Default: KeysFor("liveness").
+	Keys Keys
+	// ServeMargin is how long before its deadline a token stops being
+	// served. Default: 1 minute.
+	ServeMargin time.Duration
+	// PollInterval is how often Run reads Redis to catch up on missed
+	// events. Default: 2 seconds.
+	PollInterval time.Duration
+	// Instance names this replica in the events it publishes.
+	Instance string
+	// Now is the clock. Default: time.Now (whose monotonic reading makes
+	// deadlines immune to wall-clock changes).
+	Now func() time.Time
+	// Logger receives the store's logs. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Message is a control message on the events channel.
+type Message struct {
+	// Type is one of the Msg* constants.
+	Type string `json:"type"`
+	// From is the instance that published it.
+	From string `json:"from,omitempty"`
+	// ID correlates a refresh request with its result.
+	ID string `json:"id,omitempty"`
+	// Fingerprint of the token concerned, never the token.
+	Fingerprint string `json:"fp,omitempty"`
+	// Error is set on a failed refresh result.
+	Error string `json:"error,omitempty"`
+}
+
+// Message types.
+const (
+	MsgToken     = "token"     // a new token was stored (published by the write script)
+	MsgRefresh   = "refresh"   // a replica asks the leader for a new token now
+	MsgRefreshed = "refreshed" // the leader answers a refresh request
+	MsgReleased  = "released"  // the leader released the lock on shutdown
+)
+
+// Store is one replica's view of the shared token. Create it with New and
+// keep it current with Run. All methods are safe for concurrent use.
+type Store struct {
+	rdb RedisClient
+	cfg Config
+	log *slog.Logger
+
+	cur     atomic.Pointer[Token]
+	inRedis atomic.Bool
+	loads   atomic.Uint64
+
+	mu   sync.Mutex
+	subs map[chan Message]struct{}
+}
+
+// New returns a Store over rdb. It does not contact Redis.
+func New(rdb RedisClient, cfg Config) (*Store, error) {
+	if rdb == nil {
+		return nil, errors.New("cache: nil Redis client")
+	}
+	if cfg.Keys == (Keys{}) {
+		cfg.Keys = KeysFor("liveness")
+	}
+	if cfg.Keys.Token == "" || cfg.Keys.Lock == "" || cfg.Keys.Events == "" {
+		return nil, errors.New("cache: every key must be named")
+	}
+	if cfg.ServeMargin == 0 {
+		cfg.ServeMargin = time.Minute
+	}
+	if cfg.ServeMargin < 0 {
+		return nil, fmt.Errorf("cache: serve margin %v is negative", cfg.ServeMargin)
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 2 * time.Second
+	}
+	if cfg.PollInterval < 10*time.Millisecond {
+		return nil, fmt.Errorf("cache: poll interval %v is shorter than 10ms", cfg.PollInterval)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[chan Message]struct{})}, nil
+}
+
+// Keys returns the Redis keys the store uses.
+func (s *Store) Keys() Keys { return s.cfg.Keys }
+
+// ServeMargin returns the configured serve margin.
+func (s *Store) ServeMargin() time.Duration { return s.cfg.ServeMargin }
+
+// Current returns the token if it may be served now: held, and more than
+// the serve margin away from its deadline. It never touches Redis.
+func (s *Store) Current() (Token, bool) {
+	t := s.cur.Load()
+	if t == nil || !t.ServableAt(s.cfg.Now(), s.cfg.ServeMargin) {
+		return Token{}, false
+	}
+	return *t, true
+}
+
+// Held returns the token in memory, servable or not, as long as it has
+// not expired.
+func (s *Store) Held() (Token, bool) {
+	t := s.cur.Load()
+	if t == nil || t.Remaining(s.cfg.Now()) <= 0 {
+		return Token{}, false
+	}
+	return *t, true
+}
+
+// InRedis reports whether the last read of Redis found a token there.
+func (s *Store) InRedis() bool { return s.inRedis.Load() }
+
+// Loads returns how many times the store has read Redis (for metrics and
+// tests).
+func (s *Store) Loads() uint64 { return s.loads.Load() }
+
+// readScript returns the token, its remaining milliseconds, its age in
+// milliseconds and its writer, read in one step so the remaining time
+// belongs to the token read.
+var readScript = redis.NewScript(`
+local f = redis.call('HMGET', KEYS[1], 'v', 'at', 'w')
+if not f[1] then return false end
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl <= 0 then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local age = 0
+if f[2] then age = now - tonumber(f[2]) end
+return {f[1], pttl, age, f[3] or ''}
+`)
+
+// writeScript stores a token under the fence. KEYS: token, lock.
+// ARGV: lock value, token, ttl ms, age ms, writer, channel, event.
+// Returns {1, expiry ms} when stored, {0} when fenced, {-1} when stale.
+var writeScript = redis.NewScript(`
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local exp = now + tonumber(ARGV[3])
+local cur = redis.call('HGET', KEYS[1], 'exp')
+if cur and tonumber(cur) >= exp then return {-1} end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'exp', exp, 'at', now - tonumber(ARGV[4]), 'w', ARGV[5])
+redis.call('PEXPIREAT', KEYS[1], exp)
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return {1, exp}
+`)
+
+// Load reads the token from Redis and adopts it when it differs from the
+// copy in memory. It reports whether Redis held a token. When Redis holds
+// none, or cannot be reached, the copy in memory is kept.
+func (s *Store) Load(ctx context.Context) (bool, error) {
+	s.loads.Add(1)
+	sent := s.cfg.Now()
+	res, err := readScript.Run(ctx, s.rdb, []string{s.cfg.Keys.Token}).Slice()
+	if errors.Is(err, redis.Nil) {
+		s.inRedis.Store(false)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("cache: read token: %w", err)
+	}
+	if len(res) != 4 {
+		return false, fmt.Errorf("cache: read token: unexpected answer of %d fields", len(res))
+	}
+	value, _ := res[0].(string)
+	pttl, _ := res[1].(int64)
+	age, _ := res[2].(int64)
+	writer, _ := res[3].(string)
+	if value == "" || pttl <= 0 {
+		s.inRedis.Store(false)
+		return false, nil
+	}
+	s.inRedis.Store(true)
+	s.adopt(Token{
+		Value:     value,
+		Deadline:  sent.Add(time.Duration(pttl) * time.Millisecond),
+		FetchedAt: sent.Add(-time.Duration(age) * time.Millisecond),
+		Writer:    writer,
+	})
+	return true, nil
+}
+
+// adopt installs t as the copy in memory. The same token seen again keeps
+// the earlier of the two deadlines, so repeated reads never stretch it.
+func (s *Store) adopt(t Token) {
+	for {
+		old := s.cur.Load()
+		if old != nil && old.Value == t.Value && !t.Deadline.Before(old.Deadline) {
+			return
+		}
+		if s.cur.CompareAndSwap(old, &t) {
+			if old == nil || old.Value != t.Value {
+				s.log.Info("token adopted", "fingerprint", t.Fingerprint(),
+					"expires_in", t.Remaining(s.cfg.Now()).Round(time.Second), "writer", t.Writer)
+			}
+			return
+		}
+	}
+}
+
+// Write is a token offered for storage.
+type Write struct {
+	// LockValue is the full value of the writer's lock key (redislock's
+	// token followed by its metadata).
+	LockValue string
+	// Value is the token.
+	Value string
+	// Deadline is when the token expires on the writer's local clock.
+	Deadline time.Time
+	// FetchedAt is when the writer received it from the upstream.
+	FetchedAt time.Time
+}
+
+// Write stores w in Redis if the writer still holds the lock and w expires
+// later than the stored token, then adopts it locally and publishes a
+// change event, all in one step. It returns ErrFenced or ErrStale when
+// refused, and wraps Redis errors otherwise.
+func (s *Store) Write(ctx context.Context, w Write) (Token, error) {
+	now := s.cfg.Now()
+	ttl := w.Deadline.Sub(now)
+	if w.Value == "" {
+		return Token{}, fmt.Errorf("%w: empty", ErrInvalid)
+	}
+	if ttl <= s.cfg.ServeMargin {
+		return Token{}, fmt.Errorf("%w: %v left, not more than the serve margin %v",
+			ErrInvalid, ttl.Round(time.Millisecond), s.cfg.ServeMargin)
+	}
+	age := now.Sub(w.FetchedAt)
+	if w.FetchedAt.IsZero() || age < 0 {
+		age = 0
+	}
+	t := Token{Value: w.Value, Deadline: w.Deadline, FetchedAt: now.Add(-age), Writer: s.cfg.Instance}
+	event, err := json.Marshal(Message{Type: MsgToken, From: s.cfg.Instance, Fingerprint: t.Fingerprint()})
+	if err != nil {
+		return Token{}, fmt.Errorf("cache: encode event: %w", err)
+	}
+	res, err := writeScript.Run(ctx, s.rdb, []string{s.cfg.Keys.Token, s.cfg.Keys.Lock},
+		w.LockValue, w.Value, ttl.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
+		s.cfg.Keys.Events, string(event)).Slice()
+	if err != nil {
+		return Token{}, fmt.Errorf("cache: write token: %w", err)
+	}
+	code, _ := res[0].(int64)
+	switch code {
+	case 1:
+		s.inRedis.Store(true)
+		s.adopt(t)
+		return t, nil
+	case 0:
+		return Token{}, ErrFenced
+	case -1:
+		return Token{}, ErrStale
+	default:
+		return Token{}, fmt.Errorf("cache: write token: unexpected answer %v", res)
+	}
+}
+
+// Publish sends a control message to every replica, this one included.
+func (s *Store) Publish(ctx context.Context, m Message) error {
+	if m.From == "" {
+		m.From = s.cfg.Instance
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("cache: encode message: %w", err)
+	}
+	if err := s.rdb.Publish(ctx, s.cfg.Keys.Events, b).Err(); err != nil {
+		return fmt.Errorf("cache: publish: %w", err)
+	}
+	return nil
+}
+
+// Subscribe returns a channel of the control messages Run receives, and a
+// function that ends the subscription. Messages are dropped for a
+// subscriber that does not keep up (its buffer holds 16).
+func (s *Store) Subscribe() (<-chan Message, func()) {
+	ch := make(chan Message, 16)
+	s.mu.Lock()
+	s.subs[ch] = struct{}{}
+	s.mu.Unlock()
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			s.mu.Lock()
+			delete(s.subs, ch)
+			s.mu.Unlock()
+		})
+	}
+}
+
+func (s *Store) broadcast(m Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ch := range s.subs {
+		select {
+		case ch <- m:
+		default:
+		}
+	}
+}
+
+// Run keeps the copy in memory current until ctx ends: it follows change
+// events on the events channel, and reads Redis every PollInterval and
+// after each (re)subscription. Redis being unreachable is logged, not
+// returned: the copy in memory is kept. Run returns ctx's error.
+func (s *Store) Run(ctx context.Context) error {
+	ps := s.rdb.Subscribe(ctx, s.cfg.Keys.Events)
+	defer ps.Close()
+	msgs := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
+
+	poll := time.NewTicker(s.cfg.PollInterval)
+	defer poll.Stop()
+
+	s.loadLogged(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-poll.C:
+			s.loadLogged(ctx)
+		case m, ok := <-msgs:
+			if !ok {
+				return ctx.Err()
+			}
+			switch m := m.(type) {
+			case *redis.Subscription:
+				// (Re)subscribed: events may have been missed meanwhile.
+				if m.Kind == "subscribe" {
+					s.log.Debug("subscribed to events", "channel", m.Channel)
+					s.loadLogged(ctx)
+				}
+			case *redis.Message:
+				s.handle(ctx, m.Payload)
+			}
+		}
+	}
+}
+
+func (s *Store) handle(ctx context.Context, payload string) {
+	var m Message
+	if err := json.Unmarshal([]byte(payload), &m); err != nil {
+		s.log.Warn("ignoring malformed event", "error", err, "bytes", len(payload))
+		return
+	}
+	if m.Type == MsgToken {
+		s.loadLogged(ctx)
+	}
+	s.broadcast(m)
+}
+
+func (s *Store) loadLogged(ctx context.Context) {
+	if _, err := s.Load(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn("reading token from Redis failed; serving the copy in memory", "error", err)
+	}
+}

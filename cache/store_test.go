@@ -1,0 +1,387 @@
+package cache_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// clock is a hand-moved clock for tests.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+type fixture struct {
+	srv  *redistest.Server
+	rdb  *redis.Client
+	keys cache.Keys
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	srv := redistest.New(t)
+	return &fixture{srv: srv, rdb: srv.Client(t), keys: cache.KeysFor(redistest.Name(t))}
+}
+
+func (f *fixture) store(t *testing.T, cfg cache.Config) *cache.Store {
+	t.Helper()
+	if cfg.Keys == (cache.Keys{}) {
+		cfg.Keys = f.keys
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = quiet
+	}
+	s, err := cache.New(f.srv.Client(t), cfg)
+	if err != nil {
+		t.Fatalf("cache.New: %v", err)
+	}
+	return s
+}
+
+// lock makes value the holder of the lock, as redislock would.
+func (f *fixture) lock(t *testing.T, value string) {
+	t.Helper()
+	if err := f.rdb.Set(context.Background(), f.keys.Lock, value, time.Minute).Err(); err != nil {
+		t.Fatalf("set lock: %v", err)
+	}
+}
+
+func run(t *testing.T, s *cache.Store) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	tests := []struct {
+		name string
+		cfg  cache.Config
+	}{
+		{"negative margin", cache.Config{ServeMargin: -time.Second}},
+		{"tiny poll", cache.Config{PollInterval: time.Millisecond}},
+		{"half keys", cache.Config{Keys: cache.Keys{Token: "a"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := cache.New(rdb, tt.cfg); err == nil {
+				t.Fatal("got nil error, want one")
+			}
+		})
+	}
+	if _, err := cache.New(nil, cache.Config{}); err == nil {
+		t.Fatal("nil client: got nil error, want one")
+	}
+	if _, err := cache.New(rdb, cache.Config{}); err != nil {
+		t.Fatalf("zero config: %v", err)
+	}
+}
+
+func TestKeysCarryOneHashTag(t *testing.T) {
+	k := cache.KeysFor("liveness")
+	want := cache.Keys{
+		Token:  "tokenkeeper:{liveness}:token",
+		Lock:   "tokenkeeper:{liveness}:lock",
+		Events: "tokenkeeper:{liveness}:events",
+	}
+	if k != want {
+		t.Fatalf("got %+v, want %+v", k, want)
+	}
+}
+
+func TestWriteIsFencedAndOrdered(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	s := f.store(t, cache.Config{ServeMargin: time.Second})
+	f.lock(t, "holder-a")
+	now := time.Now()
+
+	if _, err := s.Write(ctx, cache.Write{LockValue: "holder-a", Value: "tok-1", Deadline: now.Add(10 * time.Minute)}); err != nil {
+		t.Fatalf("first write: %v", err)
+	}
+
+	tests := []struct {
+		name string
+		w    cache.Write
+		want error
+	}{
+		{"lost lock", cache.Write{LockValue: "holder-b", Value: "tok-2", Deadline: now.Add(20 * time.Minute)}, cache.ErrFenced},
+		{"no lock value", cache.Write{Value: "tok-2", Deadline: now.Add(20 * time.Minute)}, cache.ErrFenced},
+		{"expires earlier", cache.Write{LockValue: "holder-a", Value: "tok-2", Deadline: now.Add(5 * time.Minute)}, cache.ErrStale},
+		{"empty", cache.Write{LockValue: "holder-a", Deadline: now.Add(20 * time.Minute)}, cache.ErrInvalid},
+		{"within margin", cache.Write{LockValue: "holder-a", Value: "tok-2", Deadline: now.Add(time.Second)}, cache.ErrInvalid},
+		{"expired", cache.Write{LockValue: "holder-a", Value: "tok-2", Deadline: now.Add(-time.Second)}, cache.ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := s.Write(ctx, tt.w)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+			reader := f.store(t, cache.Config{ServeMargin: time.Second})
+			if _, err := reader.Load(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got, ok := reader.Current()
+			if !ok || got.Value != "tok-1" {
+				t.Fatalf("stored token changed: got %q, %v; want tok-1", got.Value, ok)
+			}
+		})
+	}
+
+	if _, err := s.Write(ctx, cache.Write{LockValue: "holder-a", Value: "tok-3", Deadline: now.Add(30 * time.Minute)}); err != nil {
+		t.Fatalf("later write: %v", err)
+	}
+	if got, _ := s.Current(); got.Value != "tok-3" {
+		t.Fatalf("writer's copy: got %q, want tok-3", got.Value)
+	}
+}
+
+func TestWriteSetsExpiryInRedis(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	s := f.store(t, cache.Config{ServeMargin: time.Second})
+	f.lock(t, "holder")
+	if _, err := s.Write(ctx, cache.Write{LockValue: "holder", Value: "tok", Deadline: time.Now().Add(90 * time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	ttl, err := f.rdb.PTTL(ctx, f.keys.Token).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl <= 80*time.Second || ttl > 90*time.Second {
+		t.Fatalf("PTTL: got %v, want about 90s", ttl)
+	}
+}
+
+func TestDeadlineFollowsRedisNotWallClock(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	writer := f.store(t, cache.Config{ServeMargin: time.Second})
+	f.lock(t, "holder")
+	if _, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "tok", Deadline: time.Now().Add(10 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, skew := range []time.Duration{-3 * time.Hour, 0, 3 * time.Hour} {
+		t.Run(skew.String(), func(t *testing.T) {
+			clk := newClock()
+			clk.t = time.Now().Add(skew)
+			r := f.store(t, cache.Config{ServeMargin: time.Minute, Now: clk.Now})
+			if _, err := r.Load(ctx); err != nil {
+				t.Fatal(err)
+			}
+			tok, ok := r.Current()
+			if !ok {
+				t.Fatal("got no servable token right after load")
+			}
+			if got := tok.Remaining(clk.Now()); got < 9*time.Minute || got > 10*time.Minute {
+				t.Fatalf("remaining: got %v, want about 10m whatever the skew", got)
+			}
+			clk.Add(9*time.Minute - time.Second)
+			if _, ok := r.Current(); !ok {
+				t.Fatal("stopped serving more than the margin before the deadline")
+			}
+			clk.Add(2 * time.Second)
+			if _, ok := r.Current(); ok {
+				t.Fatal("still serving within the serve margin of the deadline")
+			}
+			if _, ok := r.Held(); !ok {
+				t.Fatal("Held: dropped a token that has not expired")
+			}
+			clk.Add(time.Minute)
+			if _, ok := r.Held(); ok {
+				t.Fatal("Held: kept a token past its deadline")
+			}
+		})
+	}
+}
+
+func TestReloadNeverStretchesDeadline(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	s := f.store(t, cache.Config{ServeMargin: time.Second})
+	f.lock(t, "holder")
+	tok, err := s.Write(ctx, cache.Write{LockValue: "holder", Value: "tok", Deadline: time.Now().Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := s.Load(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := s.Held()
+	if got.Deadline.After(tok.Deadline) {
+		t.Fatalf("deadline moved later: got %v, want at most %v", got.Deadline, tok.Deadline)
+	}
+}
+
+func TestReplicasFollowWrites(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	writer := f.store(t, cache.Config{ServeMargin: time.Second, Instance: "w"})
+	var readers []*cache.Store
+	for range 5 {
+		r := f.store(t, cache.Config{ServeMargin: time.Second, PollInterval: time.Hour})
+		run(t, r)
+		readers = append(readers, r)
+	}
+	// Wait for the subscriptions: the first load of Run happens after it.
+	for _, r := range readers {
+		eventually(t, 5*time.Second, "reader subscribed", func() bool { return r.Loads() > 0 })
+	}
+	f.lock(t, "holder")
+	var worst time.Duration
+	for i, v := range []string{"tok-1", "tok-2", "tok-3"} {
+		if _, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: v, Deadline: time.Now().Add(time.Duration(i+1) * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range readers {
+			d := eventually(t, time.Second, "reader follows "+v, func() bool {
+				got, ok := r.Current()
+				return ok && got.Value == v
+			})
+			worst = max(worst, d)
+		}
+	}
+	if worst > 100*time.Millisecond {
+		t.Errorf("slowest reader took %v, want within 100ms", worst)
+	}
+	t.Logf("slowest reader followed a write in %v", worst)
+}
+
+func TestPollCatchesUpMissedEvents(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	// The writer publishes on another channel, so the reader misses the event.
+	silent := f.keys
+	silent.Events += ":elsewhere"
+	writer := f.store(t, cache.Config{Keys: silent, ServeMargin: time.Second})
+	reader := f.store(t, cache.Config{ServeMargin: time.Second, PollInterval: 50 * time.Millisecond})
+	run(t, reader)
+	f.lock(t, "holder")
+	if _, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "quiet", Deadline: time.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "reader catches up by polling", func() bool {
+		got, ok := reader.Current()
+		return ok && got.Value == "quiet"
+	})
+}
+
+func TestKeepsServingWhenRedisLosesDataOrDies(t *testing.T) {
+	srv := redistest.NewMini(t)
+	keys := cache.KeysFor("liveness")
+	ctx := context.Background()
+	s, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Mini.Set(keys.Lock, "holder")
+	if _, err := s.Write(ctx, cache.Write{LockValue: "holder", Value: "tok", Deadline: time.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Mini.FlushAll()
+	inRedis, err := s.Load(ctx)
+	if err != nil || inRedis {
+		t.Fatalf("after FLUSHALL: got inRedis=%v err=%v, want false, nil", inRedis, err)
+	}
+	if got, ok := s.Current(); !ok || got.Value != "tok" {
+		t.Fatalf("after FLUSHALL: got %q, %v; want the held token", got.Value, ok)
+	}
+
+	srv.Mini.Close()
+	if _, err := s.Load(ctx); err == nil {
+		t.Fatal("Load with Redis down: got nil error")
+	}
+	if got, ok := s.Current(); !ok || got.Value != "tok" {
+		t.Fatalf("with Redis down: got %q, %v; want the held token", got.Value, ok)
+	}
+}
+
+func TestControlMessagesReachSubscribers(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	a := f.store(t, cache.Config{Instance: "a"})
+	b := f.store(t, cache.Config{Instance: "b"})
+	run(t, b)
+	eventually(t, 5*time.Second, "b subscribed", func() bool { return b.Loads() > 0 })
+	msgs, stop := b.Subscribe()
+	defer stop()
+
+	// A malformed payload is ignored, not fatal.
+	if err := f.rdb.Publish(ctx, f.keys.Events, "{not json").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Publish(ctx, cache.Message{Type: cache.MsgRefresh, ID: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-msgs:
+		want := cache.Message{Type: cache.MsgRefresh, ID: "r1", From: "a"}
+		if m != want {
+			t.Fatalf("got %+v, want %+v", m, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no message within 5s")
+	}
+}
+
+func TestFingerprintHidesTheToken(t *testing.T) {
+	fp := cache.Fingerprint("secret-token-value")
+	if fp == "" || fp == "secret-token-value" || len(fp) != len("sha256:")+12 {
+		t.Fatalf("got %q, want sha256: and 12 hex digits", fp)
+	}
+	if cache.Fingerprint("") != "" {
+		t.Fatal("fingerprint of nothing should be empty")
+	}
+}

@@ -1,0 +1,76 @@
+package upstream
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Token is a liveness token as the upstream answered it.
+type Token struct {
+	// Value is the credential. Never log it.
+	Value string
+	// Lifetime is how long the token is valid, counted from Received. It is
+	// taken from the answer (expiresIn/expires_in, or expiresAt/expires_at
+	// minus the local wall clock), or the configured default when the answer
+	// names none.
+	Lifetime time.Duration
+	// Received is when the answer arrived, on the local clock.
+	Received time.Time
+}
+
+// Error is an upstream failure, classified for the caller's retry policy.
+type Error struct {
+	// Op names the call that failed: "auth" or "liveness".
+	Op string
+	// Status is the HTTP status, or 0 when no answer came.
+	Status int
+	// Code is the upstream's error code when it gave one (for example
+	// "invalid_grant"); never a credential or token.
+	Code string
+	// Retryable reports whether the same call may succeed later
+	// (network errors, timeouts, 429, 5xx, malformed answers).
+	Retryable bool
+	// RetryAfter is the delay the upstream asked for (Retry-After), or 0.
+	RetryAfter time.Duration
+	// Err is the underlying cause.
+	Err error
+}
+
+func (e *Error) Error() string {
+	msg := "upstream: " + e.Op
+	if e.Status != 0 {
+		msg += ": status " + strconv.Itoa(e.Status)
+	}
+	if e.Code != "" {
+		msg += ": " + e.Code
+	}
+	if e.Err != nil {
+		// The package's sentinels carry the "upstream: " prefix already.
+		msg += ": " + strings.TrimPrefix(e.Err.Error(), "upstream: ")
+	}
+	return msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// IsRetryable reports whether err is worth retrying: an *Error marked
+// retryable, or any error that is not an *Error (unknown failures are
+// retried with backoff).
+func IsRetryable(err error) bool {
+	var ue *Error
+	if errors.As(err, &ue) {
+		return ue.Retryable
+	}
+	return err != nil
+}
+
+// RetryAfter returns the delay the upstream asked for in err, or 0.
+func RetryAfter(err error) time.Duration {
+	var ue *Error
+	if errors.As(err, &ue) {
+		return ue.RetryAfter
+	}
+	return 0
+}
