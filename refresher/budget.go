@@ -1,0 +1,72 @@
+package refresher
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// ErrAuthBudget means the fleet has used up its upstream logins for the
+// current minute.
+var ErrAuthBudget = errors.New("refresher: fleet-wide auth budget exhausted")
+
+// AuthBudget limits upstream authentication calls across the whole fleet
+// with a one-minute sliding window kept in Redis, on Redis's clock.
+type AuthBudget struct {
+	rdb    redis.Scripter
+	key    string
+	limit  int
+	window time.Duration
+}
+
+// NewAuthBudget returns a budget of perMinute calls shared by every replica
+// that uses the same key. The key should carry the token's hash tag, for
+// example "tokenkeeper:{liveness}:auth".
+func NewAuthBudget(rdb redis.Scripter, key string, perMinute int) (*AuthBudget, error) {
+	if perMinute < 1 {
+		return nil, fmt.Errorf("refresher: auth calls per minute must be at least 1, got %d", perMinute)
+	}
+	if rdb == nil || key == "" {
+		return nil, errors.New("refresher: auth budget needs a Redis client and a key")
+	}
+	return &AuthBudget{rdb: rdb, key: key, limit: perMinute, window: time.Minute}, nil
+}
+
+var budgetScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + window - now
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], window)
+return 0
+`)
+
+// Take uses one call of the budget. When none is left it returns a
+// retryable *upstream.Error wrapping ErrAuthBudget whose RetryAfter says
+// when one frees up. When Redis cannot be reached it fails closed, with a
+// retryable error.
+func (b *AuthBudget) Take(ctx context.Context) error {
+	var id [8]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return err
+	}
+	wait, err := budgetScript.Run(ctx, b.rdb, []string{b.key}, b.limit, b.window.Milliseconds(), hex.EncodeToString(id[:])).Int64()
+	if err != nil {
+		return &upstream.Error{Op: "auth", Retryable: true, Err: fmt.Errorf("auth budget: %w", err)}
+	}
+	if wait > 0 {
+		return &upstream.Error{Op: "auth", Retryable: true, RetryAfter: time.Duration(wait) * time.Millisecond, Err: ErrAuthBudget}
+	}
+	return nil
+}

@@ -1,0 +1,34 @@
+// Package refresher elects one leader per fleet and has it keep the shared
+// token fresh.
+//
+// # Election
+//
+// Every replica runs a Refresher. Each tries to take a Redis lock
+// (github.com/bsm/redislock) named by cache.Keys.Lock; the one that holds it
+// leads. The leader renews the lock every RenewEvery (LockTTL/3 by
+// default). A renewal that fails or times out ends leadership at once: the
+// context of all leader-only work is cancelled before the lock could have
+// expired in Redis. A leader stopped gracefully releases the lock and
+// announces it, so another replica leads within a moment; a leader that
+// vanishes is replaced once its lock expires, within LockTTL plus
+// ElectEvery.
+//
+// The lock alone does not prevent a paused leader from writing after it
+// lost the lock: the write itself is fenced (see cache.Store.Write), and a
+// fenced write ends leadership.
+//
+// # Refresh
+//
+// The leader fetches a new token from its Source when the current one
+// enters the advisory window (RefreshBefore before expiry, a random part of
+// Jitter earlier still), immediately when no valid token exists, and on
+// request from any replica (Refresh). Failures are retried with capped
+// exponential backoff and full jitter, never sooner than a Retry-After the
+// upstream named. A token fetched but not stored (Redis unreachable) is
+// kept and written on the next attempt instead of fetching another. When
+// Redis has lost the token (restart, FLUSHALL), the leader writes back its
+// own still-valid copy instead of asking the upstream for a new one.
+//
+// AuthBudget caps upstream logins fleet-wide with a sliding window kept in
+// Redis.
+package refresher

@@ -1,0 +1,447 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+)
+
+// Defaults of Config.
+const (
+	DefaultBaseURL      = "https://api.refinitiv.com"
+	DefaultScope        = "trapi"
+	DefaultLivenessPath = "/verification/v1/liveness/token"
+	DefaultLifetime     = 60 * time.Minute
+	DefaultTimeout      = 10 * time.Second
+	DefaultMaxBodyBytes = 64 << 10
+)
+
+const (
+	authV1Path = "/auth/oauth2/v1/token"
+	authV2Path = "/auth/oauth2/v2/token"
+	// An access token is reused until this long before it expires, or a
+	// quarter of its lifetime before when that is shorter.
+	accessReuseMargin = 30 * time.Second
+)
+
+// Config configures a Client. The zero value of each field is replaced by
+// its documented default; New rejects what cannot work. Errors name a setting
+// by its environment variable (RDP_CLIENT_ID, ...).
+type Config struct {
+	// BaseURL is the RDP root, an absolute http or https URL
+	// (RDP_BASE_URL; default https://api.refinitiv.com). A path prefix is kept.
+	BaseURL string
+	// Auth selects the sign-on: "v2" (client credentials; default) or "v1"
+	// (password grant with refresh token) (RDP_AUTH).
+	Auth string
+	// ClientID is the v2 service account, or the v1 app key; required
+	// (RDP_CLIENT_ID).
+	ClientID string
+	// ClientSecret is the v2 service account's secret; required for v2,
+	// unused by v1 (RDP_CLIENT_SECRET).
+	ClientSecret string
+	// Username and Password are the v1 machine account; required for v1,
+	// unused by v2 (RDP_USERNAME, RDP_PASSWORD).
+	Username, Password string
+	// Scope is the OAuth2 scope (RDP_SCOPE; default "trapi").
+	Scope string
+	// LivenessPath is the liveness endpoint below BaseURL
+	// (RDP_LIVENESS_PATH; default /verification/v1/liveness/token).
+	LivenessPath string
+	// LivenessMethod is "POST" (default) or "GET" (RDP_LIVENESS_METHOD).
+	LivenessMethod string
+	// DefaultLifetime is the lifetime assumed when the liveness answer names
+	// no expiry (TOKENKEEPER_TOKEN_LIFETIME; default 60m; at most 24h).
+	DefaultLifetime time.Duration
+	// HTTPClient makes the calls (default: a client with a Timeout of
+	// Timeout, on a clone of http.DefaultTransport).
+	HTTPClient *http.Client
+	// Timeout bounds each HTTP call, answer body included (default 10s).
+	Timeout time.Duration
+	// MaxBodyBytes caps the answer bodies this package reads itself: the
+	// liveness answer and the v1 auth answers (default 64 KiB). The v2 auth
+	// answer is read by x/oauth2, which caps it at 1 MiB.
+	MaxBodyBytes int64
+	// Now is the clock (default time.Now). It dates answers and decides
+	// whether the access token may be reused.
+	Now func() time.Time
+	// Logger receives Debug lines for each sign-on and token, and Warn/Info
+	// lines for fallbacks, with fingerprints only (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Client obtains liveness tokens from RDP. It is safe for concurrent use;
+// calls to Token are serialized, since they share one sign-on.
+type Client struct {
+	cfg         Config
+	v1URL       string
+	livenessURL string
+	v2          *clientcredentials.Config // nil with auth v1
+	http        *http.Client
+	log         *slog.Logger
+
+	sem chan struct{} // held by the one Token call in progress; guards below
+
+	access      string
+	accessUntil time.Time // reuse access while now is before this
+	refresh     string    // v1 only
+}
+
+// New validates cfg, fills in its defaults, and returns a Client. It makes
+// no network call.
+func New(cfg Config) (*Client, error) {
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = DefaultBaseURL
+	}
+	base, err := url.Parse(cfg.BaseURL)
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" ||
+		base.RawQuery != "" || base.Fragment != "" || base.User != nil {
+		// The value is not echoed: a URL may carry credentials.
+		return nil, errors.New("upstream: RDP_BASE_URL must be an absolute http or https URL without user, query or fragment")
+	}
+	cfg.BaseURL = strings.TrimSuffix(base.String(), "/")
+
+	switch cfg.Auth {
+	case "":
+		cfg.Auth = "v2"
+	case "v1", "v2":
+	default:
+		return nil, fmt.Errorf("upstream: RDP_AUTH must be \"v1\" or \"v2\", not %q", cfg.Auth)
+	}
+	if cfg.ClientID == "" {
+		return nil, fmt.Errorf("upstream: RDP_CLIENT_ID is required for auth %s", cfg.Auth)
+	}
+	if cfg.Auth == "v2" && cfg.ClientSecret == "" {
+		return nil, errors.New("upstream: RDP_CLIENT_SECRET is required for auth v2")
+	}
+	if cfg.Auth == "v1" && cfg.Username == "" {
+		return nil, errors.New("upstream: RDP_USERNAME is required for auth v1")
+	}
+	if cfg.Auth == "v1" && cfg.Password == "" {
+		return nil, errors.New("upstream: RDP_PASSWORD is required for auth v1")
+	}
+	if cfg.Scope == "" {
+		cfg.Scope = DefaultScope
+	}
+	if cfg.LivenessPath == "" {
+		cfg.LivenessPath = DefaultLivenessPath
+	}
+	if !strings.HasPrefix(cfg.LivenessPath, "/") {
+		return nil, fmt.Errorf("upstream: RDP_LIVENESS_PATH must start with /, not %q", cfg.LivenessPath)
+	}
+	switch cfg.LivenessMethod = strings.ToUpper(cfg.LivenessMethod); cfg.LivenessMethod {
+	case "":
+		cfg.LivenessMethod = http.MethodPost
+	case http.MethodPost, http.MethodGet:
+	default:
+		return nil, fmt.Errorf("upstream: RDP_LIVENESS_METHOD must be POST or GET, not %q", cfg.LivenessMethod)
+	}
+	if cfg.DefaultLifetime == 0 {
+		cfg.DefaultLifetime = DefaultLifetime
+	}
+	if cfg.DefaultLifetime < 0 || cfg.DefaultLifetime > MaxLifetime {
+		return nil, fmt.Errorf("upstream: TOKENKEEPER_TOKEN_LIFETIME must be in (0, %v], not %v", MaxLifetime, cfg.DefaultLifetime)
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Timeout < 0 {
+		return nil, fmt.Errorf("upstream: Timeout must be positive, not %v", cfg.Timeout)
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.MaxBodyBytes < 0 {
+		return nil, fmt.Errorf("upstream: MaxBodyBytes must be positive, not %d", cfg.MaxBodyBytes)
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{
+			Timeout:   cfg.Timeout,
+			Transport: http.DefaultTransport.(*http.Transport).Clone(),
+		}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+
+	c := &Client{
+		cfg:         cfg,
+		v1URL:       cfg.BaseURL + authV1Path,
+		livenessURL: cfg.BaseURL + cfg.LivenessPath,
+		http:        cfg.HTTPClient,
+		log:         cfg.Logger.With("component", "upstream", "auth", cfg.Auth),
+		sem:         make(chan struct{}, 1),
+	}
+	if cfg.Auth == "v2" {
+		c.v2 = &clientcredentials.Config{
+			ClientID:     cfg.ClientID,
+			ClientSecret: cfg.ClientSecret,
+			TokenURL:     cfg.BaseURL + authV2Path,
+			Scopes:       []string{cfg.Scope},
+			// RDP takes the credentials as form fields; saying so spares the
+			// auto-detection's second sign-on after a refusal.
+			AuthStyle: oauth2.AuthStyleInParams,
+		}
+	}
+	return c, nil
+}
+
+// Token asks the upstream for a new liveness token; every call does (keeping
+// the liveness token is the caller's job). It signs on first unless it holds an
+// access token that is still valid with a margin (30s, or a quarter of the
+// access token's lifetime when that is shorter), then calls the liveness
+// endpoint. A 401 from the liveness endpoint drops the access token; Token
+// signs on again and calls once more.
+//
+// Each HTTP call is bounded by Config.Timeout and by ctx. Token blocks while
+// another Token call is in progress.
+//
+// On failure it returns the zero Token and an *Error, never a partial token:
+//   - no answer (network error, timeout, ctx done): Retryable.
+//   - 408, 429 and 5xx, from either call: Retryable, with RetryAfter from the
+//     Retry-After header (seconds or HTTP date).
+//   - other auth refusals (400, 401, 403, e.g. invalid_client,
+//     invalid_grant): not Retryable; Code holds the OAuth2 error code. The
+//     credentials or the account need an operator.
+//   - a liveness 401 with a freshly issued access token (after the one
+//     re-authentication): not Retryable, since the upstream refuses the
+//     account itself (entitlement or gateway configuration), and repeating
+//     would spend the sign-on budget. Other liveness 4xx: not Retryable.
+//   - a 2xx answer that is not JSON, is HTML, is over MaxBodyBytes, or holds
+//     an invalid token or expiry: Retryable (Op "liveness" or "auth"; the
+//     cause wraps ErrMalformed, ErrInvalidToken or ErrInvalidExpiry).
+func (c *Client) Token(ctx context.Context) (Token, error) {
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return Token{}, &Error{Op: "liveness", Retryable: true, Err: ctx.Err()}
+	}
+	defer func() { <-c.sem }()
+
+	access, err := c.accessToken(ctx)
+	if err != nil {
+		return Token{}, err
+	}
+	tok, err := c.liveness(ctx, access)
+	if !isUnauthorized(err) {
+		return tok, err
+	}
+	c.log.Info("liveness refused the access token; signing on again",
+		"access", fingerprint(access))
+	c.access, c.accessUntil = "", time.Time{}
+	if access, err = c.accessToken(ctx); err != nil {
+		return Token{}, err
+	}
+	// A second 401 stays as statusError classed it: not retryable.
+	return c.liveness(ctx, access)
+}
+
+func isUnauthorized(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Op == "liveness" && e.Status == http.StatusUnauthorized
+}
+
+// accessToken returns the held access token while it may be reused, else
+// signs on.
+func (c *Client) accessToken(ctx context.Context) (string, error) {
+	if c.access != "" && c.cfg.Now().Before(c.accessUntil) {
+		return c.access, nil
+	}
+	if c.cfg.Auth == "v2" {
+		return c.signOnV2(ctx)
+	}
+	return c.signOnV1(ctx)
+}
+
+// keep stores an access token received at received, valid for lifetime
+// (0: unknown, use once).
+func (c *Client) keep(access string, lifetime time.Duration, received time.Time) {
+	margin := min(accessReuseMargin, lifetime/4)
+	c.access, c.accessUntil = access, received.Add(lifetime-margin)
+	c.log.Debug("signed on", "access", fingerprint(access), "expires_in", lifetime)
+}
+
+func (c *Client) signOnV2(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	t, err := c.v2.Token(context.WithValue(ctx, oauth2.HTTPClient, c.http))
+	received := c.cfg.Now()
+	if err != nil {
+		var re *oauth2.RetrieveError
+		switch {
+		case errors.As(err, &re) && re.Response != nil:
+			return "", c.statusError("auth", re.Response, re.Body)
+		case ctx.Err() != nil || isTransport(err):
+			return "", &Error{Op: "auth", Retryable: true, Err: err}
+		default:
+			// x/oauth2 could not read the 2xx answer. Its message may quote the
+			// body, so only the class is kept.
+			return "", &Error{Op: "auth", Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", ErrMalformed)}
+		}
+	}
+	if err := checkToken(t.AccessToken); err != nil {
+		return "", &Error{Op: "auth", Retryable: true, Err: fmt.Errorf("%w: access token", ErrMalformed)}
+	}
+	lifetime, err := extraSeconds(t.Extra("expires_in"))
+	if err != nil {
+		return "", &Error{Op: "auth", Retryable: true, Err: err}
+	}
+	c.keep(t.AccessToken, lifetime, received)
+	return t.AccessToken, nil
+}
+
+// extraSeconds reads expires_in as x/oauth2 keeps it (float64 from JSON,
+// int64 or string from a form body); nil gives 0.
+func extraSeconds(v any) (time.Duration, error) {
+	switch v := v.(type) {
+	case nil:
+		return 0, nil
+	case float64:
+		return parseSeconds(json.RawMessage(strconv.FormatFloat(v, 'g', -1, 64)))
+	case int64:
+		return parseSeconds(json.RawMessage(strconv.FormatInt(v, 10)))
+	case string:
+		return parseSeconds(json.RawMessage(strconv.Quote(v)))
+	}
+	return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+}
+
+// signOnV1 uses the refresh grant while a refresh token is held; a refusal
+// of it (400, 401 or 403, such as invalid_grant) drops the refresh token and
+// falls back to the password grant. A retryable failure of the refresh grant
+// is returned as is, keeping the refresh token for the next try.
+func (c *Client) signOnV1(ctx context.Context) (string, error) {
+	if c.refresh != "" {
+		access, err := c.postV1(ctx, url.Values{
+			"grant_type":    {"refresh_token"},
+			"refresh_token": {c.refresh},
+			"client_id":     {c.cfg.ClientID},
+		})
+		if err == nil || IsRetryable(err) {
+			return access, err
+		}
+		c.log.Warn("refresh token refused; signing on with the password", "error", err)
+		c.refresh = ""
+	}
+	return c.postV1(ctx, url.Values{
+		"grant_type":                 {"password"},
+		"username":                   {c.cfg.Username},
+		"password":                   {c.cfg.Password},
+		"client_id":                  {c.cfg.ClientID},
+		"scope":                      {c.cfg.Scope},
+		"takeExclusiveSignOnControl": {"true"},
+	})
+}
+
+// postV1 posts an auth v1 form and keeps the access and refresh tokens of
+// the answer.
+func (c *Client) postV1(ctx context.Context, form url.Values) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.v1URL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return "", &Error{Op: "auth", Err: err}
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", &Error{Op: "auth", Retryable: true, Err: err}
+	}
+	defer resp.Body.Close()
+	received := c.cfg.Now()
+	body, err := readBody(resp.Body, c.cfg.MaxBodyBytes)
+	if resp.StatusCode/100 != 2 {
+		return "", c.statusError("auth", resp, body)
+	}
+	if err != nil {
+		return "", &Error{Op: "auth", Status: resp.StatusCode, Retryable: true, Err: err}
+	}
+
+	var answer struct {
+		AccessToken  string          `json:"access_token"`
+		RefreshToken string          `json:"refresh_token"`
+		ExpiresIn    json.RawMessage `json:"expires_in"`
+	}
+	if err := json.Unmarshal(body, &answer); err != nil {
+		return "", &Error{Op: "auth", Status: resp.StatusCode, Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", ErrMalformed)}
+	}
+	if checkToken(answer.AccessToken) != nil {
+		return "", &Error{Op: "auth", Status: resp.StatusCode, Retryable: true, Err: fmt.Errorf("%w: access token", ErrMalformed)}
+	}
+	var lifetime time.Duration
+	if len(answer.ExpiresIn) > 0 && string(answer.ExpiresIn) != "null" {
+		if lifetime, err = parseSeconds(answer.ExpiresIn); err != nil {
+			return "", &Error{Op: "auth", Status: resp.StatusCode, Retryable: true, Err: err}
+		}
+	}
+	if answer.RefreshToken != "" {
+		c.refresh = answer.RefreshToken
+	}
+	c.keep(answer.AccessToken, lifetime, received)
+	return answer.AccessToken, nil
+}
+
+// liveness calls the liveness endpoint with the access token.
+func (c *Client) liveness(ctx context.Context, access string) (Token, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, c.cfg.LivenessMethod, c.livenessURL, nil)
+	if err != nil {
+		return Token{}, &Error{Op: "liveness", Err: err}
+	}
+	req.Header.Set("Authorization", "Bearer "+access)
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return Token{}, &Error{Op: "liveness", Retryable: true, Err: err}
+	}
+	defer resp.Body.Close()
+	received := c.cfg.Now()
+	body, err := readBody(resp.Body, c.cfg.MaxBodyBytes)
+	if resp.StatusCode/100 != 2 {
+		return Token{}, c.statusError("liveness", resp, body)
+	}
+	if err != nil {
+		return Token{}, &Error{Op: "liveness", Status: resp.StatusCode, Retryable: true, Err: err}
+	}
+	value, lifetime, err := parseLiveness(body, received, c.cfg.DefaultLifetime)
+	if err != nil {
+		return Token{}, &Error{Op: "liveness", Status: resp.StatusCode, Retryable: true, Err: err}
+	}
+	c.log.Debug("liveness token received", "token", fingerprint(value), "lifetime", lifetime)
+	return Token{Value: value, Lifetime: lifetime, Received: received}, nil
+}
+
+// statusError classifies a non-2xx answer. The body is read only for its
+// error code, which is dropped when it quotes a credential.
+func (c *Client) statusError(op string, resp *http.Response, body []byte) *Error {
+	s := resp.StatusCode
+	return &Error{
+		Op:         op,
+		Status:     s,
+		Code:       safeCode(errorCode(body, s), c.cfg.ClientSecret, c.cfg.Password, c.access, c.refresh),
+		Retryable:  s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500,
+		RetryAfter: parseRetryAfter(resp.Header, c.cfg.Now()),
+	}
+}
+
+// isTransport reports whether err came from the HTTP exchange itself rather
+// than from reading the answer.
+func isTransport(err error) bool {
+	var ue *url.Error
+	return errors.As(err, &ue)
+}

@@ -1,0 +1,24 @@
+// Package upstream obtains liveness tokens from the LSEG/Refinitiv Data
+// Platform (RDP), and provides a fake RDP server for tests, the demo and the
+// compose stack.
+//
+// A [Client] performs one OAuth2 sign-on (auth v2 client credentials, or
+// auth v1 password grant with a refresh token), keeps the access token while
+// it is valid, and calls the liveness endpoint with it. It promises:
+//
+//   - A [Token] is returned only when the answer was well formed: a non-empty
+//     token of printable ASCII no longer than 8 KiB, and a lifetime in
+//     (0, 24h]. Anything else is an error and no token.
+//   - Every failure is an [*Error], classified for the caller's retry policy
+//     ([IsRetryable], [RetryAfter]).
+//   - No error message and no log line carries a secret, a password, an
+//     access or refresh token, or a liveness token. Upstream error bodies are
+//     never copied into errors; at most the OAuth2 error code is kept.
+//
+// It does not retry on its own beyond one re-authentication after a 401 from
+// the liveness endpoint, and it does not limit how often it signs on: the
+// caller (the refresher) owns backoff and the auth rate budget.
+//
+// [Fake] speaks the same HTTP as RDP for the parts the client uses, with
+// knobs to inject failures and counters to check how often it was called.
+package upstream

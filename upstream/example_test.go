@@ -1,0 +1,35 @@
+package upstream_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net/http/httptest"
+	"strings"
+
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+func ExampleClient_Token() {
+	fake := upstream.NewFake(upstream.FakeConfig{})
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+
+	c, err := upstream.New(upstream.Config{
+		BaseURL:      srv.URL,
+		ClientID:     upstream.FakeClientID,
+		ClientSecret: upstream.FakeClientSecret,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	tok, err := c.Token(context.Background())
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(strings.HasPrefix(tok.Value, upstream.FakeLivenessPrefix), tok.Lifetime)
+	fmt.Println(fake.Stats().AuthCalls.V2, fake.Stats().LivenessOK)
+	// Output:
+	// true 1h0m0s
+	// 1 1
+}

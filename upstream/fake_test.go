@@ -1,0 +1,236 @@
+package upstream_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// do sends a request to r and decodes a JSON answer into out (when not nil).
+func (r *rdp) do(t *testing.T, method, path, contentType, body string, header http.Header, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, r.srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := r.srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v in %q", method, path, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+func TestFakeKnobsAPI(t *testing.T) {
+	r := newRDP(t, upstream.FakeConfig{}, nil)
+	const js = "application/json"
+
+	var got map[string]any
+	if st := r.do(t, "GET", "/fake/v1/knobs", "", "", nil, &got); st != 200 {
+		t.Fatalf("GET knobs status = %d, want 200", st)
+	}
+	want := map[string]any{
+		"token_lifetime": "1h0m0s", "access_token_lifetime": "10m0s", "latency": "0s",
+		"liveness_status": 0.0, "auth_status": 0.0, "retry_after": "0s",
+		"malformed": false, "html": false, "expired": false, "expires_in_string": false,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("GET knobs = %v, want %v", got, want)
+	}
+
+	got = nil
+	st := r.do(t, "PUT", "/fake/v1/knobs", js, `{"token_lifetime":"10s","liveness_status":503,"retry_after":"2s","html":true}`, nil, &got)
+	if st != 200 {
+		t.Fatalf("PUT knobs status = %d, want 200", st)
+	}
+	want["token_lifetime"], want["liveness_status"], want["retry_after"], want["html"] = "10s", 503.0, "2s", true
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("PUT knobs answer = %v, want %v", got, want)
+	}
+	wantKnobs := upstream.FakeKnobs{
+		TokenLifetime: 10 * time.Second, AccessTokenLifetime: 10 * time.Minute,
+		LivenessStatus: 503, RetryAfter: 2 * time.Second, HTML: true,
+	}
+	if got := r.fake.Knobs(); got != wantKnobs {
+		t.Errorf("Knobs() = %+v, want %+v", got, wantKnobs)
+	}
+
+	bad := []struct{ name, body string }{
+		{"unparsable duration", `{"latency":"soon"}`},
+		{"negative duration", `{"latency":"-1s"}`},
+		{"not a status", `{"auth_status":42}`},
+		{"unknown field", `{"latencyy":"1s"}`},
+		{"not JSON", `latency=1s`},
+	}
+	for _, b := range bad {
+		var e struct {
+			Error struct{ Code, Message string } `json:"error"`
+		}
+		if st := r.do(t, "PUT", "/fake/v1/knobs", js, b.body, nil, &e); st != 400 || e.Error.Message == "" {
+			t.Errorf("%s: PUT status, message = %d, %q; want 400 and a message", b.name, st, e.Error.Message)
+		}
+	}
+	if got := r.fake.Knobs(); got != wantKnobs {
+		t.Errorf("Knobs() after bad PUTs = %+v, want %+v", got, wantKnobs)
+	}
+}
+
+func TestFakeStatsAPI(t *testing.T) {
+	r := newRDP(t, upstream.FakeConfig{}, nil)
+	c := r.client(t, upstream.Config{})
+	tok, err := c.Token(context.Background())
+	if err != nil {
+		t.Fatalf("Token: %v", err)
+	}
+	r.fake.Set(upstream.FakeKnobs{LivenessStatus: 500})
+	if _, err := c.Token(context.Background()); err == nil {
+		t.Fatalf("Token with LivenessStatus 500 succeeded")
+	}
+
+	type stats struct {
+		AuthCalls     map[string]int `json:"auth_calls"`
+		LivenessCalls int            `json:"liveness_calls"`
+		LivenessOK    int            `json:"liveness_ok"`
+		Calls         []struct {
+			At     string `json:"at"`
+			Op     string `json:"op"`
+			Status int    `json:"status"`
+		} `json:"calls"`
+		Tokens []struct {
+			Token     string `json:"token"`
+			IssuedAt  string `json:"issued_at"`
+			ExpiresAt string `json:"expires_at"`
+		} `json:"tokens"`
+	}
+	var s stats
+	if st := r.do(t, "GET", "/fake/v1/stats", "", "", nil, &s); st != 200 {
+		t.Fatalf("GET stats status = %d, want 200", st)
+	}
+	if got, want := s.AuthCalls, map[string]int{"v1_password": 0, "v1_refresh": 0, "v2": 1}; !reflect.DeepEqual(got, want) {
+		t.Errorf("auth_calls = %v, want %v", got, want)
+	}
+	if s.LivenessCalls != 2 || s.LivenessOK != 1 {
+		t.Errorf("liveness_calls, liveness_ok = %d, %d; want 2, 1", s.LivenessCalls, s.LivenessOK)
+	}
+	if len(s.Calls) != 2 || s.Calls[0].Op != "liveness" || s.Calls[0].Status != 200 || s.Calls[1].Status != 500 {
+		t.Errorf("calls = %+v, want liveness 200 then 500", s.Calls)
+	} else if at, err := time.Parse(time.RFC3339Nano, s.Calls[0].At); err != nil || !at.Equal(t0) {
+		t.Errorf("calls[0].at = %q, want %v", s.Calls[0].At, t0)
+	}
+	if len(s.Tokens) != 1 || s.Tokens[0].Token != tok.Value {
+		t.Fatalf("tokens = %+v, want the one issued", s.Tokens)
+	}
+	issued, err1 := time.Parse(time.RFC3339Nano, s.Tokens[0].IssuedAt)
+	expires, err2 := time.Parse(time.RFC3339Nano, s.Tokens[0].ExpiresAt)
+	if err1 != nil || err2 != nil || !issued.Equal(t0) || expires.Sub(issued) != time.Hour {
+		t.Errorf("issued_at, expires_at = %q, %q; want %v and an hour later", s.Tokens[0].IssuedAt, s.Tokens[0].ExpiresAt, t0)
+	}
+
+	if st := r.do(t, "POST", "/fake/v1/reset", "", "", nil, nil); st != http.StatusNoContent {
+		t.Fatalf("POST reset status = %d, want 204", st)
+	}
+	var raw map[string]any
+	r.do(t, "GET", "/fake/v1/stats", "", "", nil, &raw)
+	want := map[string]any{
+		"auth_calls":     map[string]any{"v1_password": 0.0, "v1_refresh": 0.0, "v2": 0.0},
+		"liveness_calls": 0.0, "liveness_ok": 0.0, "calls": []any{}, "tokens": []any{},
+	}
+	if !reflect.DeepEqual(raw, want) {
+		t.Errorf("stats after reset = %v, want %v", raw, want)
+	}
+	if got := r.fake.Knobs().LivenessStatus; got != 500 {
+		t.Errorf("LivenessStatus after reset = %d, want 500 (reset keeps knobs)", got)
+	}
+}
+
+// TestFakeProtocol checks the Fake's answers on the wire.
+func TestFakeProtocol(t *testing.T) {
+	const form = "application/x-www-form-urlencoded"
+	r := newRDP(t, upstream.FakeConfig{}, nil)
+	v1 := url.Values{
+		"grant_type": {"password"}, "username": {upstream.FakeUsername}, "password": {upstream.FakePassword},
+		"client_id": {upstream.FakeClientID}, "scope": {"trapi"}, "takeExclusiveSignOnControl": {"true"},
+	}
+	without := func(v url.Values, key string) string {
+		c := url.Values{}
+		for k, vs := range v {
+			if k != key {
+				c[k] = vs
+			}
+		}
+		return c.Encode()
+	}
+
+	var auth map[string]any
+	if st := r.do(t, "POST", "/auth/oauth2/v1/token", form, v1.Encode(), nil, &auth); st != 200 {
+		t.Fatalf("v1 password grant status = %d, want 200 (%v)", st, auth)
+	}
+	if got, ok := auth["expires_in"].(string); !ok || got != "600" {
+		t.Errorf("v1 expires_in = %#v, want the string \"600\"", auth["expires_in"])
+	}
+	access, _ := auth["access_token"].(string)
+
+	tests := []struct {
+		name, method, path, ctype, body string
+		header                          http.Header
+		wantStatus                      int
+		wantError                       string // error, or error.message for gateway errors
+	}{
+		{"second session without exclusive sign-on", "POST", "/auth/oauth2/v1/token", form,
+			without(v1, "takeExclusiveSignOnControl"), nil, 400, "access_denied"},
+		{"v1 unknown refresh token", "POST", "/auth/oauth2/v1/token", form,
+			url.Values{"grant_type": {"refresh_token"}, "refresh_token": {"nope"}, "client_id": {upstream.FakeClientID}}.Encode(), nil, 400, "invalid_grant"},
+		{"v1 wrong password", "POST", "/auth/oauth2/v1/token", form,
+			without(v1, "password") + "&password=x", nil, 400, "invalid_grant"},
+		{"v2 wrong grant", "POST", "/auth/oauth2/v2/token", form,
+			"grant_type=password&client_id=tokenkeeper-demo&client_secret=demo-secret", nil, 400, "unsupported_grant_type"},
+		{"v2 wrong secret", "POST", "/auth/oauth2/v2/token", form,
+			"grant_type=client_credentials&client_id=tokenkeeper-demo&client_secret=x&scope=trapi", nil, 401, "invalid_client"},
+		{"liveness without bearer", "POST", livenessPath, "", "", nil, 401, "token expired"},
+		{"liveness with unknown bearer", "GET", livenessPath, "", "", http.Header{"Authorization": {"Bearer nope"}}, 401, "token expired"},
+		{"liveness with PUT", "PUT", livenessPath, "", "", http.Header{"Authorization": {"Bearer " + access}}, 405, "Method Not Allowed"},
+		{"liveness GET", "GET", livenessPath, "", "", http.Header{"Authorization": {"Bearer " + access}}, 200, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got map[string]any
+			if st := r.do(t, tt.method, tt.path, tt.ctype, tt.body, tt.header, &got); st != tt.wantStatus {
+				t.Errorf("status = %d, want %d (%v)", st, tt.wantStatus, got)
+			}
+			e := got["error"]
+			if m, ok := e.(map[string]any); ok {
+				e = m["message"]
+			}
+			if tt.wantError == "" {
+				if e != nil || !strings.HasPrefix(got["token"].(string), upstream.FakeLivenessPrefix) || got["expiresIn"] != 3600.0 {
+					t.Errorf("answer = %v, want a token with expiresIn 3600", got)
+				}
+			} else if e != tt.wantError {
+				t.Errorf("error = %v, want %q", e, tt.wantError)
+			}
+		})
+	}
+}

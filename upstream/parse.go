@@ -1,0 +1,264 @@
+package upstream
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Causes of a rejected answer, found with errors.Is in an [*Error]'s chain.
+var (
+	// ErrMalformed: the answer is not a JSON object of the expected shape
+	// (HTML page, truncated JSON, wrong field types, empty or oversized body).
+	ErrMalformed = errors.New("upstream: malformed answer")
+	// ErrInvalidToken: the answer holds no token, or one that is empty, longer
+	// than MaxTokenBytes, or has a byte outside printable ASCII.
+	ErrInvalidToken = errors.New("upstream: invalid token")
+	// ErrInvalidExpiry: the answer's expiry is zero, negative, in the past, or
+	// more than MaxLifetime away.
+	ErrInvalidExpiry = errors.New("upstream: invalid expiry")
+)
+
+const (
+	// MaxTokenBytes is the longest token accepted.
+	MaxTokenBytes = 8 << 10
+	// MaxLifetime is the longest lifetime accepted for a token; anything
+	// longer is taken for a broken answer.
+	MaxLifetime = 24 * time.Hour
+	// maxCodeBytes bounds the error code copied from an upstream answer.
+	maxCodeBytes = 64
+)
+
+// parseLiveness reads a liveness answer received at now. The token is the
+// first present of "token", "livenessToken", "access_token"; the lifetime is
+// the first present of "expiresIn", "expires_in" (seconds, number or numeric
+// string), "expiresAt", "expires_at" (RFC 3339, counted from now), or def when
+// none is present. Errors wrap ErrMalformed, ErrInvalidToken or
+// ErrInvalidExpiry and never contain the body or the token.
+func parseLiveness(body []byte, now time.Time, def time.Duration) (string, time.Duration, error) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return "", 0, fmt.Errorf("%w: empty body", ErrMalformed)
+	}
+	if trimmed[0] == '<' {
+		return "", 0, fmt.Errorf("%w: HTML instead of JSON", ErrMalformed)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &fields); err != nil {
+		return "", 0, fmt.Errorf("%w: not a JSON object", ErrMalformed)
+	}
+
+	value, err := pickToken(fields)
+	if err != nil {
+		return "", 0, err
+	}
+	lifetime, err := pickLifetime(fields, now, def)
+	if err != nil {
+		return "", 0, err
+	}
+	return value, lifetime, nil
+}
+
+func pickToken(fields map[string]json.RawMessage) (string, error) {
+	for _, key := range []string{"token", "livenessToken", "access_token"} {
+		raw, ok := present(fields, key)
+		if !ok {
+			continue
+		}
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", fmt.Errorf("%w: %s is not a string", ErrMalformed, key)
+		}
+		if err := checkToken(s); err != nil {
+			return "", err
+		}
+		return s, nil
+	}
+	return "", fmt.Errorf("%w: no token in the answer", ErrInvalidToken)
+}
+
+// checkToken accepts a non-empty token of printable ASCII (0x21 to 0x7e, so
+// no spaces or control characters) of at most MaxTokenBytes.
+func checkToken(s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: empty", ErrInvalidToken)
+	}
+	if len(s) > MaxTokenBytes {
+		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidToken, MaxTokenBytes)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return fmt.Errorf("%w: byte outside printable ASCII", ErrInvalidToken)
+		}
+	}
+	return nil
+}
+
+func pickLifetime(fields map[string]json.RawMessage, now time.Time, def time.Duration) (time.Duration, error) {
+	for _, key := range []string{"expiresIn", "expires_in"} {
+		if raw, ok := present(fields, key); ok {
+			d, err := parseSeconds(raw)
+			if err != nil {
+				return 0, fmt.Errorf("%w (%s)", err, key)
+			}
+			return d, nil
+		}
+	}
+	for _, key := range []string{"expiresAt", "expires_at"} {
+		if raw, ok := present(fields, key); ok {
+			var s string
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return 0, fmt.Errorf("%w: %s is not a string", ErrMalformed, key)
+			}
+			at, err := time.Parse(time.RFC3339, s)
+			if err != nil {
+				return 0, fmt.Errorf("%w: %s is not RFC 3339", ErrMalformed, key)
+			}
+			return checkLifetime(at.Sub(now), key)
+		}
+	}
+	return def, nil
+}
+
+// parseSeconds reads a JSON number or a string holding one as a count of
+// seconds in (0, MaxLifetime].
+func parseSeconds(raw json.RawMessage) (time.Duration, error) {
+	text := string(raw)
+	if strings.HasPrefix(text, `"`) {
+		if err := json.Unmarshal(raw, &text); err != nil {
+			return 0, fmt.Errorf("%w: expiry is not a number", ErrMalformed)
+		}
+	}
+	// json.Valid keeps out what ParseFloat alone would take: "Inf", "0x10", " 1".
+	f, err := strconv.ParseFloat(text, 64)
+	if err != nil || !json.Valid([]byte(text)) {
+		return 0, fmt.Errorf("%w: expiry is not a number", ErrMalformed)
+	}
+	if !(f > 0) || f > MaxLifetime.Seconds() {
+		return 0, fmt.Errorf("%w: %v seconds", ErrInvalidExpiry, f)
+	}
+	return time.Duration(f * float64(time.Second)), nil
+}
+
+func checkLifetime(d time.Duration, key string) (time.Duration, error) {
+	switch {
+	case d <= 0:
+		return 0, fmt.Errorf("%w: %s is in the past", ErrInvalidExpiry, key)
+	case d > MaxLifetime:
+		return 0, fmt.Errorf("%w: %s is more than %v away", ErrInvalidExpiry, key, MaxLifetime)
+	}
+	return d, nil
+}
+
+// present returns fields[key] unless it is missing or null.
+func present(fields map[string]json.RawMessage, key string) (json.RawMessage, bool) {
+	raw, ok := fields[key]
+	if !ok || string(raw) == "null" {
+		return nil, false
+	}
+	return raw, true
+}
+
+// readBody reads at most max bytes of r. A longer body gives the first max
+// bytes and an ErrMalformed error.
+func readBody(r io.Reader, max int64) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(body)) > max {
+		return body[:max], fmt.Errorf("%w: body over %d bytes", ErrMalformed, max)
+	}
+	return body, nil
+}
+
+// parseRetryAfter reads a Retry-After header, in seconds or as an HTTP date,
+// relative to now. Missing, unparsable or past values give 0; values are
+// capped at MaxLifetime.
+func parseRetryAfter(h http.Header, now time.Time) time.Duration {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs > int64(MaxLifetime/time.Second) {
+			return MaxLifetime
+		}
+		d = time.Duration(secs) * time.Second
+	} else if at, err := http.ParseTime(v); err == nil {
+		d = at.Sub(now)
+	}
+	return min(max(d, 0), MaxLifetime)
+}
+
+// errorCode extracts the error code from an OAuth2 error body
+// ({"error":"invalid_client"}) or a gateway error body
+// ({"error":{"code":"401","message":"token expired"}}); a gateway code that
+// only repeats status gives way to the message. "" when there is none.
+func errorCode(body []byte, status int) string {
+	var e struct {
+		Error json.RawMessage `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil || len(e.Error) == 0 {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(e.Error, &s) == nil {
+		return s
+	}
+	var obj struct {
+		Code    json.RawMessage `json:"code"`
+		Message string          `json:"message"`
+	}
+	if json.Unmarshal(e.Error, &obj) != nil {
+		return ""
+	}
+	code := strings.Trim(string(obj.Code), `"`)
+	if code == "" || code == strconv.Itoa(status) {
+		return obj.Message
+	}
+	return code
+}
+
+// safeCode returns code fit for an error message: "" when it contains any
+// of secrets (plain or URL-encoded) or a byte outside printable ASCII and
+// space, else code cut to maxCodeBytes.
+func safeCode(code string, secrets ...string) string {
+	for _, s := range secrets {
+		if s == "" {
+			continue
+		}
+		if strings.Contains(code, s) || strings.Contains(code, url.QueryEscape(s)) {
+			return ""
+		}
+	}
+	for i := 0; i < len(code); i++ {
+		if code[i] < 0x20 || code[i] > 0x7e {
+			return ""
+		}
+	}
+	if len(code) > maxCodeBytes {
+		code = code[:maxCodeBytes]
+	}
+	return code
+}
+
+// fingerprint names a credential safely in logs: "sha256:" and the first 12
+// hex digits of its SHA-256, as cache.Fingerprint does.
+func fingerprint(s string) string {
+	if s == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(s))
+	return "sha256:" + hex.EncodeToString(sum[:6])
+}

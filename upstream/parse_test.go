@@ -1,0 +1,181 @@
+package upstream
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+var now = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func TestParseLiveness(t *testing.T) {
+	const def = 42 * time.Minute
+	tests := []struct {
+		name      string
+		body      string
+		wantToken string
+		wantLife  time.Duration
+		wantErr   error
+	}{
+		{"token and expiresIn", `{"token":"abc","expiresIn":3600}`, "abc", time.Hour, nil},
+		{"livenessToken and expires_in string", `{"livenessToken":"abc","expires_in":"300"}`, "abc", 5 * time.Minute, nil},
+		{"access_token and fractional seconds", `{"access_token":"abc","expires_in":1.5}`, "abc", 1500 * time.Millisecond, nil},
+		{"expiresAt", `{"token":"abc","expiresAt":"2030-01-02T04:04:05Z"}`, "abc", time.Hour, nil},
+		{"expires_at with offset and fraction", `{"token":"abc","expires_at":"2030-01-02T05:04:05.5+01:00"}`, "abc", 1*time.Hour + 500*time.Millisecond, nil},
+		{"no expiry", `{"token":"abc"}`, "abc", def, nil},
+		{"null expiry", `{"token":"abc","expiresIn":null}`, "abc", def, nil},
+		{"expiresIn wins over expiresAt", `{"token":"abc","expiresIn":60,"expiresAt":"2000-01-01T00:00:00Z"}`, "abc", time.Minute, nil},
+		{"token wins over access_token", `{"access_token":"b","token":"a"}`, "a", def, nil},
+		{"null token falls through", `{"token":null,"access_token":"b"}`, "b", def, nil},
+		{"surrounding space", " \n{\"token\":\"abc\"}\n", "abc", def, nil},
+		{"extra fields", `{"token":"abc","type":"liveness","nested":{"a":[1,2]}}`, "abc", def, nil},
+		{"8 KiB token", `{"token":"` + strings.Repeat("a", MaxTokenBytes) + `"}`, strings.Repeat("a", MaxTokenBytes), def, nil},
+		{"24h", `{"token":"abc","expiresIn":86400}`, "abc", 24 * time.Hour, nil},
+
+		{"empty body", ``, "", 0, ErrMalformed},
+		{"HTML", `<!DOCTYPE html><html></html>`, "", 0, ErrMalformed},
+		{"truncated", `{"token":"abc`, "", 0, ErrMalformed},
+		{"array", `["abc"]`, "", 0, ErrMalformed},
+		{"string", `"abc"`, "", 0, ErrMalformed},
+		{"token not a string", `{"token":123}`, "", 0, ErrMalformed},
+		{"expiresIn not a number", `{"token":"abc","expiresIn":"soon"}`, "", 0, ErrMalformed},
+		{"expiresIn bool", `{"token":"abc","expiresIn":true}`, "", 0, ErrMalformed},
+		{"expiresIn hex string", `{"token":"abc","expiresIn":"0x10"}`, "", 0, ErrMalformed},
+		{"expiresIn Inf string", `{"token":"abc","expiresIn":"Inf"}`, "", 0, ErrMalformed},
+		{"expiresIn padded string", `{"token":"abc","expiresIn":" 300"}`, "", 0, ErrMalformed},
+		{"expiresAt not RFC 3339", `{"token":"abc","expiresAt":"tomorrow"}`, "", 0, ErrMalformed},
+		{"expiresAt a number", `{"token":"abc","expiresAt":1893553445}`, "", 0, ErrMalformed},
+		{"null", `null`, "", 0, ErrInvalidToken},
+		{"no token", `{"expiresIn":3600}`, "", 0, ErrInvalidToken},
+		{"empty token", `{"token":""}`, "", 0, ErrInvalidToken},
+		{"space in token", `{"token":"a b"}`, "", 0, ErrInvalidToken},
+		{"newline in token", `{"token":"ab\n"}`, "", 0, ErrInvalidToken},
+		{"NUL in token", `{"token":"ab\u0000"}`, "", 0, ErrInvalidToken},
+		{"DEL in token", `{"token":"ab\u007f"}`, "", 0, ErrInvalidToken},
+		{"non-ASCII token", `{"token":"abé"}`, "", 0, ErrInvalidToken},
+		{"token over 8 KiB", `{"token":"` + strings.Repeat("a", MaxTokenBytes+1) + `"}`, "", 0, ErrInvalidToken},
+		{"zero expiresIn", `{"token":"abc","expiresIn":0}`, "", 0, ErrInvalidExpiry},
+		{"negative expiresIn", `{"token":"abc","expiresIn":-1}`, "", 0, ErrInvalidExpiry},
+		{"negative zero expires_in string", `{"token":"abc","expires_in":"-0"}`, "", 0, ErrInvalidExpiry},
+		{"absurd expiresIn", `{"token":"abc","expiresIn":86401}`, "", 0, ErrInvalidExpiry},
+		{"huge expiresIn", `{"token":"abc","expiresIn":1e300}`, "", 0, ErrInvalidExpiry},
+		{"overflowing expiresIn", `{"token":"abc","expiresIn":1e400}`, "", 0, ErrMalformed},
+		{"expiresAt in the past", `{"token":"abc","expiresAt":"2030-01-02T03:04:04Z"}`, "", 0, ErrInvalidExpiry},
+		{"expiresAt now", `{"token":"abc","expiresAt":"2030-01-02T03:04:05Z"}`, "", 0, ErrInvalidExpiry},
+		{"expiresAt in two days", `{"token":"abc","expiresAt":"2030-01-04T03:04:05Z"}`, "", 0, ErrInvalidExpiry},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			token, life, err := parseLiveness([]byte(tt.body), now, def)
+			if !errors.Is(err, tt.wantErr) || (err != nil) != (tt.wantErr != nil) {
+				t.Fatalf("error = %v, want %v", err, tt.wantErr)
+			}
+			if token != tt.wantToken || life != tt.wantLife {
+				t.Errorf("got %q, %v; want %q, %v", token, life, tt.wantToken, tt.wantLife)
+			}
+		})
+	}
+}
+
+func FuzzParseLiveness(f *testing.F) {
+	for _, seed := range []string{
+		`{"token":"abc","expiresIn":3600}`,
+		`{"livenessToken":"abc","expires_in":"300"}`,
+		`{"access_token":"abc","expiresAt":"2030-01-02T04:04:05Z"}`,
+		`{"token":"a\u0001b"}`,
+		`<html>`,
+		`{"token":"abc","expiresIn":"1e5"}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		token, life, err := parseLiveness(body, now, time.Hour)
+		if err != nil {
+			if token != "" || life != 0 {
+				t.Errorf("error %v with token %q, lifetime %v", err, token, life)
+			}
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrInvalidToken) && !errors.Is(err, ErrInvalidExpiry) {
+				t.Errorf("error %v wraps none of the package's causes", err)
+			}
+			return
+		}
+		if checkToken(token) != nil {
+			t.Errorf("accepted token %q", token)
+		}
+		if life <= 0 || life > MaxLifetime {
+			t.Errorf("accepted lifetime %v", life)
+		}
+	})
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	tests := []struct {
+		name, value string
+		want        time.Duration
+	}{
+		{"none", "", 0},
+		{"seconds", "120", 2 * time.Minute},
+		{"zero", "0", 0},
+		{"negative", "-5", 0},
+		{"huge", "99999999999999999", MaxLifetime},
+		{"date", now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
+		{"past date", now.Add(-time.Hour).Format(http.TimeFormat), 0},
+		{"garbage", "soon", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			if tt.value != "" {
+				h.Set("Retry-After", tt.value)
+			}
+			if got := parseRetryAfter(h, now); got != tt.want {
+				t.Errorf("parseRetryAfter(%q) = %v, want %v", tt.value, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestErrorCode(t *testing.T) {
+	tests := []struct {
+		name, body string
+		secrets    []string
+		want       string
+	}{
+		{"oauth2", `{"error":"invalid_client","error_description":"x"}`, nil, "invalid_client"},
+		{"gateway code repeating the status", `{"error":{"code":"401","message":"token expired"}}`, nil, "token expired"},
+		{"gateway number code", `{"error":{"code":401}}`, nil, ""},
+		{"gateway own code", `{"error":{"code":"RateLimited","message":"slow down"}}`, nil, "RateLimited"},
+		{"no error", `{"message":"x"}`, nil, ""},
+		{"HTML", `<html>`, nil, ""},
+		{"echoed secret", `{"error":"bad secret hunter2"}`, []string{"hunter2"}, ""},
+		{"echoed secret in a gateway message", `{"error":{"code":"401","message":"bad hunter2"}}`, []string{"hunter2"}, ""},
+		{"echoed escaped secret", `{"error":"bad secret a%2Bb"}`, []string{"a+b"}, ""},
+		{"control character", `{"error":"a\u0001b"}`, nil, ""},
+		{"long", `{"error":"` + strings.Repeat("x", 100) + `"}`, nil, strings.Repeat("x", maxCodeBytes)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := safeCode(errorCode([]byte(tt.body), 401), tt.secrets...); got != tt.want {
+				t.Errorf("code = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestErrorString(t *testing.T) {
+	tests := []struct {
+		err  *Error
+		want string
+	}{
+		{&Error{Op: "auth", Status: 401, Code: "invalid_client"}, "upstream: auth: status 401: invalid_client"},
+		{&Error{Op: "liveness", Status: 200, Err: ErrMalformed}, "upstream: liveness: status 200: malformed answer"},
+		{&Error{Op: "liveness", Err: errors.New("dial tcp: refused")}, "upstream: liveness: dial tcp: refused"},
+	}
+	for _, tt := range tests {
+		if got := tt.err.Error(); got != tt.want {
+			t.Errorf("Error() = %q, want %q", got, tt.want)
+		}
+	}
+}
