@@ -75,6 +75,11 @@ type Config struct {
 	// Now is the clock (default time.Now). It dates answers and decides
 	// whether the access token may be reused.
 	Now func() time.Time
+	// BeforeAuth, when set, is called before every sign-on call (password,
+	// refresh or client-credentials grant). An error it returns is returned
+	// as is and no call is made; the refresher uses it to cap sign-ons
+	// fleet-wide.
+	BeforeAuth func(ctx context.Context) error
 	// Logger receives Debug lines for each sign-on and token, and Warn/Info
 	// lines for fallbacks, with fingerprints only (default slog.Default()).
 	Logger *slog.Logger
@@ -266,6 +271,13 @@ func (c *Client) accessToken(ctx context.Context) (string, error) {
 	return c.signOnV1(ctx)
 }
 
+func (c *Client) beforeAuth(ctx context.Context) error {
+	if c.cfg.BeforeAuth == nil {
+		return nil
+	}
+	return c.cfg.BeforeAuth(ctx)
+}
+
 // keep stores an access token received at received, valid for lifetime
 // (0: unknown, use once).
 func (c *Client) keep(access string, lifetime time.Duration, received time.Time) {
@@ -275,6 +287,9 @@ func (c *Client) keep(access string, lifetime time.Duration, received time.Time)
 }
 
 func (c *Client) signOnV2(ctx context.Context) (string, error) {
+	if err := c.beforeAuth(ctx); err != nil {
+		return "", err
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	t, err := c.v2.Token(context.WithValue(ctx, oauth2.HTTPClient, c.http))
@@ -349,6 +364,9 @@ func (c *Client) signOnV1(ctx context.Context) (string, error) {
 // postV1 posts an auth v1 form and keeps the access and refresh tokens of
 // the answer.
 func (c *Client) postV1(ctx context.Context, form url.Values) (string, error) {
+	if err := c.beforeAuth(ctx); err != nil {
+		return "", err
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.v1URL, strings.NewReader(form.Encode()))

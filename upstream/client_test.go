@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -526,6 +527,34 @@ func TestNew(t *testing.T) {
 			}
 			if err != nil && strings.Contains(err.Error(), "hunter2") {
 				t.Errorf("New error %q repeats a password from the URL", err)
+			}
+		})
+	}
+}
+
+func TestBeforeAuthGuardsEverySignOn(t *testing.T) {
+	for _, auth := range []string{"v1", "v2"} {
+		t.Run(auth, func(t *testing.T) {
+			fake := upstream.NewFake(upstream.FakeConfig{})
+			srv := httptest.NewServer(fake)
+			defer srv.Close()
+			refused := &upstream.Error{Op: "auth", Retryable: true, RetryAfter: time.Second, Err: errors.New("budget")}
+			var calls int
+			c, err := upstream.New(upstream.Config{BaseURL: srv.URL, Auth: auth, ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+				Username: upstream.FakeUsername, Password: upstream.FakePassword,
+				BeforeAuth: func(context.Context) error { calls++; return refused }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Token(context.Background()); !errors.Is(err, refused) {
+				t.Fatalf("got %v, want the BeforeAuth error", err)
+			}
+			if calls != 1 {
+				t.Fatalf("BeforeAuth calls: got %d, want 1", calls)
+			}
+			st := fake.Stats()
+			if got := st.AuthCalls.V1Password + st.AuthCalls.V1Refresh + st.AuthCalls.V2; got != 0 {
+				t.Fatalf("sign-ons that reached the upstream: got %d, want 0", got)
 			}
 		})
 	}
