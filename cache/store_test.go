@@ -71,6 +71,15 @@ func (f *fixture) lock(t *testing.T, value string) {
 	}
 }
 
+// subscribed waits until n clients listen on the events channel.
+func (f *fixture) subscribed(t *testing.T, n int) {
+	t.Helper()
+	eventually(t, 5*time.Second, "subscriptions", func() bool {
+		got, err := f.rdb.PubSubNumSub(context.Background(), f.keys.Events).Result()
+		return err == nil && got[f.keys.Events] >= int64(n)
+	})
+}
+
 func run(t *testing.T, s *cache.Store) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -275,9 +284,7 @@ func TestReplicasFollowWrites(t *testing.T) {
 		readers = append(readers, r)
 	}
 	// Wait for the subscriptions: the first load of Run happens after it.
-	for _, r := range readers {
-		eventually(t, 5*time.Second, "reader subscribed", func() bool { return r.Loads() > 0 })
-	}
+	f.subscribed(t, len(readers))
 	f.lock(t, "holder")
 	var worst time.Duration
 	for i, v := range []string{"tok-1", "tok-2", "tok-3"} {
@@ -354,7 +361,7 @@ func TestControlMessagesReachSubscribers(t *testing.T) {
 	a := f.store(t, cache.Config{Instance: "a"})
 	b := f.store(t, cache.Config{Instance: "b"})
 	run(t, b)
-	eventually(t, 5*time.Second, "b subscribed", func() bool { return b.Loads() > 0 })
+	f.subscribed(t, 1)
 	msgs, stop := b.Subscribe()
 	defer stop()
 
