@@ -1,0 +1,296 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// setting is one configuration variable with its flag twin.
+type setting struct {
+	env    string // TOKENKEEPER_LISTEN
+	def    string // default, as text
+	usage  string
+	secret bool // never echoed in errors
+}
+
+// flagName is the flag twin of an environment variable:
+// TOKENKEEPER_LOCK_TTL -> lock-ttl, RDP_CLIENT_ID -> rdp-client-id.
+func (s setting) flagName() string {
+	n := strings.TrimPrefix(s.env, "TOKENKEEPER_")
+	return strings.ToLower(strings.ReplaceAll(n, "_", "-"))
+}
+
+var serveSettings = []setting{
+	{env: "TOKENKEEPER_LISTEN", def: ":8080", usage: "HTTP listen address"},
+	{env: "TOKENKEEPER_REDIS_URL", usage: "redis:// or rediss:// URL (required)", secret: true},
+	{env: "TOKENKEEPER_API_KEYS", usage: "comma-separated reader keys", secret: true},
+	{env: "TOKENKEEPER_ALLOW_ANONYMOUS", def: "false", usage: "let requests without a key read the token"},
+	{env: "TOKENKEEPER_ADMIN_KEYS", usage: "comma-separated admin keys (none: admin endpoints off)", secret: true},
+	{env: "TOKENKEEPER_METRICS_KEYS", usage: "comma-separated keys for /metrics (none: open)", secret: true},
+	{env: "TOKENKEEPER_INSTANCE_ID", usage: "name of this replica (default hostname-pid)"},
+	{env: "TOKENKEEPER_REFRESH_BEFORE", def: "15m", usage: "advisory refresh window"},
+	{env: "TOKENKEEPER_LOCK_TTL", def: "10s", usage: "leader lock TTL"},
+	{env: "TOKENKEEPER_TOKEN_LIFETIME", def: "60m", usage: "lifetime assumed when the upstream names none"},
+	{env: "TOKENKEEPER_SERVE_MARGIN", def: "1m", usage: "stop serving a token this long before it expires"},
+	{env: "TOKENKEEPER_POLL_INTERVAL", def: "2s", usage: "how often a replica reads Redis to catch up"},
+	{env: "TOKENKEEPER_RETRY_MIN", def: "1s", usage: "shortest backoff after an upstream failure"},
+	{env: "TOKENKEEPER_RETRY_MAX", def: "60s", usage: "longest backoff after an upstream failure"},
+	{env: "TOKENKEEPER_AUTH_CALLS_PER_MINUTE", def: "20", usage: "fleet-wide cap on upstream sign-ons"},
+	{env: "TOKENKEEPER_LOG_LEVEL", def: "info", usage: "debug, info, warn or error"},
+	{env: "TOKENKEEPER_LOG_FORMAT", def: "json", usage: "json or text"},
+	{env: "RDP_BASE_URL", def: "https://api.refinitiv.com", usage: "upstream base URL"},
+	{env: "RDP_AUTH", def: "v2", usage: "v2 (client credentials) or v1 (password grant)"},
+	{env: "RDP_CLIENT_ID", usage: "v2 service account, or v1 app key"},
+	{env: "RDP_CLIENT_SECRET", usage: "v2 client secret", secret: true},
+	{env: "RDP_USERNAME", usage: "v1 machine account"},
+	{env: "RDP_PASSWORD", usage: "v1 password", secret: true},
+	{env: "RDP_SCOPE", def: "trapi", usage: "OAuth2 scope"},
+	{env: "RDP_LIVENESS_PATH", def: "/verification/v1/liveness/token", usage: "liveness token endpoint"},
+	{env: "RDP_LIVENESS_METHOD", def: "POST", usage: "POST or GET"},
+}
+
+// values resolves settings from flags, the environment and *_FILE
+// variables, in that order of precedence, then defaults.
+type values struct {
+	m    map[string]string
+	errs []error
+}
+
+// load parses args against settings. getenv and readFile are injected for
+// tests.
+func load(name string, settings []setting, args []string, getenv func(string) string, readFile func(string) ([]byte, error), stderr io.Writer) (*values, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	flags := make(map[string]*string, len(settings))
+	for _, s := range settings {
+		u := s.usage + " (" + s.env + ", or " + s.env + "_FILE)"
+		flags[s.env] = fs.String(s.flagName(), "", u)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: tokenkeeper %s [flags]\n\nEach flag has an environment twin, shown in brackets; defaults in brackets after the name.\n\n", name)
+		for _, s := range settings {
+			def := ""
+			if s.def != "" {
+				def = " [" + s.def + "]"
+			}
+			fmt.Fprintf(stderr, "  --%s%s\n      %s (%s)\n", s.flagName(), def, s.usage, s.env)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	v := &values{m: make(map[string]string, len(settings))}
+	for _, s := range settings {
+		env, file := getenv(s.env), getenv(s.env+"_FILE")
+		switch {
+		case set[s.flagName()]:
+			v.m[s.env] = *flags[s.env]
+		case env != "" && file != "":
+			v.errs = append(v.errs, fmt.Errorf("%s and %s_FILE are both set; use one", s.env, s.env))
+		case file != "":
+			b, err := readFile(file)
+			if err != nil {
+				v.errs = append(v.errs, fmt.Errorf("%s_FILE: %w", s.env, err))
+				continue
+			}
+			v.m[s.env] = strings.TrimRight(string(b), "\r\n")
+		case env != "":
+			v.m[s.env] = env
+		default:
+			v.m[s.env] = s.def
+		}
+	}
+	return v, nil
+}
+
+func (v *values) str(env string) string { return strings.TrimSpace(v.m[env]) }
+
+func (v *values) fail(format string, args ...any) { v.errs = append(v.errs, fmt.Errorf(format, args...)) }
+
+func (v *values) duration(env string) time.Duration {
+	s := v.str(env)
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		v.fail("%s: %q is not a duration (examples: 90s, 15m)", env, s)
+		return 0
+	}
+	if d <= 0 {
+		v.fail("%s: %v must be positive", env, d)
+	}
+	return d
+}
+
+func (v *values) integer(env string) int {
+	s := v.str(env)
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		v.fail("%s: %q is not a whole number", env, s)
+	}
+	return n
+}
+
+func (v *values) boolean(env string) bool {
+	s := v.str(env)
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		v.fail("%s: %q is not true or false", env, s)
+	}
+	return b
+}
+
+// list splits a comma-separated list, refusing empty items.
+func (v *values) list(env string) []string {
+	s := v.str(env)
+	if s == "" {
+		return nil
+	}
+	var out []string
+	for i, k := range strings.Split(s, ",") {
+		k = strings.TrimSpace(k)
+		if k == "" {
+			v.fail("%s: item %d is empty", env, i+1)
+			continue
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+func (v *values) err() error { return errors.Join(v.errs...) }
+
+// Config is the validated configuration of `tokenkeeper serve`.
+type Config struct {
+	Listen         string
+	Redis          *redis.Options
+	APIKeys        []string
+	AllowAnonymous bool
+	AdminKeys      []string
+	MetricsKeys    []string
+	Instance       string
+	RefreshBefore  time.Duration
+	LockTTL        time.Duration
+	TokenLifetime  time.Duration
+	ServeMargin    time.Duration
+	PollInterval   time.Duration
+	RetryMin       time.Duration
+	RetryMax       time.Duration
+	AuthPerMinute  int
+	LogLevel       slog.Level
+	LogFormat      string
+
+	RDP RDPConfig
+}
+
+// RDPConfig is the upstream part of Config.
+type RDPConfig struct {
+	BaseURL, Auth, ClientID, ClientSecret, Username, Password, Scope, LivenessPath, LivenessMethod string
+}
+
+// parseServe builds a Config, or one error that names every missing or
+// invalid setting.
+func parseServe(args []string, getenv func(string) string, readFile func(string) ([]byte, error), stderr io.Writer) (Config, error) {
+	v, err := load("serve", serveSettings, args, getenv, readFile, stderr)
+	if err != nil {
+		return Config{}, err
+	}
+	c := Config{
+		Listen:         v.str("TOKENKEEPER_LISTEN"),
+		APIKeys:        v.list("TOKENKEEPER_API_KEYS"),
+		AllowAnonymous: v.boolean("TOKENKEEPER_ALLOW_ANONYMOUS"),
+		AdminKeys:      v.list("TOKENKEEPER_ADMIN_KEYS"),
+		MetricsKeys:    v.list("TOKENKEEPER_METRICS_KEYS"),
+		Instance:       v.str("TOKENKEEPER_INSTANCE_ID"),
+		RefreshBefore:  v.duration("TOKENKEEPER_REFRESH_BEFORE"),
+		LockTTL:        v.duration("TOKENKEEPER_LOCK_TTL"),
+		TokenLifetime:  v.duration("TOKENKEEPER_TOKEN_LIFETIME"),
+		ServeMargin:    v.duration("TOKENKEEPER_SERVE_MARGIN"),
+		PollInterval:   v.duration("TOKENKEEPER_POLL_INTERVAL"),
+		RetryMin:       v.duration("TOKENKEEPER_RETRY_MIN"),
+		RetryMax:       v.duration("TOKENKEEPER_RETRY_MAX"),
+		AuthPerMinute:  v.integer("TOKENKEEPER_AUTH_CALLS_PER_MINUTE"),
+		LogFormat:      v.str("TOKENKEEPER_LOG_FORMAT"),
+		RDP: RDPConfig{
+			BaseURL:        v.str("RDP_BASE_URL"),
+			Auth:           v.str("RDP_AUTH"),
+			ClientID:       v.str("RDP_CLIENT_ID"),
+			ClientSecret:   v.m["RDP_CLIENT_SECRET"],
+			Username:       v.str("RDP_USERNAME"),
+			Password:       v.m["RDP_PASSWORD"],
+			Scope:          v.str("RDP_SCOPE"),
+			LivenessPath:   v.str("RDP_LIVENESS_PATH"),
+			LivenessMethod: strings.ToUpper(v.str("RDP_LIVENESS_METHOD")),
+		},
+	}
+
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		v.fail("TOKENKEEPER_LISTEN: %q is not host:port (example :8080)", c.Listen)
+	}
+	switch u := v.str("TOKENKEEPER_REDIS_URL"); {
+	case u == "":
+		v.fail("TOKENKEEPER_REDIS_URL is required (example redis://redis:6379/0)")
+	default:
+		opt, err := redis.ParseURL(u)
+		if err != nil {
+			// The URL is not echoed: it may carry a password.
+			v.fail("TOKENKEEPER_REDIS_URL: not a valid redis:// or rediss:// URL")
+		}
+		c.Redis = opt
+	}
+	if len(c.APIKeys) == 0 && !c.AllowAnonymous {
+		v.fail("TOKENKEEPER_API_KEYS is required (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the token)")
+	}
+	if c.AuthPerMinute < 1 {
+		v.fail("TOKENKEEPER_AUTH_CALLS_PER_MINUTE: %d must be at least 1", c.AuthPerMinute)
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(v.str("TOKENKEEPER_LOG_LEVEL"))); err != nil {
+		v.fail("TOKENKEEPER_LOG_LEVEL: %q is not debug, info, warn or error", v.str("TOKENKEEPER_LOG_LEVEL"))
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		v.fail("TOKENKEEPER_LOG_FORMAT: %q is not json or text", c.LogFormat)
+	}
+	if c.RDP.Auth != "v1" && c.RDP.Auth != "v2" {
+		v.fail("RDP_AUTH: %q is not v1 or v2", c.RDP.Auth)
+	}
+	checkTimings(v, c)
+	if c.Instance == "" {
+		host, _ := os.Hostname()
+		c.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	return c, v.err()
+}
+
+// checkTimings refuses timings that cannot work together.
+func checkTimings(v *values, c Config) {
+	if c.ServeMargin > 0 && c.TokenLifetime > 0 && c.ServeMargin >= c.TokenLifetime {
+		v.fail("TOKENKEEPER_SERVE_MARGIN (%v) must be shorter than TOKENKEEPER_TOKEN_LIFETIME (%v)", c.ServeMargin, c.TokenLifetime)
+	}
+	if c.RefreshBefore > 0 && c.TokenLifetime > 0 && c.RefreshBefore+c.ServeMargin >= c.TokenLifetime {
+		v.fail("TOKENKEEPER_REFRESH_BEFORE (%v) plus TOKENKEEPER_SERVE_MARGIN (%v) must be shorter than TOKENKEEPER_TOKEN_LIFETIME (%v)",
+			c.RefreshBefore, c.ServeMargin, c.TokenLifetime)
+	}
+	if c.LockTTL > 0 && c.LockTTL < 300*time.Millisecond {
+		v.fail("TOKENKEEPER_LOCK_TTL (%v) must be at least 300ms", c.LockTTL)
+	}
+	if c.RetryMin > 0 && c.RetryMax > 0 && c.RetryMax < c.RetryMin {
+		v.fail("TOKENKEEPER_RETRY_MAX (%v) must not be shorter than TOKENKEEPER_RETRY_MIN (%v)", c.RetryMax, c.RetryMin)
+	}
+	if c.PollInterval > 0 && c.PollInterval < 10*time.Millisecond {
+		v.fail("TOKENKEEPER_POLL_INTERVAL (%v) must be at least 10ms", c.PollInterval)
+	}
+}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// demoAdminKey is the admin key of the demo only.
+const demoAdminKey = "demo-admin"
+
+// runDemo runs one replica with everything in-process: a Redis-protocol
+// server (miniredis) and the fake RDP issuing two-minute tokens, so a
+// newcomer sees a token, its countdown and a refresh within minutes.
+func runDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprintln(stdout, "usage: tokenkeeper demo  (honours TOKENKEEPER_LISTEN, default :8080)")
+		return nil
+	}
+	if len(args) > 0 {
+		return fmt.Errorf("demo takes no arguments, got %q", args[0])
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	mr := miniredis.NewMiniRedis()
+	mr.ClockTTL(true)
+	if err := mr.Start(); err != nil {
+		return fmt.Errorf("demo: in-process Redis: %w", err)
+	}
+	defer mr.Close()
+
+	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: 2 * time.Minute}})
+	fakeLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fakeCtx, stopFake := context.WithCancel(context.Background())
+	defer stopFake()
+	go serveHTTP(fakeCtx, fakeLn, fake)
+
+	listen := getenv("TOKENKEEPER_LISTEN")
+	if listen == "" {
+		listen = ":8080"
+	}
+	cfg := Config{
+		Listen:         listen,
+		Redis:          &redis.Options{Addr: mr.Addr()},
+		AllowAnonymous: true,
+		AdminKeys:      []string{demoAdminKey},
+		Instance:       "demo-1",
+		RefreshBefore:  45 * time.Second,
+		LockTTL:        5 * time.Second,
+		TokenLifetime:  2 * time.Minute,
+		ServeMargin:    15 * time.Second,
+		PollInterval:   2 * time.Second,
+		RetryMin:       time.Second,
+		RetryMax:       10 * time.Second,
+		AuthPerMinute:  20,
+		RDP: RDPConfig{
+			BaseURL: "http://" + fakeLn.Addr().String(), Auth: "v2",
+			ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+		},
+	}
+	p, err := NewProgram(cfg, log, nil)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+
+	base := "http://" + hostFor(p.Addr())
+	log.Warn("DEMO MODE: in-process Redis and a FAKE RDP issuing 2-minute tokens; anyone may read the token. " +
+		"For real, run 'tokenkeeper serve' with TOKENKEEPER_REDIS_URL, TOKENKEEPER_API_KEYS and RDP_CLIENT_ID/RDP_CLIENT_SECRET (see README).")
+	fmt.Fprintf(stdout, "\ntokenkeeper demo on %s\n  read the token:    curl -s %s/v1/tokens/liveness\n  fleet status:      curl -s -H 'Authorization: Bearer %s' %s/v1/status\n  force a refresh:   curl -s -X POST -H 'Authorization: Bearer %s' %s/v1/tokens/liveness/refresh\n  stop:              Ctrl-C\n\n",
+		base, base, demoAdminKey, base, demoAdminKey, base)
+
+	go demoCountdown(ctx, log, p)
+	return p.Run(ctx)
+}
+
+// demoCountdown logs the held token's fingerprint and remaining life every
+// ten seconds, so the refresh is visible.
+func demoCountdown(ctx context.Context, log *slog.Logger, p *Program) {
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		t, ok := p.store.Current()
+		if !ok {
+			log.Info("demo: no servable token yet")
+			continue
+		}
+		next := t.Deadline.Add(-p.cfg.RefreshBefore)
+		log.Info("demo: serving", "fingerprint", t.Fingerprint(),
+			"expires_in", t.Remaining(time.Now()).Round(time.Second),
+			"refresh_in", max(time.Until(next), 0).Round(time.Second))
+	}
+}
+
+// hostFor turns a listen address into one a browser or curl can use.
+func hostFor(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if host == "" || host == "::" || host == "0.0.0.0" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,64 @@
+// Command tokenkeeper keeps one liveness token for a fleet of replicas.
+//
+//	tokenkeeper serve        run a replica (production)
+//	tokenkeeper demo         run a replica with an in-process Redis and a fake RDP
+//	tokenkeeper fake-rdp     run the fake RDP on its own
+//	tokenkeeper healthcheck  exit 0 when the local replica is ready
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: tokenkeeper <command> [flags]
+
+commands:
+  serve        run a replica: needs TOKENKEEPER_REDIS_URL, TOKENKEEPER_API_KEYS and RDP credentials
+  demo         try it with nothing installed: in-process Redis and a fake RDP
+  fake-rdp     run the fake RDP server on its own (tests, compose stack)
+  healthcheck  exit 0 if the replica on TOKENKEEPER_LISTEN is ready, else 1
+
+Run 'tokenkeeper <command> -h' for the flags of a command.
+`
+
+// run executes one command and returns the process exit code.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "serve":
+		err = runServe(ctx, rest, getenv, stderr)
+	case "demo":
+		err = runDemo(ctx, rest, getenv, stdout, stderr)
+	case "fake-rdp":
+		err = runFakeRDP(ctx, rest, getenv, stderr)
+	case "healthcheck":
+		err = runHealthcheck(ctx, rest, getenv, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "tokenkeeper: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tokenkeeper: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// Program is one replica: the store, the refresher and the HTTP API wired
+// together. Create it with NewProgram, start it with Run, and Close it.
+type Program struct {
+	cfg   Config
+	log   *slog.Logger
+	rdb   *redis.Client
+	store *cache.Store
+	ref   *refresher.Refresher
+	api   *httpapi.Server
+	ln    net.Listener
+}
+
+// NewProgram wires a replica and opens its listener, so Addr is known
+// before Run. It makes no call to Redis or the upstream. A nil src means
+// the RDP client configured by cfg.RDP.
+func NewProgram(cfg Config, log *slog.Logger, src refresher.Source) (*Program, error) {
+	opt := *cfg.Redis
+	opt.DialTimeout = max(opt.DialTimeout, 2*time.Second)
+	if opt.ReadTimeout == 0 {
+		opt.ReadTimeout = time.Second
+	}
+	if opt.WriteTimeout == 0 {
+		opt.WriteTimeout = time.Second
+	}
+	rdb := redis.NewClient(&opt)
+	p, err := newProgram(cfg, log, rdb, src)
+	if err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func newProgram(cfg Config, log *slog.Logger, rdb *redis.Client, src refresher.Source) (*Program, error) {
+	keys := cache.KeysFor("liveness")
+	store, err := cache.New(rdb, cache.Config{
+		Keys: keys, ServeMargin: cfg.ServeMargin, PollInterval: cfg.PollInterval,
+		Instance: cfg.Instance, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if src == nil {
+		budget, err := refresher.NewAuthBudget(rdb, "tokenkeeper:{liveness}:auth", cfg.AuthPerMinute)
+		if err != nil {
+			return nil, err
+		}
+		client, err := upstream.New(upstream.Config{
+			BaseURL: cfg.RDP.BaseURL, Auth: cfg.RDP.Auth,
+			ClientID: cfg.RDP.ClientID, ClientSecret: cfg.RDP.ClientSecret,
+			Username: cfg.RDP.Username, Password: cfg.RDP.Password,
+			Scope: cfg.RDP.Scope, LivenessPath: cfg.RDP.LivenessPath, LivenessMethod: cfg.RDP.LivenessMethod,
+			DefaultLifetime: cfg.TokenLifetime, BeforeAuth: budget.Take, Logger: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		src = client
+	}
+	ref, err := refresher.New(refresher.Config{
+		Instance: cfg.Instance, LockTTL: cfg.LockTTL, RefreshBefore: cfg.RefreshBefore,
+		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
+	}, rdb, store, src)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(newCollector(store, ref))
+	api, err := httpapi.New(httpapi.Config{
+		Instance: cfg.Instance, ReaderKeys: cfg.APIKeys, AdminKeys: cfg.AdminKeys, MetricsKeys: cfg.MetricsKeys,
+		AllowAnonymous: cfg.AllowAnonymous, Logger: log, Registerer: reg, Gatherer: reg,
+	}, store, controller{ref})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("TOKENKEEPER_LISTEN: %w", err)
+	}
+	return &Program{cfg: cfg, log: log, rdb: rdb, store: store, ref: ref, api: api, ln: ln}, nil
+}
+
+// Addr is the address the HTTP API listens on.
+func (p *Program) Addr() string { return p.ln.Addr().String() }
+
+// Run serves until ctx ends, then shuts down in order: the refresher
+// releases the lock (so another replica leads at once) while the HTTP
+// server finishes the requests in flight. It returns the first failure of
+// a part, or nil after a clean stop.
+func (p *Program) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p.log.Info("tokenkeeper starting", "instance", p.cfg.Instance, "listen", p.Addr(),
+		"redis", p.cfg.Redis.Addr, "upstream", p.cfg.RDP.BaseURL)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	runPart := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				errs <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	runPart("cache", p.store.Run)
+	runPart("refresher", p.ref.Run)
+	runPart("http", func(ctx context.Context) error { return p.api.Serve(ctx, p.ln) })
+	wg.Wait()
+	close(errs)
+	p.log.Info("tokenkeeper stopped", "instance", p.cfg.Instance)
+	return <-errs
+}
+
+// Close releases what NewProgram opened. Call it after Run returns.
+func (p *Program) Close() error {
+	p.ln.Close()
+	return p.rdb.Close()
+}
+
+// controller adapts the refresher to the HTTP API.
+type controller struct{ ref *refresher.Refresher }
+
+func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
+	s, err := c.ref.Status(ctx)
+	out := httpapi.Status{
+		Instance: s.Instance, Leader: s.Leader, IsLeader: s.IsLeader, Ready: s.Ready,
+		TokenFingerprint: s.TokenFingerprint, ExpiresAt: s.ExpiresAt,
+		LastRefresh: s.LastRefresh, NextRefresh: s.NextRefresh, LastError: s.LastError,
+	}
+	if err != nil {
+		// The replica's own view is still worth showing without Redis.
+		out.LastError = err.Error()
+	}
+	return out, nil
+}
+
+func (c controller) Refresh(ctx context.Context) (cache.Token, error) {
+	t, err := c.ref.Refresh(ctx)
+	if errors.Is(err, refresher.ErrNoLeader) {
+		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
+	}
+	return t, err
+}

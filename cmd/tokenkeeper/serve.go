@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+func runServe(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := parseServe(args, getenv, os.ReadFile, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return configError(err)
+	}
+	log := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	if cfg.AllowAnonymous {
+		log.Warn("anonymous reads are enabled: anyone who reaches this service can read the token")
+	}
+	p, err := NewProgram(cfg, log, nil)
+	if err != nil {
+		return configError(err)
+	}
+	defer p.Close()
+	return p.Run(ctx)
+}
+
+// configError lists every problem on a line of its own.
+func configError(err error) error {
+	var lines []string
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			lines = append(lines, "  - "+e.Error())
+		}
+	} else {
+		lines = append(lines, "  - "+err.Error())
+	}
+	return fmt.Errorf("invalid configuration:\n%s", strings.Join(lines, "\n"))
+}
+
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

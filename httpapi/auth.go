@@ -1,0 +1,119 @@
+package httpapi
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// grant is the set of roles a presented key holds; a key may hold several.
+type grant uint8
+
+const (
+	grantReader grant = 1 << iota
+	grantAdmin
+	grantMetrics
+)
+
+// keySet holds the SHA-256 digests of the configured keys of one kind.
+type keySet [][sha256.Size]byte
+
+// newKeySet digests keys, rejecting those no client could present. env names
+// the setting the keys come from, for the message; keys are never quoted.
+func newKeySet(env string, keys []string) (keySet, error) {
+	ks := make(keySet, 0, len(keys))
+	for i, k := range keys {
+		switch {
+		case k == "":
+			return nil, fmt.Errorf("httpapi: %s: key %d of %d is empty", env, i+1, len(keys))
+		case strings.TrimSpace(k) != k:
+			return nil, fmt.Errorf("httpapi: %s: key %d of %d has leading or trailing white space", env, i+1, len(keys))
+		case strings.ContainsFunc(k, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+			return nil, fmt.Errorf("httpapi: %s: key %d of %d contains a control character", env, i+1, len(keys))
+		}
+		ks = append(ks, sha256.Sum256([]byte(k)))
+	}
+	return ks, nil
+}
+
+// has reports whether digest is one of the set's. It compares against every
+// key, whatever matches, so the time taken depends only on the set's size.
+func (ks keySet) has(digest *[sha256.Size]byte) bool {
+	match := 0
+	for i := range ks {
+		match |= subtle.ConstantTimeCompare(digest[:], ks[i][:])
+	}
+	return match == 1
+}
+
+// credential returns the key a request presents: the token of an
+// "Authorization: Bearer <key>" header, else the X-API-Key header.
+// presented is true when either header is there, even if unusable
+// (another scheme, an empty value): such a request is not anonymous.
+func credential(h http.Header) (key string, presented bool) {
+	if v := h["Authorization"]; len(v) > 0 {
+		presented = true
+		const prefix = "Bearer "
+		if a := v[0]; len(a) > len(prefix) && strings.EqualFold(a[:len(prefix)], prefix) {
+			if key = strings.TrimSpace(a[len(prefix):]); key != "" {
+				return key, true
+			}
+		}
+	}
+	if v := h["X-Api-Key"]; len(v) > 0 {
+		return v[0], true
+	}
+	return "", presented
+}
+
+// authenticate returns the roles among want of the key the request
+// presents (none for an unknown key) and whether it presented one at all.
+// Only the key sets of the roles in want are searched.
+func (s *Server) authenticate(h http.Header, want grant) (g grant, presented bool) {
+	key, presented := credential(h)
+	if key == "" {
+		return 0, presented
+	}
+	digest := digestOf(key)
+	if want&grantReader != 0 && s.readerKeys.has(&digest) {
+		g |= grantReader
+	}
+	if want&grantAdmin != 0 && s.adminKeys.has(&digest) {
+		g |= grantAdmin
+	}
+	if want&grantMetrics != 0 && s.metricsKeys.has(&digest) {
+		g |= grantMetrics
+	}
+	return g, true
+}
+
+// digestOf is the SHA-256 of key. Keys of usual length are hashed from a
+// stack copy: []byte(key) would allocate for anything over 32 bytes.
+func digestOf(key string) [sha256.Size]byte {
+	var buf [256]byte
+	if len(key) <= len(buf) {
+		n := copy(buf[:], key)
+		return sha256.Sum256(buf[:n])
+	}
+	return sha256.Sum256([]byte(key))
+}
+
+// authorize admits a request whose key holds one of the roles in need.
+// Without one it answers errUnauthorized, or errForbidden when the key is a
+// reader or admin key that is not enough here. anonymous admits requests
+// that present no key at all.
+func (s *Server) authorize(h http.Header, need grant, anonymous bool) error {
+	g, presented := s.authenticate(h, need|grantReader|grantAdmin)
+	switch {
+	case g&need != 0:
+		return nil
+	case !presented && anonymous:
+		return nil
+	case g != 0:
+		return errForbidden
+	default:
+		return errUnauthorized
+	}
+}

@@ -1,0 +1,41 @@
+// Package httpapi is the HTTP face of a tokenkeeper replica: it hands out
+// the liveness token this replica holds in memory and exposes health,
+// readiness, metrics and a small admin API.
+//
+// # Routes
+//
+//	GET  /v1/tokens/liveness          reader or admin key; the token
+//	GET  /healthz                     anyone; 200 while the process runs
+//	GET  /readyz                      anyone; 200 only while a servable token is held
+//	GET  /metrics                     anyone, or a metrics or admin key when MetricsKeys are set
+//	GET  /v1/status                   admin key; Status, never the token
+//	POST /v1/tokens/liveness/refresh  admin key; the leader fetches a new token now
+//
+// The admin routes exist only when admin keys are configured; without them
+// they answer 404 like any unknown route.
+//
+// # Guarantees
+//
+//   - The token route never serves a token that Tokens.Current does not
+//     offer, nor one whose deadline has passed; with none it answers 503 with
+//     Retry-After. It never touches Redis or the upstream.
+//   - The key is checked before the token name, so without a valid key every
+//     name answers 401 and names do not leak.
+//   - Keys are compared as SHA-256 digests in constant time, against every
+//     configured key, so neither a key's content nor its length leaks
+//     through timing.
+//   - Every answer carries X-Tokenkeeper-Instance, X-Content-Type-Options:
+//     nosniff and Cache-Control: no-store. Every error, including echo's
+//     own 404 and 405, is JSON: {"error":{"code":"...","message":"..."}}.
+//     Messages never repeat request input.
+//   - Keys and tokens are never logged, and no answer but the token route's
+//     200 contains the token; the admin routes show its fingerprint.
+//   - Requests are not logged at Info; handler failures are logged at Debug,
+//     Warn or Error.
+//
+// # Performance
+//
+// The token route writes its JSON by hand into a pooled buffer, registers
+// no per-request middleware closures and sets headers from shared,
+// preallocated values, so a read costs no heap allocation of its own.
+package httpapi

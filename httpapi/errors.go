@@ -1,0 +1,157 @@
+package httpapi
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+)
+
+// ErrUnavailable is what a Controller wraps (with %w) to say that the
+// control plane cannot act now but may soon: no leader, Redis unreachable.
+// The refresh and status routes answer it with 503 and Retry-After; other
+// refresh failures answer 502.
+var ErrUnavailable = errors.New("httpapi: control plane unavailable")
+
+// apiError is an error answer: its status, its machine-readable code and a
+// message for people. Messages never repeat request input.
+type apiError struct {
+	status     int
+	code       string
+	message    string
+	retryAfter bool // add Retry-After
+}
+
+func (e *apiError) Error() string { return "httpapi: " + e.code + ": " + e.message }
+
+// The answers the handlers give most; package values, so that returning one
+// allocates nothing.
+var (
+	errUnauthorized = &apiError{
+		status: http.StatusUnauthorized, code: "unauthorized",
+		message: "a valid API key is required: Authorization: Bearer <key> or X-API-Key: <key>",
+	}
+	errForbidden = &apiError{
+		status: http.StatusForbidden, code: "forbidden",
+		message: "this key may not use this endpoint",
+	}
+	errUnknownToken = &apiError{
+		status: http.StatusNotFound, code: "not_found",
+		message: "no such token",
+	}
+	errNoToken = &apiError{
+		status: http.StatusServiceUnavailable, code: "no_token", retryAfter: true,
+		message: "this replica holds no servable token; retry shortly",
+	}
+	errNotReady = &apiError{
+		status: http.StatusServiceUnavailable, code: "not_ready", retryAfter: true,
+		message: "this replica holds no servable token",
+	}
+	errRouteNotFound = &apiError{
+		status: http.StatusNotFound, code: "not_found",
+		message: "no such endpoint",
+	}
+	errMethodNotAllowed = &apiError{
+		status: http.StatusMethodNotAllowed, code: "method_not_allowed",
+		message: "method not allowed on this endpoint",
+	}
+	errTooLarge = &apiError{
+		status: http.StatusRequestEntityTooLarge, code: "payload_too_large",
+		message: "request body too large",
+	}
+	errInternal = &apiError{
+		status: http.StatusInternalServerError, code: "internal",
+		message: "internal error",
+	}
+	errShuttingDown = &apiError{
+		status: http.StatusServiceUnavailable, code: "unavailable", retryAfter: true,
+		message: "the request ended before the answer was ready (the server may be shutting down)",
+	}
+)
+
+// toAPIError maps any handler or router error to the answer to give.
+// echo's errors keep their status but get our code and message: echo's own
+// messages are not ours to vouch for.
+func (s *Server) toAPIError(err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		switch he.Code {
+		case http.StatusNotFound:
+			return errRouteNotFound
+		case http.StatusMethodNotAllowed:
+			return errMethodNotAllowed
+		case http.StatusRequestEntityTooLarge:
+			return errTooLarge
+		}
+		if he.Code >= 400 && he.Code <= 599 {
+			return &apiError{status: he.Code, code: statusCode(he.Code), message: strings.ToLower(http.StatusText(he.Code))}
+		}
+	}
+	s.log.Error("httpapi: handler failed", "err", err)
+	return errInternal
+}
+
+// statusCode turns an HTTP status into an error code: "Too Many Requests"
+// gives "too_many_requests".
+func statusCode(status int) string {
+	text := http.StatusText(status)
+	if text == "" {
+		return "error"
+	}
+	var b strings.Builder
+	for _, r := range strings.ToLower(text) {
+		switch {
+		case r >= 'a' && r <= 'z' || r >= '0' && r <= '9':
+			b.WriteRune(r)
+		case r == ' ' || r == '-':
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
+}
+
+// writeError answers err as JSON, unless an answer has already begun.
+func (s *Server) writeError(c echo.Context, err error) {
+	res := c.Response()
+	if res.Committed {
+		s.log.Debug("httpapi: error after the answer began", "path", c.Path(), "err", err)
+		return
+	}
+	ae := s.toAPIError(err)
+	h := res.Header()
+	switch {
+	case ae.status == http.StatusUnauthorized:
+		h["Www-Authenticate"] = wwwAuthenticateValue
+	case ae.retryAfter:
+		h["Retry-After"] = s.retryAfterValue
+	}
+	bp := getBuf()
+	b := append((*bp)[:0], `{"error":{"code":`...)
+	b = appendJSONString(b, ae.code)
+	b = append(b, `,"message":`...)
+	b = appendJSONString(b, ae.message)
+	b = append(b, "}}\n"...)
+	s.writeJSON(c, ae.status, b)
+	*bp = b
+	putBuf(bp)
+}
+
+// routerError is the echo HTTPErrorHandler. The route handlers answer their
+// own errors, so it sees those of the router (unknown routes, 404; known
+// routes asked with another method, 405) and of the body limit (413),
+// which runs before instrument. Their duration is not recorded.
+func (s *Server) routerError(err error, c echo.Context) {
+	s.writeError(c, err)
+	rm := s.metrics.unmatched
+	if he, ok := errors.AsType[*echo.HTTPError](err); !ok || he.Code != http.StatusNotFound {
+		if known, ok := s.metrics.routes[c.Path()]; ok {
+			rm = known
+		}
+	}
+	rm.count(c.Response().Status)
+}

@@ -1,0 +1,384 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+)
+
+// Tokens gives the token this replica may serve now.
+type Tokens interface {
+	// Current returns the token if it is servable now (not within the serve
+	// margin of expiry). It is called on every read: it must be fast, must
+	// not block and must be safe for concurrent use.
+	Current() (cache.Token, bool)
+}
+
+// Controller is the fleet's control plane as this replica sees it. Its
+// methods must be safe for concurrent use.
+type Controller interface {
+	// Status describes the fleet as this replica sees it. Errors wrapping
+	// ErrUnavailable answer 503, others 500; admins see their message.
+	Status(ctx context.Context) (Status, error)
+	// Refresh asks the leader (whichever replica it is) to fetch a new token
+	// now and blocks until the new token is stored or ctx ends. Returns the
+	// new token. Errors wrapping ErrUnavailable answer 503, others 502;
+	// admins see their message, so it must not hold secrets.
+	Refresh(ctx context.Context) (cache.Token, error)
+}
+
+// Status is what GET /v1/status answers, as JSON with the field names in
+// the tags. It never holds the token itself. Zero times are left out; times
+// are shown in UTC.
+type Status struct {
+	// Instance is this replica's id; the server fills it from
+	// Config.Instance when empty.
+	Instance string `json:"instance"`
+	// Leader is the id of the replica holding the leader lock; empty when
+	// none is known.
+	Leader   string `json:"leader,omitempty"`
+	IsLeader bool   `json:"is_leader"`
+	// Ready is whether this replica holds a servable token.
+	Ready bool `json:"ready"`
+	// TokenFingerprint names the token this replica holds (cache.Fingerprint).
+	TokenFingerprint string `json:"token_fingerprint,omitempty"`
+	// ExpiresAt is when that token expires.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// ExpiresIn is the whole seconds left until ExpiresAt. The server
+	// computes it from ExpiresAt and Config.Now; a value set by the
+	// Controller is overwritten.
+	ExpiresIn int64 `json:"expires_in"`
+	// LastRefresh is when the fleet last stored a new token; NextRefresh
+	// when the leader plans to fetch the next.
+	LastRefresh time.Time `json:"last_refresh,omitzero"`
+	NextRefresh time.Time `json:"next_refresh,omitzero"`
+	// LastError is the last refresh failure, empty after a success. It is
+	// shown to admins, so it must not hold secrets.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// Config configures a Server. The zero value of each field but the keys is
+// usable: at least ReaderKeys or AllowAnonymous must be set.
+type Config struct {
+	// Instance names this replica in the X-Tokenkeeper-Instance header and
+	// in Status. Default: the host name.
+	Instance string
+	// ReaderKeys may read the token (TOKENKEEPER_API_KEYS). Required
+	// unless AllowAnonymous is set.
+	ReaderKeys []string
+	// AdminKeys may read the token, read the status and ask for a refresh
+	// (TOKENKEEPER_ADMIN_KEYS). Without them the admin routes do not exist
+	// and answer 404.
+	AdminKeys []string
+	// AllowAnonymous lets requests that present no key at all read the
+	// token. A request that presents a key still needs a valid one.
+	AllowAnonymous bool
+	// MetricsKeys, when set, are needed (or an admin key) to read
+	// /metrics. Default: none, /metrics is open.
+	MetricsKeys []string
+	// Now is the clock used for expires_in. Default: time.Now.
+	Now func() time.Time
+	// Logger receives the server's logs. Default: none are written.
+	Logger *slog.Logger
+	// Registerer receives the server's metrics and Gatherer is served on
+	// /metrics. Default: a private registry, with the Go and process
+	// collectors, for both; if only Registerer is set it must also be a
+	// Gatherer (as *prometheus.Registry is).
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// RefreshTimeout bounds how long POST .../refresh waits. Default 30s.
+	RefreshTimeout time.Duration
+	// RetryAfter is advertised with 503 answers, rounded up to whole
+	// seconds. Default 5s.
+	RetryAfter time.Duration
+	// ShutdownTimeout bounds how long Serve waits for requests in flight
+	// once its context ends. Default 10s.
+	ShutdownTimeout time.Duration
+}
+
+// Defaults of Config.
+const (
+	DefaultRefreshTimeout  = 30 * time.Second
+	DefaultRetryAfter      = 5 * time.Second
+	DefaultShutdownTimeout = 10 * time.Second
+)
+
+// Limits Serve applies to every connection.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 16 << 10
+	bodyLimit         = "4KiB"
+	// writeTimeoutSlack is how much longer than RefreshTimeout a response may take to write.
+	writeTimeoutSlack = 10 * time.Second
+)
+
+// tokenName is the one token tokenkeeper keeps.
+const tokenName = "liveness"
+
+// Server is the HTTP API of one replica. Its methods are safe for
+// concurrent use.
+type Server struct {
+	instance        string
+	tokens          Tokens
+	ctl             Controller
+	now             func() time.Time
+	fakeClock       bool // now is not time.Now
+	log             *slog.Logger
+	anonymous       bool
+	readerKeys      keySet
+	adminKeys       keySet
+	metricsKeys     keySet
+	refreshTimeout  time.Duration
+	shutdownTimeout time.Duration
+	retryAfterValue []string
+	instanceValue   []string
+	metrics         *metrics
+	encoded         atomic.Pointer[encodedToken]
+	gatherer        prometheus.Gatherer
+	echo            *echo.Echo
+	handler         http.Handler
+}
+
+// New builds a Server that serves the token tokens gives and asks ctl for
+// the admin routes. ctl may be nil when cfg has no admin keys. It rejects a
+// configuration with no reader key and no explicit anonymous reads, and
+// keys no client could present (empty, padded with white space).
+func New(cfg Config, tokens Tokens, ctl Controller) (*Server, error) {
+	if tokens == nil {
+		return nil, errors.New("httpapi: Tokens is nil")
+	}
+	if len(cfg.ReaderKeys) == 0 && !cfg.AllowAnonymous {
+		return nil, errors.New("httpapi: no reader keys: set TOKENKEEPER_API_KEYS, or allow anonymous reads explicitly")
+	}
+	if len(cfg.AdminKeys) > 0 && ctl == nil {
+		return nil, errors.New("httpapi: TOKENKEEPER_ADMIN_KEYS is set but there is no Controller for the admin routes")
+	}
+	s := &Server{
+		instance:        cfg.Instance,
+		tokens:          tokens,
+		ctl:             ctl,
+		now:             cfg.Now,
+		log:             cfg.Logger,
+		anonymous:       cfg.AllowAnonymous,
+		refreshTimeout:  cfg.RefreshTimeout,
+		shutdownTimeout: cfg.ShutdownTimeout,
+		gatherer:        cfg.Gatherer,
+	}
+	var err error
+	if s.readerKeys, err = newKeySet("TOKENKEEPER_API_KEYS", cfg.ReaderKeys); err != nil {
+		return nil, err
+	}
+	if s.adminKeys, err = newKeySet("TOKENKEEPER_ADMIN_KEYS", cfg.AdminKeys); err != nil {
+		return nil, err
+	}
+	if s.metricsKeys, err = newKeySet("metrics keys", cfg.MetricsKeys); err != nil {
+		return nil, err
+	}
+	if s.instance == "" {
+		if s.instance, err = os.Hostname(); err != nil || s.instance == "" {
+			s.instance = "tokenkeeper"
+		}
+	}
+	if strings.ContainsFunc(s.instance, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return nil, errors.New("httpapi: the instance id contains a control character")
+	}
+	s.instanceValue = []string{s.instance}[:1:1]
+	s.fakeClock = s.now != nil
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case s.refreshTimeout < 0:
+		return nil, fmt.Errorf("httpapi: RefreshTimeout %v is negative", s.refreshTimeout)
+	case s.refreshTimeout == 0:
+		s.refreshTimeout = DefaultRefreshTimeout
+	}
+	switch {
+	case s.shutdownTimeout < 0:
+		return nil, fmt.Errorf("httpapi: ShutdownTimeout %v is negative", s.shutdownTimeout)
+	case s.shutdownTimeout == 0:
+		s.shutdownTimeout = DefaultShutdownTimeout
+	}
+	retryAfter := cfg.RetryAfter
+	switch {
+	case retryAfter < 0:
+		return nil, fmt.Errorf("httpapi: RetryAfter %v is negative", retryAfter)
+	case retryAfter == 0:
+		retryAfter = DefaultRetryAfter
+	}
+	secs := int64((retryAfter + time.Second - 1) / time.Second)
+	s.retryAfterValue = []string{strconv.FormatInt(secs, 10)}[:1:1]
+
+	reg := cfg.Registerer
+	if reg == nil {
+		private := prometheus.NewRegistry()
+		private.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg = private
+		if s.gatherer == nil {
+			s.gatherer = private
+		}
+	}
+	if s.gatherer == nil {
+		g, ok := reg.(prometheus.Gatherer)
+		if !ok {
+			return nil, errors.New("httpapi: Config.Gatherer is needed when Config.Registerer is not a Gatherer")
+		}
+		s.gatherer = g
+	}
+	if s.metrics, err = newMetrics(reg); err != nil {
+		return nil, err
+	}
+
+	s.echo = s.routes(len(cfg.AdminKeys) > 0)
+	s.handler = http.HandlerFunc(s.serveHTTP)
+	return s, nil
+}
+
+// handlerFunc is a route handler. now is the request's time on the
+// configured clock, read once by instrument.
+type handlerFunc func(c echo.Context, now time.Time) error
+
+// routes builds the echo instance. Middleware is composed into each handler
+// here, once: echo applies route and global middleware anew on every
+// request, which allocates.
+func (s *Server) routes(admin bool) *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.Logger.SetOutput(io.Discard)
+	e.HTTPErrorHandler = s.routerError
+
+	limit := middleware.BodyLimitWithConfig(middleware.BodyLimitConfig{
+		Limit:   bodyLimit,
+		Skipper: func(c echo.Context) bool { return c.Request().ContentLength == 0 },
+	})
+	add := func(method, pattern string, h handlerFunc) {
+		e.Add(method, pattern, limit(s.instrument(pattern, h)))
+	}
+	add(http.MethodGet, "/v1/tokens/:name", s.getToken)
+	add(http.MethodGet, "/healthz", s.getHealth)
+	add(http.MethodGet, "/readyz", s.getReady)
+	add(http.MethodGet, "/metrics", s.metricsHandler())
+	if admin {
+		add(http.MethodGet, "/v1/status", s.getStatus)
+		add(http.MethodPost, "/v1/tokens/:name/refresh", s.postRefresh)
+	} else {
+		// Off: 404 for every method, as for a path that never existed. Left
+		// unregistered, echo would answer some of them 405 through the
+		// token route's pattern.
+		off := func(echo.Context) error { return errRouteNotFound }
+		e.Any("/v1/status", off)
+		e.Any("/v1/tokens/:name/refresh", off)
+	}
+	return e
+}
+
+// instrument adapts the handler of the route with the path pattern: it
+// answers the handler's errors as JSON, turns a panic into a 500 and
+// records the request's metrics. It reads the clock once for both the
+// duration and the handler's now, unless Config.Now replaced the clock.
+func (s *Server) instrument(pattern string, h handlerFunc) echo.HandlerFunc {
+	rm := s.metrics.route(pattern)
+	return func(c echo.Context) error {
+		start := time.Now()
+		now := start
+		if s.fakeClock {
+			now = s.now()
+		}
+		if err := s.call(h, c, now); err != nil {
+			s.writeError(c, err)
+		}
+		rm.observe(c.Response().Status, time.Since(start))
+		return nil
+	}
+}
+
+// call runs h, turning a panic into errInternal (but letting
+// http.ErrAbortHandler through, as net/http expects).
+func (s *Server) call(h handlerFunc, c echo.Context, now time.Time) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			s.log.Error("httpapi: handler panicked", "route", c.Path(), "panic", p)
+			err = errInternal
+		}
+	}()
+	return h(c, now)
+}
+
+// Handler returns the server's http.Handler, for tests and for callers that
+// run their own http.Server.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// serveHTTP sets the headers every answer carries and hands over to echo.
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h["X-Tokenkeeper-Instance"] = s.instanceValue
+	h["X-Content-Type-Options"] = nosniffValue
+	h["Cache-Control"] = noStoreValue
+	s.echo.ServeHTTP(w, r)
+}
+
+// Serve answers HTTP on ln until ctx ends, then shuts down gracefully: it
+// stops accepting, cancels the context of requests in flight (a waiting
+// refresh answers 503) and waits up to Config.ShutdownTimeout for them to
+// finish before closing what remains. It closes ln. It returns nil after a
+// shutdown caused by ctx, or the error that stopped serving.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBase()
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      s.refreshTimeout + writeTimeoutSlack,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return base },
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	s.log.Info("httpapi: serving", "addr", ln.Addr().String(), "instance", s.instance)
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("httpapi: serve: %w", err)
+	case <-ctx.Done():
+	}
+	cancelBase()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.shutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		err = errors.Join(fmt.Errorf("httpapi: shutdown: %w", err), srv.Close())
+	}
+	if serr := <-served; !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, fmt.Errorf("httpapi: serve: %w", serr))
+	}
+	s.log.Info("httpapi: stopped", "instance", s.instance)
+	return err
+}
