@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // setting is one configuration variable with its flag twin.
@@ -268,6 +270,11 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 		v.fail("RDP_AUTH: %q is not v1 or v2", c.RDP.Auth)
 	}
 	checkTimings(v, c)
+	if c.RDP.Auth == "v1" || c.RDP.Auth == "v2" {
+		if _, err := upstream.New(c.upstreamConfig()); err != nil {
+			v.errs = append(v.errs, err)
+		}
+	}
 	if c.Instance == "" {
 		host, _ := os.Hostname()
 		c.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
@@ -292,5 +299,16 @@ func checkTimings(v *values, c Config) {
 	}
 	if c.PollInterval > 0 && c.PollInterval < 10*time.Millisecond {
 		v.fail("TOKENKEEPER_POLL_INTERVAL (%v) must be at least 10ms", c.PollInterval)
+	}
+}
+
+// upstreamConfig is the RDP client's configuration.
+func (c Config) upstreamConfig() upstream.Config {
+	return upstream.Config{
+		BaseURL: c.RDP.BaseURL, Auth: c.RDP.Auth,
+		ClientID: c.RDP.ClientID, ClientSecret: c.RDP.ClientSecret,
+		Username: c.RDP.Username, Password: c.RDP.Password,
+		Scope: c.RDP.Scope, LivenessPath: c.RDP.LivenessPath, LivenessMethod: c.RDP.LivenessMethod,
+		DefaultLifetime: c.TokenLifetime,
 	}
 }

@@ -66,13 +66,9 @@ func newProgram(cfg Config, log *slog.Logger, rdb *redis.Client, src refresher.S
 		if err != nil {
 			return nil, err
 		}
-		client, err := upstream.New(upstream.Config{
-			BaseURL: cfg.RDP.BaseURL, Auth: cfg.RDP.Auth,
-			ClientID: cfg.RDP.ClientID, ClientSecret: cfg.RDP.ClientSecret,
-			Username: cfg.RDP.Username, Password: cfg.RDP.Password,
-			Scope: cfg.RDP.Scope, LivenessPath: cfg.RDP.LivenessPath, LivenessMethod: cfg.RDP.LivenessMethod,
-			DefaultLifetime: cfg.TokenLifetime, BeforeAuth: budget.Take, Logger: log,
-		})
+		ucfg := cfg.upstreamConfig()
+		ucfg.BeforeAuth, ucfg.Logger = budget.Take, log
+		client, err := upstream.New(ucfg)
 		if err != nil {
 			return nil, err
 		}

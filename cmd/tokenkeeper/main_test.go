@@ -1,0 +1,436 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// fleetTimings compress an hour into seconds.
+type fleetTimings struct {
+	lifetime, before, margin, lockTTL time.Duration
+}
+
+var compressed = fleetTimings{lifetime: 3 * time.Second, before: time.Second, margin: 500 * time.Millisecond, lockTTL: time.Second}
+
+// testReplica is one Program running for real on 127.0.0.1:0.
+type testReplica struct {
+	name   string
+	p      *Program
+	url    string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startReplica(t *testing.T, name, redisAddr, rdpURL string, tm fleetTimings) *testReplica {
+	t.Helper()
+	cfg := Config{
+		Listen:        "127.0.0.1:0",
+		Redis:         &redis.Options{Addr: redisAddr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond},
+		APIKeys:       []string{"reader-key"},
+		AdminKeys:     []string{"admin-key"},
+		Instance:      name,
+		RefreshBefore: tm.before,
+		LockTTL:       tm.lockTTL,
+		TokenLifetime: tm.lifetime,
+		ServeMargin:   tm.margin,
+		PollInterval:  200 * time.Millisecond,
+		RetryMin:      50 * time.Millisecond,
+		RetryMax:      500 * time.Millisecond,
+		AuthPerMinute: 20,
+		RDP: RDPConfig{BaseURL: rdpURL, Auth: "v2", ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret},
+	}
+	p, err := NewProgram(cfg, quiet.With("replica", name), nil)
+	if err != nil {
+		t.Fatalf("NewProgram: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &testReplica{name: name, p: p, url: "http://" + p.Addr(), cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- p.Run(ctx) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *testReplica) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+	r.p.Close()
+	r.cancel = nil
+}
+
+// sample is one answer a client saw.
+type sample struct {
+	at     time.Time
+	status int
+	token  string
+}
+
+// reader reads the token from one replica until stopped, as an app would.
+type reader struct {
+	mu      sync.Mutex
+	samples []sample
+}
+
+func (rd *reader) run(ctx context.Context, url string) {
+	c := &http.Client{Timeout: time.Second}
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/v1/tokens/liveness", nil)
+		req.Header.Set("Authorization", "Bearer reader-key")
+		resp, err := c.Do(req)
+		s := sample{at: time.Now()}
+		if err == nil {
+			var body struct{ Token string }
+			json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			s.status, s.token = resp.StatusCode, body.Token
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		rd.mu.Lock()
+		rd.samples = append(rd.samples, s)
+		rd.mu.Unlock()
+		time.Sleep(5 * time.Millisecond) // pacing between requests, not waiting for time
+	}
+}
+
+func (rd *reader) all() []sample {
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	return append([]sample(nil), rd.samples...)
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestFleet runs 1, 3 and 10 replicas over several token lifetimes against
+// one Redis and the fake RDP, with apps reading from every replica: every
+// replica serves the same token, none serves a token the fake knows to be
+// expired, and the fake sees one liveness request per lifetime.
+func TestFleet(t *testing.T) {
+	for _, n := range []int{1, 3, 10} {
+		t.Run(fmt.Sprintf("replicas=%d", n), func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.NewMini(t)
+			fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: compressed.lifetime}})
+			rdp := httptest.NewServer(fake)
+			t.Cleanup(rdp.Close)
+
+			var fleet []*testReplica
+			for i := range n {
+				fleet = append(fleet, startReplica(t, fmt.Sprintf("r%d", i), srv.Addr, rdp.URL, compressed))
+			}
+			for _, r := range fleet {
+				eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.store.Current(); return ok })
+			}
+			ctx, stopReading := context.WithCancel(context.Background())
+			readers := make([]*reader, n)
+			var wg sync.WaitGroup
+			for i, r := range fleet {
+				readers[i] = &reader{}
+				wg.Add(1)
+				go func() { defer wg.Done(); readers[i].run(ctx, r.url) }()
+			}
+			const cycles = 3
+			eventually(t, 5*compressed.lifetime, "three refreshes", func() bool { return len(fake.Stats().Tokens) > cycles })
+			// Ask a replica that does not lead for a refresh: it reaches the leader through Redis.
+			follower := fleet[len(fleet)-1]
+			for _, r := range fleet {
+				if !r.p.ref.IsLeader() {
+					follower = r
+				}
+			}
+			before := len(fake.Stats().Tokens)
+			req, _ := http.NewRequest(http.MethodPost, follower.url+"/v1/tokens/liveness/refresh", nil)
+			req.Header.Set("Authorization", "Bearer admin-key")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("admin refresh through %s: got %d, want 200", follower.name, resp.StatusCode)
+			}
+			if got := len(fake.Stats().Tokens); got != before+1 {
+				t.Fatalf("admin refresh: fake issued %d tokens, want %d", got, before+1)
+			}
+			time.Sleep(200 * time.Millisecond) // let the readers sample the switch
+			stopReading()
+			wg.Wait()
+
+			st := fake.Stats()
+			expiry := make(map[string]time.Time)
+			issued := make(map[string]time.Time)
+			for _, tok := range st.Tokens {
+				expiry[tok.Token] = tok.ExpiresAt
+				issued[tok.Token] = tok.IssuedAt
+			}
+			if st.LivenessCalls != len(st.Tokens) {
+				t.Errorf("liveness calls %d for %d tokens: a call was wasted", st.LivenessCalls, len(st.Tokens))
+			}
+			for i := 1; i < len(st.Tokens)-1; i++ { // the last one was forced
+				gap := st.Tokens[i].IssuedAt.Sub(st.Tokens[i-1].IssuedAt)
+				if min := compressed.lifetime - compressed.before - compressed.before/10 - 100*time.Millisecond; gap < min {
+					t.Errorf("token %d issued %v after the previous: more than one fetch per lifetime (want at least %v)", i+1, gap, min)
+				}
+			}
+
+			var worstStale time.Duration
+			var served int
+			for i, rd := range readers {
+				for _, s := range rd.all() {
+					if s.status != http.StatusOK {
+						t.Errorf("%s answered %d at %v: service stopped", fleet[i].name, s.status, s.at.Format(time.StampMilli))
+						continue
+					}
+					served++
+					exp, ok := expiry[s.token]
+					if !ok {
+						t.Fatalf("%s served a token the fake never issued", fleet[i].name)
+					}
+					if !s.at.Before(exp) {
+						t.Errorf("%s served an expired token at %v (expired %v)", fleet[i].name, s.at, exp)
+					}
+					// How long after a newer token was issued did this replica still serve an older one?
+					for _, at := range issued {
+						if at.After(issued[s.token]) && s.at.After(at) {
+							worstStale = max(worstStale, s.at.Sub(at))
+						}
+					}
+				}
+			}
+			// Pub/sub brings the new token within milliseconds (the benchmarks
+			// measure it); the behaviour asserted here is that no replica lags
+			// by more than its catch-up poll, whatever the machine's load.
+			if worstStale > time.Second {
+				t.Errorf("a replica served the previous token %v after the refresh, want well within a second", worstStale)
+			}
+			t.Logf("FIGURE replicas=%d liveness_calls=%d tokens=%d reads=%d worst_stale=%v",
+				n, st.LivenessCalls, len(st.Tokens), served, worstStale.Round(time.Millisecond))
+		})
+	}
+}
+
+// TestGracefulHandover stops the leader as SIGTERM would: another replica
+// leads within a second, and no read fails on the others.
+func TestGracefulHandover(t *testing.T) {
+	srv := redistest.NewMini(t)
+	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: time.Minute}})
+	rdp := httptest.NewServer(fake)
+	t.Cleanup(rdp.Close)
+	tm := fleetTimings{lifetime: time.Minute, before: 10 * time.Second, margin: 5 * time.Second, lockTTL: 3 * time.Second}
+	fleet := []*testReplica{
+		startReplica(t, "a", srv.Addr, rdp.URL, tm),
+		startReplica(t, "b", srv.Addr, rdp.URL, tm),
+		startReplica(t, "c", srv.Addr, rdp.URL, tm),
+	}
+	var leader *testReplica
+	eventually(t, 5*time.Second, "a leader", func() bool {
+		for _, r := range fleet {
+			if r.p.ref.IsLeader() {
+				leader = r
+				return true
+			}
+		}
+		return false
+	})
+	for _, r := range fleet {
+		eventually(t, 2*time.Second, r.name+" ready", func() bool { _, ok := r.p.store.Current(); return ok })
+	}
+	stopped := time.Now()
+	leader.stop()
+	eventually(t, time.Second, "a new leader within a second", func() bool {
+		for _, r := range fleet {
+			if r != leader && r.p.ref.IsLeader() {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("FIGURE graceful_handover=%v", time.Since(stopped).Round(time.Millisecond))
+	if got := fake.Stats().LivenessCalls; got != 1 {
+		t.Fatalf("liveness calls: got %d, want 1: a handover needs no new token", got)
+	}
+}
+
+func TestHealthcheck(t *testing.T) {
+	ready := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" || !ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	env := func(string) string { return "" }
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"healthcheck", "--url", srv.URL + "/readyz"}, env, io.Discard, &stderr); code != 0 {
+		t.Fatalf("ready: exit %d, want 0 (%s)", code, stderr.String())
+	}
+	ready = false
+	if code := run(context.Background(), []string{"healthcheck", "--url", srv.URL + "/readyz"}, env, io.Discard, &stderr); code != 1 {
+		t.Fatalf("not ready: exit %d, want 1", code)
+	}
+	listen := strings.TrimPrefix(srv.URL, "http://127.0.0.1")
+	envListen := func(k string) string {
+		if k == "TOKENKEEPER_LISTEN" {
+			return listen
+		}
+		return ""
+	}
+	if code := run(context.Background(), []string{"healthcheck"}, envListen, io.Discard, &stderr); code != 1 {
+		t.Fatalf("derived URL, not ready: exit %d, want 1", code)
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"frobnicate"}, os.Getenv, io.Discard, &stderr); code != 2 {
+		t.Fatalf("exit %d, want 2", code)
+	}
+	if !strings.Contains(stderr.String(), `unknown command "frobnicate"`) {
+		t.Fatalf("stderr %q does not name the command", stderr.String())
+	}
+}
+
+func TestServeConfig(t *testing.T) {
+	base := map[string]string{
+		"TOKENKEEPER_REDIS_URL": "redis://localhost:6379/0",
+		"TOKENKEEPER_API_KEYS":  "k1,k2",
+		"RDP_CLIENT_ID":         "id",
+		"RDP_CLIENT_SECRET":     "s3cr3t",
+	}
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secretFile, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		env     map[string]string // merged over base; "" deletes
+		args    []string
+		wantErr []string // each must appear in the error
+		check   func(t *testing.T, c Config)
+	}{
+		{name: "defaults", check: func(t *testing.T, c Config) {
+			if c.Listen != ":8080" || c.LockTTL != 10*time.Second || c.RefreshBefore != 15*time.Minute ||
+				c.TokenLifetime != time.Hour || c.ServeMargin != time.Minute || c.RDP.Auth != "v2" || c.RDP.Scope != "trapi" {
+				t.Errorf("got %+v", c)
+			}
+			if len(c.APIKeys) != 2 || c.Instance == "" {
+				t.Errorf("keys %v instance %q", c.APIKeys, c.Instance)
+			}
+		}},
+		{name: "flag beats env", args: []string{"--lock-ttl", "3s"}, env: map[string]string{"TOKENKEEPER_LOCK_TTL": "5s"},
+			check: func(t *testing.T, c Config) {
+				if c.LockTTL != 3*time.Second {
+					t.Errorf("LockTTL: got %v, want 3s", c.LockTTL)
+				}
+			}},
+		{name: "secret from file", env: map[string]string{"RDP_CLIENT_SECRET": "", "RDP_CLIENT_SECRET_FILE": secretFile},
+			check: func(t *testing.T, c Config) {
+				if c.RDP.ClientSecret != "from-file" {
+					t.Errorf("ClientSecret: got %q, want from-file", c.RDP.ClientSecret)
+				}
+			}},
+		{name: "anonymous", env: map[string]string{"TOKENKEEPER_API_KEYS": "", "TOKENKEEPER_ALLOW_ANONYMOUS": "true"}},
+		{name: "missing redis and keys", env: map[string]string{"TOKENKEEPER_REDIS_URL": "", "TOKENKEEPER_API_KEYS": ""},
+			wantErr: []string{"TOKENKEEPER_REDIS_URL is required", "TOKENKEEPER_API_KEYS is required"}},
+		{name: "bad redis url", env: map[string]string{"TOKENKEEPER_REDIS_URL": "http://user:pw@x"}, wantErr: []string{"TOKENKEEPER_REDIS_URL: not a valid"}},
+		{name: "bad duration", env: map[string]string{"TOKENKEEPER_LOCK_TTL": "ten"}, wantErr: []string{`TOKENKEEPER_LOCK_TTL: "ten" is not a duration`}},
+		{name: "negative duration", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "-1m"}, wantErr: []string{"TOKENKEEPER_SERVE_MARGIN: -1m0s must be positive"}},
+		{name: "window longer than lifetime", env: map[string]string{"TOKENKEEPER_REFRESH_BEFORE": "70m"}, wantErr: []string{"TOKENKEEPER_REFRESH_BEFORE (1h10m0s) plus TOKENKEEPER_SERVE_MARGIN"}},
+		{name: "margin longer than lifetime", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "2h"}, wantErr: []string{"TOKENKEEPER_SERVE_MARGIN (2h0m0s) must be shorter"}},
+		{name: "tiny lock ttl", env: map[string]string{"TOKENKEEPER_LOCK_TTL": "10ms"}, wantErr: []string{"TOKENKEEPER_LOCK_TTL (10ms) must be at least 300ms"}},
+		{name: "retry max below min", env: map[string]string{"TOKENKEEPER_RETRY_MIN": "10s", "TOKENKEEPER_RETRY_MAX": "1s"}, wantErr: []string{"TOKENKEEPER_RETRY_MAX (1s)"}},
+		{name: "bad auth", env: map[string]string{"RDP_AUTH": "v3"}, wantErr: []string{`RDP_AUTH: "v3" is not v1 or v2`}},
+		{name: "bad listen", env: map[string]string{"TOKENKEEPER_LISTEN": "8080"}, wantErr: []string{`TOKENKEEPER_LISTEN: "8080" is not host:port`}},
+		{name: "empty key", env: map[string]string{"TOKENKEEPER_API_KEYS": "a,,b"}, wantErr: []string{"TOKENKEEPER_API_KEYS: item 2 is empty"}},
+		{name: "bad bool", env: map[string]string{"TOKENKEEPER_ALLOW_ANONYMOUS": "maybe"}, wantErr: []string{`TOKENKEEPER_ALLOW_ANONYMOUS: "maybe" is not true or false`}},
+		{name: "bad budget", env: map[string]string{"TOKENKEEPER_AUTH_CALLS_PER_MINUTE": "0"}, wantErr: []string{"TOKENKEEPER_AUTH_CALLS_PER_MINUTE: 0 must be at least 1"}},
+		{name: "bad log level", env: map[string]string{"TOKENKEEPER_LOG_LEVEL": "loud"}, wantErr: []string{`TOKENKEEPER_LOG_LEVEL: "loud"`}},
+		{name: "both env and file", env: map[string]string{"RDP_CLIENT_SECRET_FILE": secretFile}, wantErr: []string{"RDP_CLIENT_SECRET and RDP_CLIENT_SECRET_FILE are both set"}},
+		{name: "missing file", env: map[string]string{"RDP_CLIENT_SECRET": "", "RDP_CLIENT_SECRET_FILE": filepath.Join(dir, "nope")}, wantErr: []string{"RDP_CLIENT_SECRET_FILE:"}},
+		{name: "v2 without credentials", env: map[string]string{"RDP_CLIENT_ID": "", "RDP_CLIENT_SECRET": ""}, wantErr: []string{"RDP_CLIENT_ID"}},
+		{name: "v1 without account", env: map[string]string{"RDP_AUTH": "v1"}, wantErr: []string{"RDP_USERNAME"}},
+		{name: "stray argument", args: []string{"extra"}, wantErr: []string{`unexpected argument "extra"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range base {
+				env[k] = v
+			}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			c, err := parseServe(tt.args, func(k string) string { return env[k] }, os.ReadFile, io.Discard)
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("got error %v, want none", err)
+				}
+				if tt.check != nil {
+					tt.check(t, c)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("got no error, want %q", tt.wantErr)
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			for _, secret := range []string{"s3cr3t", "pw@", "from-file"} {
+				if strings.Contains(err.Error(), secret) {
+					t.Errorf("error %q reveals a secret", err)
+				}
+			}
+		})
+	}
+}
+
+// TestServeFailsFast checks that serve names every bad setting at once
+// and exits 1 without starting.
+func TestServeFailsFast(t *testing.T) {
+	var stderr bytes.Buffer
+	env := map[string]string{"TOKENKEEPER_LOCK_TTL": "soon"}
+	code := run(context.Background(), []string{"serve"}, func(k string) string { return env[k] }, io.Discard, &stderr)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	for _, w := range []string{"invalid configuration", "TOKENKEEPER_REDIS_URL is required", "TOKENKEEPER_API_KEYS is required", "TOKENKEEPER_LOCK_TTL"} {
+		if !strings.Contains(stderr.String(), w) {
+			t.Errorf("stderr %q does not contain %q", stderr.String(), w)
+		}
+	}
+}
