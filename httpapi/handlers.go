@@ -57,7 +57,7 @@ func (s *Server) tokenHead(value string, deadline time.Time) []byte {
 	}
 	e := &encodedToken{value: value, deadline: deadline}
 	e.head = appendTokenJSON(nil, tokenName, value, deadline)
-	s.encoded.Store(e) // racing readers store equal answers
+	s.encoded.Store(e) // a racing store is harmless: each read uses the answer it checked or built
 	return e.head
 }
 

@@ -1,7 +1,9 @@
 package httpapi
 
 import (
+	"crypto/sha256"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 )
@@ -117,4 +119,30 @@ func canonical(k string) string {
 		return "X-Api-Key"
 	}
 	return k
+}
+
+func TestDigestOf(t *testing.T) {
+	for _, n := range []int{1, 32, 33, 256, 257, 1000} {
+		key := strings.Repeat("k", n)
+		if got, want := digestOf(key), sha256.Sum256([]byte(key)); got != want {
+			t.Errorf("digestOf(%d bytes) = %x, want %x", n, got, want)
+		}
+	}
+}
+
+func TestStatusCode(t *testing.T) {
+	tests := []struct {
+		status int
+		want   string
+	}{
+		{429, "too_many_requests"},
+		{418, "im_a_teapot"},
+		{431, "request_header_fields_too_large"},
+		{599, "error"},
+	}
+	for _, tt := range tests {
+		if got := statusCode(tt.status); got != tt.want {
+			t.Errorf("statusCode(%d) = %q, want %q", tt.status, got, tt.want)
+		}
+	}
 }

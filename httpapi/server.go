@@ -97,8 +97,9 @@ type Config struct {
 	// Logger receives the server's logs. Default: none are written.
 	Logger *slog.Logger
 	// Registerer receives the server's metrics and Gatherer is served on
-	// /metrics. Default: a private registry, with the Go and process
-	// collectors, for both; if only Registerer is set it must also be a
+	// /metrics. Without a Registerer the server's metrics go to a private
+	// registry, with the Go and process collectors, served alone or along
+	// with Gatherer. A Registerer without a Gatherer must also be a
 	// Gatherer (as *prometheus.Registry is).
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
@@ -237,6 +238,8 @@ func New(cfg Config, tokens Tokens, ctl Controller) (*Server, error) {
 		reg = private
 		if s.gatherer == nil {
 			s.gatherer = private
+		} else {
+			s.gatherer = prometheus.Gatherers{s.gatherer, private}
 		}
 	}
 	if s.gatherer == nil {

@@ -897,3 +897,42 @@ func TestServeListenerClosed(t *testing.T) {
 		t.Errorf("Serve on a closed listener: nil error, want one")
 	}
 }
+
+func TestMetricsRegistries(t *testing.T) {
+	// other is a registry of the caller's own, with a metric of its own.
+	other := prometheus.NewRegistry()
+	other.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "caller_gauge", Help: "h"}))
+	tests := []struct {
+		name    string
+		reg     prometheus.Registerer
+		gath    prometheus.Gatherer
+		want    []string
+		notWant []string
+	}{
+		{"private", nil, nil, []string{"tokenkeeper_http_requests_total", "go_goroutines"}, []string{"caller_gauge"}},
+		{"gatherer only: both served", nil, other, []string{"tokenkeeper_http_requests_total", "go_goroutines", "caller_gauge"}, nil},
+		{"registerer only", other, nil, []string{"tokenkeeper_http_requests_total", "caller_gauge"}, []string{"go_goroutines"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Registerer: tt.reg, Gatherer: tt.gath}, &fakeTokens{}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv.Handler().ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/healthz", nil))
+			w := httptest.NewRecorder()
+			srv.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+			body := w.Body.String()
+			for _, m := range tt.want {
+				if !strings.Contains(body, m) {
+					t.Errorf("/metrics lacks %s", m)
+				}
+			}
+			for _, m := range tt.notWant {
+				if strings.Contains(body, m) {
+					t.Errorf("/metrics has %s", m)
+				}
+			}
+		})
+	}
+}
