@@ -59,6 +59,7 @@ var serveSettings = []setting{
 	{env: "RDP_SCOPE", def: "trapi", usage: "OAuth2 scope"},
 	{env: "RDP_LIVENESS_PATH", def: "/verification/v1/liveness/token", usage: "liveness token endpoint"},
 	{env: "RDP_LIVENESS_METHOD", def: "POST", usage: "POST or GET"},
+	{env: "RDP_TIMEOUT", def: "10s", usage: "time limit of each upstream call"},
 }
 
 // values resolves settings from flags, the environment and *_FILE
@@ -123,7 +124,9 @@ func load(name string, settings []setting, args []string, getenv func(string) st
 
 func (v *values) str(env string) string { return strings.TrimSpace(v.m[env]) }
 
-func (v *values) fail(format string, args ...any) { v.errs = append(v.errs, fmt.Errorf(format, args...)) }
+func (v *values) fail(format string, args ...any) {
+	v.errs = append(v.errs, fmt.Errorf(format, args...))
+}
 
 func (v *values) duration(env string) time.Duration {
 	s := v.str(env)
@@ -202,6 +205,7 @@ type Config struct {
 // RDPConfig is the upstream part of Config.
 type RDPConfig struct {
 	BaseURL, Auth, ClientID, ClientSecret, Username, Password, Scope, LivenessPath, LivenessMethod string
+	Timeout                                                                                        time.Duration
 }
 
 // parseServe builds a Config, or one error that names every missing or
@@ -237,6 +241,7 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 			Scope:          v.str("RDP_SCOPE"),
 			LivenessPath:   v.str("RDP_LIVENESS_PATH"),
 			LivenessMethod: strings.ToUpper(v.str("RDP_LIVENESS_METHOD")),
+			Timeout:        v.duration("RDP_TIMEOUT"),
 		},
 	}
 
@@ -309,6 +314,6 @@ func (c Config) upstreamConfig() upstream.Config {
 		ClientID: c.RDP.ClientID, ClientSecret: c.RDP.ClientSecret,
 		Username: c.RDP.Username, Password: c.RDP.Password,
 		Scope: c.RDP.Scope, LivenessPath: c.RDP.LivenessPath, LivenessMethod: c.RDP.LivenessMethod,
-		DefaultLifetime: c.TokenLifetime,
+		DefaultLifetime: c.TokenLifetime, Timeout: c.RDP.Timeout,
 	}
 }

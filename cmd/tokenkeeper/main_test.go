@@ -56,7 +56,8 @@ func startReplica(t *testing.T, name, redisAddr, rdpURL string, tm fleetTimings)
 		RetryMin:      50 * time.Millisecond,
 		RetryMax:      500 * time.Millisecond,
 		AuthPerMinute: 20,
-		RDP: RDPConfig{BaseURL: rdpURL, Auth: "v2", ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret},
+		RDP: RDPConfig{BaseURL: rdpURL, Auth: "v2", ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+			Timeout: time.Second},
 	}
 	p, err := NewProgram(cfg, quiet.With("replica", name), nil)
 	if err != nil {

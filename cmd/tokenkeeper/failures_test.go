@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// TestUpstreamFailuresEndToEnd breaks the fake RDP in every way it knows,
+// with the real RDP client in the loop: the replicas keep serving the
+// current token until it is due to expire, then answer 503 and turn not
+// ready, never store what the upstream got wrong, back off, and return to
+// service by themselves once the upstream heals.
+func TestUpstreamFailuresEndToEnd(t *testing.T) {
+	tests := []struct {
+		name  string
+		knobs upstream.FakeKnobs
+		// minGap is the least time between two failing calls (Retry-After).
+		minGap time.Duration
+		// minCalls is the least number of liveness calls while broken.
+		minCalls int
+	}{
+		{name: "500", knobs: upstream.FakeKnobs{LivenessStatus: 500}, minCalls: 2},
+		{name: "429 with Retry-After", knobs: upstream.FakeKnobs{LivenessStatus: 429, RetryAfter: time.Second}, minGap: 900 * time.Millisecond, minCalls: 1},
+		{name: "timeout", knobs: upstream.FakeKnobs{Latency: 15 * time.Second}},
+		{name: "malformed JSON", knobs: upstream.FakeKnobs{Malformed: true}, minCalls: 2},
+		{name: "HTML error page", knobs: upstream.FakeKnobs{HTML: true, LivenessStatus: 502}, minCalls: 2},
+		{name: "already expired", knobs: upstream.FakeKnobs{Expired: true}, minCalls: 2},
+		{name: "401 on liveness", knobs: upstream.FakeKnobs{LivenessStatus: 401}, minCalls: 1},
+		{name: "auth refused", knobs: upstream.FakeKnobs{AuthStatus: 401}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.NewMini(t)
+			lifetime := 3 * time.Second
+			fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: lifetime, AccessTokenLifetime: time.Second}})
+			rdp := httptest.NewServer(fake)
+			t.Cleanup(rdp.Close)
+			tm := fleetTimings{lifetime: lifetime, before: time.Second, margin: 500 * time.Millisecond, lockTTL: time.Second}
+			fleet := []*testReplica{
+				startReplica(t, "a", srv.Addr, rdp.URL, tm),
+				startReplica(t, "b", srv.Addr, rdp.URL, tm),
+			}
+			for _, r := range fleet {
+				eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.store.Current(); return ok })
+			}
+			first, _ := fleet[0].p.store.Current()
+			knobs := tt.knobs
+			knobs.TokenLifetime, knobs.AccessTokenLifetime = lifetime, time.Second
+			fake.Set(knobs)
+			broke := time.Now()
+			callsBefore := len(fake.Stats().Calls)
+
+			// Apps keep getting the first token until its serve margin, then 503.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			rd := &reader{}
+			go rd.run(ctx, fleet[1].url)
+			eventually(t, lifetime+2*time.Second, "503 once the token is due", func() bool {
+				s := rd.all()
+				return len(s) > 0 && s[len(s)-1].status == http.StatusServiceUnavailable
+			})
+			for _, s := range rd.all() {
+				switch {
+				case s.status == http.StatusOK && s.token != first.Value:
+					t.Fatalf("served %q while the upstream was broken, want only the first token", s.token)
+				case s.status == http.StatusOK && !s.at.Before(first.Deadline):
+					t.Fatalf("served the first token at %v, after its deadline %v", s.at, first.Deadline)
+				case s.status == http.StatusServiceUnavailable && s.at.Before(first.Deadline.Add(-tm.margin-50*time.Millisecond)):
+					t.Fatalf("503 at %v, before the token was due (%v)", s.at, first.Deadline.Add(-tm.margin))
+				}
+			}
+			for _, r := range fleet {
+				eventually(t, 200*time.Millisecond, r.name+" /readyz 503 with no servable token", func() bool {
+					resp, err := http.Get(r.url + "/readyz")
+					if err != nil {
+						return false
+					}
+					resp.Body.Close()
+					return resp.StatusCode == http.StatusServiceUnavailable
+				})
+			}
+			if v, err := fleet[0].p.rdb.HGet(context.Background(), "tokenkeeper:{liveness}:token", "v").Result(); err == nil && v != first.Value {
+				t.Fatalf("Redis holds a token from the broken upstream")
+			}
+
+			// Backoff: the failing calls spread out.
+			var calls []upstream.FakeCall
+			for _, c := range fake.Stats().Calls[callsBefore:] {
+				if c.Op == "liveness" {
+					calls = append(calls, c)
+				}
+			}
+			if len(calls) < tt.minCalls {
+				t.Fatalf("%d liveness calls while broken, want at least %d", len(calls), tt.minCalls)
+			}
+			if len(calls) > 12 {
+				t.Fatalf("%d liveness calls in %v: no backoff", len(calls), time.Since(broke).Round(time.Millisecond))
+			}
+			for i := 1; i < len(calls); i++ {
+				if gap := calls[i].At.Sub(calls[i-1].At); gap < tt.minGap {
+					t.Fatalf("calls %d and %d came %v apart, want at least %v", i, i+1, gap, tt.minGap)
+				}
+			}
+
+			// Healed: service returns by itself.
+			fake.Set(upstream.FakeKnobs{TokenLifetime: lifetime, AccessTokenLifetime: time.Second})
+			eventually(t, 5*time.Second, "service returns", func() bool {
+				s := rd.all()
+				return len(s) > 0 && s[len(s)-1].status == http.StatusOK
+			})
+			t.Logf("FIGURE failure=%q liveness_calls_while_broken=%d", tt.name, len(calls))
+		})
+	}
+}
