@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -65,6 +66,14 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives the store's logs. Default: slog.Default().
 	Logger *slog.Logger
+	// Keyring, when set, encrypts the token at rest in Redis. A token
+	// encrypted with a key the keyring lacks is never adopted: Load
+	// returns ErrNoKey and the copy in memory is kept. Default: none, the
+	// token is stored as it is.
+	Keyring *Keyring
+	// Registerer receives the store's metrics (see metrics.go). Default:
+	// none, no metrics are kept.
+	Registerer prometheus.Registerer
 }
 
 // Message is a control message on the events channel.
@@ -98,7 +107,9 @@ type Store struct {
 
 	cur     atomic.Pointer[Token]
 	inRedis atomic.Bool
+	sealErr atomic.Pointer[error] // last ErrNoKey or ErrDecrypt from Load, nil once a load succeeds
 	loads   atomic.Uint64
+	metrics *storeMetrics // nil without Config.Registerer
 
 	mu   sync.Mutex
 	subs map[chan Message]struct{}
@@ -133,7 +144,12 @@ func New(rdb RedisClient, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[chan Message]struct{})}, nil
+	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[chan Message]struct{})}
+	var err error
+	if s.metrics, err = newStoreMetrics(cfg.Registerer, s); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // Keys returns the Redis keys the store uses.
@@ -162,6 +178,16 @@ func (s *Store) Held() (Token, bool) {
 	return *t, true
 }
 
+// Unreadable returns why the token in Redis cannot be read by this replica
+// (ErrNoKey, ErrDecrypt), or nil. Such a replica serves nothing new and
+// should not lead: it would replace a token the rest of the fleet reads.
+func (s *Store) Unreadable() error {
+	if p := s.sealErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // InRedis reports whether the last read of Redis found a token there.
 func (s *Store) InRedis() bool { return s.inRedis.Load() }
 
@@ -173,7 +199,7 @@ func (s *Store) Loads() uint64 { return s.loads.Load() }
 // milliseconds and its writer, read in one step so the remaining time
 // belongs to the token read.
 var readScript = redis.NewScript(`
-local f = redis.call('HMGET', KEYS[1], 'v', 'at', 'w')
+local f = redis.call('HMGET', KEYS[1], 'v', 'at', 'w', 'k')
 if not f[1] then return false end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl <= 0 then return false end
@@ -181,11 +207,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local age = 0
 if f[2] then age = now - tonumber(f[2]) end
-return {f[1], pttl, age, f[3] or ''}
+return {f[1], pttl, age, f[3] or '', f[4] or ''}
 `)
 
 // writeScript stores a token under the fence. KEYS: token, lock.
-// ARGV: lock value, token, ttl ms, age ms, writer, channel, event.
+// ARGV: lock value, token, ttl ms, age ms, writer, channel, event, key id
+// ('' when the token is stored as it is).
 // Returns {1, expiry ms} when stored, {0} when fenced, {-1} when stale.
 var writeScript = redis.NewScript(`
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0} end
@@ -196,6 +223,7 @@ local cur = redis.call('HGET', KEYS[1], 'exp')
 if cur and tonumber(cur) >= exp then return {-1} end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'exp', exp, 'at', now - tonumber(ARGV[4]), 'w', ARGV[5])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'k', ARGV[8]) end
 redis.call('PEXPIREAT', KEYS[1], exp)
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return {1, exp}
@@ -215,18 +243,31 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("cache: read token: %w", err)
 	}
-	if len(res) != 4 {
+	if len(res) != 5 {
 		return false, fmt.Errorf("cache: read token: unexpected answer of %d fields", len(res))
 	}
 	value, _ := res[0].(string)
 	pttl, _ := res[1].(int64)
 	age, _ := res[2].(int64)
 	writer, _ := res[3].(string)
+	keyID, _ := res[4].(string)
 	if value == "" || pttl <= 0 {
 		s.inRedis.Store(false)
 		return false, nil
 	}
 	s.inRedis.Store(true)
+	if keyID != "" {
+		if s.cfg.Keyring == nil {
+			err := fmt.Errorf("%w %q: this replica has no encryption keys (TOKENKEEPER_ENCRYPTION_KEYS)", ErrNoKey, keyID)
+			s.sealErr.Store(&err)
+			return true, err
+		}
+		if value, err = s.cfg.Keyring.open(keyID, value, s.cfg.Keys.Token); err != nil {
+			s.sealErr.Store(&err)
+			return true, err
+		}
+	}
+	s.sealErr.Store(nil)
 	s.adopt(Token{
 		Value:     value,
 		Deadline:  sent.Add(time.Duration(pttl) * time.Millisecond),
@@ -271,7 +312,8 @@ type Write struct {
 // later than the stored token, then adopts it locally and publishes a
 // change event, all in one step. It returns ErrFenced or ErrStale when
 // refused, and wraps Redis errors otherwise.
-func (s *Store) Write(ctx context.Context, w Write) (Token, error) {
+func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
+	defer func() { s.metrics.write(err) }()
 	now := s.cfg.Now()
 	ttl := w.Deadline.Sub(now)
 	if w.Value == "" {
@@ -290,9 +332,15 @@ func (s *Store) Write(ctx context.Context, w Write) (Token, error) {
 	if err != nil {
 		return Token{}, fmt.Errorf("cache: encode event: %w", err)
 	}
+	stored, keyID := w.Value, ""
+	if s.cfg.Keyring != nil {
+		if keyID, stored, err = s.cfg.Keyring.seal(w.Value, s.cfg.Keys.Token); err != nil {
+			return Token{}, fmt.Errorf("cache: encrypt token: %w", err)
+		}
+	}
 	res, err := writeScript.Run(ctx, s.rdb, []string{s.cfg.Keys.Token, s.cfg.Keys.Lock},
-		w.LockValue, w.Value, ttl.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
-		s.cfg.Keys.Events, string(event)).Slice()
+		w.LockValue, stored, ttl.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
+		s.cfg.Keys.Events, string(event), keyID).Slice()
 	if err != nil {
 		return Token{}, fmt.Errorf("cache: write token: %w", err)
 	}
@@ -382,6 +430,7 @@ func (s *Store) Run(ctx context.Context) error {
 			case *redis.Subscription:
 				// (Re)subscribed: events may have been missed meanwhile.
 				if m.Kind == "subscribe" {
+					s.metrics.subscription()
 					s.log.Debug("subscribed to events", "channel", m.Channel)
 					s.loadLogged(ctx)
 				}
@@ -405,7 +454,12 @@ func (s *Store) handle(ctx context.Context, payload string) {
 }
 
 func (s *Store) loadLogged(ctx context.Context) {
-	if _, err := s.Load(ctx); err != nil && ctx.Err() == nil {
+	_, err := s.Load(ctx)
+	switch {
+	case err == nil, ctx.Err() != nil:
+	case errors.Is(err, ErrNoKey), errors.Is(err, ErrDecrypt):
+		s.log.Error("the token in Redis cannot be decrypted by this replica: not serving it; check TOKENKEEPER_ENCRYPTION_KEYS", "error", err)
+	default:
 		s.log.Warn("reading token from Redis failed; serving the copy in memory", "error", err)
 	}
 }

@@ -21,6 +21,9 @@ type apiError struct {
 	code       string
 	message    string
 	retryAfter bool // add Retry-After
+	// retryAfterValue, when set, is the Retry-After to send instead of
+	// the server's.
+	retryAfterValue []string
 }
 
 func (e *apiError) Error() string { return "httpapi: " + e.code + ": " + e.message }
@@ -47,6 +50,11 @@ var (
 	errNotReady = &apiError{
 		status: http.StatusServiceUnavailable, code: "not_ready", retryAfter: true,
 		message: "this replica holds no servable token",
+	}
+	errRateLimited = &apiError{
+		status: http.StatusTooManyRequests, code: "rate_limited", retryAfter: true,
+		retryAfterValue: []string{"1"},
+		message:         "too many requests with this key; retry after the delay in Retry-After",
 	}
 	errRouteNotFound = &apiError{
 		status: http.StatusNotFound, code: "not_found",
@@ -127,6 +135,8 @@ func (s *Server) writeError(c echo.Context, err error) {
 	switch {
 	case ae.status == http.StatusUnauthorized:
 		h["Www-Authenticate"] = wwwAuthenticateValue
+	case ae.retryAfterValue != nil:
+		h["Retry-After"] = ae.retryAfterValue
 	case ae.retryAfter:
 		h["Retry-After"] = s.retryAfterValue
 	}

@@ -17,7 +17,7 @@ import (
 // getToken answers GET /v1/tokens/:name. The key is checked before the
 // name, so that without a key no name can be told from another.
 func (s *Server) getToken(c echo.Context, now time.Time) error {
-	if err := s.authorize(c.Request().Header, grantReader|grantAdmin, s.anonymous); err != nil {
+	if err := s.authorize(c.Request(), grantReader|grantAdmin, s.anonymous); err != nil {
 		return err
 	}
 	if c.Param("name") != tokenName {
@@ -86,7 +86,7 @@ func (s *Server) metricsHandler() handlerFunc {
 	open := len(s.metricsKeys) == 0
 	return func(c echo.Context, _ time.Time) error {
 		if !open {
-			if err := s.authorize(c.Request().Header, grantMetrics|grantAdmin, false); err != nil {
+			if err := s.authorize(c.Request(), grantMetrics|grantAdmin, false); err != nil {
 				return err
 			}
 		}
@@ -104,7 +104,7 @@ func (l promLogger) Println(v ...any) {
 
 // getStatus answers GET /v1/status (admin key).
 func (s *Server) getStatus(c echo.Context, _ time.Time) error {
-	if err := s.authorize(c.Request().Header, grantAdmin, false); err != nil {
+	if err := s.authorize(c.Request(), grantAdmin, false); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), s.refreshTimeout)
@@ -144,7 +144,7 @@ func utc(t time.Time) time.Time {
 // leader for a new token and waits for it up to RefreshTimeout. The answer
 // names the new token's expiry and fingerprint, never the token.
 func (s *Server) postRefresh(c echo.Context, _ time.Time) error {
-	if err := s.authorize(c.Request().Header, grantAdmin, false); err != nil {
+	if err := s.authorize(c.Request(), grantAdmin, false); err != nil {
 		return err
 	}
 	if c.Param("name") != tokenName {

@@ -108,6 +108,13 @@ type Config struct {
 	// RetryAfter is advertised with 503 answers, rounded up to whole
 	// seconds. Default 5s.
 	RetryAfter time.Duration
+	// RateLimit, when positive, is how many requests per second each key
+	// may make to this replica, refilled continuously, with bursts of
+	// RateBurst (default twice RateLimit); anonymous requests are limited
+	// the same way per client address. Over it the answer is 429 with
+	// Retry-After. Default: no limit.
+	RateLimit float64
+	RateBurst int
 	// ShutdownTimeout bounds how long Serve waits for requests in flight
 	// once its context ends. Default 10s.
 	ShutdownTimeout time.Duration
@@ -147,6 +154,7 @@ type Server struct {
 	readerKeys      keySet
 	adminKeys       keySet
 	metricsKeys     keySet
+	limits          *limits
 	refreshTimeout  time.Duration
 	shutdownTimeout time.Duration
 	retryAfterValue []string
@@ -190,9 +198,19 @@ func New(cfg Config, tokens Tokens, ctl Controller) (*Server, error) {
 	if s.adminKeys, err = newKeySet("TOKENKEEPER_ADMIN_KEYS", cfg.AdminKeys); err != nil {
 		return nil, err
 	}
-	if s.metricsKeys, err = newKeySet("metrics keys", cfg.MetricsKeys); err != nil {
+	if s.metricsKeys, err = newKeySet("TOKENKEEPER_METRICS_KEYS", cfg.MetricsKeys); err != nil {
 		return nil, err
 	}
+	switch {
+	case cfg.RateLimit < 0:
+		return nil, fmt.Errorf("httpapi: RateLimit %v is negative", cfg.RateLimit)
+	case cfg.RateBurst < 0:
+		return nil, fmt.Errorf("httpapi: RateBurst %d is negative", cfg.RateBurst)
+	}
+	if cfg.RateBurst == 0 {
+		cfg.RateBurst = max(1, int(2*cfg.RateLimit))
+	}
+	s.limits = newLimits(cfg.RateLimit, cfg.RateBurst, s.readerKeys, s.adminKeys, s.metricsKeys)
 	if s.instance == "" {
 		if s.instance, err = os.Hostname(); err != nil || s.instance == "" {
 			s.instance = "tokenkeeper"

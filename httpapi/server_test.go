@@ -726,7 +726,7 @@ func TestNew(t *testing.T) {
 		{"padded reader key", httpapi.Config{ReaderKeys: []string{" a"}}, tokens, ctl, "TOKENKEEPER_API_KEYS: key 1 of 1 has leading or trailing white space"},
 		{"control char in key", httpapi.Config{ReaderKeys: []string{"a\nb"}}, tokens, ctl, "TOKENKEEPER_API_KEYS: key 1 of 1 contains a control character"},
 		{"empty admin key", httpapi.Config{ReaderKeys: []string{"a"}, AdminKeys: []string{""}}, tokens, ctl, "TOKENKEEPER_ADMIN_KEYS: key 1 of 1 is empty"},
-		{"empty metrics key", httpapi.Config{ReaderKeys: []string{"a"}, MetricsKeys: []string{""}}, tokens, ctl, "metrics keys: key 1 of 1 is empty"},
+		{"empty metrics key", httpapi.Config{ReaderKeys: []string{"a"}, MetricsKeys: []string{""}}, tokens, ctl, "TOKENKEEPER_METRICS_KEYS: key 1 of 1 is empty"},
 		{"admin keys without controller", httpapi.Config{ReaderKeys: []string{"a"}, AdminKeys: []string{"b"}}, tokens, nil, "TOKENKEEPER_ADMIN_KEYS"},
 		{"nil tokens", httpapi.Config{ReaderKeys: []string{"a"}}, nil, ctl, "Tokens is nil"},
 		{"negative refresh timeout", httpapi.Config{ReaderKeys: []string{"a"}, RefreshTimeout: -1}, tokens, ctl, "RefreshTimeout"},

@@ -191,6 +191,12 @@ func (r *Refresher) Run(ctx context.Context) error {
 				continue
 			}
 		}
+		if err := r.store.Unreadable(); err != nil {
+			// Leading would replace the token the rest of the fleet reads.
+			r.log.Debug("not standing for election: the stored token is unreadable here", "error", err)
+			wake.Reset(r.cfg.ElectEvery)
+			continue
+		}
 		lock, err := r.locker.Obtain(ctx, r.store.Keys().Lock, r.cfg.LockTTL, &redislock.Options{Metadata: r.cfg.Instance})
 		switch {
 		case err == nil:
