@@ -1,11 +1,14 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -39,6 +43,12 @@ var serveSettings = []setting{
 	{env: "TOKENKEEPER_ALLOW_ANONYMOUS", def: "false", usage: "let requests without a key read the token"},
 	{env: "TOKENKEEPER_ADMIN_KEYS", usage: "comma-separated admin keys (none: admin endpoints off)", secret: true},
 	{env: "TOKENKEEPER_METRICS_KEYS", usage: "comma-separated keys for /metrics (none: open)", secret: true},
+	{env: "TOKENKEEPER_REDIS_TLS_CA", usage: "PEM file of the CA that signed Redis's certificate (rediss://), added to the system roots"},
+	{env: "TOKENKEEPER_REDIS_TLS_CERT", usage: "PEM client certificate for Redis (with TOKENKEEPER_REDIS_TLS_KEY)"},
+	{env: "TOKENKEEPER_REDIS_TLS_KEY", usage: "PEM private key of the Redis client certificate"},
+	{env: "TOKENKEEPER_ENCRYPTION_KEYS", usage: "id:base64 AES-256 keys, comma-separated, the first encrypts the token at rest in Redis (none: stored in clear)", secret: true},
+	{env: "TOKENKEEPER_RATE_LIMIT", def: "1000", usage: "requests per second per key on each replica (0: no limit)"},
+	{env: "TOKENKEEPER_RATE_BURST", def: "0", usage: "burst per key (0: twice the rate)"},
 	{env: "TOKENKEEPER_INSTANCE_ID", usage: "name of this replica (default hostname-pid)"},
 	{env: "TOKENKEEPER_REFRESH_BEFORE", def: "15m", usage: "advisory refresh window"},
 	{env: "TOKENKEEPER_LOCK_TTL", def: "10s", usage: "leader lock TTL"},
@@ -60,6 +70,7 @@ var serveSettings = []setting{
 	{env: "RDP_LIVENESS_PATH", def: "/verification/v1/liveness/token", usage: "liveness token endpoint"},
 	{env: "RDP_LIVENESS_METHOD", def: "POST", usage: "POST or GET"},
 	{env: "RDP_TIMEOUT", def: "10s", usage: "time limit of each upstream call"},
+	{env: "RDP_TLS_CA", usage: "PEM file of an extra CA to trust for the upstream (verification stays on)"},
 }
 
 // values resolves settings from flags, the environment and *_FILE
@@ -187,6 +198,9 @@ type Config struct {
 	AllowAnonymous bool
 	AdminKeys      []string
 	MetricsKeys    []string
+	Keyring        *cache.Keyring
+	RateLimit      float64
+	RateBurst      int
 	Instance       string
 	RefreshBefore  time.Duration
 	LockTTL        time.Duration
@@ -206,6 +220,8 @@ type Config struct {
 type RDPConfig struct {
 	BaseURL, Auth, ClientID, ClientSecret, Username, Password, Scope, LivenessPath, LivenessMethod string
 	Timeout                                                                                        time.Duration
+	// RootCAs verifies the upstream: the system roots plus RDP_TLS_CA.
+	RootCAs *x509.CertPool
 }
 
 // parseServe builds a Config, or one error that names every missing or
@@ -221,6 +237,7 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 		AllowAnonymous: v.boolean("TOKENKEEPER_ALLOW_ANONYMOUS"),
 		AdminKeys:      v.list("TOKENKEEPER_ADMIN_KEYS"),
 		MetricsKeys:    v.list("TOKENKEEPER_METRICS_KEYS"),
+		RateBurst:      v.integer("TOKENKEEPER_RATE_BURST"),
 		Instance:       v.str("TOKENKEEPER_INSTANCE_ID"),
 		RefreshBefore:  v.duration("TOKENKEEPER_REFRESH_BEFORE"),
 		LockTTL:        v.duration("TOKENKEEPER_LOCK_TTL"),
@@ -258,6 +275,27 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 			v.fail("TOKENKEEPER_REDIS_URL: not a valid redis:// or rediss:// URL")
 		}
 		c.Redis = opt
+		if err == nil {
+			redisTLS(v, opt, readFile)
+		}
+	}
+	if spec := v.m["TOKENKEEPER_ENCRYPTION_KEYS"]; strings.TrimSpace(spec) != "" {
+		kr, err := cache.ParseKeyring(spec)
+		if err != nil {
+			v.fail("TOKENKEEPER_ENCRYPTION_KEYS: %v", strings.TrimPrefix(err.Error(), "cache: "))
+		}
+		c.Keyring = kr
+	}
+	if rate, err := strconv.ParseFloat(v.str("TOKENKEEPER_RATE_LIMIT"), 64); err != nil || rate < 0 || math.IsInf(rate, 0) || math.IsNaN(rate) {
+		v.fail("TOKENKEEPER_RATE_LIMIT: %q is not a number of requests per second (0 turns limiting off)", v.str("TOKENKEEPER_RATE_LIMIT"))
+	} else {
+		c.RateLimit = rate
+	}
+	if c.RateBurst < 0 {
+		v.fail("TOKENKEEPER_RATE_BURST: %d must not be negative", c.RateBurst)
+	}
+	if ca := v.str("RDP_TLS_CA"); ca != "" {
+		c.RDP.RootCAs = certPool(v, "RDP_TLS_CA", ca, readFile)
 	}
 	if len(c.APIKeys) == 0 && !c.AllowAnonymous {
 		v.fail("TOKENKEEPER_API_KEYS is required (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the token)")
@@ -287,6 +325,58 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	return c, v.err()
 }
 
+// redisTLS adds a custom CA and a client certificate to a rediss:// URL's
+// TLS settings.
+func redisTLS(v *values, opt *redis.Options, readFile func(string) ([]byte, error)) {
+	ca, cert, key := v.str("TOKENKEEPER_REDIS_TLS_CA"), v.str("TOKENKEEPER_REDIS_TLS_CERT"), v.str("TOKENKEEPER_REDIS_TLS_KEY")
+	if ca == "" && cert == "" && key == "" {
+		return
+	}
+	if opt.TLSConfig == nil {
+		v.fail("TOKENKEEPER_REDIS_TLS_CA, _CERT and _KEY need a rediss:// TOKENKEEPER_REDIS_URL")
+		return
+	}
+	if ca != "" {
+		opt.TLSConfig.RootCAs = certPool(v, "TOKENKEEPER_REDIS_TLS_CA", ca, readFile)
+	}
+	if (cert == "") != (key == "") {
+		v.fail("TOKENKEEPER_REDIS_TLS_CERT and TOKENKEEPER_REDIS_TLS_KEY go together")
+		return
+	}
+	if cert != "" {
+		certPEM, err1 := readFile(cert)
+		keyPEM, err2 := readFile(key)
+		if err := errors.Join(err1, err2); err != nil {
+			v.fail("TOKENKEEPER_REDIS_TLS_CERT/KEY: %v", err)
+			return
+		}
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			v.fail("TOKENKEEPER_REDIS_TLS_CERT/KEY: not a matching PEM certificate and key")
+			return
+		}
+		opt.TLSConfig.Certificates = []tls.Certificate{pair}
+	}
+}
+
+// certPool returns the system roots plus the PEM certificates of file.
+func certPool(v *values, env, file string, readFile func(string) ([]byte, error)) *x509.CertPool {
+	pem, err := readFile(file)
+	if err != nil {
+		v.fail("%s: %v", env, err)
+		return nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		v.fail("%s: %s holds no PEM certificate", env, file)
+		return nil
+	}
+	return pool
+}
+
 // checkTimings refuses timings that cannot work together.
 func checkTimings(v *values, c Config) {
 	if c.ServeMargin > 0 && c.TokenLifetime > 0 && c.ServeMargin >= c.TokenLifetime {
@@ -314,6 +404,6 @@ func (c Config) upstreamConfig() upstream.Config {
 		ClientID: c.RDP.ClientID, ClientSecret: c.RDP.ClientSecret,
 		Username: c.RDP.Username, Password: c.RDP.Password,
 		Scope: c.RDP.Scope, LivenessPath: c.RDP.LivenessPath, LivenessMethod: c.RDP.LivenessMethod,
-		DefaultLifetime: c.TokenLifetime, Timeout: c.RDP.Timeout,
+		DefaultLifetime: c.TokenLifetime, Timeout: c.RDP.Timeout, RootCAs: c.RDP.RootCAs,
 	}
 }

@@ -1,62 +1,99 @@
 package main
 
 import (
-	"time"
+	"context"
+	"errors"
+	"net"
+	"runtime/debug"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 )
 
-// collector reads the replica's state at scrape time.
-type collector struct {
-	store *cache.Store
-	ref   *refresher.Refresher
+// version is the build's version: set with -ldflags "-X main.version=v1.2.3",
+// else the module version Go recorded, else "dev".
+var version string
 
-	expiresIn, age, ready, leader, fetches, loads *prometheus.Desc
-}
-
-func newCollector(store *cache.Store, ref *refresher.Refresher) *collector {
-	return &collector{
-		store:     store,
-		ref:       ref,
-		expiresIn: prometheus.NewDesc("tokenkeeper_token_expires_in_seconds", "Seconds until the held token expires (0 when none).", nil, nil),
-		age:       prometheus.NewDesc("tokenkeeper_token_age_seconds", "Seconds since the held token was fetched from the upstream.", nil, nil),
-		ready:     prometheus.NewDesc("tokenkeeper_ready", "1 while this replica holds a servable token.", nil, nil),
-		leader:    prometheus.NewDesc("tokenkeeper_leader", "1 while this replica holds the leader lock.", nil, nil),
-		fetches:   prometheus.NewDesc("tokenkeeper_upstream_fetches_total", "Tokens this replica fetched from the upstream.", nil, nil),
-		loads:     prometheus.NewDesc("tokenkeeper_redis_reads_total", "Reads of the token from Redis by this replica.", nil, nil),
+func buildVersion() string {
+	if version != "" {
+		return version
 	}
-}
-
-func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.expiresIn, c.age, c.ready, c.leader, c.fetches, c.loads} {
-		ch <- d
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
 	}
+	return "dev"
 }
 
-func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	now := time.Now()
-	var expiresIn, age float64
-	if t, ok := c.store.Held(); ok {
-		expiresIn = t.Remaining(now).Seconds()
-		if !t.FetchedAt.IsZero() {
-			age = now.Sub(t.FetchedAt).Seconds()
+// newRegistry returns the replica's metrics registry: Go and process
+// metrics, tokenkeeper_replica_info, and Redis errors counted by a hook on
+// rdb. The packages register their own families in it (cache, refresher,
+// upstream, httpapi).
+func newRegistry(cfg Config, rdb *redis.Client) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "tokenkeeper_replica_info",
+		Help:        "Always 1; its labels name this replica (TOKENKEEPER_INSTANCE_ID) and its build.",
+		ConstLabels: prometheus.Labels{"replica": cfg.Instance, "version": buildVersion()},
+	})
+	info.Set(1)
+	reg.MustRegister(info)
+	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokenkeeper_redis_errors_total",
+		Help: "Redis calls of this replica that failed (a missing key is not a failure), by command (\"dial\" for connections).",
+	}, []string{"command"})
+	// The commands a replica sends; others appear when they fail.
+	for _, c := range []string{"dial", "evalsha", "eval", "get", "publish", "subscribe", "ping"} {
+		errs.WithLabelValues(c)
+	}
+	reg.MustRegister(errs)
+	rdb.AddHook(redisErrorHook{errs: errs})
+	return reg
+}
+
+// redisErrorHook counts failed Redis calls. It sees every command of the
+// client, the pub/sub connection's dials included.
+type redisErrorHook struct{ errs *prometheus.CounterVec }
+
+func (h redisErrorHook) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := next(ctx, network, addr)
+		if err != nil && ctx.Err() == nil {
+			h.errs.WithLabelValues("dial").Inc()
 		}
+		return conn, err
 	}
-	_, ready := c.store.Current()
-	ch <- prometheus.MustNewConstMetric(c.expiresIn, prometheus.GaugeValue, expiresIn)
-	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age)
-	ch <- prometheus.MustNewConstMetric(c.ready, prometheus.GaugeValue, b2f(ready))
-	ch <- prometheus.MustNewConstMetric(c.leader, prometheus.GaugeValue, b2f(c.ref.IsLeader()))
-	ch <- prometheus.MustNewConstMetric(c.fetches, prometheus.CounterValue, float64(c.ref.Fetches()))
-	ch <- prometheus.MustNewConstMetric(c.loads, prometheus.CounterValue, float64(c.store.Loads()))
 }
 
-func b2f(b bool) float64 {
-	if b {
-		return 1
+func (h redisErrorHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.count(ctx, cmd, err)
+		return err
 	}
-	return 0
+}
+
+func (h redisErrorHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, cmd := range cmds {
+			h.count(ctx, cmd, cmd.Err())
+		}
+		return err
+	}
+}
+
+func (h redisErrorHook) count(ctx context.Context, cmd redis.Cmder, err error) {
+	switch {
+	case err == nil, errors.Is(err, redis.Nil), ctx.Err() != nil:
+	// go-redis retries a script with EVAL after NOSCRIPT: not a failure.
+	case strings.HasPrefix(err.Error(), "NOSCRIPT"):
+	// The connection handshake (HELLO, CLIENT SETINFO) may be refused by
+	// older servers; go-redis carries on without it.
+	case strings.EqualFold(cmd.Name(), "client"), strings.EqualFold(cmd.Name(), "hello"):
+	default:
+		h.errs.WithLabelValues(strings.ToLower(cmd.Name())).Inc()
+	}
 }

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -54,9 +52,11 @@ func NewProgram(cfg Config, log *slog.Logger, src refresher.Source) (*Program, e
 
 func newProgram(cfg Config, log *slog.Logger, rdb *redis.Client, src refresher.Source) (*Program, error) {
 	keys := cache.KeysFor("liveness")
+	reg := newRegistry(cfg, rdb)
 	store, err := cache.New(rdb, cache.Config{
 		Keys: keys, ServeMargin: cfg.ServeMargin, PollInterval: cfg.PollInterval,
-		Instance: cfg.Instance, Logger: log,
+		Instance: cfg.Instance, Logger: log, Keyring: cfg.Keyring,
+		Registerer: reg,
 	})
 	if err != nil {
 		return nil, err
@@ -68,6 +68,7 @@ func newProgram(cfg Config, log *slog.Logger, rdb *redis.Client, src refresher.S
 		}
 		ucfg := cfg.upstreamConfig()
 		ucfg.BeforeAuth, ucfg.Logger = budget.Take, log
+		ucfg.Registerer = reg
 		client, err := upstream.New(ucfg)
 		if err != nil {
 			return nil, err
@@ -77,16 +78,15 @@ func newProgram(cfg Config, log *slog.Logger, rdb *redis.Client, src refresher.S
 	ref, err := refresher.New(refresher.Config{
 		Instance: cfg.Instance, LockTTL: cfg.LockTTL, RefreshBefore: cfg.RefreshBefore,
 		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
+		Version: buildVersion(), Registerer: reg,
 	}, rdb, store, src)
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(newCollector(store, ref))
 	api, err := httpapi.New(httpapi.Config{
 		Instance: cfg.Instance, ReaderKeys: cfg.APIKeys, AdminKeys: cfg.AdminKeys, MetricsKeys: cfg.MetricsKeys,
 		AllowAnonymous: cfg.AllowAnonymous, Logger: log, Registerer: reg, Gatherer: reg,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
 	}, store, controller{ref})
 	if err != nil {
 		return nil, err
@@ -112,7 +112,7 @@ func (p *Program) Run(ctx context.Context) error {
 		"redis", p.cfg.Redis.Addr, "upstream", p.cfg.RDP.BaseURL)
 
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	runPart := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -125,6 +125,7 @@ func (p *Program) Run(ctx context.Context) error {
 	}
 	runPart("cache", p.store.Run)
 	runPart("refresher", p.ref.Run)
+	runPart("heartbeat", p.ref.Heartbeat)
 	runPart("http", func(ctx context.Context) error { return p.api.Serve(ctx, p.ln) })
 	wg.Wait()
 	close(errs)
@@ -147,6 +148,7 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 		Instance: s.Instance, Leader: s.Leader, IsLeader: s.IsLeader, Ready: s.Ready,
 		TokenFingerprint: s.TokenFingerprint, ExpiresAt: s.ExpiresAt,
 		LastRefresh: s.LastRefresh, NextRefresh: s.NextRefresh, LastError: s.LastError,
+		Replicas: apiReplicas(s.Replicas), Refreshes: apiRefreshes(s.Refreshes),
 	}
 	if err != nil {
 		// The replica's own view is still worth showing without Redis.
