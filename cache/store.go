@@ -45,6 +45,7 @@ func KeysFor(name string) Keys {
 // (*redis.Client, *redis.ClusterClient and *redis.Ring all fit).
 type RedisClient interface {
 	redis.Scripter
+	HGet(ctx context.Context, key, field string) *redis.StringCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
 	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
 }
@@ -109,7 +110,8 @@ type Store struct {
 	inRedis atomic.Bool
 	sealErr atomic.Pointer[error] // last ErrNoKey or ErrDecrypt from Load, nil once a load succeeds
 	loads   atomic.Uint64
-	metrics *storeMetrics // nil without Config.Registerer
+	polled  atomic.Pointer[string] // the stored expiry Poll saw before the last good Load
+	metrics *storeMetrics          // nil without Config.Registerer
 
 	mu   sync.Mutex
 	subs map[chan Message]struct{}
@@ -421,7 +423,7 @@ func (s *Store) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-poll.C:
-			s.loadLogged(ctx)
+			s.pollLogged(ctx)
 		case m, ok := <-msgs:
 			if !ok {
 				return ctx.Err()
@@ -453,8 +455,38 @@ func (s *Store) handle(ctx context.Context, payload string) {
 	s.broadcast(m)
 }
 
-func (s *Store) loadLogged(ctx context.Context) {
-	_, err := s.Load(ctx)
+// Poll keeps the copy in memory current at the least cost to Redis: it
+// reads the stored token's expiry (one HGET), and does a full Load only
+// when that expiry differs from the one seen before the last successful
+// Load, or Redis holds no token. Every write of a new token stores a later
+// expiry, so an unchanged expiry means an unchanged token. It reports
+// whether Redis held a token.
+func (s *Store) Poll(ctx context.Context) (bool, error) {
+	exp, err := s.rdb.HGet(ctx, s.cfg.Keys.Token, "exp").Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		exp = ""
+	case err != nil:
+		return false, fmt.Errorf("cache: poll token: %w", err)
+	}
+	if seen := s.polled.Load(); exp != "" && seen != nil && *seen == exp && s.inRedis.Load() && s.sealErr.Load() == nil {
+		return true, nil
+	}
+	ok, err := s.Load(ctx)
+	if ok && err == nil {
+		s.polled.Store(&exp)
+	} else {
+		s.polled.Store(nil)
+	}
+	return ok, err
+}
+
+func (s *Store) loadLogged(ctx context.Context) { s.logRead(ctx, s.Load) }
+
+func (s *Store) pollLogged(ctx context.Context) { s.logRead(ctx, s.Poll) }
+
+func (s *Store) logRead(ctx context.Context, read func(context.Context) (bool, error)) {
+	_, err := read(ctx)
 	switch {
 	case err == nil, ctx.Err() != nil:
 	case errors.Is(err, ErrNoKey), errors.Is(err, ErrDecrypt):

@@ -123,6 +123,8 @@ func (s *Server) getStatus(c echo.Context, _ time.Time) error {
 	}
 	st.LastRefresh = utc(st.LastRefresh)
 	st.NextRefresh = utc(st.NextRefresh)
+	st.fleetUTC()
+	st.GeneratedAt = utc(s.now())
 	body, err := json.Marshal(st)
 	if err != nil {
 		return err

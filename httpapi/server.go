@@ -71,6 +71,14 @@ type Status struct {
 	// LastError is the last refresh failure, empty after a success. It is
 	// shown to admins, so it must not hold secrets.
 	LastError string `json:"last_error,omitempty"`
+	// Replicas are the replicas whose heartbeat is fresh; Refreshes the
+	// last refresh attempts of any leader, newest first.
+	Replicas  []Replica `json:"replicas"`
+	Refreshes []Refresh `json:"refreshes"`
+	// GeneratedAt is when the server answered, on its clock (Config.Now):
+	// a client subtracts it from the other times to get durations without
+	// comparing its own clock with the server's. The server sets it.
+	GeneratedAt time.Time `json:"generated_at"`
 }
 
 // Config configures a Server. The zero value of each field but the keys is
@@ -301,9 +309,11 @@ func (s *Server) routes(admin bool) *echo.Echo {
 	add(http.MethodGet, "/healthz", s.getHealth)
 	add(http.MethodGet, "/readyz", s.getReady)
 	add(http.MethodGet, "/metrics", s.metricsHandler())
+	add(http.MethodGet, "/openapi.json", s.getOpenAPI)
 	if admin {
 		add(http.MethodGet, "/v1/status", s.getStatus)
 		add(http.MethodPost, "/v1/tokens/:name/refresh", s.postRefresh)
+		add(http.MethodGet, "/status", s.getStatusPage)
 	} else {
 		// Off: 404 for every method, as for a path that never existed. Left
 		// unregistered, echo would answer some of them 405 through the
@@ -311,6 +321,7 @@ func (s *Server) routes(admin bool) *echo.Echo {
 		off := func(echo.Context) error { return errRouteNotFound }
 		e.Any("/v1/status", off)
 		e.Any("/v1/tokens/:name/refresh", off)
+		e.Any("/status", off)
 	}
 	return e
 }

@@ -433,6 +433,9 @@ func TestStatus(t *testing.T) {
 		"expires_at":        "2026-03-04T05:16:07Z",
 		"expires_in":        float64(600),
 		"last_refresh":      "2026-03-04T04:16:07Z",
+		"replicas":          []any{},
+		"refreshes":         []any{},
+		"generated_at":      "2026-03-04T05:06:07Z",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("status = %v\nwant %v", got, want)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bsm/redislock"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -39,6 +40,7 @@ type Source interface {
 type RedisClient interface {
 	redis.Scripter
 	Get(ctx context.Context, key string) *redis.StringCmd
+	PTTL(ctx context.Context, key string) *redis.DurationCmd
 }
 
 // Config tunes a Refresher. Only Instance is required; zero values take
@@ -51,8 +53,10 @@ type Config struct {
 	// RenewEvery is how often the leader renews the lock. It must be
 	// shorter than half of LockTTL. Default: LockTTL/3.
 	RenewEvery time.Duration
-	// ElectEvery is how often a follower tries to take the lock.
-	// Default: LockTTL/10, between 50ms and 1s.
+	// ElectEvery is how often a follower tries to take the lock when it
+	// cannot tell when the lock comes free; one that sees the lock held
+	// waits until it expires (or is released). Default: LockTTL/10,
+	// between 50ms and 1s.
 	ElectEvery time.Duration
 	// CheckEvery is how often the leader reads Redis to find a lost token.
 	// Default: 1s, or LockTTL/3 if shorter.
@@ -70,6 +74,15 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives leadership and refresh logs. Default: slog.Default().
 	Logger *slog.Logger
+	// Version names the build in this replica's heartbeat (fleet.go).
+	Version string
+	// HeartbeatEvery is how often Heartbeat writes this replica's
+	// heartbeat; one expires after three intervals. Default: LockTTL/3,
+	// at most 2s.
+	HeartbeatEvery time.Duration
+	// Registerer receives the refresher's metrics (metrics.go). Default:
+	// none, no metrics are kept.
+	Registerer prometheus.Registerer
 }
 
 // Refresher runs the election and, while leading, the refresh loop.
@@ -90,6 +103,9 @@ type Refresher struct {
 	nextRefresh time.Time
 	lastErr     string
 	fetches     uint64
+
+	metrics *metrics   // nil without Config.Registerer
+	fleet   fleetState // heartbeats and recent attempts (fleet.go)
 }
 
 // New returns a Refresher, or an error naming the first impossible setting.
@@ -151,14 +167,25 @@ func New(cfg Config, rdb RedisClient, store *cache.Store, src Source) (*Refreshe
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Refresher{
+	if cfg.HeartbeatEvery == 0 {
+		cfg.HeartbeatEvery = min(cfg.LockTTL/3, 2*time.Second)
+	}
+	if cfg.HeartbeatEvery < 10*time.Millisecond {
+		return nil, fmt.Errorf("refresher: heartbeat interval %v is shorter than 10ms", cfg.HeartbeatEvery)
+	}
+	r := &Refresher{
 		cfg:    cfg,
 		rdb:    rdb,
 		store:  store,
 		src:    src,
 		locker: redislock.New(rdb),
 		log:    cfg.Logger.With("instance", cfg.Instance),
-	}, nil
+	}
+	var err error
+	if r.metrics, err = newMetrics(cfg.Registerer, r); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
 
 // IsLeader reports whether this replica leads now.
@@ -197,6 +224,14 @@ func (r *Refresher) Run(ctx context.Context) error {
 			wake.Reset(r.cfg.ElectEvery)
 			continue
 		}
+		if d := r.lockHeldFor(ctx); d > 0 {
+			// Another replica leads: its lock cannot come free before it
+			// expires, unless released, which is announced. Sleeping until
+			// then costs Redis one PTTL per lock period instead of a
+			// failed Obtain every ElectEvery.
+			wake.Reset(d)
+			continue
+		}
 		lock, err := r.locker.Obtain(ctx, r.store.Keys().Lock, r.cfg.LockTTL, &redislock.Options{Metadata: r.cfg.Instance})
 		switch {
 		case err == nil:
@@ -209,6 +244,17 @@ func (r *Refresher) Run(ctx context.Context) error {
 	}
 }
 
+// lockHeldFor returns how long the lock has left when another replica
+// holds it (a millisecond more, to wake after it expires; at most the lock
+// TTL), or 0 when it is free or its state is unknown.
+func (r *Refresher) lockHeldFor(ctx context.Context) time.Duration {
+	d, err := r.rdb.PTTL(ctx, r.store.Keys().Lock).Result()
+	if err != nil || d <= 0 { // -2: no lock; -1: no expiry, left to Obtain
+		return 0
+	}
+	return min(d+time.Millisecond, r.cfg.LockTTL)
+}
+
 // lead runs leader-only work under a context that ends when the lock is
 // lost or ctx ends, then releases the lock if ctx ended.
 func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock) {
@@ -217,6 +263,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock) {
 	defer cancel()
 	r.leading.Store(true)
 	r.log.Info("leadership acquired")
+	r.metrics.leadership(changeAcquired)
 
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -228,6 +275,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock) {
 	cancel()
 	wg.Wait()
 	r.leading.Store(false)
+	r.metrics.follower()
 
 	if ctx.Err() != nil {
 		// Shutting down: hand over at once instead of letting the lock expire.
@@ -243,6 +291,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock) {
 		}
 	}
 	r.log.Info("leadership ended", "reason", reason, "led_for", r.cfg.Now().Sub(start).Round(time.Millisecond))
+	r.metrics.leadership(changeOf(reason))
 }
 
 // renew keeps the lock alive and cancels leadership when a renewal fails.
@@ -279,6 +328,7 @@ type leaderState struct {
 	unsaved   *upstream.Token    // fetched but not yet stored
 	pending   []string           // refresh request ids to answer
 	jitter    map[string]float64 // per token value: fraction of Jitter
+	upstream  time.Duration      // time of the last attempt's upstream call; 0 if none
 }
 
 // work is the leader's loop. It returns why leadership ended.
@@ -308,7 +358,7 @@ func (r *Refresher) work(ctx context.Context, lockValue string) string {
 		case <-ctx.Done():
 			return "lock lost"
 		case <-check.C:
-			if _, err := r.store.Load(ctx); err != nil && ctx.Err() == nil {
+			if _, err := r.store.Poll(ctx); err != nil && ctx.Err() == nil {
 				r.log.Debug("leader cannot read Redis", "error", err)
 			}
 			continue
@@ -415,6 +465,7 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		return ctx.Err()
 	}
 	took := r.cfg.Now().Sub(start)
+	outcome := outcomeOf(err, stored)
 	reply := cache.Message{Type: cache.MsgRefreshed}
 	if err != nil {
 		st.attempt++
@@ -425,8 +476,9 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		st.retryAt = r.cfg.Now().Add(wait)
 		r.setErr(err)
 		held, servable := r.store.Current()
-		r.log.Warn("refresh failed", "error", err, "attempt", st.attempt, "retry_in", wait.Round(time.Millisecond),
-			"took", took.Round(time.Millisecond), "serving", servable, "fingerprint", held.Fingerprint())
+		r.log.Warn("refresh failed", "outcome", outcome, "error", err, "attempt", st.attempt, "retry_in", wait.Round(time.Millisecond),
+			"took", took.Round(time.Millisecond), "upstream_took", st.upstream.Round(time.Millisecond),
+			"serving", servable, "fingerprint", held.Fingerprint())
 		reply.Error = err.Error()
 	} else {
 		st.attempt = 0
@@ -436,11 +488,19 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		r.lastErr = ""
 		r.mu.Unlock()
 		if stored {
-			r.log.Info("token refreshed", "fingerprint", tok.Fingerprint(), "took", took.Round(time.Millisecond),
-				"expires_in", tok.Remaining(r.cfg.Now()).Round(time.Second))
+			r.log.Info("token refreshed", "outcome", outcome, "fingerprint", tok.Fingerprint(), "took", took.Round(time.Millisecond),
+				"upstream_took", st.upstream.Round(time.Millisecond), "expires_in", tok.Remaining(r.cfg.Now()).Round(time.Second))
+		} else {
+			r.log.Info("refresh superseded: another leader stored a later token", "outcome", outcome,
+				"fingerprint", tok.Fingerprint(), "took", took.Round(time.Millisecond), "expires_in", tok.Remaining(r.cfg.Now()).Round(time.Second))
 		}
 		reply.Fingerprint = tok.Fingerprint()
 	}
+	a := Attempt{At: r.cfg.Now().Round(0), By: r.cfg.Instance, Outcome: outcome, Took: took, Upstream: st.upstream, Error: reply.Error}
+	if err == nil {
+		a.Fingerprint, a.ExpiresAt = tok.Fingerprint(), r.cfg.Now().Add(tok.Remaining(r.cfg.Now())).Round(0)
+	}
+	r.recordAttempt(ctx, a, st.attempt)
 	for _, id := range st.pending {
 		reply.ID = id
 		if perr := r.store.Publish(ctx, reply); perr != nil {
@@ -455,11 +515,14 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 // stored it.
 func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.Token, bool, error) {
 	margin := r.store.ServeMargin()
+	st.upstream = 0
 	if st.unsaved != nil && r.cfg.Now().Before(st.unsaved.Received.Add(st.unsaved.Lifetime-margin)) {
 		r.log.Info("storing the token fetched earlier instead of fetching another")
 	} else {
 		st.unsaved = nil
+		began := r.cfg.Now()
 		up, err := r.src.Token(ctx)
+		st.upstream = r.cfg.Now().Sub(began)
 		if err != nil {
 			return cache.Token{}, false, err
 		}
@@ -541,10 +604,18 @@ type Status struct {
 	LastRefresh      time.Time // last successful refresh by this replica, or the token's fetch time
 	NextRefresh      time.Time // when the leader plans the next fetch (estimated elsewhere)
 	LastError        string
+	// Replicas are the replicas whose heartbeat is fresh, by instance id
+	// (only this one when Redis cannot be read); Refreshes the last
+	// refresh attempts of any leader, newest first (this replica's own
+	// when Redis cannot be read).
+	Replicas  []Replica
+	Refreshes []Attempt
 }
 
-// Status reports this replica's view. It reads the lock holder from Redis;
-// when Redis cannot be reached, Leader is empty and err says why.
+// Status reports this replica's view. It reads the lock holder and the
+// fleet view (heartbeats, last attempts) from Redis; when Redis cannot be
+// reached, Leader is empty, the fleet view is this replica's own, and err
+// says why.
 func (r *Refresher) Status(ctx context.Context) (Status, error) {
 	now := r.cfg.Now()
 	s := Status{Instance: r.cfg.Instance, IsLeader: r.IsLeader()}
@@ -566,6 +637,9 @@ func (r *Refresher) Status(ctx context.Context) (Status, error) {
 	r.mu.Unlock()
 	leader, err := r.Leader(ctx)
 	s.Leader = leader
+	if ferr := r.fleetStatus(ctx, &s, err == nil); err == nil {
+		err = ferr
+	}
 	return s, err
 }
 

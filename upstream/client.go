@@ -2,6 +2,8 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 )
@@ -75,6 +78,10 @@ type Config struct {
 	// Now is the clock (default time.Now). It dates answers and decides
 	// whether the access token may be reused.
 	Now func() time.Time
+	// RootCAs verifies the upstream's certificate (RDP_TLS_CA adds to the
+	// system roots). Default: the system roots. Verification is never
+	// turned off.
+	RootCAs *x509.CertPool
 	// BeforeAuth, when set, is called before every sign-on call (password,
 	// refresh or client-credentials grant). An error it returns is returned
 	// as is and no call is made; the refresher uses it to cap sign-ons
@@ -83,6 +90,11 @@ type Config struct {
 	// Logger receives Debug lines for each sign-on and token, and Warn/Info
 	// lines for fallbacks, with fingerprints only (default slog.Default()).
 	Logger *slog.Logger
+	// Registerer, when set, receives
+	// tokenkeeper_upstream_request_duration_seconds{endpoint,code}: the
+	// time of every HTTP call, recorded by a wrapper around HTTPClient's
+	// transport (HTTPClient itself is left unchanged). Default: none.
+	Registerer prometheus.Registerer
 }
 
 // Client obtains liveness tokens from RDP. It is safe for concurrent use;
@@ -170,9 +182,14 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("upstream: MaxBodyBytes must be positive, not %d", cfg.MaxBodyBytes)
 	}
 	if cfg.HTTPClient == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		// Certificates are always verified; RootCAs only chooses whom to trust.
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.RootCAs}
 		cfg.HTTPClient = &http.Client{
 			Timeout:   cfg.Timeout,
-			Transport: http.DefaultTransport.(*http.Transport).Clone(),
+			Transport: tr,
+			// A redirect would carry credentials elsewhere: refuse it.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
 	if cfg.Now == nil {
@@ -199,6 +216,12 @@ func New(cfg Config) (*Client, error) {
 			// RDP takes the credentials as form fields; saying so spares the
 			// auto-detection's second sign-on after a refusal.
 			AuthStyle: oauth2.AuthStyleInParams,
+		}
+	}
+	if cfg.Registerer != nil {
+		endpoints := map[string]string{c.v1URL: endpointAuthV1, cfg.BaseURL + authV2Path: endpointAuthV2, c.livenessURL: endpointLiveness}
+		if c.http, err = instrumented(cfg.Registerer, c.http, endpoints); err != nil {
+			return nil, err
 		}
 	}
 	return c, nil

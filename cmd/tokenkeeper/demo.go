@@ -80,6 +80,13 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 		"For real, run 'tokenkeeper serve' with TOKENKEEPER_REDIS_URL, TOKENKEEPER_API_KEYS and RDP_CLIENT_ID/RDP_CLIENT_SECRET (see README).")
 	fmt.Fprintf(stdout, "\ntokenkeeper demo on %s\n  read the token:    curl -s %s/v1/tokens/liveness\n  fleet status:      curl -s -H 'Authorization: Bearer %s' %s/v1/status\n  force a refresh:   curl -s -X POST -H 'Authorization: Bearer %s' %s/v1/tokens/liveness/refresh\n  stop:              Ctrl-C\n\n",
 		base, base, demoAdminKey, base, demoAdminKey, base)
+	fmt.Fprintf(stdout, "  status page:       %s/status#key=%s\n  metrics:           curl -s %s/metrics | grep ^tokenkeeper_\n"+
+		"  fleet from Redis:  TOKENKEEPER_REDIS_URL=redis://%s tokenkeeper status\n"+
+		"  add a replica:     TOKENKEEPER_REDIS_URL=redis://%s RDP_BASE_URL=%s RDP_CLIENT_ID=%s RDP_CLIENT_SECRET=%s \\\n"+
+		"                     TOKENKEEPER_ALLOW_ANONYMOUS=true TOKENKEEPER_ADMIN_KEYS=%s TOKENKEEPER_LISTEN=127.0.0.1:0 TOKENKEEPER_LOCK_TTL=5s \\\n"+
+		"                     TOKENKEEPER_REFRESH_BEFORE=45s TOKENKEEPER_TOKEN_LIFETIME=2m TOKENKEEPER_SERVE_MARGIN=15s TOKENKEEPER_LOG_FORMAT=text tokenkeeper serve\n"+
+		"  break the upstream: curl -s -X PUT -d '{\"liveness_status\":503}' %s/fake/v1/knobs   (heal: 0)\n\n",
+		base, demoAdminKey, base, mr.Addr(), mr.Addr(), cfg.RDP.BaseURL, upstream.FakeClientID, upstream.FakeClientSecret, demoAdminKey, cfg.RDP.BaseURL)
 
 	go demoCountdown(ctx, log, p)
 	return p.Run(ctx)

@@ -4,6 +4,7 @@
 //	tokenkeeper demo         run a replica with an in-process Redis and a fake RDP
 //	tokenkeeper fake-rdp     run the fake RDP on its own
 //	tokenkeeper healthcheck  exit 0 when the local replica is ready
+//	tokenkeeper status       the fleet as Redis records it: leader, replicas, last refreshes
 package main
 
 import (
@@ -29,6 +30,7 @@ commands:
   demo         try it with nothing installed: in-process Redis and a fake RDP
   fake-rdp     run the fake RDP server on its own (tests, compose stack)
   healthcheck  exit 0 if the replica on TOKENKEEPER_LISTEN is ready, else 1
+  status       the fleet from Redis: leader, replicas and last refreshes (--json for JSON)
 
 Run 'tokenkeeper <command> -h' for the flags of a command.
 `
@@ -49,6 +51,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runFakeRDP(ctx, rest, getenv, stderr)
 	case "healthcheck":
 		err = runHealthcheck(ctx, rest, getenv, stderr)
+	case "status":
+		err = runStatus(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -1,0 +1,70 @@
+package httpapi
+
+import "time"
+
+// Replica is one replica's last heartbeat as GET /v1/status shows it
+// (Status.Replicas). Zero times are left out; times are shown in UTC.
+type Replica struct {
+	// Instance is the replica's id.
+	Instance string `json:"instance"`
+	// Version is the build it runs.
+	Version string `json:"version,omitempty"`
+	// Ready is whether it holds a servable token; Leader whether it holds
+	// the leader lock.
+	Ready  bool `json:"ready"`
+	Leader bool `json:"leader"`
+	// TokenFingerprint names the token it holds, and ExpiresAt that
+	// token's expiry.
+	TokenFingerprint string    `json:"token_fingerprint,omitempty"`
+	ExpiresAt        time.Time `json:"expires_at,omitzero"`
+	// LastEventAt is when it last received a message on the events
+	// channel, and LastEvent that message's type (token, refresh,
+	// refreshed, released).
+	LastEventAt time.Time `json:"last_event_at,omitzero"`
+	LastEvent   string    `json:"last_event,omitempty"`
+	// SeenAt is when it wrote its last heartbeat.
+	SeenAt time.Time `json:"seen_at,omitzero"`
+	// Problem is what keeps it from serving or leading, when it knows.
+	Problem string `json:"problem,omitempty"`
+}
+
+// Refresh is one refresh attempt by a leader as GET /v1/status shows it
+// (Status.Refreshes). It never holds the token.
+type Refresh struct {
+	// At is when the attempt ended; By the leader that made it.
+	At time.Time `json:"at"`
+	By string    `json:"by"`
+	// Outcome is success, superseded, upstream_error, redis_error or
+	// fenced.
+	Outcome string `json:"outcome"`
+	// DurationSeconds is the whole attempt; UpstreamSeconds the upstream
+	// call alone (0 when none was made).
+	DurationSeconds float64 `json:"duration_seconds"`
+	UpstreamSeconds float64 `json:"upstream_seconds"`
+	// TokenFingerprint names the token stored, and ExpiresAt its expiry;
+	// both empty on failure.
+	TokenFingerprint string    `json:"token_fingerprint,omitempty"`
+	ExpiresAt        time.Time `json:"expires_at,omitzero"`
+	// Error says why it failed. It is shown to admins, so it must not hold
+	// secrets.
+	Error string `json:"error,omitempty"`
+}
+
+// fleetUTC puts the fleet's times in UTC to the millisecond, and makes
+// empty lists [] rather than null.
+func (st *Status) fleetUTC() {
+	if st.Replicas == nil {
+		st.Replicas = []Replica{}
+	}
+	if st.Refreshes == nil {
+		st.Refreshes = []Refresh{}
+	}
+	for i := range st.Replicas {
+		r := &st.Replicas[i]
+		r.ExpiresAt, r.LastEventAt, r.SeenAt = utc(r.ExpiresAt), utc(r.LastEventAt), utc(r.SeenAt)
+	}
+	for i := range st.Refreshes {
+		r := &st.Refreshes[i]
+		r.At, r.ExpiresAt = utc(r.At), utc(r.ExpiresAt)
+	}
+}

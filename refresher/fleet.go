@@ -1,0 +1,476 @@
+package refresher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+)
+
+// The fleet view: every replica writes a heartbeat into one Redis hash
+// (tokenkeeper:{name}:replicas, a field per instance), and the leader
+// pushes each refresh attempt onto a short list (tokenkeeper:{name}:refreshes).
+// Both carry the token's hash tag, and both are dated on Redis's clock:
+// readers turn those dates into ages, then into their own local times, so
+// no two wall clocks are ever compared.
+
+// historySize is how many refresh attempts are kept, in memory and in Redis.
+const historySize = 20
+
+// historyTTL is how long the Redis list of attempts outlives its last push.
+const historyTTL = 24 * time.Hour
+
+// Attempt is one refresh attempt by a leader. It never holds the token.
+type Attempt struct {
+	// At is when the attempt ended, on the reader's clock.
+	At time.Time
+	// By is the instance id of the leader that made it.
+	By string
+	// Outcome is one of the Outcome* constants.
+	Outcome string
+	// Took is the whole attempt; Upstream the upstream call alone (0 when
+	// none was made: a token fetched earlier was stored, or the attempt
+	// failed before calling).
+	Took, Upstream time.Duration
+	// Fingerprint names the token stored or adopted; empty on failure.
+	Fingerprint string
+	// ExpiresAt is when that token expires, on the reader's clock.
+	ExpiresAt time.Time
+	// Error says why the attempt failed; it holds no secret.
+	Error string
+}
+
+// Replica is one replica's last heartbeat.
+type Replica struct {
+	// Instance is the replica's id (TOKENKEEPER_INSTANCE_ID).
+	Instance string
+	// Version is the build it runs.
+	Version string
+	// Ready is whether it holds a servable token; Leader whether it holds
+	// the lock.
+	Ready, Leader bool
+	// Fingerprint names the token it holds, and ExpiresAt its expiry on
+	// the reader's clock; both empty when it holds none.
+	Fingerprint string
+	ExpiresAt   time.Time
+	// LastEvent is when it last received a message on the events channel,
+	// on the reader's clock (zero: none since it started), and
+	// LastEventType that message's type (cache.Msg*).
+	LastEvent     time.Time
+	LastEventType string
+	// Seen is when it wrote this heartbeat, on the reader's clock.
+	Seen time.Time
+	// Problem is what keeps it from serving or leading, if anything it
+	// knows of (for example a token it cannot decrypt).
+	Problem string
+}
+
+// Fleet is the fleet as Redis records it.
+type Fleet struct {
+	// Leader is the instance id of the lock holder; empty when none.
+	Leader string
+	// Replicas are those whose heartbeat is fresh, by instance id.
+	Replicas []Replica
+	// Refreshes are the last refresh attempts of any leader, newest first.
+	Refreshes []Attempt
+}
+
+// FleetKeys returns the Redis keys of the fleet view beside keys: the
+// heartbeat hash and the list of refresh attempts
+// (tokenkeeper:{liveness}:replicas and tokenkeeper:{liveness}:refreshes
+// for cache.KeysFor("liveness")).
+func FleetKeys(keys cache.Keys) (replicas, refreshes string) {
+	p, ok := strings.CutSuffix(keys.Lock, "lock")
+	if !ok {
+		p += ":"
+	}
+	return p + "replicas", p + "refreshes"
+}
+
+// FleetReader is what ReadFleet needs of a go-redis client.
+type FleetReader interface {
+	redis.Scripter
+	Get(ctx context.Context, key string) *redis.StringCmd
+}
+
+// ReadFleet reads the fleet view from Redis: the lock holder, the
+// replicas whose heartbeat has not expired (expired ones are removed) and
+// the last refresh attempts. It needs no Refresher: `tokenkeeper status`
+// uses it.
+func ReadFleet(ctx context.Context, rdb FleetReader, keys cache.Keys) (Fleet, error) {
+	var f Fleet
+	var err error
+	if f.Leader, err = readLeader(ctx, rdb, keys.Lock); err != nil {
+		return f, err
+	}
+	replicasKey, refreshesKey := FleetKeys(keys)
+	if f.Replicas, err = readReplicas(ctx, rdb, replicasKey); err != nil {
+		return f, err
+	}
+	if f.Refreshes, err = readAttempts(ctx, rdb, refreshesKey); err != nil {
+		return f, err
+	}
+	return f, nil
+}
+
+// readLeader returns the instance id in the lock's value, or "".
+func readLeader(ctx context.Context, rdb FleetReader, lockKey string) (string, error) {
+	v, err := rdb.Get(ctx, lockKey).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("refresher: read lock: %w", err)
+	}
+	// redislock's value is a 22-character random token, then the metadata.
+	if len(v) < 22 {
+		return "", nil
+	}
+	return v[22:], nil
+}
+
+// redisNow is Redis's clock in milliseconds, in Lua.
+const redisNow = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
+// beatScript writes one heartbeat. KEYS: hash. ARGV: instance, ttl ms,
+// json. The field's value is "<written ms> <ttl ms> <json>".
+var beatScript = redis.NewScript(redisNow + `
+redis.call('HSET', KEYS[1], ARGV[1], now .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return now
+`)
+
+// replicasScript returns Redis's time and the fresh heartbeats, removing
+// the expired ones. KEYS: hash.
+var replicasScript = redis.NewScript(redisNow + `
+local all = redis.call('HGETALL', KEYS[1])
+local out = {tostring(now)}
+for i = 1, #all, 2 do
+  local at, ttl = string.match(all[i + 1], '^(%d+) (%d+) ')
+  if at == nil or now - tonumber(at) > tonumber(ttl) then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    table.insert(out, all[i + 1])
+  end
+end
+return out
+`)
+
+// pushScript records a refresh attempt. KEYS: list. ARGV: json, size, ttl ms.
+var pushScript = redis.NewScript(redisNow + `
+redis.call('LPUSH', KEYS[1], now .. ' ' .. ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return now
+`)
+
+// forgetScript removes one heartbeat. KEYS: hash. ARGV: instance.
+var forgetScript = redis.NewScript(`return redis.call('HDEL', KEYS[1], ARGV[1])`)
+
+// attemptsScript returns Redis's time and the recorded attempts. KEYS: list.
+var attemptsScript = redis.NewScript(redisNow + `
+local out = redis.call('LRANGE', KEYS[1], 0, -1)
+table.insert(out, 1, tostring(now))
+return out
+`)
+
+// heartbeat is a Replica on the wire. Times are ages in milliseconds at
+// the moment of writing, so that no wall clock is stored.
+type heartbeat struct {
+	Instance      string `json:"instance"`
+	Version       string `json:"version,omitempty"`
+	Ready         bool   `json:"ready"`
+	Leader        bool   `json:"leader"`
+	Fingerprint   string `json:"fp,omitempty"`
+	ExpiresInMS   int64  `json:"expires_in_ms,omitempty"`
+	LastEventAgo  int64  `json:"last_event_ago_ms,omitempty"` // -1: none yet
+	LastEventType string `json:"last_event,omitempty"`
+	Problem       string `json:"problem,omitempty"`
+}
+
+// attemptWire is an Attempt on the wire.
+type attemptWire struct {
+	By          string  `json:"by"`
+	Outcome     string  `json:"outcome"`
+	Took        float64 `json:"took_s"`
+	Upstream    float64 `json:"upstream_s"`
+	Fingerprint string  `json:"fp,omitempty"`
+	ExpiresInMS int64   `json:"expires_in_ms,omitempty"`
+	Error       string  `json:"error,omitempty"`
+}
+
+// splitStamped splits "<ms> <rest>" (and "<ms> <ttl> <rest>" when ttl).
+func splitStamped(v string, ttl bool) (at int64, rest string, ok bool) {
+	head, rest, ok := strings.Cut(v, " ")
+	if !ok {
+		return 0, "", false
+	}
+	if ttl {
+		if _, rest, ok = strings.Cut(rest, " "); !ok {
+			return 0, "", false
+		}
+	}
+	at, err := strconv.ParseInt(head, 10, 64)
+	return at, rest, err == nil
+}
+
+// scriptList runs s and returns Redis's time (the first element) and the rest.
+func scriptList(ctx context.Context, rdb redis.Scripter, s *redis.Script, key string) (int64, []string, error) {
+	res, err := s.Run(ctx, rdb, []string{key}).StringSlice()
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(res) == 0 {
+		return 0, nil, errors.New("empty answer")
+	}
+	now, err := strconv.ParseInt(res[0], 10, 64)
+	if err != nil {
+		return 0, nil, fmt.Errorf("bad time %q", res[0])
+	}
+	return now, res[1:], nil
+}
+
+func ms(d time.Duration) int64 { return d.Milliseconds() }
+
+func fromMS(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
+
+func fromSeconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+func readReplicas(ctx context.Context, rdb redis.Scripter, key string) ([]Replica, error) {
+	local := time.Now()
+	now, vals, err := scriptList(ctx, rdb, replicasScript, key)
+	if err != nil {
+		return nil, fmt.Errorf("refresher: read heartbeats: %w", err)
+	}
+	out := make([]Replica, 0, len(vals))
+	for _, v := range vals {
+		at, body, ok := splitStamped(v, true)
+		var hb heartbeat
+		if !ok || json.Unmarshal([]byte(body), &hb) != nil {
+			continue
+		}
+		seen := local.Add(-fromMS(now - at))
+		r := Replica{
+			Instance: hb.Instance, Version: hb.Version, Ready: hb.Ready, Leader: hb.Leader,
+			Fingerprint: hb.Fingerprint, LastEventType: hb.LastEventType, Seen: seen, Problem: hb.Problem,
+		}
+		if hb.ExpiresInMS > 0 {
+			r.ExpiresAt = seen.Add(fromMS(hb.ExpiresInMS))
+		}
+		if hb.LastEventAgo >= 0 && hb.LastEventType != "" {
+			r.LastEvent = seen.Add(-fromMS(hb.LastEventAgo))
+		}
+		out = append(out, r)
+	}
+	sortReplicas(out)
+	return out, nil
+}
+
+func sortReplicas(rs []Replica) {
+	slices.SortFunc(rs, func(a, b Replica) int { return strings.Compare(a.Instance, b.Instance) })
+}
+
+func readAttempts(ctx context.Context, rdb redis.Scripter, key string) ([]Attempt, error) {
+	local := time.Now()
+	now, vals, err := scriptList(ctx, rdb, attemptsScript, key)
+	if err != nil {
+		return nil, fmt.Errorf("refresher: read refresh history: %w", err)
+	}
+	out := make([]Attempt, 0, len(vals))
+	for _, v := range vals {
+		at, body, ok := splitStamped(v, false)
+		var w attemptWire
+		if !ok || json.Unmarshal([]byte(body), &w) != nil {
+			continue
+		}
+		a := w.attempt(local.Add(-fromMS(now - at)))
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func (w attemptWire) attempt(at time.Time) Attempt {
+	a := Attempt{
+		At: at, By: w.By, Outcome: w.Outcome, Took: fromSeconds(w.Took), Upstream: fromSeconds(w.Upstream),
+		Fingerprint: w.Fingerprint, Error: w.Error,
+	}
+	if w.ExpiresInMS > 0 {
+		a.ExpiresAt = at.Add(fromMS(w.ExpiresInMS))
+	}
+	return a
+}
+
+// fleetState is what a Refresher keeps for the fleet view. Its fields are
+// guarded by mu.
+type fleetState struct {
+	mu            sync.Mutex
+	history       []Attempt // newest first, at most historySize
+	lastEvent     time.Time
+	lastEventType string
+}
+
+func (f *fleetState) remember(a Attempt) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.history = append([]Attempt{a}, f.history[:min(len(f.history), historySize-1)]...)
+}
+
+func (f *fleetState) recent() []Attempt {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Attempt(nil), f.history...)
+}
+
+func (f *fleetState) sawEvent(at time.Time, typ string) {
+	f.mu.Lock()
+	f.lastEvent, f.lastEventType = at, typ
+	f.mu.Unlock()
+}
+
+func (f *fleetState) event() (time.Time, string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastEvent, f.lastEventType
+}
+
+// recordAttempt keeps a refresh attempt in memory and in Redis, and in the
+// metrics. inARow is the failures in a row after it.
+func (r *Refresher) recordAttempt(ctx context.Context, a Attempt, inARow int) {
+	r.fleet.remember(a)
+	r.metrics.attempt(a, inARow)
+	w := attemptWire{
+		By: a.By, Outcome: a.Outcome, Took: a.Took.Seconds(), Upstream: a.Upstream.Seconds(),
+		Fingerprint: a.Fingerprint, Error: a.Error,
+	}
+	if !a.ExpiresAt.IsZero() {
+		w.ExpiresInMS = max(ms(a.ExpiresAt.Sub(r.cfg.Now())), 1)
+	}
+	b, err := json.Marshal(w)
+	if err != nil {
+		return
+	}
+	_, refreshesKey := FleetKeys(r.store.Keys())
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.RenewEvery)
+	defer cancel()
+	if err := pushScript.Run(pctx, r.rdb, []string{refreshesKey}, string(b), historySize, historyTTL.Milliseconds()).Err(); err != nil && ctx.Err() == nil {
+		r.log.Debug("recording the refresh attempt in Redis failed", "error", err)
+	}
+}
+
+// self is this replica's heartbeat as of now.
+func (r *Refresher) self() heartbeat {
+	now := r.cfg.Now()
+	hb := heartbeat{Instance: r.cfg.Instance, Version: r.cfg.Version, Leader: r.IsLeader(), LastEventAgo: -1}
+	_, hb.Ready = r.store.Current()
+	if tok, ok := r.store.Held(); ok {
+		hb.Fingerprint = tok.Fingerprint()
+		hb.ExpiresInMS = max(ms(tok.Remaining(now)), 1)
+	}
+	if at, typ := r.fleet.event(); typ != "" {
+		hb.LastEventType = typ
+		hb.LastEventAgo = max(ms(now.Sub(at)), 0)
+	}
+	if err := r.store.Unreadable(); err != nil {
+		hb.Problem = err.Error()
+	}
+	return hb
+}
+
+// selfReplica is this replica's own view as a Replica, for Status when the
+// heartbeats cannot be read.
+func (r *Refresher) selfReplica() Replica {
+	now := r.cfg.Now().Round(0)
+	hb := r.self()
+	rep := Replica{
+		Instance: hb.Instance, Version: hb.Version, Ready: hb.Ready, Leader: hb.Leader,
+		Fingerprint: hb.Fingerprint, LastEventType: hb.LastEventType, Seen: now, Problem: hb.Problem,
+	}
+	if hb.ExpiresInMS > 0 {
+		rep.ExpiresAt = now.Add(fromMS(hb.ExpiresInMS))
+	}
+	if hb.LastEventAgo >= 0 && hb.LastEventType != "" {
+		rep.LastEvent = now.Add(-fromMS(hb.LastEventAgo))
+	}
+	return rep
+}
+
+// Heartbeat writes this replica's heartbeat into Redis every
+// Config.HeartbeatEvery until ctx ends, then removes it, so that the fleet
+// view lists the replicas alive. A heartbeat expires unread after three
+// intervals. Redis being unreachable is counted and logged at Debug, not
+// returned. It returns ctx's error.
+func (r *Refresher) Heartbeat(ctx context.Context) error {
+	msgs, stop := r.store.Subscribe()
+	defer stop()
+	tick := time.NewTicker(r.cfg.HeartbeatEvery)
+	defer tick.Stop()
+	replicasKey, _ := FleetKeys(r.store.Keys())
+	ttl := 3 * r.cfg.HeartbeatEvery
+	beat := func() {
+		b, err := json.Marshal(r.self())
+		if err != nil {
+			return
+		}
+		bctx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatEvery)
+		defer cancel()
+		err = beatScript.Run(bctx, r.rdb, []string{replicasKey}, r.cfg.Instance, ttl.Milliseconds(), string(b)).Err()
+		if ctx.Err() != nil {
+			return
+		}
+		r.metrics.heartbeat(err)
+		if err != nil {
+			r.log.Debug("heartbeat failed", "error", err)
+		}
+	}
+	beat()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			defer cancel()
+			if err := forgetScript.Run(dctx, r.rdb, []string{replicasKey}, r.cfg.Instance).Err(); err != nil {
+				r.log.Debug("removing the heartbeat failed; it expires by itself", "error", err)
+			}
+			return ctx.Err()
+		case m := <-msgs:
+			r.fleet.sawEvent(r.cfg.Now(), m.Type)
+		case <-tick.C:
+			beat()
+		}
+	}
+}
+
+// fleetStatus fills the fleet view of s: from Redis when it answers, else
+// this replica's own view and its own attempts. tryRedis false skips
+// Redis, already known to be unreachable.
+func (r *Refresher) fleetStatus(ctx context.Context, s *Status, tryRedis bool) error {
+	replicasKey, refreshesKey := FleetKeys(r.store.Keys())
+	var reps []Replica
+	var err error
+	if tryRedis {
+		reps, err = readReplicas(ctx, r.rdb, replicasKey)
+	}
+	if tryRedis && err == nil {
+		var atts []Attempt
+		if atts, err = readAttempts(ctx, r.rdb, refreshesKey); err == nil {
+			s.Replicas, s.Refreshes = reps, atts
+			return nil
+		}
+	}
+	s.Replicas = []Replica{r.selfReplica()}
+	s.Refreshes = r.fleet.recent()
+	return err
+}

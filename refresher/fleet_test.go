@@ -1,0 +1,298 @@
+package refresher_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// observed is a replica that heartbeats and keeps metrics.
+type observed struct {
+	*replica
+	reg *prometheus.Registry
+}
+
+// startObserved runs a replica like start, with its heartbeat and a
+// registry of its own.
+func startObserved(t *testing.T, name, addr string, keys cache.Keys, src refresher.Source, tm timings) *observed {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
+		ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})
+	store, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: tm.margin, PollInterval: 200 * time.Millisecond,
+		Instance: name, Logger: quiet, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := refresher.New(refresher.Config{
+		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, Jitter: 50 * time.Millisecond,
+		RetryMin: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Logger: quiet.With("r", name),
+		Version: "v-test", HeartbeatEvery: 50 * time.Millisecond, Registerer: reg,
+	}, rdb, store, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &replica{name: name, rdb: rdb, store: store, ref: ref, cancel: cancel, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); store.Run(ctx) }()
+	go func() { defer wg.Done(); ref.Run(ctx) }()
+	go func() { defer wg.Done(); ref.Heartbeat(ctx) }()
+	go func() { wg.Wait(); close(r.done) }()
+	t.Cleanup(r.stop)
+	return &observed{replica: r, reg: reg}
+}
+
+// value returns the value of the sample of family name whose labels
+// include want, or -1 when there is none.
+func value(t *testing.T, reg prometheus.Gatherer, name string, want ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				got[lp.GetName()] = lp.GetValue()
+			}
+			for i := 0; i+1 < len(want); i += 2 {
+				if got[want[i]] != want[i+1] {
+					continue metric
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return -1
+}
+
+func replicaNames(rs []refresher.Replica) string {
+	var names []string
+	for _, r := range rs {
+		names = append(names, r.Instance)
+	}
+	return strings.Join(names, ",")
+}
+
+// TestFleetView runs two replicas: both heartbeat into Redis, the fleet
+// view names the leader and lists both as ready with the same token, the
+// leader's refresh is recorded for every replica to see, and a replica
+// that stops leaves the list at once.
+func TestFleetView(t *testing.T) {
+	addr, keys := newRedis(t)
+	src := &source{lifetime: 10 * time.Second}
+	a := startObserved(t, "a", addr, keys, src, fast)
+	b := startObserved(t, "b", addr, keys, src, fast)
+	leader := oneLeader(t, []*replica{a.replica, b.replica}, 5*time.Second)
+	ctx := context.Background()
+
+	var f refresher.Fleet
+	eventually(t, 5*time.Second, "both replicas ready in the fleet view", func() bool {
+		var err error
+		f, err = refresher.ReadFleet(ctx, a.rdb, keys)
+		if err != nil || len(f.Replicas) != 2 {
+			return false
+		}
+		for _, r := range f.Replicas {
+			if !r.Ready || r.Fingerprint == "" || r.Leader != (r.Instance == leader.name) {
+				return false
+			}
+		}
+		return len(f.Refreshes) > 0
+	})
+	if f.Leader != leader.name {
+		t.Errorf("fleet leader = %q, want %q", f.Leader, leader.name)
+	}
+	if got, want := replicaNames(f.Replicas), "a,b"; got != want {
+		t.Errorf("replicas = %s, want %s", got, want)
+	}
+	now := time.Now()
+	for _, r := range f.Replicas {
+		if r.Version != "v-test" {
+			t.Errorf("%s: version = %q, want v-test", r.Instance, r.Version)
+		}
+		if age := now.Sub(r.Seen); age < -time.Second || age > time.Second {
+			t.Errorf("%s: heartbeat seen %v ago, want within a second", r.Instance, age)
+		}
+		if left := r.ExpiresAt.Sub(now); left <= 0 || left > 10*time.Second {
+			t.Errorf("%s: token expires in %v, want within its 10s lifetime", r.Instance, left)
+		}
+		if r.Fingerprint != f.Replicas[0].Fingerprint {
+			t.Errorf("replicas hold different tokens: %s and %s", r.Fingerprint, f.Replicas[0].Fingerprint)
+		}
+	}
+	first := f.Refreshes[len(f.Refreshes)-1]
+	if first.By != leader.name || first.Outcome != refresher.OutcomeSuccess || first.Fingerprint == "" || first.Error != "" {
+		t.Errorf("first refresh = %+v, want a success by %s", first, leader.name)
+	}
+	if first.Took <= 0 || first.Upstream <= 0 || first.Upstream > first.Took {
+		t.Errorf("first refresh took %v, upstream %v: want 0 < upstream <= took", first.Took, first.Upstream)
+	}
+
+	// A follower's status shows the same fleet.
+	follower := a
+	if leader.name == "a" {
+		follower = b
+	}
+	st, err := follower.ref.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Replicas) != 2 || len(st.Refreshes) == 0 || st.Refreshes[0].By != leader.name {
+		t.Errorf("follower status: replicas %s, refreshes %+v; want both and the leader's refresh", replicaNames(st.Replicas), st.Refreshes)
+	}
+
+	// A replica that stops is gone from the list at once.
+	follower.stop()
+	f, err = refresher.ReadFleet(ctx, leader.rdb, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replicaNames(f.Replicas); got != leader.name {
+		t.Errorf("after %s stopped, replicas = %s, want %s", follower.name, got, leader.name)
+	}
+}
+
+// TestHeartbeatsExpire writes the heartbeat of a replica that died without
+// a word: readers drop it once it is older than its TTL, and remove it.
+func TestHeartbeatsExpire(t *testing.T) {
+	addr, keys := newRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	replicas, _ := refresher.FleetKeys(keys)
+	if !strings.HasSuffix(replicas, ":replicas") || !strings.Contains(replicas, "{") {
+		t.Fatalf("heartbeat key %q lacks the hash tag or suffix", replicas)
+	}
+	// Written at 1 ms after the epoch, for 100 ms: long gone.
+	if err := rdb.HSet(ctx, replicas, "ghost", `1 100 {"instance":"ghost","ready":true}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HSet(ctx, replicas, "junk", `not a heartbeat`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := refresher.ReadFleet(ctx, rdb, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Replicas) != 0 || f.Leader != "" {
+		t.Errorf("fleet = %+v, want no replica and no leader", f)
+	}
+	if n, _ := rdb.HLen(ctx, replicas).Result(); n != 0 {
+		t.Errorf("%d expired heartbeats left in Redis, want 0", n)
+	}
+}
+
+// TestRefreshMetricsAndHistory fails the upstream, then heals it: the
+// failures are counted by outcome, in a row, and recorded with their
+// error; the success that follows resets the count.
+func TestRefreshMetricsAndHistory(t *testing.T) {
+	addr, keys := newRedis(t)
+	src := &source{lifetime: fast.lifetime}
+	a := startObserved(t, "a", addr, keys, src, fast)
+	eventually(t, 5*time.Second, "a leads and holds a token", func() bool {
+		_, ok := a.store.Current()
+		return a.ref.IsLeader() && ok
+	})
+	if got := value(t, a.reg, "tokenkeeper_leader"); got != 1 {
+		t.Errorf("tokenkeeper_leader = %v, want 1", got)
+	}
+	if got := value(t, a.reg, "tokenkeeper_leadership_changes_total", "change", "acquired"); got != 1 {
+		t.Errorf("leadership acquired = %v, want 1", got)
+	}
+	if got := value(t, a.reg, "tokenkeeper_refreshes_total", "outcome", "success"); got != 1 {
+		t.Errorf("successes = %v, want 1", got)
+	}
+	if got := value(t, a.reg, "tokenkeeper_token_writes_total", "result", "stored"); got != 1 {
+		t.Errorf("stored writes = %v, want 1", got)
+	}
+
+	// The next refresh falls due within the 2s lifetime, and fails.
+	src.set(func(s *source) { s.fail = &upstream.Error{Op: "liveness", Status: 503, Retryable: true} })
+	ctx := context.Background()
+	eventually(t, 5*time.Second, "three failures in a row", func() bool {
+		return value(t, a.reg, "tokenkeeper_refresh_consecutive_failures") >= 3
+	})
+	if got := value(t, a.reg, "tokenkeeper_refreshes_total", "outcome", "upstream_error"); got < 3 {
+		t.Errorf("upstream errors = %v, want at least 3", got)
+	}
+	st, err := a.ref.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := st.Refreshes[0]
+	if last.Outcome != refresher.OutcomeUpstreamError || !strings.Contains(last.Error, "503") || last.Fingerprint != "" {
+		t.Errorf("last attempt = %+v, want an upstream_error naming the 503", last)
+	}
+
+	src.set(func(s *source) { s.fail = nil })
+	eventually(t, 5*time.Second, "the failures in a row reset", func() bool {
+		return value(t, a.reg, "tokenkeeper_refresh_consecutive_failures") == 0 &&
+			value(t, a.reg, "tokenkeeper_refreshes_total", "outcome", "success") == 2
+	})
+	if got := value(t, a.reg, "tokenkeeper_refresh_duration_seconds"); got < 5 {
+		t.Errorf("refresh durations observed = %v, want every attempt", got)
+	}
+}
+
+// TestFencedMetrics is TestStaleLeaderIsFenced, observed: the refused
+// write, the fenced attempt and the fenced end of leadership are counted.
+func TestFencedMetrics(t *testing.T) {
+	addr, keys := newRedis(t)
+	block := make(chan struct{})
+	src := &source{lifetime: 10 * time.Second, block: block}
+	tm := fast
+	tm.lockTTL = 3 * time.Second
+	a := startObserved(t, "a", addr, keys, src, tm)
+	eventually(t, 5*time.Second, "a leads and fetches", func() bool { return a.ref.IsLeader() && len(src.Calls()) == 1 })
+	if err := a.rdb.Set(context.Background(), keys.Lock, "0123456789012345678901other", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	close(block)
+	eventually(t, 3*time.Second, "a steps down", func() bool { return !a.ref.IsLeader() })
+	for _, c := range []struct {
+		name   string
+		labels []string
+	}{
+		{"tokenkeeper_token_writes_total", []string{"result", "fenced"}},
+		{"tokenkeeper_refreshes_total", []string{"outcome", "fenced"}},
+		{"tokenkeeper_leadership_changes_total", []string{"change", "fenced"}},
+	} {
+		if got := value(t, a.reg, c.name, c.labels...); got != 1 {
+			t.Errorf("%s%v = %v, want 1", c.name, c.labels, got)
+		}
+	}
+	if got := value(t, a.reg, "tokenkeeper_leader"); got != 0 {
+		t.Errorf("tokenkeeper_leader = %v, want 0", got)
+	}
+	st, _ := a.ref.Status(context.Background())
+	if len(st.Refreshes) == 0 || st.Refreshes[0].Outcome != refresher.OutcomeFenced {
+		t.Errorf("refreshes = %+v, want the fenced attempt first", st.Refreshes)
+	}
+	if len(st.Refreshes) > 0 && !strings.Contains(st.Refreshes[0].Error, "fenced") {
+		t.Errorf("fenced attempt error = %q, want it to say fenced", st.Refreshes[0].Error)
+	}
+}

@@ -1,0 +1,186 @@
+package refresher
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// Metrics a Refresher registers with Config.Registerer, in the manner of
+// client-go's leaderelection metrics:
+//
+//	tokenkeeper_leader                             1 while this replica holds the leader lock, else 0
+//	tokenkeeper_leadership_changes_total{change}   acquired, lost (renewal failed), fenced, released (shutdown)
+//	tokenkeeper_refreshes_total{outcome}           refresh attempts by outcome (Outcome* constants)
+//	tokenkeeper_refresh_consecutive_failures       failed attempts in a row by this leader (0 after a success, and on followers)
+//	tokenkeeper_refresh_duration_seconds           time of a refresh attempt: upstream call and fenced write
+//	tokenkeeper_upstream_fetches_total             tokens this replica fetched from the upstream
+//	tokenkeeper_heartbeats_total{result}           heartbeats written to Redis: ok, error
+//
+// The families carry no instance label: Prometheus adds the target's.
+
+// Outcomes of a refresh attempt: the outcome label of
+// tokenkeeper_refreshes_total and Attempt.Outcome.
+const (
+	// OutcomeSuccess: a new token was fetched and stored.
+	OutcomeSuccess = "success"
+	// OutcomeSuperseded: another leader had stored a later token; it was
+	// adopted instead.
+	OutcomeSuperseded = "superseded"
+	// OutcomeUpstreamError: the upstream failed, refused, or answered an
+	// unusable token (or the fleet's sign-on budget was spent).
+	OutcomeUpstreamError = "upstream_error"
+	// OutcomeRedisError: the token could not be stored (Redis unreachable
+	// or failing); it is kept and stored on the next attempt.
+	OutcomeRedisError = "redis_error"
+	// OutcomeFenced: the write was refused because this replica no longer
+	// held the lock; it stepped down.
+	OutcomeFenced = "fenced"
+)
+
+var outcomes = []string{OutcomeSuccess, OutcomeSuperseded, OutcomeUpstreamError, OutcomeRedisError, OutcomeFenced}
+
+// outcomeOf classifies an attempt that returned err, having stored its
+// token or not.
+func outcomeOf(err error, stored bool) string {
+	var ue *upstream.Error
+	switch {
+	case err == nil && stored:
+		return OutcomeSuccess
+	case err == nil:
+		return OutcomeSuperseded
+	case errors.Is(err, cache.ErrFenced):
+		return OutcomeFenced
+	case errors.As(err, &ue):
+		return OutcomeUpstreamError
+	default:
+		return OutcomeRedisError
+	}
+}
+
+// Changes of leadership: the change label of
+// tokenkeeper_leadership_changes_total.
+const (
+	changeAcquired = "acquired"
+	changeLost     = "lost"
+	changeFenced   = "fenced"
+	changeReleased = "released"
+)
+
+// changeOf names the end of a leadership from the reason lead logs.
+func changeOf(reason string) string {
+	switch reason {
+	case "fenced":
+		return changeFenced
+	case "released on shutdown":
+		return changeReleased
+	default:
+		return changeLost
+	}
+}
+
+// refreshBuckets span a fast fake upstream to a slow sign-on plus a retry.
+var refreshBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// metrics records a Refresher's events. A nil *metrics records nothing.
+type metrics struct {
+	changes    *prometheus.CounterVec
+	refreshes  *prometheus.CounterVec
+	duration   prometheus.Histogram
+	failures   prometheus.Gauge
+	heartbeats *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, r *Refresher) (*metrics, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	m := &metrics{
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenkeeper_leadership_changes_total",
+			Help: "Leadership changes of this replica: acquired, lost (a renewal failed), fenced (a write found the lock gone), released (on shutdown).",
+		}, []string{"change"}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenkeeper_refreshes_total",
+			Help: "Refresh attempts by this replica while leading, by outcome: success, superseded, upstream_error, redis_error, fenced.",
+		}, []string{"outcome"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tokenkeeper_refresh_duration_seconds",
+			Help:    "Time of refresh attempts by this replica: the upstream call and the fenced write.",
+			Buckets: refreshBuckets,
+		}),
+		failures: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokenkeeper_refresh_consecutive_failures",
+			Help: "Refresh attempts that failed in a row on this replica while leading; 0 after a success and when not leading.",
+		}),
+		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenkeeper_heartbeats_total",
+			Help: "Heartbeats this replica wrote to Redis, by result: ok, error.",
+		}, []string{"result"}),
+	}
+	for _, c := range []string{changeAcquired, changeLost, changeFenced, changeReleased} {
+		m.changes.WithLabelValues(c)
+	}
+	for _, o := range outcomes {
+		m.refreshes.WithLabelValues(o)
+	}
+	m.heartbeats.WithLabelValues("ok")
+	m.heartbeats.WithLabelValues("error")
+	leader := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tokenkeeper_leader",
+		Help: "1 while this replica holds the leader lock, else 0.",
+	}, func() float64 {
+		if r.IsLeader() {
+			return 1
+		}
+		return 0
+	})
+	fetches := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "tokenkeeper_upstream_fetches_total",
+		Help: "Tokens this replica fetched from the upstream.",
+	}, func() float64 { return float64(r.Fetches()) })
+	for _, c := range []prometheus.Collector{m.changes, m.refreshes, m.duration, m.failures, m.heartbeats, leader, fetches} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("refresher: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) leadership(change string) {
+	if m != nil {
+		m.changes.WithLabelValues(change).Inc()
+	}
+}
+
+// attempt records a refresh attempt and the failures in a row so far.
+func (m *metrics) attempt(a Attempt, inARow int) {
+	if m == nil {
+		return
+	}
+	m.refreshes.WithLabelValues(a.Outcome).Inc()
+	m.duration.Observe(a.Took.Seconds())
+	m.failures.Set(float64(inARow))
+}
+
+// follower resets what only a leader reports.
+func (m *metrics) follower() {
+	if m != nil {
+		m.failures.Set(0)
+	}
+}
+
+func (m *metrics) heartbeat(err error) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.heartbeats.WithLabelValues("error").Inc()
+		return
+	}
+	m.heartbeats.WithLabelValues("ok").Inc()
+}
