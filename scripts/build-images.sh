@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# build-images.sh builds, without any container registry, the images that the
+# integration suite (integration/) and the compose smoke test
+# (scripts/compose-smoke.sh) run:
+#
+#   tokenkeeper:dev             FROM scratch around a static binary built on
+#                               this host (Dockerfile.prebuilt), user 65532
+#   tokenkeeper/redis:debian    Debian's redis-server (and redis-cli) with the
+#                               libraries ldd lists, docker-imported
+#   tokenkeeper/haproxy:debian  Debian's haproxy the same way; its config goes
+#                               to /usr/local/etc/haproxy/haproxy.cfg as in the
+#                               official image
+#
+# Elsewhere, with a registry, the official images do the same job
+# (redis:7-alpine, haproxy:2.9-alpine) and `docker compose build` builds the
+# app from the multi-stage Dockerfile.
+#
+# Usage: scripts/build-images.sh [-f|--force] [app|redis|haproxy]...
+#   With no names, builds all three. The app image is rebuilt every time (the
+#   Go build cache and Docker's layer cache make that quick). The Redis and
+#   HAProxy images are skipped when they exist and were made from the Debian
+#   package version installed now, unless forced (--force or FORCE=1).
+#
+# Needs: docker, go, and for the Debian images the packages redis-server and
+# haproxy (apt-get install -y redis-server haproxy).
+#
+# Environment: TOKENKEEPER_IMAGE (default tokenkeeper:dev) names the app image;
+# BUILD_DIR (default .build) holds the binary and, while they are imported,
+# the staged root filesystems.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+app_image=${TOKENKEEPER_IMAGE:-tokenkeeper:dev}
+redis_image=tokenkeeper/redis:debian
+haproxy_image=tokenkeeper/haproxy:debian
+build_dir=${BUILD_DIR:-$repo/.build}
+force=${FORCE:-0}
+nonroot_uid=65532
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build-images: %s\n' "$*" >&2; exit 1; }
+
+targets=()
+for arg in "$@"; do
+	case $arg in
+	-f | --force) force=1 ;;
+	app | redis | haproxy) targets+=("$arg") ;;
+	-h | --help)
+		sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+		exit 0
+		;;
+	*) die "unknown argument $arg (try --help)" ;;
+	esac
+done
+[[ ${#targets[@]} -gt 0 ]] || targets=(app redis haproxy)
+
+command -v docker >/dev/null || die "docker is not installed"
+docker version --format '{{.Server.Version}}' >/dev/null || die "the Docker engine does not answer"
+
+# debian_version PACKAGE prints the installed version of a Debian package, or
+# fails with the command that installs it.
+debian_version() {
+	local v
+	v=$(dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null || true)
+	[[ $v == "install ok installed "* ]] ||
+		die "Debian package $1 is not installed: apt-get install -y $1"
+	printf '%s\n' "${v#install ok installed }"
+}
+
+# image_label IMAGE prints the org.tokenkeeper.debian-package label of IMAGE,
+# or nothing when the image does not exist.
+image_label() {
+	docker image inspect -f '{{ index .Config.Labels "org.tokenkeeper.debian-package" }}' "$1" 2>/dev/null || true
+}
+
+# drop_replaced IMAGE OLD-ID removes the image IMAGE was before a rebuild, when
+# the tag moved and no container uses the old one.
+drop_replaced() {
+	if [[ -n $2 && $2 != "$(image_id "$1")" ]]; then
+		docker rmi "$2" >/dev/null 2>&1 || true
+	fi
+}
+
+# image_id IMAGE prints the id of IMAGE, or nothing.
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+
+# new_rootfs DIR makes a minimal root filesystem: a nonroot user (65532), /tmp,
+# and name resolution through files then DNS.
+new_rootfs() {
+	local root=$1
+	rm -rf "$root"
+	mkdir -p "$root"/{etc,tmp,usr/local/bin,usr/local/sbin}
+	chmod 1777 "$root/tmp"
+	printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n' \
+		"$nonroot_uid" "$nonroot_uid" >"$root/etc/passwd"
+	printf 'root:x:0:\nnonroot:x:%d:\n' "$nonroot_uid" >"$root/etc/group"
+	printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
+}
+
+# add_elf ROOT SRC DEST copies the program SRC (symlinks followed) to DEST in
+# ROOT, with every shared library ldd lists at the path the loader looks for.
+add_elf() {
+	local root=$1 src=$2 dest=$3 lib
+	install -D -m 0755 "$(readlink -f "$src")" "$root$dest"
+	while read -r lib; do
+		[[ -e $root$lib ]] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+	done < <(ldd "$src" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+}
+
+# import_rootfs ROOT IMAGE CHANGE... tars ROOT (numeric owners, sorted, fixed
+# mtimes) into `docker import` with the Dockerfile instructions CHANGE.
+import_rootfs() {
+	local root=$1 image=$2 change args=()
+	shift 2
+	for change in "$@"; do args+=(--change "$change"); done
+	tar --numeric-owner --sort=name --mtime=@0 -C "$root" -cf - . |
+		docker import "${args[@]}" --message "built by scripts/build-images.sh" - "$image" >/dev/null
+	rm -rf "$root"
+}
+
+# wait_log CONTAINER TEXT SECONDS waits until the log of CONTAINER shows TEXT.
+wait_log() {
+	local i
+	for ((i = 0; i < $3 * 10; i++)); do
+		docker logs "$1" 2>&1 | grep -q "$2" && return 0
+		sleep 0.1
+	done
+	docker logs "$1" >&2 || true
+	return 1
+}
+
+build_app() {
+	local ctx=$build_dir/app old
+	command -v go >/dev/null || die "go is not installed"
+	log "go build (CGO_ENABLED=0, static) ./cmd/tokenkeeper -> $ctx/tokenkeeper"
+	mkdir -p "$ctx"
+	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$ctx/tokenkeeper" ./cmd/tokenkeeper
+	if ldd "$ctx/tokenkeeper" >/dev/null 2>&1; then
+		die "$ctx/tokenkeeper is dynamically linked; FROM scratch needs a static binary"
+	fi
+	log "docker build -f Dockerfile.prebuilt -t $app_image (context: $ctx, the binary only)"
+	old=$(image_id "$app_image")
+	docker build --quiet -f Dockerfile.prebuilt -t "$app_image" "$ctx" >/dev/null
+	drop_replaced "$app_image" "$old"
+}
+
+build_redis() {
+	local version label root=$build_dir/rootfs-redis cid old
+	version=$(debian_version redis-server)
+	label="redis-server=$version"
+	if [[ $force != 1 && $(image_label "$redis_image") == "$label" ]]; then
+		log "$redis_image exists (from $label): skipped (--force rebuilds)"
+		return
+	fi
+	log "$redis_image from Debian's $label"
+	new_rootfs "$root"
+	add_elf "$root" /usr/bin/redis-server /usr/local/bin/redis-server
+	add_elf "$root" /usr/bin/redis-cli /usr/local/bin/redis-cli
+	mkdir -p "$root/data"
+	if [[ $EUID -eq 0 ]]; then
+		chown "$nonroot_uid:$nonroot_uid" "$root/data"
+	else
+		chmod 1777 "$root/data"
+	fi
+	# Debian's redis-server keeps protected mode on (the official image turns it
+	# off at build time), which refuses clients from other containers: the
+	# entrypoint turns it off. Arguments given to `docker run` are appended, as
+	# with the official image's entrypoint: `docker run IMAGE --loglevel debug`.
+	old=$(image_id "$redis_image")
+	import_rootfs "$root" "$redis_image" \
+		"LABEL org.tokenkeeper.debian-package=\"$label\"" \
+		"ENV PATH=/usr/local/bin:/usr/bin:/bin" \
+		"USER $nonroot_uid:$nonroot_uid" \
+		"WORKDIR /data" \
+		"EXPOSE 6379" \
+		'ENTRYPOINT ["/usr/local/bin/redis-server", "--protected-mode", "no"]' \
+		'CMD []'
+	log "checking $redis_image: starts, says it is ready, answers PING"
+	cid=$(docker run -d --rm "$redis_image")
+	if ! wait_log "$cid" "Ready to accept connections" 20 ||
+		[[ $(docker exec "$cid" redis-cli ping 2>&1) != PONG ]]; then
+		docker rm -f "$cid" >/dev/null
+		die "$redis_image does not work"
+	fi
+	docker rm -f "$cid" >/dev/null
+	drop_replaced "$redis_image" "$old"
+}
+
+build_haproxy() {
+	local version label root=$build_dir/rootfs-haproxy old
+	version=$(debian_version haproxy)
+	label="haproxy=$version"
+	if [[ $force != 1 && $(image_label "$haproxy_image") == "$label" ]]; then
+		log "$haproxy_image exists (from $label): skipped (--force rebuilds)"
+		return
+	fi
+	log "$haproxy_image from Debian's $label"
+	new_rootfs "$root"
+	add_elf "$root" /usr/sbin/haproxy /usr/local/sbin/haproxy
+	mkdir -p "$root/usr/local/etc/haproxy" "$root/var/lib/haproxy"
+	[[ $EUID -ne 0 ]] || chown "$nonroot_uid:$nonroot_uid" "$root/var/lib/haproxy"
+	# As the official image: master-worker mode, logs in the foreground, the
+	# config at /usr/local/etc/haproxy/haproxy.cfg (mount yours there). Unlike
+	# it, the stop signal stays SIGTERM (docker import cannot set STOPSIGNAL):
+	# HAProxy stops at once instead of draining connections.
+	old=$(image_id "$haproxy_image")
+	import_rootfs "$root" "$haproxy_image" \
+		"LABEL org.tokenkeeper.debian-package=\"$label\"" \
+		"ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/bin:/bin" \
+		"USER $nonroot_uid:$nonroot_uid" \
+		"WORKDIR /var/lib/haproxy" \
+		'ENTRYPOINT ["/usr/local/sbin/haproxy", "-W", "-db"]' \
+		'CMD ["-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
+	log "checking $haproxy_image: haproxy -c on deploy/haproxy/haproxy.cfg"
+	docker run --rm -v "$repo/deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" \
+		"$haproxy_image" -c -f /usr/local/etc/haproxy/haproxy.cfg >/dev/null ||
+		die "$haproxy_image rejects deploy/haproxy/haproxy.cfg"
+	drop_replaced "$haproxy_image" "$old"
+}
+
+for t in "${targets[@]}"; do
+	"build_$t"
+done
+
+log "images:"
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' |
+	awk -v a="$app_image" -v r="$redis_image" -v h="$haproxy_image" \
+		'$1 == a || $1 == r || $1 == h { printf "    %-28s %s\n", $1, $2 }' >&2
+
+cat <<EOF
+# Use the local images (integration suite, compose, smoke test):
+export TOKENKEEPER_IMAGE=$app_image
+export REDIS_IMAGE=$redis_image
+export HAPROXY_IMAGE=$haproxy_image
+EOF

@@ -1,0 +1,438 @@
+#!/usr/bin/env bash
+# compose-smoke.sh brings docker-compose.yml up under a unique project name and
+# checks the fleet's promises through HAProxy, as a client sees them:
+#
+#   1. 200 reads through the load balancer: all 200 OK, one token, every
+#      replica answers (X-Tokenkeeper-Instance).
+#   2. The leader's container is SIGKILLed while a client keeps reading: no
+#      request fails (HAProxy retries on another replica); a new leader takes
+#      over; HAProxy marks the dead replica down.
+#   3. --scale tokenkeeper=5: HAProxy finds the new replicas through DNS and
+#      all five answer with the same token.
+#   4. A forced refresh (admin API): every replica switches to the new token
+#      within SMOKE_SWITCH_LIMIT_MS.
+#   5. The fake RDP issued two tokens in all: the first and the forced one.
+#
+# It prints the figures (requests, failures, failover, mark-down and switch
+# times, upstream calls) and exits non-zero on any broken promise. `down -v`
+# runs at the end, always, also on failure or interrupt.
+#
+# Usage: scripts/compose-smoke.sh
+#   Needs docker, docker-compose (or `docker compose`), curl, python3, and the
+#   images: by default the local ones of scripts/build-images.sh
+#   (TOKENKEEPER_IMAGE=tokenkeeper:dev, REDIS_IMAGE=tokenkeeper/redis:debian,
+#   HAPROXY_IMAGE=tokenkeeper/haproxy:debian); set those variables to use
+#   others, e.g. the official redis:7-alpine and haproxy:2.9-alpine.
+#
+# Environment:
+#   COMPOSE                 compose command (default: docker-compose if
+#                           installed, else "docker compose")
+#   SMOKE_PROJECT           compose project name (default tksmoke<time><pid>,
+#                           unique per run; COMPOSE_PROJECT_NAME is ignored so
+#                           that a stack of yours is never taken down)
+#   SMOKE_SWITCH_LIMIT_MS   longest accepted time, after the refresh answered,
+#                           for every replica to serve the new token (default
+#                           100: the design's promise for pub/sub)
+#   SMOKE_KEEP=1            leave the stack running (for debugging; then run
+#                           `docker-compose -p <project> down -v`)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+# --- settings ------------------------------------------------------------------
+tokenkeeper_image=${TOKENKEEPER_IMAGE:-tokenkeeper:dev}
+redis_image=${REDIS_IMAGE:-tokenkeeper/redis:debian}
+haproxy_image=${HAPROXY_IMAGE:-tokenkeeper/haproxy:debian}
+# Every other variable of docker-compose.yml takes the stack's default (fake
+# RDP, demo keys, default timings), whatever the shell says; a local .env is
+# ignored too (see compose below).
+while read -r v; do
+	unset "$v"
+done < <(grep -o '[$]{[A-Z_][A-Z0-9_]*' docker-compose.yml | cut -c3- | sort -u)
+export COMPOSE_PROJECT_NAME=${SMOKE_PROJECT:-tksmoke$(date +%s)$$}
+export TOKENKEEPER_IMAGE=$tokenkeeper_image REDIS_IMAGE=$redis_image HAPROXY_IMAGE=$haproxy_image
+reader_key=demo-reader-key
+admin_key=demo-admin-key
+lock_ttl_s=10
+switch_limit_ms=${SMOKE_SWITCH_LIMIT_MS:-100}
+reads=200
+
+if [[ -n ${COMPOSE:-} ]]; then
+	read -r -a compose_cmd <<<"$COMPOSE"
+elif command -v docker-compose >/dev/null; then
+	compose_cmd=(docker-compose)
+else
+	compose_cmd=(docker compose)
+fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/tksmoke.XXXXXX")
+: >"$tmp/empty.env"
+
+log() { printf '==> %s\n' "$*" >&2; }
+failures=()
+# broken MESSAGE records a broken promise; the run goes on and fails at the end.
+broken() {
+	printf 'BROKEN: %s\n' "$*" >&2
+	failures+=("$*")
+}
+die() {
+	printf 'compose-smoke: %s\n' "$*" >&2
+	exit 1
+}
+# compose runs the compose command for this project, ignoring any local .env.
+compose() { "${compose_cmd[@]}" --env-file "$tmp/empty.env" "$@"; }
+# now_ms prints the wall clock in milliseconds, without a fork.
+now_ms() {
+	local t=${EPOCHREALTIME/[.,]/}
+	printf '%s\n' "${t:0:-3}"
+}
+
+reader_pid=
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	if [[ -n $reader_pid ]]; then
+		kill "$reader_pid" 2>/dev/null || true
+		wait "$reader_pid" 2>/dev/null || true
+	fi
+	if [[ $rc -ne 0 ]]; then
+		log "failed (exit $rc); last logs:"
+		compose logs --no-color --tail=40 >&2 2>&1 || true
+	fi
+	if [[ ${SMOKE_KEEP:-0} == 1 ]]; then
+		log "SMOKE_KEEP=1: stack $COMPOSE_PROJECT_NAME left running"
+	else
+		log "${compose_cmd[*]} down -v --remove-orphans"
+		compose down -v --remove-orphans -t 5 >&2 2>&1 || true
+	fi
+	rm -rf "$tmp"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- preflight -------------------------------------------------------------------
+for c in docker curl python3; do
+	command -v "$c" >/dev/null || die "$c is not installed"
+done
+"${compose_cmd[@]}" version >/dev/null 2>&1 || die "${compose_cmd[*]} does not run"
+for img in "$TOKENKEEPER_IMAGE" "$REDIS_IMAGE" "$HAPROXY_IMAGE"; do
+	docker image inspect "$img" >/dev/null 2>&1 ||
+		die "image $img is missing: run scripts/build-images.sh (no registry) or pull it"
+done
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export TOKENKEEPER_BIND=127.0.0.1 TOKENKEEPER_PORT=$port
+lb=http://127.0.0.1:$port
+
+# --- helpers ---------------------------------------------------------------------
+# get URL KEY [METHOD] makes one request and sets R_CODE (000 when no answer),
+# R_TIME (seconds), R_INST (X-Tokenkeeper-Instance or -), R_BODY and R_TOKEN
+# (the "token" field of the JSON answer, or -).
+get() {
+	local out meta
+	out=$(curl -s --max-time 10 -X "${3:-GET}" -H "Authorization: Bearer $2" \
+		-w '\n%{http_code} %{time_total} %header{x-tokenkeeper-instance}' "$1" 2>/dev/null) || true
+	meta=${out##*$'\n'}
+	R_BODY=${out%$'\n'*}
+	read -r R_CODE R_TIME R_INST <<<"$meta"
+	R_CODE=${R_CODE:-000} R_INST=${R_INST:--}
+	R_TOKEN=-
+	if [[ $R_BODY =~ \"token\"[[:space:]]*:[[:space:]]*\"([^\"]*)\" ]]; then
+		R_TOKEN=${BASH_REMATCH[1]}
+	fi
+}
+
+# json FIELD reads JSON on stdin and prints FIELD (a dotted path), or nothing.
+json() {
+	python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+for k in sys.argv[1].split("."):
+    v = v.get(k) if isinstance(v, dict) else None
+print("" if v is None else v if not isinstance(v, (dict, list)) else json.dumps(v))
+' "$1" 2>/dev/null || true
+}
+
+# replicas prints "container-id hostname ip" for each running tokenkeeper container.
+replicas() {
+	local id
+	for id in $(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+		--filter label=com.docker.compose.service=tokenkeeper); do
+		docker inspect -f '{{.Id}} {{.Config.Hostname}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$id"
+	done
+}
+
+# service_ip SERVICE prints the address of the first container of SERVICE.
+service_ip() {
+	local id
+	id=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+		--filter "label=com.docker.compose.service=$1" | head -n1)
+	[[ -n $id ]] || return 0
+	docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$id" | awk '{print $1}'
+}
+
+# lb_servers prints "name status address" for each server slot of HAProxy's
+# tokenkeeper backend (its stats page, on the container's address).
+lb_servers() {
+	curl -s --max-time 2 "http://$haproxy_ip:8404/stats;csv" 2>/dev/null | awk -F, '
+		NR == 1 { for (i = 1; i <= NF; i++) { h = $i; sub(/^# /, "", h); col[h] = i }; next }
+		$1 == "tokenkeeper" && $2 != "BACKEND" {
+			s = $(col["status"]); gsub(/ /, "_", s)
+			a = $(col["addr"]); if (a == "") a = "-"
+			print $2, s, a
+		}' || true
+}
+
+# wait_lb_up N SECONDS waits until HAProxy has exactly N servers UP.
+wait_lb_up() {
+	local deadline=$(($(now_ms) + $2 * 1000)) n
+	while :; do
+		n=$(lb_servers | awk '$2 == "UP"' | wc -l)
+		[[ $n -eq $1 ]] && return 0
+		if [[ $(now_ms) -gt $deadline ]]; then
+			lb_servers >&2
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
+# leader prints the leader's instance id from GET /v1/status, or nothing.
+leader() {
+	get "$lb/v1/status" "$admin_key"
+	[[ $R_CODE == 200 ]] || return 0
+	printf '%s' "$R_BODY" | json leader
+}
+
+# reader OUT STOP reads the token through HAProxy until the file STOP exists,
+# one line per request: start-ms code seconds instance token.
+reader() {
+	local t
+	while [[ ! -e $2 ]]; do
+		t=$(now_ms)
+		get "$lb/v1/tokens/liveness" "$reader_key"
+		printf '%s %s %s %s %s\n' "$t" "$R_CODE" "$R_TIME" "$R_INST" "$R_TOKEN" >>"$1"
+	done
+}
+
+# --- 0. up ---------------------------------------------------------------------
+log "project $COMPOSE_PROJECT_NAME: ${compose_cmd[*]} up -d (images $TOKENKEEPER_IMAGE, $REDIS_IMAGE, $HAPROXY_IMAGE; port $port)"
+t=$(now_ms)
+compose up -d >&2 2>&1 || die "compose up failed"
+haproxy_ip=$(service_ip haproxy)
+[[ -n $haproxy_ip ]] || die "no haproxy container"
+wait_lb_up 3 60 || die "HAProxy does not see 3 replicas UP within 60 s"
+startup_ms=$(($(now_ms) - t))
+log "stack up and 3 replicas UP in HAProxy after ${startup_ms} ms"
+
+# --- 1. 200 reads --------------------------------------------------------------
+log "1. $reads reads through HAProxy"
+: >"$tmp/reads.log"
+for ((i = 0; i < reads; i++)); do
+	get "$lb/v1/tokens/liveness" "$reader_key"
+	printf '%s %s %s\n' "$R_CODE" "$R_INST" "$R_TOKEN" >>"$tmp/reads.log"
+done
+ok=$(awk '$1 == 200' "$tmp/reads.log" | wc -l)
+tokens=$(awk '$1 == 200 { print $3 }' "$tmp/reads.log" | sort -u | wc -l)
+instances=$(awk '$1 == 200 { print $2 }' "$tmp/reads.log" | sort -u | wc -l)
+token0=$(awk '$1 == 200 { print $3; exit }' "$tmp/reads.log")
+log "   $ok/$reads OK, $tokens distinct token(s), $instances replica(s) answered"
+[[ $ok -eq $reads ]] || broken "reads: $((reads - ok)) of $reads failed: $(awk '$1 != 200 { print $1 }' "$tmp/reads.log" | sort | uniq -c | xargs)"
+[[ $tokens -eq 1 ]] || broken "reads: $tokens distinct tokens, want 1"
+[[ $instances -eq 3 ]] || broken "reads: $instances replicas answered, want 3"
+[[ -n $token0 && $token0 != - ]] || die "no token read"
+
+# --- 2. kill the leader ----------------------------------------------------------
+log "2. SIGKILL the leader while a client keeps reading"
+old_leader=
+for ((i = 0; i < 50; i++)); do
+	old_leader=$(leader)
+	[[ -n $old_leader ]] && break
+	sleep 0.2
+done
+[[ -n $old_leader ]] || die "GET /v1/status names no leader: $R_CODE $R_BODY"
+victim='' victim_ip=''
+while read -r id host ip; do
+	if [[ $old_leader == "$host-"* ]]; then
+		victim=$id victim_ip=$ip
+	fi
+done < <(replicas)
+[[ -n $victim ]] || die "no tokenkeeper container matches leader $old_leader: $(replicas | awk '{print $2}' | xargs)"
+log "   leader $old_leader is container ${victim:0:12} at $victim_ip"
+
+: >"$tmp/kill.log"
+reader "$tmp/kill.log" "$tmp/stop" &
+reader_pid=$!
+sleep 1
+t_kill=$(now_ms)
+docker kill "$victim" >/dev/null
+t_killed=$(now_ms)
+markdown_ms='' failover_ms='' new_leader=''
+deadline=$((t_kill + 30000))
+while [[ -z $markdown_ms || -z $failover_ms ]] && [[ $(now_ms) -lt $deadline ]]; do
+	if [[ -z $markdown_ms ]] &&
+		! lb_servers | awk -v a="$victim_ip:8080" '$3 == a && $2 ~ /^UP/ { found = 1 } END { exit !found }'; then
+		markdown_ms=$(($(now_ms) - t_kill))
+	fi
+	if [[ -z $failover_ms ]]; then
+		l=$(leader)
+		if [[ -n $l && $l != "$old_leader" ]]; then
+			failover_ms=$(($(now_ms) - t_kill)) new_leader=$l
+		fi
+	fi
+	sleep 0.05
+done
+# Keep reading a little after the new leader took over.
+sleep 2
+touch "$tmp/stop"
+wait "$reader_pid" || true
+reader_pid=
+kill_reqs=$(wc -l <"$tmp/kill.log")
+kill_fail=$(awk '$2 != 200' "$tmp/kill.log" | wc -l)
+kill_after=$(awk -v t="$t_kill" '$1 >= t' "$tmp/kill.log" | wc -l)
+kill_tokens=$(awk '$2 == 200 { print $5 }' "$tmp/kill.log" | sort -u | wc -l)
+kill_max=$(awk 'BEGIN { m = 0 } $3 > m { m = $3 } END { printf "%d", m * 1000 }' "$tmp/kill.log")
+kill_victim=$(awk -v t="$t_killed" -v v="$old_leader" '$1 > t && $4 == v' "$tmp/kill.log" | wc -l)
+log "   $kill_reqs requests ($kill_after after the kill), $kill_fail failed, slowest ${kill_max} ms, $kill_tokens token(s)"
+log "   HAProxy marked the dead replica down after ${markdown_ms:-?} ms; new leader ${new_leader:-none} after ${failover_ms:-?} ms"
+[[ $kill_fail -eq 0 ]] || broken "leader kill: $kill_fail of $kill_reqs requests failed: $(awk '$2 != 200 { print $2 }' "$tmp/kill.log" | sort | uniq -c | xargs)"
+[[ $kill_tokens -eq 1 ]] || broken "leader kill: $kill_tokens distinct tokens served, want 1 (the old token is still valid)"
+[[ -n $markdown_ms ]] || broken "leader kill: HAProxy still shows the killed replica UP after 30 s"
+[[ -n $failover_ms ]] || broken "leader kill: no new leader 30 s after the kill"
+[[ -z $failover_ms || $failover_ms -le $((lock_ttl_s * 1000 + 3000)) ]] ||
+	broken "leader kill: new leader after $failover_ms ms, want within the lock TTL ($lock_ttl_s s) plus slack"
+[[ $kill_victim -eq 0 ]] || broken "leader kill: $kill_victim answers from the killed replica after the kill"
+
+# --- 3. scale to 5 ----------------------------------------------------------------
+log "3. ${compose_cmd[*]} up -d --scale tokenkeeper=5"
+t=$(now_ms)
+compose up -d --scale tokenkeeper=5 >&2 2>&1 || die "compose up --scale failed"
+wait_lb_up 5 60 || die "HAProxy does not see 5 replicas UP within 60 s"
+scale_ms=$(($(now_ms) - t))
+[[ $(replicas | wc -l) -eq 5 ]] || broken "scale: $(replicas | wc -l) tokenkeeper containers run, want 5"
+: >"$tmp/scale.log"
+for ((i = 0; i < 100; i++)); do
+	get "$lb/v1/tokens/liveness" "$reader_key"
+	printf '%s %s %s\n' "$R_CODE" "$R_INST" "$R_TOKEN" >>"$tmp/scale.log"
+	[[ $(awk '$1 == 200 { print $2 }' "$tmp/scale.log" | sort -u | wc -l) -ge 5 && $i -ge 20 ]] && break
+done
+scale_reqs=$(wc -l <"$tmp/scale.log")
+scale_fail=$(awk '$1 != 200' "$tmp/scale.log" | wc -l)
+scale_inst=$(awk '$1 == 200 { print $2 }' "$tmp/scale.log" | sort -u | wc -l)
+scale_tokens=$(awk '$1 == 200 { print $3 }' "$tmp/scale.log" | sort -u | wc -l)
+log "   5 replicas UP in HAProxy after ${scale_ms} ms; $scale_reqs reads, $scale_fail failed, $scale_inst replicas answered, $scale_tokens token(s)"
+[[ $scale_fail -eq 0 ]] || broken "scale: $scale_fail of $scale_reqs reads failed"
+[[ $scale_inst -eq 5 ]] || broken "scale: $scale_inst replicas answered, want 5"
+[[ $scale_tokens -eq 1 ]] || broken "scale: $scale_tokens distinct tokens, want 1"
+
+# --- 4. forced refresh ----------------------------------------------------------
+# Timing matters here (the design promises 100 ms), so one Python thread per
+# replica polls it directly (container address, kept-alive connection) while
+# the refresh is posted through HAProxy; one curl per poll would measure curl.
+log "4. POST /v1/tokens/liveness/refresh through HAProxy while polling every replica directly"
+mapfile -t ips < <(replicas | awk '{print $3}')
+python3 - "$port" "$reader_key" "$admin_key" "$token0" "${ips[@]}" >"$tmp/refresh.out" <<'PY' || true
+import http.client, json, sys, threading, time
+
+port, reader, admin, old, ips = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+seen, go = {}, threading.Event()
+
+def poll(ip):
+    conn = http.client.HTTPConnection(ip, 8080, timeout=5)
+    go.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            conn.request("GET", "/v1/tokens/liveness", headers={"Authorization": "Bearer " + reader})
+            resp = conn.getresponse()
+            body = resp.read()
+        except OSError:
+            conn.close()
+            time.sleep(0.01)
+            continue
+        now = time.monotonic()
+        if resp.status == 200:
+            token = json.loads(body).get("token")
+            if token and token != old:
+                seen[ip] = (now, token)
+                return
+        time.sleep(0.002)
+
+threads = [threading.Thread(target=poll, args=(ip,), daemon=True) for ip in ips]
+for t in threads:
+    t.start()
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+time.sleep(0.2)  # let the pollers connect
+go.set()
+t0 = time.monotonic()
+conn.request("POST", "/v1/tokens/liveness/refresh", headers={"Authorization": "Bearer " + admin})
+resp = conn.getresponse()
+body = resp.read().decode(errors="replace")
+t1 = time.monotonic()
+for t in threads:
+    t.join(11)
+# Lines: "post CODE MS BODY", then "replica IP MS-AFTER-ANSWER MS-AFTER-REQUEST TOKEN" (- when never).
+print("post", resp.status, round((t1 - t0) * 1000), body.replace("\n", " "))
+for ip in ips:
+    if ip in seen:
+        t, token = seen[ip]
+        print("replica", ip, max(0, round((t - t1) * 1000)), round((t - t0) * 1000), token)
+    else:
+        print("replica", ip, "-", "-", "-")
+PY
+read -r _ post_code post_ms post_body < <(grep '^post ' "$tmp/refresh.out" || echo "post 000 - -")
+log "   refresh answered $post_code after ${post_ms} ms: $post_body"
+[[ $post_code == 200 ]] || broken "refresh: POST answered $post_code, want 200"
+switch_ms=0 switch_req_ms=0 switched=0
+while read -r _ ip after_answer after_request _; do
+	if [[ $after_answer == - ]]; then
+		broken "refresh: replica $ip still serves the old token 10 s after the refresh"
+		continue
+	fi
+	switched=$((switched + 1))
+	((after_answer > switch_ms)) && switch_ms=$after_answer
+	((after_request > switch_req_ms)) && switch_req_ms=$after_request
+done < <(grep '^replica ' "$tmp/refresh.out")
+refresh_tokens=$(awk '$1 == "replica" && $5 != "-" { print $5 }' "$tmp/refresh.out" | sort -u | wc -l)
+log "   $switched/${#ips[@]} replicas serve the new token: the last ${switch_ms} ms after the answer (${switch_req_ms} ms after the request); $refresh_tokens new token(s)"
+[[ $switched -eq ${#ips[@]} ]] || broken "refresh: $switched of ${#ips[@]} replicas switched"
+[[ $refresh_tokens -eq 1 ]] || broken "refresh: replicas serve $refresh_tokens different new tokens, want 1"
+[[ $switch_ms -le $switch_limit_ms ]] ||
+	broken "refresh: the last replica switched $switch_ms ms after the answer, want within $switch_limit_ms ms"
+
+# --- upstream calls ---------------------------------------------------------------
+# One fetch per token: the first one and the forced refresh; neither the
+# leader's death nor the new replicas may cost another.
+fake_ip=$(service_ip fake-rdp)
+stats=$(curl -s --max-time 2 "http://$fake_ip:9090/fake/v1/stats" 2>/dev/null || true)
+live_calls=$(printf '%s' "$stats" | json liveness_calls)
+live_ok=$(printf '%s' "$stats" | json liveness_ok)
+auth_calls=$(printf '%s' "$stats" | json auth_calls.v2)
+log "fake RDP: ${live_calls:-?} liveness calls (${live_ok:-?} tokens issued), ${auth_calls:-?} auth calls"
+[[ $live_ok == 2 ]] ||
+	broken "upstream: ${live_ok:-unknown} liveness tokens issued, want 2 (the first and the forced refresh)"
+
+# --- figures -----------------------------------------------------------------------
+total=$((reads + kill_reqs + scale_reqs))
+failed=$((reads - ok + kill_fail + scale_fail))
+cat <<EOF
+
+compose smoke test ($COMPOSE_PROJECT_NAME, ${compose_cmd[*]}, $TOKENKEEPER_IMAGE, $REDIS_IMAGE, $HAPROXY_IMAGE)
+  requests through HAProxy        $total ($reads reads, $kill_reqs during the leader kill, $scale_reqs after scaling)
+  failed requests                 $failed
+  replicas seen (3, then 5)       $instances, $scale_inst
+  leader kill: HAProxy mark-down  ${markdown_ms:-never} ms
+  leader kill: new leader         ${failover_ms:-never} ms (lock TTL ${lock_ttl_s} s)
+  leader kill: slowest request    ${kill_max} ms
+  scale to 5: all UP in HAProxy   ${scale_ms} ms
+  refresh: every replica switched ${switch_ms} ms after the answer (${switch_req_ms} ms after the request)
+  upstream liveness calls         ${live_calls:-?} (${live_ok:-?} tokens issued; want 2), auth calls ${auth_calls:-?}
+EOF
+if [[ ${#failures[@]} -gt 0 ]]; then
+	printf '\nFAILED: %d broken promise(s):\n' "${#failures[@]}"
+	printf '  - %s\n' "${failures[@]}"
+	exit 1
+fi
+printf '\nPASS\n'
