@@ -44,7 +44,7 @@ func runFakeRDP(ctx context.Context, args []string, getenv func(string) string, 
 	if err != nil {
 		return fmt.Errorf("FAKE_RDP_LISTEN: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{ReplaceAttr: readableDurations}))
 	log.Info("fake RDP listening: a test double, not the real platform", "addr", ln.Addr().String(), "token_lifetime", lifetime)
 	return serveHTTP(ctx, ln, fake)
 }
