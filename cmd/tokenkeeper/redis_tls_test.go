@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -115,7 +116,8 @@ func TestRedisTLSAndACL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := NewProgram(cfg, quiet, nil)
+	logs := &syncBuffer{}
+	p, err := NewProgram(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +140,12 @@ func TestRedisTLSAndACL(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("admin refresh over TLS: got %d, want 200", resp.StatusCode)
+	}
+
+	// Give the periodic work (polls, heartbeats, renewals) time to run once.
+	time.Sleep(3 * time.Second)
+	if out := logs.String(); strings.Contains(out, "NOPERM") {
+		t.Fatalf("the minimal ACL refused something the replica needs:\n%s", out)
 	}
 
 	// The ACL user reaches nothing else.
