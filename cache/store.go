@@ -214,7 +214,7 @@ return {f[1], pttl, age, f[3] or '', f[4] or ''}
 
 // writeScript stores a token under the fence. KEYS: token, lock.
 // ARGV: lock value, token, ttl ms, age ms, writer, channel, event, key id
-// ('' when the token is stored as it is).
+// (empty when the token is stored as it is).
 // Returns {1, expiry ms} when stored, {0} when fenced, {-1} when stale.
 var writeScript = redis.NewScript(`
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0} end

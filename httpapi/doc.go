@@ -10,9 +10,11 @@
 //	GET  /metrics                     anyone, or a metrics or admin key when MetricsKeys are set
 //	GET  /v1/status                   admin key; Status, never the token
 //	POST /v1/tokens/liveness/refresh  admin key; the leader fetches a new token now
+//	GET  /status                      the status page (HTML, no data: it asks for an admin key and reads /v1/status)
+//	GET  /openapi.json                anyone; the OpenAPI 3 description of these routes
 //
-// The admin routes exist only when admin keys are configured; without them
-// they answer 404 like any unknown route.
+// The admin routes (and the status page) exist only when admin keys are
+// configured; without them they answer 404 like any unknown route.
 //
 // # Guarantees
 //

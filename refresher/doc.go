@@ -31,4 +31,22 @@
 //
 // AuthBudget caps upstream logins fleet-wide with a sliding window kept in
 // Redis.
+//
+// # Fleet view
+//
+// Heartbeat writes this replica's state (instance, version, ready, leader,
+// token fingerprint and expiry, last event seen) into one Redis hash every
+// HeartbeatEvery; an entry older than three intervals is dropped by its
+// readers, and a replica that stops removes its own. The leader pushes
+// every refresh attempt (outcome, upstream latency, fingerprint, error)
+// onto a short list beside it, and keeps the same in memory. Status and
+// ReadFleet report both; entries are dated on Redis's clock, so readers
+// never compare two wall clocks. The view is for people: nothing in the
+// election or the refresh depends on it.
+//
+// # Metrics
+//
+// With Config.Registerer set, the refresher exports leadership (gauge and
+// changes), refresh attempts by outcome, failures in a row, attempt
+// duration, upstream fetches and heartbeats (see metrics.go).
 package refresher
