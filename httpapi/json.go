@@ -16,6 +16,8 @@ var (
 	jsonContentType      = []string{"application/json"}[:1:1]
 	noStoreValue         = []string{"no-store"}[:1:1]
 	nosniffValue         = []string{"nosniff"}[:1:1]
+	frameDenyValue       = []string{"DENY"}[:1:1]
+	noReferrerValue      = []string{"no-referrer"}[:1:1]
 	wwwAuthenticateValue = []string{`Bearer realm="tokenkeeper"`}[:1:1]
 )
 

@@ -370,6 +370,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h["X-Tokenkeeper-Instance"] = s.instanceValue
 	h["X-Content-Type-Options"] = nosniffValue
+	h["X-Frame-Options"] = frameDenyValue
+	h["Referrer-Policy"] = noReferrerValue
 	h["Cache-Control"] = noStoreValue
 	s.echo.ServeHTTP(w, r)
 }

@@ -644,6 +644,8 @@ func TestCommonHeaders(t *testing.T) {
 			for _, h := range []struct{ name, want string }{
 				{"X-Tokenkeeper-Instance", "replica-1"},
 				{"X-Content-Type-Options", "nosniff"},
+				{"X-Frame-Options", "DENY"},
+				{"Referrer-Policy", "no-referrer"},
 				{"Cache-Control", "no-store"},
 			} {
 				if got := w.Header().Values(h.name); len(got) != 1 || got[0] != h.want {
