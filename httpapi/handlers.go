@@ -69,6 +69,9 @@ func (s *Server) getHealth(c echo.Context, _ time.Time) error {
 
 // getReady answers GET /readyz: 200 only while a servable token is held.
 func (s *Server) getReady(c echo.Context, now time.Time) error {
+	if s.draining.Load() {
+		return errNotReady
+	}
 	if tok, ok := s.tokens.Current(); !ok || tok.Value == "" || !now.Before(tok.Deadline) {
 		return errNotReady
 	}

@@ -99,3 +99,15 @@ func TestRateLimitOffByDefault(t *testing.T) {
 		t.Fatal("negative rate: got nil error")
 	}
 }
+
+func TestDrain(t *testing.T) {
+	ev := newEnv(t, nil)
+	if got := ev.do(t, req{path: "/readyz"}).Code; got != http.StatusOK {
+		t.Fatalf("/readyz before Drain: got %d, want 200", got)
+	}
+	ev.srv.Drain()
+	checkError(t, ev.do(t, req{path: "/readyz"}), http.StatusServiceUnavailable, "not_ready")
+	if got := ev.do(t, req{path: "/v1/tokens/liveness", header: bearer(readerKey)}).Code; got != http.StatusOK {
+		t.Fatalf("token while draining: got %d, want 200", got)
+	}
+}

@@ -163,6 +163,7 @@ type Server struct {
 	adminKeys       keySet
 	metricsKeys     keySet
 	limits          *limits
+	draining        atomic.Bool
 	refreshTimeout  time.Duration
 	shutdownTimeout time.Duration
 	retryAfterValue []string
@@ -360,6 +361,11 @@ func (s *Server) call(h handlerFunc, c echo.Context, now time.Time) (err error) 
 	}()
 	return h(c, now)
 }
+
+// Drain makes /readyz answer 503 from now on while every other route
+// keeps answering, so that load balancers stop sending requests before the
+// server shuts down. It is safe to call at any time.
+func (s *Server) Drain() { s.draining.Store(true) }
 
 // Handler returns the server's http.Handler, for tests and for callers that
 // run their own http.Server.

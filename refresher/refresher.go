@@ -341,6 +341,7 @@ func (r *Refresher) work(ctx context.Context, lockValue string) string {
 	defer timer.Stop()
 
 	st := &leaderState{lockValue: lockValue, jitter: make(map[string]float64)}
+	defer r.abandon(ctx, st)
 	if _, err := r.store.Load(ctx); err != nil && ctx.Err() == nil {
 		r.log.Warn("leader cannot read Redis", "error", err)
 	}
@@ -377,6 +378,24 @@ func (r *Refresher) work(ctx context.Context, lockValue string) string {
 			return "fenced"
 		}
 	}
+}
+
+// abandon answers the refresh requests still pending when leadership ends,
+// so that no requester waits for an answer that will never come; it may
+// ask again, and the next leader will serve it.
+func (r *Refresher) abandon(ctx context.Context, st *leaderState) {
+	if len(st.pending) == 0 {
+		return
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	for _, id := range st.pending {
+		m := cache.Message{Type: cache.MsgRefreshed, ID: id, Error: "leadership ended before the refresh was done; ask again"}
+		if err := r.store.Publish(pctx, m); err != nil {
+			r.log.Debug("answering a refresh request failed", "error", err)
+		}
+	}
+	st.pending = nil
 }
 
 // due returns when the next fetch should happen.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -553,5 +554,52 @@ func TestAuthBudgetIsFleetWide(t *testing.T) {
 	}
 	if _, err := refresher.NewAuthBudget(srv.Client(t), key, 0); err == nil {
 		t.Fatal("zero budget: got nil error")
+	}
+}
+
+// TestRefreshAnsweredWhenLeadershipEnds: a leader that loses its lock in
+// the middle of a requested refresh still answers the request, so the
+// requester does not wait for its whole timeout.
+func TestRefreshAnsweredWhenLeadershipEnds(t *testing.T) {
+	addr, keys := newRedis(t)
+	src := &source{lifetime: 30 * time.Second}
+	tm := fast
+	tm.lifetime, tm.before = 30*time.Second, 5*time.Second
+	rs := []*replica{start(t, "a", addr, keys, src, tm), start(t, "b", addr, keys, src, tm)}
+	leader := oneLeader(t, rs, 5*time.Second)
+	follower := rs[0]
+	if follower == leader {
+		follower = rs[1]
+	}
+	eventually(t, 2*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
+
+	block := make(chan struct{})
+	src.set(func(s *source) { s.block = block })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	answered := make(chan error, 1)
+	go func() { _, err := follower.ref.Refresh(ctx); answered <- err }()
+	eventually(t, 5*time.Second, "the leader is fetching", func() bool { return len(src.Calls()) == 2 })
+
+	// Both replicas are kept from the lock, so the leader's renewal fails
+	// while it is stuck; then the fetch returns.
+	if err := leader.rdb.Set(context.Background(), keys.Lock, "0123456789012345678901nobody", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "renewal failure noticed", func() bool {
+		st, _ := leader.ref.Status(context.Background())
+		return strings.Contains(st.LastError, "lock renewal")
+	})
+	src.set(func(s *source) { s.block = nil })
+	close(block)
+	start := time.Now()
+	select {
+	case err := <-answered:
+		if !errors.Is(err, refresher.ErrRefreshFailed) {
+			t.Fatalf("got %v, want ErrRefreshFailed", err)
+		}
+		t.Logf("answered %v after the leader stepped down", time.Since(start).Round(time.Millisecond))
+	case <-ctx.Done():
+		t.Fatal("the refresh request was never answered")
 	}
 }

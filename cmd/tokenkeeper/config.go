@@ -58,6 +58,7 @@ var serveSettings = []setting{
 	{env: "TOKENKEEPER_RETRY_MIN", def: "1s", usage: "shortest backoff after an upstream failure"},
 	{env: "TOKENKEEPER_RETRY_MAX", def: "60s", usage: "longest backoff after an upstream failure"},
 	{env: "TOKENKEEPER_AUTH_CALLS_PER_MINUTE", def: "20", usage: "fleet-wide cap on upstream sign-ons"},
+	{env: "TOKENKEEPER_SHUTDOWN_DRAIN", def: "0s", usage: "on SIGTERM, keep serving this long with /readyz answering 503 (set it to your load balancer's health-check interval or more)"},
 	{env: "TOKENKEEPER_LOG_LEVEL", def: "info", usage: "debug, info, warn or error"},
 	{env: "TOKENKEEPER_LOG_FORMAT", def: "json", usage: "json or text"},
 	{env: "RDP_BASE_URL", def: "https://api.refinitiv.com", usage: "upstream base URL"},
@@ -152,6 +153,17 @@ func (v *values) duration(env string) time.Duration {
 	return d
 }
 
+// nonNegative is a duration that may be zero.
+func (v *values) nonNegative(env string) time.Duration {
+	s := v.str(env)
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		v.fail("%s: %q is not a duration of zero or more (examples: 0s, 5s)", env, s)
+		return 0
+	}
+	return d
+}
+
 func (v *values) integer(env string) int {
 	s := v.str(env)
 	n, err := strconv.Atoi(s)
@@ -210,6 +222,7 @@ type Config struct {
 	RetryMin       time.Duration
 	RetryMax       time.Duration
 	AuthPerMinute  int
+	ShutdownDrain  time.Duration
 	LogLevel       slog.Level
 	LogFormat      string
 
@@ -247,6 +260,7 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 		RetryMin:       v.duration("TOKENKEEPER_RETRY_MIN"),
 		RetryMax:       v.duration("TOKENKEEPER_RETRY_MAX"),
 		AuthPerMinute:  v.integer("TOKENKEEPER_AUTH_CALLS_PER_MINUTE"),
+		ShutdownDrain:  v.nonNegative("TOKENKEEPER_SHUTDOWN_DRAIN"),
 		LogFormat:      v.str("TOKENKEEPER_LOG_FORMAT"),
 		RDP: RDPConfig{
 			BaseURL:        v.str("RDP_BASE_URL"),

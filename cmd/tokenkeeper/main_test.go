@@ -435,3 +435,42 @@ func TestServeFailsFast(t *testing.T) {
 		}
 	}
 }
+
+// TestShutdownDrain: on shutdown the leader hands over at once, and keeps
+// serving through the drain with /readyz answering 503.
+func TestShutdownDrain(t *testing.T) {
+	srv := redistest.NewMini(t)
+	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: time.Minute}})
+	rdp := httptest.NewServer(fake)
+	t.Cleanup(rdp.Close)
+	tm := fleetTimings{lifetime: time.Minute, before: 10 * time.Second, margin: 5 * time.Second, lockTTL: 3 * time.Second}
+	a := startReplica(t, "a", srv.Addr, rdp.URL, tm)
+	eventually(t, 5*time.Second, "a leads and is ready", func() bool { _, ok := a.p.store.Current(); return ok && a.p.ref.IsLeader() })
+	b := startReplica(t, "b", srv.Addr, rdp.URL, tm)
+	eventually(t, 5*time.Second, "b ready", func() bool { _, ok := b.p.store.Current(); return ok })
+
+	a.p.cfg.ShutdownDrain = time.Second
+	a.cancel()
+	eventually(t, time.Second, "b leads while a drains", func() bool { return b.p.ref.IsLeader() })
+	status := func(path string, key string) int {
+		req, _ := http.NewRequest(http.MethodGet, a.url+path, nil)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status("/readyz", ""); got != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while draining: got %d, want 503", got)
+	}
+	if got := status("/v1/tokens/liveness", "reader-key"); got != http.StatusOK {
+		t.Fatalf("token while draining: got %d, want 200", got)
+	}
+	<-a.done
+	a.p.Close()
+	a.cancel = nil
+}

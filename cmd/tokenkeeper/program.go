@@ -106,27 +106,47 @@ func (p *Program) Addr() string { return p.ln.Addr().String() }
 // server finishes the requests in flight. It returns the first failure of
 // a part, or nil after a clean stop.
 func (p *Program) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Leadership ends with ctx, so the lock is handed over at once; serving
+	// goes on for the drain period with /readyz answering 503, so that load
+	// balancers stop sending before the listener closes.
+	lead, stopLeading := context.WithCancel(ctx)
+	defer stopLeading()
+	serve, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
 	p.log.Info("tokenkeeper starting", "instance", p.cfg.Instance, "listen", p.Addr(),
 		"redis", p.cfg.Redis.Addr, "upstream", p.cfg.RDP.BaseURL)
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
-	runPart := func(name string, f func(context.Context) error) {
+	runPart := func(ctx context.Context, name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				errs <- fmt.Errorf("%s: %w", name, err)
-				cancel()
+				stopLeading()
+				stopServing()
 			}
 		}()
 	}
-	runPart("cache", p.store.Run)
-	runPart("refresher", p.ref.Run)
-	runPart("heartbeat", p.ref.Heartbeat)
-	runPart("http", func(ctx context.Context) error { return p.api.Serve(ctx, p.ln) })
+	runPart(serve, "cache", p.store.Run)
+	runPart(lead, "refresher", p.ref.Run)
+	runPart(lead, "heartbeat", p.ref.Heartbeat)
+	runPart(serve, "http", func(ctx context.Context) error { return p.api.Serve(ctx, p.ln) })
+
+	select {
+	case <-lead.Done():
+	case <-serve.Done():
+	}
+	if serve.Err() == nil && p.cfg.ShutdownDrain > 0 {
+		p.api.Drain()
+		p.log.Info("draining: /readyz answers 503 while requests are still served", "for", p.cfg.ShutdownDrain)
+		select {
+		case <-time.After(p.cfg.ShutdownDrain):
+		case <-serve.Done():
+		}
+	}
+	stopServing()
 	wg.Wait()
 	close(errs)
 	p.log.Info("tokenkeeper stopped", "instance", p.cfg.Instance)
