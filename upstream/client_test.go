@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -556,6 +557,60 @@ func TestBeforeAuthGuardsEverySignOn(t *testing.T) {
 			if got := st.AuthCalls.V1Password + st.AuthCalls.V1Refresh + st.AuthCalls.V2; got != 0 {
 				t.Fatalf("sign-ons that reached the upstream: got %d, want 0", got)
 			}
+		})
+	}
+}
+
+// TestHostileLivenessAnswers: a slow drip and a body of megabytes end in a
+// classified, retryable error and no token, within the call's time limit.
+func TestHostileLivenessAnswers(t *testing.T) {
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+	}{
+		{"slow drip", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusOK)
+			for _, c := range []byte(`{"token":"abc","expiresIn":3600}`) {
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				w.Write([]byte{c})
+				w.(http.Flusher).Flush()
+			}
+		}},
+		{"megabytes", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"token":"`+strings.Repeat("a", 4<<20)+`","expiresIn":3600}`)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fake := upstream.NewFake(upstream.FakeConfig{})
+			mux := http.NewServeMux()
+			mux.Handle("/auth/", fake)
+			mux.Handle(upstream.DefaultLivenessPath, tt.handler)
+			srv := httptest.NewServer(mux)
+			defer srv.Close()
+			c, err := upstream.New(upstream.Config{BaseURL: srv.URL, ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+				Timeout: 500 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			tok, err := c.Token(context.Background())
+			if err == nil || tok.Value != "" {
+				t.Fatalf("got token %d bytes, err %v; want no token and an error", len(tok.Value), err)
+			}
+			if !upstream.IsRetryable(err) {
+				t.Fatalf("got %v, want a retryable error", err)
+			}
+			if took := time.Since(start); took > 3*time.Second {
+				t.Fatalf("took %v, want about the 500ms limit", took)
+			}
+			t.Logf("%s: %v", tt.name, err)
 		})
 	}
 }
