@@ -148,8 +148,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // json. The field's value is "<written ms> <ttl ms> <json>".
 var beatScript = redis.NewScript(redisNow + `
 redis.call('HSET', KEYS[1], ARGV[1], now .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return now
 `)
 
@@ -419,8 +418,10 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 	defer tick.Stop()
 	replicasKey, _ := FleetKeys(r.store.Keys())
 	ttl := 3 * r.cfg.HeartbeatEvery
+	var sent heartbeat
 	beat := func() {
-		b, err := json.Marshal(r.self())
+		sent = r.self()
+		b, err := json.Marshal(sent)
 		if err != nil {
 			return
 		}
@@ -447,6 +448,11 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 			return ctx.Err()
 		case m := <-msgs:
 			r.fleet.sawEvent(r.cfg.Now(), m.Type)
+			// Beat at once when readiness or leadership changed, so the
+			// fleet view does not lag a whole interval behind.
+			if now := r.self(); now.Ready != sent.Ready || now.Leader != sent.Leader {
+				beat()
+			}
 		case <-tick.C:
 			beat()
 		}

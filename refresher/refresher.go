@@ -58,7 +58,8 @@ type Config struct {
 	// waits until it expires (or is released). Default: LockTTL/10,
 	// between 50ms and 1s.
 	ElectEvery time.Duration
-	// CheckEvery is how often the leader reads Redis to find a lost token.
+	// CheckEvery is how often the leader looks at what the store's last
+	// poll found, to put back a token Redis lost. It sends no command.
 	// Default: 1s, or LockTTL/3 if shorter.
 	CheckEvery time.Duration
 	// RefreshBefore is the advisory window: the leader refreshes when this
@@ -77,8 +78,7 @@ type Config struct {
 	// Version names the build in this replica's heartbeat (fleet.go).
 	Version string
 	// HeartbeatEvery is how often Heartbeat writes this replica's
-	// heartbeat; one expires after three intervals. Default: LockTTL/3,
-	// at most 2s.
+	// heartbeat; one expires after three intervals. Default: 5s.
 	HeartbeatEvery time.Duration
 	// Registerer receives the refresher's metrics (metrics.go). Default:
 	// none, no metrics are kept.
@@ -168,7 +168,9 @@ func New(cfg Config, rdb RedisClient, store *cache.Store, src Source) (*Refreshe
 		cfg.Logger = slog.Default()
 	}
 	if cfg.HeartbeatEvery == 0 {
-		cfg.HeartbeatEvery = min(cfg.LockTTL/3, 2*time.Second)
+		// Every replica beats, so this sets the fleet's Redis load at rest:
+		// one script (EVALSHA, TIME, HSET, PEXPIRE) per beat.
+		cfg.HeartbeatEvery = 5 * time.Second
 	}
 	if cfg.HeartbeatEvery < 10*time.Millisecond {
 		return nil, fmt.Errorf("refresher: heartbeat interval %v is shorter than 10ms", cfg.HeartbeatEvery)
@@ -359,9 +361,8 @@ func (r *Refresher) work(ctx context.Context, lockValue string) string {
 		case <-ctx.Done():
 			return "lock lost"
 		case <-check.C:
-			if _, err := r.store.Poll(ctx); err != nil && ctx.Err() == nil {
-				r.log.Debug("leader cannot read Redis", "error", err)
-			}
+			// The store's own poll keeps InRedis current; reseed, at the
+			// top of the loop, acts on it. No Redis command of its own.
 			continue
 		case m := <-msgs:
 			if m.Type == cache.MsgRefresh {

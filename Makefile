@@ -1,0 +1,26 @@
+# Benchmarks (issue 5). `make bench` measures every figure in one run and
+# writes bench/RESULTS.md and bench/throughput.png (about ten minutes);
+# `make bench-smoke` proves the harness works in about a minute, judges
+# nothing and writes its table to a temporary folder.
+
+GO ?= go
+export PATH := $(PATH):/usr/local/go/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: bench bench-smoke bench-deps
+
+bench: bench-deps
+	$(GO) run ./bench
+
+bench-smoke: bench-deps
+	$(GO) run ./bench -smoke
+
+# wrk and redis-server from Debian's packages, when missing; apt-get update
+# runs only when the install fails without it (a fresh machine).
+bench-deps:
+	@if ! command -v wrk >/dev/null || ! command -v redis-server >/dev/null; then \
+		echo "installing wrk and redis-server"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(SUDO) apt-get install -y -qq wrk redis-server >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk redis-server >/dev/null; }; \
+	fi

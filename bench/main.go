@@ -1,0 +1,263 @@
+// Command bench measures tokenkeeper against the targets of its
+// benchmark issue, in one run on one machine, and writes the results
+// table (RESULTS.md) and a throughput plot (throughput.png).
+//
+//	go run ./bench            the full run (about ten minutes); writes bench/RESULTS.md
+//	go run ./bench -smoke     a short run that proves the harness works
+//
+// It needs wrk and redis-server on the PATH (`make bench` installs them)
+// and the Go toolchain (it builds cmd/tokenkeeper and runs httpapi's
+// benchmark). Every process it starts is ended before it exits. A figure
+// that misses its target never fails the run; a harness that cannot
+// measure does.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config sizes every figure; full and smoke are the two sets.
+type config struct {
+	smoke bool
+
+	reads readsConfig
+
+	propN      []int
+	propWrites int
+	propGap    time.Duration
+
+	failTTL                    time.Duration
+	failReplicas, kills, terms int
+
+	upstreamN       []int
+	upLifetime, upD time.Duration
+
+	restN             []int
+	restSettle, restD time.Duration
+
+	memRest, memLoad time.Duration
+	memConc          int
+
+	benchtime string
+}
+
+var full = config{
+	reads: readsConfig{Conc: []int{4, 16, 64, 256}, Duration: 4 * time.Second, Rounds: 5,
+		Warmup: 2 * time.Second, RestDuration: 10 * time.Second},
+	propN: []int{10, 50}, propWrites: 40, propGap: 50 * time.Millisecond,
+	failTTL: 10 * time.Second, failReplicas: 3, kills: 3, terms: 3,
+	upstreamN: []int{1, 10, 100}, upLifetime: 6 * time.Second, upD: 30 * time.Second,
+	restN: []int{1, 10, 100}, restSettle: 5 * time.Second, restD: 20 * time.Second,
+	memRest: 5 * time.Second, memLoad: 10 * time.Second, memConc: 64,
+	benchtime: "1s",
+}
+
+var smoke = config{
+	smoke: true,
+	reads: readsConfig{Conc: []int{8, 64}, Duration: time.Second, Rounds: 1,
+		Warmup: time.Second, RestDuration: time.Second},
+	propN: []int{3, 10}, propWrites: 5, propGap: 20 * time.Millisecond,
+	failTTL: time.Second, failReplicas: 2, kills: 1, terms: 1,
+	upstreamN: []int{1, 5}, upLifetime: 3 * time.Second, upD: 7 * time.Second,
+	restN: []int{1, 5}, restSettle: time.Second, restD: 3 * time.Second,
+	memRest: time.Second, memLoad: 2 * time.Second, memConc: 16,
+	benchtime: "2000x",
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve-handler" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := runServeHandler(ctx, os.Args[2:])
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench serve-handler:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	smokeMode := fs.Bool("smoke", false, "short run with small fleets: proves the harness works, judges nothing")
+	outDir := fs.String("out", "", "where RESULTS.md and throughput.png go (default bench/, or a temporary folder with -smoke)")
+	only := fs.String("only", "", "comma-separated figures to run (1-8), for working on the harness; default all")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg := full
+	if *smokeMode {
+		cfg = smoke
+	}
+	if err := needTools("wrk", "redis-server", "go"); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	if *outDir == "" {
+		*outDir = filepath.Join(root, "bench")
+		if cfg.smoke {
+			*outDir = filepath.Join(os.TempDir(), "tokenkeeper-bench-smoke")
+		}
+	}
+	if err := os.MkdirAll(*outDir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	work, err := os.MkdirTemp("", "tokenkeeper-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	defer stopAll() // runs before the work folder goes
+	keepWork := false
+	defer func() {
+		if !keepWork {
+			os.RemoveAll(work)
+		}
+	}()
+
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	want := map[string]bool{}
+	for f := range strings.SplitSeq(*only, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			want[f] = true
+		}
+	}
+	runs := func(fig string) bool { return len(want) == 0 || want[fig] }
+
+	start := time.Now()
+	say := func(format string, a ...any) {
+		fmt.Printf("[%6.1fs] "+format+"\n", append([]any{time.Since(start).Seconds()}, a...)...)
+	}
+	mode := "full"
+	if cfg.smoke {
+		mode = "smoke"
+	}
+	say("tokenkeeper benchmarks (%s run); processes' logs in %s", mode, work)
+
+	rep := &report{cfg: cfg, started: start.UTC(), machine: describeMachine()}
+	var errs []error
+	fail := func(fig string, err error) {
+		say("figure %s: HARNESS ERROR: %v", fig, err)
+		errs = append(errs, fmt.Errorf("figure %s: %w", fig, err))
+		rep.errors = append(rep.errors, fmt.Sprintf("figure %s: %v", fig, firstLine(err.Error())))
+	}
+
+	var bin string
+	if runs("4") || runs("6") || runs("7") {
+		say("building cmd/tokenkeeper")
+		if bin, err = buildTokenkeeper(ctx, root, work); err != nil {
+			fail("4/6/7", err)
+		}
+	}
+	if runs("1") || runs("2") {
+		say("figures 1 and 2: reads under wrk load, three handlers")
+		if rep.reads, err = measureReads(ctx, work, self, cfg.reads, say); err != nil {
+			fail("1/2", err)
+		}
+	}
+	if runs("3") {
+		for _, n := range cfg.propN {
+			say("figure 3: propagation to %d replicas", n)
+			r, err := measurePropagation(ctx, work, n, cfg.propWrites, cfg.propGap)
+			if err != nil {
+				fail("3", err)
+				continue
+			}
+			say("  N=%d p50 %s p99 %s max %s", n, fmtDur(r.P50), fmtDur(r.P99), fmtDur(r.Max))
+			rep.prop = append(rep.prop, r)
+		}
+	}
+	if runs("4") && bin != "" {
+		say("figure 4: failover of real processes (lock TTL %v)", cfg.failTTL)
+		if rep.failover, err = measureFailover(ctx, work, bin, cfg.failTTL, cfg.failReplicas, cfg.kills, cfg.terms, say); err != nil {
+			fail("4", err)
+		}
+	}
+	if runs("5") {
+		for _, n := range cfg.upstreamN {
+			say("figure 5: upstream calls per token, %d replicas, %v tokens, for %v", n, cfg.upLifetime, cfg.upD)
+			r, err := measureUpstream(ctx, work, n, cfg.upLifetime, cfg.upD)
+			if err != nil {
+				fail("5", err)
+				continue
+			}
+			say("  N=%d: %d liveness calls, %d tokens stored", n, r.Calls, r.Tokens)
+			rep.upstream = append(rep.upstream, r)
+		}
+	}
+	if runs("6") && bin != "" {
+		for _, n := range cfg.restN {
+			say("figure 6: Redis commands at rest, %d replicas", n)
+			r, err := measureRest(ctx, work, bin, n, cfg.restSettle, cfg.restD)
+			if err != nil {
+				fail("6", err)
+				continue
+			}
+			say("  N=%d: %.2f commands/s per replica (%s)", n, r.PerReplica, r.Mix)
+			rep.rest = append(rep.rest, r)
+		}
+	}
+	if runs("7") && bin != "" {
+		say("figure 7: resident set of a `tokenkeeper serve` process")
+		if rep.memory, err = measureMemory(ctx, work, bin, cfg.memRest, cfg.memLoad, cfg.memConc); err != nil {
+			fail("7", err)
+		}
+	}
+	if runs("8") {
+		say("figure 8: allocations per read (go test -bench BenchmarkTokenRead -benchmem ./httpapi/)")
+		if rep.allocs, err = measureAllocs(ctx, root, cfg.benchtime); err != nil {
+			fail("8", err)
+		}
+	}
+	stopAll()
+	rep.took = time.Since(start)
+
+	md := rep.markdown()
+	fmt.Println()
+	fmt.Println(md)
+	resultsPath := filepath.Join(*outDir, "RESULTS.md")
+	if err := os.WriteFile(resultsPath, []byte(md), 0o644); err != nil {
+		errs = append(errs, err)
+	}
+	if rep.reads != nil {
+		title := "GET /v1/tokens/liveness, one replica, keep-alive (wrk)"
+		if err := plotThroughput(rep.reads, title, filepath.Join(*outDir, "throughput.png")); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	say("wrote %s and throughput.png", resultsPath)
+	if len(errs) > 0 {
+		keepWork = true
+		fmt.Fprintf(os.Stderr, "bench: the harness failed (logs kept in %s):\n%v\n", work, errors.Join(errs...))
+		return 1
+	}
+	return 0
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}

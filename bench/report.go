@@ -1,0 +1,390 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// report gathers every figure and renders the results table.
+type report struct {
+	cfg      config
+	started  time.Time
+	took     time.Duration
+	machine  string
+	reads    *readsResult
+	prop     []*propagationResult
+	failover *failoverResult
+	upstream []*upstreamResult
+	rest     []*restResult
+	memory   *memoryResult
+	allocs   *allocsResult
+	errors   []string
+}
+
+type row struct {
+	fig, what, value, target, ratio string
+	met                             bool
+	judged                          bool
+}
+
+func yesNo(r row) string {
+	switch {
+	case !r.judged:
+		return "—"
+	case r.met:
+		return "yes"
+	default:
+		return "**no**"
+	}
+}
+
+// rows builds the main table: one line per figure and setting.
+func (r *report) rows() []row {
+	var out []row
+	if rd := r.reads; rd != nil {
+		tk, a, b := rd.Cells[kindTokenkeeper], rd.Cells[kindStatic], rd.Cells[kindNaive]
+		for i, c := range rd.Conc {
+			ra, rb := rd.RatioA[i], rd.RatioB[i]
+			out = append(out, row{
+				fig: "1", what: fmt.Sprintf("read throughput against (a), %d connections", c),
+				value:  fmtRPS(tk[i].RPS) + " req/s",
+				target: "≥ 0.9× (a)",
+				ratio:  fmt.Sprintf("%.2f× (a) %s req/s", ra, fmtRPS(a[i].RPS)),
+				met:    ra >= 0.9, judged: true,
+			})
+			out = append(out, row{
+				fig: "1", what: fmt.Sprintf("read throughput against (b), %d connections", c),
+				value:  fmtRPS(tk[i].RPS) + " req/s",
+				target: "≥ 3× (b)",
+				ratio: fmt.Sprintf("%.1f× (b) %s req/s; (a) itself is %.1f× (b)",
+					rb, fmtRPS(b[i].RPS), rd.CeilingAB[i]),
+				met: rb >= 3, judged: true,
+			})
+			rp := rd.P99RatioA[i]
+			out = append(out, row{
+				fig: "1", what: fmt.Sprintf("read latency, %d connections", c),
+				value:  fmt.Sprintf("p50 %s, p99 %s", fmtDur(tk[i].P50), fmtDur(tk[i].P99)),
+				target: "p99 ≤ 1.5× (a)",
+				ratio:  fmt.Sprintf("%.2f× (a) p99 %s; (b) p99 %s", rp, fmtDur(a[i].P99), fmtDur(b[i].P99)),
+				met:    rp <= 1.5, judged: true,
+			})
+		}
+		out = append(out, row{
+			fig: "2", what: "Redis commands per token read",
+			value: fmt.Sprintf("%.4f (%d commands in %.0f s of load, %s reads; %.1f/s at rest)",
+				rd.CmdsPerRead, rd.TKCommands, rd.TKRunSeconds, fmtCount(rd.TKReads), rd.RestRate),
+			target: "0",
+			ratio:  fmt.Sprintf("(b) %.2f per read", rd.NaiveCmdsPerRead),
+			met:    rd.CmdsPerRead < 0.001, judged: true,
+		})
+	}
+	for _, p := range r.prop {
+		out = append(out, row{
+			fig: "3", what: fmt.Sprintf("propagation to %d replicas", p.N),
+			value:  fmt.Sprintf("p50 %s, p99 %s, max %s", fmtDur(p.P50), fmtDur(p.P99), fmtDur(p.Max)),
+			target: "p99 ≤ 50 ms",
+			ratio:  fmt.Sprintf("%d samples; the write itself %s", p.Samples, fmtDur(p.WriteP50)),
+			met:    p.P99 <= 50*time.Millisecond, judged: true,
+		})
+	}
+	if f := r.failover; f != nil {
+		if len(f.Kill) > 0 {
+			mx, med := worst(f.Kill)
+			lim := f.LockTTL + time.Second
+			var take time.Duration
+			for _, t := range f.Kill {
+				take = max(take, t.Takeover)
+			}
+			out = append(out, row{
+				fig: "4", what: "failover: leader SIGKILL → first token write",
+				value:  fmt.Sprintf("max %s, median %s (%d trials; lock taken ≤ %s)", fmtDur(mx), fmtDur(med), len(f.Kill), fmtDur(take)),
+				target: fmt.Sprintf("≤ lock TTL + 1 s = %s", fmtDur(lim)),
+				ratio:  fmt.Sprintf("%.2f× lock TTL", float64(mx)/float64(f.LockTTL)),
+				met:    mx <= lim, judged: true,
+			})
+		}
+		if len(f.Term) > 0 {
+			mx, med := worst(f.Term)
+			out = append(out, row{
+				fig: "4", what: "failover: leader SIGTERM → first token write",
+				value:  fmt.Sprintf("max %s, median %s (%d trials)", fmtDur(mx), fmtDur(med), len(f.Term)),
+				target: "≤ 1 s",
+				ratio:  fmt.Sprintf("%.3f× lock TTL", float64(mx)/float64(f.LockTTL)),
+				met:    mx <= time.Second, judged: true,
+			})
+		}
+	}
+	var up1 float64
+	for _, u := range r.upstream {
+		if u.N == 1 {
+			up1 = u.PerToken
+		}
+	}
+	for _, u := range r.upstream {
+		ratio := "—"
+		if up1 > 0 {
+			ratio = fmt.Sprintf("%.2f× N=1", u.PerToken/up1)
+		}
+		out = append(out, row{
+			fig: "5", what: fmt.Sprintf("upstream liveness calls per token, %d replicas", u.N),
+			value: fmt.Sprintf("%.2f (%d calls, %d tokens in %.0f s of %v tokens)",
+				u.PerToken, u.Calls, u.Tokens, u.Seconds, u.Lifetime),
+			target: "exactly 1",
+			ratio:  ratio,
+			met:    u.Calls == u.Tokens, judged: true,
+		})
+	}
+	var rest1 float64
+	for _, s := range r.rest {
+		if s.N == 1 {
+			rest1 = s.PerReplica
+		}
+	}
+	for _, s := range r.rest {
+		ratio := "—"
+		flat := true
+		if rest1 > 0 {
+			ratio = fmt.Sprintf("%.2f× N=1", s.PerReplica/rest1)
+			flat = s.PerReplica <= rest1*1.2
+		}
+		out = append(out, row{
+			fig: "6", what: fmt.Sprintf("Redis commands/s per replica at rest, %d replicas", s.N),
+			value:  fmt.Sprintf("%.2f (%d commands in %.0f s)", s.PerReplica, s.Total, s.Seconds),
+			target: "≤ 2, flat in N",
+			ratio:  ratio,
+			met:    s.PerReplica <= 2 && flat, judged: true,
+		})
+	}
+	if m := r.memory; m != nil {
+		out = append(out, row{
+			fig: "7", what: "resident set of one replica at rest",
+			value: fmtMiB(m.RestKiB), target: "≤ 30 MiB", ratio: "—",
+			met: m.RestKiB <= 30<<10, judged: true,
+		})
+		out = append(out, row{
+			fig: "7", what: fmt.Sprintf("resident set under load (%d connections)", m.Conc),
+			value:  fmt.Sprintf("%s peak (%s req/s)", fmtMiB(max(m.LoadKiB, m.HWMKiB)), fmtRPS(m.Load.RPS)),
+			target: "≤ 30 MiB",
+			ratio:  fmt.Sprintf("%.2f× at rest", float64(max(m.LoadKiB, m.HWMKiB))/float64(m.RestKiB)),
+			met:    max(m.LoadKiB, m.HWMKiB) <= 30<<10, judged: true,
+		})
+	}
+	if a := r.allocs; a != nil {
+		out = append(out, row{
+			fig: "8", what: "allocations per read (handler path, in process)",
+			value:  fmt.Sprintf("%.0f allocs/op (%.0f B/op, %.0f ns/op)", a.TKAllocs, a.TKBytes, a.TKNs),
+			target: "≤ 2",
+			ratio:  fmt.Sprintf("(a) static echo %.0f allocs/op, %.0f ns/op", a.StaticAllocs, a.StaticNs),
+			met:    a.TKAllocs <= 2, judged: true,
+		})
+	}
+	if r.cfg.smoke {
+		for i := range out {
+			out[i].judged = false
+		}
+	}
+	return out
+}
+
+// markdown renders RESULTS.md.
+func (r *report) markdown() string {
+	var b strings.Builder
+	title := "# tokenkeeper benchmark results"
+	if r.cfg.smoke {
+		title += " (SMOKE RUN: too short to judge; nothing here is a result)"
+	}
+	fmt.Fprintf(&b, "%s\n\n", title)
+	fmt.Fprintf(&b, "- date: %s (took %s)\n", r.started.Format("2006-01-02 15:04 MST"), r.took.Round(time.Second))
+	fmt.Fprintf(&b, "- machine: %s\n", r.machine)
+	fmt.Fprintf(&b, "- command: `make bench` (`go run ./bench`); every figure measured in this one run. "+
+		"The machine is shared and noisy: compare ratios within the run, not absolute numbers across runs.\n\n")
+
+	rows := r.rows()
+	met, judged := 0, 0
+	b.WriteString("| # | figure | value | target | ratio to baseline | met? |\n|---|---|---|---|---|---|\n")
+	for _, x := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", x.fig, x.what, x.value, x.target, x.ratio, yesNo(x))
+		if x.judged {
+			judged++
+			if x.met {
+				met++
+			}
+		}
+	}
+	if judged > 0 {
+		fmt.Fprintf(&b, "\n%d of %d targets met.\n", met, judged)
+	}
+	for _, e := range r.errors {
+		fmt.Fprintf(&b, "\n**harness error** %s\n", e)
+	}
+
+	if rd := r.reads; rd != nil {
+		b.WriteString("\n## 1. Reads, handler by handler\n\n")
+		fmt.Fprintf(&b, "wrk (keep-alive, `--latency`, 2 threads) against one helper process per handler, each serving "+
+			"`GET /v1/tokens/liveness` with httpapi's server limits on loopback, over one real redis-server; answers of %d bytes "+
+			"with the same headers. Each cell is the median of %d runs of %v, the handlers interleaved; a ratio is the median of the ratios within each round, where the handlers ran back to back. "+
+			"tokenkeeper is the httpapi server (key check, metrics, JSON) over a cache.Store kept by pub/sub and a leading refresher; "+
+			"(a) is a bare echo handler answering a constant body; (b) is an echo handler that runs HMGET on the token key per request.\n\n",
+			rd.BodyBytes, r.cfg.reads.Rounds, r.cfg.reads.Duration)
+		b.WriteString("| connections | handler | req/s | p50 | p99 |\n|---|---|---|---|---|\n")
+		for i, c := range rd.Conc {
+			for _, k := range kinds {
+				cell := rd.Cells[k][i]
+				fmt.Fprintf(&b, "| %d | %s | %s | %s | %s |\n", c, kindLabel(k), fmtRPS(cell.RPS), fmtDur(cell.P50), fmtDur(cell.P99))
+			}
+		}
+		b.WriteString("\n![throughput against concurrency](throughput.png)\n")
+		b.WriteString("\nNo handler on this HTTP stack can be faster than (a), so tokenkeeper's ratio to (b) is bounded by (a)'s own ratio " +
+			"to (b), shown in the table's ratio column: on a machine where wrk, the server and redis-server share the cores, a Redis " +
+			"round trip on loopback costs little more than the HTTP request around it.\n")
+		fmt.Fprintf(&b, "\n**2.** INFO commandstats around tokenkeeper's load runs: %s. The same replica sends %.1f commands/s at rest "+
+			"(its poll, lock renewal and leader check); that background, times the length of the runs, is subtracted. "+
+			"A value under 0.001 counts as 0: no read sends a command.\n", orNone(rd.TKCommandMix), rd.RestRate)
+	}
+	if len(r.prop) > 0 {
+		b.WriteString("\n## 3. Propagation\n\n")
+		fmt.Fprintf(&b, "N replicas in one process (each its own Redis client, store and HTTP server) and a leader holding the lock; "+
+			"the leader makes %d fenced writes in a row. Time from the start of the write to each replica's store serving the new token "+
+			"(what its HTTP server answers; checked over HTTP after the last write).\n", r.prop[0].Writes)
+	}
+	if f := r.failover; f != nil {
+		b.WriteString("\n## 4. Failover\n\n")
+		fmt.Fprintf(&b, "%d `tokenkeeper serve` processes, a `tokenkeeper fake-rdp` process and a redis-server; lock TTL %v. "+
+			"The leader gets the signal; the token in Redis is then moved into its refresh window (as when a refresh is due), so that "+
+			"the next leader's first act is a token write, seen on the events channel. The lock's takeover is seen by keyspace "+
+			"events. The stopped replica is restarted before the next trial.\n\n", f.Replicas, f.LockTTL)
+		b.WriteString("| signal | old leader | new leader | lock taken | first token write |\n|---|---|---|---|---|\n")
+		for _, t := range append(append([]failoverTrial{}, f.Kill...), f.Term...) {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", t.Signal, t.OldLeader, t.NewLeader, fmtDur(t.Takeover), fmtDur(t.FirstWrite))
+		}
+	}
+	if len(r.upstream) > 0 {
+		b.WriteString("\n## 5. Upstream calls\n\n")
+		fmt.Fprintf(&b, "N replicas in one process, each its own Redis client, store, refresher and RDP client (auth v2, the fleet-wide "+
+			"sign-on budget), against one fake RDP issuing %v tokens (serve margin %v, refresh window %v, lock TTL 2 s). "+
+			"Tokens stored are counted on the events channel; calls by the fake. Exactly one call per token stored means no "+
+			"replica ever fetched a token that was not used.\n\n", r.upstream[0].Lifetime, r.upstream[0].Lifetime/6, r.upstream[0].Lifetime/3)
+		b.WriteString("| replicas | liveness calls | tokens stored | auth calls | seconds |\n|---|---|---|---|---|\n")
+		for _, u := range r.upstream {
+			fmt.Fprintf(&b, "| %d | %d | %d | %d | %.0f |\n", u.N, u.Calls, u.Tokens, u.AuthCalls, u.Seconds)
+		}
+	}
+	if len(r.rest) > 0 {
+		b.WriteString("\n## 6. Redis load at rest\n\n")
+		b.WriteString("N `tokenkeeper serve` processes with the default timings (lock TTL 10 s, poll 2 s) and a token fresh for an hour, " +
+			"one redis-server; INFO commandstats over a quiet interval once all are ready. Redis counts the commands a script runs " +
+			"as well as the EVALSHA that ran it, and so does this figure.\n\n")
+		b.WriteString("| replicas | seconds | commands | per replica per second | by command |\n|---|---|---|---|---|\n")
+		for _, s := range r.rest {
+			fmt.Fprintf(&b, "| %d | %.0f | %d | %.2f | %s |\n", s.N, s.Seconds, s.Total, s.PerReplica, s.Mix)
+		}
+	}
+	if m := r.memory; m != nil {
+		b.WriteString("\n## 7. Memory\n\n")
+		fmt.Fprintf(&b, "VmRSS of one `tokenkeeper serve` process (with its redis-server and fake RDP): at rest %s; sampled every 100 ms "+
+			"under wrk with %d connections, peak %s (VmHWM %s). The real binary served %s req/s (p50 %s, p99 %s) under that load.\n",
+			fmtMiB(m.RestKiB), m.Conc, fmtMiB(m.LoadKiB), fmtMiB(m.HWMKiB), fmtRPS(m.Load.RPS), fmtDur(m.Load.P50), fmtDur(m.Load.P99))
+	}
+	if a := r.allocs; a != nil {
+		b.WriteString("\n## 8. Allocations\n\n")
+		fmt.Fprintf(&b, "`go test -run '^$' -bench '^BenchmarkTokenRead$/^(httpapi|static-echo)$' -benchmem -benchtime %s ./httpapi/`: "+
+			"the token read through the whole handler (routing, key check, metrics, JSON) in process: %.0f allocs/op, %.0f B/op, "+
+			"%.0f ns/op; the static echo handler: %.0f allocs/op, %.0f ns/op.\n", r.cfg.benchtime, a.TKAllocs, a.TKBytes, a.TKNs, a.StaticAllocs, a.StaticNs)
+	}
+	return b.String()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// describeMachine names the CPU, cores, memory and versions.
+func describeMachine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range splitLines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	mem := "unknown memory"
+	if kib, err := procStatusFile("/proc/meminfo", "MemTotal:"); err == nil {
+		mem = fmt.Sprintf("%.1f GiB", float64(kib)/(1<<20))
+	}
+	redisV := "redis-server ?"
+	if out, err := exec.Command("redis-server", "--version").Output(); err == nil {
+		for f := range strings.FieldsSeq(string(out)) {
+			if v, ok := strings.CutPrefix(f, "v="); ok {
+				redisV = "redis-server " + v
+			}
+		}
+	}
+	wrkV := "wrk"
+	if out, _ := exec.Command("wrk", "-v").CombinedOutput(); len(out) > 0 {
+		wrkV = strings.TrimSpace(firstLine(string(out)))
+		if i := strings.Index(wrkV, " ["); i > 0 {
+			wrkV = wrkV[:i]
+		}
+	}
+	return fmt.Sprintf("%d cores (%s), %s memory, %s/%s, %s, %s, %s",
+		runtime.NumCPU(), model, mem, runtime.GOOS, runtime.GOARCH, runtime.Version(), redisV, wrkV)
+}
+
+func procStatusFile(path, field string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range splitLines(string(b)) {
+		if v, ok := strings.CutPrefix(line, field); ok {
+			return strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s: no %s", path, field)
+}
+
+func splitLines(s string) []string { return strings.Split(s, "\n") }
+
+// fmtDur prints a duration with three significant figures in a fitting
+// unit.
+func fmtDur(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "0"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+	case d < 10*time.Millisecond:
+		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	}
+}
+
+func fmtRPS(x float64) string { return fmtCount(int64(x + 0.5)) }
+
+// fmtCount groups thousands: 123,456.
+func fmtCount(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func fmtMiB(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
