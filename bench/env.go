@@ -124,6 +124,29 @@ func stopAll() {
 	wg.Wait()
 }
 
+// listenAddr waits for a tokenkeeper process to log the address it
+// listens on (`listen=host:port` in its text log) and returns it.
+func (p *proc) listenAddr(ctx context.Context, timeout time.Duration) (string, error) {
+	var addr string
+	err := waitFor(ctx, timeout, 20*time.Millisecond, p.name+" listening", func() bool {
+		b, _ := os.ReadFile(p.log)
+		_, rest, ok := strings.Cut(string(b), " listen=")
+		if !ok {
+			return p.Exited()
+		}
+		addr, _, _ = strings.Cut(rest, " ")
+		addr = strings.TrimSpace(addr)
+		return true
+	})
+	if err != nil {
+		return "", err
+	}
+	if addr == "" {
+		return "", fmt.Errorf("%s exited before listening", p.name)
+	}
+	return addr, nil
+}
+
 // freePort returns a loopback port that was free a moment ago.
 func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -75,13 +75,10 @@ func (f *binFleet) AddMany(ctx context.Context, label string, n int) ([]*binRepl
 	for range n {
 		f.seq++
 		id := fmt.Sprintf("%s-replica-%d", label, f.seq)
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		// Port 0, read back from the log: ports picked ahead of time can be
+		// taken meanwhile by the ephemeral port of another replica's connection.
 		env := []string{
-			"TOKENKEEPER_LISTEN=" + addr,
+			"TOKENKEEPER_LISTEN=127.0.0.1:0",
 			"TOKENKEEPER_REDIS_URL=" + f.rs.URL(),
 			"TOKENKEEPER_API_KEYS=" + benchKey,
 			"TOKENKEEPER_INSTANCE_ID=" + id,
@@ -96,12 +93,17 @@ func (f *binFleet) AddMany(ctx context.Context, label string, n int) ([]*binRepl
 		if err != nil {
 			return nil, err
 		}
-		r := &binReplica{id: id, proc: p, base: "http://" + addr}
+		r := &binReplica{id: id, proc: p}
 		f.replicas[id] = r
 		out = append(out, r)
 	}
 	client := &http.Client{Timeout: time.Second}
 	for _, r := range out {
+		addr, err := r.proc.listenAddr(ctx, 60*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w:\n%s", r.id, err, r.proc.Tail())
+		}
+		r.base = "http://" + addr
 		if err := waitFor(ctx, 60*time.Second, 50*time.Millisecond, r.id+" ready", func() bool {
 			return r.proc.Exited() || httpReady(client, r.base+"/readyz")
 		}); err != nil || r.proc.Exited() {
