@@ -666,18 +666,7 @@ func (r *Refresher) Status(ctx context.Context) (Status, error) {
 // Leader returns the instance id of the current lock holder, or "" when
 // the lock is free.
 func (r *Refresher) Leader(ctx context.Context) (string, error) {
-	v, err := r.rdb.Get(ctx, r.store.Keys().Lock).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("refresher: read lock: %w", err)
-	}
-	// redislock's value is a 22-character random token, then the metadata.
-	if len(v) < 22 {
-		return "", nil
-	}
-	return v[22:], nil
+	return readLeader(ctx, r.rdb, r.store.Keys().Lock)
 }
 
 // Refresh asks the leader, whichever replica it is, to fetch a new token

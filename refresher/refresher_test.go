@@ -474,18 +474,26 @@ func TestUpstreamFailures(t *testing.T) {
 	}
 }
 
-func TestRefreshThroughAnyReplica(t *testing.T) {
+// pair runs two replicas with 30-second tokens and returns the leader and
+// the follower once the follower holds the first token.
+func pair(t *testing.T, src *source) (leader, follower *replica, keys cache.Keys) {
+	t.Helper()
 	addr, keys := newRedis(t)
-	src := &source{lifetime: 30 * time.Second}
 	tm := fast
 	tm.lifetime, tm.before = 30*time.Second, 5*time.Second
 	rs := []*replica{start(t, "a", addr, keys, src, tm), start(t, "b", addr, keys, src, tm)}
-	leader := oneLeader(t, rs, 5*time.Second)
-	follower := rs[0]
+	leader = oneLeader(t, rs, 5*time.Second)
+	follower = rs[0]
 	if follower == leader {
 		follower = rs[1]
 	}
 	eventually(t, 2*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
+	return leader, follower, keys
+}
+
+func TestRefreshThroughAnyReplica(t *testing.T) {
+	src := &source{lifetime: 30 * time.Second}
+	_, follower, _ := pair(t, src)
 	before, _ := follower.store.Current()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -561,17 +569,8 @@ func TestAuthBudgetIsFleetWide(t *testing.T) {
 // the middle of a requested refresh still answers the request, so the
 // requester does not wait for its whole timeout.
 func TestRefreshAnsweredWhenLeadershipEnds(t *testing.T) {
-	addr, keys := newRedis(t)
 	src := &source{lifetime: 30 * time.Second}
-	tm := fast
-	tm.lifetime, tm.before = 30*time.Second, 5*time.Second
-	rs := []*replica{start(t, "a", addr, keys, src, tm), start(t, "b", addr, keys, src, tm)}
-	leader := oneLeader(t, rs, 5*time.Second)
-	follower := rs[0]
-	if follower == leader {
-		follower = rs[1]
-	}
-	eventually(t, 2*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
+	leader, follower, keys := pair(t, src)
 
 	block := make(chan struct{})
 	src.set(func(s *source) { s.block = block })
