@@ -416,6 +416,8 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 	defer stop()
 	tick := time.NewTicker(r.cfg.HeartbeatEvery)
 	defer tick.Stop()
+	watch := time.NewTicker(min(r.cfg.HeartbeatEvery, 200*time.Millisecond))
+	defer watch.Stop()
 	replicasKey, _ := FleetKeys(r.store.Keys())
 	ttl := 3 * r.cfg.HeartbeatEvery
 	var sent heartbeat
@@ -448,8 +450,10 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 			return ctx.Err()
 		case m := <-msgs:
 			r.fleet.sawEvent(r.cfg.Now(), m.Type)
+		case <-watch.C:
 			// Beat at once when readiness or leadership changed, so the
-			// fleet view does not lag a whole interval behind.
+			// fleet view does not lag a whole interval behind. Looking
+			// costs nothing: both are known in memory.
 			if now := r.self(); now.Ready != sent.Ready || now.Leader != sent.Leader {
 				beat()
 			}
