@@ -184,7 +184,15 @@ func TestFleet(t *testing.T) {
 			if got := len(fake.Stats().Tokens); got != before+1 {
 				t.Fatalf("admin refresh: fake issued %d tokens, want %d", got, before+1)
 			}
-			time.Sleep(200 * time.Millisecond) // let the readers sample the switch
+			// Every app sees the forced token before the readers stop.
+			issuedTokens := fake.Stats().Tokens
+			newest := issuedTokens[len(issuedTokens)-1].Token
+			for i, rd := range readers {
+				eventually(t, 2*time.Second, fleet[i].name+" serves the forced token", func() bool {
+					s := rd.all()
+					return len(s) > 0 && s[len(s)-1].token == newest
+				})
+			}
 			stopReading()
 			wg.Wait()
 

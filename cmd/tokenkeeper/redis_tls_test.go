@@ -108,6 +108,7 @@ func TestRedisTLSAndACL(t *testing.T) {
 		"TOKENKEEPER_API_KEYS":       "reader-key",
 		"TOKENKEEPER_ADMIN_KEYS":     "admin-key",
 		"TOKENKEEPER_INSTANCE_ID":    "tls-1",
+		"TOKENKEEPER_LOCK_TTL":       "1s",
 		"RDP_BASE_URL":               rdp.URL,
 		"RDP_CLIENT_ID":              upstream.FakeClientID,
 		"RDP_CLIENT_SECRET":          upstream.FakeClientSecret,
@@ -142,8 +143,15 @@ func TestRedisTLSAndACL(t *testing.T) {
 		t.Fatalf("admin refresh over TLS: got %d, want 200", resp.StatusCode)
 	}
 
-	// Give the periodic work (polls, heartbeats, renewals) time to run once.
-	time.Sleep(3 * time.Second)
+	// The periodic work runs through the ACL too: heartbeats and the
+	// refresh history are read back, and the leader keeps its lock past
+	// its TTL, so renewals pass.
+	started := time.Now()
+	eventually(t, 10*time.Second, "heartbeat, history and renewals through the ACL", func() bool {
+		st, err := p.ref.Status(context.Background())
+		return err == nil && len(st.Replicas) == 1 && st.Replicas[0].Ready && len(st.Refreshes) >= 2 &&
+			time.Since(started) > 2*cfg.LockTTL && p.ref.IsLeader()
+	})
 	if out := logs.String(); strings.Contains(out, "NOPERM") || strings.Contains(out, "can't run this command") {
 		t.Fatalf("the minimal ACL refused something the replica needs:\n%s", out)
 	}
