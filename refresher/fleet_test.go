@@ -3,55 +3,15 @@ package refresher_test
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
-
-// observed is a replica that heartbeats and keeps metrics.
-type observed struct {
-	*replica
-	reg *prometheus.Registry
-}
-
-// startObserved runs a replica like start, with its heartbeat and a
-// registry of its own.
-func startObserved(t *testing.T, name, addr string, keys cache.Keys, src refresher.Source, tm timings) *observed {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
-		ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})
-	store, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: tm.margin, PollInterval: 200 * time.Millisecond,
-		Instance: name, Logger: quiet, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := refresher.New(refresher.Config{
-		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, Jitter: 50 * time.Millisecond,
-		RetryMin: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Logger: quiet.With("r", name),
-		Version: "v-test", HeartbeatEvery: 50 * time.Millisecond, Registerer: reg,
-	}, rdb, store, src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &replica{name: name, rdb: rdb, store: store, ref: ref, cancel: cancel, done: make(chan struct{})}
-	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() { defer wg.Done(); store.Run(ctx) }()
-	go func() { defer wg.Done(); ref.Run(ctx) }()
-	go func() { defer wg.Done(); ref.Heartbeat(ctx) }()
-	go func() { wg.Wait(); close(r.done) }()
-	t.Cleanup(r.stop)
-	return &observed{replica: r, reg: reg}
-}
 
 // value returns the value of the sample of family name whose labels
 // include want, or -1 when there is none.
@@ -106,7 +66,7 @@ func TestFleetView(t *testing.T) {
 	src := &source{lifetime: 10 * time.Second}
 	a := startObserved(t, "a", addr, keys, src, fast)
 	b := startObserved(t, "b", addr, keys, src, fast)
-	leader := oneLeader(t, []*replica{a.replica, b.replica}, 5*time.Second)
+	leader := oneLeader(t, []*replica{a, b}, 5*time.Second)
 	ctx := context.Background()
 
 	var f refresher.Fleet
@@ -255,44 +215,5 @@ func TestRefreshMetricsAndHistory(t *testing.T) {
 	})
 	if got := value(t, a.reg, "tokenkeeper_refresh_duration_seconds"); got < 5 {
 		t.Errorf("refresh durations observed = %v, want every attempt", got)
-	}
-}
-
-// TestFencedMetrics is TestStaleLeaderIsFenced, observed: the refused
-// write, the fenced attempt and the fenced end of leadership are counted.
-func TestFencedMetrics(t *testing.T) {
-	addr, keys := newRedis(t)
-	block := make(chan struct{})
-	src := &source{lifetime: 10 * time.Second, block: block}
-	tm := fast
-	tm.lockTTL = 3 * time.Second
-	a := startObserved(t, "a", addr, keys, src, tm)
-	eventually(t, 5*time.Second, "a leads and fetches", func() bool { return a.ref.IsLeader() && len(src.Calls()) == 1 })
-	if err := a.rdb.Set(context.Background(), keys.Lock, "0123456789012345678901other", time.Minute).Err(); err != nil {
-		t.Fatal(err)
-	}
-	close(block)
-	eventually(t, 3*time.Second, "a steps down", func() bool { return !a.ref.IsLeader() })
-	for _, c := range []struct {
-		name   string
-		labels []string
-	}{
-		{"tokenkeeper_token_writes_total", []string{"result", "fenced"}},
-		{"tokenkeeper_refreshes_total", []string{"outcome", "fenced"}},
-		{"tokenkeeper_leadership_changes_total", []string{"change", "fenced"}},
-	} {
-		if got := value(t, a.reg, c.name, c.labels...); got != 1 {
-			t.Errorf("%s%v = %v, want 1", c.name, c.labels, got)
-		}
-	}
-	if got := value(t, a.reg, "tokenkeeper_leader"); got != 0 {
-		t.Errorf("tokenkeeper_leader = %v, want 0", got)
-	}
-	st, _ := a.ref.Status(context.Background())
-	if len(st.Refreshes) == 0 || st.Refreshes[0].Outcome != refresher.OutcomeFenced {
-		t.Errorf("refreshes = %+v, want the fenced attempt first", st.Refreshes)
-	}
-	if len(st.Refreshes) > 0 && !strings.Contains(st.Refreshes[0].Error, "fenced") {
-		t.Errorf("fenced attempt error = %q, want it to say fenced", st.Refreshes[0].Error)
 	}
 }

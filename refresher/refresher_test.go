@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
@@ -77,6 +78,7 @@ type replica struct {
 	rdb    *redis.Client
 	store  *cache.Store
 	ref    *refresher.Refresher
+	reg    *prometheus.Registry // the replica's metrics
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -85,25 +87,44 @@ type replica struct {
 // the end of the test.
 func start(t *testing.T, name, addr string, keys cache.Keys, src refresher.Source, tm timings) *replica {
 	t.Helper()
+	return startReplica(t, name, addr, keys, src, tm, false)
+}
+
+// startObserved runs a replica like start, with its heartbeat too.
+func startObserved(t *testing.T, name, addr string, keys cache.Keys, src refresher.Source, tm timings) *replica {
+	t.Helper()
+	return startReplica(t, name, addr, keys, src, tm, true)
+}
+
+func startReplica(t *testing.T, name, addr string, keys cache.Keys, src refresher.Source, tm timings, heartbeat bool) *replica {
+	t.Helper()
+	reg := prometheus.NewRegistry()
 	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
 		ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})
-	store, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: tm.margin, PollInterval: 200 * time.Millisecond, Instance: name, Logger: quiet})
+	store, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: tm.margin, PollInterval: 200 * time.Millisecond,
+		Instance: name, Logger: quiet, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ref, err := refresher.New(refresher.Config{
 		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, Jitter: 50 * time.Millisecond,
 		RetryMin: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Logger: quiet.With("r", name),
+		Version: "v-test", HeartbeatEvery: 50 * time.Millisecond, Registerer: reg,
 	}, rdb, store, src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &replica{name: name, rdb: rdb, store: store, ref: ref, cancel: cancel, done: make(chan struct{})}
+	r := &replica{name: name, rdb: rdb, store: store, ref: ref, reg: reg, cancel: cancel, done: make(chan struct{})}
+	parts := []func(context.Context) error{store.Run, ref.Run}
+	if heartbeat {
+		parts = append(parts, ref.Heartbeat)
+	}
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); store.Run(ctx) }()
-	go func() { defer wg.Done(); ref.Run(ctx) }()
+	for _, run := range parts {
+		wg.Add(1)
+		go func() { defer wg.Done(); run(ctx) }()
+	}
 	go func() { wg.Wait(); close(r.done) }()
 	t.Cleanup(r.stop)
 	return r
@@ -347,7 +368,7 @@ func TestStaleLeaderIsFenced(t *testing.T) {
 	src := &source{lifetime: 10 * time.Second, block: block}
 	tm := fast
 	tm.lockTTL = 3 * time.Second // renewals every 1s: the write comes first
-	a := start(t, "a", addr, keys, src, tm)
+	a := startObserved(t, "a", addr, keys, src, tm)
 	eventually(t, 5*time.Second, "a leads and fetches", func() bool { return a.ref.IsLeader() && len(src.Calls()) == 1 })
 
 	// The lock passes to someone else while a is stuck.
@@ -365,6 +386,29 @@ func TestStaleLeaderIsFenced(t *testing.T) {
 	}
 	if leader, _ := a.ref.Leader(ctx); leader != "other" {
 		t.Fatalf("leader: got %q, want other", leader)
+	}
+
+	// It is all counted, and the fleet's history shows why.
+	for _, c := range []struct {
+		name   string
+		labels []string
+	}{
+		{"tokenkeeper_token_writes_total", []string{"result", "fenced"}},
+		{"tokenkeeper_refreshes_total", []string{"outcome", "fenced"}},
+		{"tokenkeeper_leadership_changes_total", []string{"change", "fenced"}},
+	} {
+		if got := value(t, a.reg, c.name, c.labels...); got != 1 {
+			t.Errorf("%s%v = %v, want 1", c.name, c.labels, got)
+		}
+	}
+	if got := value(t, a.reg, "tokenkeeper_leader"); got != 0 {
+		t.Errorf("tokenkeeper_leader = %v, want 0", got)
+	}
+	st, _ := a.ref.Status(ctx)
+	if len(st.Refreshes) == 0 || st.Refreshes[0].Outcome != refresher.OutcomeFenced {
+		t.Errorf("refreshes = %+v, want the fenced attempt first", st.Refreshes)
+	} else if !strings.Contains(st.Refreshes[0].Error, "fenced") {
+		t.Errorf("fenced attempt error = %q, want it to say fenced", st.Refreshes[0].Error)
 	}
 }
 
