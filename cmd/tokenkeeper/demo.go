@@ -75,7 +75,7 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	defer p.Close()
 
-	base := "http://" + hostFor(p.Addr())
+	base := "http://" + dialable(p.Addr(), "localhost")
 	log.Warn("DEMO MODE: in-process Redis and a FAKE RDP issuing 2-minute tokens; anyone may read the token. " +
 		"For real, run 'tokenkeeper serve' with TOKENKEEPER_REDIS_URL, TOKENKEEPER_API_KEYS and RDP_CLIENT_ID/RDP_CLIENT_SECRET (see README).")
 	fmt.Fprintf(stdout, "\ntokenkeeper demo on %s\n  read the token:    curl -s %s/v1/tokens/liveness\n  fleet status:      curl -s -H 'Authorization: Bearer %s' %s/v1/status\n  force a refresh:   curl -s -X POST -H 'Authorization: Bearer %s' %s/v1/tokens/liveness/refresh\n  stop:              Ctrl-C\n\n",
@@ -113,16 +113,4 @@ func demoCountdown(ctx context.Context, log *slog.Logger, p *Program) {
 			"expires_in", t.Remaining(time.Now()).Round(time.Second),
 			"refresh_in", max(time.Until(next), 0).Round(time.Second))
 	}
-}
-
-// hostFor turns a listen address into one a browser or curl can use.
-func hostFor(addr string) string {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	if host == "" || host == "::" || host == "0.0.0.0" {
-		host = "localhost"
-	}
-	return net.JoinHostPort(host, port)
 }

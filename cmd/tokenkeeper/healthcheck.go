@@ -29,14 +29,10 @@ func runHealthcheck(ctx context.Context, args []string, getenv func(string) stri
 		return err
 	}
 	if *url == "" {
-		host, port, err := net.SplitHostPort(listen)
-		if err != nil {
+		if _, _, err := net.SplitHostPort(listen); err != nil {
 			return fmt.Errorf("TOKENKEEPER_LISTEN: %q is not host:port", listen)
 		}
-		if host == "" || host == "0.0.0.0" || host == "::" {
-			host = "127.0.0.1"
-		}
-		*url = "http://" + net.JoinHostPort(host, port) + "/readyz"
+		*url = "http://" + dialable(listen, "127.0.0.1") + "/readyz"
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -53,4 +49,17 @@ func runHealthcheck(ctx context.Context, args []string, getenv func(string) stri
 		return fmt.Errorf("healthcheck: not ready: %s", resp.Status)
 	}
 	return nil
+}
+
+// dialable turns a listen address into one a client on this host can
+// reach: an unspecified host (":8080", "0.0.0.0", "::") becomes local.
+func dialable(listen, local string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if host == "" || net.ParseIP(host).IsUnspecified() {
+		host = local
+	}
+	return net.JoinHostPort(host, port)
 }
