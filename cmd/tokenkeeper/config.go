@@ -140,26 +140,23 @@ func (v *values) fail(format string, args ...any) {
 	v.errs = append(v.errs, fmt.Errorf(format, args...))
 }
 
-func (v *values) duration(env string) time.Duration {
-	s := v.str(env)
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		v.fail("%s: %q is not a duration (examples: 90s, 15m)", env, s)
-		return 0
-	}
-	if d <= 0 {
-		v.fail("%s: %v must be positive", env, d)
-	}
-	return d
-}
+// duration is a positive duration.
+func (v *values) duration(env string) time.Duration { return v.parseDuration(env, false) }
 
 // nonNegative is a duration that may be zero.
-func (v *values) nonNegative(env string) time.Duration {
+func (v *values) nonNegative(env string) time.Duration { return v.parseDuration(env, true) }
+
+func (v *values) parseDuration(env string, zeroOK bool) time.Duration {
 	s := v.str(env)
 	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		v.fail("%s: %q is not a duration of zero or more (examples: 0s, 5s)", env, s)
+	switch {
+	case err != nil:
+		v.fail("%s: %q is not a duration (examples: 90s, 15m)", env, s)
 		return 0
+	case d < 0 && zeroOK:
+		v.fail("%s: %v must not be negative", env, d)
+	case d <= 0 && !zeroOK:
+		v.fail("%s: %v must be positive", env, d)
 	}
 	return d
 }
