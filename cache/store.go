@@ -318,8 +318,8 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	defer func() { s.metrics.write(err) }()
 	now := s.cfg.Now()
 	ttl := w.Deadline.Sub(now)
-	if w.Value == "" {
-		return Token{}, fmt.Errorf("%w: empty", ErrInvalid)
+	if err := checkValue(w.Value); err != nil {
+		return Token{}, err
 	}
 	if ttl <= s.cfg.ServeMargin {
 		return Token{}, fmt.Errorf("%w: %v left, not more than the serve margin %v",
@@ -359,6 +359,26 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	default:
 		return Token{}, fmt.Errorf("cache: write token: unexpected answer %v", res)
 	}
+}
+
+// MaxValueBytes is the longest token the store accepts.
+const MaxValueBytes = 8 << 10
+
+// checkValue refuses a token that could not be a credential: empty, over
+// MaxValueBytes, or holding a space or control character.
+func checkValue(v string) error {
+	switch {
+	case v == "":
+		return fmt.Errorf("%w: empty", ErrInvalid)
+	case len(v) > MaxValueBytes:
+		return fmt.Errorf("%w: %d bytes, more than %d", ErrInvalid, len(v), MaxValueBytes)
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c <= ' ' || c == 0x7f {
+			return fmt.Errorf("%w: a control or space character at byte %d", ErrInvalid, i)
+		}
+	}
+	return nil
 }
 
 // Publish sends a control message to every replica, this one included.

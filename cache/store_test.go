@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -165,6 +166,9 @@ func TestWriteIsFencedAndOrdered(t *testing.T) {
 		{"no lock value", cache.Write{Value: "tok-2", Deadline: now.Add(20 * time.Minute)}, cache.ErrFenced},
 		{"expires earlier", cache.Write{LockValue: "holder-a", Value: "tok-2", Deadline: now.Add(5 * time.Minute)}, cache.ErrStale},
 		{"empty", cache.Write{LockValue: "holder-a", Deadline: now.Add(20 * time.Minute)}, cache.ErrInvalid},
+		{"control character", cache.Write{LockValue: "holder-a", Value: "tok\n2", Deadline: now.Add(20 * time.Minute)}, cache.ErrInvalid},
+		{"space", cache.Write{LockValue: "holder-a", Value: "tok 2", Deadline: now.Add(20 * time.Minute)}, cache.ErrInvalid},
+		{"too long", cache.Write{LockValue: "holder-a", Value: strings.Repeat("t", cache.MaxValueBytes+1), Deadline: now.Add(20 * time.Minute)}, cache.ErrInvalid},
 		{"within margin", cache.Write{LockValue: "holder-a", Value: "tok-2", Deadline: now.Add(time.Second)}, cache.ErrInvalid},
 		{"expired", cache.Write{LockValue: "holder-a", Value: "tok-2", Deadline: now.Add(-time.Second)}, cache.ErrInvalid},
 	}

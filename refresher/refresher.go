@@ -552,9 +552,7 @@ func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.T
 		if up.Received.IsZero() {
 			up.Received = r.cfg.Now()
 		}
-		if err := validate(up, margin, r.cfg.Now()); err != nil {
-			return cache.Token{}, false, err
-		}
+		// What must never be stored is refused by the store itself.
 		st.unsaved = &up
 	}
 	up := st.unsaved
@@ -582,29 +580,6 @@ func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.T
 	default:
 		return cache.Token{}, false, err
 	}
-}
-
-// validate refuses a token that must never be stored.
-func validate(t upstream.Token, margin time.Duration, now time.Time) error {
-	bad := func(why string) error {
-		return &upstream.Error{Op: "liveness", Retryable: true, Err: fmt.Errorf("%w: %s", ErrBadToken, why)}
-	}
-	switch {
-	case t.Value == "":
-		return bad("empty token")
-	case len(t.Value) > 8<<10:
-		return bad(fmt.Sprintf("token of %d bytes", len(t.Value)))
-	case t.Lifetime <= 0:
-		return bad("already expired")
-	case now.After(t.Received.Add(t.Lifetime - margin)):
-		return bad(fmt.Sprintf("lives %v, not more than the serve margin %v", t.Lifetime, margin))
-	}
-	for i := 0; i < len(t.Value); i++ {
-		if c := t.Value[i]; c <= ' ' || c == 0x7f {
-			return bad("token contains a control or space character")
-		}
-	}
-	return nil
 }
 
 func (r *Refresher) setErr(err error) {
