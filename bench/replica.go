@@ -161,7 +161,7 @@ type constSource struct {
 
 func (s *constSource) Token(context.Context) (upstream.Token, error) {
 	s.calls.Add(1)
-	return upstream.Token{Value: benchToken, Lifetime: s.lifetime, Received: time.Now()}, nil
+	return upstream.Token{Value: benchToken, Lifetime: s.lifetime, Sent: time.Now()}, nil
 }
 
 // waitFor polls cond every step until it holds or d passes.

@@ -17,6 +17,9 @@ import (
 //	tokenkeeper_redis_reads_total                    reads of the token from Redis
 //	tokenkeeper_token_writes_total{result}           Write calls by result: stored, fenced, stale, invalid, error
 //	tokenkeeper_event_subscription_reconnects_total  re-subscriptions to the events channel after the first
+//	tokenkeeper_redis_anomalies_total{kind}          what Redis did that it should not: token_lost (the token key vanished
+//	                                                 before its expiry), lock_lost (the lock key vanished before its TTL),
+//	                                                 wrong_type (the token key held a foreign value)
 
 // Results of Write, the result label of tokenkeeper_token_writes_total.
 const (
@@ -43,10 +46,18 @@ func writeResult(err error) string {
 	}
 }
 
+// Kinds of anomaly, the kind label of tokenkeeper_redis_anomalies_total.
+const (
+	anomalyTokenLost = "token_lost"
+	anomalyLockLost  = "lock_lost"
+	anomalyWrongType = "wrong_type"
+)
+
 // storeMetrics records a Store's events. A nil *storeMetrics records
 // nothing, so a Store without a Registerer pays a nil check.
 type storeMetrics struct {
 	writes     *prometheus.CounterVec
+	anomalies  *prometheus.CounterVec
 	reconnects prometheus.Counter
 	subscribed atomic.Bool
 }
@@ -60,6 +71,10 @@ func newStoreMetrics(reg prometheus.Registerer, s *Store) (*storeMetrics, error)
 			Name: "tokenkeeper_token_writes_total",
 			Help: "Fenced writes of a token to Redis by this replica, by result (stored, fenced, stale, invalid, error).",
 		}, []string{"result"}),
+		anomalies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenkeeper_redis_anomalies_total",
+			Help: "Things Redis did that it should not, seen by this replica: token_lost (the token key vanished before its expiry: eviction, flush, restart), lock_lost (the lock key vanished before its TTL), wrong_type (the token key held a foreign value).",
+		}, []string{"kind"}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokenkeeper_event_subscription_reconnects_total",
 			Help: "Times this replica subscribed to the events channel again after losing its subscription.",
@@ -68,7 +83,10 @@ func newStoreMetrics(reg prometheus.Registerer, s *Store) (*storeMetrics, error)
 	for _, r := range []string{writeStored, writeFenced, writeStale, writeInvalid, writeError} {
 		m.writes.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.writes, m.reconnects, storeCollector{s}} {
+	for _, k := range []string{anomalyTokenLost, anomalyLockLost, anomalyWrongType} {
+		m.anomalies.WithLabelValues(k)
+	}
+	for _, c := range []prometheus.Collector{m.writes, m.anomalies, m.reconnects, storeCollector{s}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("cache: register metrics: %w", err)
 		}
@@ -80,6 +98,13 @@ func newStoreMetrics(reg prometheus.Registerer, s *Store) (*storeMetrics, error)
 func (m *storeMetrics) write(err error) {
 	if m != nil {
 		m.writes.WithLabelValues(writeResult(err)).Inc()
+	}
+}
+
+// anomaly counts one anomaly of kind.
+func (m *storeMetrics) anomaly(kind string) {
+	if m != nil {
+		m.anomalies.WithLabelValues(kind).Inc()
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,11 @@ var (
 	ErrStale = errors.New("cache: stale: stored token expires later")
 	// ErrInvalid means the token offered cannot be stored at all.
 	ErrInvalid = errors.New("cache: invalid token")
+	// ErrWrongType means the token's key holds a value of another type than
+	// the hash the store writes (someone or something else wrote it). Load
+	// treats the key as holding no token, so the leader overwrites it under
+	// the lock; it is logged at Error and counted every time it is seen.
+	ErrWrongType = errors.New("cache: the token key holds a foreign value")
 )
 
 // Keys names the Redis keys of one token. All carry the same hash tag so a
@@ -89,6 +95,9 @@ type Message struct {
 	Fingerprint string `json:"fp,omitempty"`
 	// Error is set on a failed refresh result.
 	Error string `json:"error,omitempty"`
+	// Retry, on a refresh result, means the request was not attempted
+	// (leadership ended first): the requester should ask the next leader.
+	Retry bool `json:"retry,omitempty"`
 }
 
 // Message types.
@@ -113,8 +122,10 @@ type Store struct {
 	polled  atomic.Pointer[string] // the stored expiry Poll saw before the last good Load
 	metrics *storeMetrics          // nil without Config.Registerer
 
+	servable atomic.Bool // readiness as last logged by noteReadiness
+
 	mu   sync.Mutex
-	subs map[chan Message]struct{}
+	subs map[*Subscription]struct{} // guarded by mu
 }
 
 // New returns a Store over rdb. It does not contact Redis.
@@ -146,7 +157,7 @@ func New(rdb RedisClient, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[chan Message]struct{})}
+	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[*Subscription]struct{})}
 	var err error
 	if s.metrics, err = newStoreMetrics(cfg.Registerer, s); err != nil {
 		return nil, err
@@ -199,8 +210,12 @@ func (s *Store) Loads() uint64 { return s.loads.Load() }
 
 // readScript returns the token, its remaining milliseconds, its age in
 // milliseconds and its writer, read in one step so the remaining time
-// belongs to the token read.
+// belongs to the token read; {'!', type} when the key holds no hash.
 var readScript = redis.NewScript(`
+local ty = redis.call('TYPE', KEYS[1])
+if type(ty) == 'table' then ty = ty.ok or ty['ok'] end
+if ty == 'none' then return false end
+if ty ~= 'hash' then return {'!', ty} end
 local f = redis.call('HMGET', KEYS[1], 'v', 'at', 'w', 'k')
 if not f[1] then return false end
 local pttl = redis.call('PTTL', KEYS[1])
@@ -216,12 +231,17 @@ return {f[1], pttl, age, f[3] or '', f[4] or ''}
 // ARGV: lock value, token, ttl ms, age ms, writer, channel, event, key id
 // (empty when the token is stored as it is).
 // Returns {1, expiry ms} when stored, {0} when fenced, {-1} when stale.
+// A token key of another type than a hash is overwritten: only the lock
+// holder gets this far.
 var writeScript = redis.NewScript(`
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exp = now + tonumber(ARGV[3])
-local cur = redis.call('HGET', KEYS[1], 'exp')
+local ty = redis.call('TYPE', KEYS[1])
+if type(ty) == 'table' then ty = ty.ok or ty['ok'] end
+local cur = false
+if ty == 'hash' then cur = redis.call('HGET', KEYS[1], 'exp') end
 if cur and tonumber(cur) >= exp then return {-1} end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'exp', exp, 'at', now - tonumber(ARGV[4]), 'w', ARGV[5])
@@ -239,11 +259,18 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 	sent := s.cfg.Now()
 	res, err := readScript.Run(ctx, s.rdb, []string{s.cfg.Keys.Token}).Slice()
 	if errors.Is(err, redis.Nil) {
-		s.inRedis.Store(false)
+		s.lost(sent)
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("cache: read token: %w", err)
+	}
+	if len(res) == 2 {
+		// The key holds something else than a token: no token, as far as
+		// the fleet is concerned; the leader overwrites it under the lock.
+		s.inRedis.Store(false)
+		s.metrics.anomaly(anomalyWrongType)
+		return false, fmt.Errorf("%w: %s holds a %v, not a hash; the leader overwrites it", ErrWrongType, s.cfg.Keys.Token, res[1])
 	}
 	if len(res) != 5 {
 		return false, fmt.Errorf("cache: read token: unexpected answer of %d fields", len(res))
@@ -254,7 +281,7 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 	writer, _ := res[3].(string)
 	keyID, _ := res[4].(string)
 	if value == "" || pttl <= 0 {
-		s.inRedis.Store(false)
+		s.lost(sent)
 		return false, nil
 	}
 	s.inRedis.Store(true)
@@ -279,6 +306,33 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
+// lost records that Redis held no token at sent. When the last read found
+// one and the copy in memory still had well over a second to live, the key
+// was removed before its expiry (eviction under maxmemory, FLUSHALL, a
+// restart without persistence, a failover to a replica that missed it):
+// that is logged and counted, since an operator must fix its cause.
+func (s *Store) lost(sent time.Time) {
+	if !s.inRedis.Swap(false) {
+		return
+	}
+	if t := s.cur.Load(); t != nil && t.Deadline.Sub(sent) > time.Second {
+		s.metrics.anomaly(anomalyTokenLost)
+		s.log.Warn("the token vanished from Redis before its expiry: Redis evicted it (check maxmemory-policy: "+
+			"use noeviction or a volatile-* policy), was flushed, or restarted empty; the leader writes it back from memory",
+			"key", s.cfg.Keys.Token, "fingerprint", t.Fingerprint(), "expires_in", t.Remaining(sent).Round(time.Second))
+	}
+}
+
+// LockLost records that the lock key vanished before its TTL ran out
+// (eviction, flush, restart), which the refresher finds when a renewal is
+// refused and nobody else holds the lock. It counts it and logs why it
+// matters.
+func (s *Store) LockLost() {
+	s.metrics.anomaly(anomalyLockLost)
+	s.log.Warn("the leader lock vanished from Redis before its TTL: Redis evicted it (check maxmemory-policy: "+
+		"use noeviction or a volatile-* policy), was flushed, or restarted empty", "key", s.cfg.Keys.Lock)
+}
+
 // adopt installs t as the copy in memory. The same token seen again keeps
 // the earlier of the two deadlines, so repeated reads never stretch it.
 func (s *Store) adopt(t Token) {
@@ -291,6 +345,7 @@ func (s *Store) adopt(t Token) {
 			if old == nil || old.Value != t.Value {
 				s.log.Info("token adopted", "fingerprint", t.Fingerprint(),
 					"expires_in", t.Remaining(s.cfg.Now()).Round(time.Second), "writer", t.Writer)
+				s.noteReadiness()
 			}
 			return
 		}
@@ -396,32 +451,76 @@ func (s *Store) Publish(ctx context.Context, m Message) error {
 	return nil
 }
 
-// Subscribe returns a channel of the control messages Run receives, and a
-// function that ends the subscription. Messages are dropped for a
-// subscriber that does not keep up (its buffer holds 16).
-func (s *Store) Subscribe() (<-chan Message, func()) {
-	ch := make(chan Message, 16)
+// Subscribe starts a subscription to the control messages Run receives.
+// No message is dropped: each subscription queues its messages, without
+// bound, until they are taken with Next, so a subscriber must keep taking
+// them until it calls Close.
+func (s *Store) Subscribe() *Subscription {
+	sub := &Subscription{s: s, ready: make(chan struct{}, 1)}
 	s.mu.Lock()
-	s.subs[ch] = struct{}{}
+	s.subs[sub] = struct{}{}
 	s.mu.Unlock()
-	var once sync.Once
-	return ch, func() {
-		once.Do(func() {
-			s.mu.Lock()
-			delete(s.subs, ch)
-			s.mu.Unlock()
-		})
-	}
+	return sub
 }
 
 func (s *Store) broadcast(m Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for ch := range s.subs {
-		select {
-		case ch <- m:
-		default:
-		}
+	for sub := range s.subs {
+		sub.put(m)
+	}
+}
+
+// Subscription is one subscriber's queue of control messages, in the order
+// Run received them. Wait on Ready, then take messages with Next until it
+// reports none. Its methods are safe for concurrent use.
+type Subscription struct {
+	s     *Store
+	ready chan struct{} // holds one token while the queue may be non-empty
+
+	mu     sync.Mutex
+	queue  []Message // guarded by mu
+	closed bool      // guarded by mu
+}
+
+// Ready returns a channel that receives when messages are waiting. One
+// receive may stand for many messages: take them all with Next.
+func (sub *Subscription) Ready() <-chan struct{} { return sub.ready }
+
+// Next takes the oldest waiting message, or reports false when none waits.
+func (sub *Subscription) Next() (Message, bool) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if len(sub.queue) == 0 {
+		return Message{}, false
+	}
+	m := sub.queue[0]
+	sub.queue[0] = Message{}
+	sub.queue = sub.queue[1:]
+	return m, true
+}
+
+// Close ends the subscription and drops what it still holds.
+func (sub *Subscription) Close() {
+	sub.s.mu.Lock()
+	delete(sub.s.subs, sub)
+	sub.s.mu.Unlock()
+	sub.mu.Lock()
+	sub.closed, sub.queue = true, nil
+	sub.mu.Unlock()
+}
+
+func (sub *Subscription) put(m Message) {
+	sub.mu.Lock()
+	if sub.closed {
+		sub.mu.Unlock()
+		return
+	}
+	sub.queue = append(sub.queue, m)
+	sub.mu.Unlock()
+	select {
+	case sub.ready <- struct{}{}:
+	default: // a token is already waiting
 	}
 }
 
@@ -438,12 +537,14 @@ func (s *Store) Run(ctx context.Context) error {
 	defer poll.Stop()
 
 	s.loadLogged(ctx)
+	s.noteReadiness()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-poll.C:
 			s.pollLogged(ctx)
+			s.noteReadiness()
 		case m, ok := <-msgs:
 			if !ok {
 				return ctx.Err()
@@ -486,6 +587,8 @@ func (s *Store) Poll(ctx context.Context) (bool, error) {
 	switch {
 	case errors.Is(err, redis.Nil):
 		exp = ""
+	case isWrongType(err):
+		exp = "" // Load says what the key holds
 	case err != nil:
 		return false, fmt.Errorf("cache: poll token: %w", err)
 	}
@@ -511,7 +614,37 @@ func (s *Store) logRead(ctx context.Context, read func(context.Context) (bool, e
 	case err == nil, ctx.Err() != nil:
 	case errors.Is(err, ErrNoKey), errors.Is(err, ErrDecrypt):
 		s.log.Error("the token in Redis cannot be decrypted by this replica: not serving it; check TOKENKEEPER_ENCRYPTION_KEYS", "error", err)
+	case errors.Is(err, ErrWrongType):
+		s.log.Error("the token key in Redis holds a foreign value; it is treated as no token and overwritten by the leader: "+
+			"find what writes to it (keys under tokenkeeper:{...} belong to tokenkeeper)", "error", err)
 	default:
-		s.log.Warn("reading token from Redis failed; serving the copy in memory", "error", err)
+		if t, ok := s.Current(); ok {
+			s.log.Warn("reading token from Redis failed; serving the copy in memory", "error", err,
+				"fingerprint", t.Fingerprint(), "servable_for", (t.Remaining(s.cfg.Now()) - s.cfg.ServeMargin).Round(time.Millisecond))
+		} else {
+			s.log.Warn("reading token from Redis failed, and this replica holds no servable token: not serving", "error", err)
+		}
 	}
+}
+
+// noteReadiness logs when this replica starts or stops holding a servable
+// token, the moment /readyz changes its answer.
+func (s *Store) noteReadiness() {
+	t, ok := s.Current()
+	if s.servable.Swap(ok) == ok {
+		return
+	}
+	if ok {
+		s.log.Info("ready: holding a servable token", "fingerprint", t.Fingerprint(),
+			"servable_for", (t.Remaining(s.cfg.Now()) - s.cfg.ServeMargin).Round(time.Millisecond))
+		return
+	}
+	held, _ := s.Held()
+	s.log.Warn("not ready: no servable token held; reads answer 503 until a new token arrives",
+		"held_fingerprint", held.Fingerprint(), "in_redis", s.InRedis())
+}
+
+// isWrongType reports whether err is Redis's WRONGTYPE error.
+func isWrongType(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE")
 }

@@ -3,6 +3,7 @@ package cache_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -366,8 +367,8 @@ func TestControlMessagesReachSubscribers(t *testing.T) {
 	b := f.store(t, cache.Config{Instance: "b"})
 	run(t, b)
 	f.subscribed(t, 1)
-	msgs, stop := b.Subscribe()
-	defer stop()
+	sub := b.Subscribe()
+	defer sub.Close()
 
 	// A malformed payload is ignored, not fatal.
 	if err := f.rdb.Publish(ctx, f.keys.Events, "{not json").Err(); err != nil {
@@ -377,13 +378,83 @@ func TestControlMessagesReachSubscribers(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case m := <-msgs:
+	case <-sub.Ready():
+		m, ok := sub.Next()
 		want := cache.Message{Type: cache.MsgRefresh, ID: "r1", From: "a"}
-		if m != want {
-			t.Fatalf("got %+v, want %+v", m, want)
+		if !ok || m != want {
+			t.Fatalf("got %+v (%v), want %+v", m, ok, want)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no message within 5s")
+	}
+}
+
+// A subscriber that does not read for a while loses nothing: a burst of
+// control messages far larger than any buffer arrives whole and in order.
+func TestSubscriberLosesNoMessage(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	a := f.store(t, cache.Config{Instance: "a"})
+	b := f.store(t, cache.Config{Instance: "b"})
+	run(t, b)
+	f.subscribed(t, 1)
+	sub := b.Subscribe()
+	defer sub.Close()
+
+	const n = 200
+	for i := range n {
+		if err := a.Publish(ctx, cache.Message{Type: cache.MsgRefresh, ID: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	deadline := time.After(10 * time.Second)
+	for len(got) < n {
+		select {
+		case <-sub.Ready():
+			for m, ok := sub.Next(); ok; m, ok = sub.Next() {
+				got = append(got, m.ID)
+			}
+		case <-deadline:
+			t.Fatalf("got %d of %d messages", len(got), n)
+		}
+	}
+	for i, id := range got {
+		if id != fmt.Sprint(i) {
+			t.Fatalf("message %d is %q, want %q (order kept)", i, id, fmt.Sprint(i))
+		}
+	}
+}
+
+// A token key holding a foreign value (a plain string) is no token: reads
+// say so by name instead of failing, and the lock holder's write replaces
+// it, so the fleet does not stay down until someone deletes it.
+func TestForeignValueIsOverwrittenUnderTheLock(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	s := f.store(t, cache.Config{Instance: "a"})
+	if err := f.rdb.Set(ctx, f.keys.Token, "not-a-hash", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ok, err := s.Load(ctx)
+	if ok || !errors.Is(err, cache.ErrWrongType) {
+		t.Fatalf("Load of a foreign value: got %v, %v; want false, ErrWrongType", ok, err)
+	}
+	if s.InRedis() {
+		t.Fatal("InRedis after a foreign value: got true, want false (so the leader writes)")
+	}
+	if _, err := s.Poll(ctx); !errors.Is(err, cache.ErrWrongType) {
+		t.Fatalf("Poll of a foreign value: got %v, want ErrWrongType", err)
+	}
+	f.lock(t, "me")
+	if _, err := s.Write(ctx, cache.Write{LockValue: "me", Value: "tok", Deadline: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatalf("Write over a foreign value: %v", err)
+	}
+	if ok, err := s.Load(ctx); !ok || err != nil {
+		t.Fatalf("Load after the overwrite: got %v, %v; want true, nil", ok, err)
+	}
+	if got, ok := s.Current(); !ok || got.Value != "tok" {
+		t.Fatalf("Current after the overwrite: got %q, %v", got.Value, ok)
 	}
 }
 

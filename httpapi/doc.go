@@ -29,7 +29,10 @@
 //   - Every answer carries X-Tokenkeeper-Instance, X-Content-Type-Options:
 //     nosniff and Cache-Control: no-store. Every error, including echo's
 //     own 404 and 405, is JSON: {"error":{"code":"...","message":"..."}}.
-//     Messages never repeat request input.
+//     Under Serve this holds too for the requests net/http refuses before
+//     any handler runs: 431 header_too_large, 400 bad_request, 501
+//     not_implemented, 505 http_version_not_supported, each with
+//     Connection: close. Messages never repeat request input.
 //   - Keys and tokens are never logged, and no answer but the token route's
 //     200 contains the token; the admin routes show its fingerprint.
 //   - Requests are not logged at Info; handler failures are logged at Debug,

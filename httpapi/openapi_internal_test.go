@@ -197,7 +197,8 @@ func TestStatusPage(t *testing.T) {
 				}
 			}
 			body := w.Body.String()
-			for _, id := range []string{`id="countdown"`, `id="replicas"`, `id="refreshes"`, `id="leader"`, `fetch("v1/status"`} {
+			for _, id := range []string{`id="countdown"`, `id="replicas"`, `id="refreshes"`, `id="leader"`, `fetch("v1/status"`,
+				`<th>Upstream</th>`, `r.upstream === "failing"`, `r.upstream_error`} {
 				if !strings.Contains(body, id) {
 					t.Errorf("page lacks %s", id)
 				}

@@ -34,12 +34,15 @@ type Tokens interface {
 // methods must be safe for concurrent use.
 type Controller interface {
 	// Status describes the fleet as this replica sees it. Errors wrapping
-	// ErrUnavailable answer 503, others 500; admins see their message.
+	// ErrUnavailable answer 503 with Retry-After (Config.RetryAfter),
+	// others 500; admins see their message.
 	Status(ctx context.Context) (Status, error)
 	// Refresh asks the leader (whichever replica it is) to fetch a new token
 	// now and blocks until the new token is stored or ctx ends. Returns the
-	// new token. Errors wrapping ErrUnavailable answer 503, others 502;
-	// admins see their message, so it must not hold secrets.
+	// new token. Errors wrapping ErrUnavailable answer 503 with Retry-After
+	// (Config.RetryAfter), others 502; once ctx's deadline
+	// (Config.RefreshTimeout) has passed, 504. Admins see the message, so it
+	// must not hold secrets.
 	Refresh(ctx context.Context) (cache.Token, error)
 }
 
@@ -372,6 +375,8 @@ func (s *Server) Drain() { s.draining.Store(true) }
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // serveHTTP sets the headers every answer carries and hands over to echo.
+// earlyAnswer writes the same headers into the answers net/http gives
+// before any handler runs: keep the two in step.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h["X-Tokenkeeper-Instance"] = s.instanceValue
@@ -387,6 +392,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // refresh answers 503) and waits up to Config.ShutdownTimeout for them to
 // finish before closing what remains. It closes ln. It returns nil after a
 // shutdown caused by ctx, or the error that stopped serving.
+//
+// The requests net/http refuses itself, before any handler runs (headers
+// over 16 KiB: 431; a malformed request line, header or Host: 400), are
+// answered with the same JSON errors and headers as every other answer. A
+// server of the caller's own running Handler answers them as net/http
+// does, in plain text.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBase()
@@ -401,7 +412,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- srv.Serve(earlyListener{ln, s}) }()
 	s.log.Info("httpapi: serving", "addr", ln.Addr().String(), "instance", s.instance)
 
 	select {

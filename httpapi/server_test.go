@@ -414,6 +414,11 @@ func TestStatus(t *testing.T) {
 		ExpiresIn:        12345, // overwritten
 		LastRefresh:      t0.Add(-50 * time.Minute).In(loc),
 		LastError:        "",
+		Replicas: []httpapi.Replica{
+			{Instance: "replica-1", Ready: true, Upstream: httpapi.UpstreamFailing, UpstreamError: "upstream: dial tcp 10.0.0.9:443: connect: connection refused"},
+			{Instance: "replica-2", Ready: true, Leader: true, Upstream: httpapi.UpstreamOK},
+			{Instance: "replica-3"},
+		},
 	}
 	w := ev.do(t, req{path: "/v1/status", header: bearer(adminKey)})
 	if w.Code != 200 {
@@ -433,9 +438,15 @@ func TestStatus(t *testing.T) {
 		"expires_at":        "2026-03-04T05:16:07Z",
 		"expires_in":        float64(600),
 		"last_refresh":      "2026-03-04T04:16:07Z",
-		"replicas":          []any{},
-		"refreshes":         []any{},
-		"generated_at":      "2026-03-04T05:06:07Z",
+		"replicas": []any{
+			// upstream and upstream_error are left out when empty.
+			map[string]any{"instance": "replica-1", "ready": true, "leader": false,
+				"upstream": "failing", "upstream_error": "upstream: dial tcp 10.0.0.9:443: connect: connection refused"},
+			map[string]any{"instance": "replica-2", "ready": true, "leader": true, "upstream": "ok"},
+			map[string]any{"instance": "replica-3", "ready": false, "leader": false},
+		},
+		"refreshes":    []any{},
+		"generated_at": "2026-03-04T05:06:07Z",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("status = %v\nwant %v", got, want)
@@ -496,6 +507,9 @@ func TestRefresh(t *testing.T) {
 			}
 			if got, want := w.Header().Get("Retry-After") != "", tt.retry; got != want {
 				t.Errorf("Retry-After present = %v, want %v", got, want)
+			}
+			if got := w.Header().Get("Retry-After"); tt.retry && got != "2" {
+				t.Errorf("Retry-After = %q, want 2 (Config.RetryAfter 1.5s rounded up)", got)
 			}
 			if strings.Contains(w.Body.String(), newTok.Value) {
 				t.Errorf("answer holds the token: %s", w.Body)

@@ -47,6 +47,9 @@ type Attempt struct {
 	ExpiresAt time.Time
 	// Error says why the attempt failed; it holds no secret.
 	Error string
+	// RetryAfter is the delay the upstream asked for on failure (0: none),
+	// which binds the next leader too.
+	RetryAfter time.Duration
 }
 
 // Replica is one replica's last heartbeat.
@@ -72,6 +75,13 @@ type Replica struct {
 	// Problem is what keeps it from serving or leading, if anything it
 	// knows of (for example a token it cannot decrypt).
 	Problem string
+	// Upstream is whether its last call to the upstream, made while
+	// leading, worked: "ok", "failing", or "" when it has made none.
+	// UpstreamError is the error of a failing one; it holds no secret.
+	Upstream, UpstreamError string
+	// AsideFor is how long it still stays out of elections after handing
+	// leadership over (0: it stands as usual).
+	AsideFor time.Duration
 }
 
 // Fleet is the fleet as Redis records it.
@@ -198,6 +208,9 @@ type heartbeat struct {
 	LastEventAgo  int64  `json:"last_event_ago_ms,omitempty"` // -1: none yet
 	LastEventType string `json:"last_event,omitempty"`
 	Problem       string `json:"problem,omitempty"`
+	Upstream      string `json:"upstream,omitempty"`
+	UpstreamError string `json:"upstream_error,omitempty"`
+	AsideForMS    int64  `json:"aside_for_ms,omitempty"`
 }
 
 // attemptWire is an Attempt on the wire.
@@ -209,6 +222,7 @@ type attemptWire struct {
 	Fingerprint string  `json:"fp,omitempty"`
 	ExpiresInMS int64   `json:"expires_in_ms,omitempty"`
 	Error       string  `json:"error,omitempty"`
+	RetryAfter  float64 `json:"retry_after_s,omitempty"`
 }
 
 // splitStamped splits "<ms> <rest>" (and "<ms> <ttl> <rest>" when ttl).
@@ -262,20 +276,27 @@ func readReplicas(ctx context.Context, rdb redis.Scripter, key string) ([]Replic
 			continue
 		}
 		seen := local.Add(-fromMS(now - at))
-		r := Replica{
-			Instance: hb.Instance, Version: hb.Version, Ready: hb.Ready, Leader: hb.Leader,
-			Fingerprint: hb.Fingerprint, LastEventType: hb.LastEventType, Seen: seen, Problem: hb.Problem,
-		}
-		if hb.ExpiresInMS > 0 {
-			r.ExpiresAt = seen.Add(fromMS(hb.ExpiresInMS))
-		}
-		if hb.LastEventAgo >= 0 && hb.LastEventType != "" {
-			r.LastEvent = seen.Add(-fromMS(hb.LastEventAgo))
-		}
+		r := hb.replica(seen)
 		out = append(out, r)
 	}
 	sortReplicas(out)
 	return out, nil
+}
+
+// replica is hb as written at seen, on the reader's clock.
+func (hb heartbeat) replica(seen time.Time) Replica {
+	r := Replica{
+		Instance: hb.Instance, Version: hb.Version, Ready: hb.Ready, Leader: hb.Leader,
+		Fingerprint: hb.Fingerprint, LastEventType: hb.LastEventType, Seen: seen, Problem: hb.Problem,
+		Upstream: hb.Upstream, UpstreamError: hb.UpstreamError, AsideFor: fromMS(hb.AsideForMS),
+	}
+	if hb.ExpiresInMS > 0 {
+		r.ExpiresAt = seen.Add(fromMS(hb.ExpiresInMS))
+	}
+	if hb.LastEventAgo >= 0 && hb.LastEventType != "" {
+		r.LastEvent = seen.Add(-fromMS(hb.LastEventAgo))
+	}
+	return r
 }
 
 func sortReplicas(rs []Replica) {
@@ -304,7 +325,7 @@ func readAttempts(ctx context.Context, rdb redis.Scripter, key string) ([]Attemp
 func (w attemptWire) attempt(at time.Time) Attempt {
 	a := Attempt{
 		At: at, By: w.By, Outcome: w.Outcome, Took: fromSeconds(w.Took), Upstream: fromSeconds(w.Upstream),
-		Fingerprint: w.Fingerprint, Error: w.Error,
+		Fingerprint: w.Fingerprint, Error: w.Error, RetryAfter: fromSeconds(w.RetryAfter),
 	}
 	if w.ExpiresInMS > 0 {
 		a.ExpiresAt = at.Add(fromMS(w.ExpiresInMS))
@@ -352,7 +373,7 @@ func (r *Refresher) recordAttempt(ctx context.Context, a Attempt, inARow int) {
 	r.metrics.attempt(a, inARow)
 	w := attemptWire{
 		By: a.By, Outcome: a.Outcome, Took: a.Took.Seconds(), Upstream: a.Upstream.Seconds(),
-		Fingerprint: a.Fingerprint, Error: a.Error,
+		Fingerprint: a.Fingerprint, Error: a.Error, RetryAfter: a.RetryAfter.Seconds(),
 	}
 	if !a.ExpiresAt.IsZero() {
 		w.ExpiresInMS = max(ms(a.ExpiresAt.Sub(r.cfg.Now())), 1)
@@ -385,25 +406,20 @@ func (r *Refresher) self() heartbeat {
 	if err := r.store.Unreadable(); err != nil {
 		hb.Problem = err.Error()
 	}
+	r.mu.Lock()
+	hb.Upstream, hb.UpstreamError = r.upstreamState, r.upstreamErr
+	aside := r.asideUntil
+	r.mu.Unlock()
+	if d := aside.Sub(now); d > 0 {
+		hb.AsideForMS = ms(d)
+	}
 	return hb
 }
 
 // selfReplica is this replica's own view as a Replica, for Status when the
 // heartbeats cannot be read.
 func (r *Refresher) selfReplica() Replica {
-	now := r.cfg.Now().Round(0)
-	hb := r.self()
-	rep := Replica{
-		Instance: hb.Instance, Version: hb.Version, Ready: hb.Ready, Leader: hb.Leader,
-		Fingerprint: hb.Fingerprint, LastEventType: hb.LastEventType, Seen: now, Problem: hb.Problem,
-	}
-	if hb.ExpiresInMS > 0 {
-		rep.ExpiresAt = now.Add(fromMS(hb.ExpiresInMS))
-	}
-	if hb.LastEventAgo >= 0 && hb.LastEventType != "" {
-		rep.LastEvent = now.Add(-fromMS(hb.LastEventAgo))
-	}
-	return rep
+	return r.self().replica(r.cfg.Now().Round(0))
 }
 
 // Heartbeat writes this replica's heartbeat into Redis every
@@ -412,8 +428,8 @@ func (r *Refresher) selfReplica() Replica {
 // intervals. Redis being unreachable is counted and logged at Debug, not
 // returned. It returns ctx's error.
 func (r *Refresher) Heartbeat(ctx context.Context) error {
-	msgs, stop := r.store.Subscribe()
-	defer stop()
+	sub := r.store.Subscribe()
+	defer sub.Close()
 	tick := time.NewTicker(r.cfg.HeartbeatEvery)
 	defer tick.Stop()
 	watch := time.NewTicker(min(r.cfg.HeartbeatEvery, 200*time.Millisecond))
@@ -448,13 +464,15 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 				r.log.Debug("removing the heartbeat failed; it expires by itself", "error", err)
 			}
 			return ctx.Err()
-		case m := <-msgs:
-			r.fleet.sawEvent(r.cfg.Now(), m.Type)
+		case <-sub.Ready():
+			for m, ok := sub.Next(); ok; m, ok = sub.Next() {
+				r.fleet.sawEvent(r.cfg.Now(), m.Type)
+			}
 		case <-watch.C:
 			// Beat at once when readiness or leadership changed, so the
 			// fleet view does not lag a whole interval behind. Looking
 			// costs nothing: both are known in memory.
-			if now := r.self(); now.Ready != sent.Ready || now.Leader != sent.Leader {
+			if now := r.self(); now.Ready != sent.Ready || now.Leader != sent.Leader || now.Upstream != sent.Upstream {
 				beat()
 			}
 		case <-tick.C:

@@ -173,9 +173,10 @@ func TestRefreshMetricsAndHistory(t *testing.T) {
 	addr, keys := newRedis(t)
 	src := &source{lifetime: fast.lifetime}
 	a := startObserved(t, "a", addr, keys, src, fast)
-	eventually(t, 5*time.Second, "a leads and holds a token", func() bool {
+	eventually(t, 5*time.Second, "a leads and has recorded its first refresh", func() bool {
 		_, ok := a.store.Current()
-		return a.ref.IsLeader() && ok
+		st, err := a.ref.Status(context.Background())
+		return a.ref.IsLeader() && ok && err == nil && len(st.Refreshes) > 0
 	})
 	if got := value(t, a.reg, "tokenkeeper_leader"); got != 1 {
 		t.Errorf("tokenkeeper_leader = %v, want 1", got)

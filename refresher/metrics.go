@@ -14,7 +14,8 @@ import (
 // client-go's leaderelection metrics:
 //
 //	tokenkeeper_leader                             1 while this replica holds the leader lock, else 0
-//	tokenkeeper_leadership_changes_total{change}   acquired, lost (renewal failed), fenced, released (shutdown)
+//	tokenkeeper_leadership_changes_total{change}   acquired, lost (renewal failed), fenced, released (shutdown),
+//	                                               handed_over (refreshes kept failing here)
 //	tokenkeeper_refreshes_total{outcome}           refresh attempts by outcome (Outcome* constants)
 //	tokenkeeper_refresh_consecutive_failures       failed attempts in a row by this leader (0 after a success, and on followers)
 //	tokenkeeper_refresh_duration_seconds           time of a refresh attempt: upstream call and fenced write
@@ -69,15 +70,18 @@ const (
 	changeLost     = "lost"
 	changeFenced   = "fenced"
 	changeReleased = "released"
+	changeHanded   = "handed_over"
 )
 
 // changeOf names the end of a leadership from the reason lead logs.
 func changeOf(reason string) string {
 	switch reason {
-	case "fenced":
+	case endFenced:
 		return changeFenced
-	case "released on shutdown":
+	case endReleased:
 		return changeReleased
+	case endHandedOver:
+		return changeHanded
 	default:
 		return changeLost
 	}
@@ -102,7 +106,7 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) (*metrics, error) {
 	m := &metrics{
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenkeeper_leadership_changes_total",
-			Help: "Leadership changes of this replica: acquired, lost (a renewal failed), fenced (a write found the lock gone), released (on shutdown).",
+			Help: "Leadership changes of this replica: acquired, lost (a renewal failed), fenced (a write found the lock gone), released (on shutdown), handed_over (refreshes kept failing here).",
 		}, []string{"change"}),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenkeeper_refreshes_total",
@@ -122,7 +126,7 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) (*metrics, error) {
 			Help: "Heartbeats this replica wrote to Redis, by result: ok, error.",
 		}, []string{"result"}),
 	}
-	for _, c := range []string{changeAcquired, changeLost, changeFenced, changeReleased} {
+	for _, c := range []string{changeAcquired, changeLost, changeFenced, changeReleased, changeHanded} {
 		m.changes.WithLabelValues(c)
 	}
 	for _, o := range outcomes {

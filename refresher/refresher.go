@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,8 @@ var (
 	// ErrBadToken means the upstream answered a token that must not be
 	// stored.
 	ErrBadToken = errors.New("refresher: unusable token")
+	// ErrUnavailable means Redis could not be reached to ask the leader.
+	ErrUnavailable = errors.New("refresher: Redis unavailable")
 )
 
 // Source fetches a new token from the upstream.
@@ -69,8 +72,21 @@ type Config struct {
 	// Default: RefreshBefore/10. Negative disables it.
 	Jitter time.Duration
 	// RetryMin and RetryMax bound the backoff between failed attempts.
-	// Defaults: 1s and 60s.
+	// Defaults: 1s and 60s. The backoff is the fleet's: a new leader goes on
+	// from the failures its predecessors recorded in Redis.
 	RetryMin, RetryMax time.Duration
+	// HandoverAfter is how many refresh attempts in a row may fail (the
+	// upstream failing, refusing or answering garbage) before the leader
+	// hands leadership over: it releases the lock so that another replica,
+	// which may reach the upstream, tries. An attempt refused for good
+	// (400, 401 or 403 on sign-on: this replica's credentials) hands over
+	// at once. Default: 3.
+	HandoverAfter int
+	// HandoverCooldown is how long a replica that handed over stays out of
+	// elections, so that it is not re-elected ahead of one that has not
+	// failed; it stands again sooner when the lock stays free for a lock
+	// TTL (no other replica wants it). Default: 1m.
+	HandoverCooldown time.Duration
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
 	// Logger receives leadership and refresh logs. Default: slog.Default().
@@ -98,11 +114,21 @@ type Refresher struct {
 
 	leading atomic.Bool
 
-	mu          sync.Mutex
-	lastRefresh time.Time
-	nextRefresh time.Time
-	lastErr     string
-	fetches     uint64
+	// unsaved is a token fetched and not yet stored, kept across terms of
+	// leadership. Owned by Run's goroutine.
+	unsaved *upstream.Token
+
+	mu            sync.Mutex // guards the fields below
+	lastRefresh   time.Time
+	nextRefresh   time.Time
+	lastErr       string
+	fetches       uint64
+	upstreamState string    // "", upstreamOK or upstreamFailing: this replica's last try
+	upstreamErr   string    // the error of the last failing try
+	asideUntil    time.Time // having handed over, out of elections until then
+
+	reqMu sync.Mutex   // guards req
+	req   *refreshCall // the refresh request this replica has in flight
 
 	metrics *metrics   // nil without Config.Registerer
 	fleet   fleetState // heartbeats and recent attempts (fleet.go)
@@ -161,6 +187,18 @@ func New(cfg Config, rdb RedisClient, store *cache.Store, src Source) (*Refreshe
 	if cfg.RetryMin <= 0 || cfg.RetryMax < cfg.RetryMin {
 		return nil, fmt.Errorf("refresher: retry backoff must satisfy 0 < min (%v) <= max (%v)", cfg.RetryMin, cfg.RetryMax)
 	}
+	if cfg.HandoverAfter == 0 {
+		cfg.HandoverAfter = 3
+	}
+	if cfg.HandoverAfter < 0 {
+		return nil, fmt.Errorf("refresher: handover after %d failures must be at least 1", cfg.HandoverAfter)
+	}
+	if cfg.HandoverCooldown == 0 {
+		cfg.HandoverCooldown = time.Minute
+	}
+	if cfg.HandoverCooldown < 0 {
+		return nil, fmt.Errorf("refresher: handover cooldown %v is negative", cfg.HandoverCooldown)
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -204,19 +242,20 @@ func (r *Refresher) Fetches() uint64 {
 // the lock. On return it has released the lock if it held it. It returns
 // ctx's error.
 func (r *Refresher) Run(ctx context.Context) error {
-	msgs, stop := r.store.Subscribe()
-	defer stop()
+	sub := r.store.Subscribe()
+	defer sub.Close()
 	wake := time.NewTimer(0)
 	defer wake.Stop()
+	var freeSince time.Time // while aside: since when the lock has been seen free
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-wake.C:
-		case m := <-msgs:
+		case <-sub.Ready():
 			// A released lock is worth trying at once; anything else waits
 			// for the timer.
-			if m.Type != cache.MsgReleased {
+			if !drainFor(sub, cache.MsgReleased) {
 				continue
 			}
 		}
@@ -226,24 +265,63 @@ func (r *Refresher) Run(ctx context.Context) error {
 			wake.Reset(r.cfg.ElectEvery)
 			continue
 		}
-		if d := r.lockHeldFor(ctx); d > 0 {
+		held := r.lockHeldFor(ctx)
+		if held > 0 {
 			// Another replica leads: its lock cannot come free before it
 			// expires, unless released, which is announced. Sleeping until
 			// then costs Redis one PTTL per lock period instead of a
 			// failed Obtain every ElectEvery.
-			wake.Reset(d)
+			freeSince = time.Time{}
+			wake.Reset(held)
 			continue
 		}
+		if now := r.cfg.Now(); now.Before(r.asideTill()) {
+			// Handed over recently: let the others take the lock, and stand
+			// again only when none has for a lock TTL.
+			if freeSince.IsZero() {
+				freeSince = now
+			}
+			if now.Sub(freeSince) < r.cfg.LockTTL {
+				wake.Reset(r.cfg.ElectEvery)
+				continue
+			}
+			r.log.Info("no other replica took the lock; standing for election again")
+		}
+		freeSince = time.Time{}
+		sent := r.cfg.Now()
 		lock, err := r.locker.Obtain(ctx, r.store.Keys().Lock, r.cfg.LockTTL, &redislock.Options{Metadata: r.cfg.Instance})
 		switch {
 		case err == nil:
-			r.lead(ctx, lock)
+			r.setAside(time.Time{})
+			r.lead(ctx, lock, sent)
 		case errors.Is(err, redislock.ErrNotObtained), ctx.Err() != nil:
 		default:
 			r.log.Debug("election: cannot reach Redis", "error", err)
 		}
 		wake.Reset(r.cfg.ElectEvery)
 	}
+}
+
+func (r *Refresher) asideTill() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.asideUntil
+}
+
+func (r *Refresher) setAside(until time.Time) {
+	r.mu.Lock()
+	r.asideUntil = until
+	r.mu.Unlock()
+}
+
+// drainFor takes every message waiting in sub and reports whether one was
+// of type typ.
+func drainFor(sub *cache.Subscription, typ string) bool {
+	found := false
+	for m, ok := sub.Next(); ok; m, ok = sub.Next() {
+		found = found || m.Type == typ
+	}
+	return found
 }
 
 // lockHeldFor returns how long the lock has left when another replica
@@ -257,9 +335,18 @@ func (r *Refresher) lockHeldFor(ctx context.Context) time.Duration {
 	return min(d+time.Millisecond, r.cfg.LockTTL)
 }
 
+// Why leadership ended, as logged and counted (changeOf).
+const (
+	endFenced     = "fenced"
+	endLost       = "lock lost"
+	endReleased   = "released on shutdown"
+	endHandedOver = "handed over"
+)
+
 // lead runs leader-only work under a context that ends when the lock is
-// lost or ctx ends, then releases the lock if ctx ended.
-func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock) {
+// lost or ctx ends, then releases the lock if ctx ended or this replica
+// hands over. sent is when the Obtain that took the lock was sent.
+func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Time) {
 	start := r.cfg.Now()
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -271,7 +358,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		r.renew(lctx, cancel, lock)
+		r.renew(lctx, cancel, lock, sent)
 	}()
 	reason := r.work(lctx, lock.Token()+lock.Metadata())
 	cancel()
@@ -279,9 +366,9 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock) {
 	r.leading.Store(false)
 	r.metrics.follower()
 
-	if ctx.Err() != nil {
-		// Shutting down: hand over at once instead of letting the lock expire.
-		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if ctx.Err() != nil || reason == endHandedOver {
+		// Hand over at once instead of letting the lock expire.
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
 		defer rcancel()
 		if err := lock.Release(rctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
 			r.log.Warn("releasing the lock failed; another replica leads once it expires", "error", err)
@@ -289,67 +376,180 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock) {
 			if err := r.store.Publish(rctx, cache.Message{Type: cache.MsgReleased}); err != nil {
 				r.log.Debug("announcing the release failed", "error", err)
 			}
-			reason = "released on shutdown"
+			if reason != endHandedOver {
+				reason = endReleased
+			}
 		}
+	}
+	if reason == endHandedOver {
+		r.setAside(r.cfg.Now().Add(r.cfg.HandoverCooldown))
 	}
 	r.log.Info("leadership ended", "reason", reason, "led_for", r.cfg.Now().Sub(start).Round(time.Millisecond))
 	r.metrics.leadership(changeOf(reason))
 }
 
-// renew keeps the lock alive and cancels leadership when a renewal fails.
-// Each attempt is bounded by RenewEvery, so leadership ends no later than
-// 2*RenewEvery after the last good renewal: before the lock can expire.
-func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *redislock.Lock) {
-	tick := time.NewTicker(r.cfg.RenewEvery)
+// RedisTimeout is the longest a Redis command may take for a replica whose
+// lock lives lockTTL: a quarter of it, so that a renewal may be retried
+// within the lock's life. Use it as the client's read and write timeouts
+// when the Redis URL names none.
+func RedisTimeout(lockTTL time.Duration) time.Duration { return lockTTL / 4 }
+
+// leaseGuard is how long before the lock could expire, by the local clock,
+// leadership ends: room for Redis's clock to run a little faster.
+func (r *Refresher) leaseGuard() time.Duration {
+	return max(r.cfg.LockTTL/10, 10*time.Millisecond)
+}
+
+// renew keeps the lock alive while ctx lasts. The lock lives at least
+// LockTTL from the sending of the last command that set it; a renewal that
+// fails or times out is retried while that lease lasts, and leadership is
+// cancelled a guard before it ends, never after, whether or not a renewal
+// is still in flight. A renewal refused because the lock is no longer this
+// replica's ends leadership at once. sent is when the lock was obtained.
+func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *redislock.Lock, sent time.Time) {
+	guard := r.leaseGuard()
+	leaseEnd := sent.Add(r.cfg.LockTTL - guard)
+	expiry := time.NewTimer(leaseEnd.Sub(r.cfg.Now()))
+	defer expiry.Stop()
+	tick := time.NewTimer(r.cfg.RenewEvery)
 	defer tick.Stop()
+	failed := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
-		}
-		rctx, rcancel := context.WithTimeout(ctx, r.cfg.RenewEvery)
-		err := lock.Refresh(rctx, r.cfg.LockTTL, nil)
-		rcancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				r.log.Warn("lock renewal failed; stepping down", "error", err)
-				r.setErr(fmt.Errorf("lock renewal: %w", err))
-			}
+		case <-expiry.C:
+			r.log.Warn("lock renewals did not succeed in time; stepping down before the lock can expire", "failed_renewals", failed)
+			r.setErr(fmt.Errorf("lock renewal: %d attempts failed within the lock TTL", failed))
 			cancel()
 			return
+		case <-tick.C:
 		}
+		sent := r.cfg.Now()
+		until := sent.Add(RedisTimeout(r.cfg.LockTTL))
+		if leaseEnd.Before(until) {
+			until = leaseEnd
+		}
+		rctx, rcancel := context.WithDeadline(ctx, until)
+		err := lock.Refresh(rctx, r.cfg.LockTTL, nil)
+		rcancel()
+		switch {
+		case err == nil:
+			failed = 0
+			leaseEnd = sent.Add(r.cfg.LockTTL - guard)
+			expiry.Reset(leaseEnd.Sub(r.cfg.Now()))
+			tick.Reset(r.cfg.RenewEvery)
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, redislock.ErrNotObtained):
+			// The lock is not ours any more: expired, taken, or removed.
+			r.noteLockGone(ctx)
+			r.log.Warn("lock renewal refused: the lock is no longer held; stepping down", "error", err)
+			r.setErr(fmt.Errorf("lock renewal: %w", err))
+			cancel()
+			return
+		default:
+			// Slow or unreachable Redis: try again while the lease lasts.
+			failed++
+			r.log.Warn("lock renewal failed; retrying while the lock lasts", "error", err, "attempt", failed,
+				"lease_left", leaseEnd.Sub(r.cfg.Now()).Round(time.Millisecond))
+			tick.Reset(max(r.cfg.RenewEvery/4, time.Millisecond))
+		}
+	}
+}
+
+// noteLockGone records an anomaly when the lock renewal was refused and no
+// replica holds the lock: its key vanished before its TTL.
+func (r *Refresher) noteLockGone(ctx context.Context) {
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RedisTimeout(r.cfg.LockTTL))
+	defer cancel()
+	if _, err := r.rdb.Get(gctx, r.store.Keys().Lock).Result(); errors.Is(err, redis.Nil) {
+		r.store.LockLost()
 	}
 }
 
 // leaderState is the refresh loop's memory, owned by work.
 type leaderState struct {
 	lockValue string
-	attempt   int                // failed attempts in a row
-	retryAt   time.Time          // no attempt before this
-	unsaved   *upstream.Token    // fetched but not yet stored
-	pending   []string           // refresh request ids to answer
-	jitter    map[string]float64 // per token value: fraction of Jitter
-	upstream  time.Duration      // time of the last attempt's upstream call; 0 if none
+	sub       *cache.Subscription
+	attempt   int                      // failed attempts in a row, fleet-wide
+	failed    int                      // failed attempts in a row in this term
+	retryAt   time.Time                // no attempt before this
+	pending   []string                 // refresh request ids to answer
+	answered  map[string]cache.Message // recent answers by request id, for repeated requests
+	order     []string                 // ids of answered, oldest first
+	jitter    map[string]float64       // per token value: fraction of Jitter
+	upstream  time.Duration            // time of the last attempt's upstream call; 0 if none
+}
+
+// maxAnswered bounds the answers a leader keeps for repeated requests.
+// Forgetting one costs at most an extra attempt: a requester also accepts
+// any token fetched after it asked.
+const maxAnswered = 256
+
+// request takes a refresh request: answered again when already answered,
+// else pending for the next attempt.
+func (r *Refresher) request(ctx context.Context, st *leaderState, m cache.Message) {
+	if reply, ok := st.answered[m.ID]; ok {
+		r.publish(ctx, reply)
+		return
+	}
+	if !slices.Contains(st.pending, m.ID) {
+		r.log.Info("refresh requested", "by", m.From)
+		st.pending = append(st.pending, m.ID)
+	}
+}
+
+// takeRequests takes the refresh requests waiting in the subscription.
+func (r *Refresher) takeRequests(ctx context.Context, st *leaderState) {
+	for m, ok := st.sub.Next(); ok; m, ok = st.sub.Next() {
+		if m.Type == cache.MsgRefresh {
+			r.request(ctx, st, m)
+		}
+	}
+}
+
+// answer sends reply to every pending request and remembers it.
+func (r *Refresher) answer(ctx context.Context, st *leaderState, reply cache.Message) {
+	for _, id := range st.pending {
+		reply.ID = id
+		r.publish(ctx, reply)
+		if _, seen := st.answered[id]; !seen {
+			st.order = append(st.order, id)
+		}
+		st.answered[id] = reply
+	}
+	st.pending = st.pending[:0]
+	for len(st.order) > maxAnswered {
+		delete(st.answered, st.order[0])
+		st.order = st.order[1:]
+	}
+}
+
+func (r *Refresher) publish(ctx context.Context, m cache.Message) {
+	if err := r.store.Publish(ctx, m); err != nil {
+		r.log.Debug("answering a refresh request failed; the requester asks again", "error", err)
+	}
 }
 
 // work is the leader's loop. It returns why leadership ended.
 func (r *Refresher) work(ctx context.Context, lockValue string) string {
-	msgs, stop := r.store.Subscribe()
-	defer stop()
+	sub := r.store.Subscribe()
+	defer sub.Close()
 	check := time.NewTicker(r.cfg.CheckEvery)
 	defer check.Stop()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 
-	st := &leaderState{lockValue: lockValue, jitter: make(map[string]float64)}
+	st := &leaderState{lockValue: lockValue, sub: sub, answered: make(map[string]cache.Message), jitter: make(map[string]float64)}
 	defer r.abandon(ctx, st)
 	if _, err := r.store.Load(ctx); err != nil && ctx.Err() == nil {
 		r.log.Warn("leader cannot read Redis", "error", err)
 	}
+	r.inherit(ctx, st)
 	for {
 		if err := r.reseed(ctx, st); errors.Is(err, cache.ErrFenced) {
-			return "fenced"
+			return endFenced
 		}
 		due := r.due(st)
 		r.mu.Lock()
@@ -359,49 +559,111 @@ func (r *Refresher) work(ctx context.Context, lockValue string) string {
 
 		select {
 		case <-ctx.Done():
-			return "lock lost"
+			return endLost
 		case <-check.C:
 			// The store's own poll keeps InRedis current; reseed, at the
 			// top of the loop, acts on it. No Redis command of its own.
 			continue
-		case m := <-msgs:
-			if m.Type == cache.MsgRefresh {
-				r.log.Info("refresh requested", "by", m.From)
-				st.pending = append(st.pending, m.ID)
-			}
+		case <-sub.Ready():
+			r.takeRequests(ctx, st)
+			r.refuseDuringBackoff(ctx, st)
 			continue
 		case <-timer.C:
 		}
 		if r.cfg.Now().Before(due) {
 			continue
 		}
-		if err := r.attempt(ctx, st); errors.Is(err, cache.ErrFenced) {
-			return "fenced"
+		err := r.attempt(ctx, st)
+		switch {
+		case errors.Is(err, cache.ErrFenced):
+			return endFenced
+		case r.handOver(st, err):
+			r.log.Warn("handing leadership over: refreshes keep failing here; another replica may reach the upstream",
+				"failed_attempts", st.failed, "error", err, "cooldown", r.cfg.HandoverCooldown)
+			return endHandedOver
 		}
 	}
 }
 
+// handOver reports whether the leader should give up leadership after an
+// attempt that returned err: the upstream failed HandoverAfter times in a
+// row in this term, or refused this replica for good. Redis failures, the
+// fleet's sign-on budget and fencing are no reason: another replica would
+// meet them too.
+func (r *Refresher) handOver(st *leaderState, err error) bool {
+	var ue *upstream.Error
+	if err == nil || errors.Is(err, ErrAuthBudget) || !errors.As(err, &ue) {
+		return false
+	}
+	return !ue.Retryable || st.failed >= r.cfg.HandoverAfter
+}
+
+// inherit goes on from the fleet's failures: the attempts in a row that
+// failed, as the previous leaders recorded them in Redis (or this replica
+// remembers them), set the backoff of this term's first attempt, so that a
+// change of leader does not restart the backoff and an upstream down for
+// everyone sees no more calls than one leader would make.
+func (r *Refresher) inherit(ctx context.Context, st *leaderState) {
+	_, key := FleetKeys(r.store.Keys())
+	hctx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL))
+	defer cancel()
+	atts, err := readAttempts(hctx, r.rdb, key)
+	if err != nil {
+		atts = r.fleet.recent()
+	}
+	n := 0
+	for _, a := range atts {
+		if a.Outcome != OutcomeUpstreamError && a.Outcome != OutcomeRedisError {
+			break
+		}
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	last := atts[0]
+	st.attempt = n
+	st.retryAt = last.At.Add(Backoff(n, r.cfg.RetryMin, r.cfg.RetryMax, last.RetryAfter))
+	r.log.Info("going on from the fleet's failed refreshes", "failures_in_a_row", n, "last_by", last.By,
+		"retry_in", max(st.retryAt.Sub(r.cfg.Now()), 0).Round(time.Millisecond))
+}
+
+// refuseDuringBackoff answers pending refresh requests at once while the
+// leader backs off after failures, instead of keeping requesters waiting
+// for an attempt the backoff forbids.
+func (r *Refresher) refuseDuringBackoff(ctx context.Context, st *leaderState) {
+	wait := st.retryAt.Sub(r.cfg.Now())
+	if len(st.pending) == 0 || wait <= 0 {
+		return
+	}
+	r.mu.Lock()
+	last := r.lastErr
+	r.mu.Unlock()
+	msg := fmt.Sprintf("the last refresh failed (%s); the next attempt is in %v", last, wait.Round(time.Millisecond))
+	r.answer(ctx, st, cache.Message{Type: cache.MsgRefreshed, Error: msg})
+}
+
 // abandon answers the refresh requests still pending when leadership ends,
-// so that no requester waits for an answer that will never come; it may
-// ask again, and the next leader will serve it.
+// telling the requesters to ask the next leader, so that none waits for an
+// answer that will never come.
 func (r *Refresher) abandon(ctx context.Context, st *leaderState) {
+	r.takeRequests(ctx, st)
 	if len(st.pending) == 0 {
 		return
 	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
 	defer cancel()
-	for _, id := range st.pending {
-		m := cache.Message{Type: cache.MsgRefreshed, ID: id, Error: "leadership ended before the refresh was done; ask again"}
-		if err := r.store.Publish(pctx, m); err != nil {
-			r.log.Debug("answering a refresh request failed", "error", err)
-		}
-	}
-	st.pending = nil
+	r.answer(pctx, st, cache.Message{Type: cache.MsgRefreshed, Retry: true,
+		Error: "leadership ended before the refresh was done; ask the next leader"})
 }
 
 // due returns when the next fetch should happen.
 func (r *Refresher) due(st *leaderState) time.Time {
 	now := r.cfg.Now()
+	if r.unsavedNewer() {
+		// Storing it needs no upstream call: no backoff applies.
+		return now
+	}
 	var at time.Time
 	tok, ok := r.store.Held()
 	switch {
@@ -420,6 +682,27 @@ func (r *Refresher) due(st *leaderState) time.Time {
 		at = st.retryAt
 	}
 	return at
+}
+
+// unsavedNewer reports whether this replica holds a fetched token that was
+// never stored, is still servable and expires later than the one held: it
+// is stored before anything is fetched. One that is not is dropped.
+func (r *Refresher) unsavedNewer() bool {
+	u := r.unsaved
+	if u == nil {
+		return false
+	}
+	deadline := u.Sent.Add(u.Lifetime)
+	held, ok := r.store.Held()
+	switch {
+	case !r.cfg.Now().Before(deadline.Add(-r.store.ServeMargin())):
+		r.unsaved = nil
+	case ok && !deadline.After(held.Deadline):
+		r.unsaved = nil
+	default:
+		return true
+	}
+	return false
 }
 
 // NextRefresh returns when a token should be refreshed: refreshBefore plus
@@ -477,7 +760,8 @@ func (r *Refresher) reseed(ctx context.Context, st *leaderState) error {
 }
 
 // attempt fetches (or reuses an unsaved) token and stores it, recording
-// the outcome, backing off on failure and answering pending requests.
+// the outcome, backing off on failure and answering the refresh requests
+// pending, and those that arrived during its upstream call: they join it.
 func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 	start := r.cfg.Now()
 	tok, stored, err := r.fetchAndStore(ctx, st)
@@ -487,9 +771,12 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 	took := r.cfg.Now().Sub(start)
 	outcome := outcomeOf(err, stored)
 	reply := cache.Message{Type: cache.MsgRefreshed}
+	var retryAfter time.Duration
 	if err != nil {
 		st.attempt++
-		wait := Backoff(st.attempt, r.cfg.RetryMin, r.cfg.RetryMax, upstream.RetryAfter(err))
+		st.failed++
+		retryAfter = upstream.RetryAfter(err)
+		wait := Backoff(st.attempt, r.cfg.RetryMin, r.cfg.RetryMax, retryAfter)
 		if !upstream.IsRetryable(err) && !errors.Is(err, cache.ErrFenced) {
 			wait = max(wait, r.cfg.RetryMax)
 		}
@@ -501,7 +788,7 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 			"serving", servable, "fingerprint", held.Fingerprint())
 		reply.Error = err.Error()
 	} else {
-		st.attempt = 0
+		st.attempt, st.failed = 0, 0
 		st.retryAt = time.Time{}
 		r.mu.Lock()
 		r.lastRefresh = r.cfg.Now()
@@ -516,66 +803,89 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		}
 		reply.Fingerprint = tok.Fingerprint()
 	}
-	a := Attempt{At: r.cfg.Now().Round(0), By: r.cfg.Instance, Outcome: outcome, Took: took, Upstream: st.upstream, Error: reply.Error}
+	a := Attempt{At: r.cfg.Now().Round(0), By: r.cfg.Instance, Outcome: outcome, Took: took, Upstream: st.upstream,
+		Error: reply.Error, RetryAfter: retryAfter}
 	if err == nil {
 		a.Fingerprint, a.ExpiresAt = tok.Fingerprint(), r.cfg.Now().Add(tok.Remaining(r.cfg.Now())).Round(0)
 	}
 	r.recordAttempt(ctx, a, st.attempt)
-	for _, id := range st.pending {
-		reply.ID = id
-		if perr := r.store.Publish(ctx, reply); perr != nil {
-			r.log.Debug("answering a refresh request failed", "error", perr)
-		}
-	}
-	st.pending = st.pending[:0]
+	r.answer(ctx, st, reply)
 	return err
 }
 
+// Reachability of the upstream from this replica, in the fleet view.
+const (
+	upstreamOK      = "ok"
+	upstreamFailing = "failing"
+)
+
+// noteUpstream records whether this replica's call to the upstream worked.
+// The fleet's sign-on budget says nothing of reachability.
+func (r *Refresher) noteUpstream(err error) {
+	if errors.Is(err, ErrAuthBudget) {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		r.upstreamState, r.upstreamErr = upstreamOK, ""
+		return
+	}
+	r.upstreamState, r.upstreamErr = upstreamFailing, err.Error()
+}
+
 // fetchAndStore returns the token now in Redis, and whether this call
-// stored it.
+// stored it. A token fetched and not stored (Redis failing, leadership
+// lost) is kept by the replica, across terms, and stored before fetching
+// another while it is the newest.
 func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.Token, bool, error) {
-	margin := r.store.ServeMargin()
 	st.upstream = 0
-	if st.unsaved != nil && r.cfg.Now().Before(st.unsaved.Received.Add(st.unsaved.Lifetime-margin)) {
-		r.log.Info("storing the token fetched earlier instead of fetching another")
+	if r.unsavedNewer() {
+		r.log.Info("storing the token fetched earlier instead of fetching another", "fingerprint", cache.Fingerprint(r.unsaved.Value))
 	} else {
-		st.unsaved = nil
 		began := r.cfg.Now()
 		up, err := r.src.Token(ctx)
 		st.upstream = r.cfg.Now().Sub(began)
+		// Requests that arrived during the call join it; later ones wait
+		// for a token fetched after they asked.
+		r.takeRequests(ctx, st)
+		if ctx.Err() == nil {
+			r.noteUpstream(err)
+		}
 		if err != nil {
 			return cache.Token{}, false, err
 		}
 		r.mu.Lock()
 		r.fetches++
 		r.mu.Unlock()
-		if up.Received.IsZero() {
-			up.Received = r.cfg.Now()
+		if up.Sent.IsZero() {
+			// Its life counts from before the call: never later than true.
+			up.Sent = began
 		}
 		// What must never be stored is refused by the store itself.
-		st.unsaved = &up
+		r.unsaved = &up
 	}
-	up := st.unsaved
+	up := r.unsaved
 	t, err := r.store.Write(ctx, cache.Write{
 		LockValue: st.lockValue,
 		Value:     up.Value,
-		Deadline:  up.Received.Add(up.Lifetime),
-		FetchedAt: up.Received,
+		Deadline:  up.Sent.Add(up.Lifetime),
+		FetchedAt: up.Sent,
 	})
 	switch {
 	case err == nil:
-		st.unsaved = nil
+		r.unsaved = nil
 		return t, true, nil
 	case errors.Is(err, cache.ErrStale):
 		// Someone stored a later token: nothing to do but adopt it.
-		st.unsaved = nil
+		r.unsaved = nil
 		if _, lerr := r.store.Load(ctx); lerr != nil {
 			return cache.Token{}, false, lerr
 		}
 		held, _ := r.store.Held()
 		return held, false, nil
 	case errors.Is(err, cache.ErrInvalid):
-		st.unsaved = nil
+		r.unsaved = nil
 		return cache.Token{}, false, &upstream.Error{Op: "liveness", Retryable: true, Err: fmt.Errorf("%w: %w", ErrBadToken, err)}
 	default:
 		return cache.Token{}, false, err
@@ -644,47 +954,157 @@ func (r *Refresher) Leader(ctx context.Context) (string, error) {
 	return readLeader(ctx, r.rdb, r.store.Keys().Lock)
 }
 
+// refreshCall is a refresh request in flight on this replica; concurrent
+// callers of Refresh wait for the same one.
+type refreshCall struct {
+	done    chan struct{} // closed when tok and err are set
+	cancel  context.CancelFunc
+	waiters int // guarded by Refresher.reqMu
+	tok     cache.Token
+	err     error
+}
+
 // Refresh asks the leader, whichever replica it is, to fetch a new token
 // now, and waits until it is stored and held by this replica or ctx ends.
-// It returns ErrNoLeader when no replica leads, and ErrRefreshFailed when
-// the leader's attempt failed.
+// Concurrent calls on one replica share one request, and the leader lets
+// requests that arrive while an attempt runs join it, so a burst of calls
+// costs one upstream call.
+//
+// Every call gets an answer: the token; ErrRefreshFailed when the
+// leader's attempt failed (or a recent one did and the leader is backing
+// off); ErrNoLeader when no replica has led for a while (half a lock
+// TTL); ErrUnavailable when Redis cannot be reached for as long; or ctx's
+// error. A lost message costs a resend, not the answer: the request is
+// sent again every half lock TTL and whenever leadership changes, and a
+// token fetched after the request counts as its answer.
 func (r *Refresher) Refresh(ctx context.Context) (cache.Token, error) {
-	leader, err := r.Leader(ctx)
-	if err != nil {
-		return cache.Token{}, err
+	r.reqMu.Lock()
+	c := r.req
+	if c == nil {
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		c = &refreshCall{done: make(chan struct{}), cancel: cancel}
+		r.req = c
+		go func() {
+			defer cancel()
+			tok, err := r.ask(rctx)
+			r.reqMu.Lock()
+			if r.req == c {
+				r.req = nil
+			}
+			c.tok, c.err = tok, err
+			r.reqMu.Unlock()
+			close(c.done)
+		}()
 	}
-	if leader == "" {
-		return cache.Token{}, ErrNoLeader
+	c.waiters++
+	r.reqMu.Unlock()
+
+	select {
+	case <-c.done:
+		return c.tok, c.err
+	case <-ctx.Done():
+		r.reqMu.Lock()
+		if c.waiters--; c.waiters == 0 {
+			// Nobody waits any more: stop asking.
+			c.cancel()
+			if r.req == c {
+				r.req = nil
+			}
+		}
+		r.reqMu.Unlock()
+		return cache.Token{}, ctx.Err()
 	}
+}
+
+// ask sends one refresh request and waits for its answer; see Refresh.
+func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
+	asked := r.cfg.Now()
+	before, _ := r.store.Held()
 	var raw [8]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return cache.Token{}, err
 	}
 	id := hex.EncodeToString(raw[:])
-	msgs, stop := r.store.Subscribe()
-	defer stop()
-	if err := r.store.Publish(ctx, cache.Message{Type: cache.MsgRefresh, ID: id}); err != nil {
-		return cache.Token{}, err
-	}
+	sub := r.store.Subscribe()
+	defer sub.Close()
+
+	grace := r.cfg.LockTTL / 2
+	resend := time.NewTimer(0)
+	defer resend.Stop()
+	var troubleSince time.Time // since when no leader, or no Redis, was found
 	for {
 		select {
 		case <-ctx.Done():
 			return cache.Token{}, ctx.Err()
-		case m := <-msgs:
-			if m.Type != cache.MsgRefreshed || m.ID != id {
+		case <-resend.C:
+			now := r.cfg.Now()
+			err := r.send(ctx, id)
+			if err == nil {
+				troubleSince = time.Time{}
+				resend.Reset(grace)
 				continue
 			}
-			if m.Error != "" {
-				return cache.Token{}, fmt.Errorf("%w: %s", ErrRefreshFailed, m.Error)
+			if ctx.Err() != nil {
+				return cache.Token{}, ctx.Err()
 			}
-			if tok, ok := r.store.Held(); ok && tok.Fingerprint() == m.Fingerprint {
-				return tok, nil
+			if troubleSince.IsZero() {
+				troubleSince = now
 			}
-			if _, err := r.store.Load(ctx); err != nil {
+			if now.Sub(troubleSince) >= grace {
 				return cache.Token{}, err
 			}
-			tok, _ := r.store.Held()
-			return tok, nil
+			resend.Reset(r.cfg.ElectEvery)
+		case <-sub.Ready():
+			for m, ok := sub.Next(); ok; m, ok = sub.Next() {
+				switch {
+				case m.Type == cache.MsgRefreshed && m.ID == id && m.Retry,
+					m.Type == cache.MsgReleased:
+					// Leadership changed hands: ask the next leader.
+					resend.Reset(0)
+				case m.Type == cache.MsgRefreshed && m.ID == id:
+					if m.Error != "" {
+						return cache.Token{}, fmt.Errorf("%w: %s", ErrRefreshFailed, m.Error)
+					}
+					return r.answered(ctx, m.Fingerprint)
+				case m.Type == cache.MsgToken:
+					// A token fetched since the request answers it, even if
+					// the leader's answer was lost.
+					tok, ok := r.store.Held()
+					if ok && tok.Fingerprint() == m.Fingerprint && tok.Value != before.Value && tok.FetchedAt.After(asked) {
+						return tok, nil
+					}
+				}
+			}
 		}
 	}
+}
+
+// send publishes the refresh request id to the leader, if there is one.
+func (r *Refresher) send(ctx context.Context, id string) error {
+	sctx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL))
+	defer cancel()
+	leader, err := r.Leader(sctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if leader == "" {
+		return ErrNoLeader
+	}
+	if err := r.store.Publish(sctx, cache.Message{Type: cache.MsgRefresh, ID: id}); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// answered returns the token a successful answer names, reading Redis if
+// this replica has not adopted it yet.
+func (r *Refresher) answered(ctx context.Context, fingerprint string) (cache.Token, error) {
+	if tok, ok := r.store.Held(); ok && tok.Fingerprint() == fingerprint {
+		return tok, nil
+	}
+	if _, err := r.store.Load(ctx); err != nil {
+		return cache.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	tok, _ := r.store.Held()
+	return tok, nil
 }

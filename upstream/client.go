@@ -75,8 +75,14 @@ type Config struct {
 	// liveness answer and the v1 auth answers (default 64 KiB). The v2 auth
 	// answer is read by x/oauth2, which caps it at 1 MiB.
 	MaxBodyBytes int64
-	// Now is the clock (default time.Now). It dates answers and decides
-	// whether the access token may be reused.
+	// Now is the clock (default time.Now). It is read just before each HTTP
+	// call to date the request: a token's life, and an access token's, is
+	// counted from when its request was sent, never from when the answer
+	// arrived. It also decides whether the access token may be reused, and
+	// is the local wall clock that an absolute expiry is compared with when
+	// the answer has no usable Date header. Its readings should carry Go's
+	// monotonic clock, as time.Now's do, so that a step of the wall clock
+	// does not shorten or stretch a lifetime counted from them.
 	Now func() time.Time
 	// RootCAs verifies the upstream's certificate (RDP_TLS_CA adds to the
 	// system roots). Default: the system roots. Verification is never
@@ -237,6 +243,13 @@ func New(cfg Config) (*Client, error) {
 // Each HTTP call is bounded by Config.Timeout and by ctx. Token blocks while
 // another Token call is in progress.
 //
+// The Token's Sent is the time, on Config.Now, just before the liveness
+// request was sent, and its Lifetime is counted from it, so that however long
+// the answer takes, Sent+Lifetime does not overstate the expiry. An absolute
+// expiry (expiresAt) is turned into a lifetime against the answer's own Date
+// header, so the upstream's and the local wall clocks need not agree; only an
+// answer without a usable Date header is compared with the local wall clock.
+//
 // On failure it returns the zero Token and an *Error, never a partial token:
 //   - no answer (network error, timeout, ctx done): Retryable.
 //   - 408, 429 and 5xx, from either call: Retryable, with RetryAfter from the
@@ -301,11 +314,11 @@ func (c *Client) beforeAuth(ctx context.Context) error {
 	return c.cfg.BeforeAuth(ctx)
 }
 
-// keep stores an access token received at received, valid for lifetime
-// (0: unknown, use once).
-func (c *Client) keep(access string, lifetime time.Duration, received time.Time) {
+// keep stores an access token whose request was sent at sent, valid for
+// lifetime counted from then (0: unknown, use once).
+func (c *Client) keep(access string, lifetime time.Duration, sent time.Time) {
 	margin := min(accessReuseMargin, lifetime/4)
-	c.access, c.accessUntil = access, received.Add(lifetime-margin)
+	c.access, c.accessUntil = access, sent.Add(lifetime-margin)
 	c.log.Debug("signed on", "access", fingerprint(access), "expires_in", lifetime)
 }
 
@@ -315,8 +328,8 @@ func (c *Client) signOnV2(ctx context.Context) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
+	sent := c.cfg.Now()
 	t, err := c.v2.Token(context.WithValue(ctx, oauth2.HTTPClient, c.http))
-	received := c.cfg.Now()
 	if err != nil {
 		var re *oauth2.RetrieveError
 		switch {
@@ -337,7 +350,7 @@ func (c *Client) signOnV2(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", &Error{Op: "auth", Retryable: true, Err: err}
 	}
-	c.keep(t.AccessToken, lifetime, received)
+	c.keep(t.AccessToken, lifetime, sent)
 	return t.AccessToken, nil
 }
 
@@ -398,12 +411,12 @@ func (c *Client) postV1(ctx context.Context, form url.Values) (string, error) {
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
+	sent := c.cfg.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return "", &Error{Op: "auth", Retryable: true, Err: err}
 	}
 	defer resp.Body.Close()
-	received := c.cfg.Now()
 	body, err := readBody(resp.Body, c.cfg.MaxBodyBytes)
 	if resp.StatusCode/100 != 2 {
 		return "", c.statusError("auth", resp, body)
@@ -432,11 +445,13 @@ func (c *Client) postV1(ctx context.Context, form url.Values) (string, error) {
 	if answer.RefreshToken != "" {
 		c.refresh = answer.RefreshToken
 	}
-	c.keep(answer.AccessToken, lifetime, received)
+	c.keep(answer.AccessToken, lifetime, sent)
 	return answer.AccessToken, nil
 }
 
-// liveness calls the liveness endpoint with the access token.
+// liveness calls the liveness endpoint with the access token. The Token is
+// dated from just before the request was sent; an absolute expiry is read
+// against the answer's Date header (see parseLiveness).
 func (c *Client) liveness(ctx context.Context, access string) (Token, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -446,12 +461,12 @@ func (c *Client) liveness(ctx context.Context, access string) (Token, error) {
 	}
 	req.Header.Set("Authorization", "Bearer "+access)
 	req.Header.Set("Accept", "application/json")
+	sent := c.cfg.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return Token{}, &Error{Op: "liveness", Retryable: true, Err: err}
 	}
 	defer resp.Body.Close()
-	received := c.cfg.Now()
 	body, err := readBody(resp.Body, c.cfg.MaxBodyBytes)
 	if resp.StatusCode/100 != 2 {
 		return Token{}, c.statusError("liveness", resp, body)
@@ -459,12 +474,12 @@ func (c *Client) liveness(ctx context.Context, access string) (Token, error) {
 	if err != nil {
 		return Token{}, &Error{Op: "liveness", Status: resp.StatusCode, Retryable: true, Err: err}
 	}
-	value, lifetime, err := parseLiveness(body, received, c.cfg.DefaultLifetime)
+	value, lifetime, err := parseLiveness(body, resp.Header.Get("Date"), sent, c.cfg.DefaultLifetime)
 	if err != nil {
 		return Token{}, &Error{Op: "liveness", Status: resp.StatusCode, Retryable: true, Err: err}
 	}
 	c.log.Debug("liveness token received", "token", fingerprint(value), "lifetime", lifetime)
-	return Token{Value: value, Lifetime: lifetime, Received: received}, nil
+	return Token{Value: value, Lifetime: lifetime, Sent: sent}, nil
 }
 
 // statusError classifies a non-2xx answer. The body is read only for its

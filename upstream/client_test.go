@@ -36,8 +36,8 @@ func TestTokenV2(t *testing.T) {
 			if got, want := tok.Lifetime, time.Hour; got != want {
 				t.Errorf("Lifetime = %v, want %v", got, want)
 			}
-			if got, want := tok.Received, t0; !got.Equal(want) {
-				t.Errorf("Received = %v, want %v", got, want)
+			if got, want := tok.Sent, t0; !got.Equal(want) {
+				t.Errorf("Sent = %v, want %v", got, want)
 			}
 
 			// The access token (10m) is reused while valid with a margin.
@@ -314,6 +314,161 @@ func TestTokenFailures(t *testing.T) {
 	}
 }
 
+// dated sets the answer's Date header to date, or leaves it out when date is
+// "" (net/http would otherwise add one from the real clock), then calls h.
+func dated(date string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if date == "" {
+			w.Header()["Date"] = nil
+		} else {
+			w.Header().Set("Date", date)
+		}
+		h(w, r)
+	}
+}
+
+// TestTokenDatedFromSend has every answer arrive a while after the upstream
+// wrote it: a token's life, and the access token's, must be counted from
+// when the request was sent, so Sent+Lifetime is the true expiry rather than
+// that plus the answer's delay.
+func TestTokenDatedFromSend(t *testing.T) {
+	const delay = 3 * time.Second // from the upstream's answer to its arrival
+	for _, auth := range []string{"v1", "v2"} {
+		t.Run(auth, func(t *testing.T) {
+			clk := newClock()
+			fake := upstream.NewFake(upstream.FakeConfig{Now: clk.Now, Knobs: upstream.FakeKnobs{TokenLifetime: time.Minute}})
+			// The Fake answers at once on the shared clock; the answer then
+			// takes delay to come back.
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				rec := httptest.NewRecorder()
+				fake.ServeHTTP(rec, r)
+				clk.Advance(delay)
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(rec.Code)
+				w.Write(rec.Body.Bytes())
+			}))
+			t.Cleanup(srv.Close)
+			r := &rdp{fake: fake, srv: srv, clock: clk}
+			c := r.client(t, upstream.Config{Auth: auth})
+			signOns := func() int {
+				a := fake.Stats().AuthCalls
+				return a.V1Password + a.V1Refresh + a.V2
+			}
+
+			// Sign-on sent at t0, answered at t0+3s; liveness sent at
+			// t0+3s, answered at t0+6s.
+			tok, err := c.Token(context.Background())
+			if err != nil {
+				t.Fatalf("Token: %v", err)
+			}
+			if got, want := tok.Sent, t0.Add(delay); !got.Equal(want) {
+				t.Errorf("Sent = %v, want %v (the liveness request's send time, before its answer at %v)", got, want, clk.Now())
+			}
+			issued := fake.Stats().Tokens
+			if len(issued) != 1 {
+				t.Fatalf("the Fake issued %d tokens, want 1", len(issued))
+			}
+			if got, want := tok.Sent.Add(tok.Lifetime), issued[0].ExpiresAt; !got.Equal(want) {
+				t.Errorf("Sent+Lifetime = %v, want the true expiry %v", got, want)
+			}
+
+			// The access token (10m, sent at t0) is reused until t0+9m30s,
+			// counted from the sign-on's send time, not its answer's arrival.
+			clk.Advance(9*time.Minute + 29*time.Second - 2*delay) // t0+9m29s
+			if _, err := c.Token(context.Background()); err != nil {
+				t.Fatalf("Token at 9m29s: %v", err)
+			}
+			if got, want := signOns(), 1; got != want {
+				t.Errorf("sign-ons before t0+9m30s = %d, want %d", got, want)
+			}
+			// Now t0+9m32s: past the reuse limit, though not past it counted
+			// from the sign-on answer's arrival (t0+9m33s).
+			if _, err := c.Token(context.Background()); err != nil {
+				t.Fatalf("Token at 9m32s: %v", err)
+			}
+			if got, want := signOns(), 2; got != want {
+				t.Errorf("sign-ons after t0+9m30s = %d, want %d", got, want)
+			}
+		})
+	}
+}
+
+// TestTokenAbsoluteExpiry turns expiresAt answers into lifetimes with the
+// upstream's and the local wall clocks apart. The upstream says its token
+// lasts 45 minutes from its answer, which arrives 2 s after the request.
+func TestTokenAbsoluteExpiry(t *testing.T) {
+	const (
+		delay = 2 * time.Second
+		life  = 45 * time.Minute
+	)
+	tests := []struct {
+		name        string
+		upstreamAdv time.Duration // the upstream's wall clock minus the true time
+		localAdv    time.Duration // the local wall clock minus the true time
+		date        string        // "none", "garbage", or "" for the upstream's clock
+		expiresIn   time.Duration // expiresAt minus the upstream's clock at its answer
+		want        time.Duration
+		wantErr     error
+	}{
+		{name: "clocks agree", expiresIn: life, want: life - time.Second},
+		{name: "upstream clock 15s ahead", upstreamAdv: 15 * time.Second, expiresIn: life, want: life - time.Second},
+		{name: "upstream clock 15s ahead, token expired by its clock", upstreamAdv: 15 * time.Second, expiresIn: -5 * time.Second,
+			wantErr: upstream.ErrInvalidExpiry},
+		{name: "local clock an hour ahead", localAdv: time.Hour, expiresIn: life, want: life - time.Second},
+		{name: "local clock an hour behind", localAdv: -time.Hour, expiresIn: life, want: life - time.Second},
+		{name: "no Date: local wall clock at send", date: "none", expiresIn: life, want: life + delay},
+		{name: "unreadable Date: local wall clock at send", date: "garbage", expiresIn: life, want: life + delay},
+		{name: "no Date, local clock an hour ahead: refused", date: "none", localAdv: time.Hour, expiresIn: life,
+			wantErr: upstream.ErrInvalidExpiry},
+		{name: "expiry within the Date's second", expiresIn: time.Second, wantErr: upstream.ErrInvalidExpiry},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock() // the true time
+			answer := func(w http.ResponseWriter, r *http.Request) {
+				clk.Advance(delay)
+				upstreamNow := clk.Now().Add(tt.upstreamAdv)
+				switch tt.date {
+				case "":
+					w.Header().Set("Date", upstreamNow.Format(http.TimeFormat))
+				case "none":
+					w.Header()["Date"] = nil
+				default:
+					w.Header().Set("Date", tt.date)
+				}
+				body(200, `{"token":"abc","expiresAt":"`+upstreamNow.Add(tt.expiresIn).Format(time.RFC3339)+`"}`)(w, r)
+			}
+			r := newRDP(t, upstream.FakeConfig{Now: clk.Now}, map[string]http.HandlerFunc{livenessPath: answer})
+			localNow := func() time.Time { return clk.Now().Add(tt.localAdv) }
+			c := r.client(t, upstream.Config{Now: localNow})
+
+			tok, err := c.Token(context.Background())
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Token error = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Token: %v", err)
+			}
+			if got := tok.Lifetime; got != tt.want {
+				t.Errorf("Lifetime = %v, want %v", got, tt.want)
+			}
+			if got, want := tok.Sent, t0.Add(tt.localAdv); !got.Equal(want) {
+				t.Errorf("Sent = %v, want %v", got, want)
+			}
+			// On the local clock the token truly expires life after the
+			// answer, which came delay after the request.
+			if end, trueEnd := tok.Sent.Add(tok.Lifetime), tok.Sent.Add(delay+life); end.After(trueEnd) {
+				t.Errorf("Sent+Lifetime = %v, after the true expiry %v", end, trueEnd)
+			}
+		})
+	}
+}
+
 func TestTokenLifetimes(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -325,9 +480,12 @@ func TestTokenLifetimes(t *testing.T) {
 		{name: "expiresIn number", knobs: upstream.FakeKnobs{TokenLifetime: 90 * time.Second}, want: 90 * time.Second},
 		{name: "expiresIn string, v2 expires_in string", knobs: upstream.FakeKnobs{ExpiresInString: true, TokenLifetime: 10 * time.Minute}, want: 10 * time.Minute},
 		{name: "v1 expires_in string", auth: "v1", knobs: upstream.FakeKnobs{TokenLifetime: 20 * time.Minute}, want: 20 * time.Minute},
-		{name: "expires_at", routes: map[string]http.HandlerFunc{
-			livenessPath: body(200, `{"livenessToken":"abc","expires_at":"`+t0.Add(45*time.Minute).Format(time.RFC3339)+`"}`)},
-			want: 45 * time.Minute},
+		{name: "expires_at, less a second for the Date header's resolution", routes: map[string]http.HandlerFunc{
+			livenessPath: dated(t0.Format(http.TimeFormat),
+				body(200, `{"livenessToken":"abc","expires_at":"`+t0.Add(45*time.Minute).Format(time.RFC3339)+`"}`))},
+			want: 45*time.Minute - time.Second},
+		{name: "expiresAt from the Fake", knobs: upstream.FakeKnobs{ExpiresAt: true, TokenLifetime: 20 * time.Minute},
+			want: 20*time.Minute - time.Second},
 		{name: "no expiry takes DefaultLifetime", routes: map[string]http.HandlerFunc{
 			livenessPath: body(200, `{"access_token":"abc"}`)},
 			want: 33 * time.Minute},

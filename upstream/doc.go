@@ -9,6 +9,18 @@
 //   - A [Token] is returned only when the answer was well formed: a non-empty
 //     token of printable ASCII no longer than 8 KiB, and a lifetime in
 //     (0, 24h]. Anything else is an error and no token.
+//   - A token's life is counted from when the request that obtained it was
+//     sent ([Token].Sent, read from Config.Now just before the HTTP call,
+//     on the monotonic clock when Now is time.Now), never from when the
+//     answer arrived: Sent+Lifetime is not later than the true expiry however
+//     slow the answer. The same holds for the access token kept for reuse.
+//   - An absolute expiry (expiresAt) is measured against the answer's own
+//     Date header, less one second for Date's whole-second resolution, so a
+//     skew between the upstream's wall clock and ours neither stretches nor
+//     refuses a token. Only an answer without a usable Date header is
+//     compared with the local wall clock at send time; that assumes the two
+//     clocks agree (keep the host on NTP), and a local clock running behind
+//     the upstream's then overstates the lifetime by the difference.
 //   - Every failure is an [*Error], classified for the caller's retry policy
 //     ([IsRetryable], [RetryAfter]).
 //   - No error message and no log line carries a secret, a password, an
@@ -20,5 +32,6 @@
 // caller (the refresher) owns backoff and the auth rate budget.
 //
 // [Fake] speaks the same HTTP as RDP for the parts the client uses, with
-// knobs to inject failures and counters to check how often it was called.
+// knobs to inject failures, absolute expiries and a skewed clock, and
+// counters to check how often it was called.
 package upstream

@@ -46,8 +46,9 @@ type FakeConfig struct {
 	RefreshTokenLifetime time.Duration
 	// Knobs are the initial knobs (see FakeKnobs for their defaults).
 	Knobs FakeKnobs
-	// Now is the Fake's clock (default time.Now): token expiry, stats times.
-	// Latency waits on the real clock.
+	// Now is the Fake's clock (default time.Now): token expiry, stats times,
+	// and, moved by the ClockOffset knob, the Date header and expiresAt of
+	// its answers. Latency waits on the real clock.
 	Now func() time.Time
 }
 
@@ -81,6 +82,17 @@ type FakeKnobs struct {
 	// ExpiresInString sends expiresIn (liveness) and expires_in (auth v2) as
 	// strings. Auth v1 always does.
 	ExpiresInString bool
+	// ExpiresAt sends the liveness token's expiry as an absolute expiresAt
+	// (RFC 3339, rounded down to the second) instead of expiresIn. Expired
+	// takes precedence; ExpiresInString is then moot.
+	ExpiresAt bool
+	// ClockOffset skews the Fake's wall clock as its clients see it: every
+	// answer's Date header, and the expiresAt of ExpiresAt and Expired tokens,
+	// are read from Now plus ClockOffset (ahead when positive, behind when
+	// negative). What the Fake enforces and records stays on the unskewed
+	// clock: access and refresh token expiry, and FakeStats, whose
+	// FakeToken.ExpiresAt is the true expiry.
+	ClockOffset time.Duration
 }
 
 func (k FakeKnobs) normalized() FakeKnobs {
@@ -124,7 +136,8 @@ type FakeCall struct {
 	Status int       `json:"status"`
 }
 
-// FakeToken is one issued liveness token.
+// FakeToken is one issued liveness token, timed on the Fake's clock without
+// ClockOffset: ExpiresAt is the true expiry, whatever the answer announced.
 type FakeToken struct {
 	Token     string    `json:"token"`
 	IssuedAt  time.Time `json:"issued_at"`
@@ -137,10 +150,14 @@ type FakeToken struct {
 //	POST /auth/oauth2/v2/token     client credentials
 //	POST /auth/oauth2/v1/token     password (takeExclusiveSignOnControl) and refresh_token grants
 //	POST|GET <LivenessPath>        bearer required; {"token":"fake-liveness-...","expiresIn":N}
+//	                               (or "expiresAt":"<RFC 3339>" with the ExpiresAt knob)
 //	GET  /fake/v1/stats            FakeStats as JSON
 //	GET  /fake/v1/knobs            the knobs as JSON, durations as Go duration strings
 //	PUT  /fake/v1/knobs            replaces the knobs present in the JSON body
 //	POST /fake/v1/reset            zeroes the counters and logs
+//
+// Every answer carries a Date header from the Fake's clock plus ClockOffset,
+// read when the answer is written (after Latency), as a real server's is.
 //
 // All methods are safe for concurrent use, during requests too.
 type Fake struct {
@@ -192,7 +209,16 @@ func NewFake(cfg FakeConfig) *Fake {
 }
 
 // ServeHTTP implements http.Handler.
-func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) { f.mux.ServeHTTP(w, r) }
+func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Handlers that wait for Latency date their answer again (see wait).
+	f.setDate(w, f.cfg.Now(), f.Knobs())
+	f.mux.ServeHTTP(w, r)
+}
+
+// setDate sets the Date header to now on the clock the knobs skew.
+func (f *Fake) setDate(w http.ResponseWriter, now time.Time, k FakeKnobs) {
+	w.Header().Set("Date", now.Add(k.ClockOffset).UTC().Format(http.TimeFormat))
+}
 
 // Set replaces all knobs; zero lifetimes take their defaults.
 func (f *Fake) Set(k FakeKnobs) {
@@ -244,8 +270,9 @@ func (f *Fake) Revoke() {
 }
 
 // wait sleeps for the Latency knob and reports whether the client is still
-// there.
-func (f *Fake) wait(r *http.Request) bool {
+// there. After a sleep it dates the answer again, since the answer is written
+// after it.
+func (f *Fake) wait(w http.ResponseWriter, r *http.Request) bool {
 	d := f.Knobs().Latency
 	if d <= 0 {
 		return r.Context().Err() == nil
@@ -254,6 +281,7 @@ func (f *Fake) wait(r *http.Request) bool {
 	defer t.Stop()
 	select {
 	case <-t.C:
+		f.setDate(w, f.cfg.Now(), f.Knobs())
 		return true
 	case <-r.Context().Done():
 		return false
@@ -266,7 +294,7 @@ func (f *Fake) serveAuthV2(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.stats.AuthCalls.V2++
 	f.mu.Unlock()
-	if !f.wait(r) {
+	if !f.wait(w, r) {
 		return
 	}
 	k := f.Knobs()
@@ -311,7 +339,7 @@ func (f *Fake) serveAuthV1(w http.ResponseWriter, r *http.Request) {
 		f.stats.AuthCalls.V1Refresh++
 	}
 	f.mu.Unlock()
-	if !f.wait(r) {
+	if !f.wait(w, r) {
 		return
 	}
 	k := f.Knobs()
@@ -411,12 +439,14 @@ func (f *Fake) serveLiveness(w http.ResponseWriter, r *http.Request) {
 			f.stats.LivenessOK++
 		}
 	}()
-	if !f.wait(r) {
+	if !f.wait(w, r) {
 		return
 	}
 
 	k := f.Knobs()
 	now := f.cfg.Now()
+	// Date and any expiresAt come from the same reading of the clock.
+	f.setDate(w, now, k)
 	switch {
 	case !f.authorized(r, now):
 		status = http.StatusUnauthorized
@@ -444,7 +474,9 @@ func (f *Fake) serveLiveness(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case k.Expired:
 			expires = now.Add(-time.Minute)
-			body["expiresAt"] = expires.UTC().Format(time.RFC3339)
+			body["expiresAt"] = expires.Add(k.ClockOffset).UTC().Format(time.RFC3339)
+		case k.ExpiresAt:
+			body["expiresAt"] = expires.Add(k.ClockOffset).UTC().Format(time.RFC3339)
 		case k.ExpiresInString:
 			body["expiresIn"] = strconv.FormatInt(secs, 10)
 		default:
@@ -546,6 +578,9 @@ type fakeKnobsWire struct {
 	HTML                *bool   `json:"html,omitempty"`
 	Expired             *bool   `json:"expired,omitempty"`
 	ExpiresInString     *bool   `json:"expires_in_string,omitempty"`
+	ExpiresAt           *bool   `json:"expires_at,omitempty"`
+	// ClockOffset is the one duration that may be negative.
+	ClockOffset *string `json:"clock_offset,omitempty"`
 }
 
 func knobsToWire(k FakeKnobs) fakeKnobsWire {
@@ -561,6 +596,8 @@ func knobsToWire(k FakeKnobs) fakeKnobsWire {
 		HTML:                &k.HTML,
 		Expired:             &k.Expired,
 		ExpiresInString:     &k.ExpiresInString,
+		ExpiresAt:           &k.ExpiresAt,
+		ClockOffset:         str(k.ClockOffset),
 	}
 }
 
@@ -586,6 +623,13 @@ func (w fakeKnobsWire) apply(k *FakeKnobs) error {
 		}
 		*d.out = v
 	}
+	if w.ClockOffset != nil {
+		v, err := time.ParseDuration(*w.ClockOffset)
+		if err != nil {
+			return fmt.Errorf("clock_offset: want a Go duration such as \"15s\" or \"-1h\", got %q", *w.ClockOffset)
+		}
+		k.ClockOffset = v
+	}
 	statuses := []struct {
 		name string
 		in   *int
@@ -606,7 +650,10 @@ func (w fakeKnobsWire) apply(k *FakeKnobs) error {
 	for _, b := range []struct {
 		in  *bool
 		out *bool
-	}{{w.Malformed, &k.Malformed}, {w.HTML, &k.HTML}, {w.Expired, &k.Expired}, {w.ExpiresInString, &k.ExpiresInString}} {
+	}{
+		{w.Malformed, &k.Malformed}, {w.HTML, &k.HTML}, {w.Expired, &k.Expired},
+		{w.ExpiresInString, &k.ExpiresInString}, {w.ExpiresAt, &k.ExpiresAt},
+	} {
 		if b.in != nil {
 			*b.out = *b.in
 		}

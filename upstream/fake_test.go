@@ -56,6 +56,7 @@ func TestFakeKnobsAPI(t *testing.T) {
 		"token_lifetime": "1h0m0s", "access_token_lifetime": "10m0s", "latency": "0s",
 		"liveness_status": 0.0, "auth_status": 0.0, "retry_after": "0s",
 		"malformed": false, "html": false, "expired": false, "expires_in_string": false,
+		"expires_at": false, "clock_offset": "0s",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("GET knobs = %v, want %v", got, want)
@@ -83,6 +84,7 @@ func TestFakeKnobsAPI(t *testing.T) {
 		{"negative duration", `{"latency":"-1s"}`},
 		{"not a status", `{"auth_status":42}`},
 		{"unknown field", `{"latencyy":"1s"}`},
+		{"unparsable clock offset", `{"clock_offset":"ahead"}`},
 		{"not JSON", `latency=1s`},
 	}
 	for _, b := range bad {
@@ -232,5 +234,114 @@ func TestFakeProtocol(t *testing.T) {
 				t.Errorf("error = %v, want %q", e, tt.wantError)
 			}
 		})
+	}
+}
+
+// TestFakeClockOffset: with the ExpiresAt and ClockOffset knobs the Fake
+// answers with an absolute expiry on a skewed clock, in its Date header and
+// its expiresAt alike, while its stats keep the true expiry; the Client
+// still gets a lifetime that does not outlast the token.
+func TestFakeClockOffset(t *testing.T) {
+	const life = 45 * time.Minute
+	tests := []struct {
+		name     string
+		knobs    upstream.FakeKnobs
+		wantDate time.Time
+		wantBody map[string]any
+	}{
+		{"expiresIn, upstream clock 15s ahead", upstream.FakeKnobs{ClockOffset: 15 * time.Second},
+			t0.Add(15 * time.Second), map[string]any{"expiresIn": life.Seconds()}},
+		{"expiresAt, clocks agree", upstream.FakeKnobs{ExpiresAt: true},
+			t0, map[string]any{"expiresAt": t0.Add(life).Format(time.RFC3339)}},
+		{"expiresAt, upstream clock 15s ahead", upstream.FakeKnobs{ExpiresAt: true, ClockOffset: 15 * time.Second},
+			t0.Add(15 * time.Second), map[string]any{"expiresAt": t0.Add(15*time.Second + life).Format(time.RFC3339)}},
+		{"expiresAt, upstream clock an hour behind", upstream.FakeKnobs{ExpiresAt: true, ClockOffset: -time.Hour},
+			t0.Add(-time.Hour), map[string]any{"expiresAt": t0.Add(-time.Hour + life).Format(time.RFC3339)}},
+		{"Expired, upstream clock 15s ahead", upstream.FakeKnobs{Expired: true, ExpiresAt: true, ClockOffset: 15 * time.Second},
+			t0.Add(15 * time.Second), map[string]any{"expiresAt": t0.Add(15*time.Second - time.Minute).Format(time.RFC3339)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			knobs := tt.knobs
+			knobs.TokenLifetime = life
+			r := newRDP(t, upstream.FakeConfig{Knobs: knobs}, nil)
+
+			// On the wire.
+			var auth struct {
+				AccessToken string `json:"access_token"`
+			}
+			form := "grant_type=client_credentials&client_id=" + upstream.FakeClientID + "&client_secret=" + upstream.FakeClientSecret
+			if st := r.do(t, "POST", "/auth/oauth2/v2/token", "application/x-www-form-urlencoded", form, nil, &auth); st != 200 {
+				t.Fatalf("sign-on status = %d, want 200", st)
+			}
+			req, _ := http.NewRequest("POST", r.srv.URL+livenessPath, nil)
+			req.Header.Set("Authorization", "Bearer "+auth.AccessToken)
+			resp, err := r.srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var got map[string]any
+			if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := resp.Header.Get("Date"), tt.wantDate.Format(http.TimeFormat); got != want {
+				t.Errorf("Date = %q, want %q", got, want)
+			}
+			delete(got, "token")
+			if !reflect.DeepEqual(got, tt.wantBody) {
+				t.Errorf("answer = %v, want %v and a token", got, tt.wantBody)
+			}
+			tokens := r.fake.Stats().Tokens
+			wantExpiry := t0.Add(life)
+			if knobs.Expired {
+				wantExpiry = t0.Add(-time.Minute)
+			}
+			if len(tokens) != 1 || !tokens[0].ExpiresAt.Equal(wantExpiry) {
+				t.Errorf("stats tokens = %+v, want one with the true expiry %v", tokens, wantExpiry)
+			}
+			if knobs.Expired {
+				return
+			}
+
+			// Through the Client, whose clock is the true one.
+			tok, err := r.client(t, upstream.Config{}).Token(context.Background())
+			if err != nil {
+				t.Fatalf("Token: %v", err)
+			}
+			if end, trueEnd := tok.Sent.Add(tok.Lifetime), r.fake.Stats().Tokens[1].ExpiresAt; end.After(trueEnd) || end.Before(trueEnd.Add(-time.Second)) {
+				t.Errorf("Sent+Lifetime = %v, want within a second before the true expiry %v", end, trueEnd)
+			}
+		})
+	}
+}
+
+// TestFakeClockKnobsAPI sets the absolute-expiry and clock-offset knobs
+// through the control API; the offset alone of the durations may be negative.
+func TestFakeClockKnobsAPI(t *testing.T) {
+	r := newRDP(t, upstream.FakeConfig{}, nil)
+	var got map[string]any
+	if st := r.do(t, "PUT", "/fake/v1/knobs", "application/json", `{"expires_at":true,"clock_offset":"-1h"}`, nil, &got); st != 200 {
+		t.Fatalf("PUT knobs status = %d, want 200 (%v)", st, got)
+	}
+	if got["expires_at"] != true || got["clock_offset"] != "-1h0m0s" {
+		t.Errorf("PUT knobs answer = %v, want expires_at true and clock_offset -1h0m0s", got)
+	}
+	k := r.fake.Knobs()
+	if !k.ExpiresAt || k.ClockOffset != -time.Hour {
+		t.Errorf("Knobs() = %+v, want ExpiresAt and ClockOffset -1h", k)
+	}
+	// A PUT of other knobs leaves these alone.
+	if st := r.do(t, "PUT", "/fake/v1/knobs", "application/json", `{"latency":"0s"}`, nil, nil); st != 200 {
+		t.Fatalf("second PUT status = %d, want 200", st)
+	}
+	if got := r.fake.Knobs(); got != k {
+		t.Errorf("Knobs() after an unrelated PUT = %+v, want %+v", got, k)
+	}
+	if st := r.do(t, "PUT", "/fake/v1/knobs", "application/json", `{"clock_offset":"15s","expires_at":false}`, nil, nil); st != 200 {
+		t.Fatalf("third PUT status = %d, want 200", st)
+	}
+	if got := r.fake.Knobs(); got.ExpiresAt || got.ClockOffset != 15*time.Second {
+		t.Errorf("Knobs() = %+v, want ExpiresAt false and ClockOffset 15s", got)
 	}
 }

@@ -24,7 +24,8 @@ var (
 	// than MaxTokenBytes, or has a byte outside printable ASCII.
 	ErrInvalidToken = errors.New("upstream: invalid token")
 	// ErrInvalidExpiry: the answer's expiry is zero, negative, in the past, or
-	// more than MaxLifetime away.
+	// more than MaxLifetime away (an absolute expiry is measured against the
+	// answer's Date header, see [Token]).
 	ErrInvalidExpiry = errors.New("upstream: invalid expiry")
 )
 
@@ -38,13 +39,15 @@ const (
 	maxCodeBytes = 64
 )
 
-// parseLiveness reads a liveness answer received at now. The token is the
-// first present of "token", "livenessToken", "access_token"; the lifetime is
-// the first present of "expiresIn", "expires_in" (seconds, number or numeric
-// string), "expiresAt", "expires_at" (RFC 3339, counted from now), or def when
-// none is present. Errors wrap ErrMalformed, ErrInvalidToken or
-// ErrInvalidExpiry and never contain the body or the token.
-func parseLiveness(body []byte, now time.Time, def time.Duration) (string, time.Duration, error) {
+// parseLiveness reads a liveness answer whose request was sent at sent and
+// whose Date header is date ("" when absent). The token is the first present
+// of "token", "livenessToken", "access_token"; the lifetime, to be counted
+// from sent, is the first present of "expiresIn", "expires_in" (seconds,
+// number or numeric string), "expiresAt", "expires_at" (an RFC 3339 instant
+// on the upstream's clock, see expiryBase), or def when none is present.
+// Errors wrap ErrMalformed, ErrInvalidToken or ErrInvalidExpiry and never
+// contain the body or the token.
+func parseLiveness(body []byte, date string, sent time.Time, def time.Duration) (string, time.Duration, error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return "", 0, fmt.Errorf("%w: empty body", ErrMalformed)
@@ -61,7 +64,7 @@ func parseLiveness(body []byte, now time.Time, def time.Duration) (string, time.
 	if err != nil {
 		return "", 0, err
 	}
-	lifetime, err := pickLifetime(fields, now, def)
+	lifetime, err := pickLifetime(fields, date, sent, def)
 	if err != nil {
 		return "", 0, err
 	}
@@ -103,7 +106,7 @@ func checkToken(s string) error {
 	return nil
 }
 
-func pickLifetime(fields map[string]json.RawMessage, now time.Time, def time.Duration) (time.Duration, error) {
+func pickLifetime(fields map[string]json.RawMessage, date string, sent time.Time, def time.Duration) (time.Duration, error) {
 	for _, key := range []string{"expiresIn", "expires_in"} {
 		if raw, ok := present(fields, key); ok {
 			d, err := parseSeconds(raw)
@@ -123,10 +126,30 @@ func pickLifetime(fields map[string]json.RawMessage, now time.Time, def time.Dur
 			if err != nil {
 				return 0, fmt.Errorf("%w: %s is not RFC 3339", ErrMalformed, key)
 			}
-			return checkLifetime(at.Sub(now), key)
+			return checkLifetime(at.Sub(expiryBase(date, sent)), key)
 		}
 	}
 	return def, nil
+}
+
+// expiryBase returns the instant an absolute expiry is measured from, so
+// that the lifetime is the expiry minus it. The upstream's clock need not
+// agree with ours, so the answer's own clock is used: its Date header (when
+// http.ParseTime reads it) plus one second, since Date has whole-second
+// resolution and the server's clock when it wrote Date was less than a second
+// past it; the lifetime is thus never overstated. Counting that lifetime from
+// sent is conservative too, since the server wrote Date after we sent.
+//
+// Only when date is missing or unreadable is sent itself returned, on the
+// local wall clock (the expiry is compared with sent's wall reading, not its
+// monotonic one): that assumes the local and upstream clocks agree, and a
+// local clock behind the upstream's overstates the lifetime by the
+// difference.
+func expiryBase(date string, sent time.Time) time.Time {
+	if d, err := http.ParseTime(date); err == nil {
+		return d.Add(time.Second)
+	}
+	return sent
 }
 
 // parseSeconds reads a JSON number or a string holding one as a count of

@@ -10,6 +10,8 @@ import (
 
 var now = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 
+// TestParseLiveness reads answers without a Date header, sent at now: an
+// absolute expiry is measured against the local wall clock.
 func TestParseLiveness(t *testing.T) {
 	const def = 42 * time.Minute
 	tests := []struct {
@@ -68,7 +70,7 @@ func TestParseLiveness(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			token, life, err := parseLiveness([]byte(tt.body), now, def)
+			token, life, err := parseLiveness([]byte(tt.body), "", now, def)
 			if !errors.Is(err, tt.wantErr) || (err != nil) != (tt.wantErr != nil) {
 				t.Fatalf("error = %v, want %v", err, tt.wantErr)
 			}
@@ -79,19 +81,82 @@ func TestParseLiveness(t *testing.T) {
 	}
 }
 
-func FuzzParseLiveness(f *testing.F) {
-	for _, seed := range []string{
-		`{"token":"abc","expiresIn":3600}`,
-		`{"livenessToken":"abc","expires_in":"300"}`,
-		`{"access_token":"abc","expiresAt":"2030-01-02T04:04:05Z"}`,
-		`{"token":"a\u0001b"}`,
-		`<html>`,
-		`{"token":"abc","expiresIn":"1e5"}`,
-	} {
-		f.Add([]byte(seed))
+// TestParseLivenessDate: an absolute expiry is measured against the answer's
+// Date header, less a second, whatever the local clock says; only without a
+// readable Date is it measured against the local wall clock at send time.
+func TestParseLivenessDate(t *testing.T) {
+	httpDate := func(t time.Time) string { return t.Format(http.TimeFormat) }
+	expiresAt := func(t time.Time) string {
+		return `{"token":"abc","expiresAt":"` + t.Format(time.RFC3339) + `"}`
 	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		token, life, err := parseLiveness(body, now, time.Hour)
+	tests := []struct {
+		name    string
+		body    string
+		date    string // the Date header; "" for none
+		sent    time.Time
+		want    time.Duration
+		wantErr error
+	}{
+		{"Date and sent agree", expiresAt(now.Add(time.Hour)), httpDate(now), now, time.Hour - time.Second, nil},
+		{"upstream clock 15s ahead", expiresAt(now.Add(15*time.Second + 45*time.Minute)), httpDate(now.Add(15 * time.Second)), now,
+			45*time.Minute - time.Second, nil},
+		{"local clock an hour ahead", expiresAt(now.Add(45 * time.Minute)), httpDate(now), now.Add(time.Hour), 45*time.Minute - time.Second, nil},
+		{"local clock an hour behind", expiresAt(now.Add(45 * time.Minute)), httpDate(now), now.Add(-time.Hour), 45*time.Minute - time.Second, nil},
+		{"RFC 850 Date", expiresAt(now.Add(time.Hour)), now.Format(time.RFC850), now, time.Hour - time.Second, nil},
+		{"ANSI C Date", expiresAt(now.Add(time.Hour)), now.Format(time.ANSIC), now, time.Hour - time.Second, nil},
+		{"no Date: local wall clock at send", expiresAt(now.Add(45 * time.Minute)), "", now, 45 * time.Minute, nil},
+		{"unreadable Date: local wall clock at send", expiresAt(now.Add(45 * time.Minute)), "yesterday", now, 45 * time.Minute, nil},
+		{"RFC 3339 Date is not an HTTP date", expiresAt(now.Add(45 * time.Minute)), now.Add(time.Hour).Format(time.RFC3339), now, 45 * time.Minute, nil},
+		{"expiresIn ignores Date", `{"token":"abc","expiresIn":60}`, httpDate(now.Add(time.Hour)), now, time.Minute, nil},
+		{"no expiry ignores Date", `{"token":"abc"}`, httpDate(now.Add(time.Hour)), now, time.Hour, nil},
+
+		{"expiry within Date's second", expiresAt(now.Add(time.Second)), httpDate(now), now, 0, ErrInvalidExpiry},
+		{"expired by the upstream's clock, not by ours", expiresAt(now.Add(-time.Minute)), httpDate(now), now.Add(-time.Hour), 0, ErrInvalidExpiry},
+		{"more than 24h after Date", expiresAt(now.Add(25 * time.Hour)), httpDate(now), now.Add(2 * time.Hour), 0, ErrInvalidExpiry},
+		{"no Date, in the past by our clock", expiresAt(now.Add(-time.Second)), "", now, 0, ErrInvalidExpiry},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, got, err := parseLiveness([]byte(tt.body), tt.date, tt.sent, time.Hour)
+			if !errors.Is(err, tt.wantErr) || (err != nil) != (tt.wantErr != nil) {
+				t.Fatalf("error = %v, want %v", err, tt.wantErr)
+			}
+			if got != tt.want {
+				t.Errorf("lifetime = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzParseLiveness feeds arbitrary answers and Date headers to the parser:
+// it must never accept an invalid token or lifetime, and the Date header may
+// change only the lifetime of an absolute expiry, never the token nor
+// whether the answer is well formed.
+func FuzzParseLiveness(f *testing.F) {
+	for _, seed := range []struct{ body, date string }{
+		{`{"token":"abc","expiresIn":3600}`, ""},
+		{`{"livenessToken":"abc","expires_in":"300"}`, "Wed, 02 Jan 2030 03:04:05 GMT"},
+		{`{"access_token":"abc","expiresAt":"2030-01-02T04:04:05Z"}`, ""},
+		{`{"access_token":"abc","expiresAt":"2030-01-02T04:04:05Z"}`, "Wed, 02 Jan 2030 03:04:20 GMT"},
+		{`{"token":"abc","expires_at":"2030-01-02T03:34:05Z"}`, "Wednesday, 02-Jan-30 02:04:05 GMT"},
+		{`{"token":"abc","expiresAt":"2030-01-02T03:04:06Z"}`, "Wed Jan  2 03:04:05 2030"},
+		{`{"token":"a\u0001b"}`, ""},
+		{`<html>`, "Wed, 02 Jan 2030 03:04:05 GMT"},
+		{`{"token":"abc","expiresIn":"1e5"}`, "garbage"},
+	} {
+		f.Add([]byte(seed.body), seed.date)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, date string) {
+		token, life, err := parseLiveness(body, date, now, time.Hour)
+		token0, _, err0 := parseLiveness(body, "", now, time.Hour)
+		if token != token0 && err == nil && err0 == nil {
+			t.Errorf("Date %q changed the token", date)
+		}
+		for _, cause := range []error{ErrMalformed, ErrInvalidToken} {
+			if errors.Is(err, cause) != errors.Is(err0, cause) {
+				t.Errorf("Date %q changed whether the answer is %v: %v, without it %v", date, cause, err, err0)
+			}
+		}
 		if err != nil {
 			if token != "" || life != 0 {
 				t.Errorf("error %v with token %q, lifetime %v", err, token, life)

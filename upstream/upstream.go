@@ -11,13 +11,19 @@ import (
 type Token struct {
 	// Value is the credential. Never log it.
 	Value string
-	// Lifetime is how long the token is valid, counted from Received. It is
-	// taken from the answer (expiresIn/expires_in, or expiresAt/expires_at
-	// minus the local wall clock), or the configured default when the answer
-	// names none.
+	// Lifetime is how long the token is valid, counted from Sent. It is
+	// taken from the answer: expiresIn/expires_in as is; for
+	// expiresAt/expires_at, the expiry minus the answer's Date header minus
+	// one second (Date has whole-second resolution), or, when the answer has
+	// no usable Date header, the expiry minus Sent on the local wall clock,
+	// which assumes the local and upstream clocks agree. When the answer
+	// names no expiry, it is the configured default. Since the upstream
+	// answered after Sent, Sent+Lifetime does not outlast the token, unless
+	// the fallback's clocks disagree.
 	Lifetime time.Duration
-	// Received is when the answer arrived, on the local clock.
-	Received time.Time
+	// Sent is when the request that obtained it was sent, on the local clock
+	// (monotonic reading kept); the token's life is counted from it.
+	Sent time.Time
 }
 
 // Error is an upstream failure, classified for the caller's retry policy.

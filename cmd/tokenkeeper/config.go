@@ -53,11 +53,13 @@ var serveSettings = []setting{
 	{env: "TOKENKEEPER_REFRESH_BEFORE", def: "15m", usage: "advisory refresh window"},
 	{env: "TOKENKEEPER_LOCK_TTL", def: "10s", usage: "leader lock TTL"},
 	{env: "TOKENKEEPER_TOKEN_LIFETIME", def: "60m", usage: "lifetime assumed when the upstream names none"},
-	{env: "TOKENKEEPER_SERVE_MARGIN", def: "1m", usage: "stop serving a token this long before it expires"},
+	{env: "TOKENKEEPER_SERVE_MARGIN", def: "1m", usage: "stop serving a token this long before it expires; longer than RDP_TIMEOUT"},
 	{env: "TOKENKEEPER_POLL_INTERVAL", def: "2s", usage: "how often a replica reads Redis to catch up"},
 	{env: "TOKENKEEPER_RETRY_MIN", def: "1s", usage: "shortest backoff after an upstream failure"},
 	{env: "TOKENKEEPER_RETRY_MAX", def: "60s", usage: "longest backoff after an upstream failure"},
 	{env: "TOKENKEEPER_AUTH_CALLS_PER_MINUTE", def: "20", usage: "fleet-wide cap on upstream sign-ons"},
+	{env: "TOKENKEEPER_HANDOVER_AFTER", def: "3", usage: "a leader whose refreshes fail this many times in a row hands leadership over (an auth refusal: at once)"},
+	{env: "TOKENKEEPER_HANDOVER_COOLDOWN", def: "1m", usage: "how long a replica that handed over stays out of elections (sooner if no other replica takes the lock)"},
 	{env: "TOKENKEEPER_SHUTDOWN_DRAIN", def: "0s", usage: "on SIGTERM, keep serving this long with /readyz answering 503 (set it to your load balancer's health-check interval or more)"},
 	{env: "TOKENKEEPER_LOG_LEVEL", def: "info", usage: "debug, info, warn or error"},
 	{env: "TOKENKEEPER_LOG_FORMAT", def: "json", usage: "json or text"},
@@ -219,9 +221,13 @@ type Config struct {
 	RetryMin       time.Duration
 	RetryMax       time.Duration
 	AuthPerMinute  int
-	ShutdownDrain  time.Duration
-	LogLevel       slog.Level
-	LogFormat      string
+	// HandoverAfter and HandoverCooldown are the leadership policy
+	// (refresher.Config).
+	HandoverAfter    int
+	HandoverCooldown time.Duration
+	ShutdownDrain    time.Duration
+	LogLevel         slog.Level
+	LogFormat        string
 
 	RDP RDPConfig
 }
@@ -242,23 +248,25 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 		return Config{}, err
 	}
 	c := Config{
-		Listen:         v.str("TOKENKEEPER_LISTEN"),
-		APIKeys:        v.list("TOKENKEEPER_API_KEYS"),
-		AllowAnonymous: v.boolean("TOKENKEEPER_ALLOW_ANONYMOUS"),
-		AdminKeys:      v.list("TOKENKEEPER_ADMIN_KEYS"),
-		MetricsKeys:    v.list("TOKENKEEPER_METRICS_KEYS"),
-		RateBurst:      v.integer("TOKENKEEPER_RATE_BURST"),
-		Instance:       v.str("TOKENKEEPER_INSTANCE_ID"),
-		RefreshBefore:  v.duration("TOKENKEEPER_REFRESH_BEFORE"),
-		LockTTL:        v.duration("TOKENKEEPER_LOCK_TTL"),
-		TokenLifetime:  v.duration("TOKENKEEPER_TOKEN_LIFETIME"),
-		ServeMargin:    v.duration("TOKENKEEPER_SERVE_MARGIN"),
-		PollInterval:   v.duration("TOKENKEEPER_POLL_INTERVAL"),
-		RetryMin:       v.duration("TOKENKEEPER_RETRY_MIN"),
-		RetryMax:       v.duration("TOKENKEEPER_RETRY_MAX"),
-		AuthPerMinute:  v.integer("TOKENKEEPER_AUTH_CALLS_PER_MINUTE"),
-		ShutdownDrain:  v.nonNegative("TOKENKEEPER_SHUTDOWN_DRAIN"),
-		LogFormat:      v.str("TOKENKEEPER_LOG_FORMAT"),
+		Listen:           v.str("TOKENKEEPER_LISTEN"),
+		APIKeys:          v.list("TOKENKEEPER_API_KEYS"),
+		AllowAnonymous:   v.boolean("TOKENKEEPER_ALLOW_ANONYMOUS"),
+		AdminKeys:        v.list("TOKENKEEPER_ADMIN_KEYS"),
+		MetricsKeys:      v.list("TOKENKEEPER_METRICS_KEYS"),
+		RateBurst:        v.integer("TOKENKEEPER_RATE_BURST"),
+		Instance:         v.str("TOKENKEEPER_INSTANCE_ID"),
+		RefreshBefore:    v.duration("TOKENKEEPER_REFRESH_BEFORE"),
+		LockTTL:          v.duration("TOKENKEEPER_LOCK_TTL"),
+		TokenLifetime:    v.duration("TOKENKEEPER_TOKEN_LIFETIME"),
+		ServeMargin:      v.duration("TOKENKEEPER_SERVE_MARGIN"),
+		PollInterval:     v.duration("TOKENKEEPER_POLL_INTERVAL"),
+		RetryMin:         v.duration("TOKENKEEPER_RETRY_MIN"),
+		RetryMax:         v.duration("TOKENKEEPER_RETRY_MAX"),
+		AuthPerMinute:    v.integer("TOKENKEEPER_AUTH_CALLS_PER_MINUTE"),
+		HandoverAfter:    v.integer("TOKENKEEPER_HANDOVER_AFTER"),
+		HandoverCooldown: v.duration("TOKENKEEPER_HANDOVER_COOLDOWN"),
+		ShutdownDrain:    v.nonNegative("TOKENKEEPER_SHUTDOWN_DRAIN"),
+		LogFormat:        v.str("TOKENKEEPER_LOG_FORMAT"),
 		RDP: RDPConfig{
 			BaseURL:        v.str("RDP_BASE_URL"),
 			Auth:           v.str("RDP_AUTH"),
@@ -313,6 +321,9 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	}
 	if c.AuthPerMinute < 1 {
 		v.fail("TOKENKEEPER_AUTH_CALLS_PER_MINUTE: %d must be at least 1", c.AuthPerMinute)
+	}
+	if c.HandoverAfter < 1 {
+		v.fail("TOKENKEEPER_HANDOVER_AFTER: %d must be at least 1", c.HandoverAfter)
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.str("TOKENKEEPER_LOG_LEVEL"))); err != nil {
 		v.fail("TOKENKEEPER_LOG_LEVEL: %q is not debug, info, warn or error", v.str("TOKENKEEPER_LOG_LEVEL"))
@@ -388,10 +399,19 @@ func certPool(v *values, env, file string, readFile func(string) ([]byte, error)
 	return pool
 }
 
-// checkTimings refuses timings that cannot work together.
+// checkTimings refuses timings that cannot work together. Settings that
+// failed to parse (zero here) were reported already and are not compared.
 func checkTimings(v *values, c Config) {
 	if c.ServeMargin > 0 && c.TokenLifetime > 0 && c.ServeMargin >= c.TokenLifetime {
 		v.fail("TOKENKEEPER_SERVE_MARGIN (%v) must be shorter than TOKENKEEPER_TOKEN_LIFETIME (%v)", c.ServeMargin, c.TokenLifetime)
+	}
+	// A token's life is counted from when its request was sent, and an
+	// answer may take up to RDP_TIMEOUT to arrive: with a margin no longer
+	// than that, a token could reach the fleet with less life left than the
+	// margin, and be refused however often it is fetched.
+	if c.ServeMargin > 0 && c.RDP.Timeout > 0 && c.ServeMargin <= c.RDP.Timeout {
+		v.fail("TOKENKEEPER_SERVE_MARGIN (%v) must be longer than RDP_TIMEOUT (%v): a token fetched with less life left than the margin is refused, so the margin must cover the longest upstream call",
+			c.ServeMargin, c.RDP.Timeout)
 	}
 	if c.RefreshBefore > 0 && c.TokenLifetime > 0 && c.RefreshBefore+c.ServeMargin >= c.TokenLifetime {
 		v.fail("TOKENKEEPER_REFRESH_BEFORE (%v) plus TOKENKEEPER_SERVE_MARGIN (%v) must be shorter than TOKENKEEPER_TOKEN_LIFETIME (%v)",

@@ -16,6 +16,7 @@ func FuzzParseServe(f *testing.F) {
 	f.Add("TOKENKEEPER_LOCK_TTL=1ns\nTOKENKEEPER_REFRESH_BEFORE=59m\nTOKENKEEPER_SERVE_MARGIN=1m")
 	f.Add("TOKENKEEPER_API_KEYS=,,\nTOKENKEEPER_RATE_LIMIT=NaN\nTOKENKEEPER_ENCRYPTION_KEYS=a:AAAA")
 	f.Add("TOKENKEEPER_LISTEN=[::1]:0\nTOKENKEEPER_TOKEN_LIFETIME=9223372036854775807ns")
+	f.Add("TOKENKEEPER_REDIS_URL=redis://r\nTOKENKEEPER_API_KEYS=k\nRDP_CLIENT_ID=id\nRDP_CLIENT_SECRET=s\nTOKENKEEPER_SERVE_MARGIN=10s\nRDP_TIMEOUT=10s")
 	f.Fuzz(func(t *testing.T, envText string) {
 		env := map[string]string{}
 		for _, line := range strings.Split(envText, "\n") {
@@ -38,6 +39,9 @@ func FuzzParseServe(f *testing.F) {
 		}
 		if c.RefreshBefore+c.ServeMargin >= c.TokenLifetime {
 			t.Fatalf("accepted refresh window %v + margin %v >= lifetime %v", c.RefreshBefore, c.ServeMargin, c.TokenLifetime)
+		}
+		if c.ServeMargin <= c.RDP.Timeout {
+			t.Fatalf("accepted serve margin %v <= upstream timeout %v", c.ServeMargin, c.RDP.Timeout)
 		}
 		if len(c.APIKeys) == 0 && !c.AllowAnonymous {
 			t.Fatal("accepted no reader keys without anonymous reads")

@@ -13,6 +13,7 @@ func apiReplicas(rs []refresher.Replica) []httpapi.Replica {
 			Instance: r.Instance, Version: r.Version, Ready: r.Ready, Leader: r.Leader,
 			TokenFingerprint: r.Fingerprint, ExpiresAt: r.ExpiresAt,
 			LastEventAt: r.LastEvent, LastEvent: r.LastEventType, SeenAt: r.Seen, Problem: r.Problem,
+			Upstream: r.Upstream, UpstreamError: r.UpstreamError,
 		})
 	}
 	return out

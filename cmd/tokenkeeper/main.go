@@ -5,6 +5,16 @@
 //	tokenkeeper fake-rdp     run the fake RDP on its own
 //	tokenkeeper healthcheck  exit 0 when the local replica is ready
 //	tokenkeeper status       the fleet as Redis records it: leader, replicas, last refreshes
+//
+// # Signals
+//
+// SIGTERM, SIGINT (Ctrl-C) and SIGHUP all stop a replica gracefully: a
+// leader releases the lock and announces it, so another replica leads at
+// once; the HTTP server drains (TOKENKEEPER_SHUTDOWN_DRAIN) and finishes the
+// requests in flight; the process exits 0. SIGHUP does not reload the
+// configuration (nothing in it could be reloaded safely): it stops the
+// replica like SIGTERM, where its default action would kill the process and
+// leave a leader's lock to expire.
 package main
 
 import (
@@ -16,8 +26,11 @@ import (
 	"syscall"
 )
 
+// shutdownSignals stop the process gracefully (see the package comment).
+var shutdownSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP}
+
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), shutdownSignals...)
 	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -33,6 +46,9 @@ commands:
   status       the fleet from Redis: leader, replicas and last refreshes (--json for JSON)
 
 Run 'tokenkeeper <command> -h' for the flags of a command.
+
+SIGTERM, SIGINT and SIGHUP stop a replica gracefully: a leader releases the
+lock and the drain runs. SIGHUP does not reload the configuration.
 `
 
 // run executes one command and returns the process exit code.

@@ -10,9 +10,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -378,6 +382,16 @@ func TestServeConfig(t *testing.T) {
 		{name: "negative duration", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "-1m"}, wantErr: []string{"TOKENKEEPER_SERVE_MARGIN: -1m0s must be positive"}},
 		{name: "window longer than lifetime", env: map[string]string{"TOKENKEEPER_REFRESH_BEFORE": "70m"}, wantErr: []string{"TOKENKEEPER_REFRESH_BEFORE (1h10m0s) plus TOKENKEEPER_SERVE_MARGIN"}},
 		{name: "margin longer than lifetime", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "2h"}, wantErr: []string{"TOKENKEEPER_SERVE_MARGIN (2h0m0s) must be shorter"}},
+		{name: "margin as long as the default upstream timeout", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "10s"},
+			wantErr: []string{"TOKENKEEPER_SERVE_MARGIN (10s) must be longer than RDP_TIMEOUT (10s)", "must cover the longest upstream call"}},
+		{name: "margin shorter than the upstream timeout", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "20s", "RDP_TIMEOUT": "30s"},
+			wantErr: []string{"TOKENKEEPER_SERVE_MARGIN (20s) must be longer than RDP_TIMEOUT (30s)"}},
+		{name: "margin longer than the upstream timeout", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "3s", "RDP_TIMEOUT": "2s"},
+			check: func(t *testing.T, c Config) {
+				if c.ServeMargin != 3*time.Second || c.RDP.Timeout != 2*time.Second {
+					t.Errorf("ServeMargin, RDP.Timeout = %v, %v; want 3s, 2s", c.ServeMargin, c.RDP.Timeout)
+				}
+			}},
 		{name: "tiny lock ttl", env: map[string]string{"TOKENKEEPER_LOCK_TTL": "10ms"}, wantErr: []string{"TOKENKEEPER_LOCK_TTL (10ms) must be at least 300ms"}},
 		{name: "retry max below min", env: map[string]string{"TOKENKEEPER_RETRY_MIN": "10s", "TOKENKEEPER_RETRY_MAX": "1s"}, wantErr: []string{"TOKENKEEPER_RETRY_MAX (1s)"}},
 		{name: "bad auth", env: map[string]string{"RDP_AUTH": "v3"}, wantErr: []string{`RDP_AUTH: "v3" is not v1 or v2`}},
@@ -481,4 +495,65 @@ func TestShutdownDrain(t *testing.T) {
 	<-a.done
 	a.p.Close()
 	a.cancel = nil
+}
+
+// TestSignalsStopGracefully runs the real main in a child process (this
+// test binary again, as "tokenkeeper demo": in-process Redis and fake RDP)
+// and sends it each shutdown signal once it leads. Each one, SIGHUP
+// included, must stop it gracefully: the lock released, a clean stop
+// logged, exit status 0.
+func TestSignalsStopGracefully(t *testing.T) {
+	if args := os.Getenv("TOKENKEEPER_TEST_MAIN"); args != "" {
+		// The child: main exits the process.
+		os.Args = append([]string{"tokenkeeper"}, strings.Fields(args)...)
+		main()
+		return
+	}
+	if runtime.GOOS == "windows" {
+		t.Skip("no POSIX signals on Windows")
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			cmd := exec.Command(os.Args[0], "-test.run=^TestSignalsStopGracefully$")
+			cmd.Env = append(os.Environ(), "TOKENKEEPER_TEST_MAIN=demo", "TOKENKEEPER_LISTEN=127.0.0.1:0")
+			var stdout, stderr syncBuffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			waited := false
+			t.Cleanup(func() {
+				if !waited {
+					cmd.Process.Kill()
+					<-exited
+				}
+			})
+			eventually(t, 10*time.Second, "the demo leads", func() bool {
+				return strings.Contains(stderr.String(), "leadership acquired")
+			})
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-exited:
+				waited = true
+				if err != nil {
+					t.Fatalf("after %v: %v, want exit status 0\nstderr:\n%s", sig, err, stderr.String())
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("still running 10s after %v\nstderr:\n%s", sig, stderr.String())
+			}
+			for _, want := range []*regexp.Regexp{
+				regexp.MustCompile(`msg="leadership ended".* reason="released on shutdown"`),
+				regexp.MustCompile(`msg="tokenkeeper stopped"`),
+			} {
+				if !want.MatchString(stderr.String()) {
+					t.Errorf("after %v, the log lacks %s:\n%s", sig, want, stderr.String())
+				}
+			}
+		})
+	}
 }

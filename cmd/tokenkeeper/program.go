@@ -35,11 +35,13 @@ type Program struct {
 func NewProgram(cfg Config, log *slog.Logger, src refresher.Source) (*Program, error) {
 	opt := *cfg.Redis
 	opt.DialTimeout = max(opt.DialTimeout, 2*time.Second)
+	// A renewal may take a quarter of the lock TTL, so that it can be
+	// retried before the lock expires; a URL's own timeouts win.
 	if opt.ReadTimeout == 0 {
-		opt.ReadTimeout = time.Second
+		opt.ReadTimeout = refresher.RedisTimeout(cfg.LockTTL)
 	}
 	if opt.WriteTimeout == 0 {
-		opt.WriteTimeout = time.Second
+		opt.WriteTimeout = refresher.RedisTimeout(cfg.LockTTL)
 	}
 	rdb := redis.NewClient(&opt)
 	p, err := newProgram(cfg, log, rdb, src)
@@ -78,6 +80,7 @@ func newProgram(cfg Config, log *slog.Logger, rdb *redis.Client, src refresher.S
 	ref, err := refresher.New(refresher.Config{
 		Instance: cfg.Instance, LockTTL: cfg.LockTTL, RefreshBefore: cfg.RefreshBefore,
 		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
+		HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
 		Version: buildVersion(), Registerer: reg,
 	}, rdb, store, src)
 	if err != nil {
@@ -179,7 +182,7 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 
 func (c controller) Refresh(ctx context.Context) (cache.Token, error) {
 	t, err := c.ref.Refresh(ctx)
-	if errors.Is(err, refresher.ErrNoLeader) {
+	if errors.Is(err, refresher.ErrNoLeader) || errors.Is(err, refresher.ErrUnavailable) {
 		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
 	}
 	return t, err
