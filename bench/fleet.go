@@ -72,7 +72,7 @@ func measureUpstream(ctx context.Context, work string, n int, lifetime, d time.D
 		client, err := upstream.New(upstream.Config{
 			BaseURL: "http://" + ln.Addr().String(), Auth: "v2",
 			ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
-			DefaultLifetime: lifetime, BeforeAuth: budget.Take, Logger: log, Timeout: 5 * time.Second,
+			DefaultLifetime: lifetime, BeforeAuth: budget.Take, Logger: log, Timeout: lifetime / 8, // under the serve margin
 		})
 		if err != nil {
 			return nil, err

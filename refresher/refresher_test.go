@@ -69,6 +69,7 @@ func (s *source) Calls() []time.Time {
 
 type timings struct {
 	lifetime, margin, before, lockTTL time.Duration
+	handoverAfter                     int // 0: the default
 }
 
 var fast = timings{lifetime: 2 * time.Second, margin: 300 * time.Millisecond, before: 800 * time.Millisecond, lockTTL: 600 * time.Millisecond}
@@ -109,7 +110,7 @@ func startReplica(t *testing.T, name, addr string, keys cache.Keys, src refreshe
 	ref, err := refresher.New(refresher.Config{
 		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, Jitter: 50 * time.Millisecond,
 		RetryMin: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Logger: quiet.With("r", name),
-		Version: "v-test", HeartbeatEvery: 50 * time.Millisecond, Registerer: reg,
+		Version: "v-test", HeartbeatEvery: 50 * time.Millisecond, Registerer: reg, HandoverAfter: tm.handoverAfter,
 	}, rdb, store, src)
 	if err != nil {
 		t.Fatal(err)

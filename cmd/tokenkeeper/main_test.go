@@ -61,7 +61,7 @@ func startReplica(t *testing.T, name, redisAddr, rdpURL string, tm fleetTimings)
 		RetryMax:      500 * time.Millisecond,
 		AuthPerMinute: 20,
 		RDP: RDPConfig{BaseURL: rdpURL, Auth: "v2", ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
-			Timeout: time.Second},
+			Timeout: tm.margin * 4 / 5}, // the serve margin must cover an upstream call
 	}
 	p, err := NewProgram(cfg, quiet.With("replica", name), nil)
 	if err != nil {

@@ -97,7 +97,7 @@ func TestNoSecretInLogs(t *testing.T) {
 			RefreshBefore: 700 * time.Millisecond, LockTTL: time.Second, TokenLifetime: 2 * time.Second,
 			ServeMargin: 300 * time.Millisecond, PollInterval: 200 * time.Millisecond,
 			RetryMin: 50 * time.Millisecond, RetryMax: 300 * time.Millisecond, AuthPerMinute: 100,
-			RDP: RDPConfig{BaseURL: rdpSrv.URL, Auth: "v2", ClientID: upstream.FakeClientID, ClientSecret: clientSecret, Timeout: time.Second},
+			RDP: RDPConfig{BaseURL: rdpSrv.URL, Auth: "v2", ClientID: upstream.FakeClientID, ClientSecret: clientSecret, Timeout: 250 * time.Millisecond},
 		}
 		p, err := NewProgram(cfg, log.With("replica", name), nil)
 		if err != nil {
