@@ -467,3 +467,60 @@ func TestFingerprintHidesTheToken(t *testing.T) {
 		t.Fatal("fingerprint of nothing should be empty")
 	}
 }
+
+// lockedBuffer is a log destination safe for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// The log tells the truth about serving: a key that vanishes before its
+// expiry is named as such, and when the held token passes the serve
+// margin with Redis unreachable, one line marks the switch to not ready
+// and later read failures no longer claim to serve the copy in memory.
+func TestLogsSayWhenServingStops(t *testing.T) {
+	srv := redistest.NewMini(t)
+	keys := cache.KeysFor("liveness")
+	c := newClock()
+	var logs lockedBuffer
+	s, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: 10 * time.Millisecond,
+		Now: c.Now, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Mini.Set(keys.Lock, "holder")
+	if _, err := s.Write(context.Background(), cache.Write{LockValue: "holder", Value: "tok", Deadline: c.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	run(t, s)
+	has := func(what string) func() bool { return func() bool { return strings.Contains(logs.String(), what) } }
+	eventually(t, 5*time.Second, "ready line", has("ready: holding a servable token"))
+
+	srv.Mini.FlushAll()
+	eventually(t, 5*time.Second, "the loss named", has("the token vanished from Redis before its expiry"))
+
+	srv.Mini.Close()
+	eventually(t, 5*time.Second, "serving from memory", has("serving the copy in memory"))
+	c.Add(59*time.Second + time.Millisecond) // past the serve margin
+	eventually(t, 5*time.Second, "the switch to not ready", has("not ready: no servable token held"))
+	eventually(t, 5*time.Second, "read failures that say nothing is served", has("holds no servable token: not serving"))
+	after := logs.String()[strings.Index(logs.String(), "not ready: no servable token held"):]
+	if strings.Contains(after, "serving the copy in memory") {
+		t.Error("after the switch to not ready, the log still claims to serve the copy in memory")
+	}
+	if _, ok := s.Current(); ok {
+		t.Error("Current past the serve margin: got a token")
+	}
+}
