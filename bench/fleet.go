@@ -65,7 +65,7 @@ func measureUpstream(ctx context.Context, work string, n int, lifetime, d time.D
 	defer func() { stopReplicas(fleet) }()
 	start := time.Now()
 	for i := range n {
-		budget, err := refresher.NewAuthBudget(rs.Client, "tokenkeeper:{liveness}:auth", 20)
+		budget, err := refresher.NewAuthBudget(rs.Client, cache.KeysFor("liveness").Auth, 20)
 		if err != nil {
 			return nil, err
 		}

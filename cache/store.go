@@ -32,19 +32,24 @@ var (
 	ErrWrongType = errors.New("cache: the token key holds a foreign value")
 )
 
-// Keys names the Redis keys of one token. All carry the same hash tag so a
-// script touches one slot in Redis Cluster.
+// Keys names the Redis keys of one token; it is the one place they are
+// named. All carry the same hash tag so a script touches one slot in Redis
+// Cluster.
 type Keys struct {
-	Token  string // hash holding the token
-	Lock   string // leader lock (github.com/bsm/redislock)
-	Events string // pub/sub channel
+	Token     string // hash holding the token
+	Lock      string // leader lock (github.com/bsm/redislock)
+	Events    string // pub/sub channel
+	Replicas  string // hash of heartbeats, a field per replica
+	Refreshes string // list of the last refresh attempts
+	Auth      string // sorted set of the fleet's recent sign-ons
 }
 
 // KeysFor returns the keys of the token called name:
-// tokenkeeper:{name}:token, tokenkeeper:{name}:lock, tokenkeeper:{name}:events.
+// tokenkeeper:{name}:token, :lock, :events, :replicas, :refreshes and :auth.
 func KeysFor(name string) Keys {
 	p := "tokenkeeper:{" + name + "}:"
-	return Keys{Token: p + "token", Lock: p + "lock", Events: p + "events"}
+	return Keys{Token: p + "token", Lock: p + "lock", Events: p + "events",
+		Replicas: p + "replicas", Refreshes: p + "refreshes", Auth: p + "auth"}
 }
 
 // RedisClient is what the store needs of a go-redis client
@@ -123,6 +128,7 @@ type Store struct {
 	metrics *storeMetrics          // nil without Config.Registerer
 
 	servable atomic.Bool // readiness as last logged by noteReadiness
+	noRO     atomic.Bool // the server lacks EVALSHA_RO
 
 	mu   sync.Mutex
 	subs map[*Subscription]struct{} // guarded by mu
@@ -210,13 +216,10 @@ func (s *Store) Loads() uint64 { return s.loads.Load() }
 
 // readScript returns the token, its remaining milliseconds, its age in
 // milliseconds and its writer, read in one step so the remaining time
-// belongs to the token read; {'!', type} when the key holds no hash.
+// belongs to the token read; {'!', error} when the key holds no hash.
 var readScript = redis.NewScript(`
-local ty = redis.call('TYPE', KEYS[1])
-if type(ty) == 'table' then ty = ty.ok or ty['ok'] end
-if ty == 'none' then return false end
-if ty ~= 'hash' then return {'!', ty} end
-local f = redis.call('HMGET', KEYS[1], 'v', 'at', 'w', 'k')
+local f = redis.pcall('HMGET', KEYS[1], 'v', 'at', 'w', 'k')
+if f.err then return {'!', f.err} end
 if not f[1] then return false end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl <= 0 then return false end
@@ -238,10 +241,8 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exp = now + tonumber(ARGV[3])
-local ty = redis.call('TYPE', KEYS[1])
-if type(ty) == 'table' then ty = ty.ok or ty['ok'] end
-local cur = false
-if ty == 'hash' then cur = redis.call('HGET', KEYS[1], 'exp') end
+local cur = redis.pcall('HGET', KEYS[1], 'exp')
+if type(cur) == 'table' and cur.err then cur = false end
 if cur and tonumber(cur) >= exp then return {-1} end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'exp', exp, 'at', now - tonumber(ARGV[4]), 'w', ARGV[5])
@@ -257,7 +258,7 @@ return {1, exp}
 func (s *Store) Load(ctx context.Context) (bool, error) {
 	s.loads.Add(1)
 	sent := s.cfg.Now()
-	res, err := readScript.Run(ctx, s.rdb, []string{s.cfg.Keys.Token}).Slice()
+	res, err := s.runRO(ctx, readScript, []string{s.cfg.Keys.Token}).Slice()
 	if errors.Is(err, redis.Nil) {
 		s.lost(sent)
 		return false, nil
@@ -270,7 +271,7 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 		// the fleet is concerned; the leader overwrites it under the lock.
 		s.inRedis.Store(false)
 		s.metrics.anomaly(anomalyWrongType)
-		return false, fmt.Errorf("%w: %s holds a %v, not a hash; the leader overwrites it", ErrWrongType, s.cfg.Keys.Token, res[1])
+		return false, fmt.Errorf("%w: %s is not a hash (%v); the leader overwrites it", ErrWrongType, s.cfg.Keys.Token, res[1])
 	}
 	if len(res) != 5 {
 		return false, fmt.Errorf("cache: read token: unexpected answer of %d fields", len(res))
@@ -304,6 +305,31 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 		Writer:    writer,
 	})
 	return true, nil
+}
+
+// runRO runs a script that only reads with EVALSHA_RO, which Redis still
+// serves while writes are paused (CLIENT PAUSE WRITE, during a failover)
+// and on read-only replicas; a server older than Redis 7 that lacks it
+// gets the script with EVALSHA from then on, and so does a user whose ACL
+// lacks EVALSHA_RO.
+func (s *Store) runRO(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	if !s.noRO.Load() {
+		cmd := script.RunRO(ctx, s.rdb, keys, args...)
+		err := cmd.Err()
+		switch {
+		case err == nil:
+			return cmd
+		case strings.Contains(strings.ToLower(err.Error()), "unknown command"),
+			// Redis-compatible servers that count TIME as a write.
+			strings.Contains(err.Error(), "not allowed in read-only scripts"):
+		case strings.HasPrefix(err.Error(), "NOPERM") && strings.Contains(strings.ToLower(err.Error()), "evalsha_ro"):
+			s.log.Info("Redis refuses EVALSHA_RO to this user: reading with EVALSHA, which waits while writes are paused; grant +evalsha_ro +eval_ro")
+		default:
+			return cmd
+		}
+		s.noRO.Store(true)
+	}
+	return script.Run(ctx, s.rdb, keys, args...)
 }
 
 // lost records that Redis held no token at sent. When the last read found

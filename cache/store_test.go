@@ -138,9 +138,12 @@ func TestNewRejectsBadConfig(t *testing.T) {
 func TestKeysCarryOneHashTag(t *testing.T) {
 	k := cache.KeysFor("liveness")
 	want := cache.Keys{
-		Token:  "tokenkeeper:{liveness}:token",
-		Lock:   "tokenkeeper:{liveness}:lock",
-		Events: "tokenkeeper:{liveness}:events",
+		Token:     "tokenkeeper:{liveness}:token",
+		Lock:      "tokenkeeper:{liveness}:lock",
+		Events:    "tokenkeeper:{liveness}:events",
+		Replicas:  "tokenkeeper:{liveness}:replicas",
+		Refreshes: "tokenkeeper:{liveness}:refreshes",
+		Auth:      "tokenkeeper:{liveness}:auth",
 	}
 	if k != want {
 		t.Fatalf("got %+v, want %+v", k, want)

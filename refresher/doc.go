@@ -5,10 +5,23 @@
 //
 // Every replica runs a Refresher. Each tries to take a Redis lock
 // (github.com/bsm/redislock) named by cache.Keys.Lock; the one that holds it
-// leads. The leader renews the lock every RenewEvery (LockTTL/3 by
-// default). A renewal that fails or times out ends leadership at once: the
-// context of all leader-only work is cancelled before the lock could have
-// expired in Redis. A leader stopped gracefully releases the lock and
+// leads. The leader renews the lock every RenewEvery (LockTTL/4 by
+// default), counted from the sending of the last good renewal, which the
+// lock outlives by LockTTL. Each renewal may take RedisTimeout (LockTTL/4,
+// which TuneRedis makes the client's timeouts); one that fails or times out
+// is retried at once, so a slow Redis gets three tries per lease, and
+// leadership ends a guard (LockTTL/10) before the lease does, never after:
+// the context of all leader-only work is cancelled before the lock could
+// have expired in Redis. A renewal refused because the lock is no longer
+// this replica's ends leadership at once.
+//
+// A leader whose refreshes keep failing (HandoverAfter in a row, or one
+// refusal of its credentials) releases the lock and stays out of
+// elections for HandoverCooldown, unless no other replica takes the lock
+// within a lock TTL. A new leader goes on from the fleet's failures in a
+// row, recorded in Redis, so handovers do not restart the backoff.
+//
+// A leader stopped gracefully releases the lock and
 // announces it, so another replica leads within a moment; a leader that
 // vanishes is replaced once its lock expires, within LockTTL plus
 // ElectEvery.
@@ -24,8 +37,11 @@
 // Jitter earlier still), immediately when no valid token exists, and on
 // request from any replica (Refresh). Failures are retried with capped
 // exponential backoff and full jitter, never sooner than a Retry-After the
-// upstream named. A token fetched but not stored (Redis unreachable) is
-// kept and written on the next attempt instead of fetching another. When
+// upstream named. A token fetched but not stored (Redis unreachable, the
+// lock lost during the call) is kept by the replica across terms and
+// written when it leads again, if still the newest, instead of fetching
+// another. Refresh requests that arrive during an upstream call join it;
+// none is dropped, and each is answered. When
 // Redis has lost the token (restart, FLUSHALL), the leader writes back its
 // own still-valid copy instead of asking the upstream for a new one.
 //

@@ -94,18 +94,6 @@ type Fleet struct {
 	Refreshes []Attempt
 }
 
-// FleetKeys returns the Redis keys of the fleet view beside keys: the
-// heartbeat hash and the list of refresh attempts
-// (tokenkeeper:{liveness}:replicas and tokenkeeper:{liveness}:refreshes
-// for cache.KeysFor("liveness")).
-func FleetKeys(keys cache.Keys) (replicas, refreshes string) {
-	p, ok := strings.CutSuffix(keys.Lock, "lock")
-	if !ok {
-		p += ":"
-	}
-	return p + "replicas", p + "refreshes"
-}
-
 // FleetReader is what ReadFleet needs of a go-redis client.
 type FleetReader interface {
 	redis.Scripter
@@ -122,11 +110,10 @@ func ReadFleet(ctx context.Context, rdb FleetReader, keys cache.Keys) (Fleet, er
 	if f.Leader, err = readLeader(ctx, rdb, keys.Lock); err != nil {
 		return f, err
 	}
-	replicasKey, refreshesKey := FleetKeys(keys)
-	if f.Replicas, err = readReplicas(ctx, rdb, replicasKey); err != nil {
+	if f.Replicas, err = readReplicas(ctx, rdb, keys.Replicas); err != nil {
 		return f, err
 	}
-	if f.Refreshes, err = readAttempts(ctx, rdb, refreshesKey); err != nil {
+	if f.Refreshes, err = readAttempts(ctx, rdb, keys.Refreshes); err != nil {
 		return f, err
 	}
 	return f, nil
@@ -382,7 +369,7 @@ func (r *Refresher) recordAttempt(ctx context.Context, a Attempt, inARow int) {
 	if err != nil {
 		return
 	}
-	_, refreshesKey := FleetKeys(r.store.Keys())
+	refreshesKey := r.store.Keys().Refreshes
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.RenewEvery)
 	defer cancel()
 	if err := pushScript.Run(pctx, r.rdb, []string{refreshesKey}, string(b), historySize, historyTTL.Milliseconds()).Err(); err != nil && ctx.Err() == nil {
@@ -434,7 +421,7 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 	defer tick.Stop()
 	watch := time.NewTicker(min(r.cfg.HeartbeatEvery, 200*time.Millisecond))
 	defer watch.Stop()
-	replicasKey, _ := FleetKeys(r.store.Keys())
+	replicasKey := r.store.Keys().Replicas
 	ttl := 3 * r.cfg.HeartbeatEvery
 	var sent heartbeat
 	beat := func() {
@@ -485,7 +472,7 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 // this replica's own view and its own attempts. tryRedis false skips
 // Redis, already known to be unreachable.
 func (r *Refresher) fleetStatus(ctx context.Context, s *Status, tryRedis bool) error {
-	replicasKey, refreshesKey := FleetKeys(r.store.Keys())
+	replicasKey, refreshesKey := r.store.Keys().Replicas, r.store.Keys().Refreshes
 	var reps []Replica
 	var err error
 	if tryRedis {

@@ -143,7 +143,7 @@ func TestHeartbeatsExpire(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	t.Cleanup(func() { rdb.Close() })
 	ctx := context.Background()
-	replicas, _ := refresher.FleetKeys(keys)
+	replicas := keys.Replicas
 	if !strings.HasSuffix(replicas, ":replicas") || !strings.Contains(replicas, "{") {
 		t.Fatalf("heartbeat key %q lacks the hash tag or suffix", replicas)
 	}

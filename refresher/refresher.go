@@ -54,7 +54,7 @@ type Config struct {
 	// LockTTL is the leader lock's time to live. Default: 10s.
 	LockTTL time.Duration
 	// RenewEvery is how often the leader renews the lock. It must be
-	// shorter than half of LockTTL. Default: LockTTL/3.
+	// shorter than half of LockTTL. Default: LockTTL/4.
 	RenewEvery time.Duration
 	// ElectEvery is how often a follower tries to take the lock when it
 	// cannot tell when the lock comes free; one that sees the lock held
@@ -149,7 +149,7 @@ func New(cfg Config, rdb RedisClient, store *cache.Store, src Source) (*Refreshe
 		return nil, fmt.Errorf("refresher: lock TTL %v is shorter than 100ms", cfg.LockTTL)
 	}
 	if cfg.RenewEvery == 0 {
-		cfg.RenewEvery = cfg.LockTTL / 3
+		cfg.RenewEvery = cfg.LockTTL / 4
 	}
 	if cfg.RenewEvery <= 0 || cfg.RenewEvery*2 >= cfg.LockTTL {
 		return nil, fmt.Errorf("refresher: lock renewal every %v must be shorter than half the lock TTL %v", cfg.RenewEvery, cfg.LockTTL)
@@ -394,6 +394,27 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 // when the Redis URL names none.
 func RedisTimeout(lockTTL time.Duration) time.Duration { return lockTTL / 4 }
 
+// TuneRedis sets what the election needs of a Redis client for a lock of
+// lockTTL on opt, leaving alone what opt already sets: read and write
+// timeouts of RedisTimeout(lockTTL); deadlines honoured (a lock renewal
+// must not outlive its lease); three spare connections, so that a renewal
+// retried after a timeout (go-redis drops the connection) does not wait
+// for a dial; and no CLIENT SETINFO, so that a new connection costs one
+// round trip (HELLO) before the command.
+func TuneRedis(opt *redis.Options, lockTTL time.Duration) {
+	if opt.ReadTimeout == 0 {
+		opt.ReadTimeout = RedisTimeout(lockTTL)
+	}
+	if opt.WriteTimeout == 0 {
+		opt.WriteTimeout = RedisTimeout(lockTTL)
+	}
+	opt.ContextTimeoutEnabled = true
+	opt.MinIdleConns = max(opt.MinIdleConns, 3)
+	// A connection opened to retry after a timeout costs HELLO, and one
+	// more round trip for CLIENT SETINFO: spare the second.
+	opt.DisableIdentity = true
+}
+
 // leaseGuard is how long before the lock could expire, by the local clock,
 // leadership ends: room for Redis's clock to run a little faster.
 func (r *Refresher) leaseGuard() time.Duration {
@@ -401,27 +422,35 @@ func (r *Refresher) leaseGuard() time.Duration {
 }
 
 // renew keeps the lock alive while ctx lasts. The lock lives at least
-// LockTTL from the sending of the last command that set it; a renewal that
-// fails or times out is retried while that lease lasts, and leadership is
-// cancelled a guard before it ends, never after, whether or not a renewal
-// is still in flight. A renewal refused because the lock is no longer this
+// LockTTL from the sending of the last command that set it; renewals are
+// sent every RenewEvery from the sending of the last good one, a renewal
+// that fails or times out is retried at once while that lease lasts, and
+// leadership is cancelled a guard before the lease ends, never after,
+// whether or not a renewal is still in flight (the Redis client need not
+// honour deadlines). A renewal refused because the lock is no longer this
 // replica's ends leadership at once. sent is when the lock was obtained.
 func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *redislock.Lock, sent time.Time) {
 	guard := r.leaseGuard()
 	leaseEnd := sent.Add(r.cfg.LockTTL - guard)
 	expiry := time.NewTimer(leaseEnd.Sub(r.cfg.Now()))
 	defer expiry.Stop()
-	tick := time.NewTimer(r.cfg.RenewEvery)
+	// The first renewal goes at once: it loads the renewal script into
+	// Redis (EVALSHA, then EVAL) while the lease is young, so that later
+	// renewals on a slow Redis take one round trip.
+	tick := time.NewTimer(0)
 	defer tick.Stop()
+	stepDown := func(failed int) {
+		r.log.Warn("lock renewals did not succeed in time; stepping down before the lock can expire", "failed_renewals", failed)
+		r.setErr(fmt.Errorf("lock renewal: %d attempts failed within the lock TTL", failed))
+		cancel()
+	}
 	failed := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-expiry.C:
-			r.log.Warn("lock renewals did not succeed in time; stepping down before the lock can expire", "failed_renewals", failed)
-			r.setErr(fmt.Errorf("lock renewal: %d attempts failed within the lock TTL", failed))
-			cancel()
+			stepDown(failed)
 			return
 		case <-tick.C:
 		}
@@ -431,19 +460,32 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			until = leaseEnd
 		}
 		rctx, rcancel := context.WithDeadline(ctx, until)
-		err := lock.Refresh(rctx, r.cfg.LockTTL, nil)
-		rcancel()
+		done := make(chan error, 1)
+		go func() { done <- lock.Refresh(rctx, r.cfg.LockTTL, nil) }()
+		var err error
+		select {
+		case err = <-done:
+			rcancel()
+		case <-expiry.C:
+			rcancel()
+			stepDown(failed + 1)
+			return
+		}
 		switch {
 		case err == nil:
 			failed = 0
 			leaseEnd = sent.Add(r.cfg.LockTTL - guard)
 			expiry.Reset(leaseEnd.Sub(r.cfg.Now()))
-			tick.Reset(r.cfg.RenewEvery)
+			tick.Reset(max(sent.Add(r.cfg.RenewEvery).Sub(r.cfg.Now()), 0))
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, redislock.ErrNotObtained):
-			// The lock is not ours any more: expired, taken, or removed.
-			r.noteLockGone(ctx)
+			// The lock is not ours any more. Within the lease it cannot
+			// have expired: its key was removed (evicted, flushed, an empty
+			// restart) or overwritten.
+			if r.cfg.Now().Before(leaseEnd) {
+				r.store.LockLost()
+			}
 			r.log.Warn("lock renewal refused: the lock is no longer held; stepping down", "error", err)
 			r.setErr(fmt.Errorf("lock renewal: %w", err))
 			cancel()
@@ -453,18 +495,8 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			failed++
 			r.log.Warn("lock renewal failed; retrying while the lock lasts", "error", err, "attempt", failed,
 				"lease_left", leaseEnd.Sub(r.cfg.Now()).Round(time.Millisecond))
-			tick.Reset(max(r.cfg.RenewEvery/4, time.Millisecond))
+			tick.Reset(0)
 		}
-	}
-}
-
-// noteLockGone records an anomaly when the lock renewal was refused and no
-// replica holds the lock: its key vanished before its TTL.
-func (r *Refresher) noteLockGone(ctx context.Context) {
-	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RedisTimeout(r.cfg.LockTTL))
-	defer cancel()
-	if _, err := r.rdb.Get(gctx, r.store.Keys().Lock).Result(); errors.Is(err, redis.Nil) {
-		r.store.LockLost()
 	}
 }
 
@@ -604,7 +636,7 @@ func (r *Refresher) handOver(st *leaderState, err error) bool {
 // change of leader does not restart the backoff and an upstream down for
 // everyone sees no more calls than one leader would make.
 func (r *Refresher) inherit(ctx context.Context, st *leaderState) {
-	_, key := FleetKeys(r.store.Keys())
+	key := r.store.Keys().Refreshes
 	hctx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL))
 	defer cancel()
 	atts, err := readAttempts(hctx, r.rdb, key)
@@ -972,8 +1004,8 @@ type refreshCall struct {
 //
 // Every call gets an answer: the token; ErrRefreshFailed when the
 // leader's attempt failed (or a recent one did and the leader is backing
-// off); ErrNoLeader when no replica has led for a while (half a lock
-// TTL); ErrUnavailable when Redis cannot be reached for as long; or ctx's
+// off); ErrNoLeader when no replica has led for two lock TTLs;
+// ErrUnavailable when Redis has failed for as long; or ctx's
 // error. A lost message costs a resend, not the answer: the request is
 // sent again every half lock TTL and whenever leadership changes, and a
 // token fetched after the request counts as its answer.
@@ -1028,7 +1060,11 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 	sub := r.store.Subscribe()
 	defer sub.Close()
 
-	grace := r.cfg.LockTTL / 2
+	// Leadership may be vacant, or Redis unreachable or pausing writes,
+	// through a failover: a leader steps down, its lock expires and
+	// another is elected within about two lock TTLs of Redis answering
+	// again. Only trouble that lasts longer is the answer.
+	grace := 2 * r.cfg.LockTTL
 	resend := time.NewTimer(0)
 	defer resend.Stop()
 	var troubleSince time.Time // since when no leader, or no Redis, was found
@@ -1041,7 +1077,7 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 			err := r.send(ctx, id)
 			if err == nil {
 				troubleSince = time.Time{}
-				resend.Reset(grace)
+				resend.Reset(r.cfg.LockTTL / 2) // in case the request or its answer was lost
 				continue
 			}
 			if ctx.Err() != nil {

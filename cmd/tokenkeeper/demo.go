@@ -11,6 +11,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -103,7 +104,7 @@ func demoCountdown(ctx context.Context, log *slog.Logger, p *Program) {
 			return
 		case <-tick.C:
 		}
-		t, ok := p.store.Current()
+		t, ok := p.keeper.Current(tokenkeeper.Name)
 		if !ok {
 			log.Info("demo: no servable token yet")
 			continue

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -48,9 +49,9 @@ func TestUpstreamFailuresEndToEnd(t *testing.T) {
 				startReplica(t, "b", srv.Addr, rdp.URL, tm),
 			}
 			for _, r := range fleet {
-				eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.store.Current(); return ok })
+				eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.keeper.Current(tokenkeeper.Name); return ok })
 			}
-			first, _ := fleet[0].p.store.Current()
+			first, _ := fleet[0].p.keeper.Current(tokenkeeper.Name)
 			knobs := tt.knobs
 			knobs.TokenLifetime, knobs.AccessTokenLifetime = lifetime, time.Second
 			fake.Set(knobs)

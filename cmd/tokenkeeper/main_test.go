@@ -22,6 +22,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -155,7 +156,7 @@ func TestFleet(t *testing.T) {
 				fleet = append(fleet, startReplica(t, fmt.Sprintf("r%d", i), srv.Addr, rdp.URL, compressed))
 			}
 			for _, r := range fleet {
-				eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.store.Current(); return ok })
+				eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.keeper.Current(tokenkeeper.Name); return ok })
 			}
 			ctx, stopReading := context.WithCancel(context.Background())
 			readers := make([]*reader, n)
@@ -170,7 +171,7 @@ func TestFleet(t *testing.T) {
 			// Ask a replica that does not lead for a refresh: it reaches the leader through Redis.
 			follower := fleet[len(fleet)-1]
 			for _, r := range fleet {
-				if !r.p.ref.IsLeader() {
+				if !r.p.keeper.IsLeader() {
 					follower = r
 				}
 			}
@@ -269,7 +270,7 @@ func TestGracefulHandover(t *testing.T) {
 	var leader *testReplica
 	eventually(t, 5*time.Second, "a leader", func() bool {
 		for _, r := range fleet {
-			if r.p.ref.IsLeader() {
+			if r.p.keeper.IsLeader() {
 				leader = r
 				return true
 			}
@@ -277,13 +278,13 @@ func TestGracefulHandover(t *testing.T) {
 		return false
 	})
 	for _, r := range fleet {
-		eventually(t, 2*time.Second, r.name+" ready", func() bool { _, ok := r.p.store.Current(); return ok })
+		eventually(t, 2*time.Second, r.name+" ready", func() bool { _, ok := r.p.keeper.Current(tokenkeeper.Name); return ok })
 	}
 	stopped := time.Now()
 	leader.stop()
 	eventually(t, time.Second, "a new leader within a second", func() bool {
 		for _, r := range fleet {
-			if r != leader && r.p.ref.IsLeader() {
+			if r != leader && r.p.keeper.IsLeader() {
 				return true
 			}
 		}
@@ -467,13 +468,13 @@ func TestShutdownDrain(t *testing.T) {
 	t.Cleanup(rdp.Close)
 	tm := fleetTimings{lifetime: time.Minute, before: 10 * time.Second, margin: 5 * time.Second, lockTTL: 3 * time.Second}
 	a := startReplica(t, "a", srv.Addr, rdp.URL, tm)
-	eventually(t, 5*time.Second, "a leads and is ready", func() bool { _, ok := a.p.store.Current(); return ok && a.p.ref.IsLeader() })
+	eventually(t, 5*time.Second, "a leads and is ready", func() bool { _, ok := a.p.keeper.Current(tokenkeeper.Name); return ok && a.p.keeper.IsLeader() })
 	b := startReplica(t, "b", srv.Addr, rdp.URL, tm)
-	eventually(t, 5*time.Second, "b ready", func() bool { _, ok := b.p.store.Current(); return ok })
+	eventually(t, 5*time.Second, "b ready", func() bool { _, ok := b.p.keeper.Current(tokenkeeper.Name); return ok })
 
 	a.p.cfg.ShutdownDrain = time.Second
 	a.cancel()
-	eventually(t, time.Second, "b leads while a drains", func() bool { return b.p.ref.IsLeader() })
+	eventually(t, time.Second, "b leads while a drains", func() bool { return b.p.keeper.IsLeader() })
 	status := func(path string, key string) int {
 		req, _ := http.NewRequest(http.MethodGet, a.url+path, nil)
 		if key != "" {

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -130,8 +131,8 @@ func TestMetrics(t *testing.T) {
 	tm := fleetTimings{lifetime: time.Minute, before: 10 * time.Second, margin: 2 * time.Second, lockTTL: 30 * time.Second}
 	a := startReplica(t, "a", srv.Addr, rdp.URL, tm)
 	eventually(t, 5*time.Second, "a leads and is ready", func() bool {
-		_, ok := a.p.store.Current()
-		return ok && a.p.ref.IsLeader()
+		_, ok := a.p.keeper.Current(tokenkeeper.Name)
+		return ok && a.p.keeper.IsLeader()
 	})
 
 	scrape(t, a.url) // the HTTP families appear with the first request
@@ -208,7 +209,7 @@ func TestMetrics(t *testing.T) {
 	if code := post(t, a.url+"/v1/tokens/liveness/refresh", "admin-key"); code != http.StatusBadGateway {
 		t.Errorf("fenced refresh = %d, want 502", code)
 	}
-	eventually(t, 5*time.Second, "a steps down", func() bool { return !a.p.ref.IsLeader() })
+	eventually(t, 5*time.Second, "a steps down", func() bool { return !a.p.keeper.IsLeader() })
 	m = scrape(t, a.url)
 	for _, c := range []struct {
 		name   string
@@ -228,9 +229,9 @@ func TestMetrics(t *testing.T) {
 
 	// The intruder goes away; a or a newcomer b takes over.
 	b := startReplica(t, "b", srv.Addr, rdp.URL, tm)
-	eventually(t, 5*time.Second, "b is ready", func() bool { _, ok := b.p.store.Current(); return ok })
+	eventually(t, 5*time.Second, "b is ready", func() bool { _, ok := b.p.keeper.Current(tokenkeeper.Name); return ok })
 	srv.Mini.Del(keys.Lock)
-	eventually(t, 5*time.Second, "a new leader", func() bool { return a.p.ref.IsLeader() || b.p.ref.IsLeader() })
+	eventually(t, 5*time.Second, "a new leader", func() bool { return a.p.keeper.IsLeader() || b.p.keeper.IsLeader() })
 	ma, mb := scrape(t, a.url), scrape(t, b.url)
 	if got := sampleOf(ma, "tokenkeeper_leader") + sampleOf(mb, "tokenkeeper_leader"); got != 1 {
 		t.Errorf("sum of tokenkeeper_leader = %v, want 1", got)
@@ -267,7 +268,7 @@ func TestMetricNamesFollowConventions(t *testing.T) {
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	a := startReplica(t, "a", srv.Addr, rdp.URL, compressed)
-	eventually(t, 5*time.Second, "a is ready", func() bool { _, ok := a.p.store.Current(); return ok })
+	eventually(t, 5*time.Second, "a is ready", func() bool { _, ok := a.p.keeper.Current(tokenkeeper.Name); return ok })
 	m := scrape(t, a.url)
 	var names []string
 	for name := range m {

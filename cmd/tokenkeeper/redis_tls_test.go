@@ -26,6 +26,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -34,7 +35,7 @@ import (
 const minimalACL = "user tokenkeeper on >tk-redis-password resetkeys ~tokenkeeper:{liveness}:* " +
 	"resetchannels &tokenkeeper:{liveness}:events -@all " +
 	"+ping +hello +auth +client|setname +select " +
-	"+eval +evalsha +script|load " +
+	"+eval +evalsha +eval_ro +evalsha_ro +script|load " +
 	"+get +set +del +getrange +pexpire +pttl +time " +
 	"+hget +hmget +hset +pexpireat " +
 	"+zadd +zcard +zrange +zremrangebyscore +hgetall +hdel +lpush +ltrim +lrange " +
@@ -128,7 +129,7 @@ func TestRedisTLSAndACL(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done; p.Close() })
 
 	eventually(t, 10*time.Second, "a token over TLS with the minimal ACL", func() bool {
-		_, ok := p.store.Current()
+		_, ok := p.keeper.Current(tokenkeeper.Name)
 		return ok
 	})
 	// The admin refresh goes through pub/sub and the scripts too.
@@ -148,9 +149,9 @@ func TestRedisTLSAndACL(t *testing.T) {
 	// its TTL, so renewals pass.
 	started := time.Now()
 	eventually(t, 10*time.Second, "heartbeat, history and renewals through the ACL", func() bool {
-		st, err := p.ref.Status(context.Background())
+		st, err := p.keeper.Status(context.Background())
 		return err == nil && len(st.Replicas) == 1 && st.Replicas[0].Ready && len(st.Refreshes) >= 2 &&
-			time.Since(started) > 2*cfg.LockTTL && p.ref.IsLeader()
+			time.Since(started) > 2*cfg.LockTTL && p.keeper.IsLeader()
 	})
 	if out := logs.String(); strings.Contains(out, "NOPERM") || strings.Contains(out, "can't run this command") {
 		t.Fatalf("the minimal ACL refused something the replica needs:\n%s", out)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -93,7 +94,8 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	now := time.Now()
 	if asJSON {
-		out := fleetJSON{Leader: f.Leader, Replicas: apiReplicas(f.Replicas), Refreshes: apiRefreshes(f.Refreshes), GeneratedAt: utcMillis(now)}
+		replicas, refreshes := tokenkeeper.APIFleet(f)
+		out := fleetJSON{Leader: f.Leader, Replicas: replicas, Refreshes: refreshes, GeneratedAt: utcMillis(now)}
 		for i := range out.Replicas {
 			r := &out.Replicas[i]
 			r.ExpiresAt, r.LastEventAt, r.SeenAt = utcMillis(r.ExpiresAt), utcMillis(r.LastEventAt), utcMillis(r.SeenAt)

@@ -51,7 +51,7 @@ func TestStatusCommand(t *testing.T) {
 		return ready == 2 && len(out.Refreshes) > 0
 	})
 	leader := a
-	if b.p.ref.IsLeader() {
+	if b.p.keeper.IsLeader() {
 		leader = b
 	}
 	if out.Leader != leader.name {

@@ -4,7 +4,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Proxy forwards TCP connections to a Redis and can cut them all, as a
@@ -19,7 +21,15 @@ type Proxy struct {
 	cut   bool
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
+
+	latency atomic.Int64 // delay of what Redis sends, in nanoseconds
 }
+
+// SetLatency delays every chunk forwarded from Redis to a client by d,
+// counted from when the proxy read it, as a slow link would: a round trip
+// takes d longer. Chunks keep their order and do not queue behind one
+// another's delay. 0, the default, forwards at once.
+func (p *Proxy) SetLatency(d time.Duration) { p.latency.Store(int64(max(d, 0))) }
 
 // NewProxy starts a proxy to target on a loopback port, closed when the
 // test ends.
@@ -76,14 +86,18 @@ func (p *Proxy) accept() {
 		p.conns[up] = struct{}{}
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		go p.pipe(c, up, true)
+		go p.pipe(up, c, false)
 	}
 }
 
-func (p *Proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn, delayed bool) {
 	defer p.wg.Done()
-	io.Copy(dst, src)
+	if delayed {
+		p.delay(dst, src)
+	} else {
+		io.Copy(dst, src)
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -96,4 +110,40 @@ func (p *Proxy) close() {
 	p.ln.Close()
 	p.Cut()
 	p.wg.Wait()
+}
+
+// chunk is data read from Redis, due to be forwarded at due.
+type chunk struct {
+	data []byte
+	due  time.Time
+}
+
+// delay copies src to dst, holding each chunk for the latency in force
+// when it was read.
+func (p *Proxy) delay(dst, src net.Conn) {
+	ch := make(chan chunk, 1024)
+	go func() {
+		defer close(ch)
+		for {
+			buf := make([]byte, 32*1024)
+			n, err := src.Read(buf)
+			if n > 0 {
+				ch <- chunk{buf[:n], time.Now().Add(time.Duration(p.latency.Load()))}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range ch {
+		if d := time.Until(c.due); d > 0 {
+			time.Sleep(d)
+		}
+		if _, err := dst.Write(c.data); err != nil {
+			src.Close()
+			for range ch { // let the reader finish
+			}
+			return
+		}
+	}
 }

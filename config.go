@@ -1,0 +1,179 @@
+package tokenkeeper
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// Config configures a Keeper. Redis and one of Source or RDP are required;
+// every other zero value takes the default documented on its field. Field
+// names are what New's errors name (a command line maps them to its
+// variables).
+type Config struct {
+	// Redis is the client every replica of the fleet shares a server
+	// with. Required. Its read and write timeouts should be
+	// refresher.RedisTimeout(LockTTL) (a quarter of the lock TTL), so that
+	// a lock renewal can be retried before the lock expires. The Keeper
+	// never closes it.
+	Redis Redis
+	// Source fetches new tokens. Either Source or RDP is required.
+	Source Source
+	// RDP configures the RDP liveness client as the Source, with sign-ons
+	// capped fleet-wide at AuthPerMinute. Ignored when Source is set.
+	RDP *upstream.Config
+	// AuthPerMinute caps RDP sign-ons across the fleet. Default: 20.
+	AuthPerMinute int
+
+	// Instance names this replica in logs, the lock and the fleet view.
+	// Default: hostname-pid.
+	Instance string
+	// Version names the build in this replica's heartbeat. Default: "dev".
+	Version string
+
+	// ServeMargin: a token is not served within this of its expiry, and a
+	// fetched token with less left is refused. Default: 1m.
+	ServeMargin time.Duration
+	// RefreshBefore is the advisory window: the leader refreshes when this
+	// much of the token's life remains. Default: 15m.
+	RefreshBefore time.Duration
+	// LockTTL is the leader lock's time to live. Default: 10s; at least 300ms.
+	LockTTL time.Duration
+	// PollInterval is how often a replica reads Redis to catch up on
+	// missed events. Default: 2s.
+	PollInterval time.Duration
+	// RetryMin and RetryMax bound the backoff after a failed refresh.
+	// Defaults: 1s and 60s.
+	RetryMin, RetryMax time.Duration
+	// HandoverAfter and HandoverCooldown are the leadership policy: see
+	// refresher.Config. Defaults: 3 and 1m.
+	HandoverAfter    int
+	HandoverCooldown time.Duration
+
+	// Keyring, when set, encrypts the token at rest in Redis.
+	Keyring *cache.Keyring
+	// HTTP configures Handler.
+	HTTP HTTPConfig
+
+	// Logger receives the Keeper's logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the Keeper's metrics (tokenkeeper_*), and
+	// Gatherer is what GET /metrics serves. Default: none kept, and
+	// /metrics serves the HTTP face's own with the Go collectors.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+}
+
+// HTTPConfig configures the HTTP face.
+type HTTPConfig struct {
+	// ReaderKeys may read the token; AdminKeys may also read the status
+	// and ask for a refresh (without them the admin routes do not exist);
+	// MetricsKeys, when set, guard /metrics.
+	ReaderKeys, AdminKeys, MetricsKeys []string
+	// AllowAnonymous lets requests without a key read the token. Without
+	// it, ReaderKeys or AdminKeys are required.
+	AllowAnonymous bool
+	// RateLimit, when positive, is how many requests per second each key
+	// may make to this replica, with bursts of RateBurst (default twice
+	// the rate).
+	RateLimit float64
+	RateBurst int
+}
+
+// Limits on Config's timings.
+const (
+	minLockTTL      = 300 * time.Millisecond
+	minPollInterval = 10 * time.Millisecond
+)
+
+// setDefaults fills in the defaults and returns every problem of cfg at
+// once, each naming its field.
+func (c *Config) setDefaults() error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf("tokenkeeper: "+format, args...)) }
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.ServeMargin, time.Minute)
+	def(&c.RefreshBefore, 15*time.Minute)
+	def(&c.LockTTL, 10*time.Second)
+	def(&c.PollInterval, 2*time.Second)
+	def(&c.RetryMin, time.Second)
+	def(&c.RetryMax, time.Minute)
+	def(&c.HandoverCooldown, time.Minute)
+	if c.HandoverAfter == 0 {
+		c.HandoverAfter = 3
+	}
+	if c.AuthPerMinute == 0 {
+		c.AuthPerMinute = 20
+	}
+	if c.Instance == "" {
+		c.Instance = defaultInstance()
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Redis == nil {
+		fail("Redis is required")
+	}
+	if c.Source == nil && c.RDP == nil {
+		fail("Source or RDP is required")
+	}
+	for name, d := range map[string]time.Duration{
+		"ServeMargin": c.ServeMargin, "RefreshBefore": c.RefreshBefore, "LockTTL": c.LockTTL, "PollInterval": c.PollInterval,
+		"RetryMin": c.RetryMin, "RetryMax": c.RetryMax, "HandoverCooldown": c.HandoverCooldown,
+	} {
+		if d < 0 {
+			fail("%s %v is negative", name, d)
+		}
+	}
+	if c.LockTTL > 0 && c.LockTTL < minLockTTL {
+		fail("LockTTL %v is shorter than %v", c.LockTTL, minLockTTL)
+	}
+	if c.PollInterval > 0 && c.PollInterval < minPollInterval {
+		fail("PollInterval %v is shorter than %v", c.PollInterval, minPollInterval)
+	}
+	if c.RetryMax < c.RetryMin {
+		fail("RetryMax %v is shorter than RetryMin %v", c.RetryMax, c.RetryMin)
+	}
+	if c.HandoverAfter < 0 {
+		fail("HandoverAfter %d must be at least 1", c.HandoverAfter)
+	}
+	if c.AuthPerMinute < 0 {
+		fail("AuthPerMinute %d must be at least 1", c.AuthPerMinute)
+	}
+	if c.RDP != nil && c.Source == nil {
+		lifetime := c.RDP.DefaultLifetime
+		if lifetime == 0 {
+			lifetime = upstream.DefaultLifetime
+		}
+		timeout := c.RDP.Timeout
+		if timeout == 0 {
+			timeout = upstream.DefaultTimeout
+		}
+		if c.ServeMargin >= lifetime {
+			fail("ServeMargin %v must be shorter than the token lifetime %v", c.ServeMargin, lifetime)
+		}
+		if c.RefreshBefore+c.ServeMargin >= lifetime {
+			fail("RefreshBefore %v plus ServeMargin %v must be shorter than the token lifetime %v", c.RefreshBefore, c.ServeMargin, lifetime)
+		}
+		if c.ServeMargin <= timeout {
+			fail("ServeMargin %v must be longer than the upstream timeout %v: a token fetched with less life than the margin left is refused", c.ServeMargin, timeout)
+		}
+	}
+	if len(c.HTTP.ReaderKeys) == 0 && len(c.HTTP.AdminKeys) == 0 && !c.HTTP.AllowAnonymous {
+		fail("HTTP.ReaderKeys is required (or HTTP.AllowAnonymous)")
+	}
+	return errors.Join(errs...)
+}
