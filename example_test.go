@@ -1,0 +1,73 @@
+package tokenkeeper_test
+
+import (
+	"context"
+	"log"
+	"net/http"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// A replica embedded in a plain net/http server: the API's own replicas
+// are the fleet, and /token/ serves the shared token to the app.
+func Example() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	opt := &redis.Options{Addr: "redis:6379"}
+	refresher.TuneRedis(opt, 10*time.Second) // timeouts from the default lock TTL
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	k, err := tokenkeeper.New(tokenkeeper.Config{
+		Redis: rdb,
+		RDP:   &upstream.Config{ClientID: "service-account", ClientSecret: "secret from a file"},
+		HTTP:  tokenkeeper.HTTPConfig{ReaderKeys: []string{"app-key"}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	go k.Run(ctx)
+	mux := http.NewServeMux()
+	mux.Handle("/token/", http.StripPrefix("/token", k.Handler()))
+	log.Fatal(http.ListenAndServe(":8080", mux))
+}
+
+// In an echo app, the Keeper's handler is mounted under a group, and a
+// route of the app reads the token in process.
+func Example_echo() {
+	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379"})
+	k, err := tokenkeeper.New(tokenkeeper.Config{
+		Redis:  rdb,
+		Source: upstreamSource(),
+		HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{"app-key"}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	go k.Run(context.Background())
+	e := echo.New()
+	e.Any("/tokenkeeper/*", echo.WrapHandler(http.StripPrefix("/tokenkeeper", k.Handler())))
+	e.GET("/session", func(c echo.Context) error {
+		t, err := k.Token(c.Request().Context(), tokenkeeper.Name)
+		if err != nil {
+			return echo.NewHTTPError(http.StatusServiceUnavailable, "no token yet")
+		}
+		return c.JSON(http.StatusOK, map[string]string{"liveness_token": t.Value})
+	})
+	log.Fatal(e.Start(":8080"))
+}
+
+func upstreamSource() tokenkeeper.Source {
+	c, err := upstream.New(upstream.Config{ClientID: "service-account", ClientSecret: "secret from a file"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	return c
+}

@@ -1,0 +1,199 @@
+package tokenkeeper_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// Compressed timings: a token lives 20s; the lock 1s.
+const (
+	lifetime = 20 * time.Second
+	margin   = 2 * time.Second
+	before   = 5 * time.Second
+	lockTTL  = time.Second
+	rdpWait  = time.Second
+)
+
+// Two replicas embedded in net/http servers and one `tokenkeeper serve`
+// process, on one Redis, are one fleet: one leader, one upstream call, one
+// token served by all three.
+func TestEmbeddedAndServeShareOneFleet(t *testing.T) {
+	// The token's keys are fixed (tokenkeeper:{liveness}:*): a private
+	// server, real where CI provides one.
+	srv := redistest.NewMini(t)
+	if redistest.Real() {
+		srv = redistest.StartServer(t)
+	}
+	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: lifetime}})
+	rdp := httptest.NewServer(fake)
+	t.Cleanup(rdp.Close)
+
+	var urls []string
+	var keepers []*tokenkeeper.Keeper
+	for _, name := range []string{"embedded-a", "embedded-b"} {
+		opt := *srv.Options
+		refresher.TuneRedis(&opt, lockTTL)
+		rdb := redis.NewClient(&opt)
+		t.Cleanup(func() { rdb.Close() })
+		k, err := tokenkeeper.New(tokenkeeper.Config{
+			Redis: rdb, Instance: name,
+			RDP: &upstream.Config{BaseURL: rdp.URL, ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+				DefaultLifetime: lifetime, Timeout: rdpWait},
+			ServeMargin: margin, RefreshBefore: before, LockTTL: lockTTL, PollInterval: 200 * time.Millisecond,
+			HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- k.Run(ctx) }()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("%s: Run: %v", name, err)
+			}
+		})
+		hs := httptest.NewServer(k.Handler())
+		t.Cleanup(hs.Close)
+		urls = append(urls, hs.URL)
+		keepers = append(keepers, k)
+	}
+	serveURL := startServe(t, srv.Addr, rdp.URL)
+	urls = append(urls, serveURL)
+
+	var token string
+	eventually(t, 15*time.Second, "all three serve one token", func() bool {
+		seen := map[string]bool{}
+		for _, u := range urls {
+			v, ok := read(u)
+			if !ok {
+				return false
+			}
+			seen[v] = true
+			token = v
+		}
+		return len(seen) == 1
+	})
+	leaders := 0
+	for _, k := range keepers {
+		if k.IsLeader() {
+			leaders++
+		}
+	}
+	st, err := keepers[0].Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Leader == "serve-c" {
+		leaders++
+	}
+	if leaders != 1 {
+		t.Errorf("leaders: got %d (lock held by %q), want 1", leaders, st.Leader)
+	}
+	if len(st.Replicas) != 3 {
+		t.Errorf("fleet view lists %d replicas, want 3: %+v", len(st.Replicas), st.Replicas)
+	}
+	if got := fake.Stats().LivenessCalls; got != 1 {
+		t.Errorf("upstream liveness calls: got %d, want 1", got)
+	}
+	if tok, ok := keepers[1].Current(tokenkeeper.Name); !ok || tok.Value != token {
+		t.Errorf("Current on embedded-b: got %v, want the token served over HTTP", ok)
+	}
+}
+
+// startServe builds the command and runs `tokenkeeper serve` against the
+// Redis at addr, until the test ends. It returns its base URL.
+func startServe(t *testing.T, addr, rdpURL string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "tokenkeeper")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/tokenkeeper").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(bin, "serve")
+	cmd.Env = append(os.Environ(),
+		"TOKENKEEPER_LISTEN="+listen,
+		"TOKENKEEPER_REDIS_URL=redis://"+addr+"/0",
+		"TOKENKEEPER_API_KEYS=reader",
+		"TOKENKEEPER_INSTANCE_ID=serve-c",
+		fmt.Sprintf("TOKENKEEPER_TOKEN_LIFETIME=%v", lifetime),
+		fmt.Sprintf("TOKENKEEPER_SERVE_MARGIN=%v", margin),
+		fmt.Sprintf("TOKENKEEPER_REFRESH_BEFORE=%v", before),
+		fmt.Sprintf("TOKENKEEPER_LOCK_TTL=%v", lockTTL),
+		"TOKENKEEPER_POLL_INTERVAL=200ms",
+		"RDP_BASE_URL="+rdpURL,
+		"RDP_CLIENT_ID="+upstream.FakeClientID,
+		"RDP_CLIENT_SECRET="+upstream.FakeClientSecret,
+		fmt.Sprintf("RDP_TIMEOUT=%v", rdpWait),
+	)
+	var logs strings.Builder
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("tokenkeeper serve: %v\n%s", err, logs.String())
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Errorf("tokenkeeper serve did not stop on SIGINT")
+		}
+	})
+	return "http://" + listen
+}
+
+// read returns the token a replica serves at base, if it serves one.
+func read(base string) (string, bool) {
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/tokens/liveness", nil)
+	req.Header.Set("Authorization", "Bearer reader")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", false
+	}
+	defer resp.Body.Close()
+	var body struct{ Token string }
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&body) != nil {
+		return "", false
+	}
+	return body.Token, true
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
