@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -361,21 +359,3 @@ func measureMemory(ctx context.Context, work, bin string, rest, load time.Durati
 	}
 }
 
-// sortedDurations returns the first writes of trials, sorted.
-func sortedDurations(trials []failoverTrial) []time.Duration {
-	out := make([]time.Duration, 0, len(trials))
-	for _, t := range trials {
-		out = append(out, t.FirstWrite)
-	}
-	slices.Sort(out)
-	return out
-}
-
-// joinTrials lists the first writes of trials, for the notes.
-func joinTrials(trials []failoverTrial) string {
-	var s []string
-	for _, d := range sortedDurations(trials) {
-		s = append(s, fmtDur(d))
-	}
-	return strings.Join(s, ", ")
-}

@@ -106,7 +106,7 @@ func measureUpstream(ctx context.Context, work string, n int, lifetime, d time.D
 		AuthCalls: st.AuthCalls.V2 + st.AuthCalls.V1Password + st.AuthCalls.V1Refresh,
 	}
 	if res.Tokens == 0 {
-		return nil, fmt.Errorf("N=%d: no token was stored in %.0fs", n, secs)
+		return nil, fmt.Errorf("%d replicas: no token was stored in %.0fs", n, secs)
 	}
 	res.PerToken = float64(res.Calls) / float64(res.Tokens)
 	return res, nil
