@@ -358,4 +358,3 @@ func measureMemory(ctx context.Context, work, bin string, rest, load time.Durati
 		}
 	}
 }
-

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -214,43 +215,24 @@ func (s *Store) InRedis() bool { return s.inRedis.Load() }
 // tests).
 func (s *Store) Loads() uint64 { return s.loads.Load() }
 
-// readScript returns the token, its remaining milliseconds, its age in
-// milliseconds and its writer, read in one step so the remaining time
-// belongs to the token read; {'!', error} when the key holds no hash.
-var readScript = redis.NewScript(`
-local f = redis.pcall('HMGET', KEYS[1], 'v', 'at', 'w', 'k')
-if f.err then return {'!', f.err} end
-if not f[1] then return false end
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl <= 0 then return false end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local age = 0
-if f[2] then age = now - tonumber(f[2]) end
-return {f[1], pttl, age, f[3] or '', f[4] or ''}
-`)
+//go:embed lua/read.lua
+var readLua string
 
-// writeScript stores a token under the fence. KEYS: token, lock.
+//go:embed lua/write.lua
+var writeLua string
+
+// readScript (lua/read.lua) returns the token, its remaining
+// milliseconds, its age in milliseconds and its writer, read in one step
+// so the remaining time belongs to the token read; {'!', error} when the key holds no hash.
+var readScript = redis.NewScript(readLua)
+
+// writeScript (lua/write.lua) stores a token under the fence. KEYS: token, lock.
 // ARGV: lock value, token, ttl ms, age ms, writer, channel, event, key id
 // (empty when the token is stored as it is).
 // Returns {1, expiry ms} when stored, {0} when fenced, {-1} when stale.
 // A token key of another type than a hash is overwritten: only the lock
 // holder gets this far.
-var writeScript = redis.NewScript(`
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local exp = now + tonumber(ARGV[3])
-local cur = redis.pcall('HGET', KEYS[1], 'exp')
-if type(cur) == 'table' and cur.err then cur = false end
-if cur and tonumber(cur) >= exp then return {-1} end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'exp', exp, 'at', now - tonumber(ARGV[4]), 'w', ARGV[5])
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'k', ARGV[8]) end
-redis.call('PEXPIREAT', KEYS[1], exp)
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-return {1, exp}
-`)
+var writeScript = redis.NewScript(writeLua)
 
 // Load reads the token from Redis and adopts it when it differs from the
 // copy in memory. It reports whether Redis held a token. When Redis holds

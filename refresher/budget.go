@@ -3,6 +3,7 @@ package refresher
 import (
 	"context"
 	"crypto/rand"
+	_ "embed"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -38,19 +39,13 @@ func NewAuthBudget(rdb redis.Scripter, key string, perMinute int) (*AuthBudget, 
 	return &AuthBudget{rdb: rdb, key: key, limit: perMinute, window: time.Minute}, nil
 }
 
-var budgetScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return tonumber(oldest[2]) + window - now
-end
-redis.call('ZADD', KEYS[1], now, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], window)
-return 0
-`)
+//go:embed lua/budget.lua
+var budgetLua string
+
+// budgetScript (lua/budget.lua) takes one call of a sliding one-minute
+// window, on Redis's clock. KEYS: the budget's sorted set. ARGV: limit,
+// window ms, call id. Returns 0 when taken, else the ms until one frees up.
+var budgetScript = redis.NewScript(budgetLua)
 
 // Take uses one call of the budget. When none is left it returns a
 // retryable *upstream.Error wrapping ErrAuthBudget whose RetryAfter says

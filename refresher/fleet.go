@@ -2,6 +2,7 @@ package refresher
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -135,53 +136,37 @@ func readLeader(ctx context.Context, rdb FleetReader, lockKey string) (string, e
 	return v[22:], nil
 }
 
-// redisNow is Redis's clock in milliseconds, in Lua.
-const redisNow = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-`
+//go:embed lua/beat.lua
+var beatLua string
 
 // beatScript writes one heartbeat. KEYS: hash. ARGV: instance, ttl ms,
 // json. The field's value is "<written ms> <ttl ms> <json>".
-var beatScript = redis.NewScript(redisNow + `
-redis.call('HSET', KEYS[1], ARGV[1], now .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return now
-`)
+var beatScript = redis.NewScript(beatLua)
+
+//go:embed lua/replicas.lua
+var replicasLua string
 
 // replicasScript returns Redis's time and the fresh heartbeats, removing
 // the expired ones. KEYS: hash.
-var replicasScript = redis.NewScript(redisNow + `
-local all = redis.call('HGETALL', KEYS[1])
-local out = {tostring(now)}
-for i = 1, #all, 2 do
-  local at, ttl = string.match(all[i + 1], '^(%d+) (%d+) ')
-  if at == nil or now - tonumber(at) > tonumber(ttl) then
-    redis.call('HDEL', KEYS[1], all[i])
-  else
-    table.insert(out, all[i + 1])
-  end
-end
-return out
-`)
+var replicasScript = redis.NewScript(replicasLua)
+
+//go:embed lua/push.lua
+var pushLua string
 
 // pushScript records a refresh attempt. KEYS: list. ARGV: json, size, ttl ms.
-var pushScript = redis.NewScript(redisNow + `
-redis.call('LPUSH', KEYS[1], now .. ' ' .. ARGV[1])
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return now
-`)
+var pushScript = redis.NewScript(pushLua)
+
+//go:embed lua/forget.lua
+var forgetLua string
 
 // forgetScript removes one heartbeat. KEYS: hash. ARGV: instance.
-var forgetScript = redis.NewScript(`return redis.call('HDEL', KEYS[1], ARGV[1])`)
+var forgetScript = redis.NewScript(forgetLua)
+
+//go:embed lua/attempts.lua
+var attemptsLua string
 
 // attemptsScript returns Redis's time and the recorded attempts. KEYS: list.
-var attemptsScript = redis.NewScript(redisNow + `
-local out = redis.call('LRANGE', KEYS[1], 0, -1)
-table.insert(out, 1, tostring(now))
-return out
-`)
+var attemptsScript = redis.NewScript(attemptsLua)
 
 // heartbeat is a Replica on the wire. Times are ages in milliseconds at
 // the moment of writing, so that no wall clock is stored.

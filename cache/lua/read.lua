@@ -1,0 +1,10 @@
+local f = redis.pcall('HMGET', KEYS[1], 'v', 'at', 'w', 'k')
+if f.err then return {'!', f.err} end
+if not f[1] then return false end
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl <= 0 then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local age = 0
+if f[2] then age = now - tonumber(f[2]) end
+return {f[1], pttl, age, f[3] or '', f[4] or ''}

@@ -1,0 +1,1 @@
+return redis.call('HDEL', KEYS[1], ARGV[1])
