@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -120,10 +121,7 @@ func (f *binFleet) Leader(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if len(v) < 22 { // redislock's token is 22 characters, the metadata follows
-		return "", nil
-	}
-	return v[22:], nil
+	return refresher.HolderOf(v), nil
 }
 
 func (f *binFleet) Stop() {

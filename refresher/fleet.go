@@ -2,7 +2,9 @@ package refresher
 
 import (
 	"context"
+	"crypto/rand"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -129,11 +131,39 @@ func readLeader(ctx context.Context, rdb FleetReader, lockKey string) (string, e
 	if err != nil {
 		return "", fmt.Errorf("refresher: read lock: %w", err)
 	}
-	// redislock's value is a 22-character random token, then the metadata.
-	if len(v) < 22 {
-		return "", nil
+	return HolderOf(v), nil
+}
+
+// The lock's value is this package's, not redislock's: "tk:", 16 random
+// hex digits, ":", and the holder's instance id. The random part tells two
+// terms of one replica apart, so a paused leader's write is fenced even
+// when the same replica leads again.
+const (
+	lockPrefix   = "tk:"
+	lockNonceLen = 16
+)
+
+// newLockValue returns a fresh lock value for instance.
+func newLockValue(instance string) (string, error) {
+	var b [lockNonceLen / 2]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("refresher: lock value: %w", err)
 	}
-	return v[22:], nil
+	return lockPrefix + hex.EncodeToString(b[:]) + ":" + instance, nil
+}
+
+// HolderOf returns the instance id in a lock value, or "" when it names
+// none. It also reads the value replicas of earlier versions wrote (22
+// random characters, then the instance id), so a fleet upgraded one
+// replica at a time still sees its leader.
+func HolderOf(value string) string {
+	if rest, ok := strings.CutPrefix(value, lockPrefix); ok && len(rest) > lockNonceLen && rest[lockNonceLen] == ':' {
+		return rest[lockNonceLen+1:]
+	}
+	if len(value) > 22 {
+		return value[22:]
+	}
+	return ""
 }
 
 //go:embed lua/beat.lua

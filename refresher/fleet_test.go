@@ -218,3 +218,22 @@ func TestRefreshMetricsAndHistory(t *testing.T) {
 		t.Errorf("refresh durations observed = %v, want every attempt", got)
 	}
 }
+
+func TestHolderOf(t *testing.T) {
+	tests := []struct {
+		name, value, want string
+	}{
+		{"ours", "tk:0123456789abcdef:replica-1", "replica-1"},
+		{"instance with colons", "tk:0123456789abcdef:host:8080", "host:8080"},
+		{"an earlier version's", "abcdefghijklmnopqrstuvreplica-2", "replica-2"},
+		{"too short", "tk:01:x", ""},
+		{"empty", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := refresher.HolderOf(tt.value); got != tt.want {
+				t.Errorf("HolderOf(%q) = %q, want %q", tt.value, got, tt.want)
+			}
+		})
+	}
+}

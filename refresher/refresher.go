@@ -288,8 +288,12 @@ func (r *Refresher) Run(ctx context.Context) error {
 			r.log.Info("no other replica took the lock; standing for election again")
 		}
 		freeSince = time.Time{}
+		value, err := newLockValue(r.cfg.Instance)
+		if err != nil {
+			return err
+		}
 		sent := r.cfg.Now()
-		lock, err := r.locker.Obtain(ctx, r.store.Keys().Lock, r.cfg.LockTTL, &redislock.Options{Metadata: r.cfg.Instance})
+		lock, err := r.locker.Obtain(ctx, r.store.Keys().Lock, r.cfg.LockTTL, &redislock.Options{Token: value})
 		switch {
 		case err == nil:
 			r.setAside(time.Time{})

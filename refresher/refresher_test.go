@@ -374,7 +374,7 @@ func TestStaleLeaderIsFenced(t *testing.T) {
 
 	// The lock passes to someone else while a is stuck.
 	ctx := context.Background()
-	if err := a.rdb.Set(ctx, keys.Lock, "0123456789012345678901other", time.Minute).Err(); err != nil {
+	if err := a.rdb.Set(ctx, keys.Lock, "tk:0123456789abcdef:other", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
 	close(block)
@@ -633,7 +633,7 @@ func TestRefreshOutlivesTheLeader(t *testing.T) {
 
 	// A stranger holds the lock for a moment, so the leader's renewal is
 	// refused while it is stuck; then the fetch returns.
-	if err := leader.rdb.Set(context.Background(), keys.Lock, "0123456789012345678901nobody", 2*fast.lockTTL).Err(); err != nil {
+	if err := leader.rdb.Set(context.Background(), keys.Lock, "tk:0123456789abcdef:nobody", 2*fast.lockTTL).Err(); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "renewal failure noticed", func() bool {

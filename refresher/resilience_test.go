@@ -120,7 +120,7 @@ func TestUnsavedTokenOutlivesTheTerm(t *testing.T) {
 	eventually(t, 5*time.Second, "the leader is fetching", func() bool { return len(src.Calls()) == 2 })
 	// A stranger holds the lock for a while: the leader steps down with
 	// its fetch in flight; then the fetch returns.
-	if err := a.rdb.Set(context.Background(), keys.Lock, "0123456789012345678901nobody", 3*tm.lockTTL).Err(); err != nil {
+	if err := a.rdb.Set(context.Background(), keys.Lock, "tk:0123456789abcdef:nobody", 3*tm.lockTTL).Err(); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "the renewal refused", func() bool {

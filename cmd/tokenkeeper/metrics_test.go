@@ -122,7 +122,7 @@ func TestMetrics(t *testing.T) {
 	var fenceNext atomic.Bool
 	rdp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == upstream.DefaultLivenessPath && fenceNext.CompareAndSwap(true, false) {
-			srv.Mini.Set(keys.Lock, "0123456789012345678901intruder")
+			srv.Mini.Set(keys.Lock, "tk:0123456789abcdef:intruder")
 		}
 		fake.ServeHTTP(w, r)
 	}))
