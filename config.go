@@ -92,11 +92,40 @@ const (
 	minPollInterval = 10 * time.Millisecond
 )
 
+// FieldError is one problem of a Config, naming the field it concerns
+// (for example "ServeMargin" or "RDP.Timeout"). Problem may name other
+// fields the same way. A command line maps the names to its own.
+type FieldError struct {
+	Field   string
+	Problem string
+}
+
+func (e *FieldError) Error() string { return "tokenkeeper: " + e.Field + ": " + e.Problem }
+
+// Validate reports every problem of c's values at once, each a
+// *FieldError, after filling in the defaults as New does. It does not ask
+// for Redis or a Source, which only New needs, so a configuration can be
+// checked before anything is connected.
+func (c Config) Validate() error {
+	c.applyDefaults()
+	return errors.Join(c.check()...)
+}
+
 // setDefaults fills in the defaults and returns every problem of cfg at
 // once, each naming its field.
 func (c *Config) setDefaults() error {
-	var errs []error
-	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf("tokenkeeper: "+format, args...)) }
+	c.applyDefaults()
+	errs := c.check()
+	if c.Redis == nil {
+		errs = append(errs, &FieldError{"Redis", "is required"})
+	}
+	if c.Source == nil && c.RDP == nil {
+		errs = append(errs, &FieldError{"Source", "is required (or RDP)"})
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) applyDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -124,34 +153,41 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.Redis == nil {
-		fail("Redis is required")
+}
+
+// check returns every problem of c's values; the one place the rules
+// between settings live.
+func (c *Config) check() []error {
+	var errs []error
+	fail := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{field, fmt.Sprintf(format, args...)})
 	}
-	if c.Source == nil && c.RDP == nil {
-		fail("Source or RDP is required")
-	}
-	for name, d := range map[string]time.Duration{
-		"ServeMargin": c.ServeMargin, "RefreshBefore": c.RefreshBefore, "LockTTL": c.LockTTL, "PollInterval": c.PollInterval,
-		"RetryMin": c.RetryMin, "RetryMax": c.RetryMax, "HandoverCooldown": c.HandoverCooldown,
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"ServeMargin", c.ServeMargin}, {"RefreshBefore", c.RefreshBefore}, {"LockTTL", c.LockTTL},
+		{"PollInterval", c.PollInterval}, {"RetryMin", c.RetryMin}, {"RetryMax", c.RetryMax},
+		{"HandoverCooldown", c.HandoverCooldown},
 	} {
-		if d < 0 {
-			fail("%s %v is negative", name, d)
+		if d.v < 0 {
+			fail(d.name, "%v must not be negative", d.v)
 		}
 	}
 	if c.LockTTL > 0 && c.LockTTL < minLockTTL {
-		fail("LockTTL %v is shorter than %v", c.LockTTL, minLockTTL)
+		fail("LockTTL", "%v must be at least %v", c.LockTTL, minLockTTL)
 	}
 	if c.PollInterval > 0 && c.PollInterval < minPollInterval {
-		fail("PollInterval %v is shorter than %v", c.PollInterval, minPollInterval)
+		fail("PollInterval", "%v must be at least %v", c.PollInterval, minPollInterval)
 	}
-	if c.RetryMax < c.RetryMin {
-		fail("RetryMax %v is shorter than RetryMin %v", c.RetryMax, c.RetryMin)
+	if c.RetryMin > 0 && c.RetryMax < c.RetryMin {
+		fail("RetryMax", "%v must not be shorter than RetryMin (%v)", c.RetryMax, c.RetryMin)
 	}
-	if c.HandoverAfter < 0 {
-		fail("HandoverAfter %d must be at least 1", c.HandoverAfter)
+	if c.HandoverAfter < 1 {
+		fail("HandoverAfter", "%d must be at least 1", c.HandoverAfter)
 	}
-	if c.AuthPerMinute < 0 {
-		fail("AuthPerMinute %d must be at least 1", c.AuthPerMinute)
+	if c.AuthPerMinute < 1 {
+		fail("AuthPerMinute", "%d must be at least 1", c.AuthPerMinute)
 	}
 	if c.RDP != nil && c.Source == nil {
 		lifetime := c.RDP.DefaultLifetime
@@ -162,18 +198,21 @@ func (c *Config) setDefaults() error {
 		if timeout == 0 {
 			timeout = upstream.DefaultTimeout
 		}
-		if c.ServeMargin >= lifetime {
-			fail("ServeMargin %v must be shorter than the token lifetime %v", c.ServeMargin, lifetime)
+		if c.ServeMargin > 0 && c.ServeMargin >= lifetime {
+			fail("ServeMargin", "%v must be shorter than RDP.DefaultLifetime (%v)", c.ServeMargin, lifetime)
+		} else if c.RefreshBefore > 0 && c.RefreshBefore+c.ServeMargin >= lifetime {
+			fail("RefreshBefore", "%v plus ServeMargin (%v) must be shorter than RDP.DefaultLifetime (%v)", c.RefreshBefore, c.ServeMargin, lifetime)
 		}
-		if c.RefreshBefore+c.ServeMargin >= lifetime {
-			fail("RefreshBefore %v plus ServeMargin %v must be shorter than the token lifetime %v", c.RefreshBefore, c.ServeMargin, lifetime)
-		}
-		if c.ServeMargin <= timeout {
-			fail("ServeMargin %v must be longer than the upstream timeout %v: a token fetched with less life than the margin left is refused", c.ServeMargin, timeout)
+		// A token's life counts from when its request was sent, and the
+		// answer may take up to the timeout: with a margin no longer than
+		// that, a token could arrive with less life than the margin and be
+		// refused however often it is fetched.
+		if c.ServeMargin > 0 && timeout > 0 && c.ServeMargin <= timeout {
+			fail("ServeMargin", "%v must be longer than RDP.Timeout (%v): a token fetched with less life left than the margin is refused, so the margin must cover the longest upstream call", c.ServeMargin, timeout)
 		}
 	}
 	if len(c.HTTP.ReaderKeys) == 0 && len(c.HTTP.AdminKeys) == 0 && !c.HTTP.AllowAnonymous {
-		fail("HTTP.ReaderKeys is required (or HTTP.AllowAnonymous)")
+		fail("HTTP.ReaderKeys", "is required (or HTTP.AllowAnonymous)")
 	}
-	return errors.Join(errs...)
+	return errs
 }

@@ -346,3 +346,21 @@ func served(res result, token string) []sample {
 	}
 	return out
 }
+
+// servedEverywhere returns when the last of rs first answered a token other
+// than old, and false when one of them never did.
+func servedEverywhere(res result, rs []*replica, old string) (time.Time, bool) {
+	var last time.Time
+	for _, r := range rs {
+		i := slices.IndexFunc(res.samples, func(s sample) bool {
+			return s.replica == r.name && s.ok() && s.token != old
+		})
+		if i < 0 {
+			return time.Time{}, false
+		}
+		if at := res.samples[i].recv; at.After(last) {
+			last = at
+		}
+	}
+	return last, true
+}

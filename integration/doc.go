@@ -15,7 +15,9 @@
 //  5. keeps serving: no request fails outside the windows a scenario names.
 //
 // The tests need a Docker engine and the images named by TOKENKEEPER_IMAGE
-// (default tokenkeeper:dev) and REDIS_IMAGE (default redis:7-alpine);
+// (default tokenkeeper:dev), REDIS_IMAGE (default redis:7-alpine) and
+// LATENCYPROXY_IMAGE (default tokenkeeper/latencyproxy:dev: the TCP proxy in
+// latencyproxy/ that makes Redis answer slowly, where netem is missing);
 // scripts/build-images.sh builds them without a registry. They run with
 //
 //	go test -tags integration -count=1 -v -timeout 20m ./integration/

@@ -6,11 +6,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	stdlog "log"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -27,6 +30,8 @@ import (
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
+
+	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // Keys, names and credentials the fleet under test is configured with.
@@ -36,16 +41,15 @@ const (
 
 	tokenKey = "tokenkeeper:{liveness}:token"
 	lockKey  = "tokenkeeper:{liveness}:lock"
-	// lockTokenLen is the length of the random part of the lock's value; the
-	// holder's instance id follows it.
-	lockTokenLen = 22
-
 	rdpClientID     = "tokenkeeper-demo"
 	rdpClientSecret = "demo-secret"
 
 	appPort   = "8080/tcp"
 	rdpPort   = "9090/tcp"
 	redisPort = "6379/tcp"
+	// proxyControlPort is the latency proxy's control API; it forwards
+	// Redis on 6379 under the alias redis-proxy.
+	proxyControlPort = "8474/tcp"
 )
 
 // timings are the fleet's lifetimes, compressed from an hour to seconds.
@@ -57,18 +61,33 @@ type timings struct {
 	Poll          time.Duration // TOKENKEEPER_POLL_INTERVAL
 	RetryMin      time.Duration // TOKENKEEPER_RETRY_MIN
 	RetryMax      time.Duration // TOKENKEEPER_RETRY_MAX
+	RDPTimeout    time.Duration // RDP_TIMEOUT: shorter than ServeMargin, or the replica refuses to start
+	// HandoverAfter is TOKENKEEPER_HANDOVER_AFTER: failed refresh attempts in
+	// a row after which a leader releases the lock.
+	HandoverAfter int
+	// HandoverCooldown is TOKENKEEPER_HANDOVER_COOLDOWN: how long a replica
+	// that handed over stays out of elections.
+	HandoverCooldown time.Duration
 }
 
 // fast is what every scenario runs with: a token lives 20 s and is refreshed
-// when 8 s remain, so a cycle takes about 12 s.
+// when 8 s remain, so a cycle takes about 12 s. The upstream timeout (10 s in
+// production) must stay under the 2 s serve margin: 1 s is far above what
+// the fake takes without injected latency. The handover keeps its default
+// count; its cooldown (1 m in production, as long as RetryMax) is compressed
+// as RetryMax is, so that when the upstream fails for every replica the
+// replicas that handed over stand again within a retry.
 var fast = timings{
-	Lifetime:      20 * time.Second,
-	RefreshBefore: 8 * time.Second,
-	ServeMargin:   2 * time.Second,
-	LockTTL:       3 * time.Second,
-	Poll:          time.Second,
-	RetryMin:      200 * time.Millisecond,
-	RetryMax:      2 * time.Second,
+	Lifetime:         20 * time.Second,
+	RefreshBefore:    8 * time.Second,
+	ServeMargin:      2 * time.Second,
+	LockTTL:          3 * time.Second,
+	Poll:             time.Second,
+	RetryMin:         200 * time.Millisecond,
+	RetryMax:         2 * time.Second,
+	RDPTimeout:       time.Second,
+	HandoverAfter:    3,
+	HandoverCooldown: 2 * time.Second,
 }
 
 // minSpacing is the shortest time between two scheduled fetches that the
@@ -84,6 +103,9 @@ func envOr(name, def string) string {
 
 func appImage() string   { return envOr("TOKENKEEPER_IMAGE", "tokenkeeper:dev") }
 func redisImage() string { return envOr("REDIS_IMAGE", "redis:7-alpine") }
+
+// proxyImage is integration/latencyproxy's image; no registry has it.
+func proxyImage() string { return envOr("LATENCYPROXY_IMAGE", "tokenkeeper/latencyproxy:dev") }
 
 func init() {
 	// Testcontainers narrates every container on stderr; the fleet's own
@@ -178,6 +200,7 @@ func publishOnLocalhost(ctx context.Context, docker *testcontainers.DockerClient
 // its network alias.
 type replica struct {
 	name string
+	env  map[string]string // added to, or replacing, the harness's settings
 	c    *testcontainers.DockerContainer
 	http *http.Client
 
@@ -192,6 +215,10 @@ func (r *replica) url(path string) string {
 		return ""
 	}
 	return r.base + path
+}
+
+func newReplica(name string, env map[string]string) *replica {
+	return &replica{name: name, env: env, http: &http.Client{Timeout: 1500 * time.Millisecond}}
 }
 
 func (r *replica) setBase(base string) {
@@ -215,11 +242,15 @@ type fleet struct {
 
 	redis    *testcontainers.DockerContainer
 	rdp      *testcontainers.DockerContainer
+	viaProxy bool                            // withLatencyProxy
+	proxy    *testcontainers.DockerContainer // nil without it
 	replicas []*replica
 	all      []*testcontainers.DockerContainer
 
-	rdpBase string
-	hostRDB *hostRedis
+	rdpBase   string
+	proxyBase string // the latency proxy's control API
+	redisURL  string // TOKENKEEPER_REDIS_URL of the replicas
+	hostRDB   *hostRedis
 
 	start  time.Time
 	tl     *timeline
@@ -230,10 +261,20 @@ type fleet struct {
 	paused   map[string]bool // container id
 }
 
+// option changes how newFleet builds the fleet.
+type option func(*fleet)
+
+// withLatencyProxy puts the latency proxy (integration/latencyproxy) between
+// the replicas and Redis, latency off; setRedisLatency turns it on. The
+// host's view of Redis (the leader watch, dumps) goes around it.
+func withLatencyProxy() option {
+	return func(f *fleet) { f.viaProxy = true }
+}
+
 // newFleet starts Redis, the fake RDP and n replicas on fresh networks, waits
 // until every replica serves the first token, and starts reading it from
 // every replica. Everything is removed when the test ends.
-func newFleet(t *testing.T, n int, tm timings) *fleet {
+func newFleet(t *testing.T, n int, tm timings, opts ...option) *fleet {
 	t.Helper()
 	docker := requireDocker(t)
 	ctx := context.Background()
@@ -241,11 +282,15 @@ func newFleet(t *testing.T, n int, tm timings) *fleet {
 		t.Fatalf("image %s is not available (%v): build it with scripts/build-images.sh, or name another with TOKENKEEPER_IMAGE", appImage(), err)
 	}
 	f := &fleet{
-		t:      t,
-		tm:     tm,
-		docker: docker,
-		tl:     &timeline{},
-		paused: map[string]bool{},
+		t:        t,
+		tm:       tm,
+		docker:   docker,
+		tl:       &timeline{},
+		paused:   map[string]bool{},
+		redisURL: "redis://redis:6379/0",
+	}
+	for _, o := range opts {
+		o(f)
 	}
 	t.Cleanup(f.cleanup)
 
@@ -274,6 +319,10 @@ func newFleet(t *testing.T, n int, tm timings) *fleet {
 		t.Fatalf("start redis (%s; without a registry, build tokenkeeper/redis:debian with scripts/build-images.sh and set REDIS_IMAGE): %v", redisImage(), err)
 	}
 	f.hostRDB = &hostRedis{c: f.redis}
+	if f.viaProxy {
+		f.startProxy(ctx)
+		f.redisURL = "redis://redis-proxy:6379/0"
+	}
 
 	// The fake upstream is on both networks: a replica cut off from Redis
 	// still reaches it, so only the lock keeps it from fetching.
@@ -302,10 +351,7 @@ func newFleet(t *testing.T, n int, tm timings) *fleet {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		r := &replica{
-			name: fmt.Sprintf("r%d", i+1),
-			http: &http.Client{Timeout: 1500 * time.Millisecond},
-		}
+		r := newReplica(fmt.Sprintf("r%d", i+1), nil)
 		f.replicas[i] = r
 		wg.Go(func() { errs[i] = f.startReplica(ctx, r) })
 	}
@@ -343,28 +389,60 @@ func (f *fleet) track(c *testcontainers.DockerContainer) {
 	}
 }
 
+// startProxy starts the latency proxy in front of Redis, on the core
+// network under the alias redis-proxy.
+func (f *fleet) startProxy(ctx context.Context) {
+	f.t.Helper()
+	if _, err := f.docker.ImageInspect(ctx, proxyImage()); err != nil {
+		f.t.Fatalf("image %s is not available (%v): build it with scripts/build-images.sh latencyproxy, or name another with LATENCYPROXY_IMAGE", proxyImage(), err)
+	}
+	var err error
+	f.proxy, err = testcontainers.Run(ctx, proxyImage(),
+		testcontainers.WithEnv(map[string]string{
+			"LATENCYPROXY_LISTEN":  ":6379",
+			"LATENCYPROXY_TARGET":  "redis:6379",
+			"LATENCYPROXY_CONTROL": ":8474",
+		}),
+		testcontainers.WithExposedPorts(proxyControlPort),
+		tcnetwork.WithNetworkName([]string{"redis-proxy"}, f.core),
+		testcontainers.WithWaitStrategyAndDeadline(30*time.Second,
+			wait.ForHTTP("/latency").WithPort(proxyControlPort)),
+	)
+	f.track(f.proxy)
+	if err != nil {
+		f.t.Fatalf("start the latency proxy: %v", err)
+	}
+	if f.proxyBase, err = endpoint(ctx, f.proxy, proxyControlPort); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
 // startReplica creates and starts r's container and waits for /healthz.
 func (f *fleet) startReplica(ctx context.Context, r *replica) error {
 	tm := f.tm
 	env := map[string]string{
-		"TOKENKEEPER_LISTEN":         ":8080",
-		"TOKENKEEPER_REDIS_URL":      "redis://redis:6379/0",
-		"TOKENKEEPER_API_KEYS":       readerKey,
-		"TOKENKEEPER_ADMIN_KEYS":     adminKey,
-		"TOKENKEEPER_INSTANCE_ID":    r.name,
-		"TOKENKEEPER_REFRESH_BEFORE": tm.RefreshBefore.String(),
-		"TOKENKEEPER_LOCK_TTL":       tm.LockTTL.String(),
-		"TOKENKEEPER_TOKEN_LIFETIME": tm.Lifetime.String(),
-		"TOKENKEEPER_SERVE_MARGIN":   tm.ServeMargin.String(),
-		"TOKENKEEPER_POLL_INTERVAL":  tm.Poll.String(),
-		"TOKENKEEPER_RETRY_MIN":      tm.RetryMin.String(),
-		"TOKENKEEPER_RETRY_MAX":      tm.RetryMax.String(),
-		"TOKENKEEPER_LOG_LEVEL":      "debug",
-		"RDP_BASE_URL":               "http://rdp:9090",
-		"RDP_AUTH":                   "v2",
-		"RDP_CLIENT_ID":              rdpClientID,
-		"RDP_CLIENT_SECRET":          rdpClientSecret,
+		"TOKENKEEPER_LISTEN":            ":8080",
+		"TOKENKEEPER_REDIS_URL":         f.redisURL,
+		"TOKENKEEPER_API_KEYS":          readerKey,
+		"TOKENKEEPER_ADMIN_KEYS":        adminKey,
+		"TOKENKEEPER_INSTANCE_ID":       r.name,
+		"TOKENKEEPER_REFRESH_BEFORE":    tm.RefreshBefore.String(),
+		"TOKENKEEPER_LOCK_TTL":          tm.LockTTL.String(),
+		"TOKENKEEPER_TOKEN_LIFETIME":    tm.Lifetime.String(),
+		"TOKENKEEPER_SERVE_MARGIN":      tm.ServeMargin.String(),
+		"TOKENKEEPER_POLL_INTERVAL":     tm.Poll.String(),
+		"TOKENKEEPER_RETRY_MIN":         tm.RetryMin.String(),
+		"TOKENKEEPER_RETRY_MAX":         tm.RetryMax.String(),
+		"TOKENKEEPER_HANDOVER_AFTER":    fmt.Sprint(tm.HandoverAfter),
+		"TOKENKEEPER_HANDOVER_COOLDOWN": tm.HandoverCooldown.String(),
+		"TOKENKEEPER_LOG_LEVEL":         "debug",
+		"RDP_BASE_URL":                  "http://rdp:9090",
+		"RDP_TIMEOUT":                   tm.RDPTimeout.String(),
+		"RDP_AUTH":                      "v2",
+		"RDP_CLIENT_ID":                 rdpClientID,
+		"RDP_CLIENT_SECRET":             rdpClientSecret,
 	}
+	maps.Copy(env, r.env)
 	var err error
 	r.c, err = testcontainers.Run(ctx, appImage(),
 		testcontainers.WithEntrypoint("/tokenkeeper"),
@@ -438,16 +516,26 @@ func (f *fleet) cleanup() {
 // timeout passes first the test fails with what and cond's last detail.
 func (f *fleet) waitFor(timeout time.Duration, what string, cond func() (bool, string)) time.Time {
 	f.t.Helper()
+	at, detail, ok := f.poll(timeout, what, cond)
+	if !ok {
+		f.t.Fatalf("after %v still waiting for %s (last: %s)", timeout, what, detail)
+	}
+	return at
+}
+
+// poll is waitFor that returns, instead of failing the test, cond's last
+// detail and false when timeout passes first.
+func (f *fleet) poll(timeout time.Duration, what string, cond func() (bool, string)) (time.Time, string, bool) {
 	deadline := time.Now().Add(timeout)
 	for {
 		ok, detail := cond()
 		if ok {
 			now := time.Now()
 			f.note("%s", what)
-			return now
+			return now, detail, true
 		}
 		if time.Now().After(deadline) {
-			f.t.Fatalf("after %v still waiting for %s (last: %s)", timeout, what, detail)
+			return time.Time{}, detail, false
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -570,6 +658,27 @@ func (f *fleet) restartReplica(r *replica) {
 	r.setBase(base)
 }
 
+// addReplica starts one more replica, named name, with env added to (or
+// replacing) the harness's settings; waits until it is ready; and from then
+// on reads the token from it as from the others.
+func (f *fleet) addReplica(name string, env map[string]string) *replica {
+	f.t.Helper()
+	r := newReplica(name, env)
+	f.note("start %s %v", name, env)
+	err := f.startReplica(context.Background(), r)
+	f.track(r.c)
+	if err != nil {
+		f.t.Fatalf("start replica: %v", err)
+	}
+	f.replicas = append(f.replicas, r)
+	f.waitFor(15*time.Second, name+" ready", func() (bool, string) {
+		st := f.readyz(r)
+		return st == http.StatusOK, fmt.Sprintf("/readyz %d", st)
+	})
+	f.rec.watch(r)
+	return r
+}
+
 // restartRedis stops Redis and starts it again, empty (no persistence), and
 // returns when it answers PING.
 func (f *fleet) restartRedis() {
@@ -618,6 +727,13 @@ type fakeStats struct {
 
 func (s fakeStats) authCalls() int {
 	return s.AuthCalls.V1Password + s.AuthCalls.V1Refresh + s.AuthCalls.V2
+}
+
+// fingerprint is how the replicas name a token without showing it
+// (cache.Fingerprint): the first 6 bytes of its SHA-256, in hex.
+func fingerprint(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return "sha256:" + hex.EncodeToString(sum[:6])
 }
 
 // issuedBetween returns the tokens issued in [from, to).
@@ -700,6 +816,51 @@ func (f *fleet) tokenAfter(t time.Time, timeout time.Duration) fakeToken {
 	return tk
 }
 
+// --- the latency proxy in front of Redis (withLatencyProxy) ---
+
+// proxyStats is the latency proxy's answer: the range set and its counters.
+type proxyStats struct {
+	Min     string `json:"min"`
+	Max     string `json:"max"`
+	Conns   int    `json:"conns"`
+	Chunks  int    `json:"chunks"`
+	Delayed int    `json:"delayed"`
+	Longest string `json:"longest"`
+}
+
+// setRedisLatency holds back every answer of Redis to the replicas by a
+// delay drawn from [lo, hi]; zero both to turn it off. It returns what the
+// proxy counted until then.
+func (f *fleet) setRedisLatency(lo, hi time.Duration) proxyStats {
+	f.t.Helper()
+	body := fmt.Sprintf(`{"min":%q,"max":%q}`, lo, hi)
+	f.note("redis latency %v..%v", lo, hi)
+	req, _ := http.NewRequest(http.MethodPut, f.proxyBase+"/latency", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	return f.proxyCall(req)
+}
+
+func (f *fleet) proxyCall(req *http.Request) proxyStats {
+	f.t.Helper()
+	if f.proxyBase == "" {
+		f.t.Fatal("no latency proxy: start the fleet withLatencyProxy()")
+	}
+	resp, err := controlHTTP.Do(req)
+	if err != nil {
+		f.t.Fatalf("latency proxy: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		f.t.Fatalf("latency proxy %s %s: %d %s", req.Method, req.URL.Path, resp.StatusCode, msg)
+	}
+	var s proxyStats
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		f.t.Fatalf("latency proxy answer: %v", err)
+	}
+	return s
+}
+
 // --- a replica's HTTP face ---
 
 func (f *fleet) get(r *replica, path, key string) (int, http.Header, []byte, error) {
@@ -727,12 +888,36 @@ func (f *fleet) readyz(r *replica) int {
 
 // status is the admin view of a replica; fields beyond these are kept raw.
 type status struct {
-	Instance  string `json:"instance"`
-	Leader    string `json:"leader"`
-	IsLeader  bool   `json:"is_leader"`
-	Ready     bool   `json:"ready"`
-	LastError string `json:"last_error"`
-	raw       string
+	Instance    string          `json:"instance"`
+	Leader      string          `json:"leader"`
+	IsLeader    bool            `json:"is_leader"`
+	Ready       bool            `json:"ready"`
+	NextRefresh time.Time       `json:"next_refresh"`
+	LastError   string          `json:"last_error"`
+	Replicas    []replicaStatus `json:"replicas"`
+	raw         string
+}
+
+// replicaStatus is one replica of the fleet view in a status answer, from
+// its last heartbeat.
+type replicaStatus struct {
+	Instance string `json:"instance"`
+	Ready    bool   `json:"ready"`
+	Leader   bool   `json:"leader"`
+	// Upstream is how the replica's own calls to the upstream fare
+	// ("failing" after failed attempts), UpstreamError the last failure.
+	Upstream      string `json:"upstream"`
+	UpstreamError string `json:"upstream_error"`
+}
+
+// replica returns the fleet view's entry for name.
+func (s status) replica(name string) (replicaStatus, bool) {
+	for _, r := range s.Replicas {
+		if r.Instance == name {
+			return r, true
+		}
+	}
+	return replicaStatus{}, false
 }
 
 func (f *fleet) status(r *replica) (status, error) {
@@ -874,9 +1059,4 @@ func (h *hostRedis) lockHolder() (string, error) {
 	return holderOf(v), nil
 }
 
-func holderOf(v string) string {
-	if len(v) > lockTokenLen {
-		return v[lockTokenLen:]
-	}
-	return v
-}
+func holderOf(v string) string { return refresher.HolderOf(v) }

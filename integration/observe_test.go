@@ -65,27 +65,33 @@ type recorder struct {
 func startRecorder(f *fleet) *recorder {
 	rec := &recorder{last: map[string]sample{}, done: make(chan struct{})}
 	for _, r := range f.replicas {
-		rec.wg.Go(func() {
-			tick := time.NewTicker(readInterval)
-			defer tick.Stop()
-			for {
-				select {
-				case <-rec.done:
-					return
-				case <-tick.C:
-				}
-				s, sent := readToken(r)
-				if !sent {
-					continue // stopped on purpose: no request to count
-				}
-				rec.mu.Lock()
-				rec.samples = append(rec.samples, s)
-				rec.last[r.name] = s
-				rec.mu.Unlock()
-			}
-		})
+		rec.watch(r)
 	}
 	return rec
+}
+
+// watch starts a client reading from r until stop. Call it from the test's
+// goroutine, before stop.
+func (rec *recorder) watch(r *replica) {
+	rec.wg.Go(func() {
+		tick := time.NewTicker(readInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-rec.done:
+				return
+			case <-tick.C:
+			}
+			s, sent := readToken(r)
+			if !sent {
+				continue // stopped on purpose: no request to count
+			}
+			rec.mu.Lock()
+			rec.samples = append(rec.samples, s)
+			rec.last[r.name] = s
+			rec.mu.Unlock()
+		}
+	})
 }
 
 func (rec *recorder) stop() {
@@ -260,14 +266,62 @@ func (lw *leaderWatch) current() string {
 // firstOtherSince returns the first holder other than old and "" observed at
 // or after since.
 func (lw *leaderWatch) firstOtherSince(old string, since time.Time) (leaderChange, bool) {
+	return lw.firstSince(since, func(h string) bool { return h != "" && h != old })
+}
+
+// firstSince returns the first change observed at or after since to a
+// holder ("" = nobody) that match accepts.
+func (lw *leaderWatch) firstSince(since time.Time, match func(holder string) bool) (leaderChange, bool) {
 	lw.mu.Lock()
 	defer lw.mu.Unlock()
 	for _, c := range lw.changes {
-		if !c.at.Before(since) && c.holder != "" && c.holder != old {
+		if !c.at.Before(since) && match(c.holder) {
 			return c, true
 		}
 	}
 	return leaderChange{}, false
+}
+
+// between returns the changes observed in [from, to).
+func (lw *leaderWatch) between(from, to time.Time) []leaderChange {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	var out []leaderChange
+	for _, c := range lw.changes {
+		if !c.at.Before(from) && c.at.Before(to) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// leaderless returns how long, within [from, to), the watch saw the lock
+// free: in all, and the longest stretch. Before its first reading the lock
+// counts as free.
+func (lw *leaderWatch) leaderless(from, to time.Time) (total, longest time.Duration) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	holder, since := "", from
+	add := func(until time.Time) {
+		if holder == "" && until.After(since) {
+			d := until.Sub(since)
+			total += d
+			longest = max(longest, d)
+		}
+	}
+	for _, c := range lw.changes {
+		if !c.at.After(from) {
+			holder = c.holder
+			continue
+		}
+		if !c.at.Before(to) {
+			break
+		}
+		add(c.at)
+		holder, since = c.holder, c.at
+	}
+	add(to)
+	return total, longest
 }
 
 // currentLeader waits until some replica holds the lock and returns it.

@@ -10,21 +10,26 @@
 #   tokenkeeper/haproxy:debian  Debian's haproxy the same way; its config goes
 #                               to /usr/local/etc/haproxy/haproxy.cfg as in the
 #                               official image
+#   tokenkeeper/latencyproxy:dev
+#                               FROM scratch around integration/latencyproxy, a
+#                               TCP proxy the suite slows Redis down with
 #
 # Elsewhere, with a registry, the official images do the same job
 # (redis:7-alpine, haproxy:2.9-alpine) and `docker compose build` builds the
 # app from the multi-stage Dockerfile.
 #
-# Usage: scripts/build-images.sh [-f|--force] [app|redis|haproxy]...
-#   With no names, builds all three. The app image is rebuilt every time (the
-#   Go build cache and Docker's layer cache make that quick). The Redis and
-#   HAProxy images are skipped when they exist and were made from the Debian
-#   package version installed now, unless forced (--force or FORCE=1).
+# Usage: scripts/build-images.sh [-f|--force] [app|redis|haproxy|latencyproxy]...
+#   With no names, builds all four. The app and proxy images are rebuilt
+#   every time (the Go build cache and Docker's layer cache make that quick).
+#   The Redis and HAProxy images are skipped when they exist and were made
+#   from the Debian package version installed now, unless forced (--force or
+#   FORCE=1).
 #
 # Needs: docker, go, and for the Debian images the packages redis-server and
 # haproxy (apt-get install -y redis-server haproxy).
 #
-# Environment: TOKENKEEPER_IMAGE (default tokenkeeper:dev) names the app image;
+# Environment: TOKENKEEPER_IMAGE (default tokenkeeper:dev) names the app image,
+# LATENCYPROXY_IMAGE (default tokenkeeper/latencyproxy:dev) the proxy's;
 # BUILD_DIR (default .build) holds the binary and, while they are imported,
 # the staged root filesystems.
 set -euo pipefail
@@ -35,6 +40,7 @@ cd "$repo"
 app_image=${TOKENKEEPER_IMAGE:-tokenkeeper:dev}
 redis_image=tokenkeeper/redis:debian
 haproxy_image=tokenkeeper/haproxy:debian
+latencyproxy_image=${LATENCYPROXY_IMAGE:-tokenkeeper/latencyproxy:dev}
 build_dir=${BUILD_DIR:-$repo/.build}
 force=${FORCE:-0}
 nonroot_uid=65532
@@ -46,7 +52,7 @@ targets=()
 for arg in "$@"; do
 	case $arg in
 	-f | --force) force=1 ;;
-	app | redis | haproxy) targets+=("$arg") ;;
+	app | redis | haproxy | latencyproxy) targets+=("$arg") ;;
 	-h | --help)
 		sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
 		exit 0
@@ -54,7 +60,7 @@ for arg in "$@"; do
 	*) die "unknown argument $arg (try --help)" ;;
 	esac
 done
-[[ ${#targets[@]} -gt 0 ]] || targets=(app redis haproxy)
+[[ ${#targets[@]} -gt 0 ]] || targets=(app redis haproxy latencyproxy)
 
 command -v docker >/dev/null || die "docker is not installed"
 docker version --format '{{.Server.Version}}' >/dev/null || die "the Docker engine does not answer"
@@ -131,19 +137,34 @@ wait_log() {
 	return 1
 }
 
+# go_static PACKAGE BINARY builds PACKAGE into BINARY, static (CGO_ENABLED=0),
+# as FROM scratch needs.
+go_static() {
+	command -v go >/dev/null || die "go is not installed"
+	log "go build (CGO_ENABLED=0, static) $1 -> $2"
+	mkdir -p "$(dirname "$2")"
+	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$2" "$1"
+	if ldd "$2" >/dev/null 2>&1; then
+		die "$2 is dynamically linked; FROM scratch needs a static binary"
+	fi
+}
+
 build_app() {
 	local ctx=$build_dir/app old
-	command -v go >/dev/null || die "go is not installed"
-	log "go build (CGO_ENABLED=0, static) ./cmd/tokenkeeper -> $ctx/tokenkeeper"
-	mkdir -p "$ctx"
-	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$ctx/tokenkeeper" ./cmd/tokenkeeper
-	if ldd "$ctx/tokenkeeper" >/dev/null 2>&1; then
-		die "$ctx/tokenkeeper is dynamically linked; FROM scratch needs a static binary"
-	fi
+	go_static ./cmd/tokenkeeper "$ctx/tokenkeeper"
 	log "docker build -f Dockerfile.prebuilt -t $app_image (context: $ctx, the binary only)"
 	old=$(image_id "$app_image")
 	docker build --quiet -f Dockerfile.prebuilt -t "$app_image" "$ctx" >/dev/null
 	drop_replaced "$app_image" "$old"
+}
+
+build_latencyproxy() {
+	local ctx=$build_dir/latencyproxy old
+	go_static ./integration/latencyproxy "$ctx/latencyproxy"
+	log "docker build -f integration/latencyproxy/Dockerfile -t $latencyproxy_image (context: $ctx, the binary only)"
+	old=$(image_id "$latencyproxy_image")
+	docker build --quiet -f integration/latencyproxy/Dockerfile -t "$latencyproxy_image" "$ctx" >/dev/null
+	drop_replaced "$latencyproxy_image" "$old"
 }
 
 build_redis() {
@@ -226,12 +247,13 @@ done
 
 log "images:"
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' |
-	awk -v a="$app_image" -v r="$redis_image" -v h="$haproxy_image" \
-		'$1 == a || $1 == r || $1 == h { printf "    %-28s %s\n", $1, $2 }' >&2
+	awk -v a="$app_image" -v r="$redis_image" -v h="$haproxy_image" -v l="$latencyproxy_image" \
+		'$1 == a || $1 == r || $1 == h || $1 == l { printf "    %-28s %s\n", $1, $2 }' >&2
 
 cat <<EOF
 # Use the local images (integration suite, compose, smoke test):
 export TOKENKEEPER_IMAGE=$app_image
 export REDIS_IMAGE=$redis_image
 export HAPROXY_IMAGE=$haproxy_image
+export LATENCYPROXY_IMAGE=$latencyproxy_image
 EOF

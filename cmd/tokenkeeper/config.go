@@ -17,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -319,12 +320,6 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	if len(c.APIKeys) == 0 && !c.AllowAnonymous {
 		v.fail("TOKENKEEPER_API_KEYS is required (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the token)")
 	}
-	if c.AuthPerMinute < 1 {
-		v.fail("TOKENKEEPER_AUTH_CALLS_PER_MINUTE: %d must be at least 1", c.AuthPerMinute)
-	}
-	if c.HandoverAfter < 1 {
-		v.fail("TOKENKEEPER_HANDOVER_AFTER: %d must be at least 1", c.HandoverAfter)
-	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.str("TOKENKEEPER_LOG_LEVEL"))); err != nil {
 		v.fail("TOKENKEEPER_LOG_LEVEL: %q is not debug, info, warn or error", v.str("TOKENKEEPER_LOG_LEVEL"))
 	}
@@ -334,7 +329,14 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	if c.RDP.Auth != "v1" && c.RDP.Auth != "v2" {
 		v.fail("RDP_AUTH: %q is not v1 or v2", c.RDP.Auth)
 	}
-	checkTimings(v, c)
+	// Zero is the library's "default"; written in a variable, it is a mistake.
+	if c.AuthPerMinute < 1 {
+		v.fail("TOKENKEEPER_AUTH_CALLS_PER_MINUTE: %d must be at least 1", c.AuthPerMinute)
+	}
+	if c.HandoverAfter < 1 {
+		v.fail("TOKENKEEPER_HANDOVER_AFTER: %d must be at least 1", c.HandoverAfter)
+	}
+	checkRules(v, c)
 	if c.RDP.Auth == "v1" || c.RDP.Auth == "v2" {
 		if _, err := upstream.New(c.upstreamConfig()); err != nil {
 			v.errs = append(v.errs, err)
@@ -399,32 +401,62 @@ func certPool(v *values, env, file string, readFile func(string) ([]byte, error)
 	return pool
 }
 
-// checkTimings refuses timings that cannot work together. Settings that
-// failed to parse (zero here) were reported already and are not compared.
-func checkTimings(v *values, c Config) {
-	if c.ServeMargin > 0 && c.TokenLifetime > 0 && c.ServeMargin >= c.TokenLifetime {
-		v.fail("TOKENKEEPER_SERVE_MARGIN (%v) must be shorter than TOKENKEEPER_TOKEN_LIFETIME (%v)", c.ServeMargin, c.TokenLifetime)
+// fieldVars names the variable of each tokenkeeper.Config field that a
+// setting feeds, so that the package's rules, which live there alone,
+// speak the operator's language here.
+var fieldVars = strings.NewReplacer(
+	"HTTP.ReaderKeys", "TOKENKEEPER_API_KEYS",
+	"HTTP.AllowAnonymous", "TOKENKEEPER_ALLOW_ANONYMOUS",
+	"RDP.DefaultLifetime", "TOKENKEEPER_TOKEN_LIFETIME",
+	"RDP.Timeout", "RDP_TIMEOUT",
+	"ServeMargin", "TOKENKEEPER_SERVE_MARGIN",
+	"RefreshBefore", "TOKENKEEPER_REFRESH_BEFORE",
+	"LockTTL", "TOKENKEEPER_LOCK_TTL",
+	"PollInterval", "TOKENKEEPER_POLL_INTERVAL",
+	"RetryMin", "TOKENKEEPER_RETRY_MIN",
+	"RetryMax", "TOKENKEEPER_RETRY_MAX",
+	"HandoverAfter", "TOKENKEEPER_HANDOVER_AFTER",
+	"HandoverCooldown", "TOKENKEEPER_HANDOVER_COOLDOWN",
+	"AuthPerMinute", "TOKENKEEPER_AUTH_CALLS_PER_MINUTE",
+)
+
+// checkRules applies tokenkeeper.Config's rules to c, reporting each
+// problem under the variables concerned. A setting that failed to parse
+// is zero here, which the rules take as its default, so one mistake is
+// reported once.
+func checkRules(v *values, c Config) {
+	err := c.keeperConfig().Validate()
+	if err == nil {
+		return
 	}
-	// A token's life is counted from when its request was sent, and an
-	// answer may take up to RDP_TIMEOUT to arrive: with a margin no longer
-	// than that, a token could reach the fleet with less life left than the
-	// margin, and be refused however often it is fetched.
-	if c.ServeMargin > 0 && c.RDP.Timeout > 0 && c.ServeMargin <= c.RDP.Timeout {
-		v.fail("TOKENKEEPER_SERVE_MARGIN (%v) must be longer than RDP_TIMEOUT (%v): a token fetched with less life left than the margin is refused, so the margin must cover the longest upstream call",
-			c.ServeMargin, c.RDP.Timeout)
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var fe *tokenkeeper.FieldError
+		if !errors.As(e, &fe) {
+			v.errs = append(v.errs, e)
+			continue
+		}
+		switch fe.Field {
+		case "HTTP.ReaderKeys", "AuthPerMinute", "HandoverAfter":
+			continue // checked above, in the variable's own words
+		}
+		v.fail("%s: %s", fieldVars.Replace(fe.Field), fieldVars.Replace(fe.Problem))
 	}
-	if c.RefreshBefore > 0 && c.TokenLifetime > 0 && c.RefreshBefore+c.ServeMargin >= c.TokenLifetime {
-		v.fail("TOKENKEEPER_REFRESH_BEFORE (%v) plus TOKENKEEPER_SERVE_MARGIN (%v) must be shorter than TOKENKEEPER_TOKEN_LIFETIME (%v)",
-			c.RefreshBefore, c.ServeMargin, c.TokenLifetime)
-	}
-	if c.LockTTL > 0 && c.LockTTL < 300*time.Millisecond {
-		v.fail("TOKENKEEPER_LOCK_TTL (%v) must be at least 300ms", c.LockTTL)
-	}
-	if c.RetryMin > 0 && c.RetryMax > 0 && c.RetryMax < c.RetryMin {
-		v.fail("TOKENKEEPER_RETRY_MAX (%v) must not be shorter than TOKENKEEPER_RETRY_MIN (%v)", c.RetryMax, c.RetryMin)
-	}
-	if c.PollInterval > 0 && c.PollInterval < 10*time.Millisecond {
-		v.fail("TOKENKEEPER_POLL_INTERVAL (%v) must be at least 10ms", c.PollInterval)
+}
+
+// keeperConfig is c as the front door takes it, without what only a
+// running replica has (Redis client, logger, metrics).
+func (c Config) keeperConfig() tokenkeeper.Config {
+	ucfg := c.upstreamConfig()
+	return tokenkeeper.Config{
+		RDP: &ucfg, AuthPerMinute: c.AuthPerMinute,
+		Instance: c.Instance, Version: buildVersion(),
+		ServeMargin: c.ServeMargin, RefreshBefore: c.RefreshBefore, LockTTL: c.LockTTL, PollInterval: c.PollInterval,
+		RetryMin: c.RetryMin, RetryMax: c.RetryMax, HandoverAfter: c.HandoverAfter, HandoverCooldown: c.HandoverCooldown,
+		Keyring: c.Keyring,
+		HTTP: tokenkeeper.HTTPConfig{
+			ReaderKeys: c.APIKeys, AdminKeys: c.AdminKeys, MetricsKeys: c.MetricsKeys,
+			AllowAnonymous: c.AllowAnonymous, RateLimit: c.RateLimit, RateBurst: c.RateBurst,
+		},
 	}
 }
 

@@ -381,20 +381,20 @@ func TestServeConfig(t *testing.T) {
 		{name: "bad redis url", env: map[string]string{"TOKENKEEPER_REDIS_URL": "http://user:pw@x"}, wantErr: []string{"TOKENKEEPER_REDIS_URL: not a valid"}},
 		{name: "bad duration", env: map[string]string{"TOKENKEEPER_LOCK_TTL": "ten"}, wantErr: []string{`TOKENKEEPER_LOCK_TTL: "ten" is not a duration`}},
 		{name: "negative duration", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "-1m"}, wantErr: []string{"TOKENKEEPER_SERVE_MARGIN: -1m0s must be positive"}},
-		{name: "window longer than lifetime", env: map[string]string{"TOKENKEEPER_REFRESH_BEFORE": "70m"}, wantErr: []string{"TOKENKEEPER_REFRESH_BEFORE (1h10m0s) plus TOKENKEEPER_SERVE_MARGIN"}},
-		{name: "margin longer than lifetime", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "2h"}, wantErr: []string{"TOKENKEEPER_SERVE_MARGIN (2h0m0s) must be shorter"}},
+		{name: "window longer than lifetime", env: map[string]string{"TOKENKEEPER_REFRESH_BEFORE": "70m"}, wantErr: []string{"TOKENKEEPER_REFRESH_BEFORE: 1h10m0s plus TOKENKEEPER_SERVE_MARGIN (1m0s) must be shorter than TOKENKEEPER_TOKEN_LIFETIME (1h0m0s)"}},
+		{name: "margin longer than lifetime", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "2h"}, wantErr: []string{"TOKENKEEPER_SERVE_MARGIN: 2h0m0s must be shorter than TOKENKEEPER_TOKEN_LIFETIME"}},
 		{name: "margin as long as the default upstream timeout", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "10s"},
-			wantErr: []string{"TOKENKEEPER_SERVE_MARGIN (10s) must be longer than RDP_TIMEOUT (10s)", "must cover the longest upstream call"}},
+			wantErr: []string{"TOKENKEEPER_SERVE_MARGIN: 10s must be longer than RDP_TIMEOUT (10s)", "must cover the longest upstream call"}},
 		{name: "margin shorter than the upstream timeout", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "20s", "RDP_TIMEOUT": "30s"},
-			wantErr: []string{"TOKENKEEPER_SERVE_MARGIN (20s) must be longer than RDP_TIMEOUT (30s)"}},
+			wantErr: []string{"TOKENKEEPER_SERVE_MARGIN: 20s must be longer than RDP_TIMEOUT (30s)"}},
 		{name: "margin longer than the upstream timeout", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "3s", "RDP_TIMEOUT": "2s"},
 			check: func(t *testing.T, c Config) {
 				if c.ServeMargin != 3*time.Second || c.RDP.Timeout != 2*time.Second {
 					t.Errorf("ServeMargin, RDP.Timeout = %v, %v; want 3s, 2s", c.ServeMargin, c.RDP.Timeout)
 				}
 			}},
-		{name: "tiny lock ttl", env: map[string]string{"TOKENKEEPER_LOCK_TTL": "10ms"}, wantErr: []string{"TOKENKEEPER_LOCK_TTL (10ms) must be at least 300ms"}},
-		{name: "retry max below min", env: map[string]string{"TOKENKEEPER_RETRY_MIN": "10s", "TOKENKEEPER_RETRY_MAX": "1s"}, wantErr: []string{"TOKENKEEPER_RETRY_MAX (1s)"}},
+		{name: "tiny lock ttl", env: map[string]string{"TOKENKEEPER_LOCK_TTL": "10ms"}, wantErr: []string{"TOKENKEEPER_LOCK_TTL: 10ms must be at least 300ms"}},
+		{name: "retry max below min", env: map[string]string{"TOKENKEEPER_RETRY_MIN": "10s", "TOKENKEEPER_RETRY_MAX": "1s"}, wantErr: []string{"TOKENKEEPER_RETRY_MAX: 1s must not be shorter than TOKENKEEPER_RETRY_MIN (10s)"}},
 		{name: "bad auth", env: map[string]string{"RDP_AUTH": "v3"}, wantErr: []string{`RDP_AUTH: "v3" is not v1 or v2`}},
 		{name: "bad listen", env: map[string]string{"TOKENKEEPER_LISTEN": "8080"}, wantErr: []string{`TOKENKEEPER_LISTEN: "8080" is not host:port`}},
 		{name: "empty key", env: map[string]string{"TOKENKEEPER_API_KEYS": "a,,b"}, wantErr: []string{"TOKENKEEPER_API_KEYS: item 2 is empty"}},

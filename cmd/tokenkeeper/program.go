@@ -35,21 +35,10 @@ func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program,
 	refresher.TuneRedis(&opt, cfg.LockTTL)
 	rdb := redis.NewClient(&opt)
 	reg := newRegistry(cfg, rdb)
-	kcfg := tokenkeeper.Config{
-		Redis: rdb, Source: src, AuthPerMinute: cfg.AuthPerMinute,
-		Instance: cfg.Instance, Version: buildVersion(),
-		ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, LockTTL: cfg.LockTTL, PollInterval: cfg.PollInterval,
-		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
-		Keyring: cfg.Keyring,
-		HTTP: tokenkeeper.HTTPConfig{
-			ReaderKeys: cfg.APIKeys, AdminKeys: cfg.AdminKeys, MetricsKeys: cfg.MetricsKeys,
-			AllowAnonymous: cfg.AllowAnonymous, RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
-		},
-		Logger: log, Registerer: reg, Gatherer: reg,
-	}
-	if src == nil {
-		ucfg := cfg.upstreamConfig()
-		kcfg.RDP = &ucfg
+	kcfg := cfg.keeperConfig()
+	kcfg.Redis, kcfg.Logger, kcfg.Registerer, kcfg.Gatherer = rdb, log, reg, reg
+	if src != nil {
+		kcfg.Source, kcfg.RDP = src, nil
 	}
 	k, err := tokenkeeper.New(kcfg)
 	if err != nil {
