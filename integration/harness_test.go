@@ -39,8 +39,8 @@ const (
 	readerKey = "it-reader-key"
 	adminKey  = "it-admin-key"
 
-	tokenKey = "tokenkeeper:{liveness}:token"
-	lockKey  = "tokenkeeper:{liveness}:lock"
+	tokenKey        = "tokenkeeper:{liveness}:token"
+	lockKey         = "tokenkeeper:{liveness}:lock"
 	rdpClientID     = "tokenkeeper-demo"
 	rdpClientSecret = "demo-secret"
 
