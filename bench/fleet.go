@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -65,20 +64,13 @@ func measureUpstream(ctx context.Context, work string, n int, lifetime, d time.D
 	defer func() { stopReplicas(fleet) }()
 	start := time.Now()
 	for i := range n {
-		budget, err := refresher.NewAuthBudget(rs.Client, cache.KeysFor("liveness").Auth, 20)
-		if err != nil {
-			return nil, err
-		}
-		client, err := upstream.New(upstream.Config{
+		rdp := &upstream.Config{
 			BaseURL: "http://" + ln.Addr().String(), Auth: "v2",
 			ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
-			DefaultLifetime: lifetime, BeforeAuth: budget.Take, Logger: log, Timeout: lifetime / 8, // under the serve margin
-		})
-		if err != nil {
-			return nil, err
+			DefaultLifetime: lifetime, Timeout: lifetime / 8, // under the serve margin
 		}
 		r, err := startReplica(replicaConfig{
-			Redis: rs.Options(), Instance: fmt.Sprintf("replica-%d", i), Source: client,
+			Redis: rs.Options(), Instance: fmt.Sprintf("replica-%d", i), RDP: rdp,
 			LockTTL: 2 * time.Second, RefreshBefore: lifetime / 3, ServeMargin: lifetime / 6,
 			PollInterval: time.Second, RetryMin: 200 * time.Millisecond, RetryMax: 2 * time.Second, Log: log,
 		})

@@ -87,7 +87,7 @@ func measurePropagation(ctx context.Context, work string, n, writes int, gap tim
 				<-startSet
 				timeout := time.After(5 * time.Second)
 				for {
-					if t, ok := r.store.Current(); ok && t.Value == value {
+					if t, ok := r.Current(); ok && t.Value == value {
 						lat[i] = time.Since(start)
 						return
 					}

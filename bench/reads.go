@@ -112,20 +112,16 @@ func runServeHandler(ctx context.Context, args []string) error {
 	var h http.Handler
 	switch *kind {
 	case kindTokenkeeper:
+		limit, _ := strconv.ParseFloat(benchRateLimit, 64)
 		r, err := startReplica(replicaConfig{
 			Redis: &redis.Options{Addr: *redisAddr}, Instance: "bench",
-			Source: &constSource{lifetime: time.Hour}, Log: log,
+			Source: &constSource{lifetime: time.Hour}, RateLimit: limit, Log: log,
 		})
 		if err != nil {
 			return err
 		}
 		defer r.Stop()
-		limit, _ := strconv.ParseFloat(benchRateLimit, 64)
-		api, err := httpapi.New(httpapi.Config{Instance: "bench", ReaderKeys: []string{benchKey}, Logger: log, RateLimit: limit}, r.store, nil)
-		if err != nil {
-			return err
-		}
-		h = api.Handler()
+		h = r.handler
 	case kindStatic:
 		now := time.Now()
 		body := tokenBody(nil, benchToken, now.Add(time.Hour).UnixMilli(), now.UnixMilli())

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -34,37 +36,40 @@ const benchRateLimit = "1e9"
 type replicaConfig struct {
 	Redis    *redis.Options
 	Instance string
-	// Source feeds the refresher; nil runs the replica without one (it
-	// only follows the store, as a replica that never leads).
-	Source                    refresher.Source
+	// Source, or RDP, feeds a full replica (tokenkeeper.Keeper). With
+	// neither, the replica is a store that only follows Redis: the
+	// propagation figures measure cache.Store alone, with no election.
+	Source                    tokenkeeper.Source
+	RDP                       *upstream.Config
 	LockTTL, RefreshBefore    time.Duration
 	ServeMargin, PollInterval time.Duration
 	RetryMin, RetryMax        time.Duration
-	HTTP                      bool // serve the HTTP API on 127.0.0.1:0
+	HTTP                      bool    // serve the HTTP API on 127.0.0.1:0
+	RateLimit                 float64 // per key; 0: none
 	Log                       *slog.Logger
 }
 
-// replica is one tokenkeeper replica in the harness's process, wired as
-// cmd/tokenkeeper's Program wires it: its own Redis client, a cache.Store,
-// a refresher and the HTTP API.
+// replica is one tokenkeeper replica in the harness's process: a
+// tokenkeeper.Keeper, or a follower's store alone.
 type replica struct {
-	rdb    *redis.Client
-	store  *cache.Store
-	ref    *refresher.Refresher
-	api    *httpapi.Server
-	ln     net.Listener
-	cancel context.CancelFunc
-	done   chan struct{}
+	rdb     *redis.Client
+	keeper  *tokenkeeper.Keeper // nil for a store alone
+	store   *cache.Store        // set for a store alone
+	ln      net.Listener
+	handler http.Handler // the HTTP face
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
-// startReplica wires a replica and runs it until Stop.
+// startReplica builds a replica and runs it until Stop.
 func startReplica(cfg replicaConfig) (*replica, error) {
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	opt := *cfg.Redis
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 2*time.Second, time.Second, time.Second
+	opt.DialTimeout = 2 * time.Second
+	refresher.TuneRedis(&opt, cmp.Or(cfg.LockTTL, 10*time.Second))
 	rdb := redis.NewClient(&opt)
 	r := &replica{rdb: rdb, done: make(chan struct{})}
 	fail := func(err error) (*replica, error) {
@@ -74,45 +79,53 @@ func startReplica(cfg replicaConfig) (*replica, error) {
 		}
 		return nil, err
 	}
-	var err error
-	r.store, err = cache.New(rdb, cache.Config{
-		Keys: cache.KeysFor("liveness"), ServeMargin: cfg.ServeMargin, PollInterval: cfg.PollInterval,
-		Instance: cfg.Instance, Logger: log,
-	})
-	if err != nil {
-		return fail(err)
-	}
-	if cfg.Source != nil {
-		r.ref, err = refresher.New(refresher.Config{
-			Instance: cfg.Instance, LockTTL: cfg.LockTTL, RefreshBefore: cfg.RefreshBefore,
+	var handler http.Handler
+	var run func(context.Context) error
+	if cfg.Source != nil || cfg.RDP != nil {
+		k, err := tokenkeeper.New(tokenkeeper.Config{
+			Redis: rdb, Source: cfg.Source, RDP: cfg.RDP, Instance: cfg.Instance,
+			ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, LockTTL: cfg.LockTTL, PollInterval: cfg.PollInterval,
 			RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
-		}, rdb, r.store, cfg.Source)
+			HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{benchKey}, RateLimit: cfg.RateLimit},
+		})
 		if err != nil {
 			return fail(err)
 		}
-	}
-	if cfg.HTTP {
-		r.api, err = httpapi.New(httpapi.Config{Instance: cfg.Instance, ReaderKeys: []string{benchKey}, Logger: log}, r.store, nil)
+		r.keeper, handler, run = k, k.Handler(), k.Run
+	} else {
+		store, err := cache.New(rdb, cache.Config{
+			Keys: cache.KeysFor(tokenkeeper.Name), ServeMargin: cfg.ServeMargin, PollInterval: cfg.PollInterval,
+			Instance: cfg.Instance, Logger: log,
+		})
 		if err != nil {
 			return fail(err)
 		}
-		if r.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		api, err := httpapi.New(httpapi.Config{Instance: cfg.Instance, ReaderKeys: []string{benchKey}, Logger: log, RateLimit: cfg.RateLimit}, store, nil)
+		if err != nil {
 			return fail(err)
 		}
+		r.store, handler, run = store, api.Handler(), store.Run
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	parts := 1
-	finished := make(chan struct{}, 3)
-	go func() { _ = r.store.Run(ctx); finished <- struct{}{} }()
-	if r.ref != nil {
+	finished := make(chan struct{}, 2)
+	go func() { _ = run(ctx); finished <- struct{}{} }()
+	if cfg.HTTP {
+		var err error
+		if r.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			cancel()
+			return fail(err)
+		}
 		parts++
-		go func() { _ = r.ref.Run(ctx); finished <- struct{}{} }()
+		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			go func() { <-ctx.Done(); srv.Close() }()
+			_ = srv.Serve(r.ln)
+			finished <- struct{}{}
+		}()
 	}
-	if r.api != nil {
-		parts++
-		go func() { _ = r.api.Serve(ctx, r.ln); finished <- struct{}{} }()
-	}
+	r.handler = handler
 	go func() {
 		for range parts {
 			<-finished
@@ -120,6 +133,14 @@ func startReplica(cfg replicaConfig) (*replica, error) {
 		close(r.done)
 	}()
 	return r, nil
+}
+
+// Current returns the token the replica serves.
+func (r *replica) Current() (cache.Token, bool) {
+	if r.keeper != nil {
+		return r.keeper.Current(tokenkeeper.Name)
+	}
+	return r.store.Current()
 }
 
 // URL is the replica's token URL; empty without HTTP.
@@ -159,7 +180,7 @@ type constSource struct {
 	calls    atomic.Int64
 }
 
-func (s *constSource) Token(context.Context) (upstream.Token, error) {
+func (s *constSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
 	s.calls.Add(1)
 	return upstream.Token{Value: benchToken, Lifetime: s.lifetime, Sent: time.Now()}, nil
 }
