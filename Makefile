@@ -10,10 +10,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: bench bench-smoke bench-deps
 
 bench: bench-deps
-	$(GO) run ./bench
+	cd bench && $(GO) run .
 
 bench-smoke: bench-deps
-	$(GO) run ./bench -smoke
+	cd bench && $(GO) run . -smoke
 
 # wrk and redis-server from Debian's packages, when missing; apt-get update
 # runs only when the install fails without it (a fresh machine).

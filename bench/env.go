@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -314,15 +315,16 @@ func needTools(names ...string) error {
 	return nil
 }
 
-// moduleRoot finds the directory holding go.mod, from the working
-// directory up.
+// moduleRoot finds the repository's root: the directory holding the
+// tokenkeeper module's go.mod, from the working directory up (the harness
+// is a module of its own, in bench/).
 func moduleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.HasPrefix(b, []byte("module github.com/tokenkeeper/tokenkeeper\n")) {
 			return dir, nil
 		}
 		parent := filepath.Dir(dir)

@@ -137,13 +137,14 @@ wait_log() {
 	return 1
 }
 
-# go_static PACKAGE BINARY builds PACKAGE into BINARY, static (CGO_ENABLED=0),
-# as FROM scratch needs.
+# go_static PACKAGE BINARY [MODULE_DIR] builds PACKAGE (of the module in
+# MODULE_DIR, default the repository's) into BINARY, an absolute path,
+# static (CGO_ENABLED=0), as FROM scratch needs.
 go_static() {
 	command -v go >/dev/null || die "go is not installed"
-	log "go build (CGO_ENABLED=0, static) $1 -> $2"
+	log "go build (CGO_ENABLED=0, static) ${3:-.}/$1 -> $2"
 	mkdir -p "$(dirname "$2")"
-	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$2" "$1"
+	(cd "${3:-.}" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$2" "$1")
 	if ldd "$2" >/dev/null 2>&1; then
 		die "$2 is dynamically linked; FROM scratch needs a static binary"
 	fi
@@ -160,7 +161,7 @@ build_app() {
 
 build_latencyproxy() {
 	local ctx=$build_dir/latencyproxy old
-	go_static ./integration/latencyproxy "$ctx/latencyproxy"
+	go_static ./latencyproxy "$ctx/latencyproxy" integration
 	log "docker build -f integration/latencyproxy/Dockerfile -t $latencyproxy_image (context: $ctx, the binary only)"
 	old=$(image_id "$latencyproxy_image")
 	docker build --quiet -f integration/latencyproxy/Dockerfile -t "$latencyproxy_image" "$ctx" >/dev/null
