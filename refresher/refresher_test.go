@@ -31,16 +31,20 @@ type source struct {
 	fail     error           // returned instead of a token while set
 	answer   *upstream.Token // returned instead of a fresh token while set
 	block    chan struct{}   // when set, Token waits for it to close
+	delay    time.Duration   // how long each call takes
 	n        int
 }
 
 func (s *source) Token(ctx context.Context) (upstream.Token, error) {
 	s.mu.Lock()
 	s.calls = append(s.calls, time.Now())
-	block, fail, answer := s.block, s.fail, s.answer
+	block, fail, answer, delay := s.block, s.fail, s.answer, s.delay
 	s.n++
 	n, lifetime := s.n, s.lifetime
 	s.mu.Unlock()
+	if delay > 0 {
+		time.Sleep(delay) // an upstream that takes its time
+	}
 	if block != nil {
 		<-block // deliberately deaf to ctx: a stuck leader
 	}
@@ -268,6 +272,7 @@ func TestBackoff(t *testing.T) {
 func TestOneFetchPerLifetime(t *testing.T) {
 	for _, n := range []int{1, 3, 10} {
 		t.Run(fmt.Sprintf("replicas=%d", n), func(t *testing.T) {
+			t.Parallel() // each on its own keys
 			addr, keys := newRedis(t)
 			src := &source{lifetime: fast.lifetime}
 			var rs []*replica
@@ -462,6 +467,7 @@ func TestUpstreamFailures(t *testing.T) {
 	}
 	for _, tt := range failures {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel() // each on its own keys
 			addr, keys := newRedis(t)
 			src := &source{lifetime: fast.lifetime}
 			rs := []*replica{start(t, "a", addr, keys, src, fast), start(t, "b", addr, keys, src, fast)}
@@ -570,11 +576,15 @@ func TestRefreshWithoutLeader(t *testing.T) {
 	srv := redistest.NewMini(t)
 	rdb := srv.Client(t)
 	store, _ := cache.New(rdb, cache.Config{Logger: quiet})
-	ref, err := refresher.New(refresher.Config{Instance: "a", Logger: quiet}, rdb, store, &source{})
+	ref, err := refresher.New(refresher.Config{Instance: "a", LockTTL: 300 * time.Millisecond, Logger: quiet}, rdb, store, &source{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ref.Refresh(context.Background()); !errors.Is(err, refresher.ErrNoLeader) {
+	// No replica leads for two lock TTLs: the answer, within the caller's
+	// deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := ref.Refresh(ctx); !errors.Is(err, refresher.ErrNoLeader) {
 		t.Fatalf("got %v, want ErrNoLeader", err)
 	}
 }

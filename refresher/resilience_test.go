@@ -140,8 +140,8 @@ func TestUnsavedTokenOutlivesTheTerm(t *testing.T) {
 }
 
 // Many concurrent refresh requests across the fleet all get an answer, and
-// cost one upstream call (two when some arrive after the first call
-// returned).
+// cost one upstream call (two when a replica's request arrives after the
+// first call returned).
 func TestConcurrentRefreshesJoin(t *testing.T) {
 	addr, keys := newRedis(t)
 	src := &source{lifetime: 30 * time.Second}
@@ -154,6 +154,9 @@ func TestConcurrentRefreshesJoin(t *testing.T) {
 	}
 	first, _ := rs[0].store.Current()
 	calls := len(src.Calls())
+	// An upstream call takes a while, as a real one does: requests that
+	// arrive meanwhile join it.
+	src.set(func(s *source) { s.delay = 300 * time.Millisecond })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
