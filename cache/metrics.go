@@ -137,7 +137,7 @@ func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
-	now := c.s.cfg.Now()
+	now := c.s.cfg.Clock.Now()
 	var expiresIn, age float64
 	if t, ok := c.s.Held(); ok {
 		expiresIn = t.Remaining(now).Seconds()

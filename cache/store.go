@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
 // Errors returned by Store.Write. Check them with errors.Is.
@@ -74,9 +76,10 @@ type Config struct {
 	PollInterval time.Duration
 	// Instance names this replica in the events it publishes.
 	Instance string
-	// Now is the clock. Default: time.Now (whose monotonic reading makes
-	// deadlines immune to wall-clock changes).
-	Now func() time.Time
+	// Clock dates reads (deadlines) and runs the poll. Default:
+	// clock.Real(), whose monotonic reading makes deadlines immune to
+	// wall-clock changes.
+	Clock clock.Clock
 	// Logger receives the store's logs. Default: slog.Default().
 	Logger *slog.Logger
 	// Keyring, when set, encrypts the token at rest in Redis. A token
@@ -158,8 +161,8 @@ func New(rdb RedisClient, cfg Config) (*Store, error) {
 	if cfg.PollInterval < 10*time.Millisecond {
 		return nil, fmt.Errorf("cache: poll interval %v is shorter than 10ms", cfg.PollInterval)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -182,7 +185,7 @@ func (s *Store) ServeMargin() time.Duration { return s.cfg.ServeMargin }
 // the serve margin away from its deadline. It never touches Redis.
 func (s *Store) Current() (Token, bool) {
 	t := s.cur.Load()
-	if t == nil || !t.ServableAt(s.cfg.Now(), s.cfg.ServeMargin) {
+	if t == nil || !t.ServableAt(s.cfg.Clock.Now(), s.cfg.ServeMargin) {
 		return Token{}, false
 	}
 	return *t, true
@@ -192,7 +195,7 @@ func (s *Store) Current() (Token, bool) {
 // not expired.
 func (s *Store) Held() (Token, bool) {
 	t := s.cur.Load()
-	if t == nil || t.Remaining(s.cfg.Now()) <= 0 {
+	if t == nil || t.Remaining(s.cfg.Clock.Now()) <= 0 {
 		return Token{}, false
 	}
 	return *t, true
@@ -239,7 +242,7 @@ var writeScript = redis.NewScript(writeLua)
 // none, or cannot be reached, the copy in memory is kept.
 func (s *Store) Load(ctx context.Context) (bool, error) {
 	s.loads.Add(1)
-	sent := s.cfg.Now()
+	sent := s.cfg.Clock.Now()
 	res, err := s.runRO(ctx, readScript, []string{s.cfg.Keys.Token}).Slice()
 	if errors.Is(err, redis.Nil) {
 		s.lost(sent)
@@ -352,7 +355,7 @@ func (s *Store) adopt(t Token) {
 		if s.cur.CompareAndSwap(old, &t) {
 			if old == nil || old.Value != t.Value {
 				s.log.Info("token adopted", "fingerprint", t.Fingerprint(),
-					"expires_in", t.Remaining(s.cfg.Now()).Round(time.Second), "writer", t.Writer)
+					"expires_in", t.Remaining(s.cfg.Clock.Now()).Round(time.Second), "writer", t.Writer)
 				s.noteReadiness()
 			}
 			return
@@ -379,7 +382,7 @@ type Write struct {
 // refused, and wraps Redis errors otherwise.
 func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	defer func() { s.metrics.write(err) }()
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	ttl := w.Deadline.Sub(now)
 	if err := checkValue(w.Value); err != nil {
 		return Token{}, err
@@ -541,7 +544,7 @@ func (s *Store) Run(ctx context.Context) error {
 	defer ps.Close()
 	msgs := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
 
-	poll := time.NewTicker(s.cfg.PollInterval)
+	poll := s.cfg.Clock.NewTicker(s.cfg.PollInterval)
 	defer poll.Stop()
 
 	s.loadLogged(ctx)
@@ -550,7 +553,7 @@ func (s *Store) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-poll.C:
+		case <-poll.C():
 			s.pollLogged(ctx)
 			s.noteReadiness()
 		case m, ok := <-msgs:
@@ -628,7 +631,7 @@ func (s *Store) logRead(ctx context.Context, read func(context.Context) (bool, e
 	default:
 		if t, ok := s.Current(); ok {
 			s.log.Warn("reading token from Redis failed; serving the copy in memory", "error", err,
-				"fingerprint", t.Fingerprint(), "servable_for", (t.Remaining(s.cfg.Now()) - s.cfg.ServeMargin).Round(time.Millisecond))
+				"fingerprint", t.Fingerprint(), "servable_for", (t.Remaining(s.cfg.Clock.Now()) - s.cfg.ServeMargin).Round(time.Millisecond))
 		} else {
 			s.log.Warn("reading token from Redis failed, and this replica holds no servable token: not serving", "error", err)
 		}
@@ -644,7 +647,7 @@ func (s *Store) noteReadiness() {
 	}
 	if ok {
 		s.log.Info("ready: holding a servable token", "fingerprint", t.Fingerprint(),
-			"servable_for", (t.Remaining(s.cfg.Now()) - s.cfg.ServeMargin).Round(time.Millisecond))
+			"servable_for", (t.Remaining(s.cfg.Clock.Now()) - s.cfg.ServeMargin).Round(time.Millisecond))
 		return
 	}
 	held, _ := s.Held()

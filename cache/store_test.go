@@ -13,30 +13,14 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// clock is a hand-moved clock for tests.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+// newClock is a hand-moved clock for tests.
+func newClock() *clocktest.Fake { return clocktest.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)) }
 
 type fixture struct {
 	srv  *redistest.Server
@@ -229,9 +213,8 @@ func TestDeadlineFollowsRedisNotWallClock(t *testing.T) {
 
 	for _, skew := range []time.Duration{-3 * time.Hour, 0, 3 * time.Hour} {
 		t.Run(skew.String(), func(t *testing.T) {
-			clk := newClock()
-			clk.t = time.Now().Add(skew)
-			r := f.store(t, cache.Config{ServeMargin: time.Minute, Now: clk.Now})
+			clk := clocktest.New(time.Now().Add(skew))
+			r := f.store(t, cache.Config{ServeMargin: time.Minute, Clock: clk})
 			if _, err := r.Load(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -242,18 +225,18 @@ func TestDeadlineFollowsRedisNotWallClock(t *testing.T) {
 			if got := tok.Remaining(clk.Now()); got < 9*time.Minute || got > 10*time.Minute {
 				t.Fatalf("remaining: got %v, want about 10m whatever the skew", got)
 			}
-			clk.Add(9*time.Minute - time.Second)
+			clk.Advance(9*time.Minute - time.Second)
 			if _, ok := r.Current(); !ok {
 				t.Fatal("stopped serving more than the margin before the deadline")
 			}
-			clk.Add(2 * time.Second)
+			clk.Advance(2 * time.Second)
 			if _, ok := r.Current(); ok {
 				t.Fatal("still serving within the serve margin of the deadline")
 			}
 			if _, ok := r.Held(); !ok {
 				t.Fatal("Held: dropped a token that has not expired")
 			}
-			clk.Add(time.Minute)
+			clk.Advance(time.Minute)
 			if _, ok := r.Held(); ok {
 				t.Fatal("Held: kept a token past its deadline")
 			}
@@ -499,7 +482,7 @@ func TestLogsSayWhenServingStops(t *testing.T) {
 	c := newClock()
 	var logs lockedBuffer
 	s, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: 10 * time.Millisecond,
-		Now: c.Now, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		Clock: c, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -508,7 +491,10 @@ func TestLogsSayWhenServingStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(t, s)
-	has := func(what string) func() bool { return func() bool { return strings.Contains(logs.String(), what) } }
+	// Each look moves the clock a poll interval on, so the store polls.
+	has := func(what string) func() bool {
+		return func() bool { c.Advance(10 * time.Millisecond); return strings.Contains(logs.String(), what) }
+	}
 	eventually(t, 5*time.Second, "ready line", has("ready: holding a servable token"))
 
 	srv.Mini.FlushAll()
@@ -516,7 +502,7 @@ func TestLogsSayWhenServingStops(t *testing.T) {
 
 	srv.Mini.Close()
 	eventually(t, 5*time.Second, "serving from memory", has("serving the copy in memory"))
-	c.Add(59*time.Second + time.Millisecond) // past the serve margin
+	c.Advance(59*time.Second + time.Millisecond) // past the serve margin
 	eventually(t, 5*time.Second, "the switch to not ready", has("not ready: no servable token held"))
 	eventually(t, 5*time.Second, "read failures that say nothing is served", has("holds no servable token: not serving"))
 	after := logs.String()[strings.Index(logs.String(), "not ready: no servable token held"):]

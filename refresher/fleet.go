@@ -378,7 +378,7 @@ func (r *Refresher) recordAttempt(ctx context.Context, a Attempt, inARow int) {
 		Fingerprint: a.Fingerprint, Error: a.Error, RetryAfter: a.RetryAfter.Seconds(),
 	}
 	if !a.ExpiresAt.IsZero() {
-		w.ExpiresInMS = max(ms(a.ExpiresAt.Sub(r.cfg.Now())), 1)
+		w.ExpiresInMS = max(ms(a.ExpiresAt.Sub(r.cfg.Clock.Now())), 1)
 	}
 	b, err := json.Marshal(w)
 	if err != nil {
@@ -394,7 +394,7 @@ func (r *Refresher) recordAttempt(ctx context.Context, a Attempt, inARow int) {
 
 // self is this replica's heartbeat as of now.
 func (r *Refresher) self() heartbeat {
-	now := r.cfg.Now()
+	now := r.cfg.Clock.Now()
 	hb := heartbeat{Instance: r.cfg.Instance, Version: r.cfg.Version, Leader: r.IsLeader(), LastEventAgo: -1}
 	_, hb.Ready = r.store.Current()
 	if tok, ok := r.store.Held(); ok {
@@ -421,7 +421,7 @@ func (r *Refresher) self() heartbeat {
 // selfReplica is this replica's own view as a Replica, for Status when the
 // heartbeats cannot be read.
 func (r *Refresher) selfReplica() Replica {
-	return r.self().replica(r.cfg.Now().Round(0))
+	return r.self().replica(r.cfg.Clock.Now().Round(0))
 }
 
 // Heartbeat writes this replica's heartbeat into Redis every
@@ -432,9 +432,9 @@ func (r *Refresher) selfReplica() Replica {
 func (r *Refresher) Heartbeat(ctx context.Context) error {
 	sub := r.store.Subscribe()
 	defer sub.Close()
-	tick := time.NewTicker(r.cfg.HeartbeatEvery)
+	tick := r.cfg.Clock.NewTicker(r.cfg.HeartbeatEvery)
 	defer tick.Stop()
-	watch := time.NewTicker(min(r.cfg.HeartbeatEvery, 200*time.Millisecond))
+	watch := r.cfg.Clock.NewTicker(min(r.cfg.HeartbeatEvery, 200*time.Millisecond))
 	defer watch.Stop()
 	replicasKey := r.store.Keys().Replicas
 	ttl := 3 * r.cfg.HeartbeatEvery
@@ -468,16 +468,16 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 			return ctx.Err()
 		case <-sub.Ready():
 			for m, ok := sub.Next(); ok; m, ok = sub.Next() {
-				r.fleet.sawEvent(r.cfg.Now(), m.Type)
+				r.fleet.sawEvent(r.cfg.Clock.Now(), m.Type)
 			}
-		case <-watch.C:
+		case <-watch.C():
 			// Beat at once when readiness or leadership changed, so the
 			// fleet view does not lag a whole interval behind. Looking
 			// costs nothing: both are known in memory.
 			if now := r.self(); now.Ready != sent.Ready || now.Leader != sent.Leader || now.Upstream != sent.Upstream {
 				beat()
 			}
-		case <-tick.C:
+		case <-tick.C():
 			beat()
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/clock"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -87,8 +88,9 @@ type Config struct {
 	// failed; it stands again sooner when the lock stays free for a lock
 	// TTL (no other replica wants it). Default: 1m.
 	HandoverCooldown time.Duration
-	// Now is the clock. Default: time.Now.
-	Now func() time.Time
+	// Clock is the time the election, the refresh loop and the heartbeat
+	// run on: dates and every timer. Default: clock.Real().
+	Clock clock.Clock
 	// Logger receives leadership and refresh logs. Default: slog.Default().
 	Logger *slog.Logger
 	// Version names the build in this replica's heartbeat (fleet.go).
@@ -199,8 +201,8 @@ func New(cfg Config, rdb RedisClient, store *cache.Store, src Source) (*Refreshe
 	if cfg.HandoverCooldown < 0 {
 		return nil, fmt.Errorf("refresher: handover cooldown %v is negative", cfg.HandoverCooldown)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -244,14 +246,14 @@ func (r *Refresher) Fetches() uint64 {
 func (r *Refresher) Run(ctx context.Context) error {
 	sub := r.store.Subscribe()
 	defer sub.Close()
-	wake := time.NewTimer(0)
+	wake := r.cfg.Clock.NewTimer(0)
 	defer wake.Stop()
 	var freeSince time.Time // while aside: since when the lock has been seen free
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-wake.C:
+		case <-wake.C():
 		case <-sub.Ready():
 			// A released lock is worth trying at once; anything else waits
 			// for the timer.
@@ -275,7 +277,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 			wake.Reset(held)
 			continue
 		}
-		if now := r.cfg.Now(); now.Before(r.asideTill()) {
+		if now := r.cfg.Clock.Now(); now.Before(r.asideTill()) {
 			// Handed over recently: let the others take the lock, and stand
 			// again only when none has for a lock TTL.
 			if freeSince.IsZero() {
@@ -292,7 +294,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		sent := r.cfg.Now()
+		sent := r.cfg.Clock.Now()
 		lock, err := r.locker.Obtain(ctx, r.store.Keys().Lock, r.cfg.LockTTL, &redislock.Options{Token: value})
 		switch {
 		case err == nil:
@@ -351,7 +353,7 @@ const (
 // lost or ctx ends, then releases the lock if ctx ended or this replica
 // hands over. sent is when the Obtain that took the lock was sent.
 func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Time) {
-	start := r.cfg.Now()
+	start := r.cfg.Clock.Now()
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.leading.Store(true)
@@ -386,9 +388,9 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		}
 	}
 	if reason == endHandedOver {
-		r.setAside(r.cfg.Now().Add(r.cfg.HandoverCooldown))
+		r.setAside(r.cfg.Clock.Now().Add(r.cfg.HandoverCooldown))
 	}
-	r.log.Info("leadership ended", "reason", reason, "led_for", r.cfg.Now().Sub(start).Round(time.Millisecond))
+	r.log.Info("leadership ended", "reason", reason, "led_for", r.cfg.Clock.Now().Sub(start).Round(time.Millisecond))
 	r.metrics.leadership(changeOf(reason))
 }
 
@@ -436,12 +438,12 @@ func (r *Refresher) leaseGuard() time.Duration {
 func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *redislock.Lock, sent time.Time) {
 	guard := r.leaseGuard()
 	leaseEnd := sent.Add(r.cfg.LockTTL - guard)
-	expiry := time.NewTimer(leaseEnd.Sub(r.cfg.Now()))
+	expiry := r.cfg.Clock.NewTimer(leaseEnd.Sub(r.cfg.Clock.Now()))
 	defer expiry.Stop()
 	// The first renewal goes at once: it loads the renewal script into
 	// Redis (EVALSHA, then EVAL) while the lease is young, so that later
 	// renewals on a slow Redis take one round trip.
-	tick := time.NewTimer(0)
+	tick := r.cfg.Clock.NewTimer(0)
 	defer tick.Stop()
 	stepDown := func(failed int) {
 		r.log.Warn("lock renewals did not succeed in time; stepping down before the lock can expire", "failed_renewals", failed)
@@ -453,12 +455,12 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		select {
 		case <-ctx.Done():
 			return
-		case <-expiry.C:
+		case <-expiry.C():
 			stepDown(failed)
 			return
-		case <-tick.C:
+		case <-tick.C():
 		}
-		sent := r.cfg.Now()
+		sent := r.cfg.Clock.Now()
 		until := sent.Add(RedisTimeout(r.cfg.LockTTL))
 		if leaseEnd.Before(until) {
 			until = leaseEnd
@@ -470,7 +472,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		select {
 		case err = <-done:
 			rcancel()
-		case <-expiry.C:
+		case <-expiry.C():
 			rcancel()
 			stepDown(failed + 1)
 			return
@@ -479,15 +481,15 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		case err == nil:
 			failed = 0
 			leaseEnd = sent.Add(r.cfg.LockTTL - guard)
-			expiry.Reset(leaseEnd.Sub(r.cfg.Now()))
-			tick.Reset(max(sent.Add(r.cfg.RenewEvery).Sub(r.cfg.Now()), 0))
+			expiry.Reset(leaseEnd.Sub(r.cfg.Clock.Now()))
+			tick.Reset(max(sent.Add(r.cfg.RenewEvery).Sub(r.cfg.Clock.Now()), 0))
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, redislock.ErrNotObtained):
 			// The lock is not ours any more. Within the lease it cannot
 			// have expired: its key was removed (evicted, flushed, an empty
 			// restart) or overwritten.
-			if r.cfg.Now().Before(leaseEnd) {
+			if r.cfg.Clock.Now().Before(leaseEnd) {
 				r.store.LockLost()
 			}
 			r.log.Warn("lock renewal refused: the lock is no longer held; stepping down", "error", err)
@@ -498,7 +500,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			// Slow or unreachable Redis: try again while the lease lasts.
 			failed++
 			r.log.Warn("lock renewal failed; retrying while the lock lasts", "error", err, "attempt", failed,
-				"lease_left", leaseEnd.Sub(r.cfg.Now()).Round(time.Millisecond))
+				"lease_left", leaseEnd.Sub(r.cfg.Clock.Now()).Round(time.Millisecond))
 			tick.Reset(0)
 		}
 	}
@@ -572,9 +574,9 @@ func (r *Refresher) publish(ctx context.Context, m cache.Message) {
 func (r *Refresher) work(ctx context.Context, lockValue string) string {
 	sub := r.store.Subscribe()
 	defer sub.Close()
-	check := time.NewTicker(r.cfg.CheckEvery)
+	check := r.cfg.Clock.NewTicker(r.cfg.CheckEvery)
 	defer check.Stop()
-	timer := time.NewTimer(0)
+	timer := r.cfg.Clock.NewTimer(0)
 	defer timer.Stop()
 
 	st := &leaderState{lockValue: lockValue, sub: sub, answered: make(map[string]cache.Message), jitter: make(map[string]float64)}
@@ -591,12 +593,12 @@ func (r *Refresher) work(ctx context.Context, lockValue string) string {
 		r.mu.Lock()
 		r.nextRefresh = due
 		r.mu.Unlock()
-		timer.Reset(max(due.Sub(r.cfg.Now()), 0))
+		timer.Reset(max(due.Sub(r.cfg.Clock.Now()), 0))
 
 		select {
 		case <-ctx.Done():
 			return endLost
-		case <-check.C:
+		case <-check.C():
 			// The store's own poll keeps InRedis current; reseed, at the
 			// top of the loop, acts on it. No Redis command of its own.
 			continue
@@ -604,9 +606,9 @@ func (r *Refresher) work(ctx context.Context, lockValue string) string {
 			r.takeRequests(ctx, st)
 			r.refuseDuringBackoff(ctx, st)
 			continue
-		case <-timer.C:
+		case <-timer.C():
 		}
-		if r.cfg.Now().Before(due) {
+		if r.cfg.Clock.Now().Before(due) {
 			continue
 		}
 		err := r.attempt(ctx, st)
@@ -661,14 +663,14 @@ func (r *Refresher) inherit(ctx context.Context, st *leaderState) {
 	st.attempt = n
 	st.retryAt = last.At.Add(Backoff(n, r.cfg.RetryMin, r.cfg.RetryMax, last.RetryAfter))
 	r.log.Info("going on from the fleet's failed refreshes", "failures_in_a_row", n, "last_by", last.By,
-		"retry_in", max(st.retryAt.Sub(r.cfg.Now()), 0).Round(time.Millisecond))
+		"retry_in", max(st.retryAt.Sub(r.cfg.Clock.Now()), 0).Round(time.Millisecond))
 }
 
 // refuseDuringBackoff answers pending refresh requests at once while the
 // leader backs off after failures, instead of keeping requesters waiting
 // for an attempt the backoff forbids.
 func (r *Refresher) refuseDuringBackoff(ctx context.Context, st *leaderState) {
-	wait := st.retryAt.Sub(r.cfg.Now())
+	wait := st.retryAt.Sub(r.cfg.Clock.Now())
 	if len(st.pending) == 0 || wait <= 0 {
 		return
 	}
@@ -695,7 +697,7 @@ func (r *Refresher) abandon(ctx context.Context, st *leaderState) {
 
 // due returns when the next fetch should happen.
 func (r *Refresher) due(st *leaderState) time.Time {
-	now := r.cfg.Now()
+	now := r.cfg.Clock.Now()
 	if r.unsavedNewer() {
 		// Storing it needs no upstream call: no backoff applies.
 		return now
@@ -731,7 +733,7 @@ func (r *Refresher) unsavedNewer() bool {
 	deadline := u.Sent.Add(u.Lifetime)
 	held, ok := r.store.Held()
 	switch {
-	case !r.cfg.Now().Before(deadline.Add(-r.store.ServeMargin())):
+	case !r.cfg.Clock.Now().Before(deadline.Add(-r.store.ServeMargin())):
 		r.unsaved = nil
 	case ok && !deadline.After(held.Deadline):
 		r.unsaved = nil
@@ -786,7 +788,7 @@ func (r *Refresher) reseed(ctx context.Context, st *leaderState) error {
 	switch {
 	case err == nil:
 		r.log.Info("token re-seeded into Redis from memory", "fingerprint", tok.Fingerprint(),
-			"expires_in", tok.Remaining(r.cfg.Now()).Round(time.Second))
+			"expires_in", tok.Remaining(r.cfg.Clock.Now()).Round(time.Second))
 	case errors.Is(err, cache.ErrStale):
 		_, _ = r.store.Load(ctx)
 	case ctx.Err() == nil:
@@ -799,12 +801,12 @@ func (r *Refresher) reseed(ctx context.Context, st *leaderState) error {
 // the outcome, backing off on failure and answering the refresh requests
 // pending, and those that arrived during its upstream call: they join it.
 func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
-	start := r.cfg.Now()
+	start := r.cfg.Clock.Now()
 	tok, stored, err := r.fetchAndStore(ctx, st)
 	if ctx.Err() != nil && !errors.Is(err, cache.ErrFenced) {
 		return ctx.Err()
 	}
-	took := r.cfg.Now().Sub(start)
+	took := r.cfg.Clock.Now().Sub(start)
 	outcome := outcomeOf(err, stored)
 	reply := cache.Message{Type: cache.MsgRefreshed}
 	var retryAfter time.Duration
@@ -816,7 +818,7 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		if !upstream.IsRetryable(err) && !errors.Is(err, cache.ErrFenced) {
 			wait = max(wait, r.cfg.RetryMax)
 		}
-		st.retryAt = r.cfg.Now().Add(wait)
+		st.retryAt = r.cfg.Clock.Now().Add(wait)
 		r.setErr(err)
 		held, servable := r.store.Current()
 		r.log.Warn("refresh failed", "outcome", outcome, "error", err, "attempt", st.attempt, "retry_in", wait.Round(time.Millisecond),
@@ -827,22 +829,22 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		st.attempt, st.failed = 0, 0
 		st.retryAt = time.Time{}
 		r.mu.Lock()
-		r.lastRefresh = r.cfg.Now()
+		r.lastRefresh = r.cfg.Clock.Now()
 		r.lastErr = ""
 		r.mu.Unlock()
 		if stored {
 			r.log.Info("token refreshed", "outcome", outcome, "fingerprint", tok.Fingerprint(), "took", took.Round(time.Millisecond),
-				"upstream_took", st.upstream.Round(time.Millisecond), "expires_in", tok.Remaining(r.cfg.Now()).Round(time.Second))
+				"upstream_took", st.upstream.Round(time.Millisecond), "expires_in", tok.Remaining(r.cfg.Clock.Now()).Round(time.Second))
 		} else {
 			r.log.Info("refresh superseded: another leader stored a later token", "outcome", outcome,
-				"fingerprint", tok.Fingerprint(), "took", took.Round(time.Millisecond), "expires_in", tok.Remaining(r.cfg.Now()).Round(time.Second))
+				"fingerprint", tok.Fingerprint(), "took", took.Round(time.Millisecond), "expires_in", tok.Remaining(r.cfg.Clock.Now()).Round(time.Second))
 		}
 		reply.Fingerprint = tok.Fingerprint()
 	}
-	a := Attempt{At: r.cfg.Now().Round(0), By: r.cfg.Instance, Outcome: outcome, Took: took, Upstream: st.upstream,
+	a := Attempt{At: r.cfg.Clock.Now().Round(0), By: r.cfg.Instance, Outcome: outcome, Took: took, Upstream: st.upstream,
 		Error: reply.Error, RetryAfter: retryAfter}
 	if err == nil {
-		a.Fingerprint, a.ExpiresAt = tok.Fingerprint(), r.cfg.Now().Add(tok.Remaining(r.cfg.Now())).Round(0)
+		a.Fingerprint, a.ExpiresAt = tok.Fingerprint(), r.cfg.Clock.Now().Add(tok.Remaining(r.cfg.Clock.Now())).Round(0)
 	}
 	r.recordAttempt(ctx, a, st.attempt)
 	r.answer(ctx, st, reply)
@@ -879,9 +881,9 @@ func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.T
 	if r.unsavedNewer() {
 		r.log.Info("storing the token fetched earlier instead of fetching another", "fingerprint", cache.Fingerprint(r.unsaved.Value))
 	} else {
-		began := r.cfg.Now()
+		began := r.cfg.Clock.Now()
 		up, err := r.src.Token(ctx)
-		st.upstream = r.cfg.Now().Sub(began)
+		st.upstream = r.cfg.Clock.Now().Sub(began)
 		// Requests that arrived during the call join it; later ones wait
 		// for a token fetched after they asked.
 		r.takeRequests(ctx, st)
@@ -958,7 +960,7 @@ type Status struct {
 // reached, Leader is empty, the fleet view is this replica's own, and err
 // says why.
 func (r *Refresher) Status(ctx context.Context) (Status, error) {
-	now := r.cfg.Now()
+	now := r.cfg.Clock.Now()
 	s := Status{Instance: r.cfg.Instance, IsLeader: r.IsLeader()}
 	if tok, ok := r.store.Held(); ok {
 		s.TokenFingerprint = tok.Fingerprint()
@@ -1054,7 +1056,7 @@ func (r *Refresher) Refresh(ctx context.Context) (cache.Token, error) {
 
 // ask sends one refresh request and waits for its answer; see Refresh.
 func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
-	asked := r.cfg.Now()
+	asked := r.cfg.Clock.Now()
 	before, _ := r.store.Held()
 	var raw [8]byte
 	if _, err := rand.Read(raw[:]); err != nil {
@@ -1069,15 +1071,15 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 	// another is elected within about two lock TTLs of Redis answering
 	// again. Only trouble that lasts longer is the answer.
 	grace := 2 * r.cfg.LockTTL
-	resend := time.NewTimer(0)
+	resend := r.cfg.Clock.NewTimer(0)
 	defer resend.Stop()
 	var troubleSince time.Time // since when no leader, or no Redis, was found
 	for {
 		select {
 		case <-ctx.Done():
 			return cache.Token{}, ctx.Err()
-		case <-resend.C:
-			now := r.cfg.Now()
+		case <-resend.C():
+			now := r.cfg.Clock.Now()
 			err := r.send(ctx, id)
 			if err == nil {
 				troubleSince = time.Time{}
