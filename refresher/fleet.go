@@ -113,10 +113,10 @@ func ReadFleet(ctx context.Context, rdb FleetReader, keys cache.Keys) (Fleet, er
 	if f.Leader, err = readLeader(ctx, rdb, keys.Lock); err != nil {
 		return f, err
 	}
-	if f.Replicas, err = readReplicas(ctx, rdb, keys.Replicas); err != nil {
+	if f.Replicas, err = readReplicas(ctx, rdb, keys.Replicas, time.Now()); err != nil {
 		return f, err
 	}
-	if f.Refreshes, err = readAttempts(ctx, rdb, keys.Refreshes); err != nil {
+	if f.Refreshes, err = readAttempts(ctx, rdb, keys.Refreshes, time.Now()); err != nil {
 		return f, err
 	}
 	return f, nil
@@ -264,8 +264,9 @@ func fromMS(n int64) time.Duration { return time.Duration(n) * time.Millisecond 
 
 func fromSeconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-func readReplicas(ctx context.Context, rdb redis.Scripter, key string) ([]Replica, error) {
-	local := time.Now()
+// readReplicas reads the heartbeats and dates them on the reader's clock,
+// whose time is local when the read is sent.
+func readReplicas(ctx context.Context, rdb redis.Scripter, key string, local time.Time) ([]Replica, error) {
 	now, vals, err := scriptList(ctx, rdb, replicasScript, key)
 	if err != nil {
 		return nil, fmt.Errorf("refresher: read heartbeats: %w", err)
@@ -305,8 +306,9 @@ func sortReplicas(rs []Replica) {
 	slices.SortFunc(rs, func(a, b Replica) int { return strings.Compare(a.Instance, b.Instance) })
 }
 
-func readAttempts(ctx context.Context, rdb redis.Scripter, key string) ([]Attempt, error) {
-	local := time.Now()
+// readAttempts reads the refresh history and dates it on the reader's
+// clock, whose time is local when the read is sent.
+func readAttempts(ctx context.Context, rdb redis.Scripter, key string, local time.Time) ([]Attempt, error) {
 	now, vals, err := scriptList(ctx, rdb, attemptsScript, key)
 	if err != nil {
 		return nil, fmt.Errorf("refresher: read refresh history: %w", err)
@@ -491,11 +493,11 @@ func (r *Refresher) fleetStatus(ctx context.Context, s *Status, tryRedis bool) e
 	var reps []Replica
 	var err error
 	if tryRedis {
-		reps, err = readReplicas(ctx, r.rdb, replicasKey)
+		reps, err = readReplicas(ctx, r.rdb, replicasKey, r.cfg.Clock.Now())
 	}
 	if tryRedis && err == nil {
 		var atts []Attempt
-		if atts, err = readAttempts(ctx, r.rdb, refreshesKey); err == nil {
+		if atts, err = readAttempts(ctx, r.rdb, refreshesKey, r.cfg.Clock.Now()); err == nil {
 			s.Replicas, s.Refreshes = reps, atts
 			return nil
 		}

@@ -645,7 +645,7 @@ func (r *Refresher) inherit(ctx context.Context, st *leaderState) {
 	key := r.store.Keys().Refreshes
 	hctx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL))
 	defer cancel()
-	atts, err := readAttempts(hctx, r.rdb, key)
+	atts, err := readAttempts(hctx, r.rdb, key, r.cfg.Clock.Now())
 	if err != nil {
 		atts = r.fleet.recent()
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -211,3 +212,70 @@ func TestRefreshWithoutRedis(t *testing.T) {
 }
 
 func keysFor(t *testing.T) cache.Keys { return cache.KeysFor(redistest.Name(t)) }
+
+// On a fake clock: a lone leader whose upstream keeps failing backs off
+// from RetryMin with full jitter, hands over after HandoverAfter failures,
+// stays out of the election while the lock is free for less than a lock
+// TTL, then stands again and tries once more. No wall-clock duration is
+// asserted: every figure is fake time.
+func TestBackoffAndHandoverOnFakeTime(t *testing.T) {
+	srv := redistest.NewMini(t)
+	keys := keysFor(t)
+	clk := clocktest.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	src := &source{lifetime: time.Hour, fail: &upstream.Error{Op: "liveness", Status: 503, Retryable: true}}
+	rdb := srv.Client(t)
+	store, err := cache.New(rdb, cache.Config{Keys: keys, Instance: "a", Logger: quiet, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const (
+		lockTTL  = 10 * time.Second
+		retryMin = time.Second
+	)
+	ref, err := refresher.New(refresher.Config{Instance: "a", LockTTL: lockTTL, RetryMin: retryMin, RetryMax: time.Minute,
+		HandoverAfter: 3, Logger: quiet, Clock: clk}, rdb, store, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); ref.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	// advanceUntil moves the fake time in steps of 50ms until cond holds,
+	// letting the loop react between steps; it returns the fake time spent.
+	advanceUntil := func(what string, limit time.Duration, cond func() bool) time.Duration {
+		t.Helper()
+		start := clk.Now()
+		for !cond() {
+			if clk.Now().Sub(start) > limit {
+				t.Fatalf("%s: not within %v of fake time", what, limit)
+			}
+			clk.Advance(50 * time.Millisecond)
+			eventually(t, 5*time.Second, "the loop settles", func() bool { return clk.Waiters() > 0 })
+			time.Sleep(time.Millisecond) // not time passing: lets the loop's goroutines, and Redis, take the step
+		}
+		return clk.Now().Sub(start)
+	}
+	calls := func(n int) func() bool { return func() bool { return len(src.Calls()) >= n } }
+
+	advanceUntil("the first attempt", time.Second, calls(1))
+	for n := 2; n <= 3; n++ {
+		waited := advanceUntil(fmt.Sprintf("attempt %d", n), time.Minute, calls(n))
+		// Full jitter after the (n-1)-th failure: in [RetryMin, RetryMin*2^(n-2)].
+		if ceiling := retryMin << (n - 2); waited < retryMin || waited > ceiling+100*time.Millisecond {
+			t.Errorf("attempt %d came %v of fake time after the previous one, want within [%v, %v]", n, waited, retryMin, ceiling)
+		}
+	}
+	advanceUntil("the handover", time.Second, func() bool { return !ref.IsLeader() })
+	// Alone, it stands again once the lock has stayed free a lock TTL.
+	away := advanceUntil("leading again", 2*lockTTL, ref.IsLeader)
+	if away < lockTTL {
+		t.Errorf("stood again after %v of fake time, want the lock free for at least the lock TTL %v", away, lockTTL)
+	}
+	before := len(src.Calls())
+	advanceUntil("the fourth attempt", 2*time.Minute, calls(before+1))
+	if n := len(src.Calls()); n != 4 {
+		t.Errorf("upstream calls: got %d, want 4", n)
+	}
+}
