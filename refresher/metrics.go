@@ -56,7 +56,7 @@ func outcomeOf(err error, stored bool) string {
 		return OutcomeSuperseded
 	case errors.Is(err, cache.ErrFenced):
 		return OutcomeFenced
-	case errors.As(err, &ue):
+	case errors.As(err, &ue), errors.Is(err, ErrBadToken):
 		return OutcomeUpstreamError
 	default:
 		return OutcomeRedisError
@@ -74,7 +74,7 @@ const (
 )
 
 // changeOf names the end of a leadership from the reason lead logs.
-func changeOf(reason string) string {
+func changeOf(reason endReason) string {
 	switch reason {
 	case endFenced:
 		return changeFenced

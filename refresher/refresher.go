@@ -341,12 +341,15 @@ func (r *Refresher) lockHeldFor(ctx context.Context) time.Duration {
 	return min(d+time.Millisecond, r.cfg.LockTTL)
 }
 
-// Why leadership ended, as logged and counted (changeOf).
+// endReason says why leadership ended, as logged and counted (changeOf).
+type endReason string
+
+// Why leadership ends.
 const (
-	endFenced     = "fenced"
-	endLost       = "lock lost"
-	endReleased   = "released on shutdown"
-	endHandedOver = "handed over"
+	endFenced     endReason = "fenced"
+	endLost       endReason = "lock lost"
+	endReleased   endReason = "released on shutdown"
+	endHandedOver endReason = "handed over"
 )
 
 // lead runs leader-only work under a context that ends when the lock is
@@ -571,7 +574,7 @@ func (r *Refresher) publish(ctx context.Context, m cache.Message) {
 }
 
 // work is the leader's loop. It returns why leadership ended.
-func (r *Refresher) work(ctx context.Context, lockValue string) string {
+func (r *Refresher) work(ctx context.Context, lockValue string) endReason {
 	sub := r.store.Subscribe()
 	defer sub.Close()
 	check := r.cfg.Clock.NewTicker(r.cfg.CheckEvery)
@@ -629,11 +632,17 @@ func (r *Refresher) work(ctx context.Context, lockValue string) string {
 // fleet's sign-on budget and fencing are no reason: another replica would
 // meet them too.
 func (r *Refresher) handOver(st *leaderState, err error) bool {
-	var ue *upstream.Error
-	if err == nil || errors.Is(err, ErrAuthBudget) || !errors.As(err, &ue) {
+	if err == nil || errors.Is(err, ErrAuthBudget) || !isUpstreamFailure(err) {
 		return false
 	}
-	return !ue.Retryable || st.failed >= r.cfg.HandoverAfter
+	return !upstream.IsRetryable(err) || st.failed >= r.cfg.HandoverAfter
+}
+
+// isUpstreamFailure reports whether err is the upstream's doing: a failed
+// or refused call, or an answer that must not be stored.
+func isUpstreamFailure(err error) bool {
+	var ue *upstream.Error
+	return errors.As(err, &ue) || errors.Is(err, ErrBadToken)
 }
 
 // inherit goes on from the fleet's failures: the attempts in a row that
@@ -924,7 +933,7 @@ func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.T
 		return held, false, nil
 	case errors.Is(err, cache.ErrInvalid):
 		r.unsaved = nil
-		return cache.Token{}, false, &upstream.Error{Op: "liveness", Retryable: true, Err: fmt.Errorf("%w: %w", ErrBadToken, err)}
+		return cache.Token{}, false, fmt.Errorf("%w: %w", ErrBadToken, err)
 	default:
 		return cache.Token{}, false, err
 	}

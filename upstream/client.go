@@ -46,7 +46,7 @@ type Config struct {
 	BaseURL string
 	// Auth selects the sign-on: "v2" (client credentials; default) or "v1"
 	// (password grant with refresh token) (RDP_AUTH).
-	Auth string
+	Auth AuthVersion
 	// ClientID is the v2 service account, or the v1 app key; required
 	// (RDP_CLIENT_ID).
 	ClientID string
@@ -136,21 +136,21 @@ func New(cfg Config) (*Client, error) {
 
 	switch cfg.Auth {
 	case "":
-		cfg.Auth = "v2"
-	case "v1", "v2":
+		cfg.Auth = AuthV2
+	case AuthV1, AuthV2:
 	default:
 		return nil, fmt.Errorf("upstream: RDP_AUTH must be \"v1\" or \"v2\", not %q", cfg.Auth)
 	}
 	if cfg.ClientID == "" {
 		return nil, fmt.Errorf("upstream: RDP_CLIENT_ID is required for auth %s", cfg.Auth)
 	}
-	if cfg.Auth == "v2" && cfg.ClientSecret == "" {
+	if cfg.Auth == AuthV2 && cfg.ClientSecret == "" {
 		return nil, errors.New("upstream: RDP_CLIENT_SECRET is required for auth v2")
 	}
-	if cfg.Auth == "v1" && cfg.Username == "" {
+	if cfg.Auth == AuthV1 && cfg.Username == "" {
 		return nil, errors.New("upstream: RDP_USERNAME is required for auth v1")
 	}
-	if cfg.Auth == "v1" && cfg.Password == "" {
+	if cfg.Auth == AuthV1 && cfg.Password == "" {
 		return nil, errors.New("upstream: RDP_PASSWORD is required for auth v1")
 	}
 	if cfg.Scope == "" {
@@ -213,7 +213,7 @@ func New(cfg Config) (*Client, error) {
 		log:         cfg.Logger.With("component", "upstream", "auth", cfg.Auth),
 		sem:         make(chan struct{}, 1),
 	}
-	if cfg.Auth == "v2" {
+	if cfg.Auth == AuthV2 {
 		c.v2 = &clientcredentials.Config{
 			ClientID:     cfg.ClientID,
 			ClientSecret: cfg.ClientSecret,
@@ -268,7 +268,7 @@ func (c *Client) Token(ctx context.Context) (Token, error) {
 	select {
 	case c.sem <- struct{}{}:
 	case <-ctx.Done():
-		return Token{}, &Error{Op: "liveness", Retryable: true, Err: ctx.Err()}
+		return Token{}, &Error{Op: OpLiveness, Retryable: true, Err: ctx.Err()}
 	}
 	defer func() { <-c.sem }()
 
@@ -292,7 +292,7 @@ func (c *Client) Token(ctx context.Context) (Token, error) {
 
 func isUnauthorized(err error) bool {
 	var e *Error
-	return errors.As(err, &e) && e.Op == "liveness" && e.Status == http.StatusUnauthorized
+	return errors.As(err, &e) && e.Op == OpLiveness && e.Status == http.StatusUnauthorized
 }
 
 // accessToken returns the held access token while it may be reused, else
@@ -301,7 +301,7 @@ func (c *Client) accessToken(ctx context.Context) (string, error) {
 	if c.access != "" && c.cfg.Now().Before(c.accessUntil) {
 		return c.access, nil
 	}
-	if c.cfg.Auth == "v2" {
+	if c.cfg.Auth == AuthV2 {
 		return c.signOnV2(ctx)
 	}
 	return c.signOnV1(ctx)
@@ -334,21 +334,21 @@ func (c *Client) signOnV2(ctx context.Context) (string, error) {
 		var re *oauth2.RetrieveError
 		switch {
 		case errors.As(err, &re) && re.Response != nil:
-			return "", c.statusError("auth", re.Response, re.Body)
+			return "", c.statusError(OpAuth, re.Response, re.Body)
 		case ctx.Err() != nil || isTransport(err):
-			return "", &Error{Op: "auth", Retryable: true, Err: err}
+			return "", &Error{Op: OpAuth, Retryable: true, Err: err}
 		default:
 			// x/oauth2 could not read the 2xx answer. Its message may quote the
 			// body, so only the class is kept.
-			return "", &Error{Op: "auth", Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", ErrMalformed)}
+			return "", &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", ErrMalformed)}
 		}
 	}
 	if err := checkToken(t.AccessToken); err != nil {
-		return "", &Error{Op: "auth", Retryable: true, Err: fmt.Errorf("%w: access token", ErrMalformed)}
+		return "", &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: access token", ErrMalformed)}
 	}
 	lifetime, err := extraSeconds(t.Extra("expires_in"))
 	if err != nil {
-		return "", &Error{Op: "auth", Retryable: true, Err: err}
+		return "", &Error{Op: OpAuth, Retryable: true, Err: err}
 	}
 	c.keep(t.AccessToken, lifetime, sent)
 	return t.AccessToken, nil
@@ -407,22 +407,22 @@ func (c *Client) postV1(ctx context.Context, form url.Values) (string, error) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.v1URL, strings.NewReader(form.Encode()))
 	if err != nil {
-		return "", &Error{Op: "auth", Err: err}
+		return "", &Error{Op: OpAuth, Err: err}
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 	sent := c.cfg.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return "", &Error{Op: "auth", Retryable: true, Err: err}
+		return "", &Error{Op: OpAuth, Retryable: true, Err: err}
 	}
 	defer resp.Body.Close()
 	body, err := readBody(resp.Body, c.cfg.MaxBodyBytes)
 	if resp.StatusCode/100 != 2 {
-		return "", c.statusError("auth", resp, body)
+		return "", c.statusError(OpAuth, resp, body)
 	}
 	if err != nil {
-		return "", &Error{Op: "auth", Status: resp.StatusCode, Retryable: true, Err: err}
+		return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: err}
 	}
 
 	var answer struct {
@@ -431,15 +431,15 @@ func (c *Client) postV1(ctx context.Context, form url.Values) (string, error) {
 		ExpiresIn    json.RawMessage `json:"expires_in"`
 	}
 	if err := json.Unmarshal(body, &answer); err != nil {
-		return "", &Error{Op: "auth", Status: resp.StatusCode, Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", ErrMalformed)}
+		return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", ErrMalformed)}
 	}
 	if checkToken(answer.AccessToken) != nil {
-		return "", &Error{Op: "auth", Status: resp.StatusCode, Retryable: true, Err: fmt.Errorf("%w: access token", ErrMalformed)}
+		return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: fmt.Errorf("%w: access token", ErrMalformed)}
 	}
 	var lifetime time.Duration
 	if len(answer.ExpiresIn) > 0 && string(answer.ExpiresIn) != "null" {
 		if lifetime, err = parseSeconds(answer.ExpiresIn); err != nil {
-			return "", &Error{Op: "auth", Status: resp.StatusCode, Retryable: true, Err: err}
+			return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: err}
 		}
 	}
 	if answer.RefreshToken != "" {
@@ -457,26 +457,26 @@ func (c *Client) liveness(ctx context.Context, access string) (Token, error) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, c.cfg.LivenessMethod, c.livenessURL, nil)
 	if err != nil {
-		return Token{}, &Error{Op: "liveness", Err: err}
+		return Token{}, &Error{Op: OpLiveness, Err: err}
 	}
 	req.Header.Set("Authorization", "Bearer "+access)
 	req.Header.Set("Accept", "application/json")
 	sent := c.cfg.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return Token{}, &Error{Op: "liveness", Retryable: true, Err: err}
+		return Token{}, &Error{Op: OpLiveness, Retryable: true, Err: err}
 	}
 	defer resp.Body.Close()
 	body, err := readBody(resp.Body, c.cfg.MaxBodyBytes)
 	if resp.StatusCode/100 != 2 {
-		return Token{}, c.statusError("liveness", resp, body)
+		return Token{}, c.statusError(OpLiveness, resp, body)
 	}
 	if err != nil {
-		return Token{}, &Error{Op: "liveness", Status: resp.StatusCode, Retryable: true, Err: err}
+		return Token{}, &Error{Op: OpLiveness, Status: resp.StatusCode, Retryable: true, Err: err}
 	}
 	value, lifetime, err := parseLiveness(body, resp.Header.Get("Date"), sent, c.cfg.DefaultLifetime)
 	if err != nil {
-		return Token{}, &Error{Op: "liveness", Status: resp.StatusCode, Retryable: true, Err: err}
+		return Token{}, &Error{Op: OpLiveness, Status: resp.StatusCode, Retryable: true, Err: err}
 	}
 	c.log.Debug("liveness token received", "token", fingerprint(value), "lifetime", lifetime)
 	return Token{Value: value, Lifetime: lifetime, Sent: sent}, nil
@@ -484,7 +484,7 @@ func (c *Client) liveness(ctx context.Context, access string) (Token, error) {
 
 // statusError classifies a non-2xx answer. The body is read only for its
 // error code, which is dropped when it quotes a credential.
-func (c *Client) statusError(op string, resp *http.Response, body []byte) *Error {
+func (c *Client) statusError(op Op, resp *http.Response, body []byte) *Error {
 	s := resp.StatusCode
 	return &Error{
 		Op:         op,

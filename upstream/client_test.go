@@ -177,11 +177,11 @@ func body(status int, b string) http.HandlerFunc {
 func TestTokenFailures(t *testing.T) {
 	tests := []struct {
 		name    string
-		auth    string
+		auth    upstream.AuthVersion
 		knobs   upstream.FakeKnobs
 		routes  map[string]http.HandlerFunc
 		cfg     upstream.Config
-		wantOp  string
+		wantOp  upstream.Op
 		wantSt  int
 		wantRe  bool
 		wantRA  time.Duration
@@ -333,8 +333,8 @@ func dated(date string, h http.HandlerFunc) http.HandlerFunc {
 // that plus the answer's delay.
 func TestTokenDatedFromSend(t *testing.T) {
 	const delay = 3 * time.Second // from the upstream's answer to its arrival
-	for _, auth := range []string{"v1", "v2"} {
-		t.Run(auth, func(t *testing.T) {
+	for _, auth := range []upstream.AuthVersion{upstream.AuthV1, upstream.AuthV2} {
+		t.Run(string(auth), func(t *testing.T) {
 			clk := newClock()
 			fake := upstream.NewFake(upstream.FakeConfig{Now: clk.Now, Knobs: upstream.FakeKnobs{TokenLifetime: time.Minute}})
 			// The Fake answers at once on the shared clock; the answer then
@@ -472,7 +472,7 @@ func TestTokenAbsoluteExpiry(t *testing.T) {
 func TestTokenLifetimes(t *testing.T) {
 	tests := []struct {
 		name   string
-		auth   string
+		auth   upstream.AuthVersion
 		knobs  upstream.FakeKnobs
 		routes map[string]http.HandlerFunc
 		want   time.Duration
@@ -529,7 +529,7 @@ func TestNoSecretsInErrors(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		auth   string
+		auth   upstream.AuthVersion
 		routes map[string]http.HandlerFunc
 	}{
 		{"v2 refusal echoes the form", "v2", map[string]http.HandlerFunc{"/auth/oauth2/v2/token": echoForm(401)}},
@@ -581,8 +581,8 @@ func TestNoSecretsInErrors(t *testing.T) {
 }
 
 func TestNoTokensInLogs(t *testing.T) {
-	for _, auth := range []string{"v1", "v2"} {
-		t.Run(auth, func(t *testing.T) {
+	for _, auth := range []upstream.AuthVersion{upstream.AuthV1, upstream.AuthV2} {
+		t.Run(string(auth), func(t *testing.T) {
 			r := newRDP(t, upstream.FakeConfig{}, nil)
 			var logs bytes.Buffer
 			c := r.client(t, upstream.Config{
@@ -692,8 +692,8 @@ func TestNew(t *testing.T) {
 }
 
 func TestBeforeAuthGuardsEverySignOn(t *testing.T) {
-	for _, auth := range []string{"v1", "v2"} {
-		t.Run(auth, func(t *testing.T) {
+	for _, auth := range []upstream.AuthVersion{upstream.AuthV1, upstream.AuthV2} {
+		t.Run(string(auth), func(t *testing.T) {
 			fake := upstream.NewFake(upstream.FakeConfig{})
 			srv := httptest.NewServer(fake)
 			defer srv.Close()

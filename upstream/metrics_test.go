@@ -17,8 +17,8 @@ import (
 // and status code, "error" when no answer came, and that the caller's
 // HTTPClient is left as it was.
 func TestRequestDurationMetric(t *testing.T) {
-	for _, auth := range []string{"v1", "v2"} {
-		t.Run(auth, func(t *testing.T) {
+	for _, auth := range []upstream.AuthVersion{upstream.AuthV1, upstream.AuthV2} {
+		t.Run(string(auth), func(t *testing.T) {
 			r := newRDP(t, upstream.FakeConfig{}, nil)
 			reg := prometheus.NewRegistry()
 			own := &http.Client{Timeout: time.Second}
@@ -36,7 +36,7 @@ func TestRequestDurationMetric(t *testing.T) {
 				t.Fatal("want a closed server to fail")
 			}
 			want := `
-tokenkeeper_upstream_request_duration_seconds_count{code="200",endpoint="auth_` + auth + `"} 1
+tokenkeeper_upstream_request_duration_seconds_count{code="200",endpoint="auth_` + string(auth) + `"} 1
 tokenkeeper_upstream_request_duration_seconds_count{code="200",endpoint="liveness"} 1
 tokenkeeper_upstream_request_duration_seconds_count{code="503",endpoint="liveness"} 1
 tokenkeeper_upstream_request_duration_seconds_count{code="error",endpoint="liveness"} 1

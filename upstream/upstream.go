@@ -26,10 +26,28 @@ type Token struct {
 	Sent time.Time
 }
 
+// Op names an upstream call.
+type Op string
+
+// The upstream calls.
+const (
+	OpAuth     Op = "auth"     // a sign-on: password, refresh or client-credentials grant
+	OpLiveness Op = "liveness" // the liveness token call
+)
+
+// AuthVersion selects RDP's sign-on.
+type AuthVersion string
+
+// The sign-ons RDP offers.
+const (
+	AuthV1 AuthVersion = "v1" // password grant with refresh token, one session per machine account
+	AuthV2 AuthVersion = "v2" // client credentials (service account)
+)
+
 // Error is an upstream failure, classified for the caller's retry policy.
 type Error struct {
-	// Op names the call that failed: "auth" or "liveness".
-	Op string
+	// Op names the call that failed.
+	Op Op
 	// Status is the HTTP status, or 0 when no answer came.
 	Status int
 	// Code is the upstream's error code when it gave one (for example
@@ -45,7 +63,7 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	msg := "upstream: " + e.Op
+	msg := "upstream: " + string(e.Op)
 	if e.Status != 0 {
 		msg += ": status " + strconv.Itoa(e.Status)
 	}

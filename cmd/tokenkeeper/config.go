@@ -463,7 +463,7 @@ func (c Config) keeperConfig() tokenkeeper.Config {
 // upstreamConfig is the RDP client's configuration.
 func (c Config) upstreamConfig() upstream.Config {
 	return upstream.Config{
-		BaseURL: c.RDP.BaseURL, Auth: c.RDP.Auth,
+		BaseURL: c.RDP.BaseURL, Auth: upstream.AuthVersion(c.RDP.Auth),
 		ClientID: c.RDP.ClientID, ClientSecret: c.RDP.ClientSecret,
 		Username: c.RDP.Username, Password: c.RDP.Password,
 		Scope: c.RDP.Scope, LivenessPath: c.RDP.LivenessPath, LivenessMethod: c.RDP.LivenessMethod,
