@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -41,7 +42,7 @@ func TestEmbeddedAndServeShareOneFleet(t *testing.T) {
 	if redistest.Real() {
 		srv = redistest.StartServer(t)
 	}
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: lifetime}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: lifetime}})
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 
@@ -54,7 +55,7 @@ func TestEmbeddedAndServeShareOneFleet(t *testing.T) {
 		t.Cleanup(func() { rdb.Close() })
 		k, err := tokenkeeper.New(tokenkeeper.Config{
 			Redis: rdb, Instance: name,
-			RDP: &upstream.Config{BaseURL: rdp.URL, ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+			RDP: &upstream.Config{BaseURL: rdp.URL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
 				DefaultLifetime: lifetime, Timeout: rdpWait},
 			ServeMargin: margin, RefreshBefore: before, LockTTL: lockTTL, PollInterval: 200 * time.Millisecond,
 			HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
@@ -145,8 +146,8 @@ func startServe(t *testing.T, addr, rdpURL string) string {
 		fmt.Sprintf("TOKENKEEPER_LOCK_TTL=%v", lockTTL),
 		"TOKENKEEPER_POLL_INTERVAL=200ms",
 		"RDP_BASE_URL="+rdpURL,
-		"RDP_CLIENT_ID="+upstream.FakeClientID,
-		"RDP_CLIENT_SECRET="+upstream.FakeClientSecret,
+		"RDP_CLIENT_ID="+fakerdp.ClientID,
+		"RDP_CLIENT_SECRET="+fakerdp.ClientSecret,
 		fmt.Sprintf("RDP_TIMEOUT=%v", rdpWait),
 	)
 	var logs strings.Builder

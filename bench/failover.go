@@ -14,8 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // binFleet runs tokenkeeper as real processes of the built binary: a
@@ -85,8 +85,8 @@ func (f *binFleet) AddMany(ctx context.Context, label string, n int) ([]*binRepl
 			"TOKENKEEPER_LOG_FORMAT=text",
 			"TOKENKEEPER_RATE_LIMIT=" + benchRateLimit, // the limiter runs on every read, and never refuses one
 			"RDP_BASE_URL=" + f.fakeURL,
-			"RDP_CLIENT_ID=" + upstream.FakeClientID,
-			"RDP_CLIENT_SECRET=" + upstream.FakeClientSecret,
+			"RDP_CLIENT_ID=" + fakerdp.ClientID,
+			"RDP_CLIENT_SECRET=" + fakerdp.ClientSecret,
 		}
 		p, err := startProc(f.work, id, env, f.bin, "serve")
 		if err != nil {

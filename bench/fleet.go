@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -33,7 +34,7 @@ func measureUpstream(ctx context.Context, work string, n int, lifetime, d time.D
 	}
 	defer rs.Stop()
 
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: lifetime}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: lifetime}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -66,7 +67,7 @@ func measureUpstream(ctx context.Context, work string, n int, lifetime, d time.D
 	for i := range n {
 		rdp := &upstream.Config{
 			BaseURL: "http://" + ln.Addr().String(), Auth: "v2",
-			ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+			ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
 			DefaultLifetime: lifetime, Timeout: lifetime / 8, // under the serve margin
 		}
 		r, err := startReplica(replicaConfig{

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/client"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -28,7 +29,7 @@ func TestAgainstReplica(t *testing.T) {
 		lockTTL  = time.Second
 	)
 	srv := redistest.NewMini(t)
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: lifetime}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: lifetime}})
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	opt := *srv.Options
@@ -37,7 +38,7 @@ func TestAgainstReplica(t *testing.T) {
 	t.Cleanup(func() { rdb.Close() })
 	k, err := tokenkeeper.New(tokenkeeper.Config{
 		Redis: rdb, Instance: "client-test",
-		RDP: &upstream.Config{BaseURL: rdp.URL, ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+		RDP: &upstream.Config{BaseURL: rdp.URL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
 			DefaultLifetime: lifetime, Timeout: time.Second},
 		ServeMargin: 2 * time.Second, RefreshBefore: 5 * time.Second, LockTTL: lockTTL, PollInterval: 200 * time.Millisecond,
 		HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{testKey}},

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/rdptest"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -22,26 +25,26 @@ const livenessPath = upstream.DefaultLivenessPath
 func TestTokenV2(t *testing.T) {
 	for _, method := range []string{"POST", "GET"} {
 		t.Run(method, func(t *testing.T) {
-			r := newRDP(t, upstream.FakeConfig{}, nil)
-			c := r.client(t, upstream.Config{LivenessMethod: method})
+			r := rdptest.New(t, fakerdp.Config{}, nil)
+			c := r.Client(t, upstream.Config{LivenessMethod: method})
 			ctx := context.Background()
 
 			tok, err := c.Token(ctx)
 			if err != nil {
 				t.Fatalf("Token: %v", err)
 			}
-			if !strings.HasPrefix(tok.Value, upstream.FakeLivenessPrefix) {
-				t.Errorf("Value = %q, want prefix %q", tok.Value, upstream.FakeLivenessPrefix)
+			if !strings.HasPrefix(tok.Value, fakerdp.LivenessPrefix) {
+				t.Errorf("Value = %q, want prefix %q", tok.Value, fakerdp.LivenessPrefix)
 			}
 			if got, want := tok.Lifetime, time.Hour; got != want {
 				t.Errorf("Lifetime = %v, want %v", got, want)
 			}
-			if got, want := tok.Sent, t0; !got.Equal(want) {
+			if got, want := tok.Sent, rdptest.T0; !got.Equal(want) {
 				t.Errorf("Sent = %v, want %v", got, want)
 			}
 
 			// The access token (10m) is reused while valid with a margin.
-			r.clock.Advance(9 * time.Minute)
+			r.Clock.Advance(9 * time.Minute)
 			tok2, err := c.Token(ctx)
 			if err != nil {
 				t.Fatalf("second Token: %v", err)
@@ -49,16 +52,16 @@ func TestTokenV2(t *testing.T) {
 			if tok2.Value == tok.Value {
 				t.Errorf("second Token returned the first token again")
 			}
-			if got, want := r.fake.Stats().AuthCalls.V2, 1; got != want {
+			if got, want := r.Fake.Stats().AuthCalls.V2, 1; got != want {
 				t.Errorf("auth calls within the access lifetime = %d, want %d", got, want)
 			}
 
-			r.clock.Advance(time.Minute)
+			r.Clock.Advance(time.Minute)
 			if _, err := c.Token(ctx); err != nil {
 				t.Fatalf("third Token: %v", err)
 			}
-			s := r.fake.Stats()
-			if got, want := s.AuthCalls, (upstream.FakeAuthCalls{V2: 2}); got != want {
+			s := r.Fake.Stats()
+			if got, want := s.AuthCalls, (fakerdp.AuthCalls{V2: 2}); got != want {
 				t.Errorf("auth calls after expiry = %+v, want %+v", got, want)
 			}
 			if got, want := s.LivenessOK, 3; got != want {
@@ -69,23 +72,23 @@ func TestTokenV2(t *testing.T) {
 }
 
 func TestTokenV1RefreshAndFallback(t *testing.T) {
-	r := newRDP(t, upstream.FakeConfig{}, nil)
-	c := r.client(t, upstream.Config{Auth: "v1"})
+	r := rdptest.New(t, fakerdp.Config{}, nil)
+	c := r.Client(t, upstream.Config{Auth: "v1"})
 	ctx := context.Background()
 
 	steps := []struct {
 		name   string
 		before func()
-		want   upstream.FakeAuthCalls
+		want   fakerdp.AuthCalls
 	}{
-		{"first sign-on uses the password", func() {}, upstream.FakeAuthCalls{V1Password: 1}},
-		{"valid access token is reused", func() { r.clock.Advance(time.Minute) }, upstream.FakeAuthCalls{V1Password: 1}},
-		{"expired access token is refreshed", func() { r.clock.Advance(10 * time.Minute) }, upstream.FakeAuthCalls{V1Password: 1, V1Refresh: 1}},
-		{"rotated refresh token works", func() { r.clock.Advance(10 * time.Minute) }, upstream.FakeAuthCalls{V1Password: 1, V1Refresh: 2}},
+		{"first sign-on uses the password", func() {}, fakerdp.AuthCalls{V1Password: 1}},
+		{"valid access token is reused", func() { r.Clock.Advance(time.Minute) }, fakerdp.AuthCalls{V1Password: 1}},
+		{"expired access token is refreshed", func() { r.Clock.Advance(10 * time.Minute) }, fakerdp.AuthCalls{V1Password: 1, V1Refresh: 1}},
+		{"rotated refresh token works", func() { r.Clock.Advance(10 * time.Minute) }, fakerdp.AuthCalls{V1Password: 1, V1Refresh: 2}},
 		{"refused refresh falls back to the password", func() {
-			r.fake.Revoke()
-			r.clock.Advance(10 * time.Minute)
-		}, upstream.FakeAuthCalls{V1Password: 2, V1Refresh: 3}},
+			r.Fake.Revoke()
+			r.Clock.Advance(10 * time.Minute)
+		}, fakerdp.AuthCalls{V1Password: 2, V1Refresh: 3}},
 	}
 	for _, s := range steps {
 		s.before()
@@ -96,7 +99,7 @@ func TestTokenV1RefreshAndFallback(t *testing.T) {
 		if tok.Lifetime != time.Hour {
 			t.Errorf("%s: Lifetime = %v, want %v", s.name, tok.Lifetime, time.Hour)
 		}
-		if got := r.fake.Stats().AuthCalls; got != s.want {
+		if got := r.Fake.Stats().AuthCalls; got != s.want {
 			t.Errorf("%s: auth calls = %+v, want %+v", s.name, got, s.want)
 		}
 	}
@@ -105,26 +108,26 @@ func TestTokenV1RefreshAndFallback(t *testing.T) {
 func TestTokenReauthenticatesOnce(t *testing.T) {
 	tests := []struct {
 		name          string
-		setup         func(*rdp, *upstream.Client)
+		setup         func(*rdptest.RDP, *upstream.Client)
 		wantErrStatus int // 0: success
 		wantAuth      int
 		wantLiveness  int
 	}{
 		{
 			name: "revoked access token",
-			setup: func(r *rdp, c *upstream.Client) {
+			setup: func(r *rdptest.RDP, c *upstream.Client) {
 				if _, err := c.Token(context.Background()); err != nil {
 					t.Fatalf("first Token: %v", err)
 				}
-				r.fake.Revoke()
+				r.Fake.Revoke()
 			},
 			wantAuth:     2,
 			wantLiveness: 3, // ok, 401, ok
 		},
 		{
 			name: "401 even with a fresh access token",
-			setup: func(r *rdp, c *upstream.Client) {
-				r.fake.Set(upstream.FakeKnobs{LivenessStatus: http.StatusUnauthorized})
+			setup: func(r *rdptest.RDP, c *upstream.Client) {
+				r.Fake.Set(fakerdp.Knobs{LivenessStatus: http.StatusUnauthorized})
 			},
 			wantErrStatus: http.StatusUnauthorized,
 			wantAuth:      2,
@@ -133,8 +136,8 @@ func TestTokenReauthenticatesOnce(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRDP(t, upstream.FakeConfig{}, nil)
-			c := r.client(t, upstream.Config{})
+			r := rdptest.New(t, fakerdp.Config{}, nil)
+			c := r.Client(t, upstream.Config{})
 			tt.setup(r, c)
 
 			tok, err := c.Token(context.Background())
@@ -154,7 +157,7 @@ func TestTokenReauthenticatesOnce(t *testing.T) {
 					t.Errorf("Token = %+v with an error, want the zero Token", tok)
 				}
 			}
-			s := r.fake.Stats()
+			s := r.Fake.Stats()
 			if got, want := s.AuthCalls.V2, tt.wantAuth; got != want {
 				t.Errorf("auth calls = %d, want %d", got, want)
 			}
@@ -178,7 +181,7 @@ func TestTokenFailures(t *testing.T) {
 	tests := []struct {
 		name    string
 		auth    upstream.AuthVersion
-		knobs   upstream.FakeKnobs
+		knobs   fakerdp.Knobs
 		routes  map[string]http.HandlerFunc
 		cfg     upstream.Config
 		wantOp  upstream.Op
@@ -190,29 +193,29 @@ func TestTokenFailures(t *testing.T) {
 		wantIs2 error
 	}{
 		// Liveness failures.
-		{name: "liveness 500", knobs: upstream.FakeKnobs{LivenessStatus: 500},
+		{name: "liveness 500", knobs: fakerdp.Knobs{LivenessStatus: 500},
 			wantOp: "liveness", wantSt: 500, wantRe: true, wantCd: "Internal Server Error"},
-		{name: "liveness 503 with Retry-After seconds", knobs: upstream.FakeKnobs{LivenessStatus: 503, RetryAfter: 7 * time.Second},
+		{name: "liveness 503 with Retry-After seconds", knobs: fakerdp.Knobs{LivenessStatus: 503, RetryAfter: 7 * time.Second},
 			wantOp: "liveness", wantSt: 503, wantRe: true, wantRA: 7 * time.Second, wantCd: "Service Unavailable"},
-		{name: "liveness 429 with Retry-After seconds", knobs: upstream.FakeKnobs{LivenessStatus: 429, RetryAfter: 1500 * time.Millisecond},
+		{name: "liveness 429 with Retry-After seconds", knobs: fakerdp.Knobs{LivenessStatus: 429, RetryAfter: 1500 * time.Millisecond},
 			wantOp: "liveness", wantSt: 429, wantRe: true, wantRA: 2 * time.Second, wantCd: "Too Many Requests"},
 		{name: "liveness 429 with Retry-After date", routes: map[string]http.HandlerFunc{
 			livenessPath: func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Retry-After", t0.Add(90*time.Second).Format(http.TimeFormat))
+				w.Header().Set("Retry-After", rdptest.T0.Add(90*time.Second).Format(http.TimeFormat))
 				w.WriteHeader(http.StatusTooManyRequests)
 			}},
 			wantOp: "liveness", wantSt: 429, wantRe: true, wantRA: 90 * time.Second},
-		{name: "liveness 403", knobs: upstream.FakeKnobs{LivenessStatus: 403},
+		{name: "liveness 403", knobs: fakerdp.Knobs{LivenessStatus: 403},
 			wantOp: "liveness", wantSt: 403, wantCd: "Forbidden"},
-		{name: "liveness 404", knobs: upstream.FakeKnobs{LivenessStatus: 404},
+		{name: "liveness 404", knobs: fakerdp.Knobs{LivenessStatus: 404},
 			wantOp: "liveness", wantSt: 404, wantCd: "Not Found"},
-		{name: "HTML page with 200", knobs: upstream.FakeKnobs{HTML: true},
+		{name: "HTML page with 200", knobs: fakerdp.Knobs{HTML: true},
 			wantOp: "liveness", wantSt: 200, wantRe: true, wantIs: upstream.ErrMalformed},
-		{name: "HTML page with 502", knobs: upstream.FakeKnobs{HTML: true, LivenessStatus: 502},
+		{name: "HTML page with 502", knobs: fakerdp.Knobs{HTML: true, LivenessStatus: 502},
 			wantOp: "liveness", wantSt: 502, wantRe: true},
-		{name: "malformed JSON", knobs: upstream.FakeKnobs{Malformed: true},
+		{name: "malformed JSON", knobs: fakerdp.Knobs{Malformed: true},
 			wantOp: "liveness", wantSt: 200, wantRe: true, wantIs: upstream.ErrMalformed},
-		{name: "expired token", knobs: upstream.FakeKnobs{Expired: true},
+		{name: "expired token", knobs: fakerdp.Knobs{Expired: true},
 			wantOp: "liveness", wantSt: 200, wantRe: true, wantIs: upstream.ErrInvalidExpiry},
 		{name: "body over MaxBodyBytes", routes: map[string]http.HandlerFunc{
 			livenessPath: body(200, `{"token":"abc","pad":"`+strings.Repeat("x", 2000)+`"}`)},
@@ -242,7 +245,7 @@ func TestTokenFailures(t *testing.T) {
 		{name: "negative expiresIn as string", routes: map[string]http.HandlerFunc{
 			livenessPath: body(200, `{"token":"abc","expiresIn":"-5"}`)},
 			wantOp: "liveness", wantSt: 200, wantRe: true, wantIs: upstream.ErrInvalidExpiry},
-		{name: "timeout", knobs: upstream.FakeKnobs{Latency: 2 * time.Second}, cfg: upstream.Config{Timeout: 20 * time.Millisecond},
+		{name: "timeout", knobs: fakerdp.Knobs{Latency: 2 * time.Second}, cfg: upstream.Config{Timeout: 20 * time.Millisecond},
 			wantOp: "auth", wantRe: true, wantIs: context.DeadlineExceeded},
 		{name: "liveness timeout", routes: map[string]http.HandlerFunc{
 			livenessPath: func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }},
@@ -252,11 +255,11 @@ func TestTokenFailures(t *testing.T) {
 		// Auth v2 failures.
 		{name: "v2 wrong secret", cfg: upstream.Config{ClientSecret: "wrong"},
 			wantOp: "auth", wantSt: 401, wantCd: "invalid_client"},
-		{name: "v2 403", knobs: upstream.FakeKnobs{AuthStatus: 403},
+		{name: "v2 403", knobs: fakerdp.Knobs{AuthStatus: 403},
 			wantOp: "auth", wantSt: 403, wantCd: "access_denied"},
-		{name: "v2 500", knobs: upstream.FakeKnobs{AuthStatus: 500},
+		{name: "v2 500", knobs: fakerdp.Knobs{AuthStatus: 500},
 			wantOp: "auth", wantSt: 500, wantRe: true, wantCd: "server_error"},
-		{name: "v2 429 with Retry-After", knobs: upstream.FakeKnobs{AuthStatus: 429, RetryAfter: 3 * time.Second},
+		{name: "v2 429 with Retry-After", knobs: fakerdp.Knobs{AuthStatus: 429, RetryAfter: 3 * time.Second},
 			wantOp: "auth", wantSt: 429, wantRe: true, wantRA: 3 * time.Second, wantCd: "server_error"},
 		{name: "v2 HTML page with 200", routes: map[string]http.HandlerFunc{
 			"/auth/oauth2/v2/token": func(w http.ResponseWriter, r *http.Request) {
@@ -273,7 +276,7 @@ func TestTokenFailures(t *testing.T) {
 			wantOp: "auth", wantSt: 400, wantCd: "invalid_grant"},
 		{name: "v1 wrong app key", auth: "v1", cfg: upstream.Config{ClientID: "other-app"},
 			wantOp: "auth", wantSt: 401, wantCd: "invalid_client"},
-		{name: "v1 503", auth: "v1", knobs: upstream.FakeKnobs{AuthStatus: 503},
+		{name: "v1 503", auth: "v1", knobs: fakerdp.Knobs{AuthStatus: 503},
 			wantOp: "auth", wantSt: 503, wantRe: true, wantCd: "server_error"},
 		{name: "v1 HTML page with 200", auth: "v1", routes: map[string]http.HandlerFunc{
 			"/auth/oauth2/v1/token": body(200, "<html>maintenance</html>")},
@@ -284,10 +287,10 @@ func TestTokenFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRDP(t, upstream.FakeConfig{Knobs: tt.knobs}, tt.routes)
+			r := rdptest.New(t, fakerdp.Config{Knobs: tt.knobs}, tt.routes)
 			cfg := tt.cfg
 			cfg.Auth = tt.auth
-			c := r.client(t, cfg)
+			c := r.Client(t, cfg)
 
 			tok, err := c.Token(context.Background())
 			t.Log(err)
@@ -335,8 +338,8 @@ func TestTokenDatedFromSend(t *testing.T) {
 	const delay = 3 * time.Second // from the upstream's answer to its arrival
 	for _, auth := range []upstream.AuthVersion{upstream.AuthV1, upstream.AuthV2} {
 		t.Run(string(auth), func(t *testing.T) {
-			clk := newClock()
-			fake := upstream.NewFake(upstream.FakeConfig{Now: clk.Now, Knobs: upstream.FakeKnobs{TokenLifetime: time.Minute}})
+			clk := clocktest.New(rdptest.T0)
+			fake := fakerdp.New(fakerdp.Config{Now: clk.Now, Knobs: fakerdp.Knobs{TokenLifetime: time.Minute}})
 			// The Fake answers at once on the shared clock; the answer then
 			// takes delay to come back.
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -350,20 +353,20 @@ func TestTokenDatedFromSend(t *testing.T) {
 				w.Write(rec.Body.Bytes())
 			}))
 			t.Cleanup(srv.Close)
-			r := &rdp{fake: fake, srv: srv, clock: clk}
-			c := r.client(t, upstream.Config{Auth: auth})
+			r := &rdptest.RDP{Fake: fake, Srv: srv, Clock: clk}
+			c := r.Client(t, upstream.Config{Auth: auth})
 			signOns := func() int {
 				a := fake.Stats().AuthCalls
 				return a.V1Password + a.V1Refresh + a.V2
 			}
 
-			// Sign-on sent at t0, answered at t0+3s; liveness sent at
-			// t0+3s, answered at t0+6s.
+			// Sign-on sent at rdptest.T0, answered at rdptest.T0+3s; liveness sent at
+			// rdptest.T0+3s, answered at rdptest.T0+6s.
 			tok, err := c.Token(context.Background())
 			if err != nil {
 				t.Fatalf("Token: %v", err)
 			}
-			if got, want := tok.Sent, t0.Add(delay); !got.Equal(want) {
+			if got, want := tok.Sent, rdptest.T0.Add(delay); !got.Equal(want) {
 				t.Errorf("Sent = %v, want %v (the liveness request's send time, before its answer at %v)", got, want, clk.Now())
 			}
 			issued := fake.Stats().Tokens
@@ -374,22 +377,22 @@ func TestTokenDatedFromSend(t *testing.T) {
 				t.Errorf("Sent+Lifetime = %v, want the true expiry %v", got, want)
 			}
 
-			// The access token (10m, sent at t0) is reused until t0+9m30s,
+			// The access token (10m, sent at rdptest.T0) is reused until rdptest.T0+9m30s,
 			// counted from the sign-on's send time, not its answer's arrival.
-			clk.Advance(9*time.Minute + 29*time.Second - 2*delay) // t0+9m29s
+			clk.Advance(9*time.Minute + 29*time.Second - 2*delay) // rdptest.T0+9m29s
 			if _, err := c.Token(context.Background()); err != nil {
 				t.Fatalf("Token at 9m29s: %v", err)
 			}
 			if got, want := signOns(), 1; got != want {
-				t.Errorf("sign-ons before t0+9m30s = %d, want %d", got, want)
+				t.Errorf("sign-ons before rdptest.T0+9m30s = %d, want %d", got, want)
 			}
-			// Now t0+9m32s: past the reuse limit, though not past it counted
-			// from the sign-on answer's arrival (t0+9m33s).
+			// Now rdptest.T0+9m32s: past the reuse limit, though not past it counted
+			// from the sign-on answer's arrival (rdptest.T0+9m33s).
 			if _, err := c.Token(context.Background()); err != nil {
 				t.Fatalf("Token at 9m32s: %v", err)
 			}
 			if got, want := signOns(), 2; got != want {
-				t.Errorf("sign-ons after t0+9m30s = %d, want %d", got, want)
+				t.Errorf("sign-ons after rdptest.T0+9m30s = %d, want %d", got, want)
 			}
 		})
 	}
@@ -426,7 +429,7 @@ func TestTokenAbsoluteExpiry(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clk := newClock() // the true time
+			clk := clocktest.New(rdptest.T0) // the true time
 			answer := func(w http.ResponseWriter, r *http.Request) {
 				clk.Advance(delay)
 				upstreamNow := clk.Now().Add(tt.upstreamAdv)
@@ -440,9 +443,9 @@ func TestTokenAbsoluteExpiry(t *testing.T) {
 				}
 				body(200, `{"token":"abc","expiresAt":"`+upstreamNow.Add(tt.expiresIn).Format(time.RFC3339)+`"}`)(w, r)
 			}
-			r := newRDP(t, upstream.FakeConfig{Now: clk.Now}, map[string]http.HandlerFunc{livenessPath: answer})
+			r := rdptest.New(t, fakerdp.Config{Now: clk.Now}, map[string]http.HandlerFunc{livenessPath: answer})
 			localNow := func() time.Time { return clk.Now().Add(tt.localAdv) }
-			c := r.client(t, upstream.Config{Now: localNow})
+			c := r.Client(t, upstream.Config{Now: localNow})
 
 			tok, err := c.Token(context.Background())
 			if tt.wantErr != nil {
@@ -457,7 +460,7 @@ func TestTokenAbsoluteExpiry(t *testing.T) {
 			if got := tok.Lifetime; got != tt.want {
 				t.Errorf("Lifetime = %v, want %v", got, tt.want)
 			}
-			if got, want := tok.Sent, t0.Add(tt.localAdv); !got.Equal(want) {
+			if got, want := tok.Sent, rdptest.T0.Add(tt.localAdv); !got.Equal(want) {
 				t.Errorf("Sent = %v, want %v", got, want)
 			}
 			// On the local clock the token truly expires life after the
@@ -473,18 +476,18 @@ func TestTokenLifetimes(t *testing.T) {
 	tests := []struct {
 		name   string
 		auth   upstream.AuthVersion
-		knobs  upstream.FakeKnobs
+		knobs  fakerdp.Knobs
 		routes map[string]http.HandlerFunc
 		want   time.Duration
 	}{
-		{name: "expiresIn number", knobs: upstream.FakeKnobs{TokenLifetime: 90 * time.Second}, want: 90 * time.Second},
-		{name: "expiresIn string, v2 expires_in string", knobs: upstream.FakeKnobs{ExpiresInString: true, TokenLifetime: 10 * time.Minute}, want: 10 * time.Minute},
-		{name: "v1 expires_in string", auth: "v1", knobs: upstream.FakeKnobs{TokenLifetime: 20 * time.Minute}, want: 20 * time.Minute},
+		{name: "expiresIn number", knobs: fakerdp.Knobs{TokenLifetime: 90 * time.Second}, want: 90 * time.Second},
+		{name: "expiresIn string, v2 expires_in string", knobs: fakerdp.Knobs{ExpiresInString: true, TokenLifetime: 10 * time.Minute}, want: 10 * time.Minute},
+		{name: "v1 expires_in string", auth: "v1", knobs: fakerdp.Knobs{TokenLifetime: 20 * time.Minute}, want: 20 * time.Minute},
 		{name: "expires_at, less a second for the Date header's resolution", routes: map[string]http.HandlerFunc{
-			livenessPath: dated(t0.Format(http.TimeFormat),
-				body(200, `{"livenessToken":"abc","expires_at":"`+t0.Add(45*time.Minute).Format(time.RFC3339)+`"}`))},
+			livenessPath: dated(rdptest.T0.Format(http.TimeFormat),
+				body(200, `{"livenessToken":"abc","expires_at":"`+rdptest.T0.Add(45*time.Minute).Format(time.RFC3339)+`"}`))},
 			want: 45*time.Minute - time.Second},
-		{name: "expiresAt from the Fake", knobs: upstream.FakeKnobs{ExpiresAt: true, TokenLifetime: 20 * time.Minute},
+		{name: "expiresAt from the Fake", knobs: fakerdp.Knobs{ExpiresAt: true, TokenLifetime: 20 * time.Minute},
 			want: 20*time.Minute - time.Second},
 		{name: "no expiry takes DefaultLifetime", routes: map[string]http.HandlerFunc{
 			livenessPath: body(200, `{"access_token":"abc"}`)},
@@ -492,8 +495,8 @@ func TestTokenLifetimes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRDP(t, upstream.FakeConfig{Knobs: tt.knobs}, tt.routes)
-			c := r.client(t, upstream.Config{Auth: tt.auth, DefaultLifetime: 33 * time.Minute})
+			r := rdptest.New(t, fakerdp.Config{Knobs: tt.knobs}, tt.routes)
+			c := r.Client(t, upstream.Config{Auth: tt.auth, DefaultLifetime: 33 * time.Minute})
 			tok, err := c.Token(context.Background())
 			if err != nil {
 				t.Fatalf("Token: %v", err)
@@ -556,16 +559,16 @@ func TestNoSecretsInErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRDP(t, upstream.FakeConfig{ClientSecret: secret, Password: password}, tt.routes)
+			r := rdptest.New(t, fakerdp.Config{ClientSecret: secret, Password: password}, tt.routes)
 			var logs bytes.Buffer
-			c := r.client(t, upstream.Config{
+			c := r.Client(t, upstream.Config{
 				Auth: tt.auth, ClientSecret: secret, Password: password,
 				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			})
 			// Once with a fresh sign-on, once with the held tokens (v1: the
 			// refresh grant after the access token expired).
 			_, err1 := c.Token(context.Background())
-			r.clock.Advance(time.Hour)
+			r.Clock.Advance(time.Hour)
 			_, err2 := c.Token(context.Background())
 			if err1 == nil || err2 == nil {
 				t.Fatalf("Token errors = %v, %v; want two errors", err1, err2)
@@ -583,9 +586,9 @@ func TestNoSecretsInErrors(t *testing.T) {
 func TestNoTokensInLogs(t *testing.T) {
 	for _, auth := range []upstream.AuthVersion{upstream.AuthV1, upstream.AuthV2} {
 		t.Run(string(auth), func(t *testing.T) {
-			r := newRDP(t, upstream.FakeConfig{}, nil)
+			r := rdptest.New(t, fakerdp.Config{}, nil)
 			var logs bytes.Buffer
-			c := r.client(t, upstream.Config{
+			c := r.Client(t, upstream.Config{
 				Auth:   auth,
 				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			})
@@ -593,13 +596,13 @@ func TestNoTokensInLogs(t *testing.T) {
 				if _, err := c.Token(context.Background()); err != nil {
 					t.Fatalf("Token: %v", err)
 				}
-				r.fake.Revoke() // forces the 401 re-auth and the v1 fallback
-				r.clock.Advance(time.Hour)
+				r.Fake.Revoke() // forces the 401 re-auth and the v1 fallback
+				r.Clock.Advance(time.Hour)
 			}
 			if logs.Len() == 0 {
 				t.Fatalf("no log lines at Debug")
 			}
-			for _, s := range []string{upstream.FakeClientSecret, "password=", "fake-access-", "fake-refresh-", "fake-liveness-"} {
+			for _, s := range []string{fakerdp.ClientSecret, "password=", "fake-access-", "fake-refresh-", "fake-liveness-"} {
 				if strings.Contains(logs.String(), s) {
 					t.Errorf("logs contain %q:\n%s", s, logs.String())
 				}
@@ -609,8 +612,8 @@ func TestNoTokensInLogs(t *testing.T) {
 }
 
 func TestTokenContextDone(t *testing.T) {
-	r := newRDP(t, upstream.FakeConfig{}, nil)
-	c := r.client(t, upstream.Config{})
+	r := rdptest.New(t, fakerdp.Config{}, nil)
+	c := r.Client(t, upstream.Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	tok, err := c.Token(ctx)
@@ -624,20 +627,20 @@ func TestTokenContextDone(t *testing.T) {
 
 // TestTokenConcurrent runs Token calls while knobs change; it is for -race.
 func TestTokenConcurrent(t *testing.T) {
-	r := newRDP(t, upstream.FakeConfig{}, nil)
-	c := r.client(t, upstream.Config{})
+	r := rdptest.New(t, fakerdp.Config{}, nil)
+	c := r.Client(t, upstream.Config{})
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
 			for range 5 {
 				c.Token(context.Background())
-				r.fake.Update(func(k *upstream.FakeKnobs) { k.ExpiresInString = i%2 == 0 })
-				r.fake.Stats()
+				r.Fake.Update(func(k *fakerdp.Knobs) { k.ExpiresInString = i%2 == 0 })
+				r.Fake.Stats()
 			}
 		})
 	}
 	wg.Wait()
-	if got, want := r.fake.Stats().LivenessCalls, 40; got != want {
+	if got, want := r.Fake.Stats().LivenessCalls, 40; got != want {
 		t.Errorf("liveness calls = %d, want %d", got, want)
 	}
 }
@@ -694,13 +697,13 @@ func TestNew(t *testing.T) {
 func TestBeforeAuthGuardsEverySignOn(t *testing.T) {
 	for _, auth := range []upstream.AuthVersion{upstream.AuthV1, upstream.AuthV2} {
 		t.Run(string(auth), func(t *testing.T) {
-			fake := upstream.NewFake(upstream.FakeConfig{})
+			fake := fakerdp.New(fakerdp.Config{})
 			srv := httptest.NewServer(fake)
 			defer srv.Close()
 			refused := &upstream.Error{Op: "auth", Retryable: true, RetryAfter: time.Second, Err: errors.New("budget")}
 			var calls int
-			c, err := upstream.New(upstream.Config{BaseURL: srv.URL, Auth: auth, ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
-				Username: upstream.FakeUsername, Password: upstream.FakePassword,
+			c, err := upstream.New(upstream.Config{BaseURL: srv.URL, Auth: auth, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
+				Username: fakerdp.Username, Password: fakerdp.Password,
 				BeforeAuth: func(context.Context) error { calls++; return refused }})
 			if err != nil {
 				t.Fatal(err)
@@ -746,13 +749,13 @@ func TestHostileLivenessAnswers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fake := upstream.NewFake(upstream.FakeConfig{})
+			fake := fakerdp.New(fakerdp.Config{})
 			mux := http.NewServeMux()
 			mux.Handle("/auth/", fake)
 			mux.Handle(upstream.DefaultLivenessPath, tt.handler)
 			srv := httptest.NewServer(mux)
 			defer srv.Close()
-			c, err := upstream.New(upstream.Config{BaseURL: srv.URL, ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+			c, err := upstream.New(upstream.Config{BaseURL: srv.URL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
 				Timeout: 500 * time.Millisecond})
 			if err != nil {
 				t.Fatal(err)

@@ -1,6 +1,6 @@
 // Package upstream obtains liveness tokens from the LSEG/Refinitiv Data
-// Platform (RDP), and provides a fake RDP server for tests, the demo and the
-// compose stack.
+// Platform (RDP). Its fake, for tests, the demo and the compose stack, is
+// package fakerdp.
 //
 // A [Client] performs one OAuth2 sign-on (auth v2 client credentials, or
 // auth v1 password grant with a refresh token), keeps the access token while
@@ -30,8 +30,4 @@
 // It does not retry on its own beyond one re-authentication after a 401 from
 // the liveness endpoint, and it does not limit how often it signs on: the
 // caller (the refresher) owns backoff and the auth rate budget.
-//
-// [Fake] speaks the same HTTP as RDP for the parts the client uses, with
-// knobs to inject failures, absolute expiries and a skewed clock, and
-// counters to check how often it was called.
 package upstream

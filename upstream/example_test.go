@@ -7,18 +7,19 @@ import (
 	"net/http/httptest"
 	"strings"
 
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 func ExampleClient_Token() {
-	fake := upstream.NewFake(upstream.FakeConfig{})
+	fake := fakerdp.New(fakerdp.Config{})
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 
 	c, err := upstream.New(upstream.Config{
 		BaseURL:      srv.URL,
-		ClientID:     upstream.FakeClientID,
-		ClientSecret: upstream.FakeClientSecret,
+		ClientID:     fakerdp.ClientID,
+		ClientSecret: fakerdp.ClientSecret,
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -27,7 +28,7 @@ func ExampleClient_Token() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(strings.HasPrefix(tok.Value, upstream.FakeLivenessPrefix), tok.Lifetime)
+	fmt.Println(strings.HasPrefix(tok.Value, fakerdp.LivenessPrefix), tok.Lifetime)
 	fmt.Println(fake.Stats().AuthCalls.V2, fake.Stats().LivenessOK)
 	// Output:
 	// true 1h0m0s

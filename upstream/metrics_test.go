@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/rdptest"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -19,19 +21,19 @@ import (
 func TestRequestDurationMetric(t *testing.T) {
 	for _, auth := range []upstream.AuthVersion{upstream.AuthV1, upstream.AuthV2} {
 		t.Run(string(auth), func(t *testing.T) {
-			r := newRDP(t, upstream.FakeConfig{}, nil)
+			r := rdptest.New(t, fakerdp.Config{}, nil)
 			reg := prometheus.NewRegistry()
 			own := &http.Client{Timeout: time.Second}
-			c := r.client(t, upstream.Config{Auth: auth, Registerer: reg, HTTPClient: own})
+			c := r.Client(t, upstream.Config{Auth: auth, Registerer: reg, HTTPClient: own})
 			ctx := context.Background()
 			if _, err := c.Token(ctx); err != nil {
 				t.Fatal(err)
 			}
-			r.fake.Update(func(k *upstream.FakeKnobs) { k.LivenessStatus = http.StatusServiceUnavailable })
+			r.Fake.Update(func(k *fakerdp.Knobs) { k.LivenessStatus = http.StatusServiceUnavailable })
 			if _, err := c.Token(ctx); err == nil {
 				t.Fatal("want the 503 to fail")
 			}
-			r.srv.Close()
+			r.Srv.Close()
 			if _, err := c.Token(ctx); err == nil {
 				t.Fatal("want a closed server to fail")
 			}

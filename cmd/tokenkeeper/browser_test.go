@@ -28,7 +28,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokenkeeper/tokenkeeper/upstream"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 )
 
 // chromiumPath finds the browser, or fails in CI and skips elsewhere.
@@ -112,7 +112,7 @@ func demoFleet(t *testing.T) string {
 			RefreshBefore: 45 * time.Second, LockTTL: 5 * time.Second, TokenLifetime: 2 * time.Minute,
 			ServeMargin: 15 * time.Second, PollInterval: 2 * time.Second, RetryMin: time.Second, RetryMax: 10 * time.Second,
 			AuthPerMinute: 20,
-			RDP:           RDPConfig{BaseURL: rdpURL, Auth: "v2", ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret, Timeout: time.Second},
+			RDP:           RDPConfig{BaseURL: rdpURL, Auth: "v2", ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret, Timeout: time.Second},
 		}
 		p, err := NewProgram(cfg, quiet, nil)
 		if err != nil {
@@ -189,7 +189,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 				t.Errorf("page lacks %s; it shows %s", want, regexp.MustCompile(`<div id="leader"[^>]*>[^<]*</div>|class="banner[^<]*`).FindAllString(dom, -1))
 			}
 		}
-		if strings.Contains(dom, upstream.FakeLivenessPrefix) {
+		if strings.Contains(dom, fakerdp.LivenessPrefix) {
 			t.Errorf("the page shows a token")
 		}
 

@@ -12,7 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 )
 
 // demoAdminKey is the admin key of the demo only.
@@ -38,7 +38,7 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	}
 	defer mr.Close()
 
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: 2 * time.Minute}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: 2 * time.Minute}})
 	fakeLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -67,7 +67,7 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 		AuthPerMinute:  20,
 		RDP: RDPConfig{
 			BaseURL: "http://" + fakeLn.Addr().String(), Auth: "v2",
-			ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+			ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
 		},
 	}
 	p, err := NewProgram(cfg, log, nil)
@@ -87,7 +87,7 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 		"                     TOKENKEEPER_ALLOW_ANONYMOUS=true TOKENKEEPER_ADMIN_KEYS=%s TOKENKEEPER_LISTEN=127.0.0.1:0 TOKENKEEPER_LOCK_TTL=5s \\\n"+
 		"                     TOKENKEEPER_REFRESH_BEFORE=45s TOKENKEEPER_TOKEN_LIFETIME=2m TOKENKEEPER_SERVE_MARGIN=15s TOKENKEEPER_LOG_FORMAT=text tokenkeeper serve\n"+
 		"  break the upstream: curl -s -X PUT -d '{\"liveness_status\":503}' %s/fake/v1/knobs   (heal: 0)\n\n",
-		base, demoAdminKey, base, mr.Addr(), mr.Addr(), cfg.RDP.BaseURL, upstream.FakeClientID, upstream.FakeClientSecret, demoAdminKey, cfg.RDP.BaseURL)
+		base, demoAdminKey, base, mr.Addr(), mr.Addr(), cfg.RDP.BaseURL, fakerdp.ClientID, fakerdp.ClientSecret, demoAdminKey, cfg.RDP.BaseURL)
 
 	go demoCountdown(ctx, log, p)
 	return p.Run(ctx)

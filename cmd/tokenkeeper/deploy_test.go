@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 
 	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 const (
@@ -57,7 +57,7 @@ func metricNames(t *testing.T, where, expr string) []string {
 func exposed(t *testing.T) map[string]bool {
 	t.Helper()
 	srv := redistest.NewMini(t)
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: compressed.lifetime}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: compressed.lifetime}})
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	a := startReplica(t, "a", srv.Addr, rdp.URL, compressed)

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // TestUpstreamFailuresEndToEnd breaks the fake RDP in every way it knows,
@@ -20,27 +20,27 @@ import (
 func TestUpstreamFailuresEndToEnd(t *testing.T) {
 	tests := []struct {
 		name  string
-		knobs upstream.FakeKnobs
+		knobs fakerdp.Knobs
 		// minGap is the least time between two failing calls (Retry-After).
 		minGap time.Duration
 		// minCalls is the least number of liveness calls while broken.
 		minCalls int
 	}{
-		{name: "500", knobs: upstream.FakeKnobs{LivenessStatus: 500}, minCalls: 2},
-		{name: "429 with Retry-After", knobs: upstream.FakeKnobs{LivenessStatus: 429, RetryAfter: time.Second}, minGap: 900 * time.Millisecond, minCalls: 1},
-		{name: "timeout", knobs: upstream.FakeKnobs{Latency: 15 * time.Second}},
-		{name: "malformed JSON", knobs: upstream.FakeKnobs{Malformed: true}, minCalls: 2},
-		{name: "HTML error page", knobs: upstream.FakeKnobs{HTML: true, LivenessStatus: 502}, minCalls: 2},
-		{name: "already expired", knobs: upstream.FakeKnobs{Expired: true}, minCalls: 2},
-		{name: "401 on liveness", knobs: upstream.FakeKnobs{LivenessStatus: 401}, minCalls: 1},
-		{name: "auth refused", knobs: upstream.FakeKnobs{AuthStatus: 401}},
+		{name: "500", knobs: fakerdp.Knobs{LivenessStatus: 500}, minCalls: 2},
+		{name: "429 with Retry-After", knobs: fakerdp.Knobs{LivenessStatus: 429, RetryAfter: time.Second}, minGap: 900 * time.Millisecond, minCalls: 1},
+		{name: "timeout", knobs: fakerdp.Knobs{Latency: 15 * time.Second}},
+		{name: "malformed JSON", knobs: fakerdp.Knobs{Malformed: true}, minCalls: 2},
+		{name: "HTML error page", knobs: fakerdp.Knobs{HTML: true, LivenessStatus: 502}, minCalls: 2},
+		{name: "already expired", knobs: fakerdp.Knobs{Expired: true}, minCalls: 2},
+		{name: "401 on liveness", knobs: fakerdp.Knobs{LivenessStatus: 401}, minCalls: 1},
+		{name: "auth refused", knobs: fakerdp.Knobs{AuthStatus: 401}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			srv := redistest.NewMini(t)
 			lifetime := 3 * time.Second
-			fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: lifetime, AccessTokenLifetime: time.Second}})
+			fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: lifetime, AccessTokenLifetime: time.Second}})
 			rdp := httptest.NewServer(fake)
 			t.Cleanup(rdp.Close)
 			tm := fleetTimings{lifetime: lifetime, before: time.Second, margin: 500 * time.Millisecond, lockTTL: time.Second}
@@ -92,7 +92,7 @@ func TestUpstreamFailuresEndToEnd(t *testing.T) {
 			}
 
 			// Backoff: the failing calls spread out.
-			var calls []upstream.FakeCall
+			var calls []fakerdp.Call
 			for _, c := range fake.Stats().Calls[callsBefore:] {
 				if c.Op == "liveness" {
 					calls = append(calls, c)
@@ -111,7 +111,7 @@ func TestUpstreamFailuresEndToEnd(t *testing.T) {
 			}
 
 			// Healed: service returns by itself.
-			fake.Set(upstream.FakeKnobs{TokenLifetime: lifetime, AccessTokenLifetime: time.Second})
+			fake.Set(fakerdp.Knobs{TokenLifetime: lifetime, AccessTokenLifetime: time.Second})
 			eventually(t, 5*time.Second, "service returns", func() bool {
 				s := rd.all()
 				return len(s) > 0 && s[len(s)-1].status == http.StatusOK

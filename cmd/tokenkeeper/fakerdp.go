@@ -12,14 +12,14 @@ import (
 	"os"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/upstream"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 )
 
 var fakeSettings = []setting{
 	{env: "FAKE_RDP_LISTEN", def: ":9090", usage: "listen address of the fake RDP"},
 	{env: "FAKE_RDP_TOKEN_LIFETIME", def: "60m", usage: "lifetime of the liveness tokens it issues"},
-	{env: "FAKE_RDP_CLIENT_ID", def: upstream.FakeClientID, usage: "client id (v2) or app key (v1) it accepts"},
-	{env: "FAKE_RDP_CLIENT_SECRET", def: upstream.FakeClientSecret, usage: "client secret it accepts", secret: true},
+	{env: "FAKE_RDP_CLIENT_ID", def: fakerdp.ClientID, usage: "client id (v2) or app key (v1) it accepts"},
+	{env: "FAKE_RDP_CLIENT_SECRET", def: fakerdp.ClientSecret, usage: "client secret it accepts", secret: true},
 }
 
 // runFakeRDP serves the fake RDP until ctx ends.
@@ -35,10 +35,10 @@ func runFakeRDP(ctx context.Context, args []string, getenv func(string) string, 
 	if err := v.err(); err != nil {
 		return configError(err)
 	}
-	fake := upstream.NewFake(upstream.FakeConfig{
+	fake := fakerdp.New(fakerdp.Config{
 		ClientID:     v.str("FAKE_RDP_CLIENT_ID"),
 		ClientSecret: v.m["FAKE_RDP_CLIENT_SECRET"],
-		Knobs:        upstream.FakeKnobs{TokenLifetime: lifetime},
+		Knobs:        fakerdp.Knobs{TokenLifetime: lifetime},
 	})
 	ln, err := net.Listen("tcp", v.str("FAKE_RDP_LISTEN"))
 	if err != nil {

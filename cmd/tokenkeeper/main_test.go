@@ -23,8 +23,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -61,7 +61,7 @@ func startReplica(t *testing.T, name, redisAddr, rdpURL string, tm fleetTimings)
 		RetryMin:      50 * time.Millisecond,
 		RetryMax:      500 * time.Millisecond,
 		AuthPerMinute: 20,
-		RDP: RDPConfig{BaseURL: rdpURL, Auth: "v2", ClientID: upstream.FakeClientID, ClientSecret: upstream.FakeClientSecret,
+		RDP: RDPConfig{BaseURL: rdpURL, Auth: "v2", ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
 			Timeout: tm.margin * 4 / 5}, // the serve margin must cover an upstream call
 	}
 	p, err := NewProgram(cfg, quiet.With("replica", name), nil)
@@ -147,7 +147,7 @@ func TestFleet(t *testing.T) {
 		t.Run(fmt.Sprintf("replicas=%d", n), func(t *testing.T) {
 			t.Parallel()
 			srv := redistest.NewMini(t)
-			fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: compressed.lifetime}})
+			fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: compressed.lifetime}})
 			rdp := httptest.NewServer(fake)
 			t.Cleanup(rdp.Close)
 
@@ -258,7 +258,7 @@ func TestFleet(t *testing.T) {
 // leads within a second, and no read fails on the others.
 func TestGracefulHandover(t *testing.T) {
 	srv := redistest.NewMini(t)
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: time.Minute}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: time.Minute}})
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	tm := fleetTimings{lifetime: time.Minute, before: 10 * time.Second, margin: 5 * time.Second, lockTTL: 3 * time.Second}
@@ -463,7 +463,7 @@ func TestServeFailsFast(t *testing.T) {
 // serving through the drain with /readyz answering 503.
 func TestShutdownDrain(t *testing.T) {
 	srv := redistest.NewMini(t)
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: time.Minute}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: time.Minute}})
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	tm := fleetTimings{lifetime: time.Minute, before: 10 * time.Second, margin: 5 * time.Second, lockTTL: 3 * time.Second}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -116,7 +117,7 @@ func post(t *testing.T, url, key string) int {
 func TestMetrics(t *testing.T) {
 	srv := redistest.NewMini(t)
 	keys := cache.KeysFor("liveness")
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: time.Minute}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: time.Minute}})
 	// fenceNext hands the lock to an intruder while the next liveness
 	// call is in flight: the leader's write that follows is fenced.
 	var fenceNext atomic.Bool
@@ -264,7 +265,7 @@ func eq(want float64) func(float64) bool { return func(v float64) bool { return 
 // unit on histograms, and low-cardinality labels.
 func TestMetricNamesFollowConventions(t *testing.T) {
 	srv := redistest.NewMini(t)
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: compressed.lifetime}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: compressed.lifetime}})
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	a := startReplica(t, "a", srv.Addr, rdp.URL, compressed)

@@ -27,7 +27,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 )
 
 // minimalACL is the least a replica needs, as documented in the README:
@@ -97,7 +97,7 @@ func TestRedisTLSAndACL(t *testing.T) {
 		return err == nil
 	})
 
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: time.Hour}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: time.Hour}})
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	env := map[string]string{
@@ -111,8 +111,8 @@ func TestRedisTLSAndACL(t *testing.T) {
 		"TOKENKEEPER_INSTANCE_ID":    "tls-1",
 		"TOKENKEEPER_LOCK_TTL":       "1s",
 		"RDP_BASE_URL":               rdp.URL,
-		"RDP_CLIENT_ID":              upstream.FakeClientID,
-		"RDP_CLIENT_SECRET":          upstream.FakeClientSecret,
+		"RDP_CLIENT_ID":              fakerdp.ClientID,
+		"RDP_CLIENT_SECRET":          fakerdp.ClientSecret,
 	}
 	cfg, err := parseServe(nil, func(k string) string { return env[k] }, os.ReadFile, os.Stderr)
 	if err != nil {

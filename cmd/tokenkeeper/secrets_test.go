@@ -14,8 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // syncBuffer is a log sink shared by goroutines.
@@ -40,7 +40,7 @@ func (s *syncBuffer) String() string {
 // with a body that repeats the request's credentials, as a careless
 // gateway might. It remembers every access token it saw.
 type echoingRDP struct {
-	fake *upstream.Fake
+	fake *fakerdp.Server
 	mu   sync.Mutex
 	echo bool
 	seen []string
@@ -82,7 +82,7 @@ func TestNoSecretInLogs(t *testing.T) {
 	)
 	srv := redistest.NewMini(t)
 	srv.Mini.RequireAuth(redisPassword)
-	fake := upstream.NewFake(upstream.FakeConfig{ClientSecret: clientSecret, Knobs: upstream.FakeKnobs{TokenLifetime: 2 * time.Second, AccessTokenLifetime: time.Second}})
+	fake := fakerdp.New(fakerdp.Config{ClientSecret: clientSecret, Knobs: fakerdp.Knobs{TokenLifetime: 2 * time.Second, AccessTokenLifetime: time.Second}})
 	rdp := &echoingRDP{fake: fake}
 	rdpSrv := httptest.NewServer(rdp)
 	t.Cleanup(rdpSrv.Close)
@@ -97,7 +97,7 @@ func TestNoSecretInLogs(t *testing.T) {
 			RefreshBefore: 700 * time.Millisecond, LockTTL: time.Second, TokenLifetime: 2 * time.Second,
 			ServeMargin: 300 * time.Millisecond, PollInterval: 200 * time.Millisecond,
 			RetryMin: 50 * time.Millisecond, RetryMax: 300 * time.Millisecond, AuthPerMinute: 100,
-			RDP: RDPConfig{BaseURL: rdpSrv.URL, Auth: "v2", ClientID: upstream.FakeClientID, ClientSecret: clientSecret, Timeout: 250 * time.Millisecond},
+			RDP: RDPConfig{BaseURL: rdpSrv.URL, Auth: "v2", ClientID: fakerdp.ClientID, ClientSecret: clientSecret, Timeout: 250 * time.Millisecond},
 		}
 		p, err := NewProgram(cfg, log.With("replica", name), nil)
 		if err != nil {

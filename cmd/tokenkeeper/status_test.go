@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // TestStatusCommand runs `tokenkeeper status` against the Redis of two
@@ -18,7 +18,7 @@ import (
 // replicas, ready, and the refresh that stored their token.
 func TestStatusCommand(t *testing.T) {
 	srv := redistest.NewMini(t)
-	fake := upstream.NewFake(upstream.FakeConfig{Knobs: upstream.FakeKnobs{TokenLifetime: time.Minute}})
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: time.Minute}})
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	tm := fleetTimings{lifetime: time.Minute, before: 10 * time.Second, margin: 2 * time.Second, lockTTL: time.Second}

@@ -1,4 +1,12 @@
-package upstream
+// Package fakerdp is a fake of the LSEG/Refinitiv Data Platform's auth and
+// liveness endpoints, for the tests, the demo and the compose stack. It is
+// no part of the upstream client's API.
+//
+// Server speaks the same HTTP as RDP for the parts the client uses, with
+// knobs to inject failures, absolute expiries and a skewed clock (settable
+// over HTTP: GET and PUT /fake/v1/knobs), and counters to check how often it
+// was called.
+package fakerdp
 
 import (
 	"cmp"
@@ -11,49 +19,51 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
-// Credentials the Fake accepts unless FakeConfig says otherwise.
+// Credentials the Server accepts unless Config says otherwise.
 const (
-	FakeClientID     = "tokenkeeper-demo"
-	FakeClientSecret = "demo-secret"
-	FakeUsername     = "demo"
-	FakePassword     = "demo"
+	ClientID     = "tokenkeeper-demo"
+	ClientSecret = "demo-secret"
+	Username     = "demo"
+	Password     = "demo"
 )
 
-// Defaults of FakeKnobs and FakeConfig.
+// Defaults of Knobs and Config.
 const (
-	FakeDefaultTokenLifetime        = 60 * time.Minute
-	FakeDefaultAccessTokenLifetime  = 10 * time.Minute
-	FakeDefaultRefreshTokenLifetime = 8 * time.Hour
-	// FakeLivenessPrefix starts every liveness token the Fake issues.
-	FakeLivenessPrefix = "fake-liveness-"
-	// fakeMaxLog bounds each of the Fake's logs; older entries are dropped.
+	DefaultTokenLifetime        = 60 * time.Minute
+	DefaultAccessTokenLifetime  = 10 * time.Minute
+	DefaultRefreshTokenLifetime = 8 * time.Hour
+	// LivenessPrefix starts every liveness token the Server issues.
+	LivenessPrefix = "fake-liveness-"
+	// fakeMaxLog bounds each of the Server's logs; older entries are dropped.
 	fakeMaxLog = 10000
 )
 
-// FakeConfig configures a Fake. Zero fields take their defaults.
-type FakeConfig struct {
+// Config configures a Server. Zero fields take their defaults.
+type Config struct {
 	// ClientID (the v1 app key too), ClientSecret, Username and Password are
-	// the credentials accepted (defaults FakeClientID, FakeClientSecret,
-	// FakeUsername, FakePassword).
+	// the credentials accepted (defaults ClientID, ClientSecret,
+	// Username, Password).
 	ClientID, ClientSecret, Username, Password string
 	// LivenessPath is where the liveness endpoint answers
-	// (default DefaultLivenessPath).
+	// (default upstream.DefaultLivenessPath).
 	LivenessPath string
 	// RefreshTokenLifetime is how long a v1 refresh token is honoured
 	// (default 8h).
 	RefreshTokenLifetime time.Duration
-	// Knobs are the initial knobs (see FakeKnobs for their defaults).
-	Knobs FakeKnobs
-	// Now is the Fake's clock (default time.Now): token expiry, stats times,
+	// Knobs are the initial knobs (see Knobs for their defaults).
+	Knobs Knobs
+	// Now is the Server's clock (default time.Now): token expiry, stats times,
 	// and, moved by the ClockOffset knob, the Date header and expiresAt of
 	// its answers. Latency waits on the real clock.
 	Now func() time.Time
 }
 
-// FakeKnobs steer the Fake's answers. Zero values mean "behave well".
-type FakeKnobs struct {
+// Knobs steer the Server's answers. Zero values mean "behave well".
+type Knobs struct {
 	// TokenLifetime is the liveness token's expiresIn, in whole seconds, at
 	// least 1 (default 60m).
 	TokenLifetime time.Duration
@@ -86,113 +96,113 @@ type FakeKnobs struct {
 	// (RFC 3339, rounded down to the second) instead of expiresIn. Expired
 	// takes precedence; ExpiresInString is then moot.
 	ExpiresAt bool
-	// ClockOffset skews the Fake's wall clock as its clients see it: every
+	// ClockOffset skews the Server's wall clock as its clients see it: every
 	// answer's Date header, and the expiresAt of ExpiresAt and Expired tokens,
 	// are read from Now plus ClockOffset (ahead when positive, behind when
-	// negative). What the Fake enforces and records stays on the unskewed
-	// clock: access and refresh token expiry, and FakeStats, whose
-	// FakeToken.ExpiresAt is the true expiry.
+	// negative). What the Server enforces and records stays on the unskewed
+	// clock: access and refresh token expiry, and Stats, whose
+	// Token.ExpiresAt is the true expiry.
 	ClockOffset time.Duration
 }
 
-func (k FakeKnobs) normalized() FakeKnobs {
+func (k Knobs) normalized() Knobs {
 	if k.TokenLifetime <= 0 {
-		k.TokenLifetime = FakeDefaultTokenLifetime
+		k.TokenLifetime = DefaultTokenLifetime
 	}
 	if k.AccessTokenLifetime <= 0 {
-		k.AccessTokenLifetime = FakeDefaultAccessTokenLifetime
+		k.AccessTokenLifetime = DefaultAccessTokenLifetime
 	}
 	k.Latency = max(k.Latency, 0)
 	k.RetryAfter = max(k.RetryAfter, 0)
 	return k
 }
 
-// FakeStats is what the Fake saw since it started or was last reset.
-type FakeStats struct {
-	AuthCalls FakeAuthCalls `json:"auth_calls"`
+// Stats is what the Server saw since it started or was last reset.
+type Stats struct {
+	AuthCalls AuthCalls `json:"auth_calls"`
 	// LivenessCalls counts every liveness request received.
 	LivenessCalls int `json:"liveness_calls"`
 	// LivenessOK counts liveness answers with status 200 and a well-formed,
 	// unexpired token.
 	LivenessOK int `json:"liveness_ok"`
 	// Calls logs every liveness call.
-	Calls []FakeCall `json:"calls"`
+	Calls []Call `json:"calls"`
 	// Tokens logs every liveness token issued (Expired ones included).
-	Tokens []FakeToken `json:"tokens"`
+	Tokens []Token `json:"tokens"`
 }
 
-// FakeAuthCalls counts auth requests received, refused ones included.
-type FakeAuthCalls struct {
+// AuthCalls counts auth requests received, refused ones included.
+type AuthCalls struct {
 	V1Password int `json:"v1_password"`
 	V1Refresh  int `json:"v1_refresh"`
 	V2         int `json:"v2"`
 }
 
-// FakeCall is one call. Status 0 means the client went away before the
+// Call is one call. Status 0 means the client went away before the
 // answer.
-type FakeCall struct {
+type Call struct {
 	At     time.Time `json:"at"`
 	Op     string    `json:"op"`
 	Status int       `json:"status"`
 }
 
-// FakeToken is one issued liveness token, timed on the Fake's clock without
+// Token is one issued liveness token, timed on the Server's clock without
 // ClockOffset: ExpiresAt is the true expiry, whatever the answer announced.
-type FakeToken struct {
+type Token struct {
 	Token     string    `json:"token"`
 	IssuedAt  time.Time `json:"issued_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-// Fake is an in-memory RDP for tests, the demo and the compose stack. It
+// Server is an in-memory RDP for tests, the demo and the compose stack. It
 // serves, as an http.Handler:
 //
 //	POST /auth/oauth2/v2/token     client credentials
 //	POST /auth/oauth2/v1/token     password (takeExclusiveSignOnControl) and refresh_token grants
 //	POST|GET <LivenessPath>        bearer required; {"token":"fake-liveness-...","expiresIn":N}
 //	                               (or "expiresAt":"<RFC 3339>" with the ExpiresAt knob)
-//	GET  /fake/v1/stats            FakeStats as JSON
+//	GET  /fake/v1/stats            Stats as JSON
 //	GET  /fake/v1/knobs            the knobs as JSON, durations as Go duration strings
 //	PUT  /fake/v1/knobs            replaces the knobs present in the JSON body
 //	POST /fake/v1/reset            zeroes the counters and logs
 //
-// Every answer carries a Date header from the Fake's clock plus ClockOffset,
+// Every answer carries a Date header from the Server's clock plus ClockOffset,
 // read when the answer is written (after Latency), as a real server's is.
 //
 // All methods are safe for concurrent use, during requests too.
-type Fake struct {
-	cfg FakeConfig
+type Server struct {
+	cfg Config
 	mux *http.ServeMux
 
 	mu      sync.Mutex
-	knobs   FakeKnobs
+	knobs   Knobs
 	access  map[string]time.Time // access token -> expiry
 	refresh map[string]time.Time // refresh token -> expiry
-	stats   FakeStats
+	stats   Stats
 }
 
-// NewFake returns a Fake configured by cfg.
-func NewFake(cfg FakeConfig) *Fake {
-	cfg.ClientID = cmp.Or(cfg.ClientID, FakeClientID)
-	cfg.ClientSecret = cmp.Or(cfg.ClientSecret, FakeClientSecret)
-	cfg.Username = cmp.Or(cfg.Username, FakeUsername)
-	cfg.Password = cmp.Or(cfg.Password, FakePassword)
-	cfg.LivenessPath = cmp.Or(cfg.LivenessPath, DefaultLivenessPath)
+// New returns a Server configured by cfg.
+func New(cfg Config) *Server {
+	cfg.ClientID = cmp.Or(cfg.ClientID, ClientID)
+	cfg.ClientSecret = cmp.Or(cfg.ClientSecret, ClientSecret)
+	cfg.Username = cmp.Or(cfg.Username, Username)
+	cfg.Password = cmp.Or(cfg.Password, Password)
+	cfg.LivenessPath = cmp.Or(cfg.LivenessPath, upstream.DefaultLivenessPath)
 	if cfg.RefreshTokenLifetime <= 0 {
-		cfg.RefreshTokenLifetime = FakeDefaultRefreshTokenLifetime
+		cfg.RefreshTokenLifetime = DefaultRefreshTokenLifetime
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	f := &Fake{
+	f := &Server{
 		cfg:     cfg,
 		mux:     http.NewServeMux(),
 		knobs:   cfg.Knobs.normalized(),
 		access:  make(map[string]time.Time),
 		refresh: make(map[string]time.Time),
 	}
-	f.mux.HandleFunc("POST "+authV2Path, f.serveAuthV2)
-	f.mux.HandleFunc("POST "+authV1Path, f.serveAuthV1)
+	f.mux.HandleFunc("POST "+AuthV2Path, f.serveAuthV2)
+	f.mux.HandleFunc("POST "+AuthV1Path, f.serveAuthV1)
 	f.mux.HandleFunc(cfg.LivenessPath, f.serveLiveness)
 	f.mux.HandleFunc("GET /fake/v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, f.Stats())
@@ -209,26 +219,26 @@ func NewFake(cfg FakeConfig) *Fake {
 }
 
 // ServeHTTP implements http.Handler.
-func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (f *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Handlers that wait for Latency date their answer again (see wait).
 	f.setDate(w, f.cfg.Now(), f.Knobs())
 	f.mux.ServeHTTP(w, r)
 }
 
 // setDate sets the Date header to now on the clock the knobs skew.
-func (f *Fake) setDate(w http.ResponseWriter, now time.Time, k FakeKnobs) {
+func (f *Server) setDate(w http.ResponseWriter, now time.Time, k Knobs) {
 	w.Header().Set("Date", now.Add(k.ClockOffset).UTC().Format(http.TimeFormat))
 }
 
 // Set replaces all knobs; zero lifetimes take their defaults.
-func (f *Fake) Set(k FakeKnobs) {
+func (f *Server) Set(k Knobs) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.knobs = k.normalized()
 }
 
 // Update changes the knobs in place with fn, atomically.
-func (f *Fake) Update(fn func(*FakeKnobs)) {
+func (f *Server) Update(fn func(*Knobs)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	k := f.knobs
@@ -237,32 +247,32 @@ func (f *Fake) Update(fn func(*FakeKnobs)) {
 }
 
 // Knobs returns the knobs in force, defaults filled in.
-func (f *Fake) Knobs() FakeKnobs {
+func (f *Server) Knobs() Knobs {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.knobs
 }
 
 // Stats returns a copy of the counters and logs.
-func (f *Fake) Stats() FakeStats {
+func (f *Server) Stats() Stats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := f.stats
-	s.Calls = append([]FakeCall{}, s.Calls...)
-	s.Tokens = append([]FakeToken{}, s.Tokens...)
+	s.Calls = append([]Call{}, s.Calls...)
+	s.Tokens = append([]Token{}, s.Tokens...)
 	return s
 }
 
 // Reset zeroes the counters and logs; knobs and issued tokens stay.
-func (f *Fake) Reset() {
+func (f *Server) Reset() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.stats = FakeStats{}
+	f.stats = Stats{}
 }
 
 // Revoke forgets every access and refresh token issued so far: a liveness
 // call with one gets 401, a refresh grant with one gets invalid_grant.
-func (f *Fake) Revoke() {
+func (f *Server) Revoke() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	clear(f.access)
@@ -272,7 +282,7 @@ func (f *Fake) Revoke() {
 // wait sleeps for the Latency knob and reports whether the client is still
 // there. After a sleep it dates the answer again, since the answer is written
 // after it.
-func (f *Fake) wait(w http.ResponseWriter, r *http.Request) bool {
+func (f *Server) wait(w http.ResponseWriter, r *http.Request) bool {
 	d := f.Knobs().Latency
 	if d <= 0 {
 		return r.Context().Err() == nil
@@ -288,8 +298,8 @@ func (f *Fake) wait(w http.ResponseWriter, r *http.Request) bool {
 	}
 }
 
-func (f *Fake) serveAuthV2(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, DefaultMaxBodyBytes)
+func (f *Server) serveAuthV2(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, upstream.DefaultMaxBodyBytes)
 	formErr := r.ParseForm()
 	f.mu.Lock()
 	f.stats.AuthCalls.V2++
@@ -326,8 +336,8 @@ func (f *Fake) serveAuthV2(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (f *Fake) serveAuthV1(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, DefaultMaxBodyBytes)
+func (f *Server) serveAuthV1(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, upstream.DefaultMaxBodyBytes)
 	formErr := r.ParseForm()
 	form := r.PostForm
 	grant := form.Get("grant_type")
@@ -390,12 +400,12 @@ func (f *Fake) serveAuthV1(w http.ResponseWriter, r *http.Request) {
 		"access_token":  access,
 		"refresh_token": refresh,
 		"expires_in":    strconv.FormatInt(seconds(lifetime), 10),
-		"scope":         cmp.Or(form.Get("scope"), DefaultScope),
+		"scope":         cmp.Or(form.Get("scope"), upstream.DefaultScope),
 		"token_type":    "Bearer",
 	})
 }
 
-func (f *Fake) liveSessionLocked(now time.Time) bool {
+func (f *Server) liveSessionLocked(now time.Time) bool {
 	for _, exp := range f.refresh {
 		if now.Before(exp) {
 			return true
@@ -405,7 +415,7 @@ func (f *Fake) liveSessionLocked(now time.Time) bool {
 }
 
 // issueAccess records a new access token and prunes expired ones.
-func (f *Fake) issueAccess(k FakeKnobs) (string, time.Duration) {
+func (f *Server) issueAccess(k Knobs) (string, time.Duration) {
 	now := f.cfg.Now()
 	lifetime := time.Duration(seconds(k.AccessTokenLifetime)) * time.Second
 	access := "fake-access-" + rand.Text()
@@ -420,7 +430,7 @@ func (f *Fake) issueAccess(k FakeKnobs) (string, time.Duration) {
 	return access, lifetime
 }
 
-func (f *Fake) serveLiveness(w http.ResponseWriter, r *http.Request) {
+func (f *Server) serveLiveness(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost && r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET, POST")
 		writeGatewayError(w, http.StatusMethodNotAllowed, 0)
@@ -434,7 +444,7 @@ func (f *Fake) serveLiveness(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		f.stats.Calls = appendCapped(f.stats.Calls, FakeCall{At: at, Op: "liveness", Status: status})
+		f.stats.Calls = appendCapped(f.stats.Calls, Call{At: at, Op: "liveness", Status: status})
 		if ok {
 			f.stats.LivenessOK++
 		}
@@ -464,10 +474,10 @@ func (f *Fake) serveLiveness(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusOK
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
-		fmt.Fprint(w, `{"token":"`+FakeLivenessPrefix)
+		fmt.Fprint(w, `{"token":"`+LivenessPrefix)
 	default:
 		status, ok = http.StatusOK, !k.Expired
-		token := FakeLivenessPrefix + rand.Text()
+		token := LivenessPrefix + rand.Text()
 		body := map[string]any{"token": token}
 		secs := seconds(k.TokenLifetime)
 		expires := now.Add(time.Duration(secs) * time.Second)
@@ -483,14 +493,14 @@ func (f *Fake) serveLiveness(w http.ResponseWriter, r *http.Request) {
 			body["expiresIn"] = secs
 		}
 		f.mu.Lock()
-		f.stats.Tokens = appendCapped(f.stats.Tokens, FakeToken{Token: token, IssuedAt: now, ExpiresAt: expires})
+		f.stats.Tokens = appendCapped(f.stats.Tokens, Token{Token: token, IssuedAt: now, ExpiresAt: expires})
 		f.mu.Unlock()
 		writeJSON(w, status, body)
 	}
 }
 
 // authorized reports whether r carries a live access token.
-func (f *Fake) authorized(r *http.Request, now time.Time) bool {
+func (f *Server) authorized(r *http.Request, now time.Time) bool {
 	const prefix = "Bearer "
 	h := r.Header.Get("Authorization")
 	if len(h) <= len(prefix) || h[:len(prefix)] != prefix {
@@ -565,7 +575,7 @@ func writeGatewayError(w http.ResponseWriter, status int, retryAfter time.Durati
 	}})
 }
 
-// fakeKnobsWire is FakeKnobs on the control API. Nil fields are left alone
+// fakeKnobsWire is Knobs on the control API. Nil fields are left alone
 // by PUT.
 type fakeKnobsWire struct {
 	TokenLifetime       *string `json:"token_lifetime,omitempty"`
@@ -583,7 +593,7 @@ type fakeKnobsWire struct {
 	ClockOffset *string `json:"clock_offset,omitempty"`
 }
 
-func knobsToWire(k FakeKnobs) fakeKnobsWire {
+func knobsToWire(k Knobs) fakeKnobsWire {
 	str := func(d time.Duration) *string { s := d.String(); return &s }
 	return fakeKnobsWire{
 		TokenLifetime:       str(k.TokenLifetime),
@@ -602,7 +612,7 @@ func knobsToWire(k FakeKnobs) fakeKnobsWire {
 }
 
 // apply sets the fields of k present in w.
-func (w fakeKnobsWire) apply(k *FakeKnobs) error {
+func (w fakeKnobsWire) apply(k *Knobs) error {
 	durations := []struct {
 		name string
 		in   *string
@@ -661,9 +671,9 @@ func (w fakeKnobsWire) apply(k *FakeKnobs) error {
 	return nil
 }
 
-func (f *Fake) servePutKnobs(w http.ResponseWriter, r *http.Request) {
+func (f *Server) servePutKnobs(w http.ResponseWriter, r *http.Request) {
 	var wire fakeKnobsWire
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, DefaultMaxBodyBytes))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, upstream.DefaultMaxBodyBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&wire); err != nil {
 		writeJSON(w, http.StatusBadRequest, controlError(err))
@@ -687,3 +697,9 @@ func (f *Fake) servePutKnobs(w http.ResponseWriter, r *http.Request) {
 func controlError(err error) map[string]any {
 	return map[string]any{"error": map[string]string{"code": "bad_request", "message": err.Error()}}
 }
+
+// RDP's auth endpoints, as the fake serves them.
+const (
+	AuthV1Path = "/auth/oauth2/v1/token"
+	AuthV2Path = "/auth/oauth2/v2/token"
+)
