@@ -19,6 +19,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -81,7 +82,7 @@ func TestEmbeddedAndServeShareOneFleet(t *testing.T) {
 	urls = append(urls, serveURL)
 
 	var token string
-	eventually(t, 15*time.Second, "all three serve one token", func() bool {
+	testkit.Eventually(t, 15*time.Second, "all three serve one token", func() bool {
 		seen := map[string]bool{}
 		for _, u := range urls {
 			v, ok := read(u)
@@ -186,15 +187,4 @@ func read(base string) (string, bool) {
 		return "", false
 	}
 	return body.Token, true
-}
-
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

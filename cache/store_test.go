@@ -7,14 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -60,7 +61,7 @@ func (f *fixture) lock(t *testing.T, value string) {
 // subscribed waits until n clients listen on the events channel.
 func (f *fixture) subscribed(t *testing.T, n int) {
 	t.Helper()
-	eventually(t, 5*time.Second, "subscriptions", func() bool {
+	testkit.Eventually(t, 5*time.Second, "subscriptions", func() bool {
 		got, err := f.rdb.PubSubNumSub(context.Background(), f.keys.Events).Result()
 		return err == nil && got[f.keys.Events] >= int64(n)
 	})
@@ -78,19 +79,6 @@ func run(t *testing.T, s *cache.Store) {
 		cancel()
 		<-done
 	})
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return time.Since(start)
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
@@ -283,7 +271,7 @@ func TestReplicasFollowWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, r := range readers {
-			d := eventually(t, time.Second, "reader follows "+v, func() bool {
+			d := testkit.Eventually(t, time.Second, "reader follows "+v, func() bool {
 				got, ok := r.Current()
 				return ok && got.Value == v
 			})
@@ -309,7 +297,7 @@ func TestPollCatchesUpMissedEvents(t *testing.T) {
 	if _, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "quiet", Deadline: time.Now().Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 2*time.Second, "reader catches up by polling", func() bool {
+	testkit.Eventually(t, 2*time.Second, "reader catches up by polling", func() bool {
 		got, ok := reader.Current()
 		return ok && got.Value == "quiet"
 	})
@@ -454,24 +442,6 @@ func TestFingerprintHidesTheToken(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log destination safe for concurrent writers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // The log tells the truth about serving: a key that vanishes before its
 // expiry is named as such, and when the held token passes the serve
 // margin with Redis unreachable, one line marks the switch to not ready
@@ -480,7 +450,7 @@ func TestLogsSayWhenServingStops(t *testing.T) {
 	srv := redistest.NewMini(t)
 	keys := cache.KeysFor("liveness")
 	c := newClock()
-	var logs lockedBuffer
+	var logs testkit.Buffer
 	s, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: 10 * time.Millisecond,
 		Clock: c, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
@@ -495,16 +465,16 @@ func TestLogsSayWhenServingStops(t *testing.T) {
 	has := func(what string) func() bool {
 		return func() bool { c.Advance(10 * time.Millisecond); return strings.Contains(logs.String(), what) }
 	}
-	eventually(t, 5*time.Second, "ready line", has("ready: holding a servable token"))
+	testkit.Eventually(t, 5*time.Second, "ready line", has("ready: holding a servable token"))
 
 	srv.Mini.FlushAll()
-	eventually(t, 5*time.Second, "the loss named", has("the token vanished from Redis before its expiry"))
+	testkit.Eventually(t, 5*time.Second, "the loss named", has("the token vanished from Redis before its expiry"))
 
 	srv.Mini.Close()
-	eventually(t, 5*time.Second, "serving from memory", has("serving the copy in memory"))
+	testkit.Eventually(t, 5*time.Second, "serving from memory", has("serving the copy in memory"))
 	c.Advance(59*time.Second + time.Millisecond) // past the serve margin
-	eventually(t, 5*time.Second, "the switch to not ready", has("not ready: no servable token held"))
-	eventually(t, 5*time.Second, "read failures that say nothing is served", has("holds no servable token: not serving"))
+	testkit.Eventually(t, 5*time.Second, "the switch to not ready", has("not ready: no servable token held"))
+	testkit.Eventually(t, 5*time.Second, "read failures that say nothing is served", has("holds no servable token: not serving"))
 	after := logs.String()[strings.Index(logs.String(), "not ready: no servable token held"):]
 	if strings.Contains(after, "serving the copy in memory") {
 		t.Error("after the switch to not ready, the log still claims to serve the copy in memory")

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -70,7 +71,7 @@ func TestFleetView(t *testing.T) {
 	ctx := context.Background()
 
 	var f refresher.Fleet
-	eventually(t, 5*time.Second, "both replicas ready in the fleet view", func() bool {
+	testkit.Eventually(t, 5*time.Second, "both replicas ready in the fleet view", func() bool {
 		var err error
 		f, err = refresher.ReadFleet(ctx, a.rdb, keys)
 		if err != nil || len(f.Replicas) != 2 {
@@ -173,7 +174,7 @@ func TestRefreshMetricsAndHistory(t *testing.T) {
 	addr, keys := newRedis(t)
 	src := &source{lifetime: fast.lifetime}
 	a := startObserved(t, "a", addr, keys, src, fast)
-	eventually(t, 5*time.Second, "a leads and has recorded its first refresh", func() bool {
+	testkit.Eventually(t, 5*time.Second, "a leads and has recorded its first refresh", func() bool {
 		_, ok := a.store.Current()
 		st, err := a.ref.Status(context.Background())
 		return a.ref.IsLeader() && ok && err == nil && len(st.Refreshes) > 0
@@ -194,7 +195,7 @@ func TestRefreshMetricsAndHistory(t *testing.T) {
 	// The next refresh falls due within the 2s lifetime, and fails.
 	src.set(func(s *source) { s.fail = &upstream.Error{Op: "liveness", Status: 503, Retryable: true} })
 	ctx := context.Background()
-	eventually(t, 5*time.Second, "three failures in a row", func() bool {
+	testkit.Eventually(t, 5*time.Second, "three failures in a row", func() bool {
 		return value(t, a.reg, "tokenkeeper_refresh_consecutive_failures") >= 3
 	})
 	if got := value(t, a.reg, "tokenkeeper_refreshes_total", "outcome", "upstream_error"); got < 3 {
@@ -210,7 +211,7 @@ func TestRefreshMetricsAndHistory(t *testing.T) {
 	}
 
 	src.set(func(s *source) { s.fail = nil })
-	eventually(t, 5*time.Second, "the failures in a row reset", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the failures in a row reset", func() bool {
 		return value(t, a.reg, "tokenkeeper_refresh_consecutive_failures") == 0 &&
 			value(t, a.reg, "tokenkeeper_refreshes_total", "outcome", "success") == 2
 	})

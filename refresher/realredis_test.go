@@ -17,8 +17,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
@@ -123,7 +125,7 @@ func TestSlowRedisKeepsLeader(t *testing.T) {
 	if follower == leader {
 		follower = rs[1]
 	}
-	eventually(t, 3*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
+	testkit.Eventually(t, 3*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
 	changes := leadershipChanges(t, rs)
 
 	// Round trips of 100ms (a second at the default 10s lock TTL, where a
@@ -227,7 +229,7 @@ func TestRefreshSurvivesClientPauseWrite(t *testing.T) {
 	if follower == leader {
 		follower = rs[1]
 	}
-	eventually(t, 3*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
+	testkit.Eventually(t, 3*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
 	before, _ := follower.store.Current()
 	admin := srv.Client(t)
 
@@ -259,7 +261,7 @@ func TestRefreshSurvivesClientPauseWrite(t *testing.T) {
 	if took > bound {
 		t.Fatalf("Refresh took %v, want at most %v", took.Round(time.Millisecond), bound)
 	}
-	eventually(t, 3*time.Second, "the follower serves the new token", func() bool {
+	testkit.Eventually(t, 3*time.Second, "the follower serves the new token", func() bool {
 		cur, ok := follower.store.Current()
 		return ok && cur.Value == res.tok.Value
 	})
@@ -278,7 +280,7 @@ func TestEvictionIsReportedAndTokenNotWasted(t *testing.T) {
 	rs := []*replica{startReal(t, log, "a", srv.Addr, keys, src, tm), startReal(t, log, "b", srv.Addr, keys, src, tm)}
 	oneLeader(t, rs, 5*time.Second)
 	for _, r := range rs {
-		eventually(t, 3*time.Second, r.name+" holds the first token", func() bool { _, ok := r.store.Current(); return ok })
+		testkit.Eventually(t, 3*time.Second, r.name+" holds the first token", func() bool { _, ok := r.store.Current(); return ok })
 	}
 	first, _ := rs[0].store.Current()
 	callsBefore := len(src.Calls())
@@ -313,13 +315,13 @@ func TestEvictionIsReportedAndTokenNotWasted(t *testing.T) {
 	stats, _ := admin.Info(ctx, "stats").Result()
 	t.Logf("after %d junk keys of 10 KB the token was evicted; the lock was seen missing: %v (%s)", n+1, lockGone, infoField(stats, "evicted_keys"))
 
-	eventually(t, 5*time.Second, "token_lost reported", func() bool { return anomalies(t, rs, "token_lost") > 0 })
-	eventually(t, 5*time.Second, "the token back in Redis", func() bool {
+	testkit.Eventually(t, 5*time.Second, "token_lost reported", func() bool { return anomalies(t, rs, "token_lost") > 0 })
+	testkit.Eventually(t, 5*time.Second, "the token back in Redis", func() bool {
 		n, err := admin.Exists(ctx, keys.Token).Result()
 		return err == nil && n == 1
 	})
 	for _, r := range rs {
-		eventually(t, 5*time.Second, r.name+" serves the token", func() bool { _, ok := r.store.Current(); return ok })
+		testkit.Eventually(t, 5*time.Second, r.name+" serves the token", func() bool { _, ok := r.store.Current(); return ok })
 	}
 	oneLeader(t, rs, 5*time.Second)
 	calls := len(src.Calls()) - callsBefore

@@ -14,8 +14,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -141,18 +143,6 @@ func (r *replica) stop() {
 	r.rdb.Close()
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 func leaders(rs []*replica) []*replica {
 	var out []*replica
 	for _, r := range rs {
@@ -166,7 +156,7 @@ func leaders(rs []*replica) []*replica {
 func oneLeader(t *testing.T, rs []*replica, within time.Duration) *replica {
 	t.Helper()
 	var l *replica
-	eventually(t, within, "one leader", func() bool {
+	testkit.Eventually(t, within, "one leader", func() bool {
 		ls := leaders(rs)
 		if len(ls) == 1 {
 			l = ls[0]
@@ -282,11 +272,11 @@ func TestOneFetchPerLifetime(t *testing.T) {
 			oneLeader(t, rs, 5*time.Second)
 			// Cycle k ends when token-k has been replaced.
 			const cycles = 3
-			eventually(t, 10*time.Second, "three refreshes", func() bool { return len(src.Calls()) > cycles })
+			testkit.Eventually(t, 10*time.Second, "three refreshes", func() bool { return len(src.Calls()) > cycles })
 			// Every replica follows the latest token.
 			want := fmt.Sprintf("token-%d", len(src.Calls()))
 			for _, r := range rs {
-				eventually(t, time.Second, r.name+" holds "+want, func() bool {
+				testkit.Eventually(t, time.Second, r.name+" holds "+want, func() bool {
 					got, ok := r.store.Current()
 					return ok && got.Value == want
 				})
@@ -334,7 +324,7 @@ func TestLeaderLoss(t *testing.T) {
 			}
 			old := oneLeader(t, rs, 5*time.Second)
 			for _, r := range rs {
-				eventually(t, 2*time.Second, r.name+" ready", func() bool { _, ok := r.store.Current(); return ok })
+				testkit.Eventually(t, 2*time.Second, r.name+" ready", func() bool { _, ok := r.store.Current(); return ok })
 			}
 
 			var others []*replica
@@ -375,7 +365,7 @@ func TestStaleLeaderIsFenced(t *testing.T) {
 	tm := fast
 	tm.lockTTL = 3 * time.Second // renewals every 1s: the write comes first
 	a := startObserved(t, "a", addr, keys, src, tm)
-	eventually(t, 5*time.Second, "a leads and fetches", func() bool { return a.ref.IsLeader() && len(src.Calls()) == 1 })
+	testkit.Eventually(t, 5*time.Second, "a leads and fetches", func() bool { return a.ref.IsLeader() && len(src.Calls()) == 1 })
 
 	// The lock passes to someone else while a is stuck.
 	ctx := context.Background()
@@ -383,7 +373,7 @@ func TestStaleLeaderIsFenced(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(block)
-	eventually(t, 3*time.Second, "a steps down", func() bool { return !a.ref.IsLeader() })
+	testkit.Eventually(t, 3*time.Second, "a steps down", func() bool { return !a.ref.IsLeader() })
 	if n, err := a.rdb.Exists(ctx, keys.Token).Result(); err != nil || n != 0 {
 		t.Fatalf("token key: got exists=%d err=%v, want nothing stored by the stale leader", n, err)
 	}
@@ -429,12 +419,12 @@ func TestReseedAfterDataLoss(t *testing.T) {
 	oneLeader(t, rs, 5*time.Second)
 	ctx := context.Background()
 	for _, r := range rs {
-		eventually(t, 2*time.Second, r.name+" holds the token", func() bool { _, ok := r.store.Current(); return ok })
+		testkit.Eventually(t, 2*time.Second, r.name+" holds the token", func() bool { _, ok := r.store.Current(); return ok })
 	}
 	if err := rs[0].rdb.Del(ctx, keys.Token, keys.Lock).Err(); err != nil {
 		t.Fatal(err)
 	}
-	took := eventually(t, 2*time.Second, "token back in Redis", func() bool {
+	took := testkit.Eventually(t, 2*time.Second, "token back in Redis", func() bool {
 		n, _ := rs[0].rdb.Exists(ctx, keys.Token).Result()
 		return n == 1
 	})
@@ -472,7 +462,7 @@ func TestUpstreamFailures(t *testing.T) {
 			src := &source{lifetime: fast.lifetime}
 			rs := []*replica{start(t, "a", addr, keys, src, fast), start(t, "b", addr, keys, src, fast)}
 			oneLeader(t, rs, 5*time.Second)
-			eventually(t, 2*time.Second, "first token", func() bool {
+			testkit.Eventually(t, 2*time.Second, "first token", func() bool {
 				_, ok := rs[1].store.Current()
 				_, ok0 := rs[0].store.Current()
 				return ok && ok0
@@ -492,7 +482,7 @@ func TestUpstreamFailures(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			eventually(t, time.Second, "not ready after expiry", func() bool {
+			testkit.Eventually(t, time.Second, "not ready after expiry", func() bool {
 				for _, r := range rs {
 					if _, ok := r.store.Current(); ok {
 						return false
@@ -513,7 +503,7 @@ func TestUpstreamFailures(t *testing.T) {
 			}
 
 			src.set(func(s *source) { s.fail, s.answer = nil, nil })
-			eventually(t, 3*time.Second, "service returns", func() bool {
+			testkit.Eventually(t, 3*time.Second, "service returns", func() bool {
 				for _, r := range rs {
 					if _, ok := r.store.Current(); !ok {
 						return false
@@ -538,7 +528,7 @@ func pair(t *testing.T, src *source) (leader, follower *replica, keys cache.Keys
 	if follower == leader {
 		follower = rs[1]
 	}
-	eventually(t, 2*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
+	testkit.Eventually(t, 2*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
 	return leader, follower, keys
 }
 
@@ -639,14 +629,14 @@ func TestRefreshOutlivesTheLeader(t *testing.T) {
 	}
 	answered := make(chan result, 1)
 	go func() { tok, err := follower.ref.Refresh(ctx); answered <- result{tok, err} }()
-	eventually(t, 5*time.Second, "the leader is fetching", func() bool { return len(src.Calls()) == 2 })
+	testkit.Eventually(t, 5*time.Second, "the leader is fetching", func() bool { return len(src.Calls()) == 2 })
 
 	// A stranger holds the lock for a moment, so the leader's renewal is
 	// refused while it is stuck; then the fetch returns.
 	if err := leader.rdb.Set(context.Background(), keys.Lock, "tk:0123456789abcdef:nobody", 2*fast.lockTTL).Err(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "renewal failure noticed", func() bool {
+	testkit.Eventually(t, 5*time.Second, "renewal failure noticed", func() bool {
 		st, _ := leader.ref.Status(context.Background())
 		return strings.Contains(st.LastError, "lock renewal")
 	})

@@ -12,6 +12,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -33,11 +34,11 @@ func TestFailingLeaderHandsOver(t *testing.T) {
 			addr, keys := newRedis(t)
 			bad := &source{lifetime: fast.lifetime, fail: tt.err}
 			cut := startObserved(t, "cut", addr, keys, bad, fast)
-			eventually(t, 5*time.Second, "cut leads", cut.ref.IsLeader)
+			testkit.Eventually(t, 5*time.Second, "cut leads", cut.ref.IsLeader)
 
 			good := &source{lifetime: fast.lifetime}
 			healthy := []*replica{startObserved(t, "a", addr, keys, good, fast), startObserved(t, "b", addr, keys, good, fast)}
-			eventually(t, 5*time.Second, "a healthy replica fetched a token and every replica serves it", func() bool {
+			testkit.Eventually(t, 5*time.Second, "a healthy replica fetched a token and every replica serves it", func() bool {
 				for _, r := range append(healthy, cut) {
 					if _, ok := r.store.Current(); !ok {
 						return false
@@ -48,7 +49,7 @@ func TestFailingLeaderHandsOver(t *testing.T) {
 			// The next refreshes are made by the healthy replicas too.
 			for range 2 {
 				before := len(good.Calls())
-				eventually(t, 2*fast.lifetime, "the next refresh", func() bool { return len(good.Calls()) > before })
+				testkit.Eventually(t, 2*fast.lifetime, "the next refresh", func() bool { return len(good.Calls()) > before })
 				if cut.ref.IsLeader() {
 					t.Fatal("the failing replica was re-elected ahead of the healthy ones")
 				}
@@ -94,7 +95,7 @@ func TestHandoversKeepTheFleetsBackoff(t *testing.T) {
 		start(t, fmt.Sprintf("r%d", i), addr2, keys2, shared, tm)
 	}
 	// Each fleet has run the same while: measure both over one window.
-	eventually(t, 10*time.Second, "a dozen calls by the lone replica", func() bool { return len(alone.Calls()) >= 12 })
+	testkit.Eventually(t, 10*time.Second, "a dozen calls by the lone replica", func() bool { return len(alone.Calls()) >= 12 })
 	one, three := len(alone.Calls()), len(shared.Calls())
 	t.Logf("upstream calls while down: one replica %d, three replicas handing over after each failure %d", one, three)
 	if three > 2*one+3 {
@@ -111,27 +112,27 @@ func TestUnsavedTokenOutlivesTheTerm(t *testing.T) {
 	tm := fast
 	tm.lifetime, tm.before = 30*time.Second, 5*time.Second
 	a := start(t, "a", addr, keys, src, tm)
-	eventually(t, 5*time.Second, "first token", func() bool { _, ok := a.store.Current(); return ok })
+	testkit.Eventually(t, 5*time.Second, "first token", func() bool { _, ok := a.store.Current(); return ok })
 
 	block := make(chan struct{})
 	src.set(func(s *source) { s.block = block })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	go a.ref.Refresh(ctx)
-	eventually(t, 5*time.Second, "the leader is fetching", func() bool { return len(src.Calls()) == 2 })
+	testkit.Eventually(t, 5*time.Second, "the leader is fetching", func() bool { return len(src.Calls()) == 2 })
 	// A stranger holds the lock for a while: the leader steps down with
 	// its fetch in flight; then the fetch returns.
 	if err := a.rdb.Set(context.Background(), keys.Lock, "tk:0123456789abcdef:nobody", 3*tm.lockTTL).Err(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the renewal refused", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the renewal refused", func() bool {
 		st, _ := a.ref.Status(context.Background())
 		return strings.Contains(st.LastError, "lock renewal")
 	})
 	src.set(func(s *source) { s.block = nil })
 	close(block)
 
-	eventually(t, 10*time.Second, "the fetched token is stored once a leads again", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the fetched token is stored once a leads again", func() bool {
 		v, err := a.rdb.HGet(context.Background(), keys.Token, "v").Result()
 		return err == nil && v == "token-2"
 	})
@@ -151,7 +152,7 @@ func TestConcurrentRefreshesJoin(t *testing.T) {
 	rs := []*replica{start(t, "a", addr, keys, src, tm), start(t, "b", addr, keys, src, tm), start(t, "c", addr, keys, src, tm)}
 	oneLeader(t, rs, 5*time.Second)
 	for _, r := range rs {
-		eventually(t, 5*time.Second, "first token everywhere", func() bool { _, ok := r.store.Current(); return ok })
+		testkit.Eventually(t, 5*time.Second, "first token everywhere", func() bool { _, ok := r.store.Current(); return ok })
 	}
 	first, _ := rs[0].store.Current()
 	calls := len(src.Calls())
@@ -195,7 +196,7 @@ func TestRefreshWithoutRedis(t *testing.T) {
 	tm := fast
 	tm.lifetime, tm.before = 30*time.Second, 5*time.Second
 	a := start(t, "a", proxy.Addr, keysFor(t), src, tm)
-	eventually(t, 5*time.Second, "first token", func() bool { _, ok := a.store.Current(); return ok })
+	testkit.Eventually(t, 5*time.Second, "first token", func() bool { _, ok := a.store.Current(); return ok })
 	proxy.Cut()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -252,7 +253,7 @@ func TestBackoffAndHandoverOnFakeTime(t *testing.T) {
 				t.Fatalf("%s: not within %v of fake time", what, limit)
 			}
 			clk.Advance(50 * time.Millisecond)
-			eventually(t, 5*time.Second, "the loop settles", func() bool { return clk.Waiters() > 0 })
+			testkit.Eventually(t, 5*time.Second, "the loop settles", func() bool { return clk.Waiters() > 0 })
 			time.Sleep(time.Millisecond) // not time passing: lets the loop's goroutines, and Redis, take the step
 		}
 		return clk.Now().Sub(start)

@@ -29,6 +29,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
 
 // chromiumPath finds the browser, or fails in CI and skips elsewhere.
@@ -123,7 +124,7 @@ func demoFleet(t *testing.T) string {
 		go func() { p.Run(rctx); close(rdone) }()
 		t.Cleanup(func() { rcancel(); <-rdone; p.Close() })
 	}
-	eventually(t, 15*time.Second, "three replicas ready in /v1/status", func() bool {
+	testkit.Eventually(t, 15*time.Second, "three replicas ready in /v1/status", func() bool {
 		req, _ := http.NewRequest(http.MethodGet, base+"/v1/status", nil)
 		req.Header.Set("Authorization", "Bearer "+demoAdminKey)
 		resp, err := http.DefaultClient.Do(req)

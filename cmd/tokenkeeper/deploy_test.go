@@ -19,6 +19,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
 
 const (
@@ -61,7 +62,7 @@ func exposed(t *testing.T) map[string]bool {
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	a := startReplica(t, "a", srv.Addr, rdp.URL, compressed)
-	eventually(t, 5*time.Second, "a is ready", func() bool { _, ok := a.p.keeper.Current(tokenkeeper.Name); return ok })
+	testkit.Eventually(t, 5*time.Second, "a is ready", func() bool { _, ok := a.p.keeper.Current(tokenkeeper.Name); return ok })
 	scrape(t, a.url)
 	out := map[string]bool{}
 	for name := range scrape(t, a.url) {

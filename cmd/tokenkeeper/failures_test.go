@@ -10,6 +10,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
 
 // TestUpstreamFailuresEndToEnd breaks the fake RDP in every way it knows,
@@ -49,7 +50,7 @@ func TestUpstreamFailuresEndToEnd(t *testing.T) {
 				startReplica(t, "b", srv.Addr, rdp.URL, tm),
 			}
 			for _, r := range fleet {
-				eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.keeper.Current(tokenkeeper.Name); return ok })
+				testkit.Eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.keeper.Current(tokenkeeper.Name); return ok })
 			}
 			first, _ := fleet[0].p.keeper.Current(tokenkeeper.Name)
 			knobs := tt.knobs
@@ -63,7 +64,7 @@ func TestUpstreamFailuresEndToEnd(t *testing.T) {
 			defer cancel()
 			rd := &reader{}
 			go rd.run(ctx, fleet[1].url)
-			eventually(t, lifetime+2*time.Second, "503 once the token is due", func() bool {
+			testkit.Eventually(t, lifetime+2*time.Second, "503 once the token is due", func() bool {
 				s := rd.all()
 				return len(s) > 0 && s[len(s)-1].status == http.StatusServiceUnavailable
 			})
@@ -78,7 +79,7 @@ func TestUpstreamFailuresEndToEnd(t *testing.T) {
 				}
 			}
 			for _, r := range fleet {
-				eventually(t, 200*time.Millisecond, r.name+" /readyz 503 with no servable token", func() bool {
+				testkit.Eventually(t, 200*time.Millisecond, r.name+" /readyz 503 with no servable token", func() bool {
 					resp, err := http.Get(r.url + "/readyz")
 					if err != nil {
 						return false
@@ -112,7 +113,7 @@ func TestUpstreamFailuresEndToEnd(t *testing.T) {
 
 			// Healed: service returns by itself.
 			fake.Set(fakerdp.Knobs{TokenLifetime: lifetime, AccessTokenLifetime: time.Second})
-			eventually(t, 5*time.Second, "service returns", func() bool {
+			testkit.Eventually(t, 5*time.Second, "service returns", func() bool {
 				s := rd.all()
 				return len(s) > 0 && s[len(s)-1].status == http.StatusOK
 			})

@@ -25,6 +25,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -127,17 +128,6 @@ func (rd *reader) all() []sample {
 	return append([]sample(nil), rd.samples...)
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestFleet runs 1, 3 and 10 replicas over several token lifetimes against
 // one Redis and the fake RDP, with apps reading from every replica: every
 // replica serves the same token, none serves a token the fake knows to be
@@ -156,7 +146,7 @@ func TestFleet(t *testing.T) {
 				fleet = append(fleet, startReplica(t, fmt.Sprintf("r%d", i), srv.Addr, rdp.URL, compressed))
 			}
 			for _, r := range fleet {
-				eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.keeper.Current(tokenkeeper.Name); return ok })
+				testkit.Eventually(t, 5*time.Second, r.name+" ready", func() bool { _, ok := r.p.keeper.Current(tokenkeeper.Name); return ok })
 			}
 			ctx, stopReading := context.WithCancel(context.Background())
 			readers := make([]*reader, n)
@@ -167,7 +157,7 @@ func TestFleet(t *testing.T) {
 				go func() { defer wg.Done(); readers[i].run(ctx, r.url) }()
 			}
 			const cycles = 3
-			eventually(t, 5*compressed.lifetime, "three refreshes", func() bool { return len(fake.Stats().Tokens) > cycles })
+			testkit.Eventually(t, 5*compressed.lifetime, "three refreshes", func() bool { return len(fake.Stats().Tokens) > cycles })
 			// Ask a replica that does not lead for a refresh: it reaches the leader through Redis.
 			follower := fleet[len(fleet)-1]
 			for _, r := range fleet {
@@ -193,7 +183,7 @@ func TestFleet(t *testing.T) {
 			issuedTokens := fake.Stats().Tokens
 			newest := issuedTokens[len(issuedTokens)-1].Token
 			for i, rd := range readers {
-				eventually(t, 2*time.Second, fleet[i].name+" serves the forced token", func() bool {
+				testkit.Eventually(t, 2*time.Second, fleet[i].name+" serves the forced token", func() bool {
 					s := rd.all()
 					return len(s) > 0 && s[len(s)-1].token == newest
 				})
@@ -268,7 +258,7 @@ func TestGracefulHandover(t *testing.T) {
 		startReplica(t, "c", srv.Addr, rdp.URL, tm),
 	}
 	var leader *testReplica
-	eventually(t, 5*time.Second, "a leader", func() bool {
+	testkit.Eventually(t, 5*time.Second, "a leader", func() bool {
 		for _, r := range fleet {
 			if r.p.keeper.IsLeader() {
 				leader = r
@@ -278,11 +268,11 @@ func TestGracefulHandover(t *testing.T) {
 		return false
 	})
 	for _, r := range fleet {
-		eventually(t, 2*time.Second, r.name+" ready", func() bool { _, ok := r.p.keeper.Current(tokenkeeper.Name); return ok })
+		testkit.Eventually(t, 2*time.Second, r.name+" ready", func() bool { _, ok := r.p.keeper.Current(tokenkeeper.Name); return ok })
 	}
 	stopped := time.Now()
 	leader.stop()
-	eventually(t, time.Second, "a new leader within a second", func() bool {
+	testkit.Eventually(t, time.Second, "a new leader within a second", func() bool {
 		for _, r := range fleet {
 			if r != leader && r.p.keeper.IsLeader() {
 				return true
@@ -468,13 +458,13 @@ func TestShutdownDrain(t *testing.T) {
 	t.Cleanup(rdp.Close)
 	tm := fleetTimings{lifetime: time.Minute, before: 10 * time.Second, margin: 5 * time.Second, lockTTL: 3 * time.Second}
 	a := startReplica(t, "a", srv.Addr, rdp.URL, tm)
-	eventually(t, 5*time.Second, "a leads and is ready", func() bool { _, ok := a.p.keeper.Current(tokenkeeper.Name); return ok && a.p.keeper.IsLeader() })
+	testkit.Eventually(t, 5*time.Second, "a leads and is ready", func() bool { _, ok := a.p.keeper.Current(tokenkeeper.Name); return ok && a.p.keeper.IsLeader() })
 	b := startReplica(t, "b", srv.Addr, rdp.URL, tm)
-	eventually(t, 5*time.Second, "b ready", func() bool { _, ok := b.p.keeper.Current(tokenkeeper.Name); return ok })
+	testkit.Eventually(t, 5*time.Second, "b ready", func() bool { _, ok := b.p.keeper.Current(tokenkeeper.Name); return ok })
 
 	a.p.cfg.ShutdownDrain = time.Second
 	a.cancel()
-	eventually(t, time.Second, "b leads while a drains", func() bool { return b.p.keeper.IsLeader() })
+	testkit.Eventually(t, time.Second, "b leads while a drains", func() bool { return b.p.keeper.IsLeader() })
 	status := func(path string, key string) int {
 		req, _ := http.NewRequest(http.MethodGet, a.url+path, nil)
 		if key != "" {
@@ -518,7 +508,7 @@ func TestSignalsStopGracefully(t *testing.T) {
 			t.Parallel()
 			cmd := exec.Command(os.Args[0], "-test.run=^TestSignalsStopGracefully$")
 			cmd.Env = append(os.Environ(), "TOKENKEEPER_TEST_MAIN=demo", "TOKENKEEPER_LISTEN=127.0.0.1:0")
-			var stdout, stderr syncBuffer
+			var stdout, stderr testkit.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -532,7 +522,7 @@ func TestSignalsStopGracefully(t *testing.T) {
 					<-exited
 				}
 			})
-			eventually(t, 10*time.Second, "the demo leads", func() bool {
+			testkit.Eventually(t, 10*time.Second, "the demo leads", func() bool {
 				return strings.Contains(stderr.String(), "leadership acquired")
 			})
 			if err := cmd.Process.Signal(sig); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -131,7 +132,7 @@ func TestMetrics(t *testing.T) {
 	// A long lock TTL keeps renewals out of the way of the fenced write.
 	tm := fleetTimings{lifetime: time.Minute, before: 10 * time.Second, margin: 2 * time.Second, lockTTL: 30 * time.Second}
 	a := startReplica(t, "a", srv.Addr, rdp.URL, tm)
-	eventually(t, 5*time.Second, "a leads and is ready", func() bool {
+	testkit.Eventually(t, 5*time.Second, "a leads and is ready", func() bool {
 		_, ok := a.p.keeper.Current(tokenkeeper.Name)
 		return ok && a.p.keeper.IsLeader()
 	})
@@ -166,7 +167,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("at start: %s%v = %v, want %s", c.name, c.labels, got, c.what)
 		}
 	}
-	eventually(t, 5*time.Second, "a heartbeat", func() bool {
+	testkit.Eventually(t, 5*time.Second, "a heartbeat", func() bool {
 		return sampleOf(scrape(t, a.url), "tokenkeeper_heartbeats_total", "result", "ok") >= 1
 	})
 
@@ -210,7 +211,7 @@ func TestMetrics(t *testing.T) {
 	if code := post(t, a.url+"/v1/tokens/liveness/refresh", "admin-key"); code != http.StatusBadGateway {
 		t.Errorf("fenced refresh = %d, want 502", code)
 	}
-	eventually(t, 5*time.Second, "a steps down", func() bool { return !a.p.keeper.IsLeader() })
+	testkit.Eventually(t, 5*time.Second, "a steps down", func() bool { return !a.p.keeper.IsLeader() })
 	m = scrape(t, a.url)
 	for _, c := range []struct {
 		name   string
@@ -230,9 +231,9 @@ func TestMetrics(t *testing.T) {
 
 	// The intruder goes away; a or a newcomer b takes over.
 	b := startReplica(t, "b", srv.Addr, rdp.URL, tm)
-	eventually(t, 5*time.Second, "b is ready", func() bool { _, ok := b.p.keeper.Current(tokenkeeper.Name); return ok })
+	testkit.Eventually(t, 5*time.Second, "b is ready", func() bool { _, ok := b.p.keeper.Current(tokenkeeper.Name); return ok })
 	srv.Mini.Del(keys.Lock)
-	eventually(t, 5*time.Second, "a new leader", func() bool { return a.p.keeper.IsLeader() || b.p.keeper.IsLeader() })
+	testkit.Eventually(t, 5*time.Second, "a new leader", func() bool { return a.p.keeper.IsLeader() || b.p.keeper.IsLeader() })
 	ma, mb := scrape(t, a.url), scrape(t, b.url)
 	if got := sampleOf(ma, "tokenkeeper_leader") + sampleOf(mb, "tokenkeeper_leader"); got != 1 {
 		t.Errorf("sum of tokenkeeper_leader = %v, want 1", got)
@@ -244,7 +245,7 @@ func TestMetrics(t *testing.T) {
 
 	// Redis goes away and comes back.
 	srv.Mini.Close()
-	eventually(t, 10*time.Second, "Redis errors counted", func() bool {
+	testkit.Eventually(t, 10*time.Second, "Redis errors counted", func() bool {
 		return sampleOf(scrape(t, a.url), "tokenkeeper_redis_errors_total") > 0
 	})
 	if got := sampleOf(scrape(t, a.url), "tokenkeeper_ready"); got != 1 {
@@ -253,7 +254,7 @@ func TestMetrics(t *testing.T) {
 	if err := srv.Mini.Restart(); err != nil {
 		t.Fatalf("restarting miniredis: %v", err)
 	}
-	eventually(t, 20*time.Second, "a re-subscribes to events", func() bool {
+	testkit.Eventually(t, 20*time.Second, "a re-subscribes to events", func() bool {
 		return sampleOf(scrape(t, a.url), "tokenkeeper_event_subscription_reconnects_total") >= 1
 	})
 }
@@ -269,7 +270,7 @@ func TestMetricNamesFollowConventions(t *testing.T) {
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 	a := startReplica(t, "a", srv.Addr, rdp.URL, compressed)
-	eventually(t, 5*time.Second, "a is ready", func() bool { _, ok := a.p.keeper.Current(tokenkeeper.Name); return ok })
+	testkit.Eventually(t, 5*time.Second, "a is ready", func() bool { _, ok := a.p.keeper.Current(tokenkeeper.Name); return ok })
 	m := scrape(t, a.url)
 	var names []string
 	for name := range m {

@@ -28,6 +28,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
 
 // minimalACL is the least a replica needs, as documented in the README:
@@ -89,7 +90,7 @@ func TestRedisTLSAndACL(t *testing.T) {
 		}
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	eventually(t, 10*time.Second, "redis-server listening", func() bool {
+	testkit.Eventually(t, 10*time.Second, "redis-server listening", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
@@ -118,7 +119,7 @@ func TestRedisTLSAndACL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.Buffer{}
 	p, err := NewProgram(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +129,7 @@ func TestRedisTLSAndACL(t *testing.T) {
 	go func() { done <- p.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; p.Close() })
 
-	eventually(t, 10*time.Second, "a token over TLS with the minimal ACL", func() bool {
+	testkit.Eventually(t, 10*time.Second, "a token over TLS with the minimal ACL", func() bool {
 		_, ok := p.keeper.Current(tokenkeeper.Name)
 		return ok
 	})
@@ -148,7 +149,7 @@ func TestRedisTLSAndACL(t *testing.T) {
 	// refresh history are read back, and the leader keeps its lock past
 	// its TTL, so renewals pass.
 	started := time.Now()
-	eventually(t, 10*time.Second, "heartbeat, history and renewals through the ACL", func() bool {
+	testkit.Eventually(t, 10*time.Second, "heartbeat, history and renewals through the ACL", func() bool {
 		st, err := p.keeper.Status(context.Background())
 		return err == nil && len(st.Replicas) == 1 && st.Replicas[0].Ready && len(st.Refreshes) >= 2 &&
 			time.Since(started) > 2*cfg.LockTTL && p.keeper.IsLeader()

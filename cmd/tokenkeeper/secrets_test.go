@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -16,25 +15,8 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
-
-// syncBuffer is a log sink shared by goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // echoingRDP wraps the fake RDP; while echo is set it fails every call
 // with a body that repeats the request's credentials, as a careless
@@ -87,7 +69,7 @@ func TestNoSecretInLogs(t *testing.T) {
 	rdpSrv := httptest.NewServer(rdp)
 	t.Cleanup(rdpSrv.Close)
 
-	logs := &syncBuffer{}
+	logs := &testkit.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var fleet []*Program
 	for _, name := range []string{"a", "b"} {
@@ -123,7 +105,7 @@ func TestNoSecretInLogs(t *testing.T) {
 		return string(b)
 	}
 
-	eventually(t, 5*time.Second, "two tokens", func() bool { return len(fake.Stats().Tokens) >= 2 })
+	testkit.Eventually(t, 5*time.Second, "two tokens", func() bool { return len(fake.Stats().Tokens) >= 2 })
 	get(http.MethodPost, "/v1/tokens/liveness/refresh", adminKey)
 	get(http.MethodGet, "/v1/tokens/liveness", "wrong-"+readerKey)
 	shown := get(http.MethodGet, "/v1/status", adminKey) + get(http.MethodGet, "/metrics", "")
@@ -131,7 +113,7 @@ func TestNoSecretInLogs(t *testing.T) {
 	rdp.echo = true
 	rdp.mu.Unlock()
 	before := len(logs.String())
-	eventually(t, 5*time.Second, "failures logged", func() bool {
+	testkit.Eventually(t, 5*time.Second, "failures logged", func() bool {
 		return strings.Count(logs.String()[before:], "refresh failed") >= 3
 	})
 	shown += get(http.MethodGet, "/v1/status", adminKey)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
 
 // TestStatusCommand runs `tokenkeeper status` against the Redis of two
@@ -33,7 +34,7 @@ func TestStatusCommand(t *testing.T) {
 	}
 
 	var out fleetJSON
-	eventually(t, 5*time.Second, "both replicas ready in `status --json`", func() bool {
+	testkit.Eventually(t, 5*time.Second, "both replicas ready in `status --json`", func() bool {
 		stdout, stderr, code := status("--json")
 		if code != 0 {
 			t.Fatalf("status --json: exit %d: %s", code, stderr)

@@ -1,17 +1,17 @@
 package redistest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
 	"os/exec"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
 
 // ServerBinary is the redis-server that StartServer runs when it is not on
@@ -57,7 +57,7 @@ func startServer(t testing.TB, bin string, extraArgs []string) (*Server, error) 
 	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"},
 		extraArgs...)
 	cmd := exec.Command(bin, args...)
-	var out syncBuffer
+	var out testkit.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
@@ -93,22 +93,4 @@ func startServer(t testing.TB, bin string, extraArgs []string) (*Server, error) 
 	}
 	t.Cleanup(kill)
 	return &Server{Addr: addr, Options: opt}, nil
-}
-
-// syncBuffer collects a process's output for error messages.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
