@@ -92,30 +92,25 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
-// Message is a control message on the events channel.
+// Message is a message on the events channel. The store publishes
+// MsgToken itself, from the write script, and reads the token again when
+// one arrives; any other type is a control message of another package
+// (the refresher's protocol), whose content the store carries in Body
+// without reading it.
 type Message struct {
-	// Type is one of the Msg* constants.
+	// Type is MsgToken or a control message's type.
 	Type string `json:"type"`
 	// From is the instance that published it.
 	From string `json:"from,omitempty"`
-	// ID correlates a refresh request with its result.
-	ID string `json:"id,omitempty"`
-	// Fingerprint of the token concerned, never the token.
+	// Fingerprint of the token stored (MsgToken), never the token.
 	Fingerprint string `json:"fp,omitempty"`
-	// Error is set on a failed refresh result.
-	Error string `json:"error,omitempty"`
-	// Retry, on a refresh result, means the request was not attempted
-	// (leadership ended first): the requester should ask the next leader.
-	Retry bool `json:"retry,omitempty"`
+	// Body is a control message's own content, opaque to the store.
+	Body json.RawMessage `json:"body,omitempty"`
 }
 
-// Message types.
-const (
-	MsgToken     = "token"     // a new token was stored (published by the write script)
-	MsgRefresh   = "refresh"   // a replica asks the leader for a new token now
-	MsgRefreshed = "refreshed" // the leader answers a refresh request
-	MsgReleased  = "released"  // the leader released the lock on shutdown
-)
+// MsgToken is the type of the message the write script publishes when it
+// stores a token.
+const MsgToken = "token"
 
 // Store is one replica's view of the shared token. Create it with New and
 // keep it current with Run. All methods are safe for concurrent use.

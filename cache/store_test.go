@@ -2,10 +2,12 @@ package cache_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -348,14 +350,14 @@ func TestControlMessagesReachSubscribers(t *testing.T) {
 	if err := f.rdb.Publish(ctx, f.keys.Events, "{not json").Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Publish(ctx, cache.Message{Type: cache.MsgRefresh, ID: "r1"}); err != nil {
+	if err := a.Publish(ctx, cache.Message{Type: "ping", Body: json.RawMessage(`{"id":"r1"}`)}); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case <-sub.Ready():
 		m, ok := sub.Next()
-		want := cache.Message{Type: cache.MsgRefresh, ID: "r1", From: "a"}
-		if !ok || m != want {
+		want := cache.Message{Type: "ping", From: "a", Body: json.RawMessage(`{"id":"r1"}`)}
+		if !ok || !reflect.DeepEqual(m, want) {
 			t.Fatalf("got %+v (%v), want %+v", m, ok, want)
 		}
 	case <-time.After(5 * time.Second):
@@ -377,7 +379,7 @@ func TestSubscriberLosesNoMessage(t *testing.T) {
 
 	const n = 200
 	for i := range n {
-		if err := a.Publish(ctx, cache.Message{Type: cache.MsgRefresh, ID: fmt.Sprint(i)}); err != nil {
+		if err := a.Publish(ctx, cache.Message{Type: "ping", Body: json.RawMessage(fmt.Sprintf(`{"id":"%d"}`, i))}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -387,7 +389,11 @@ func TestSubscriberLosesNoMessage(t *testing.T) {
 		select {
 		case <-sub.Ready():
 			for m, ok := sub.Next(); ok; m, ok = sub.Next() {
-				got = append(got, m.ID)
+				var body struct{ ID string }
+				if err := json.Unmarshal(m.Body, &body); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, body.ID)
 			}
 		case <-deadline:
 			t.Fatalf("got %d of %d messages", len(got), n)

@@ -70,7 +70,8 @@ type Replica struct {
 	ExpiresAt   time.Time
 	// LastEvent is when it last received a message on the events channel,
 	// on the reader's clock (zero: none since it started), and
-	// LastEventType that message's type (cache.Msg*).
+	// LastEventType that message's type (cache.MsgToken, or a control
+	// message of this package: refresh, refreshed, released).
 	LastEvent     time.Time
 	LastEventType string
 	// Seen is when it wrote this heartbeat, on the reader's clock.

@@ -257,7 +257,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		case <-sub.Ready():
 			// A released lock is worth trying at once; anything else waits
 			// for the timer.
-			if !drainFor(sub, cache.MsgReleased) {
+			if !drainFor(sub, msgReleased) {
 				continue
 			}
 		}
@@ -382,7 +382,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		if err := lock.Release(rctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
 			r.log.Warn("releasing the lock failed; another replica leads once it expires", "error", err)
 		} else {
-			if err := r.store.Publish(rctx, cache.Message{Type: cache.MsgReleased}); err != nil {
+			if err := r.sendMsg(rctx, message{Type: msgReleased}); err != nil {
 				r.log.Debug("announcing the release failed", "error", err)
 			}
 			if reason != endHandedOver {
@@ -513,14 +513,14 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 type leaderState struct {
 	lockValue string
 	sub       *cache.Subscription
-	attempt   int                      // failed attempts in a row, fleet-wide
-	failed    int                      // failed attempts in a row in this term
-	retryAt   time.Time                // no attempt before this
-	pending   []string                 // refresh request ids to answer
-	answered  map[string]cache.Message // recent answers by request id, for repeated requests
-	order     []string                 // ids of answered, oldest first
-	jitter    map[string]float64       // per token value: fraction of Jitter
-	upstream  time.Duration            // time of the last attempt's upstream call; 0 if none
+	attempt   int                // failed attempts in a row, fleet-wide
+	failed    int                // failed attempts in a row in this term
+	retryAt   time.Time          // no attempt before this
+	pending   []string           // refresh request ids to answer
+	answered  map[string]message // recent answers by request id, for repeated requests
+	order     []string           // ids of answered, oldest first
+	jitter    map[string]float64 // per token value: fraction of Jitter
+	upstream  time.Duration      // time of the last attempt's upstream call; 0 if none
 }
 
 // maxAnswered bounds the answers a leader keeps for repeated requests.
@@ -530,7 +530,7 @@ const maxAnswered = 256
 
 // request takes a refresh request: answered again when already answered,
 // else pending for the next attempt.
-func (r *Refresher) request(ctx context.Context, st *leaderState, m cache.Message) {
+func (r *Refresher) request(ctx context.Context, st *leaderState, m message) {
 	if reply, ok := st.answered[m.ID]; ok {
 		r.publish(ctx, reply)
 		return
@@ -543,15 +543,15 @@ func (r *Refresher) request(ctx context.Context, st *leaderState, m cache.Messag
 
 // takeRequests takes the refresh requests waiting in the subscription.
 func (r *Refresher) takeRequests(ctx context.Context, st *leaderState) {
-	for m, ok := st.sub.Next(); ok; m, ok = st.sub.Next() {
-		if m.Type == cache.MsgRefresh {
+	for cm, ok := st.sub.Next(); ok; cm, ok = st.sub.Next() {
+		if m := decode(cm); m.Type == msgRefresh {
 			r.request(ctx, st, m)
 		}
 	}
 }
 
 // answer sends reply to every pending request and remembers it.
-func (r *Refresher) answer(ctx context.Context, st *leaderState, reply cache.Message) {
+func (r *Refresher) answer(ctx context.Context, st *leaderState, reply message) {
 	for _, id := range st.pending {
 		reply.ID = id
 		r.publish(ctx, reply)
@@ -567,8 +567,8 @@ func (r *Refresher) answer(ctx context.Context, st *leaderState, reply cache.Mes
 	}
 }
 
-func (r *Refresher) publish(ctx context.Context, m cache.Message) {
-	if err := r.store.Publish(ctx, m); err != nil {
+func (r *Refresher) publish(ctx context.Context, m message) {
+	if err := r.sendMsg(ctx, m); err != nil {
 		r.log.Debug("answering a refresh request failed; the requester asks again", "error", err)
 	}
 }
@@ -582,7 +582,7 @@ func (r *Refresher) work(ctx context.Context, lockValue string) endReason {
 	timer := r.cfg.Clock.NewTimer(0)
 	defer timer.Stop()
 
-	st := &leaderState{lockValue: lockValue, sub: sub, answered: make(map[string]cache.Message), jitter: make(map[string]float64)}
+	st := &leaderState{lockValue: lockValue, sub: sub, answered: make(map[string]message), jitter: make(map[string]float64)}
 	defer r.abandon(ctx, st)
 	if _, err := r.store.Load(ctx); err != nil && ctx.Err() == nil {
 		r.log.Warn("leader cannot read Redis", "error", err)
@@ -687,7 +687,7 @@ func (r *Refresher) refuseDuringBackoff(ctx context.Context, st *leaderState) {
 	last := r.lastErr
 	r.mu.Unlock()
 	msg := fmt.Sprintf("the last refresh failed (%s); the next attempt is in %v", last, wait.Round(time.Millisecond))
-	r.answer(ctx, st, cache.Message{Type: cache.MsgRefreshed, Error: msg})
+	r.answer(ctx, st, message{Type: msgRefreshed, Error: msg})
 }
 
 // abandon answers the refresh requests still pending when leadership ends,
@@ -700,7 +700,7 @@ func (r *Refresher) abandon(ctx context.Context, st *leaderState) {
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
 	defer cancel()
-	r.answer(pctx, st, cache.Message{Type: cache.MsgRefreshed, Retry: true,
+	r.answer(pctx, st, message{Type: msgRefreshed, Retry: true,
 		Error: "leadership ended before the refresh was done; ask the next leader"})
 }
 
@@ -817,7 +817,7 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 	}
 	took := r.cfg.Clock.Now().Sub(start)
 	outcome := outcomeOf(err, stored)
-	reply := cache.Message{Type: cache.MsgRefreshed}
+	reply := message{Type: msgRefreshed}
 	var retryAfter time.Duration
 	if err != nil {
 		st.attempt++
@@ -1106,13 +1106,14 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 			}
 			resend.Reset(r.cfg.ElectEvery)
 		case <-sub.Ready():
-			for m, ok := sub.Next(); ok; m, ok = sub.Next() {
+			for cm, ok := sub.Next(); ok; cm, ok = sub.Next() {
+				m := decode(cm)
 				switch {
-				case m.Type == cache.MsgRefreshed && m.ID == id && m.Retry,
-					m.Type == cache.MsgReleased:
+				case m.Type == msgRefreshed && m.ID == id && m.Retry,
+					m.Type == msgReleased:
 					// Leadership changed hands: ask the next leader.
 					resend.Reset(0)
-				case m.Type == cache.MsgRefreshed && m.ID == id:
+				case m.Type == msgRefreshed && m.ID == id:
 					if m.Error != "" {
 						return cache.Token{}, fmt.Errorf("%w: %s", ErrRefreshFailed, m.Error)
 					}
@@ -1141,7 +1142,7 @@ func (r *Refresher) send(ctx context.Context, id string) error {
 	if leader == "" {
 		return ErrNoLeader
 	}
-	if err := r.store.Publish(sctx, cache.Message{Type: cache.MsgRefresh, ID: id}); err != nil {
+	if err := r.sendMsg(sctx, message{Type: msgRefresh, ID: id}); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return nil
