@@ -117,7 +117,10 @@ func TestSlowRedisKeepsLeader(t *testing.T) {
 	srv := redistest.StartServer(t)
 	proxy := redistest.NewProxy(t, srv.Addr)
 	keys := cache.KeysFor(redistest.Name(t))
-	tm := timings{lifetime: 3 * time.Second, margin: 300 * time.Millisecond, before: time.Second, lockTTL: time.Second}
+	// The refresh window leaves followers two seconds to read the new token
+	// through the slow Redis: a read may meet a spike, time out, and be
+	// retried by the next poll (200ms).
+	tm := timings{lifetime: 4 * time.Second, margin: 300 * time.Millisecond, before: 2 * time.Second, lockTTL: time.Second}
 	src := &source{lifetime: tm.lifetime}
 	rs := []*replica{startReal(t, log, "a", proxy.Addr, keys, src, tm), startReal(t, log, "b", proxy.Addr, keys, src, tm)}
 	leader := oneLeader(t, rs, 5*time.Second)
