@@ -128,7 +128,7 @@ func printFleet(w io.Writer, f refresher.Fleet, now time.Time) {
 	fmt.Fprintf(w, "leader:    %s\nreplicas:  %d alive, %d ready\n\n", leader, len(f.Replicas), ready)
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "INSTANCE\tREADY\tROLE\tTOKEN\tEXPIRES IN\tLAST EVENT\tHEARTBEAT\tVERSION\tPROBLEM")
+	fmt.Fprintln(tw, "INSTANCE\tREADY\tROLE\tTOKEN\tEXPIRES IN\tLAST EVENT\tHEARTBEAT\tUPSTREAM\tVERSION\tPROBLEM")
 	for _, r := range f.Replicas {
 		role := "follower"
 		if r.Leader {
@@ -142,8 +142,15 @@ func printFleet(w io.Writer, f refresher.Fleet, now time.Time) {
 		if r.LastEventType != "" {
 			event = r.LastEventType + ", " + short(now.Sub(r.LastEvent)) + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\t%s\n", r.Instance, yesNo(r.Ready), role, token, expires,
-			event, short(now.Sub(r.Seen)), dash(r.Version), dash(r.Problem))
+		if r.AsideFor > 0 {
+			role = "aside " + short(r.AsideFor)
+		}
+		upstream := dash(r.Upstream)
+		if r.UpstreamError != "" {
+			upstream += " (" + r.UpstreamError + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\t%s\t%s\n", r.Instance, yesNo(r.Ready), role, token, expires,
+			event, short(now.Sub(r.Seen)), upstream, dash(r.Version), dash(r.Problem))
 	}
 	tw.Flush()
 	if len(f.Replicas) == 0 {

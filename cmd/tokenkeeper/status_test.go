@@ -66,7 +66,7 @@ func TestStatusCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"leader:    " + leader.name, "2 alive, 2 ready", "replica-a", "replica-b", "INSTANCE", "success", "sha256:"} {
+	for _, want := range []string{"leader:    " + leader.name, "2 alive, 2 ready", "replica-a", "replica-b", "INSTANCE", "UPSTREAM", "success", "sha256:"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("status table lacks %q:\n%s", want, table)
 		}
