@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -86,10 +87,11 @@ type HTTPConfig struct {
 	RateBurst int
 }
 
-// Limits on Config's timings.
+// Limits on Config's timings: the packages' own, so that each rule lives
+// in one place.
 const (
-	minLockTTL      = 300 * time.Millisecond
-	minPollInterval = 10 * time.Millisecond
+	minLockTTL      = refresher.MinLockTTL
+	minPollInterval = cache.MinPollInterval
 )
 
 // FieldError is one problem of a Config, naming the field it concerns

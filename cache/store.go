@@ -112,6 +112,9 @@ type Message struct {
 // stores a token.
 const MsgToken = "token"
 
+// MinPollInterval is the shortest poll interval.
+const MinPollInterval = 10 * time.Millisecond
+
 // Store is one replica's view of the shared token. Create it with New and
 // keep it current with Run. All methods are safe for concurrent use.
 type Store struct {
@@ -153,8 +156,8 @@ func New(rdb RedisClient, cfg Config) (*Store, error) {
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 2 * time.Second
 	}
-	if cfg.PollInterval < 10*time.Millisecond {
-		return nil, fmt.Errorf("cache: poll interval %v is shorter than 10ms", cfg.PollInterval)
+	if cfg.PollInterval < MinPollInterval {
+		return nil, fmt.Errorf("cache: poll interval %v is shorter than %v", cfg.PollInterval, MinPollInterval)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()

@@ -103,6 +103,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
+// MinLockTTL is the shortest lock TTL: a renewal gets a quarter of it, a
+// round trip to Redis and a retry included.
+const MinLockTTL = 300 * time.Millisecond
+
 // Refresher runs the election and, while leading, the refresh loop.
 // Create it with New and start it with Run; its other methods are safe to
 // call concurrently with Run.
@@ -147,8 +151,8 @@ func New(cfg Config, rdb RedisClient, store *cache.Store, src Source) (*Refreshe
 	if cfg.LockTTL == 0 {
 		cfg.LockTTL = 10 * time.Second
 	}
-	if cfg.LockTTL < 100*time.Millisecond {
-		return nil, fmt.Errorf("refresher: lock TTL %v is shorter than 100ms", cfg.LockTTL)
+	if cfg.LockTTL < MinLockTTL {
+		return nil, fmt.Errorf("refresher: lock TTL %v is shorter than %v", cfg.LockTTL, MinLockTTL)
 	}
 	if cfg.RenewEvery == 0 {
 		cfg.RenewEvery = cfg.LockTTL / 4
