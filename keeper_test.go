@@ -14,23 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
-)
-
-// Compressed timings: a token lives 20s; the lock 1s.
-const (
-	lifetime = 20 * time.Second
-	margin   = 2 * time.Second
-	before   = 5 * time.Second
-	lockTTL  = time.Second
-	rdpWait  = time.Second
 )
 
 // Two replicas embedded in net/http servers and one `tokenkeeper serve`
@@ -43,42 +31,18 @@ func TestEmbeddedAndServeShareOneFleet(t *testing.T) {
 	if redistest.Real() {
 		srv = redistest.StartServer(t)
 	}
-	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: lifetime}})
-	rdp := httptest.NewServer(fake)
-	t.Cleanup(rdp.Close)
+	fleet := keepertest.New(t, srv)
 
 	var urls []string
 	var keepers []*tokenkeeper.Keeper
 	for _, name := range []string{"embedded-a", "embedded-b"} {
-		opt := *srv.Options
-		refresher.TuneRedis(&opt, lockTTL)
-		rdb := redis.NewClient(&opt)
-		t.Cleanup(func() { rdb.Close() })
-		k, err := tokenkeeper.New(tokenkeeper.Config{
-			Redis: rdb, Instance: name,
-			RDP: &upstream.Config{BaseURL: rdp.URL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
-				DefaultLifetime: lifetime, Timeout: rdpWait},
-			ServeMargin: margin, RefreshBefore: before, LockTTL: lockTTL, PollInterval: 200 * time.Millisecond,
-			HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- k.Run(ctx) }()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("%s: Run: %v", name, err)
-			}
-		})
+		k := fleet.Start(t, name)
 		hs := httptest.NewServer(k.Handler())
 		t.Cleanup(hs.Close)
 		urls = append(urls, hs.URL)
 		keepers = append(keepers, k)
 	}
-	serveURL := startServe(t, srv.Addr, rdp.URL)
+	serveURL := startServe(t, srv.Addr, fleet.RDPURL)
 	urls = append(urls, serveURL)
 
 	var token string
@@ -113,7 +77,7 @@ func TestEmbeddedAndServeShareOneFleet(t *testing.T) {
 	if len(st.Replicas) != 3 {
 		t.Errorf("fleet view lists %d replicas, want 3: %+v", len(st.Replicas), st.Replicas)
 	}
-	if got := fake.Stats().LivenessCalls; got != 1 {
+	if got := fleet.RDP.Stats().LivenessCalls; got != 1 {
 		t.Errorf("upstream liveness calls: got %d, want 1", got)
 	}
 	if tok, ok := keepers[1].Current(tokenkeeper.Name); !ok || tok.Value != token {
@@ -139,17 +103,17 @@ func startServe(t *testing.T, addr, rdpURL string) string {
 	cmd.Env = append(os.Environ(),
 		"TOKENKEEPER_LISTEN="+listen,
 		"TOKENKEEPER_REDIS_URL=redis://"+addr+"/0",
-		"TOKENKEEPER_API_KEYS=reader",
+		"TOKENKEEPER_API_KEYS="+keepertest.ReaderKey,
 		"TOKENKEEPER_INSTANCE_ID=serve-c",
-		fmt.Sprintf("TOKENKEEPER_TOKEN_LIFETIME=%v", lifetime),
-		fmt.Sprintf("TOKENKEEPER_SERVE_MARGIN=%v", margin),
-		fmt.Sprintf("TOKENKEEPER_REFRESH_BEFORE=%v", before),
-		fmt.Sprintf("TOKENKEEPER_LOCK_TTL=%v", lockTTL),
+		fmt.Sprintf("TOKENKEEPER_TOKEN_LIFETIME=%v", keepertest.Lifetime),
+		fmt.Sprintf("TOKENKEEPER_SERVE_MARGIN=%v", keepertest.Margin),
+		fmt.Sprintf("TOKENKEEPER_REFRESH_BEFORE=%v", keepertest.Before),
+		fmt.Sprintf("TOKENKEEPER_LOCK_TTL=%v", keepertest.LockTTL),
 		"TOKENKEEPER_POLL_INTERVAL=200ms",
 		"RDP_BASE_URL="+rdpURL,
 		"RDP_CLIENT_ID="+fakerdp.ClientID,
 		"RDP_CLIENT_SECRET="+fakerdp.ClientSecret,
-		fmt.Sprintf("RDP_TIMEOUT=%v", rdpWait),
+		fmt.Sprintf("RDP_TIMEOUT=%v", keepertest.RDPTimeout),
 	)
 	var logs strings.Builder
 	cmd.Stderr = &logs

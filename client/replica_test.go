@@ -11,50 +11,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/client"
-	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // A real replica (miniredis, the fake upstream) behind a dead endpoint:
 // the client fails over, gets the token the replica serves, and keeps it.
 func TestAgainstReplica(t *testing.T) {
-	const (
-		lifetime = 20 * time.Second
-		lockTTL  = time.Second
-	)
-	srv := redistest.NewMini(t)
-	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: lifetime}})
-	rdp := httptest.NewServer(fake)
-	t.Cleanup(rdp.Close)
-	opt := *srv.Options
-	refresher.TuneRedis(&opt, lockTTL)
-	rdb := redis.NewClient(&opt)
-	t.Cleanup(func() { rdb.Close() })
-	k, err := tokenkeeper.New(tokenkeeper.Config{
-		Redis: rdb, Instance: "client-test",
-		RDP: &upstream.Config{BaseURL: rdp.URL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
-			DefaultLifetime: lifetime, Timeout: time.Second},
-		ServeMargin: 2 * time.Second, RefreshBefore: 5 * time.Second, LockTTL: lockTTL, PollInterval: 200 * time.Millisecond,
-		HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{testKey}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- k.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	k := keepertest.New(t, redistest.NewMini(t)).Start(t, "client-test")
 	var tokenRequests atomic.Int64
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v1/tokens/") {
@@ -72,7 +38,7 @@ func TestAgainstReplica(t *testing.T) {
 		t.Fatalf("the replica serves no token: %v", err)
 	}
 
-	c, err := client.New(client.Config{Endpoints: []string{deadURL(t), hs.URL}, Key: testKey, Margin: 5 * time.Second})
+	c, err := client.New(client.Config{Endpoints: []string{deadURL(t), hs.URL}, Key: keepertest.ReaderKey, Margin: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,8 +54,8 @@ func TestAgainstReplica(t *testing.T) {
 				if tok.Value != served.Value {
 					t.Errorf("got %v, want the replica's %s", tok, served.Fingerprint())
 				}
-				if left := tok.ExpiresIn(time.Now()); left <= 0 || left > lifetime {
-					t.Errorf("token expires in %v, want within (0, %v]", left, lifetime)
+				if left := tok.ExpiresIn(time.Now()); left <= 0 || left > keepertest.Lifetime {
+					t.Errorf("token expires in %v, want within (0, %v]", left, keepertest.Lifetime)
 				}
 			}
 		})

@@ -1087,14 +1087,16 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 	resend := r.cfg.Clock.NewTimer(0)
 	defer resend.Stop()
 	var troubleSince time.Time // since when no leader, or no Redis, was found
+	var askedOf string         // the leader the request was last sent to
 	for {
 		select {
 		case <-ctx.Done():
 			return cache.Token{}, ctx.Err()
 		case <-resend.C():
 			now := r.cfg.Clock.Now()
-			err := r.send(ctx, id)
+			leader, err := r.send(ctx, id)
 			if err == nil {
+				askedOf = leader
 				troubleSince = time.Time{}
 				resend.Reset(r.cfg.LockTTL / 2) // in case the request or its answer was lost
 				continue
@@ -1118,6 +1120,11 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 					// Leadership changed hands: ask the next leader.
 					resend.Reset(0)
 				case m.Type == msgRefreshed && m.ID == id:
+					if m.Error != "" && m.From != askedOf {
+						// A failure from a leader that has since handed
+						// over: the one asked last answers instead.
+						continue
+					}
 					if m.Error != "" {
 						return cache.Token{}, fmt.Errorf("%w: %s", ErrRefreshFailed, m.Error)
 					}
@@ -1136,20 +1143,21 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 }
 
 // send publishes the refresh request id to the leader, if there is one.
-func (r *Refresher) send(ctx context.Context, id string) error {
+// It returns the leader it asked.
+func (r *Refresher) send(ctx context.Context, id string) (string, error) {
 	sctx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL))
 	defer cancel()
 	leader, err := r.Leader(sctx)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if leader == "" {
-		return ErrNoLeader
+		return "", ErrNoLeader
 	}
 	if err := r.sendMsg(sctx, message{Type: msgRefresh, ID: id}); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	return nil
+	return leader, nil
 }
 
 // answered returns the token a successful answer names, reading Redis if
