@@ -336,15 +336,23 @@ func TestKeepsServingWhenRedisLosesDataOrDies(t *testing.T) {
 	}
 }
 
-func TestControlMessagesReachSubscribers(t *testing.T) {
+// subscribedPair returns a store "a" that publishes and a subscription
+// to the messages store "b", running, receives.
+func subscribedPair(t *testing.T) (*fixture, *cache.Store, *cache.Subscription) {
+	t.Helper()
 	f := newFixture(t)
-	ctx := context.Background()
 	a := f.store(t, cache.Config{Instance: "a"})
 	b := f.store(t, cache.Config{Instance: "b"})
 	run(t, b)
 	f.subscribed(t, 1)
 	sub := b.Subscribe()
-	defer sub.Close()
+	t.Cleanup(sub.Close)
+	return f, a, sub
+}
+
+func TestControlMessagesReachSubscribers(t *testing.T) {
+	f, a, sub := subscribedPair(t)
+	ctx := context.Background()
 
 	// A malformed payload is ignored, not fatal.
 	if err := f.rdb.Publish(ctx, f.keys.Events, "{not json").Err(); err != nil {
@@ -368,14 +376,8 @@ func TestControlMessagesReachSubscribers(t *testing.T) {
 // A subscriber that does not read for a while loses nothing: a burst of
 // control messages far larger than any buffer arrives whole and in order.
 func TestSubscriberLosesNoMessage(t *testing.T) {
-	f := newFixture(t)
+	_, a, sub := subscribedPair(t)
 	ctx := context.Background()
-	a := f.store(t, cache.Config{Instance: "a"})
-	b := f.store(t, cache.Config{Instance: "b"})
-	run(t, b)
-	f.subscribed(t, 1)
-	sub := b.Subscribe()
-	defer sub.Close()
 
 	const n = 200
 	for i := range n {

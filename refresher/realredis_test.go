@@ -108,6 +108,20 @@ func anomalies(t *testing.T, rs []*replica, kind string) float64 {
 	return n
 }
 
+// realPair runs replicas a and b on addr and returns them, the leader and
+// the follower, once the follower holds the first token.
+func realPair(t *testing.T, log *slog.Logger, addr string, keys cache.Keys, src refresher.Source, tm timings) (rs []*replica, leader, follower *replica) {
+	t.Helper()
+	rs = []*replica{startReal(t, log, "a", addr, keys, src, tm), startReal(t, log, "b", addr, keys, src, tm)}
+	leader = oneLeader(t, rs, 5*time.Second)
+	follower = rs[0]
+	if follower == leader {
+		follower = rs[1]
+	}
+	testkit.Eventually(t, 3*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
+	return rs, leader, follower
+}
+
 // TestSlowRedisKeepsLeader slows Redis down to round trips of 100ms, with
 // spikes past the client's read timeout: a renewal that times out is
 // retried within the lease, so the leader keeps leading and the fleet
@@ -122,13 +136,7 @@ func TestSlowRedisKeepsLeader(t *testing.T) {
 	// retried by the next poll (200ms).
 	tm := timings{lifetime: 4 * time.Second, margin: 300 * time.Millisecond, before: 2 * time.Second, lockTTL: time.Second}
 	src := &source{lifetime: tm.lifetime}
-	rs := []*replica{startReal(t, log, "a", proxy.Addr, keys, src, tm), startReal(t, log, "b", proxy.Addr, keys, src, tm)}
-	leader := oneLeader(t, rs, 5*time.Second)
-	follower := rs[0]
-	if follower == leader {
-		follower = rs[1]
-	}
-	testkit.Eventually(t, 3*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
+	rs, leader, follower := realPair(t, log, proxy.Addr, keys, src, tm)
 	changes := leadershipChanges(t, rs)
 
 	// Round trips of 100ms (a second at the default 10s lock TTL, where a
@@ -226,13 +234,7 @@ func TestRefreshSurvivesClientPauseWrite(t *testing.T) {
 	keys := cache.KeysFor(redistest.Name(t))
 	tm := timings{lifetime: 30 * time.Second, margin: 300 * time.Millisecond, before: 5 * time.Second, lockTTL: time.Second}
 	src := &source{lifetime: tm.lifetime}
-	rs := []*replica{startReal(t, log, "a", srv.Addr, keys, src, tm), startReal(t, log, "b", srv.Addr, keys, src, tm)}
-	leader := oneLeader(t, rs, 5*time.Second)
-	follower := rs[0]
-	if follower == leader {
-		follower = rs[1]
-	}
-	testkit.Eventually(t, 3*time.Second, "first token", func() bool { _, ok := follower.store.Current(); return ok })
+	rs, _, follower := realPair(t, log, srv.Addr, keys, src, tm)
 	before, _ := follower.store.Current()
 	admin := srv.Client(t)
 
