@@ -388,9 +388,12 @@ func (r *Refresher) recordAttempt(ctx context.Context, a Attempt, inARow int) {
 		return
 	}
 	refreshesKey := r.store.Keys().Refreshes
-	pctx, cancel := context.WithTimeout(ctx, r.cfg.RenewEvery)
+	// Recorded even when leadership has just ended (a fenced attempt, the
+	// lock lost during the call): the fleet's history and the next leader's
+	// backoff need it most then.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RedisTimeout(r.cfg.LockTTL))
 	defer cancel()
-	if err := pushScript.Run(pctx, r.rdb, []string{refreshesKey}, string(b), historySize, historyTTL.Milliseconds()).Err(); err != nil && ctx.Err() == nil {
+	if err := pushScript.Run(pctx, r.rdb, []string{refreshesKey}, string(b), historySize, historyTTL.Milliseconds()).Err(); err != nil {
 		r.log.Debug("recording the refresh attempt in Redis failed", "error", err)
 	}
 }
