@@ -122,7 +122,7 @@ type Store struct {
 	cfg Config
 	log *slog.Logger
 
-	cur     atomic.Pointer[Token]
+	cur     atomic.Pointer[held]
 	inRedis atomic.Bool
 	sealErr atomic.Pointer[error] // last ErrNoKey or ErrDecrypt from Load, nil once a load succeeds
 	loads   atomic.Uint64
@@ -173,6 +173,13 @@ func New(rdb RedisClient, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// held is the token in memory and when the observation it came from was
+// sent to Redis (a read's send, a write's send).
+type held struct {
+	Token
+	seen time.Time
+}
+
 // Keys returns the Redis keys the store uses.
 func (s *Store) Keys() Keys { return s.cfg.Keys }
 
@@ -186,7 +193,7 @@ func (s *Store) Current() (Token, bool) {
 	if t == nil || !t.ServableAt(s.cfg.Clock.Now(), s.cfg.ServeMargin) {
 		return Token{}, false
 	}
-	return *t, true
+	return t.Token, true
 }
 
 // Held returns the token in memory, servable or not, as long as it has
@@ -196,7 +203,7 @@ func (s *Store) Held() (Token, bool) {
 	if t == nil || t.Remaining(s.cfg.Clock.Now()) <= 0 {
 		return Token{}, false
 	}
-	return *t, true
+	return t.Token, true
 }
 
 // Unreadable returns why the token in Redis cannot be read by this replica
@@ -286,7 +293,7 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 		Deadline:  sent.Add(time.Duration(pttl) * time.Millisecond),
 		FetchedAt: sent.Add(-time.Duration(age) * time.Millisecond),
 		Writer:    writer,
-	})
+	}, sent)
 	return true, nil
 }
 
@@ -321,10 +328,14 @@ func (s *Store) runRO(ctx context.Context, script *redis.Script, keys []string, 
 // restart without persistence, a failover to a replica that missed it):
 // that is logged and counted, since an operator must fix its cause.
 func (s *Store) lost(sent time.Time) {
+	t := s.cur.Load()
+	if t != nil && sent.Before(t.seen) {
+		return // a later observation found a token
+	}
 	if !s.inRedis.Swap(false) {
 		return
 	}
-	if t := s.cur.Load(); t != nil && t.Deadline.Sub(sent) > time.Second {
+	if t != nil && t.Deadline.Sub(sent) > time.Second {
 		s.metrics.anomaly(anomalyTokenLost)
 		s.log.Warn("the token vanished from Redis before its expiry: Redis evicted it (check maxmemory-policy: "+
 			"use noeviction or a volatile-* policy), was flushed, or restarted empty; the leader writes it back from memory",
@@ -342,15 +353,29 @@ func (s *Store) LockLost() {
 		"use noeviction or a volatile-* policy), was flushed, or restarted empty", "key", s.cfg.Keys.Lock)
 }
 
-// adopt installs t as the copy in memory. The same token seen again keeps
-// the earlier of the two deadlines, so repeated reads never stretch it.
-func (s *Store) adopt(t Token) {
+// adopt installs t, observed in Redis by a command sent at seen, as the
+// copy in memory. Reads and writes run concurrently and their answers may
+// come back in any order: a different token observed before the one held
+// is older news and is dropped, so an answer that was slow to arrive never
+// takes a replica back to the token it has just replaced. The same token
+// seen again keeps the earlier of the two deadlines, so repeated reads
+// never stretch it.
+func (s *Store) adopt(t Token, seen time.Time) {
+	h := &held{Token: t, seen: seen}
 	for {
 		old := s.cur.Load()
-		if old != nil && old.Value == t.Value && !t.Deadline.Before(old.Deadline) {
+		if old != nil && old.Value != t.Value && seen.Before(old.seen) {
 			return
 		}
-		if s.cur.CompareAndSwap(old, &t) {
+		if old != nil && old.Value == t.Value {
+			if !t.Deadline.Before(old.Deadline) {
+				return
+			}
+			if old.seen.After(seen) {
+				h.seen = old.seen
+			}
+		}
+		if s.cur.CompareAndSwap(old, h) {
 			if old == nil || old.Value != t.Value {
 				s.log.Info("token adopted", "fingerprint", t.Fingerprint(),
 					"expires_in", t.Remaining(s.cfg.Clock.Now()).Round(time.Second), "writer", t.Writer)
@@ -414,7 +439,9 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	switch code {
 	case 1:
 		s.inRedis.Store(true)
-		s.adopt(t)
+		// Seen when the answer came: a read sent before then either ran
+		// before the write (older news) or shows this token.
+		s.adopt(t, s.cfg.Clock.Now())
 		return t, nil
 	case 0:
 		return Token{}, ErrFenced
@@ -542,18 +569,20 @@ func (s *Store) Run(ctx context.Context) error {
 	defer ps.Close()
 	msgs := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
 
-	poll := s.cfg.Clock.NewTicker(s.cfg.PollInterval)
-	defer poll.Stop()
-
 	s.loadLogged(ctx)
 	s.noteReadiness()
+
+	// The catch-up poll runs beside the events: when Redis is slow, a poll
+	// in flight must not hold back the read an event asks for. adopt keeps
+	// their answers in order.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.pollEvery(ctx) })
+
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-poll.C():
-			s.pollLogged(ctx)
-			s.noteReadiness()
 		case m, ok := <-msgs:
 			if !ok {
 				return ctx.Err()
@@ -569,6 +598,21 @@ func (s *Store) Run(ctx context.Context) error {
 			case *redis.Message:
 				s.handle(ctx, m.Payload)
 			}
+		}
+	}
+}
+
+// pollEvery polls every PollInterval until ctx ends.
+func (s *Store) pollEvery(ctx context.Context) {
+	poll := s.cfg.Clock.NewTicker(s.cfg.PollInterval)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-poll.C():
+			s.pollLogged(ctx)
+			s.noteReadiness()
 		}
 	}
 }

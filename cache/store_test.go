@@ -491,3 +491,75 @@ func TestLogsSayWhenServingStops(t *testing.T) {
 		t.Error("Current past the serve margin: got a token")
 	}
 }
+
+// heldAnswer is a go-redis hook that, once armed, holds back the answer
+// of the next script that succeeds until released: the command has run in
+// Redis, its answer is late.
+type heldAnswer struct {
+	armed   bool
+	held    chan struct{} // closed once an answer is held
+	release chan struct{}
+}
+
+func (h *heldAnswer) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *heldAnswer) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if h.armed && err == nil && strings.HasPrefix(cmd.Name(), "eval") {
+			h.armed = false
+			close(h.held)
+			<-h.release
+		}
+		return err
+	}
+}
+
+func (h *heldAnswer) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A read whose answer arrives after a newer token was written must not
+// take the replica back to the token it replaced: with Redis slow, reads
+// and writes overlap all the time.
+func TestLateReadNeverTakesTheTokenBack(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.lock(t, "holder")
+	h := &heldAnswer{held: make(chan struct{}), release: make(chan struct{})}
+	rdb := f.srv.Client(t)
+	rdb.AddHook(h)
+	s, err := cache.New(rdb, cache.Config{ServeMargin: time.Second, Keys: f.keys, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if _, err := s.Write(ctx, cache.Write{LockValue: "holder", Value: "tok-1", Deadline: now.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+
+	h.armed = true
+	loaded := make(chan error, 1)
+	go func() {
+		_, err := s.Load(ctx)
+		loaded <- err
+	}()
+	<-h.held // the read has seen tok-1; its answer is on its way
+	if _, err := s.Write(ctx, cache.Write{LockValue: "holder", Value: "tok-2", Deadline: now.Add(2 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	close(h.release)
+	if err := <-loaded; err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := s.Current(); !ok || got.Value != "tok-2" {
+		t.Fatalf("after the late read: serving %q (%v), want tok-2", got.Value, ok)
+	}
+	// A read sent after the write sees tok-2 and keeps it.
+	if _, err := s.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Current(); got.Value != "tok-2" {
+		t.Fatalf("after a fresh read: serving %q, want tok-2", got.Value)
+	}
+}
