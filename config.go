@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -24,7 +25,14 @@ type Config struct {
 	// a lock renewal can be retried before the lock expires. The Keeper
 	// never closes it.
 	Redis Redis
-	// Source fetches new tokens. Either Source or RDP is required.
+	// Tokens is the catalog: the tokens the fleet keeps, each with its own
+	// source, lock, leader and timings. Empty: the fleet keeps one token,
+	// Name ("liveness"), from Source or RDP with the timings below, which
+	// are also the defaults of every token's zero timings.
+	Tokens []TokenConfig
+
+	// Source fetches new tokens. Without Tokens, either Source or RDP is
+	// required.
 	Source Source
 	// RDP configures the RDP liveness client as the Source, with sign-ons
 	// capped fleet-wide at AuthPerMinute. Ignored when Source is set.
@@ -69,6 +77,27 @@ type Config struct {
 	// /metrics serves the HTTP face's own with the Go collectors.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+
+	// single is set by applyDefaults when Tokens was empty: the catalog is
+	// the one token of the fields above, and errors name those fields.
+	single bool
+}
+
+// TokenConfig is one token of the catalog (Config.Tokens).
+type TokenConfig struct {
+	// Name is the token's name in the routes and its Redis keys:
+	// [a-z0-9][a-z0-9-]{0,39}, unique.
+	Name string
+	// Source fetches it; or RDP configures the RDP client as its Source.
+	// One of them is required.
+	Source Source
+	RDP    *upstream.Config
+	// Optional tokens do not hold back readiness (GET /readyz).
+	Optional bool
+	// ServeMargin, RefreshBefore and AuthPerMinute are as Config's, which
+	// are the defaults of a zero value.
+	ServeMargin, RefreshBefore time.Duration
+	AuthPerMinute              int
 }
 
 // HTTPConfig configures the HTTP face.
@@ -77,8 +106,10 @@ type HTTPConfig struct {
 	// and ask for a refresh (without them the admin routes do not exist);
 	// MetricsKeys, when set, guard /metrics.
 	ReaderKeys, AdminKeys, MetricsKeys []string
-	// AllowAnonymous lets requests without a key read the token. Without
-	// it, ReaderKeys or AdminKeys are required.
+	// Keys are further keys, each with a role and the tokens it may use.
+	Keys []httpapi.Key
+	// AllowAnonymous lets requests without a key read the tokens. Without
+	// it, ReaderKeys or AdminKeys (or Keys) are required.
 	AllowAnonymous bool
 	// RateLimit, when positive, is how many requests per second each key
 	// may make to this replica, with bursts of RateBurst (default twice
@@ -110,19 +141,16 @@ func (e *FieldError) Error() string { return "tokenkeeper: " + e.Field + ": " + 
 // checked before anything is connected.
 func (c Config) Validate() error {
 	c.applyDefaults()
-	return errors.Join(c.check()...)
+	return errors.Join(c.check(false)...)
 }
 
 // setDefaults fills in the defaults and returns every problem of cfg at
 // once, each naming its field.
 func (c *Config) setDefaults() error {
 	c.applyDefaults()
-	errs := c.check()
+	errs := c.check(true)
 	if c.Redis == nil {
 		errs = append(errs, &FieldError{"Redis", "is required"})
-	}
-	if c.Source == nil && c.RDP == nil {
-		errs = append(errs, &FieldError{"Source", "is required (or RDP)"})
 	}
 	return errors.Join(errs...)
 }
@@ -155,11 +183,24 @@ func (c *Config) applyDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if len(c.Tokens) == 0 {
+		c.single = true
+		c.Tokens = []TokenConfig{{Name: Name, Source: c.Source, RDP: c.RDP}}
+	}
+	for i := range c.Tokens {
+		t := &c.Tokens[i]
+		def(&t.ServeMargin, c.ServeMargin)
+		def(&t.RefreshBefore, c.RefreshBefore)
+		if t.AuthPerMinute == 0 {
+			t.AuthPerMinute = c.AuthPerMinute
+		}
+	}
 }
 
-// check returns every problem of c's values; the one place the rules
-// between settings live.
-func (c *Config) check() []error {
+// check returns every problem of c's values, and with needSource of
+// tokens that have no source; the one place the rules between settings
+// live.
+func (c *Config) check(needSource bool) []error {
 	var errs []error
 	fail := func(field, format string, args ...any) {
 		errs = append(errs, &FieldError{field, fmt.Sprintf(format, args...)})
@@ -191,30 +232,91 @@ func (c *Config) check() []error {
 	if c.AuthPerMinute < 1 {
 		fail("AuthPerMinute", "%d must be at least 1", c.AuthPerMinute)
 	}
-	if c.RDP != nil && c.Source == nil {
-		lifetime := c.RDP.DefaultLifetime
-		if lifetime == 0 {
-			lifetime = upstream.DefaultLifetime
+	seen := make(map[string]int, len(c.Tokens))
+	for i, t := range c.Tokens {
+		field := func(name string) string {
+			if c.single {
+				return name
+			}
+			return fmt.Sprintf("Tokens[%d].%s", i, name)
 		}
-		timeout := c.RDP.Timeout
-		if timeout == 0 {
-			timeout = upstream.DefaultTimeout
+		if j, dup := seen[t.Name]; dup {
+			fail(field("Name"), "%q is also the name of Tokens[%d]", t.Name, j)
 		}
-		if c.ServeMargin > 0 && c.ServeMargin >= lifetime {
-			fail("ServeMargin", "%v must be shorter than RDP.DefaultLifetime (%v)", c.ServeMargin, lifetime)
-		} else if c.RefreshBefore > 0 && c.RefreshBefore+c.ServeMargin >= lifetime {
-			fail("RefreshBefore", "%v plus ServeMargin (%v) must be shorter than RDP.DefaultLifetime (%v)", c.RefreshBefore, c.ServeMargin, lifetime)
-		}
-		// A token's life counts from when its request was sent, and the
-		// answer may take up to the timeout: with a margin no longer than
-		// that, a token could arrive with less life than the margin and be
-		// refused however often it is fetched.
-		if c.ServeMargin > 0 && timeout > 0 && c.ServeMargin <= timeout {
-			fail("ServeMargin", "%v must be longer than RDP.Timeout (%v): a token fetched with less life left than the margin is refused, so the margin must cover the longest upstream call", c.ServeMargin, timeout)
+		seen[t.Name] = i
+		errs = append(errs, t.check(field, !c.single, needSource)...)
+	}
+	if len(c.HTTP.ReaderKeys) == 0 && len(c.HTTP.AdminKeys) == 0 && len(c.HTTP.Keys) == 0 && !c.HTTP.AllowAnonymous {
+		fail("HTTP.ReaderKeys", "is required (or HTTP.AllowAnonymous)")
+	}
+	return errs
+}
+
+// validName is the rule for token names: [a-z0-9][a-z0-9-]{0,39}.
+func validName(s string) bool {
+	if s == "" || len(s) > 40 || s[0] == '-' {
+		return false
+	}
+	for _, r := range s {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '-' {
+			return false
 		}
 	}
-	if len(c.HTTP.ReaderKeys) == 0 && len(c.HTTP.AdminKeys) == 0 && !c.HTTP.AllowAnonymous {
-		fail("HTTP.ReaderKeys", "is required (or HTTP.AllowAnonymous)")
+	return true
+}
+
+// check returns every problem of one token, each naming its field as
+// field names it. own is false when its timings are Config's, checked
+// there; needSource asks for a Source or RDP.
+func (t TokenConfig) check(field func(string) string, own, needSource bool) []error {
+	var errs []error
+	fail := func(name, format string, args ...any) {
+		errs = append(errs, &FieldError{field(name), fmt.Sprintf(format, args...)})
+	}
+	if !validName(t.Name) {
+		fail("Name", "%q is not a token name: 1 to 40 of a-z, 0-9 and -, not starting with -", t.Name)
+	}
+	if own {
+		for _, d := range []struct {
+			name string
+			v    time.Duration
+		}{{"ServeMargin", t.ServeMargin}, {"RefreshBefore", t.RefreshBefore}} {
+			if d.v < 0 {
+				fail(d.name, "%v must not be negative", d.v)
+			}
+		}
+		if t.AuthPerMinute < 1 {
+			fail("AuthPerMinute", "%d must be at least 1", t.AuthPerMinute)
+		}
+	}
+	if t.Source != nil {
+		return errs
+	}
+	if t.RDP == nil {
+		if needSource {
+			fail("Source", "is required (or RDP)")
+		}
+		return errs
+	}
+	lifetime := t.RDP.DefaultLifetime
+	if lifetime == 0 {
+		lifetime = upstream.DefaultLifetime
+	}
+	timeout := t.RDP.Timeout
+	if timeout == 0 {
+		timeout = upstream.DefaultTimeout
+	}
+	if t.ServeMargin > 0 && t.ServeMargin >= lifetime {
+		fail("ServeMargin", "%v must be shorter than %s (%v)", t.ServeMargin, field("RDP.DefaultLifetime"), lifetime)
+	} else if t.RefreshBefore > 0 && t.RefreshBefore+t.ServeMargin >= lifetime {
+		fail("RefreshBefore", "%v plus %s (%v) must be shorter than %s (%v)", t.RefreshBefore, field("ServeMargin"), t.ServeMargin, field("RDP.DefaultLifetime"), lifetime)
+	}
+	// A token's life counts from when its request was sent, and the answer
+	// may take up to the timeout: with a margin no longer than that, a
+	// token could arrive with less life than the margin and be refused
+	// however often it is fetched.
+	if t.ServeMargin > 0 && timeout > 0 && t.ServeMargin <= timeout {
+		fail("ServeMargin", "%v must be longer than %s (%v): a token fetched with less life left than the margin is refused, so the margin must cover the longest upstream call", t.ServeMargin, field("RDP.Timeout"), timeout)
 	}
 	return errs
 }

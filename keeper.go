@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -19,9 +20,9 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
-// Name is the name of the one token a Keeper keeps today: the liveness
-// token. Current, Token and Refresh answer ErrUnknownToken for any other.
-const Name = "liveness"
+// Name is the name of the one token a Keeper keeps without a catalog
+// (Config.Tokens): the liveness token.
+const Name = httpapi.DefaultName
 
 // Errors of the Keeper's methods. Check them with errors.Is.
 var (
@@ -61,17 +62,25 @@ type Redis interface {
 	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
 }
 
-// Keeper is one replica of a fleet that shares one token through Redis:
-// it serves the token from memory, takes part in the election, and while
-// it leads fetches the next token before the current one expires. Create
-// it with New, start it with Run, and mount Handler in an HTTP server (or
-// call Serve). Its methods are safe for concurrent use.
+// Keeper is one replica of a fleet that shares tokens through Redis: it
+// serves each token of its catalog from memory, takes part in each
+// token's election, and while it leads one fetches that token's next
+// value before the current one expires. Create it with New, start it with
+// Run, and mount Handler in an HTTP server (or call Serve). Its methods
+// are safe for concurrent use.
 type Keeper struct {
-	cfg   Config
-	log   *slog.Logger
+	cfg    Config
+	log    *slog.Logger
+	tokens []*kept
+	byName map[string]*kept
+	api    *httpapi.Server
+}
+
+// kept is one token of the catalog as this replica keeps it.
+type kept struct {
+	cfg   TokenConfig
 	store *cache.Store
 	ref   *refresher.Refresher
-	api   *httpapi.Server
 }
 
 // New validates cfg, reporting every problem at once, and returns a
@@ -80,85 +89,120 @@ func New(cfg Config) (*Keeper, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	keys := cache.KeysFor(Name)
-	store, err := cache.New(cfg.Redis, cache.Config{
-		Keys: keys, ServeMargin: cfg.ServeMargin, PollInterval: cfg.PollInterval,
-		Instance: cfg.Instance, Logger: cfg.Logger, Keyring: cfg.Keyring, Registerer: cfg.Registerer,
-	})
-	if err != nil {
-		return nil, err
-	}
-	src := cfg.Source
-	if src == nil {
-		budget, err := refresher.NewAuthBudget(cfg.Redis, keys.Auth, cfg.AuthPerMinute)
+	k := &Keeper{cfg: cfg, log: cfg.Logger, byName: make(map[string]*kept, len(cfg.Tokens))}
+	served := make([]httpapi.Token, 0, len(cfg.Tokens))
+	for _, tc := range cfg.Tokens {
+		t, err := k.keep(tc)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("tokenkeeper: token %s: %w", tc.Name, err)
 		}
-		ucfg := *cfg.RDP
-		ucfg.BeforeAuth = budget.Take
-		if ucfg.Logger == nil {
-			ucfg.Logger = cfg.Logger
-		}
-		if ucfg.Registerer == nil {
-			ucfg.Registerer = cfg.Registerer
-		}
-		client, err := upstream.New(ucfg)
-		if err != nil {
-			return nil, err
-		}
-		src = client
+		k.tokens = append(k.tokens, t)
+		k.byName[tc.Name] = t
+		served = append(served, httpapi.Token{Name: tc.Name, Optional: tc.Optional, Source: t.store})
 	}
-	ref, err := refresher.New(refresher.Config{
-		Instance: cfg.Instance, LockTTL: cfg.LockTTL, RefreshBefore: cfg.RefreshBefore,
-		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: cfg.Logger,
-		HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
-		Version: cfg.Version, Registerer: cfg.Registerer,
-	}, cfg.Redis, store, src)
-	if err != nil {
-		return nil, err
-	}
-	k := &Keeper{cfg: cfg, log: cfg.Logger, store: store, ref: ref}
 	h := cfg.HTTP
+	var err error
 	k.api, err = httpapi.New(httpapi.Config{
 		Instance: cfg.Instance, ReaderKeys: h.ReaderKeys, AdminKeys: h.AdminKeys, MetricsKeys: h.MetricsKeys,
-		AllowAnonymous: h.AllowAnonymous, Logger: cfg.Logger, Registerer: cfg.Registerer, Gatherer: cfg.Gatherer,
-		RateLimit: h.RateLimit, RateBurst: h.RateBurst,
-	}, store, controller{k})
+		Keys: h.Keys, AllowAnonymous: h.AllowAnonymous, Logger: cfg.Logger, Registerer: cfg.Registerer,
+		Gatherer: cfg.Gatherer, RateLimit: h.RateLimit, RateBurst: h.RateBurst,
+	}, served, controller{k})
 	if err != nil {
 		return nil, err
 	}
 	return k, nil
 }
 
+// keep builds the store and refresher of one token, on its own keys, with
+// its metrics labelled with its name (token="liveness" without a catalog).
+func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
+	cfg := k.cfg
+	reg := cfg.Registerer
+	if reg != nil {
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"token": tc.Name}, reg)
+	}
+	log := cfg.Logger
+	if !cfg.single {
+		log = log.With("token", tc.Name)
+	}
+	keys := cache.KeysFor(tc.Name)
+	store, err := cache.New(cfg.Redis, cache.Config{
+		Keys: keys, ServeMargin: tc.ServeMargin, PollInterval: cfg.PollInterval,
+		Instance: cfg.Instance, Logger: log, Keyring: cfg.Keyring, Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	src, err := source(tc, cfg.Redis, keys, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	ref, err := refresher.New(refresher.Config{
+		Instance: cfg.Instance, LockTTL: cfg.LockTTL, RefreshBefore: tc.RefreshBefore,
+		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
+		HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
+		Version: cfg.Version, Registerer: reg,
+	}, cfg.Redis, store, src)
+	if err != nil {
+		return nil, err
+	}
+	return &kept{cfg: tc, store: store, ref: ref}, nil
+}
+
+// source returns tc's Source: its own, or a client of its upstream with
+// sign-ons capped fleet-wide.
+func source(tc TokenConfig, rdb Redis, keys cache.Keys, log *slog.Logger, reg prometheus.Registerer) (Source, error) {
+	if tc.Source != nil {
+		return tc.Source, nil
+	}
+	budget, err := refresher.NewAuthBudget(rdb, keys.Auth, tc.AuthPerMinute)
+	if err != nil {
+		return nil, err
+	}
+	ucfg := *tc.RDP
+	ucfg.BeforeAuth = budget.Take
+	if ucfg.Logger == nil {
+		ucfg.Logger = log
+	}
+	if ucfg.Registerer == nil {
+		ucfg.Registerer = reg
+	}
+	return upstream.New(ucfg)
+}
+
 // Instance is the name of this replica.
 func (k *Keeper) Instance() string { return k.cfg.Instance }
 
-// Run keeps the token until ctx ends: it follows Redis, takes part in the
-// election and refreshes while leading, and writes this replica's
-// heartbeat. When ctx ends it releases the lock if it held it (another
-// replica leads within milliseconds) and returns nil; it returns early
-// with the error of a part that failed.
+// Run keeps the tokens until ctx ends: it follows Redis, takes part in
+// each token's election and refreshes the tokens it leads, and writes
+// this replica's heartbeats. When ctx ends it releases the locks it held
+// (another replica leads within milliseconds) and returns nil; it returns
+// early with the error of a part that failed.
 func (k *Keeper) Run(ctx context.Context) error {
-	// The store follows Redis until Run returns, so that the token stays
+	// The stores follow Redis until Run returns, so that the tokens stay
 	// current while leadership is handed over.
 	follow, stopFollowing := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopFollowing()
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 3*len(k.tokens))
 	part := func(ctx context.Context, name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				errs <- fmt.Errorf("%s: %w", name, err)
 			}
-		}()
+		})
 	}
 	lead, stopLeading := context.WithCancel(ctx)
 	defer stopLeading()
-	part(follow, "cache", k.store.Run)
-	part(lead, "refresher", k.ref.Run)
-	part(lead, "heartbeat", k.ref.Heartbeat)
+	for _, t := range k.tokens {
+		prefix := ""
+		if !k.cfg.single {
+			prefix = t.cfg.Name + ": "
+		}
+		part(follow, prefix+"cache", t.store.Run)
+		part(lead, prefix+"refresher", t.ref.Run)
+		part(lead, prefix+"heartbeat", t.ref.Heartbeat)
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -170,28 +214,39 @@ func (k *Keeper) Run(ctx context.Context) error {
 	return err
 }
 
+// Names lists the tokens the Keeper keeps, in the catalog's order.
+func (k *Keeper) Names() []string {
+	out := make([]string, len(k.tokens))
+	for i, t := range k.tokens {
+		out[i] = t.cfg.Name
+	}
+	return out
+}
+
 // Current returns the named token if this replica may serve it now. It
 // never touches Redis.
 func (k *Keeper) Current(name string) (Token, bool) {
-	if name != Name {
+	t := k.byName[name]
+	if t == nil {
 		return Token{}, false
 	}
-	return k.store.Current()
+	return t.store.Current()
 }
 
 // Token returns the named token, waiting until this replica holds a
 // servable one or ctx ends.
 func (k *Keeper) Token(ctx context.Context, name string) (Token, error) {
-	if name != Name {
+	t := k.byName[name]
+	if t == nil {
 		return Token{}, fmt.Errorf("%w: %q", ErrUnknownToken, name)
 	}
-	sub := k.store.Subscribe()
+	sub := t.store.Subscribe()
 	defer sub.Close()
 	tick := time.NewTicker(k.cfg.PollInterval)
 	defer tick.Stop()
 	for {
-		if t, ok := k.store.Current(); ok {
-			return t, nil
+		if tok, ok := t.store.Current(); ok {
+			return tok, nil
 		}
 		select {
 		case <-ctx.Done():
@@ -204,30 +259,67 @@ func (k *Keeper) Token(ctx context.Context, name string) (Token, error) {
 	}
 }
 
-// Refresh asks the leader, whichever replica it is, to fetch a new token
-// now and returns it once this replica holds it. See ErrNoLeader,
-// ErrRefreshFailed and ErrUnavailable.
+// Refresh asks the leader of the named token, whichever replica it is, to
+// fetch a new one now and returns it once this replica holds it. See
+// ErrNoLeader, ErrRefreshFailed and ErrUnavailable.
 func (k *Keeper) Refresh(ctx context.Context, name string) (Token, error) {
-	if name != Name {
+	t := k.byName[name]
+	if t == nil {
 		return Token{}, fmt.Errorf("%w: %q", ErrUnknownToken, name)
 	}
-	return k.ref.Refresh(ctx)
+	return t.ref.Refresh(ctx)
 }
 
-// Status is the fleet as this replica sees it. It never holds a token.
-type Status = refresher.Status
+// Status is the fleet as this replica sees it, token by token. The
+// embedded status is the first token's. It never holds a token.
+type Status struct {
+	refresher.Status
+	Tokens []TokenStatus
+}
 
-// Status reports the fleet as this replica sees it: the leader, every
-// replica's heartbeat, the last refreshes. Without Redis it reports this
-// replica's own view, and an error saying why.
-func (k *Keeper) Status(ctx context.Context) (Status, error) { return k.ref.Status(ctx) }
+// TokenStatus is one token's fleet as this replica sees it.
+type TokenStatus struct {
+	Name     string
+	Optional bool
+	refresher.Status
+}
 
-// IsLeader reports whether this replica leads now.
-func (k *Keeper) IsLeader() bool { return k.ref.IsLeader() }
+// Status reports the fleet as this replica sees it: for each token, the
+// leader, every replica's heartbeat, the last refreshes. Without Redis it
+// reports this replica's own view, and an error saying why.
+func (k *Keeper) Status(ctx context.Context) (Status, error) {
+	var out Status
+	var errs []error
+	for _, t := range k.tokens {
+		s, err := t.ref.Status(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.cfg.Name, err))
+		}
+		out.Tokens = append(out.Tokens, TokenStatus{Name: t.cfg.Name, Optional: t.cfg.Optional, Status: s})
+	}
+	out.Status = out.Tokens[0].Status
+	return out, errors.Join(errs...)
+}
 
-// Handler is the HTTP face: GET /v1/tokens/liveness, /healthz, /readyz,
-// /metrics, and with admin keys /v1/status, /status and POST
-// /v1/tokens/liveness/refresh. Mount it in any server or router.
+// IsLeader reports whether this replica leads any token now.
+func (k *Keeper) IsLeader() bool {
+	for _, t := range k.tokens {
+		if t.ref.IsLeader() {
+			return true
+		}
+	}
+	return false
+}
+
+// Leads reports whether this replica leads the named token now.
+func (k *Keeper) Leads(name string) bool {
+	t := k.byName[name]
+	return t != nil && t.ref.IsLeader()
+}
+
+// Handler is the HTTP face: GET /v1/tokens, /v1/tokens/{name}, /healthz,
+// /readyz, /metrics, and with admin keys /v1/status, /status and POST
+// /v1/tokens/{name}/refresh. Mount it in any server or router.
 func (k *Keeper) Handler() http.Handler { return k.api.Handler() }
 
 // Serve serves Handler on ln with the limits a public listener needs
@@ -243,12 +335,22 @@ func (k *Keeper) Drain() { k.api.Drain() }
 type controller struct{ k *Keeper }
 
 func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
-	s, err := c.k.ref.Status(ctx)
+	s, err := c.k.Status(ctx)
 	out := httpapi.Status{
 		Instance: s.Instance, Leader: s.Leader, IsLeader: s.IsLeader, Ready: s.Ready,
 		TokenFingerprint: s.TokenFingerprint, ExpiresAt: s.ExpiresAt,
 		LastRefresh: s.LastRefresh, NextRefresh: s.NextRefresh, LastError: s.LastError,
 		Replicas: apiReplicas(s.Replicas), Refreshes: apiRefreshes(s.Refreshes),
+	}
+	if !c.k.cfg.single {
+		for _, t := range s.Tokens {
+			out.Tokens = append(out.Tokens, httpapi.TokenStatus{
+				Name: t.Name, Required: !t.Optional, Leader: t.Leader, IsLeader: t.IsLeader, Ready: t.Ready,
+				TokenFingerprint: t.TokenFingerprint, ExpiresAt: t.ExpiresAt,
+				LastRefresh: t.LastRefresh, NextRefresh: t.NextRefresh, LastError: t.LastError,
+				Refreshes: apiRefreshes(t.Refreshes),
+			})
+		}
 	}
 	if err != nil {
 		// The replica's own view is still worth showing without Redis.
@@ -257,8 +359,8 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 	return out, nil
 }
 
-func (c controller) Refresh(ctx context.Context) (cache.Token, error) {
-	t, err := c.k.ref.Refresh(ctx)
+func (c controller) Refresh(ctx context.Context, name string) (cache.Token, error) {
+	t, err := c.k.Refresh(ctx, name)
 	if errors.Is(err, refresher.ErrNoLeader) || errors.Is(err, refresher.ErrUnavailable) {
 		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -23,48 +24,72 @@ const (
 	grantMetrics
 )
 
-// keySet holds the SHA-256 digests of the configured keys of one kind.
-type keySet [][sha256.Size]byte
+// keySet holds the SHA-256 digests of the configured keys of one role,
+// each with the tokens it may use.
+type keySet struct {
+	digests [][sha256.Size]byte
+	scopes  []scope // by digest; nil: every token
+}
 
-// newKeySet digests keys, rejecting those no client could present. A key
-// written as DigestPrefix and 64 hex digits is taken as a digest already.
-// env names the setting the keys come from, for the message; keys are
-// never quoted.
+// newKeySet digests keys, rejecting those no client could present. env
+// names the setting the keys come from, for the message; keys are never
+// quoted.
 func newKeySet(env string, keys []string) (keySet, error) {
-	ks := make(keySet, 0, len(keys))
+	var ks keySet
 	for i, k := range keys {
-		switch {
-		case k == "":
-			return nil, fmt.Errorf("httpapi: %s: key %d of %d is empty", env, i+1, len(keys))
-		case strings.TrimSpace(k) != k:
-			return nil, fmt.Errorf("httpapi: %s: key %d of %d has leading or trailing white space", env, i+1, len(keys))
-		case strings.ContainsFunc(k, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-			return nil, fmt.Errorf("httpapi: %s: key %d of %d contains a control character", env, i+1, len(keys))
+		d, err := parseKey(k)
+		if err != nil {
+			return keySet{}, fmt.Errorf("httpapi: %s: key %d of %d %v", env, i+1, len(keys), err)
 		}
-		if hexDigest, ok := strings.CutPrefix(k, DigestPrefix); ok {
-			var d [sha256.Size]byte
-			if len(hexDigest) != hex.EncodedLen(sha256.Size) {
-				return nil, fmt.Errorf("httpapi: %s: key %d of %d starts with %q but is not followed by 64 hex digits", env, i+1, len(keys), DigestPrefix)
-			}
-			if _, err := hex.Decode(d[:], []byte(hexDigest)); err != nil {
-				return nil, fmt.Errorf("httpapi: %s: key %d of %d starts with %q but is not followed by 64 hex digits", env, i+1, len(keys), DigestPrefix)
-			}
-			ks = append(ks, d)
-			continue
-		}
-		ks = append(ks, sha256.Sum256([]byte(k)))
+		ks.add(d, nil)
 	}
 	return ks, nil
 }
 
-// has reports whether digest is one of the set's. It compares against every
-// key, whatever matches, so the time taken depends only on the set's size.
-func (ks keySet) has(digest *[sha256.Size]byte) bool {
-	match := 0
-	for i := range ks {
-		match |= subtle.ConstantTimeCompare(digest[:], ks[i][:])
+func (ks *keySet) add(d [sha256.Size]byte, sc scope) {
+	ks.digests = append(ks.digests, d)
+	ks.scopes = append(ks.scopes, sc)
+}
+
+// parseKey returns the digest of a configured key, or why no client could
+// present it. A key written as DigestPrefix and 64 hex digits is taken as
+// a digest already.
+func parseKey(k string) ([sha256.Size]byte, error) {
+	var d [sha256.Size]byte
+	switch {
+	case k == "":
+		return d, errors.New("is empty")
+	case strings.TrimSpace(k) != k:
+		return d, errors.New("has leading or trailing white space")
+	case strings.ContainsFunc(k, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return d, errors.New("contains a control character")
 	}
-	return match == 1
+	hexDigest, ok := strings.CutPrefix(k, DigestPrefix)
+	if !ok {
+		return sha256.Sum256([]byte(k)), nil
+	}
+	if len(hexDigest) != hex.EncodedLen(sha256.Size) {
+		return d, fmt.Errorf("starts with %q but is not followed by 64 hex digits", DigestPrefix)
+	}
+	if _, err := hex.Decode(d[:], []byte(hexDigest)); err != nil {
+		return d, fmt.Errorf("starts with %q but is not followed by 64 hex digits", DigestPrefix)
+	}
+	return d, nil
+}
+
+// match reports whether digest is one of the set's, and that key's scope.
+// It compares against every key, whatever matches, so the time taken
+// depends only on the set's size.
+func (ks keySet) match(digest *[sha256.Size]byte) (bool, scope) {
+	found := -1
+	for i := range ks.digests {
+		eq := subtle.ConstantTimeCompare(digest[:], ks.digests[i][:])
+		found = subtle.ConstantTimeSelect(eq, i, found)
+	}
+	if found < 0 {
+		return false, nil
+	}
+	return true, ks.scopes[found]
 }
 
 // credential returns the key a request presents: the token of an
@@ -87,25 +112,48 @@ func credential(h http.Header) (key string, presented bool) {
 	return "", presented
 }
 
+// who is what a request's key may do.
+type who struct {
+	g         grant
+	scopes    [3]scope // of the matching key, by role: reader, admin, metrics
+	digest    [sha256.Size]byte
+	presented bool // a key header was there, even if unusable
+}
+
+// allows reports whether one of the roles in need that the key holds may
+// use the token at index.
+func (w *who) allows(need grant, index int) bool {
+	for i, role := range [...]grant{grantReader, grantAdmin, grantMetrics} {
+		if need&w.g&role != 0 && w.scopes[i].allows(index) {
+			return true
+		}
+	}
+	return false
+}
+
 // authenticate returns the roles among want of the key the request
-// presents (none for an unknown key), its digest, and whether it presented
-// one at all. Only the key sets of the roles in want are searched.
-func (s *Server) authenticate(h http.Header, want grant) (g grant, digest [sha256.Size]byte, presented bool) {
+// presents (none for an unknown key), with their scopes. Only the key
+// sets of the roles in want are searched.
+func (s *Server) authenticate(h http.Header, want grant) (w who) {
 	key, presented := credential(h)
+	w.presented = presented
 	if key == "" {
-		return 0, digest, presented
+		return w
 	}
-	digest = digestOf(key)
-	if want&grantReader != 0 && s.readerKeys.has(&digest) {
-		g |= grantReader
+	w.digest = digestOf(key)
+	for i, set := range [...]struct {
+		role grant
+		keys *keySet
+	}{{grantReader, &s.readerKeys}, {grantAdmin, &s.adminKeys}, {grantMetrics, &s.metricsKeys}} {
+		if want&set.role == 0 {
+			continue
+		}
+		if ok, sc := set.keys.match(&w.digest); ok {
+			w.g |= set.role
+			w.scopes[i] = sc
+		}
 	}
-	if want&grantAdmin != 0 && s.adminKeys.has(&digest) {
-		g |= grantAdmin
-	}
-	if want&grantMetrics != 0 && s.metricsKeys.has(&digest) {
-		g |= grantMetrics
-	}
-	return g, digest, true
+	return w
 }
 
 // digestOf is the SHA-256 of key. Keys of usual length are hashed from a
@@ -125,15 +173,35 @@ func digestOf(key string) [sha256.Size]byte {
 // here; over the rate, errRateLimited. anonymous admits requests that
 // present no key at all, limited per client address.
 func (s *Server) authorize(r *http.Request, need grant, anonymous bool) error {
-	g, digest, presented := s.authenticate(r.Header, need|grantReader|grantAdmin)
+	w := s.authenticate(r.Header, need|grantReader|grantAdmin)
+	return s.admit(r, &w, need, anonymous)
+}
+
+func (s *Server) admit(r *http.Request, w *who, need grant, anonymous bool) error {
 	switch {
-	case g&need != 0:
-		return s.limits.allowKey(&digest)
-	case !presented && anonymous:
+	case w.g&need != 0:
+		return s.limits.allowKey(&w.digest)
+	case !w.presented && anonymous:
 		return s.limits.allowAddr(r.RemoteAddr)
-	case g != 0:
+	case w.g != 0:
 		return errForbidden
 	default:
 		return errUnauthorized
 	}
+}
+
+// authorizeToken is authorize for a route of one token, t (nil when the
+// name is not kept). A key that may not use t gets the same 404 as for a
+// name that does not exist, so that a key cannot learn the names of
+// tokens outside its scope. The key is checked before the name: without a
+// valid key no name can be told from another.
+func (s *Server) authorizeToken(r *http.Request, need grant, anonymous bool, t *served) error {
+	w := s.authenticate(r.Header, need|grantReader|grantAdmin)
+	if err := s.admit(r, &w, need, anonymous); err != nil {
+		return err
+	}
+	if t == nil || (w.g&need != 0 && !w.allows(need, t.index)) {
+		return errUnknownToken
+	}
+	return nil
 }

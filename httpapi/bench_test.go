@@ -42,7 +42,7 @@ func benchServer(b *testing.B) (http.Handler, *http.Request) {
 		Instance:   "bench",
 		ReaderKeys: []string{"another-key-0000000000000000000000000000000", key},
 		AdminKeys:  []string{"admin-key-000000000000000000000000000000000"},
-	}, tokens, &fakeController{})
+	}, httpapi.Single(tokens), &fakeController{})
 	if err != nil {
 		b.Fatal(err)
 	}

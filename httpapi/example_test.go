@@ -22,7 +22,7 @@ func Example() {
 		Instance:   "replica-1",
 		ReaderKeys: []string{"reader-key"},
 		Now:        func() time.Time { return now },
-	}, tokens, nil) // no admin keys: no Controller needed
+	}, httpapi.Single(tokens), nil) // no admin keys: no Controller needed
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -47,7 +47,7 @@ func (f *fakeController) Status(ctx context.Context) (httpapi.Status, error) {
 	return f.status, f.statusErr
 }
 
-func (f *fakeController) Refresh(ctx context.Context) (cache.Token, error) {
+func (f *fakeController) Refresh(ctx context.Context, _ string) (cache.Token, error) {
 	f.refreshes.Add(1)
 	if f.started != nil {
 		f.once.Do(func() { close(f.started) })

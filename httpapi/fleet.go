@@ -85,3 +85,47 @@ func (st *Status) fleetUTC() {
 		r.At, r.ExpiresAt = utc(r.At), utc(r.ExpiresAt)
 	}
 }
+
+// TokenStatus is one token of the catalog in GET /v1/status
+// (Status.Tokens). It never holds the token itself.
+type TokenStatus struct {
+	Name string `json:"name"`
+	// Required is whether /readyz waits for it.
+	Required bool `json:"required"`
+	// Leader is the replica holding this token's lock; IsLeader whether
+	// that is this one.
+	Leader   string `json:"leader,omitempty"`
+	IsLeader bool   `json:"is_leader"`
+	// Ready is whether this replica holds it servable.
+	Ready            bool      `json:"ready"`
+	TokenFingerprint string    `json:"token_fingerprint,omitempty"`
+	ExpiresAt        time.Time `json:"expires_at,omitzero"`
+	// ExpiresIn is computed by the server, as Status.ExpiresIn.
+	ExpiresIn   int64     `json:"expires_in"`
+	LastRefresh time.Time `json:"last_refresh,omitzero"`
+	NextRefresh time.Time `json:"next_refresh,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	// Refreshes are its last refresh attempts, newest first.
+	Refreshes []Refresh `json:"refreshes"`
+}
+
+// tokensUTC shows the tokens' times in UTC and fills in their expires_in
+// at now.
+func (st *Status) tokensUTC(now time.Time) {
+	for i := range st.Tokens {
+		t := &st.Tokens[i]
+		t.ExpiresIn = 0
+		if !t.ExpiresAt.IsZero() {
+			t.ExpiresIn = expiresIn(t.ExpiresAt, now)
+			t.ExpiresAt = expiresAt(t.ExpiresAt)
+		}
+		t.LastRefresh, t.NextRefresh = utc(t.LastRefresh), utc(t.NextRefresh)
+		if t.Refreshes == nil {
+			t.Refreshes = []Refresh{}
+		}
+		for j := range t.Refreshes {
+			r := &t.Refreshes[j]
+			r.At, r.ExpiresAt = utc(r.At), utc(r.ExpiresAt)
+		}
+	}
+}

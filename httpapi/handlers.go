@@ -17,20 +17,16 @@ import (
 // getToken answers GET /v1/tokens/:name. The key is checked before the
 // name, so that without a key no name can be told from another.
 func (s *Server) getToken(c echo.Context, now time.Time) error {
-	if err := s.authorize(c.Request(), grantReader|grantAdmin, s.anonymous); err != nil {
+	t := s.catalog.byName[c.Param("name")]
+	if err := s.authorizeToken(c.Request(), grantReader|grantAdmin, s.anonymous, t); err != nil {
 		return err
 	}
-	if c.Param("name") != tokenName {
-		return errUnknownToken
-	}
-	tok, ok := s.tokens.Current()
-	// Current promises a servable token; refusing one past its deadline
-	// as well costs a comparison and keeps invariant 2 local.
-	if !ok || tok.Value == "" || !now.Before(tok.Deadline) {
+	tok, ok := t.current(now)
+	if !ok {
 		return errNoToken
 	}
 	bp := getBuf()
-	b := append((*bp)[:0], s.tokenHead(tok.Value, tok.Deadline)...)
+	b := append((*bp)[:0], t.head(tok.Value, tok.Deadline)...)
 	b = strconv.AppendInt(b, expiresIn(tok.Deadline, now), 10)
 	b = append(b, "}\n"...)
 	s.writeJSON(c, http.StatusOK, b)
@@ -48,17 +44,54 @@ type encodedToken struct {
 	head     []byte // read-only once stored
 }
 
-// tokenHead returns the token route's answer for value and deadline up to
-// expires_in's value. The token changes about once an hour, so it is
-// encoded once per token and shared by the reads that follow.
-func (s *Server) tokenHead(value string, deadline time.Time) []byte {
-	if e := s.encoded.Load(); e != nil && e.value == value && e.deadline.Equal(deadline) {
+// head returns the token route's answer for value and deadline up to
+// expires_in's value. A token changes about once a lifetime, so it is
+// encoded once and shared by the reads that follow.
+func (t *served) head(value string, deadline time.Time) []byte {
+	if e := t.encoded.Load(); e != nil && e.value == value && e.deadline.Equal(deadline) {
 		return e.head
 	}
 	e := &encodedToken{value: value, deadline: deadline}
-	e.head = appendTokenJSON(nil, tokenName, value, deadline)
-	s.encoded.Store(e) // a racing store is harmless: each read uses the answer it checked or built
+	e.head = appendTokenJSON(nil, t.Name, value, deadline)
+	t.encoded.Store(e) // a racing store is harmless: each read uses the answer it checked or built
 	return e.head
+}
+
+// listed is one token in GET /v1/tokens: never its value.
+type listed struct {
+	Name      string    `json:"name"`
+	Ready     bool      `json:"ready"`
+	Required  bool      `json:"required"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	ExpiresIn int64     `json:"expires_in"`
+}
+
+// listTokens answers GET /v1/tokens: the tokens the key may read, with
+// whether this replica may serve each now and until when; never a value.
+func (s *Server) listTokens(c echo.Context, now time.Time) error {
+	w := s.authenticate(c.Request().Header, grantReader|grantAdmin)
+	if err := s.admit(c.Request(), &w, grantReader|grantAdmin, s.anonymous); err != nil {
+		return err
+	}
+	out := struct {
+		Tokens []listed `json:"tokens"`
+	}{Tokens: make([]listed, 0, len(s.catalog.order))}
+	for _, t := range s.catalog.order {
+		if w.g != 0 && !w.allows(grantReader|grantAdmin, t.index) {
+			continue
+		}
+		l := listed{Name: t.Name, Required: !t.Optional}
+		if tok, ok := t.current(now); ok {
+			l.Ready, l.ExpiresAt, l.ExpiresIn = true, expiresAt(tok.Deadline), expiresIn(tok.Deadline, now)
+		}
+		out.Tokens = append(out.Tokens, l)
+	}
+	body, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	s.writeJSON(c, http.StatusOK, append(body, '\n'))
+	return nil
 }
 
 // getHealth answers GET /healthz: the process runs.
@@ -67,13 +100,27 @@ func (s *Server) getHealth(c echo.Context, _ time.Time) error {
 	return nil
 }
 
-// getReady answers GET /readyz: 200 only while a servable token is held.
+// getReady answers GET /readyz: 200 while every token that is not
+// optional is servable; with ?token=NAME, while that one is. An unknown
+// name gets the same 503 as a token not ready: /readyz is open to anyone,
+// and must not tell which names exist.
 func (s *Server) getReady(c echo.Context, now time.Time) error {
 	if s.draining.Load() {
 		return errNotReady
 	}
-	if tok, ok := s.tokens.Current(); !ok || tok.Value == "" || !now.Before(tok.Deadline) {
-		return errNotReady
+	if name := c.QueryParam("token"); name != "" {
+		if t := s.catalog.byName[name]; t == nil {
+			return errNotReady
+		} else if _, ok := t.current(now); !ok {
+			return errNotReady
+		}
+		s.writeJSON(c, http.StatusOK, readyBody)
+		return nil
+	}
+	for _, t := range s.catalog.order {
+		if _, ok := t.current(now); !ok && !t.Optional {
+			return errNotReady
+		}
 	}
 	s.writeJSON(c, http.StatusOK, readyBody)
 	return nil
@@ -86,7 +133,7 @@ func (s *Server) metricsHandler() handlerFunc {
 		ErrorLog:      promLogger{s.log},
 		ErrorHandling: promhttp.ContinueOnError,
 	})
-	open := len(s.metricsKeys) == 0
+	open := len(s.metricsKeys.digests) == 0
 	return func(c echo.Context, _ time.Time) error {
 		if !open {
 			if err := s.authorize(c.Request(), grantMetrics|grantAdmin, false); err != nil {
@@ -127,7 +174,9 @@ func (s *Server) getStatus(c echo.Context, _ time.Time) error {
 	st.LastRefresh = utc(st.LastRefresh)
 	st.NextRefresh = utc(st.NextRefresh)
 	st.fleetUTC()
-	st.GeneratedAt = utc(s.now())
+	now := s.now()
+	st.tokensUTC(now)
+	st.GeneratedAt = utc(now)
 	body, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -149,23 +198,21 @@ func utc(t time.Time) time.Time {
 // leader for a new token and waits for it up to RefreshTimeout. The answer
 // names the new token's expiry and fingerprint, never the token.
 func (s *Server) postRefresh(c echo.Context, _ time.Time) error {
-	if err := s.authorize(c.Request(), grantAdmin, false); err != nil {
+	t := s.catalog.byName[c.Param("name")]
+	if err := s.authorizeToken(c.Request(), grantAdmin, false, t); err != nil {
 		return err
-	}
-	if c.Param("name") != tokenName {
-		return errUnknownToken
 	}
 	reqCtx := c.Request().Context()
 	ctx, cancel := context.WithTimeout(reqCtx, s.refreshTimeout)
 	defer cancel()
-	tok, err := s.ctl.Refresh(ctx)
+	tok, err := s.ctl.Refresh(ctx, t.Name)
 	if err != nil {
 		return s.controlError(reqCtx, ctx, "refresh", err)
 	}
 	s.log.Debug("httpapi: refresh done", "fingerprint", tok.Fingerprint(), "deadline", tok.Deadline)
 	bp := getBuf()
 	b := append((*bp)[:0], `{"name":`...)
-	b = appendJSONString(b, tokenName)
+	b = appendJSONString(b, t.Name)
 	b = append(b, `,"fingerprint":`...)
 	b = appendJSONString(b, tok.Fingerprint())
 	b = appendExpiresAt(b, tok.Deadline)

@@ -20,8 +20,8 @@ func (nopTokens) Current() (cache.Token, bool) { return cache.Token{}, false }
 
 type nopController struct{}
 
-func (nopController) Status(context.Context) (Status, error)       { return Status{}, nil }
-func (nopController) Refresh(context.Context) (cache.Token, error) { return cache.Token{}, nil }
+func (nopController) Status(context.Context) (Status, error)               { return Status{}, nil }
+func (nopController) Refresh(context.Context, string) (cache.Token, error) { return cache.Token{}, nil }
 
 // openAPIDoc is the part of the OpenAPI document the tests read.
 type openAPIDoc struct {
@@ -58,7 +58,7 @@ var echoParam = regexp.MustCompile(`:([A-Za-z0-9_]+)`)
 // registers (admin routes on) is described, and every described route is
 // registered, with the same methods.
 func TestOpenAPIDescribesEveryRoute(t *testing.T) {
-	s, err := New(Config{ReaderKeys: []string{"r"}, AdminKeys: []string{"a"}}, nopTokens{}, nopController{})
+	s, err := New(Config{ReaderKeys: []string{"r"}, AdminKeys: []string{"a"}}, Single(nopTokens{}), nopController{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,9 +100,11 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 func TestOpenAPISchemasMatchTypes(t *testing.T) {
 	doc := loadOpenAPI(t)
 	for name, typ := range map[string]reflect.Type{
-		"Status":  reflect.TypeFor[Status](),
-		"Replica": reflect.TypeFor[Replica](),
-		"Refresh": reflect.TypeFor[Refresh](),
+		"Status":      reflect.TypeFor[Status](),
+		"Replica":     reflect.TypeFor[Replica](),
+		"Refresh":     reflect.TypeFor[Refresh](),
+		"TokenStatus": reflect.TypeFor[TokenStatus](),
+		"ListedToken": reflect.TypeFor[listed](),
 	} {
 		schema, ok := doc.Components.Schemas[name]
 		if !ok {
@@ -134,7 +136,7 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 }
 
 func TestOpenAPIServed(t *testing.T) {
-	s, err := New(Config{ReaderKeys: []string{"r"}}, nopTokens{}, nil)
+	s, err := New(Config{ReaderKeys: []string{"r"}}, Single(nopTokens{}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +168,7 @@ func TestStatusPage(t *testing.T) {
 			if tt.admin != nil {
 				ctl = nopController{}
 			}
-			s, err := New(Config{ReaderKeys: []string{"r"}, AdminKeys: tt.admin}, nopTokens{}, ctl)
+			s, err := New(Config{ReaderKeys: []string{"r"}, AdminKeys: tt.admin}, Single(nopTokens{}), ctl)
 			if err != nil {
 				t.Fatal(err)
 			}

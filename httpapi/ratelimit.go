@@ -39,7 +39,7 @@ func newLimits(perSecond float64, burst int, sets ...keySet) *limits {
 		addrs: make(map[string]*rate.Limiter),
 	}
 	for _, ks := range sets {
-		for _, d := range ks {
+		for _, d := range ks.digests {
 			if l.keys[d] == nil {
 				l.keys[d] = rate.NewLimiter(l.every, l.burst)
 			}

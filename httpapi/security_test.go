@@ -42,7 +42,7 @@ func TestDigestKeys(t *testing.T) {
 
 func TestBadDigestKeysAreRefused(t *testing.T) {
 	for _, k := range []string{"sha256:", "sha256:abcd", "sha256:" + strings.Repeat("z", 64), "sha256:" + strings.Repeat("a", 66)} {
-		_, err := httpapi.New(httpapi.Config{ReaderKeys: []string{k}}, &fakeTokens{}, nil)
+		_, err := httpapi.New(httpapi.Config{ReaderKeys: []string{k}}, httpapi.Single(&fakeTokens{}), nil)
 		if err == nil {
 			t.Fatalf("key %q: got nil error", k)
 		}
@@ -95,7 +95,7 @@ func TestRateLimitOffByDefault(t *testing.T) {
 			t.Fatalf("read %d: got %d, want 200", i+1, got)
 		}
 	}
-	if _, err := httpapi.New(httpapi.Config{ReaderKeys: []string{"k"}, RateLimit: -1}, &fakeTokens{}, nil); err == nil {
+	if _, err := httpapi.New(httpapi.Config{ReaderKeys: []string{"k"}, RateLimit: -1}, httpapi.Single(&fakeTokens{}), nil); err == nil {
 		t.Fatal("negative rate: got nil error")
 	}
 }

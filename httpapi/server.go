@@ -22,7 +22,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/cache"
 )
 
-// Tokens gives the token this replica may serve now.
+// Tokens gives one token this replica may serve now.
 type Tokens interface {
 	// Current returns the token if it is servable now (not within the serve
 	// margin of expiry). It is called on every read: it must be fast, must
@@ -37,13 +37,13 @@ type Controller interface {
 	// ErrUnavailable answer 503 with Retry-After (Config.RetryAfter),
 	// others 500; admins see their message.
 	Status(ctx context.Context) (Status, error)
-	// Refresh asks the leader (whichever replica it is) to fetch a new token
-	// now and blocks until the new token is stored or ctx ends. Returns the
-	// new token. Errors wrapping ErrUnavailable answer 503 with Retry-After
+	// Refresh asks the leader of the named token (whichever replica it is)
+	// to fetch a new one now and blocks until it is stored or ctx ends.
+	// Returns the new token. Errors wrapping ErrUnavailable answer 503 with Retry-After
 	// (Config.RetryAfter), others 502; once ctx's deadline
 	// (Config.RefreshTimeout) has passed, 504. Admins see the message, so it
 	// must not hold secrets.
-	Refresh(ctx context.Context) (cache.Token, error)
+	Refresh(ctx context.Context, name string) (cache.Token, error)
 }
 
 // Status is what GET /v1/status answers, as JSON with the field names in
@@ -78,6 +78,9 @@ type Status struct {
 	// last refresh attempts of any leader, newest first.
 	Replicas  []Replica `json:"replicas"`
 	Refreshes []Refresh `json:"refreshes"`
+	// Tokens are every token of the catalog, in its order; the fields
+	// above describe the first.
+	Tokens []TokenStatus `json:"tokens,omitempty"`
 	// GeneratedAt is when the server answered, on its clock (Config.Now):
 	// a client subtracts it from the other times to get durations without
 	// comparing its own clock with the server's. The server sets it.
@@ -103,6 +106,9 @@ type Config struct {
 	// MetricsKeys, when set, are needed (or an admin key) to read
 	// /metrics. Default: none, /metrics is open.
 	MetricsKeys []string
+	// Keys are further keys, each with its role and the tokens it may use
+	// (a catalog's keys).
+	Keys []Key
 	// Now is the clock used for expires_in. Default: time.Now.
 	Now func() time.Time
 	// Logger receives the server's logs. Default: none are written.
@@ -149,14 +155,11 @@ const (
 	writeTimeoutSlack = 10 * time.Second
 )
 
-// tokenName is the one token tokenkeeper keeps.
-const tokenName = "liveness"
-
 // Server is the HTTP API of one replica. Its methods are safe for
 // concurrent use.
 type Server struct {
 	instance        string
-	tokens          Tokens
+	catalog         catalog
 	ctl             Controller
 	now             func() time.Time
 	fakeClock       bool // now is not time.Now
@@ -172,29 +175,35 @@ type Server struct {
 	retryAfterValue []string
 	instanceValue   []string
 	metrics         *metrics
-	encoded         atomic.Pointer[encodedToken]
 	gatherer        prometheus.Gatherer
 	echo            *echo.Echo
 	handler         http.Handler
 }
 
-// New builds a Server that serves the token tokens gives and asks ctl for
-// the admin routes. ctl may be nil when cfg has no admin keys. It rejects a
+// New builds a Server that serves tokens and asks ctl for the admin
+// routes. ctl may be nil when cfg has no admin keys. It rejects a
 // configuration with no reader key and no explicit anonymous reads, and
 // keys no client could present (empty, padded with white space).
-func New(cfg Config, tokens Tokens, ctl Controller) (*Server, error) {
-	if tokens == nil {
-		return nil, errors.New("httpapi: Tokens is nil")
+func New(cfg Config, tokens []Token, ctl Controller) (*Server, error) {
+	cat, err := newCatalog(tokens)
+	if err != nil {
+		return nil, err
 	}
-	if len(cfg.ReaderKeys) == 0 && !cfg.AllowAnonymous {
+	admin := len(cfg.AdminKeys) > 0
+	reader := len(cfg.ReaderKeys) > 0
+	for _, k := range cfg.Keys {
+		admin = admin || k.Role == RoleAdmin
+		reader = reader || k.Role == RoleReader || k.Role == ""
+	}
+	if !reader && !cfg.AllowAnonymous {
 		return nil, errors.New("httpapi: no reader keys: set TOKENKEEPER_API_KEYS, or allow anonymous reads explicitly")
 	}
-	if len(cfg.AdminKeys) > 0 && ctl == nil {
+	if admin && ctl == nil {
 		return nil, errors.New("httpapi: TOKENKEEPER_ADMIN_KEYS is set but there is no Controller for the admin routes")
 	}
 	s := &Server{
 		instance:        cfg.Instance,
-		tokens:          tokens,
+		catalog:         cat,
 		ctl:             ctl,
 		now:             cfg.Now,
 		log:             cfg.Logger,
@@ -203,14 +212,7 @@ func New(cfg Config, tokens Tokens, ctl Controller) (*Server, error) {
 		shutdownTimeout: cfg.ShutdownTimeout,
 		gatherer:        cfg.Gatherer,
 	}
-	var err error
-	if s.readerKeys, err = newKeySet("TOKENKEEPER_API_KEYS", cfg.ReaderKeys); err != nil {
-		return nil, err
-	}
-	if s.adminKeys, err = newKeySet("TOKENKEEPER_ADMIN_KEYS", cfg.AdminKeys); err != nil {
-		return nil, err
-	}
-	if s.metricsKeys, err = newKeySet("TOKENKEEPER_METRICS_KEYS", cfg.MetricsKeys); err != nil {
+	if err := s.keys(cfg); err != nil {
 		return nil, err
 	}
 	switch {
@@ -283,9 +285,48 @@ func New(cfg Config, tokens Tokens, ctl Controller) (*Server, error) {
 		return nil, err
 	}
 
-	s.echo = s.routes(len(cfg.AdminKeys) > 0)
+	s.echo = s.routes(admin)
 	s.handler = http.HandlerFunc(s.serveHTTP)
 	return s, nil
+}
+
+// keys digests cfg's keys into the server's key sets, with their scopes.
+func (s *Server) keys(cfg Config) error {
+	var err error
+	if s.readerKeys, err = newKeySet("TOKENKEEPER_API_KEYS", cfg.ReaderKeys); err != nil {
+		return err
+	}
+	if s.adminKeys, err = newKeySet("TOKENKEEPER_ADMIN_KEYS", cfg.AdminKeys); err != nil {
+		return err
+	}
+	if s.metricsKeys, err = newKeySet("TOKENKEEPER_METRICS_KEYS", cfg.MetricsKeys); err != nil {
+		return err
+	}
+	for i, k := range cfg.Keys {
+		name := k.Name
+		if name == "" {
+			name = fmt.Sprintf("%d of %d", i+1, len(cfg.Keys))
+		}
+		d, err := parseKey(k.Value)
+		if err != nil {
+			return fmt.Errorf("httpapi: key %s %v", name, err)
+		}
+		sc, err := newScope(s.catalog, k.Tokens)
+		if err != nil {
+			return fmt.Errorf("httpapi: key %s %v", name, err)
+		}
+		switch k.Role {
+		case RoleReader, "":
+			s.readerKeys.add(d, sc)
+		case RoleAdmin:
+			s.adminKeys.add(d, sc)
+		case RoleMetrics:
+			s.metricsKeys.add(d, sc)
+		default:
+			return fmt.Errorf("httpapi: key %s: unknown role %q (reader, admin or metrics)", name, k.Role)
+		}
+	}
+	return nil
 }
 
 // handlerFunc is a route handler. now is the request's time on the
@@ -309,6 +350,7 @@ func (s *Server) routes(admin bool) *echo.Echo {
 	add := func(method, pattern string, h handlerFunc) {
 		e.Add(method, pattern, limit(s.instrument(pattern, h)))
 	}
+	add(http.MethodGet, "/v1/tokens", s.listTokens)
 	add(http.MethodGet, "/v1/tokens/:name", s.getToken)
 	add(http.MethodGet, "/healthz", s.getHealth)
 	add(http.MethodGet, "/readyz", s.getReady)

@@ -58,7 +58,7 @@ func newEnv(t *testing.T, mod func(*httpapi.Config)) *env {
 	if mod != nil {
 		mod(&cfg)
 	}
-	srv, err := httpapi.New(cfg, ev.tokens, ev.ctl)
+	srv, err := httpapi.New(cfg, httpapi.Single(ev.tokens), ev.ctl)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -398,7 +398,7 @@ func TestAdminOff(t *testing.T) {
 		t.Errorf("Refresh called %d times, want 0", got)
 	}
 	// A nil Controller is fine without admin keys.
-	if _, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}}, ev.tokens, nil); err != nil {
+	if _, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}}, httpapi.Single(ev.tokens), nil); err != nil {
 		t.Errorf("New without admin keys or Controller: %v", err)
 	}
 }
@@ -747,7 +747,7 @@ func TestNew(t *testing.T) {
 		{"empty admin key", httpapi.Config{ReaderKeys: []string{"a"}, AdminKeys: []string{""}}, tokens, ctl, "TOKENKEEPER_ADMIN_KEYS: key 1 of 1 is empty"},
 		{"empty metrics key", httpapi.Config{ReaderKeys: []string{"a"}, MetricsKeys: []string{""}}, tokens, ctl, "TOKENKEEPER_METRICS_KEYS: key 1 of 1 is empty"},
 		{"admin keys without controller", httpapi.Config{ReaderKeys: []string{"a"}, AdminKeys: []string{"b"}}, tokens, nil, "TOKENKEEPER_ADMIN_KEYS"},
-		{"nil tokens", httpapi.Config{ReaderKeys: []string{"a"}}, nil, ctl, "Tokens is nil"},
+		{"nil tokens", httpapi.Config{ReaderKeys: []string{"a"}}, nil, ctl, "has no source"},
 		{"negative refresh timeout", httpapi.Config{ReaderKeys: []string{"a"}, RefreshTimeout: -1}, tokens, ctl, "RefreshTimeout"},
 		{"negative retry after", httpapi.Config{ReaderKeys: []string{"a"}, RetryAfter: -1}, tokens, ctl, "RetryAfter"},
 		{"negative shutdown timeout", httpapi.Config{ReaderKeys: []string{"a"}, ShutdownTimeout: -1}, tokens, ctl, "ShutdownTimeout"},
@@ -756,7 +756,7 @@ func TestNew(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := httpapi.New(tt.cfg, tt.tokens, tt.ctl)
+			_, err := httpapi.New(tt.cfg, httpapi.Single(tt.tokens), tt.ctl)
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Fatalf("New: %v, want no error", err)
@@ -775,7 +775,7 @@ func TestSharedRegistry(t *testing.T) {
 	tokens.set(cache.Token{Value: tokenValue, Deadline: time.Now().Add(time.Hour)}, true)
 	var handlers []http.Handler
 	for range 2 {
-		srv, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Registerer: reg}, tokens, nil)
+		srv, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Registerer: reg}, httpapi.Single(tokens), nil)
 		if err != nil {
 			t.Fatalf("New on a shared registry: %v", err)
 		}
@@ -934,7 +934,7 @@ func TestMetricsRegistries(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Registerer: tt.reg, Gatherer: tt.gath}, &fakeTokens{}, nil)
+			srv, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Registerer: tt.reg, Gatherer: tt.gath}, httpapi.Single(&fakeTokens{}), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
