@@ -88,10 +88,13 @@ type TokenConfig struct {
 	// Name is the token's name in the routes and its Redis keys:
 	// [a-z0-9][a-z0-9-]{0,39}, unique.
 	Name string
-	// Source fetches it; or RDP configures the RDP client as its Source.
-	// One of them is required.
+	// Source fetches it; or RDP configures the RDP client, or OAuth2 a
+	// client-credentials client of any OAuth2 token endpoint, as its
+	// Source, with sign-ons capped fleet-wide at AuthPerMinute. One of
+	// them is required.
 	Source Source
 	RDP    *upstream.Config
+	OAuth2 *upstream.OAuth2Config
 	// Optional tokens do not hold back readiness (GET /readyz).
 	Optional bool
 	// ServeMargin, RefreshBefore and AuthPerMinute are as Config's, which
@@ -289,34 +292,41 @@ func (t TokenConfig) check(field func(string) string, own, needSource bool) []er
 			fail("AuthPerMinute", "%d must be at least 1", t.AuthPerMinute)
 		}
 	}
-	if t.Source != nil {
+	var lifetime, timeout time.Duration
+	prefix := "RDP."
+	switch {
+	case t.Source != nil:
 		return errs
-	}
-	if t.RDP == nil {
+	case t.RDP != nil && t.OAuth2 != nil:
+		fail("OAuth2", "and RDP are two sources: give one")
+		return errs
+	case t.RDP != nil:
+		lifetime, timeout = t.RDP.DefaultLifetime, t.RDP.Timeout
+	case t.OAuth2 != nil:
+		lifetime, timeout, prefix = t.OAuth2.DefaultLifetime, t.OAuth2.Timeout, "OAuth2."
+	default:
 		if needSource {
-			fail("Source", "is required (or RDP)")
+			fail("Source", "is required (or RDP, or OAuth2)")
 		}
 		return errs
 	}
-	lifetime := t.RDP.DefaultLifetime
 	if lifetime == 0 {
 		lifetime = upstream.DefaultLifetime
 	}
-	timeout := t.RDP.Timeout
 	if timeout == 0 {
 		timeout = upstream.DefaultTimeout
 	}
 	if t.ServeMargin > 0 && t.ServeMargin >= lifetime {
-		fail("ServeMargin", "%v must be shorter than %s (%v)", t.ServeMargin, field("RDP.DefaultLifetime"), lifetime)
+		fail("ServeMargin", "%v must be shorter than %s (%v)", t.ServeMargin, field(prefix+"DefaultLifetime"), lifetime)
 	} else if t.RefreshBefore > 0 && t.RefreshBefore+t.ServeMargin >= lifetime {
-		fail("RefreshBefore", "%v plus %s (%v) must be shorter than %s (%v)", t.RefreshBefore, field("ServeMargin"), t.ServeMargin, field("RDP.DefaultLifetime"), lifetime)
+		fail("RefreshBefore", "%v plus %s (%v) must be shorter than %s (%v)", t.RefreshBefore, field("ServeMargin"), t.ServeMargin, field(prefix+"DefaultLifetime"), lifetime)
 	}
 	// A token's life counts from when its request was sent, and the answer
 	// may take up to the timeout: with a margin no longer than that, a
 	// token could arrive with less life than the margin and be refused
 	// however often it is fetched.
 	if t.ServeMargin > 0 && timeout > 0 && t.ServeMargin <= timeout {
-		fail("ServeMargin", "%v must be longer than %s (%v): a token fetched with less life left than the margin is refused, so the margin must cover the longest upstream call", t.ServeMargin, field("RDP.Timeout"), timeout)
+		fail("ServeMargin", "%v must be longer than %s (%v): a token fetched with less life left than the margin is refused, so the margin must cover the longest upstream call", t.ServeMargin, field(prefix+"Timeout"), timeout)
 	}
 	return errs
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -141,12 +142,33 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		Instance: cfg.Instance, LockTTL: cfg.LockTTL, RefreshBefore: tc.RefreshBefore,
 		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
 		HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
-		Version: cfg.Version, Registerer: reg,
+		Version: cfg.Version, Registerer: reg, Yield: k.yield(),
 	}, cfg.Redis, store, src)
 	if err != nil {
 		return nil, err
 	}
 	return &kept{cfg: tc, store: store, ref: ref}, nil
+}
+
+// yield spreads leadership over the fleet when it keeps several tokens: a
+// replica that sees a token's lock free waits a little before standing, a
+// quarter of the lock TTL for each token it leads already (at most half
+// the TTL), plus up to an eighth at random, so that one that leads fewer
+// takes the lock first. A fleet of one token stands at once.
+func (k *Keeper) yield() func() time.Duration {
+	if k.cfg.single {
+		return nil
+	}
+	ttl := k.cfg.LockTTL
+	return func() time.Duration {
+		led := 0
+		for _, t := range k.tokens {
+			if t.ref.IsLeader() {
+				led++
+			}
+		}
+		return min(time.Duration(led)*ttl/4, ttl/2) + rand.N(ttl/8)
+	}
 }
 
 // source returns tc's Source: its own, or a client of its upstream with
@@ -158,6 +180,17 @@ func source(tc TokenConfig, rdb Redis, keys cache.Keys, log *slog.Logger, reg pr
 	budget, err := refresher.NewAuthBudget(rdb, keys.Auth, tc.AuthPerMinute)
 	if err != nil {
 		return nil, err
+	}
+	if tc.OAuth2 != nil {
+		ocfg := *tc.OAuth2
+		ocfg.BeforeAuth = budget.Take
+		if ocfg.Logger == nil {
+			ocfg.Logger = log
+		}
+		if ocfg.Registerer == nil {
+			ocfg.Registerer = reg
+		}
+		return upstream.NewOAuth2(ocfg)
 	}
 	ucfg := *tc.RDP
 	ucfg.BeforeAuth = budget.Take

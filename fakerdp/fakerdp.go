@@ -1,11 +1,12 @@
 // Package fakerdp is a fake of the LSEG/Refinitiv Data Platform's auth and
-// liveness endpoints, for the tests, the demo and the compose stack. It is
-// no part of the upstream client's API.
+// liveness endpoints, and of a generic OAuth2 client-credentials token
+// endpoint, for the tests, the demo and the compose stack. It is no part of
+// the upstream client's API.
 //
-// Server speaks the same HTTP as RDP for the parts the client uses, with
-// knobs to inject failures, absolute expiries and a skewed clock (settable
-// over HTTP: GET and PUT /fake/v1/knobs), and counters to check how often it
-// was called.
+// Server speaks the same HTTP as RDP for the parts the client uses, and as
+// an OAuth2 token endpoint for upstream.OAuth2, with knobs to inject
+// failures, absolute expiries and a skewed clock (settable over HTTP: GET
+// and PUT /fake/v1/knobs), and counters to check how often it was called.
 package fakerdp
 
 import (
@@ -48,6 +49,10 @@ type Config struct {
 	// the credentials accepted (defaults ClientID, ClientSecret,
 	// Username, Password).
 	ClientID, ClientSecret, Username, Password string
+	// OAuth2ClientID and OAuth2ClientSecret are the client credentials the
+	// generic OAuth2 token endpoint (OAuth2TokenPath) accepts (defaults: the
+	// Config's ClientID and ClientSecret, after their own defaults).
+	OAuth2ClientID, OAuth2ClientSecret string
 	// LivenessPath is where the liveness endpoint answers
 	// (default upstream.DefaultLivenessPath).
 	LivenessPath string
@@ -64,37 +69,44 @@ type Config struct {
 
 // Knobs steer the Server's answers. Zero values mean "behave well".
 type Knobs struct {
-	// TokenLifetime is the liveness token's expiresIn, in whole seconds, at
-	// least 1 (default 60m).
+	// TokenLifetime is the liveness token's expiresIn, and the OAuth2
+	// token's expires_in, in whole seconds, at least 1 (default 60m).
 	TokenLifetime time.Duration
-	// AccessTokenLifetime is the lifetime of access tokens, v1 and v2
-	// (default 10m).
+	// AccessTokenLifetime is the lifetime of RDP access tokens, v1 and v2
+	// (default 10m). It does not apply to the OAuth2 endpoint's tokens.
 	AccessTokenLifetime time.Duration
-	// Latency delays every auth and liveness answer (real time).
+	// Latency delays every auth, liveness and OAuth2 token answer (real
+	// time).
 	Latency time.Duration
 	// LivenessStatus, when not 0, answers authorized liveness calls with this
 	// status and a gateway-style JSON error (or the HTML page, with HTML).
+	// It answers OAuth2 token calls whose client passed the credential check
+	// too, with an OAuth2 error as AuthStatus does.
 	LivenessStatus int
-	// AuthStatus, when not 0, answers every auth call with this status and an
-	// OAuth2 error (400 invalid_grant, 401 invalid_client, 403 access_denied,
-	// else server_error).
+	// AuthStatus, when not 0, answers every RDP auth call (v1 and v2, not the
+	// generic OAuth2 endpoint) with this status and an OAuth2 error (400
+	// invalid_grant, 401 invalid_client, 403 access_denied, else
+	// server_error).
 	AuthStatus int
 	// RetryAfter, when positive, adds Retry-After (seconds, rounded up) to
 	// the error answers chosen by LivenessStatus and AuthStatus.
 	RetryAfter time.Duration
-	// Malformed answers liveness calls with 200 and truncated JSON.
+	// Malformed answers liveness and OAuth2 token calls with 200 and
+	// truncated JSON.
 	Malformed bool
-	// HTML answers liveness calls with an HTML page, status 200 or
-	// LivenessStatus.
+	// HTML answers liveness and OAuth2 token calls with an HTML page, status
+	// 200 or LivenessStatus.
 	HTML bool
-	// Expired issues liveness tokens whose expiresAt is a minute in the past.
+	// Expired issues liveness tokens whose expiresAt is a minute in the past,
+	// and OAuth2 tokens with expires_in -60.
 	Expired bool
-	// ExpiresInString sends expiresIn (liveness) and expires_in (auth v2) as
-	// strings. Auth v1 always does.
+	// ExpiresInString sends expiresIn (liveness) and expires_in (auth v2,
+	// OAuth2 endpoint) as strings. Auth v1 always does.
 	ExpiresInString bool
 	// ExpiresAt sends the liveness token's expiry as an absolute expiresAt
 	// (RFC 3339, rounded down to the second) instead of expiresIn. Expired
-	// takes precedence; ExpiresInString is then moot.
+	// takes precedence; ExpiresInString is then moot. The OAuth2 endpoint
+	// ignores it: OAuth2 has no absolute expiry.
 	ExpiresAt bool
 	// ClockOffset skews the Server's wall clock as its clients see it: every
 	// answer's Date header, and the expiresAt of ExpiresAt and Expired tokens,
@@ -129,6 +141,17 @@ type Stats struct {
 	Calls []Call `json:"calls"`
 	// Tokens logs every liveness token issued (Expired ones included).
 	Tokens []Token `json:"tokens"`
+
+	// OAuth2Calls counts every request to the generic OAuth2 token endpoint.
+	OAuth2Calls int `json:"oauth2_calls"`
+	// OAuth2OK counts its answers with status 200 and a well-formed,
+	// unexpired token.
+	OAuth2OK int `json:"oauth2_ok"`
+	// OAuth2Requests logs every request to it, with what the client sent.
+	OAuth2Requests []OAuth2Request `json:"oauth2_requests"`
+	// OAuth2Tokens logs every token it issued (Expired ones included), apart
+	// from Tokens, which holds liveness tokens only.
+	OAuth2Tokens []Token `json:"oauth2_tokens"`
 }
 
 // AuthCalls counts auth requests received, refused ones included.
@@ -146,7 +169,7 @@ type Call struct {
 	Status int       `json:"status"`
 }
 
-// Token is one issued liveness token, timed on the Server's clock without
+// Token is one issued liveness or OAuth2 token, timed on the Server's clock without
 // ClockOffset: ExpiresAt is the true expiry, whatever the answer announced.
 type Token struct {
 	Token     string    `json:"token"`
@@ -161,6 +184,8 @@ type Token struct {
 //	POST /auth/oauth2/v1/token     password (takeExclusiveSignOnControl) and refresh_token grants
 //	POST|GET <LivenessPath>        bearer required; {"token":"fake-liveness-...","expiresIn":N}
 //	                               (or "expiresAt":"<RFC 3339>" with the ExpiresAt knob)
+//	POST /oauth2/token             generic client credentials (HTTP Basic or form fields);
+//	                               {"access_token":"fake-oauth2-...","token_type":"Bearer","expires_in":N,"scope":...}
 //	GET  /fake/v1/stats            Stats as JSON
 //	GET  /fake/v1/knobs            the knobs as JSON, durations as Go duration strings
 //	PUT  /fake/v1/knobs            replaces the knobs present in the JSON body
@@ -168,6 +193,10 @@ type Token struct {
 //
 // Every answer carries a Date header from the Server's clock plus ClockOffset,
 // read when the answer is written (after Latency), as a real server's is.
+//
+// The OAuth2 endpoint honours the liveness knobs (see Knobs), so one Server's
+// knobs fail its liveness and OAuth2 tokens alike. To fail one upstream and
+// not the other, run two Servers: each has its own knobs and Stats.
 //
 // All methods are safe for concurrent use, during requests too.
 type Server struct {
@@ -187,6 +216,8 @@ func New(cfg Config) *Server {
 	cfg.ClientSecret = cmp.Or(cfg.ClientSecret, ClientSecret)
 	cfg.Username = cmp.Or(cfg.Username, Username)
 	cfg.Password = cmp.Or(cfg.Password, Password)
+	cfg.OAuth2ClientID = cmp.Or(cfg.OAuth2ClientID, cfg.ClientID)
+	cfg.OAuth2ClientSecret = cmp.Or(cfg.OAuth2ClientSecret, cfg.ClientSecret)
 	cfg.LivenessPath = cmp.Or(cfg.LivenessPath, upstream.DefaultLivenessPath)
 	if cfg.RefreshTokenLifetime <= 0 {
 		cfg.RefreshTokenLifetime = DefaultRefreshTokenLifetime
@@ -204,6 +235,7 @@ func New(cfg Config) *Server {
 	f.mux.HandleFunc("POST "+AuthV2Path, f.serveAuthV2)
 	f.mux.HandleFunc("POST "+AuthV1Path, f.serveAuthV1)
 	f.mux.HandleFunc(cfg.LivenessPath, f.serveLiveness)
+	f.mux.HandleFunc("POST "+OAuth2TokenPath, f.serveOAuth2)
 	f.mux.HandleFunc("GET /fake/v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, f.Stats())
 	})
@@ -260,6 +292,12 @@ func (f *Server) Stats() Stats {
 	s := f.stats
 	s.Calls = append([]Call{}, s.Calls...)
 	s.Tokens = append([]Token{}, s.Tokens...)
+	s.OAuth2Requests = append([]OAuth2Request{}, s.OAuth2Requests...)
+	for i, r := range s.OAuth2Requests {
+		s.OAuth2Requests[i].Audience = append([]string(nil), r.Audience...)
+		s.OAuth2Requests[i].Resource = append([]string(nil), r.Resource...)
+	}
+	s.OAuth2Tokens = append([]Token{}, s.OAuth2Tokens...)
 	return s
 }
 

@@ -161,6 +161,7 @@ func TestFakeStatsAPI(t *testing.T) {
 	want := map[string]any{
 		"auth_calls":     map[string]any{"v1_password": 0.0, "v1_refresh": 0.0, "v2": 0.0},
 		"liveness_calls": 0.0, "liveness_ok": 0.0, "calls": []any{}, "tokens": []any{},
+		"oauth2_calls": 0.0, "oauth2_ok": 0.0, "oauth2_requests": []any{}, "oauth2_tokens": []any{},
 	}
 	if !reflect.DeepEqual(raw, want) {
 		t.Errorf("stats after reset = %v, want %v", raw, want)

@@ -88,6 +88,12 @@ type Config struct {
 	// failed; it stands again sooner when the lock stays free for a lock
 	// TTL (no other replica wants it). Default: 1m.
 	HandoverCooldown time.Duration
+	// Yield, when set, says how long a replica that sees the lock free
+	// waits before it stands, if the lock is still free then. A replica
+	// that keeps several tokens yields longer the more of them it leads,
+	// so that leadership spreads over the fleet. Default: it stands at
+	// once.
+	Yield func() time.Duration
 	// Clock is the time the election, the refresh loop and the heartbeat
 	// run on: dates and every timer. Default: clock.Real().
 	Clock clock.Clock
@@ -253,6 +259,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	wake := r.cfg.Clock.NewTimer(0)
 	defer wake.Stop()
 	var freeSince time.Time // while aside: since when the lock has been seen free
+	yielded := false        // the lock was seen free and Yield waited for
 	for {
 		select {
 		case <-ctx.Done():
@@ -277,7 +284,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 			// expires, unless released, which is announced. Sleeping until
 			// then costs Redis one PTTL per lock period instead of a
 			// failed Obtain every ElectEvery.
-			freeSince = time.Time{}
+			freeSince, yielded = time.Time{}, false
 			wake.Reset(held)
 			continue
 		}
@@ -294,6 +301,14 @@ func (r *Refresher) Run(ctx context.Context) error {
 			r.log.Info("no other replica took the lock; standing for election again")
 		}
 		freeSince = time.Time{}
+		if r.cfg.Yield != nil {
+			if d := r.cfg.Yield(); d > 0 && !yielded {
+				yielded = true
+				wake.Reset(d)
+				continue
+			}
+		}
+		yielded = false
 		value, err := newLockValue(r.cfg.Instance)
 		if err != nil {
 			return err

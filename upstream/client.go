@@ -188,15 +188,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("upstream: MaxBodyBytes must be positive, not %d", cfg.MaxBodyBytes)
 	}
 	if cfg.HTTPClient == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		// Certificates are always verified; RootCAs only chooses whom to trust.
-		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.RootCAs}
-		cfg.HTTPClient = &http.Client{
-			Timeout:   cfg.Timeout,
-			Transport: tr,
-			// A redirect would carry credentials elsewhere: refuse it.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+		cfg.HTTPClient = defaultHTTPClient(cfg.Timeout, cfg.RootCAs)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -492,6 +484,21 @@ func (c *Client) statusError(op Op, resp *http.Response, body []byte) *Error {
 		Code:       safeCode(errorCode(body, s), c.cfg.ClientSecret, c.cfg.Password, c.access, c.refresh),
 		Retryable:  s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500,
 		RetryAfter: parseRetryAfter(resp.Header, c.cfg.Now()),
+	}
+}
+
+// defaultHTTPClient returns the HTTP client used when the caller gives none:
+// a Timeout of timeout, on a clone of http.DefaultTransport that verifies
+// certificates against rootCAs (nil: the system roots), and no redirects.
+func defaultHTTPClient(timeout time.Duration, rootCAs *x509.CertPool) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	// Certificates are always verified; RootCAs only chooses whom to trust.
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: rootCAs}
+	return &http.Client{
+		Timeout:   timeout,
+		Transport: tr,
+		// A redirect would carry credentials elsewhere: refuse it.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
 

@@ -1,6 +1,14 @@
 // Package upstream obtains liveness tokens from the LSEG/Refinitiv Data
-// Platform (RDP). Its fake, for tests, the demo and the compose stack, is
-// package fakerdp.
+// Platform (RDP), and access tokens from any OAuth2 token endpoint. Its
+// fake, for tests, the demo and the compose stack, is package fakerdp,
+// which serves both.
+//
+// An [OAuth2] is the other token source: a client-credentials grant
+// against any OAuth2 token endpoint, whose access token is the token kept.
+// The promises below hold for it too (its failures have Op "token"), but
+// for the absolute expiry, which OAuth2 answers do not have; its only
+// second request is the "auto" client-authentication probe's (see
+// [OAuth2.Token]).
 //
 // A [Client] performs one OAuth2 sign-on (auth v2 client credentials, or
 // auth v1 password grant with a refresh token), keeps the access token while

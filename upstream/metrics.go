@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -14,6 +15,7 @@ const (
 	endpointAuthV1   = "auth_v1"
 	endpointAuthV2   = "auth_v2"
 	endpointLiveness = "liveness"
+	endpointToken    = "token" // an OAuth2 source's token endpoint
 	endpointOther    = "other"
 	// codeError is the code label of a call that got no answer (network
 	// error, timeout, cancellation).
@@ -30,11 +32,18 @@ var upstreamBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10
 func instrumented(reg prometheus.Registerer, client *http.Client, endpoints map[string]string) (*http.Client, error) {
 	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "tokenkeeper_upstream_request_duration_seconds",
-		Help:    "Time of HTTP calls to the upstream (RDP), by endpoint (auth_v1, auth_v2, liveness) and status code (\"error\" when no answer came).",
+		Help:    "Time of HTTP calls to the upstream (RDP, or an OAuth2 token endpoint), by endpoint (auth_v1, auth_v2, liveness, token) and status code (\"error\" when no answer came).",
 		Buckets: upstreamBuckets,
 	}, []string{"endpoint", "code"})
+	// Clients and sources sharing a registry share the histogram.
 	if err := reg.Register(h); err != nil {
-		return nil, fmt.Errorf("upstream: register metrics: %w", err)
+		are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err)
+		if !ok {
+			return nil, fmt.Errorf("upstream: register metrics: %w", err)
+		}
+		if h, ok = are.ExistingCollector.(*prometheus.HistogramVec); !ok {
+			return nil, fmt.Errorf("upstream: register metrics: %w", err)
+		}
 	}
 	next := client.Transport
 	if next == nil {

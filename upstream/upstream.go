@@ -33,6 +33,7 @@ type Op string
 const (
 	OpAuth     Op = "auth"     // a sign-on: password, refresh or client-credentials grant
 	OpLiveness Op = "liveness" // the liveness token call
+	OpToken    Op = "token"    // an OAuth2 source's client-credentials token call (see OAuth2)
 )
 
 // AuthVersion selects RDP's sign-on.
