@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/catalog"
+	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -39,6 +42,7 @@ func (s setting) flagName() string {
 
 var serveSettings = []setting{
 	{env: "TOKENKEEPER_LISTEN", def: ":8080", usage: "HTTP listen address"},
+	{env: "TOKENKEEPER_CONFIG", usage: "YAML file of the token catalog and its keys (none: the environment describes the one liveness token)"},
 	{env: "TOKENKEEPER_REDIS_URL", usage: "redis:// or rediss:// URL (required)", secret: true},
 	{env: "TOKENKEEPER_API_KEYS", usage: "comma-separated reader keys", secret: true},
 	{env: "TOKENKEEPER_ALLOW_ANONYMOUS", def: "false", usage: "let requests without a key read the token"},
@@ -231,6 +235,9 @@ type Config struct {
 	LogFormat        string
 
 	RDP RDPConfig
+	// Catalog is the file TOKENKEEPER_CONFIG names, nil without one: the
+	// environment then describes the one liveness token.
+	Catalog *catalog.Catalog
 }
 
 // RDPConfig is the upstream part of Config.
@@ -317,7 +324,16 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	if ca := v.str("RDP_TLS_CA"); ca != "" {
 		c.RDP.RootCAs = certPool(v, "RDP_TLS_CA", ca, readFile)
 	}
-	if len(c.APIKeys) == 0 && !c.AllowAnonymous {
+	catalogFailed := false
+	if path := v.str("TOKENKEEPER_CONFIG"); path != "" {
+		cat, err := loadCatalog(path, getenv, readFile)
+		if err != nil {
+			v.errs = append(v.errs, err)
+			catalogFailed = true
+		}
+		c.Catalog = cat
+	}
+	if len(c.APIKeys) == 0 && !c.AllowAnonymous && !catalogFailed && !hasReaders(c.Catalog) {
 		v.fail("TOKENKEEPER_API_KEYS is required (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the token)")
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.str("TOKENKEEPER_LOG_LEVEL"))); err != nil {
@@ -336,8 +352,10 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	if c.HandoverAfter < 1 {
 		v.fail("TOKENKEEPER_HANDOVER_AFTER: %d must be at least 1", c.HandoverAfter)
 	}
-	checkRules(v, c)
-	if c.RDP.Auth == "v1" || c.RDP.Auth == "v2" {
+	if !catalogFailed {
+		checkRules(v, c)
+	}
+	if c.Catalog == nil && !catalogFailed && (c.RDP.Auth == "v1" || c.RDP.Auth == "v2") {
 		if _, err := upstream.New(c.upstreamConfig()); err != nil {
 			v.errs = append(v.errs, err)
 		}
@@ -443,21 +461,99 @@ func checkRules(v *values, c Config) {
 	}
 }
 
+// hasReaders reports whether cat has a key that reads tokens.
+func hasReaders(cat *catalog.Catalog) bool {
+	if cat == nil {
+		return false
+	}
+	for _, k := range cat.Keys {
+		if k.Role == catalog.RoleReader || k.Role == catalog.RoleAdmin {
+			return true
+		}
+	}
+	return false
+}
+
+// loadCatalog reads and checks the catalog file at path, secrets coming
+// from the environment and from files.
+func loadCatalog(path string, getenv func(string) string, readFile func(string) ([]byte, error)) (*catalog.Catalog, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("TOKENKEEPER_CONFIG: %w", err)
+	}
+	return catalog.Parse(data, catalog.Options{
+		File:      path,
+		LookupEnv: func(k string) (string, bool) { v := getenv(k); return v, v != "" },
+		ReadFile:  readFile,
+	})
+}
+
 // keeperConfig is c as the front door takes it, without what only a
 // running replica has (Redis client, logger, metrics).
 func (c Config) keeperConfig() tokenkeeper.Config {
 	ucfg := c.upstreamConfig()
+	var tokens []tokenkeeper.TokenConfig
+	var keys []httpapi.Key
+	if c.Catalog != nil {
+		tokens, keys = c.catalogTokens()
+	}
 	return tokenkeeper.Config{
-		RDP: &ucfg, AuthPerMinute: c.AuthPerMinute,
+		Tokens: tokens,
+		RDP:    &ucfg, AuthPerMinute: c.AuthPerMinute,
 		Instance: c.Instance, Version: buildVersion(),
 		ServeMargin: c.ServeMargin, RefreshBefore: c.RefreshBefore, LockTTL: c.LockTTL, PollInterval: c.PollInterval,
 		RetryMin: c.RetryMin, RetryMax: c.RetryMax, HandoverAfter: c.HandoverAfter, HandoverCooldown: c.HandoverCooldown,
 		Keyring: c.Keyring,
 		HTTP: tokenkeeper.HTTPConfig{
 			ReaderKeys: c.APIKeys, AdminKeys: c.AdminKeys, MetricsKeys: c.MetricsKeys,
-			AllowAnonymous: c.AllowAnonymous, RateLimit: c.RateLimit, RateBurst: c.RateBurst,
+			Keys: keys, AllowAnonymous: c.AllowAnonymous, RateLimit: c.RateLimit, RateBurst: c.RateBurst,
 		},
 	}
+}
+
+// catalogTokens turns the catalog's tokens and keys into the front
+// door's.
+func (c Config) catalogTokens() ([]tokenkeeper.TokenConfig, []httpapi.Key) {
+	var tokens []tokenkeeper.TokenConfig
+	for _, t := range c.Catalog.Tokens {
+		tc := tokenkeeper.TokenConfig{
+			Name: t.Name, Optional: !t.Required,
+			ServeMargin: t.ServeMargin, RefreshBefore: t.RefreshBefore, AuthPerMinute: t.AuthPerMinute,
+		}
+		switch {
+		case t.RDP != nil:
+			r := t.RDP
+			tc.RDP = &upstream.Config{
+				BaseURL: r.BaseURL, Auth: upstream.AuthVersion(r.Auth), ClientID: r.ClientID, ClientSecret: r.ClientSecret,
+				Username: r.Username, Password: r.Password, Scope: r.Scope,
+				LivenessPath: r.LivenessPath, LivenessMethod: r.LivenessMethod,
+				DefaultLifetime: t.Lifetime, Timeout: t.Timeout, RootCAs: c.RDP.RootCAs,
+			}
+		case t.OAuth2 != nil:
+			o := t.OAuth2
+			params := url.Values{}
+			for k, v := range o.Params {
+				params.Set(k, v)
+			}
+			if o.Audience != "" {
+				params.Set("audience", o.Audience)
+			}
+			if o.Resource != "" {
+				params.Set("resource", o.Resource)
+			}
+			tc.OAuth2 = &upstream.OAuth2Config{
+				TokenURL: o.TokenURL, ClientID: o.ClientID, ClientSecret: o.ClientSecret,
+				Scopes: o.Scopes, EndpointParams: params, AuthStyle: o.AuthStyle,
+				DefaultLifetime: t.Lifetime, Timeout: t.Timeout, RootCAs: c.RDP.RootCAs,
+			}
+		}
+		tokens = append(tokens, tc)
+	}
+	var keys []httpapi.Key
+	for _, k := range c.Catalog.Keys {
+		keys = append(keys, httpapi.Key{Name: k.Name, Value: k.Value, Role: httpapi.Role(k.Role), Tokens: k.Tokens})
+	}
+	return tokens, keys
 }
 
 // upstreamConfig is the RDP client's configuration.

@@ -1,10 +1,12 @@
-// Command tokenkeeper keeps one liveness token for a fleet of replicas.
+// Command tokenkeeper keeps tokens for a fleet of replicas: the liveness
+// token, or a catalog of named tokens (TOKENKEEPER_CONFIG).
 //
 //	tokenkeeper serve        run a replica (production)
 //	tokenkeeper demo         run a replica with an in-process Redis and a fake RDP
 //	tokenkeeper fake-rdp     run the fake RDP on its own
 //	tokenkeeper healthcheck  exit 0 when the local replica is ready
 //	tokenkeeper status       the fleet as Redis records it: leader, replicas, last refreshes
+//	tokenkeeper config check FILE  validate a token catalog file and print it, never its secrets
 //
 // # Signals
 //
@@ -44,6 +46,8 @@ commands:
   fake-rdp     run the fake RDP server on its own (tests, compose stack)
   healthcheck  exit 0 if the replica on TOKENKEEPER_LISTEN is ready, else 1
   status       the fleet from Redis: leader, replicas and last refreshes (--json for JSON)
+  config check FILE
+               validate a token catalog file (TOKENKEEPER_CONFIG) and print what it describes
 
 Run 'tokenkeeper <command> -h' for the flags of a command.
 
@@ -69,6 +73,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runHealthcheck(ctx, rest, getenv, stderr)
 	case "status":
 		err = runStatus(ctx, rest, getenv, stdout, stderr)
+	case "config":
+		err = runConfig(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
+)
+
+// Secrets of the catalog tests: none may appear in any output.
+const (
+	mobileKey     = "mobile-key-5f0c2a9e"
+	opsKey        = "ops-key-71b3d8c4"
+	partnerSecret = "partner-secret-e4a1"
+)
+
+// writeCatalog writes a catalog of two tokens from the fake upstream at
+// rdpURL: liveness (RDP) and partner (generic OAuth2, its secret in a
+// file), a reader key limited to liveness and an admin key.
+func writeCatalog(t *testing.T, rdpURL string) string {
+	t.Helper()
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "partner-secret")
+	if err := os.WriteFile(secretFile, []byte(partnerSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "tokens.yaml")
+	yaml := `tokens:
+  - name: liveness
+    source: rdp-liveness
+    lifetime: 20s
+    serve_margin: 2s
+    refresh_before: 5s
+    timeout: 1s
+    rdp:
+      base_url: ` + rdpURL + `
+      client_id: ` + fakerdp.ClientID + `
+      client_secret: ${RDP_SECRET}
+  - name: partner
+    source: oauth2
+    required: false
+    lifetime: 30s
+    serve_margin: 2s
+    refresh_before: 5s
+    timeout: 1s
+    oauth2:
+      token_url: ` + rdpURL + fakerdp.OAuth2TokenPath + `
+      client_id: ` + fakerdp.ClientID + `
+      client_secret_file: ` + secretFile + `
+      scopes: [read:partner]
+      audience: https://partner.example
+keys:
+  - name: mobile
+    key: ${MOBILE_KEY}
+    tokens: [liveness]
+  - name: ops
+    role: admin
+    key: ${OPS_KEY}
+`
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+func TestServeKeepsACatalog(t *testing.T) {
+	fake := fakerdp.New(fakerdp.Config{OAuth2ClientSecret: partnerSecret})
+	rdp := httptest.NewServer(fake)
+	t.Cleanup(rdp.Close)
+	srv := redistest.NewMini(t)
+	env := map[string]string{
+		"TOKENKEEPER_CONFIG":    writeCatalog(t, rdp.URL),
+		"TOKENKEEPER_REDIS_URL": "redis://" + srv.Addr + "/0",
+		"TOKENKEEPER_LISTEN":    "127.0.0.1:0",
+		"TOKENKEEPER_LOCK_TTL":  "1s",
+		"RDP_SECRET":            fakerdp.ClientSecret,
+		"MOBILE_KEY":            mobileKey,
+		"OPS_KEY":               opsKey,
+	}
+	cfg, err := parseServe(nil, func(k string) string { return env[k] }, os.ReadFile, io.Discard)
+	if err != nil {
+		t.Fatalf("parseServe: %v", err)
+	}
+	p, err := NewProgram(cfg, quiet, nil)
+	if err != nil {
+		t.Fatalf("NewProgram: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; p.Close() })
+	base := "http://" + p.Addr()
+
+	get := func(path, key string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	testkit.Eventually(t, 10*time.Second, "both tokens served", func() bool {
+		a, _ := get("/v1/tokens/liveness", opsKey)
+		b, _ := get("/v1/tokens/partner", opsKey)
+		return a == 200 && b == 200
+	})
+	if code, _ := get("/v1/tokens/liveness", mobileKey); code != 200 {
+		t.Errorf("mobile reading liveness: %d", code)
+	}
+	if code, _ := get("/v1/tokens/partner", mobileKey); code != 404 {
+		t.Errorf("mobile reading partner, outside its scope: %d, want 404", code)
+	}
+	code, body := get("/v1/tokens", mobileKey)
+	var list struct{ Tokens []struct{ Name string } }
+	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil || len(list.Tokens) != 1 || list.Tokens[0].Name != "liveness" {
+		t.Errorf("mobile's list: %d %s, want liveness alone", code, body)
+	}
+	st := fake.Stats()
+	if st.OAuth2Calls < 1 || st.LivenessCalls < 1 {
+		t.Errorf("fake upstream stats %+v: want a liveness and an OAuth2 call", st)
+	}
+	_, status := get("/v1/status", opsKey)
+	for _, s := range []string{partnerSecret, mobileKey, opsKey, fakerdp.ClientSecret} {
+		if strings.Contains(status, s) {
+			t.Errorf("the status shows a secret")
+		}
+	}
+	if !strings.Contains(status, `"name":"partner"`) {
+		t.Errorf("the status does not show the partner token: %s", status)
+	}
+}
+
+func TestConfigCheck(t *testing.T) {
+	file := writeCatalog(t, "https://upstream.example")
+	env := map[string]string{"RDP_SECRET": "rdp-secret-9d2f", "MOBILE_KEY": mobileKey, "OPS_KEY": opsKey}
+	getenv := func(k string) string { return env[k] }
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"config", "check", file}, getenv, &stdout, &stderr); code != 0 {
+		t.Fatalf("config check of a valid file: exit %d: %s", code, stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"liveness", "partner", "rdp-liveness", "oauth2", "mobile", "ops"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config check output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, secret := range []string{"rdp-secret-9d2f", partnerSecret, mobileKey, opsKey} {
+		if strings.Contains(out, secret) {
+			t.Errorf("config check printed a secret:\n%s", out)
+		}
+	}
+
+	// The same file with a secret in clear and an unknown field.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	data, _ := os.ReadFile(file)
+	data = bytes.Replace(data, []byte("${RDP_SECRET}"), []byte("in-clear-secret-0a8b"), 1)
+	data = bytes.Replace(data, []byte("    timeout: 1s\n    rdp:"), []byte("    timeout: 1s\n    colour: blue\n    rdp:"), 1)
+	if err := os.WriteFile(bad, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stdout.Reset()
+	stderr.Reset()
+	if code := run(context.Background(), []string{"config", "check", bad}, getenv, &stdout, &stderr); code != 1 {
+		t.Fatalf("config check of a bad file: exit %d, want 1", code)
+	}
+	msg := stderr.String()
+	for _, want := range []string{"bad.yaml:8: tokens[0].colour", "bad.yaml:12: tokens[0].rdp.client_secret", "client_secret_file"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the errors do not name %q:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "in-clear-secret-0a8b") {
+		t.Errorf("the errors repeat the secret written in clear:\n%s", msg)
+	}
+}
