@@ -80,6 +80,12 @@ type catalogFleet struct {
 }
 
 func (f *catalogFleet) start(name string) (*tokenkeeper.Keeper, context.CancelFunc) {
+	f.t.Helper()
+	return f.startWith(name, f.srcs)
+}
+
+// startWith runs a replica keeping the tokens of srcs only.
+func (f *catalogFleet) startWith(name string, srcs []*countingSource) (*tokenkeeper.Keeper, context.CancelFunc) {
 	t := f.t
 	t.Helper()
 	opt := *f.srv.Options
@@ -87,7 +93,7 @@ func (f *catalogFleet) start(name string) (*tokenkeeper.Keeper, context.CancelFu
 	rdb := redis.NewClient(&opt)
 	t.Cleanup(func() { rdb.Close() })
 	var tokens []tokenkeeper.TokenConfig
-	for _, s := range f.srcs {
+	for _, s := range srcs {
 		tokens = append(tokens, tokenkeeper.TokenConfig{Name: s.name, Source: s})
 	}
 	k, err := tokenkeeper.New(tokenkeeper.Config{
@@ -263,5 +269,91 @@ func TestOneUpstreamDownLeavesTheOthersServed(t *testing.T) {
 	}
 	if _, err := ka.Token(context.Background(), "no-such-token"); !errors.Is(err, tokenkeeper.ErrUnknownToken) {
 		t.Errorf("Token of an unknown name: %v, want ErrUnknownToken", err)
+	}
+}
+
+// A rolling change of the catalog: three replicas keep token-a; one at a
+// time, each is replaced by one that keeps token-a and token-b. Readers on
+// every running replica never miss token-a, token-a is never fetched
+// before it is due, and once the roll is over every replica serves both.
+func TestRollingCatalogChange(t *testing.T) {
+	f := newCatalogFleet(t, 3*time.Second, 3*time.Second)
+	a := f.srcs[:1]
+	ks := make([]*tokenkeeper.Keeper, 3)
+	stops := make([]context.CancelFunc, 3)
+	for i := range ks {
+		ks[i], stops[i] = f.startWith(fmt.Sprintf("old-%d", i), a)
+	}
+	testkit.Eventually(t, 5*time.Second, "the old fleet serves token-a", func() bool {
+		for _, k := range ks {
+			if _, ok := k.Current("token-a"); !ok {
+				return false
+			}
+		}
+		return true
+	})
+
+	var mu sync.Mutex
+	live := map[*tokenkeeper.Keeper]bool{ks[0]: true, ks[1]: true, ks[2]: true}
+	var misses []string
+	// token-a is not fetched again for the roll: check every call against
+	// the replicas running at the time.
+	for _, src := range f.srcs {
+		src.set(func(s *countingSource) {
+			s.fleet = func() []tokenkeeper.Token {
+				mu.Lock()
+				defer mu.Unlock()
+				var out []tokenkeeper.Token
+				for k := range live {
+					if tok, ok := k.Current(s.name); ok {
+						out = append(out, tok)
+					}
+				}
+				return out
+			}
+		})
+	}
+	readers, stopReaders := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for readers.Err() == nil {
+			mu.Lock()
+			for k := range live {
+				if _, ok := k.Current("token-a"); !ok {
+					misses = append(misses, k.Instance())
+				}
+			}
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond) // the readers' pace, not a wait for a condition
+		}
+	})
+	for i := range ks {
+		mu.Lock()
+		delete(live, ks[i])
+		mu.Unlock()
+		stops[i]()
+		k, stop := f.startWith(fmt.Sprintf("new-%d", i), f.srcs)
+		testkit.Eventually(t, 5*time.Second, k.Instance()+" serves both tokens", func() bool {
+			_, okA := k.Current("token-a")
+			_, okB := k.Current("token-b")
+			return okA && okB
+		})
+		mu.Lock()
+		live[k] = true
+		mu.Unlock()
+		ks[i], stops[i] = k, stop
+	}
+	// Through one more refresh of token-a on the new fleet.
+	calls := f.srcs[0].Calls()
+	testkit.Eventually(t, 5*time.Second, "token-a refreshed by the new fleet", func() bool { return f.srcs[0].Calls() > calls })
+	stopReaders()
+	wg.Wait()
+	if len(misses) > 0 {
+		t.Errorf("token-a was not served %d times during the roll, by %v", len(misses), misses[:min(len(misses), 5)])
+	}
+	for _, s := range f.srcs {
+		if len(s.early) > 0 {
+			t.Errorf("%s was fetched before it was due: %v", s.name, s.early)
+		}
 	}
 }
