@@ -244,6 +244,9 @@ type fleet struct {
 	rdp      *testcontainers.DockerContainer
 	viaProxy bool                            // withLatencyProxy
 	proxy    *testcontainers.DockerContainer // nil without it
+	catalog  string                          // withCatalog: the replicas' catalog file
+	idp      *testcontainers.DockerContainer // withCatalog: a second fake upstream, "idp"
+	idpBase  string
 	replicas []*replica
 	all      []*testcontainers.DockerContainer
 
@@ -269,6 +272,14 @@ type option func(*fleet)
 // host's view of Redis (the leader watch, dumps) goes around it.
 func withLatencyProxy() option {
 	return func(f *fleet) { f.viaProxy = true }
+}
+
+// withCatalog gives every replica the catalog file yaml
+// (TOKENKEEPER_CONFIG) and starts a second fake upstream on both networks
+// under the alias idp, for tokens of source oauth2
+// (http://idp:9090/oauth2/token).
+func withCatalog(yaml string) option {
+	return func(f *fleet) { f.catalog = yaml }
 }
 
 // newFleet starts Redis, the fake RDP and n replicas on fresh networks, waits
@@ -347,6 +358,10 @@ func newFleet(t *testing.T, n int, tm timings, opts ...option) *fleet {
 		t.Fatal(err)
 	}
 
+	if f.catalog != "" {
+		f.idp, f.idpBase = f.startFake(ctx, "idp")
+	}
+
 	f.replicas = make([]*replica, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -381,6 +396,34 @@ func newFleet(t *testing.T, n int, tm timings, opts ...option) *fleet {
 	f.rec = startRecorder(f)
 	f.waitServing(first.Token, f.replicas, 5*time.Second)
 	return f
+}
+
+// startFake starts a fake upstream on both networks under alias, and
+// returns it with its control API's base URL.
+func (f *fleet) startFake(ctx context.Context, alias string) (*testcontainers.DockerContainer, string) {
+	f.t.Helper()
+	c, err := testcontainers.Run(ctx, appImage(),
+		testcontainers.WithEntrypoint("/tokenkeeper"),
+		testcontainers.WithCmd("fake-rdp"),
+		testcontainers.WithEnv(map[string]string{
+			"FAKE_RDP_LISTEN":         ":9090",
+			"FAKE_RDP_TOKEN_LIFETIME": f.tm.Lifetime.String(),
+		}),
+		testcontainers.WithExposedPorts(rdpPort),
+		tcnetwork.WithNetworkName([]string{alias}, f.core),
+		tcnetwork.WithNetworkName([]string{alias}, f.edge),
+		testcontainers.WithWaitStrategyAndDeadline(30*time.Second,
+			wait.ForHTTP("/fake/v1/stats").WithPort(rdpPort)),
+	)
+	f.track(c)
+	if err != nil {
+		f.t.Fatalf("start fake upstream %s: %v", alias, err)
+	}
+	base, err := endpoint(ctx, c, rdpPort)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return c, base
 }
 
 func (f *fleet) track(c *testcontainers.DockerContainer) {
@@ -442,12 +485,20 @@ func (f *fleet) startReplica(ctx context.Context, r *replica) error {
 		"RDP_CLIENT_ID":                 rdpClientID,
 		"RDP_CLIENT_SECRET":             rdpClientSecret,
 	}
+	var files []testcontainers.ContainerFile
+	if f.catalog != "" {
+		env["TOKENKEEPER_CONFIG"] = "/tokens.yaml"
+		files = append(files, testcontainers.ContainerFile{
+			Reader: strings.NewReader(f.catalog), ContainerFilePath: "/tokens.yaml", FileMode: 0o644,
+		})
+	}
 	maps.Copy(env, r.env)
 	var err error
 	r.c, err = testcontainers.Run(ctx, appImage(),
 		testcontainers.WithEntrypoint("/tokenkeeper"),
 		testcontainers.WithCmd("serve"),
 		testcontainers.WithEnv(env),
+		testcontainers.WithFiles(files...),
 		testcontainers.WithExposedPorts(appPort),
 		tcnetwork.WithNetworkName([]string{r.name}, f.edge),
 		tcnetwork.WithNetworkName([]string{r.name}, f.core),
@@ -767,9 +818,15 @@ func (f *fleet) stats() fakeStats {
 // knobs changes the fake's knobs; fields absent stay as they are.
 func (f *fleet) knobs(k map[string]any) {
 	f.t.Helper()
+	f.knobsOf(f.rdpBase, k)
+}
+
+// knobsOf changes the knobs of the fake upstream at base.
+func (f *fleet) knobsOf(base string, k map[string]any) {
+	f.t.Helper()
 	body, _ := json.Marshal(k)
-	f.note("fake knobs %s", body)
-	req, _ := http.NewRequest(http.MethodPut, f.rdpBase+"/fake/v1/knobs", bytes.NewReader(body))
+	f.note("fake knobs %s %s", base, body)
+	req, _ := http.NewRequest(http.MethodPut, base+"/fake/v1/knobs", bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := controlHTTP.Do(req)
 	if err != nil {
