@@ -52,6 +52,9 @@ while read -r v; do
 done < <(grep -o '[$]{[A-Z_][A-Z0-9_]*' docker-compose.yml | cut -c3- | sort -u)
 export COMPOSE_PROJECT_NAME=${SMOKE_PROJECT:-tksmoke$(date +%s)$$}
 export TOKENKEEPER_IMAGE=$tokenkeeper_image REDIS_IMAGE=$redis_image HAPROXY_IMAGE=$haproxy_image
+# The stack keeps the catalog of deploy/catalog/tokens.yaml: the liveness
+# token and an oauth2 token, partner.
+export TOKENKEEPER_CONFIG=/etc/tokenkeeper/tokens.yaml
 reader_key=demo-reader-key
 admin_key=demo-admin-key
 lock_ttl_s=10
@@ -234,6 +237,13 @@ for ((i = 0; i < reads; i++)); do
 	get "$lb/v1/tokens/liveness" "$reader_key"
 	printf '%s %s %s\n' "$R_CODE" "$R_INST" "$R_TOKEN" >>"$tmp/reads.log"
 done
+for ((i = 0; i < 50; i++)); do # partner is optional: readiness does not wait for it
+	get "$lb/v1/tokens/partner" "$reader_key"
+	[[ $R_CODE == 200 ]] && break
+	sleep 0.2
+done
+[[ $R_CODE == 200 && $R_TOKEN != - ]] || broken "the catalog's partner token through HAProxy: $R_CODE, want 200"
+log "the catalog's partner token is served through HAProxy too"
 ok=$(awk '$1 == 200' "$tmp/reads.log" | wc -l)
 tokens=$(awk '$1 == 200 { print $3 }' "$tmp/reads.log" | sort -u | wc -l)
 instances=$(awk '$1 == 200 { print $2 }' "$tmp/reads.log" | sort -u | wc -l)

@@ -129,7 +129,7 @@ func TestAlertingRulesRejectBreakage(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct{ name, from, to string }{
-		{"bad PromQL", "max by (job) (tokenkeeper_leader) == 0", "max by (job) (tokenkeeper_leader == 0"},
+		{"bad PromQL", "max by (job, token) (tokenkeeper_leader) == 0", "max by (job) (tokenkeeper_leader == 0"},
 		{"bad template", "{{ $labels.job }} has led", "{{ $labels.job has led"},
 		{"bad duration", "for: 30s", "for: 30 seconds"},
 	}
