@@ -47,6 +47,12 @@ type config struct {
 	memRest, memLoad time.Duration
 	memConc          int
 
+	catN                []int
+	catLifetime, catD   time.Duration
+	catRestN            int
+	catRestT            []int
+	catSettle, catRestD time.Duration
+
 	benchtime string
 }
 
@@ -58,6 +64,8 @@ var full = config{
 	upstreamN: []int{1, 10, 100}, upLifetime: 6 * time.Second, upD: 30 * time.Second,
 	restN: []int{1, 10, 100}, restSettle: 5 * time.Second, restD: 20 * time.Second,
 	memRest: 5 * time.Second, memLoad: 10 * time.Second, memConc: 64,
+	catN: []int{1, 3, 10}, catLifetime: 6 * time.Second, catD: 30 * time.Second,
+	catRestN: 3, catRestT: []int{1, 10}, catSettle: 5 * time.Second, catRestD: 20 * time.Second,
 	benchtime: "1s",
 }
 
@@ -70,6 +78,8 @@ var smoke = config{
 	upstreamN: []int{1, 5}, upLifetime: 3 * time.Second, upD: 7 * time.Second,
 	restN: []int{1, 5}, restSettle: time.Second, restD: 3 * time.Second,
 	memRest: time.Second, memLoad: 2 * time.Second, memConc: 16,
+	catN: []int{1, 3}, catLifetime: 3 * time.Second, catD: 7 * time.Second,
+	catRestN: 2, catRestT: []int{1, 2}, catSettle: time.Second, catRestD: 3 * time.Second,
 	benchtime: "2000x",
 }
 
@@ -94,7 +104,7 @@ func run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	smokeMode := fs.Bool("smoke", false, "short run with small fleets: proves the harness works, judges nothing")
 	outDir := fs.String("out", "", "where RESULTS.md and throughput.png go (default bench/, or a temporary folder with -smoke)")
-	only := fs.String("only", "", "comma-separated figures to run (1-8), for working on the harness; default all")
+	only := fs.String("only", "", "comma-separated figures to run (1-9), for working on the harness; default all")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -230,6 +240,28 @@ func run(ctx context.Context, args []string) int {
 		say("figure 8: allocations per read (go test -bench BenchmarkTokenRead -benchmem ./httpapi/)")
 		if rep.allocs, err = measureAllocs(ctx, root, cfg.benchtime); err != nil {
 			fail("8", err)
+		}
+	}
+	if runs("9") {
+		for _, n := range cfg.catN {
+			say("figure 9a: a catalog of two tokens (liveness, partner), %d replicas, %v tokens, for %v", n, cfg.catLifetime, cfg.catD)
+			r, err := measureCatalogCalls(ctx, work, n, cfg.catLifetime, cfg.catD)
+			if err != nil {
+				fail("9", err)
+				continue
+			}
+			say("  N=%d: %d liveness calls, %d oauth2 calls over %.1f lifetimes", n, r.LivenessCalls, r.OAuthCalls, r.Lifetimes)
+			rep.catCalls = append(rep.catCalls, r)
+		}
+		for _, t := range cfg.catRestT {
+			say("figure 9b: Redis commands at rest, %d replicas keeping %d tokens", cfg.catRestN, t)
+			r, err := measureCatalogRest(ctx, work, cfg.catRestN, t, cfg.catSettle, cfg.catRestD)
+			if err != nil {
+				fail("9", err)
+				continue
+			}
+			say("  T=%d: %.2f commands/s per replica (%s)", t, r.PerReplica, r.Mix)
+			rep.catRest = append(rep.catRest, r)
 		}
 	}
 	stopAll()

@@ -21,6 +21,8 @@ type report struct {
 	failover *failoverResult
 	upstream []*upstreamResult
 	rest     []*restResult
+	catCalls []*catalogCalls
+	catRest  []*catalogRest
 	memory   *memoryResult
 	allocs   *allocsResult
 	errors   []string
@@ -284,6 +286,7 @@ func (r *report) markdown() string {
 			fmt.Fprintf(&b, "| %d | %.0f | %d | %.2f | %s |\n", s.N, s.Seconds, s.Total, s.PerReplica, s.Mix)
 		}
 	}
+	r.catalogMarkdown(&b)
 	if m := r.memory; m != nil {
 		b.WriteString("\n## 7. Memory\n\n")
 		fmt.Fprintf(&b, "VmRSS of one `tokenkeeper serve` process (with its redis-server and fake RDP): at rest %s; sampled every 100 ms "+
@@ -388,3 +391,28 @@ func fmtCount(n int64) string {
 }
 
 func fmtMiB(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
+
+// catalogMarkdown writes figure 9: a catalog of tokens.
+func (r *report) catalogMarkdown(b *strings.Builder) {
+	if len(r.catCalls) > 0 {
+		b.WriteString("\n## 9. A catalog of tokens\n\n")
+		fmt.Fprintf(b, "N replicas in one process keep two tokens from one fake upstream: liveness (RDP, auth v2) and partner "+
+			"(oauth2, client credentials), both of %v lifetime (serve margin %v, refresh window %v, lock TTL 2 s). A token "+
+			"is refreshed once per lifetime minus the refresh window (and its jitter), so the ideal is about one call per "+
+			"%v per token, whatever N.\n\n", r.catCalls[0].Lifetime, r.catCalls[0].Lifetime/6, r.catCalls[0].Lifetime/3,
+			r.catCalls[0].Lifetime-r.catCalls[0].Lifetime/3)
+		b.WriteString("| replicas | seconds | lifetimes | liveness calls | oauth2 calls | liveness per lifetime | oauth2 per lifetime |\n|---|---|---|---|---|---|---|\n")
+		for _, c := range r.catCalls {
+			fmt.Fprintf(b, "| %d | %.0f | %.1f | %d | %d | %.2f | %.2f |\n", c.N, c.Seconds, c.Lifetimes,
+				c.LivenessCalls, c.OAuthCalls, float64(c.LivenessCalls)/c.Lifetimes, float64(c.OAuthCalls)/c.Lifetimes)
+		}
+	}
+	if len(r.catRest) > 0 {
+		b.WriteString("\nRedis load at rest with a catalog: N in-process replicas with the default timings (lock TTL 10 s, poll 2 s), " +
+			"T tokens fresh for an hour, one redis-server; INFO commandstats over a quiet interval.\n\n")
+		b.WriteString("| replicas | tokens | seconds | per replica per second | by command |\n|---|---|---|---|---|\n")
+		for _, c := range r.catRest {
+			fmt.Fprintf(b, "| %d | %d | %.0f | %.2f | %s |\n", c.N, c.Tokens, c.Seconds, c.PerReplica, c.Mix)
+		}
+	}
+}

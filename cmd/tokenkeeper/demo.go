@@ -11,7 +11,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/catalog"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 )
 
@@ -19,8 +19,10 @@ import (
 const demoAdminKey = "demo-admin"
 
 // runDemo runs one replica with everything in-process: a Redis-protocol
-// server (miniredis) and the fake RDP issuing two-minute tokens, so a
-// newcomer sees a token, its countdown and a refresh within minutes.
+// server (miniredis), the fake RDP issuing two-minute liveness tokens and
+// a second fake upstream issuing three-minute OAuth2 tokens (partner), so
+// a newcomer sees a catalog of two tokens, their countdowns and refreshes
+// within minutes, and can break one upstream while the other keeps going.
 func runDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 		fmt.Fprintln(stdout, "usage: tokenkeeper demo  (honours TOKENKEEPER_LISTEN, default :8080)")
@@ -47,6 +49,14 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	defer stopFake()
 	go serveHTTP(fakeCtx, fakeLn, fake)
 
+	idp := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: 3 * time.Minute}})
+	idpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go serveHTTP(fakeCtx, idpLn, idp)
+	idpURL := "http://" + idpLn.Addr().String()
+
 	listen := getenv("TOKENKEEPER_LISTEN")
 	if listen == "" {
 		listen = ":8080"
@@ -70,6 +80,7 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 			ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
 		},
 	}
+	cfg.Catalog = demoCatalog(cfg, idpURL)
 	p, err := NewProgram(cfg, log, nil)
 	if err != nil {
 		return err
@@ -79,18 +90,42 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	base := "http://" + dialable(p.Addr(), "localhost")
 	log.Warn("DEMO MODE: in-process Redis and a FAKE RDP issuing 2-minute tokens; anyone may read the token. " +
 		"For real, run 'tokenkeeper serve' with TOKENKEEPER_REDIS_URL, TOKENKEEPER_API_KEYS and RDP_CLIENT_ID/RDP_CLIENT_SECRET (see README).")
-	fmt.Fprintf(stdout, "\ntokenkeeper demo on %s\n  read the token:    curl -s %s/v1/tokens/liveness\n  fleet status:      curl -s -H 'Authorization: Bearer %s' %s/v1/status\n  force a refresh:   curl -s -X POST -H 'Authorization: Bearer %s' %s/v1/tokens/liveness/refresh\n  stop:              Ctrl-C\n\n",
-		base, base, demoAdminKey, base, demoAdminKey, base)
+	fmt.Fprintf(stdout, "\ntokenkeeper demo on %s\n  read the token:    curl -s %s/v1/tokens/liveness\n  the other token:   curl -s %s/v1/tokens/partner\n  list the tokens:   curl -s %s/v1/tokens\n  fleet status:      curl -s -H 'Authorization: Bearer %s' %s/v1/status\n  force a refresh:   curl -s -X POST -H 'Authorization: Bearer %s' %s/v1/tokens/liveness/refresh\n  stop:              Ctrl-C\n\n",
+		base, base, base, base, demoAdminKey, base, demoAdminKey, base)
 	fmt.Fprintf(stdout, "  status page:       %s/status#key=%s\n  metrics:           curl -s %s/metrics | grep ^tokenkeeper_\n"+
 		"  fleet from Redis:  TOKENKEEPER_REDIS_URL=redis://%s tokenkeeper status\n"+
 		"  add a replica:     TOKENKEEPER_REDIS_URL=redis://%s RDP_BASE_URL=%s RDP_CLIENT_ID=%s RDP_CLIENT_SECRET=%s \\\n"+
 		"                     TOKENKEEPER_ALLOW_ANONYMOUS=true TOKENKEEPER_ADMIN_KEYS=%s TOKENKEEPER_LISTEN=127.0.0.1:0 TOKENKEEPER_LOCK_TTL=5s \\\n"+
 		"                     TOKENKEEPER_REFRESH_BEFORE=45s TOKENKEEPER_TOKEN_LIFETIME=2m TOKENKEEPER_SERVE_MARGIN=15s TOKENKEEPER_LOG_FORMAT=text tokenkeeper serve\n"+
-		"  break the upstream: curl -s -X PUT -d '{\"liveness_status\":503}' %s/fake/v1/knobs   (heal: 0)\n\n",
-		base, demoAdminKey, base, mr.Addr(), mr.Addr(), cfg.RDP.BaseURL, fakerdp.ClientID, fakerdp.ClientSecret, demoAdminKey, cfg.RDP.BaseURL)
+		"                     (it keeps liveness only: replicas with different catalogs share what they both keep)\n"+
+		"  break the upstream: curl -s -X PUT -d '{\"liveness_status\":503}' %s/fake/v1/knobs   (heal: 0)\n"+
+		"  break the partner's upstream alone: the same PUT to %s/fake/v1/knobs\n\n",
+		base, demoAdminKey, base, mr.Addr(), mr.Addr(), cfg.RDP.BaseURL, fakerdp.ClientID, fakerdp.ClientSecret, demoAdminKey, cfg.RDP.BaseURL, idpURL)
 
 	go demoCountdown(ctx, log, p)
 	return p.Run(ctx)
+}
+
+// demoCatalog is the demo's catalog: the liveness token of cfg's RDP
+// settings, and partner, an OAuth2 token from the fake at idpURL.
+func demoCatalog(cfg Config, idpURL string) *catalog.Catalog {
+	return &catalog.Catalog{Tokens: []catalog.Token{
+		{
+			Name: "liveness", Source: catalog.SourceRDP, Required: true,
+			ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, Lifetime: cfg.TokenLifetime,
+			Timeout: 5 * time.Second, AuthPerMinute: cfg.AuthPerMinute,
+			RDP: &catalog.RDP{BaseURL: cfg.RDP.BaseURL, Auth: "v2", ClientID: cfg.RDP.ClientID, ClientSecret: cfg.RDP.ClientSecret},
+		},
+		{
+			Name: "partner", Source: catalog.SourceOAuth2, Required: false,
+			ServeMargin: 15 * time.Second, RefreshBefore: time.Minute, Lifetime: 3 * time.Minute,
+			Timeout: 5 * time.Second, AuthPerMinute: cfg.AuthPerMinute,
+			OAuth2: &catalog.OAuth2{
+				TokenURL: idpURL + fakerdp.OAuth2TokenPath, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
+				Scopes: []string{"partner.read"}, AuthStyle: "auto",
+			},
+		},
+	}}
 }
 
 // demoCountdown logs the held token's fingerprint and remaining life every
@@ -104,14 +139,14 @@ func demoCountdown(ctx context.Context, log *slog.Logger, p *Program) {
 			return
 		case <-tick.C:
 		}
-		t, ok := p.keeper.Current(tokenkeeper.Name)
-		if !ok {
-			log.Info("demo: no servable token yet")
-			continue
+		for _, name := range p.keeper.Names() {
+			t, ok := p.keeper.Current(name)
+			if !ok {
+				log.Info("demo: no servable token yet", "token", name)
+				continue
+			}
+			log.Info("demo: serving", "token", name, "fingerprint", t.Fingerprint(),
+				"expires_in", t.Remaining(time.Now()).Round(time.Second))
 		}
-		next := t.Deadline.Add(-p.cfg.RefreshBefore)
-		log.Info("demo: serving", "fingerprint", t.Fingerprint(),
-			"expires_in", t.Remaining(time.Now()).Round(time.Second),
-			"refresh_in", max(time.Until(next), 0).Round(time.Second))
 	}
 }
