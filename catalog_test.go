@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -34,8 +35,11 @@ type countingSource struct {
 	name     string
 	lifetime time.Duration
 
+	inner tokenkeeper.Source // when set, the tokens come from it (a real upstream client)
+
 	mu      sync.Mutex
 	calls   int
+	last    string // the last value issued
 	failing bool
 	early   []string                   // calls made while the token was not due
 	fleet   func() []tokenkeeper.Token // what the replicas hold, set once they run
@@ -57,7 +61,21 @@ func (s *countingSource) Token(context.Context) (upstream.Token, error) {
 	if s.failing {
 		return upstream.Token{}, &upstream.Error{Op: upstream.OpToken, Status: 503, Retryable: true}
 	}
-	return upstream.Token{Value: fmt.Sprintf("%s-%d", s.name, s.calls), Lifetime: s.lifetime, Sent: time.Now()}, nil
+	if s.inner != nil {
+		tok, err := s.inner.Token(context.Background())
+		if err == nil {
+			s.last = tok.Value
+		}
+		return tok, err
+	}
+	s.last = fmt.Sprintf("%s-%d", s.name, s.calls)
+	return upstream.Token{Value: s.last, Lifetime: s.lifetime, Sent: time.Now()}, nil
+}
+
+func (s *countingSource) Last() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
 }
 
 func (s *countingSource) Calls() int {
@@ -154,6 +172,25 @@ func (f *catalogFleet) watch(ks []*tokenkeeper.Keeper) {
 // one replica once the first leader leaves.
 func TestCatalogFleetKeepsEveryToken(t *testing.T) {
 	f := newCatalogFleet(t, 3*time.Second, 4*time.Second, 5*time.Second)
+	// token-a is an RDP liveness token, token-b and token-c OAuth2 tokens,
+	// each from its own fake upstream issuing tokens of its lifetime.
+	for i, s := range f.srcs {
+		fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: s.lifetime}})
+		hs := httptest.NewServer(fake)
+		t.Cleanup(hs.Close)
+		var err error
+		if i == 0 {
+			s.inner, err = upstream.New(upstream.Config{BaseURL: hs.URL, ClientID: fakerdp.ClientID,
+				ClientSecret: fakerdp.ClientSecret, DefaultLifetime: s.lifetime, Timeout: catMargin / 2})
+		} else {
+			s.inner, err = upstream.NewOAuth2(upstream.OAuth2Config{TokenURL: hs.URL + fakerdp.OAuth2TokenPath,
+				ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret, Scopes: []string{s.name},
+				DefaultLifetime: s.lifetime, Timeout: catMargin / 2})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	var ks []*tokenkeeper.Keeper
 	var stops []context.CancelFunc
 	for i := range 3 {
@@ -165,7 +202,7 @@ func TestCatalogFleetKeepsEveryToken(t *testing.T) {
 		t.Helper()
 		for _, s := range f.srcs {
 			testkit.Eventually(t, 5*time.Second, "every replica serves the newest "+s.name, func() bool {
-				want := fmt.Sprintf("%s-%d", s.name, s.Calls())
+				want := s.Last()
 				for _, k := range ks {
 					if tok, ok := k.Current(s.name); !ok || tok.Value != want {
 						return false
