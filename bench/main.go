@@ -250,7 +250,7 @@ func run(ctx context.Context, args []string) int {
 				fail("9", err)
 				continue
 			}
-			say("  N=%d: %d liveness calls, %d oauth2 calls over %.1f lifetimes", n, r.LivenessCalls, r.OAuthCalls, r.Lifetimes)
+			say("  N=%d: %d liveness calls, %d oauth2 calls in %.0f s", n, r.LivenessCalls, r.OAuthCalls, r.Seconds)
 			rep.catCalls = append(rep.catCalls, r)
 		}
 		for _, t := range cfg.catRestT {
