@@ -112,7 +112,8 @@ type HTTPConfig struct {
 	// Keys are further keys, each with a role and the tokens it may use.
 	Keys []httpapi.Key
 	// AllowAnonymous lets requests without a key read the tokens. Without
-	// it, ReaderKeys or AdminKeys (or Keys) are required.
+	// it, ReaderKeys (or Keys of role reader) are required: admin keys
+	// read too, but do not open the read route alone.
 	AllowAnonymous bool
 	// RateLimit, when positive, is how many requests per second each key
 	// may make to this replica, with bursts of RateBurst (default twice
@@ -249,7 +250,11 @@ func (c *Config) check(needSource bool) []error {
 		seen[t.Name] = i
 		errs = append(errs, t.check(field, !c.single, needSource)...)
 	}
-	if len(c.HTTP.ReaderKeys) == 0 && len(c.HTTP.AdminKeys) == 0 && len(c.HTTP.Keys) == 0 && !c.HTTP.AllowAnonymous {
+	readers := len(c.HTTP.ReaderKeys) > 0
+	for _, k := range c.HTTP.Keys {
+		readers = readers || k.Role == httpapi.RoleReader || k.Role == ""
+	}
+	if !readers && !c.HTTP.AllowAnonymous {
 		fail("HTTP.ReaderKeys", "is required (or HTTP.AllowAnonymous)")
 	}
 	return errs

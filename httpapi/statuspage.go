@@ -24,6 +24,15 @@ import (
 //
 // A strict Content-Security-Policy allows only the page's own inline
 // script and style (by hash), fetches to this origin, and no framing.
+// The page writes what the answer holds (replica ids, token names, error
+// messages) with textContent only, never as HTML; the policy also
+// requires Trusted Types for every HTML sink (innerHTML and the like) and
+// allows no policy to make them, so a browser that knows Trusted Types
+// (Chromium) refuses any such write outright.
+//
+// With a catalog the answer lists every token (Status.Tokens), and the
+// page shows them in a table above the cards, which then describe the
+// first token.
 //
 //go:embed status.html
 var statusPage []byte
@@ -58,6 +67,8 @@ func statusPageCSP() string {
 		"base-uri 'none'",
 		"form-action 'none'",
 		"frame-ancestors 'none'",
+		"require-trusted-types-for 'script'",
+		"trusted-types 'none'",
 	}, "; ")
 }
 

@@ -461,13 +461,14 @@ func checkRules(v *values, c Config) {
 	}
 }
 
-// hasReaders reports whether cat has a key that reads tokens.
+// hasReaders reports whether cat has a reader key: as with the
+// environment's keys, admin keys alone do not open the read route.
 func hasReaders(cat *catalog.Catalog) bool {
 	if cat == nil {
 		return false
 	}
 	for _, k := range cat.Keys {
-		if k.Role == catalog.RoleReader || k.Role == catalog.RoleAdmin {
+		if k.Role == catalog.RoleReader {
 			return true
 		}
 	}

@@ -14,19 +14,32 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/catalog"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // statusEnvs are the settings of `tokenkeeper status`: those of serve that
-// reach Redis.
-var statusEnvs = []string{"TOKENKEEPER_REDIS_URL", "TOKENKEEPER_REDIS_TLS_CA", "TOKENKEEPER_REDIS_TLS_CERT", "TOKENKEEPER_REDIS_TLS_KEY"}
+// reach Redis, and the catalog file, for the names of its tokens.
+var statusEnvs = []string{"TOKENKEEPER_CONFIG", "TOKENKEEPER_REDIS_URL", "TOKENKEEPER_REDIS_TLS_CA", "TOKENKEEPER_REDIS_TLS_CERT", "TOKENKEEPER_REDIS_TLS_KEY"}
 
-// fleetJSON is what `tokenkeeper status --json` prints: the fields of
-// GET /v1/status that Redis knows, in the same shapes.
+// statusRefreshRows is how many refresh attempts the tables show for each
+// token when there are several; --json shows them all.
+const statusRefreshRows = 5
+
+// fingerprintSlack is how far apart two readings of one token's expiry
+// may be (a heartbeat's or an attempt's, and the stored key's time to
+// live) for status to take them as the same token.
+const fingerprintSlack = 2 * time.Second
+
+// fleetJSON is what `tokenkeeper status --json` prints for the liveness
+// token alone (no catalog, no --token): the fields of GET /v1/status that
+// Redis knows, in the same shapes. It is the shape of the versions before
+// the catalog, kept as it was for the scripts that read it.
 type fleetJSON struct {
 	Leader      string            `json:"leader"`
 	Replicas    []httpapi.Replica `json:"replicas"`
@@ -34,18 +47,75 @@ type fleetJSON struct {
 	GeneratedAt time.Time         `json:"generated_at"`
 }
 
+// tokensJSON is what `tokenkeeper status --json` prints with a catalog
+// (TOKENKEEPER_CONFIG) or --token: every token, in the file's or the
+// flags' order.
+type tokensJSON struct {
+	Tokens      []tokenJSON `json:"tokens"`
+	GeneratedAt time.Time   `json:"generated_at"`
+}
+
+// tokenJSON is one token in tokensJSON: its fleet as fleetJSON shows it,
+// and the token stored in Redis. The last refresh attempt is the first of
+// Refreshes.
+type tokenJSON struct {
+	Name   string `json:"name"`
+	Leader string `json:"leader"`
+	// TokenFingerprint names the token stored in Redis, as the replicas'
+	// heartbeats or the refresh that stored it name it; empty when there
+	// is none or no replica or attempt names it.
+	TokenFingerprint string `json:"token_fingerprint,omitempty"`
+	// ExpiresAt is when the stored token expires (its key's time to live,
+	// on this machine's clock); ExpiresIn the whole seconds left then.
+	ExpiresAt time.Time         `json:"expires_at,omitzero"`
+	ExpiresIn int64             `json:"expires_in"`
+	Replicas  []httpapi.Replica `json:"replicas"`
+	Refreshes []httpapi.Refresh `json:"refreshes"`
+	// Error says why this token could not be read; the other fields are
+	// then empty.
+	Error string `json:"error,omitempty"`
+}
+
+// tokenView is one token as Redis records it.
+type tokenView struct {
+	name  string
+	fleet refresher.Fleet
+	// expiresAt is when the stored token expires, on this machine's
+	// clock; zero when none is stored.
+	expiresAt time.Time
+	// fingerprint names the stored token, when a heartbeat or an attempt
+	// names a token of that expiry.
+	fingerprint string
+	err         error
+}
+
 // runStatus prints the fleet view from Redis: the leader, the replicas
 // whose heartbeat is fresh, and the last refresh attempts, as tables or
 // with --json as JSON. It reads what the replicas wrote and needs none of
 // them to answer.
+//
+// Without a catalog it shows the liveness token, as before the catalog.
+// With TOKENKEEPER_CONFIG (--config) it shows every token of the file, and
+// with --token NAME (repeatable) the tokens named, each under a header
+// line. The names come from the file or the flags: status never lists
+// Redis's keys.
 func runStatus(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	asJSON := false
 	timeout := 5 * time.Second
+	var names []string
 	rest := args[:0:0]
 	for i := 0; i < len(args); i++ {
 		switch a := args[i]; {
 		case a == "--json" || a == "-json":
 			asJSON = true
+		case a == "--token" || a == "-token":
+			if i+1 == len(args) {
+				return errors.New("status: --token needs a token name")
+			}
+			i++
+			names = append(names, args[i])
+		case strings.HasPrefix(a, "--token=") || strings.HasPrefix(a, "-token="):
+			names = append(names, a[strings.Index(a, "=")+1:])
 		case strings.HasPrefix(a, "--timeout=") || strings.HasPrefix(a, "-timeout="):
 			d, err := time.ParseDuration(a[strings.Index(a, "=")+1:])
 			if err != nil || d <= 0 {
@@ -64,7 +134,8 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	v, err := load("status", settings, rest, getenv, os.ReadFile, stderr)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(stderr, "\n  --json\n      print JSON instead of tables\n  --timeout=5s\n      give up after this long\n")
+		fmt.Fprint(stderr, "\n  --json\n      print JSON instead of tables\n  --timeout=5s\n      give up after this long\n"+
+			"  --token NAME\n      show this token (repeat for several; instead of the tokens of TOKENKEEPER_CONFIG)\n")
 		return nil
 	}
 	if err != nil {
@@ -83,12 +154,26 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	if err := v.err(); err != nil {
 		return configError(err)
 	}
+	catalogMode := len(names) > 0
+	if catalogMode {
+		if names, err = checkTokenNames(names); err != nil {
+			return err
+		}
+	} else if path := v.str("TOKENKEEPER_CONFIG"); path != "" {
+		if names, err = catalogNames(path, getenv, os.ReadFile, stderr); err != nil {
+			return err
+		}
+		catalogMode = true
+	}
 	opt.MaxRetries = 1
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	f, err := refresher.ReadFleet(ctx, rdb, cache.KeysFor("liveness"))
+	if catalogMode {
+		return statusTokens(ctx, rdb, names, asJSON, stdout)
+	}
+	f, err := refresher.ReadFleet(ctx, rdb, cache.KeysFor(httpapi.DefaultName))
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
@@ -96,36 +181,267 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	if asJSON {
 		replicas, refreshes := tokenkeeper.APIFleet(f)
 		out := fleetJSON{Leader: f.Leader, Replicas: replicas, Refreshes: refreshes, GeneratedAt: utcMillis(now)}
-		for i := range out.Replicas {
-			r := &out.Replicas[i]
-			r.ExpiresAt, r.LastEventAt, r.SeenAt = utcMillis(r.ExpiresAt), utcMillis(r.LastEventAt), utcMillis(r.SeenAt)
-		}
-		for i := range out.Refreshes {
-			r := &out.Refreshes[i]
-			r.At, r.ExpiresAt = utcMillis(r.At), utcMillis(r.ExpiresAt)
-		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		utcFleet(out.Replicas, out.Refreshes)
+		return writeJSON(stdout, out)
 	}
 	printFleet(stdout, f, now)
 	return nil
 }
 
+// writeJSON writes v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// utcFleet puts the fleet's times in UTC to the millisecond.
+func utcFleet(replicas []httpapi.Replica, refreshes []httpapi.Refresh) {
+	for i := range replicas {
+		r := &replicas[i]
+		r.ExpiresAt, r.LastEventAt, r.SeenAt = utcMillis(r.ExpiresAt), utcMillis(r.LastEventAt), utcMillis(r.SeenAt)
+	}
+	for i := range refreshes {
+		r := &refreshes[i]
+		r.At, r.ExpiresAt = utcMillis(r.At), utcMillis(r.ExpiresAt)
+	}
+}
+
+// checkTokenNames refuses names no token may have (which could also reach
+// other keys than a token's) and drops repeated ones.
+func checkTokenNames(names []string) ([]string, error) {
+	var out []string
+	for _, n := range names {
+		if !catalog.ValidName(n) {
+			return nil, fmt.Errorf("status: --token %q: a token name is 1 to 40 of a-z, 0-9 and -, starting with a letter or digit", n)
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// catalogNames returns the names of the tokens of the catalog file at
+// path. status needs nothing else of the file, so a file that does not
+// resolve here (an operator's machine lacks the replicas' secrets and
+// their files, most often) still gives its names: they are read from the
+// file's tokens alone, with a note on stderr. Only a file that cannot be
+// read, or whose token names cannot be made out, is an error.
+func catalogNames(path string, getenv func(string) string, readFile func(string) ([]byte, error), stderr io.Writer) ([]string, error) {
+	cat, err := loadCatalog(path, getenv, readFile)
+	if err == nil {
+		names := make([]string, 0, len(cat.Tokens))
+		for _, t := range cat.Tokens {
+			names = append(names, t.Name)
+		}
+		return names, nil
+	}
+	var ce *catalog.Error
+	if !errors.As(err, &ce) {
+		return nil, fmt.Errorf("status: %w", err) // the file itself cannot be read
+	}
+	data, rerr := readFile(path)
+	if rerr != nil {
+		return nil, fmt.Errorf("status: TOKENKEEPER_CONFIG: %w", rerr)
+	}
+	names, ok := tokenNames(data)
+	if !ok {
+		return nil, fmt.Errorf("status: %s is not valid:\n%w", path, err)
+	}
+	problems := 1
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		problems = len(j.Unwrap())
+	}
+	fmt.Fprintf(stderr, "tokenkeeper status: note: %s does not resolve on this machine (%d problems, such as secrets absent here; "+
+		"'tokenkeeper config check %s' lists them); showing the %d tokens it names\n", path, problems, path, len(names))
+	return names, nil
+}
+
+// tokenNames reads the names of a catalog file's tokens and nothing else
+// of it. ok is false unless every token has a valid name, no two the same,
+// and there is at least one.
+func tokenNames(data []byte) (names []string, ok bool) {
+	var file struct {
+		Tokens []struct {
+			Name string `yaml:"name"`
+		} `yaml:"tokens"`
+	}
+	if err := yaml.Unmarshal(data, &file); err != nil || len(file.Tokens) == 0 {
+		return nil, false
+	}
+	for _, t := range file.Tokens {
+		if !catalog.ValidName(t.Name) || slices.Contains(names, t.Name) {
+			return nil, false
+		}
+		names = append(names, t.Name)
+	}
+	return names, true
+}
+
+// statusTokens prints the fleet of each named token. A token that cannot
+// be read is shown as such and the others still are; the error then says
+// which failed.
+func statusTokens(ctx context.Context, rdb *redis.Client, names []string, asJSON bool, stdout io.Writer) error {
+	views := make([]tokenView, 0, len(names))
+	var failed []string
+	for _, name := range names {
+		tv := readToken(ctx, rdb, name)
+		if tv.err != nil {
+			failed = append(failed, name)
+		}
+		views = append(views, tv)
+	}
+	if len(failed) == len(views) {
+		return fmt.Errorf("status: %w", views[0].err)
+	}
+	now := time.Now()
+	if asJSON {
+		out := tokensJSON{Tokens: make([]tokenJSON, 0, len(views)), GeneratedAt: utcMillis(now)}
+		for _, tv := range views {
+			out.Tokens = append(out.Tokens, tv.json(now))
+		}
+		if err := writeJSON(stdout, out); err != nil {
+			return err
+		}
+	} else {
+		for i, tv := range views {
+			if i > 0 {
+				fmt.Fprintln(stdout)
+			}
+			printToken(stdout, tv, now)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("status: cannot read token %s", strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+// readToken reads one token's fleet and the expiry of the token stored
+// under its keys. It never reads the token itself.
+func readToken(ctx context.Context, rdb *redis.Client, name string) tokenView {
+	tv := tokenView{name: name}
+	keys := cache.KeysFor(name)
+	if tv.fleet, tv.err = refresher.ReadFleet(ctx, rdb, keys); tv.err != nil {
+		return tv
+	}
+	sent := time.Now()
+	ttl, err := rdb.PTTL(ctx, keys.Token).Result()
+	if err != nil {
+		tv.err = fmt.Errorf("read the token's expiry: %w", err)
+		return tv
+	}
+	// PTTL answers -2 (no key) or -1 (no expiry, which the fenced write
+	// never leaves) as nanoseconds: no token.
+	if ttl > 0 {
+		tv.expiresAt = sent.Add(ttl)
+		tv.fingerprint = storedFingerprint(tv.fleet, tv.expiresAt)
+	}
+	return tv
+}
+
+// storedFingerprint names the stored token, which expires at exp: the
+// fingerprint of the heartbeat or refresh attempt whose token expires
+// closest to it, within fingerprintSlack; "" when none does. The
+// fingerprint cannot be computed from Redis: the token may be sealed
+// there, and status never reads it.
+func storedFingerprint(f refresher.Fleet, exp time.Time) string {
+	best, bestOff := "", fingerprintSlack+1
+	consider := func(fp string, at time.Time) {
+		if fp == "" || at.IsZero() {
+			return
+		}
+		off := at.Sub(exp)
+		if off < 0 {
+			off = -off
+		}
+		if off <= fingerprintSlack && off < bestOff {
+			best, bestOff = fp, off
+		}
+	}
+	for _, r := range f.Replicas {
+		consider(r.Fingerprint, r.ExpiresAt)
+	}
+	for _, a := range f.Refreshes {
+		consider(a.Fingerprint, a.ExpiresAt)
+	}
+	return best
+}
+
+// json is tv as tokensJSON shows it, at now.
+func (tv tokenView) json(now time.Time) tokenJSON {
+	out := tokenJSON{Name: tv.name, Replicas: []httpapi.Replica{}, Refreshes: []httpapi.Refresh{}}
+	if tv.err != nil {
+		out.Error = tv.err.Error()
+		return out
+	}
+	out.Leader = tv.fleet.Leader
+	out.Replicas, out.Refreshes = tokenkeeper.APIFleet(tv.fleet)
+	utcFleet(out.Replicas, out.Refreshes)
+	if !tv.expiresAt.IsZero() {
+		out.TokenFingerprint = tv.fingerprint
+		out.ExpiresAt = utcMillis(tv.expiresAt)
+		out.ExpiresIn = int64(max(tv.expiresAt.Sub(now), 0) / time.Second)
+	}
+	return out
+}
+
+// printToken writes one token of several: a header line, then its fleet
+// as printFleet does, with the last few refresh attempts.
+func printToken(w io.Writer, tv tokenView, now time.Time) {
+	if tv.err != nil {
+		fmt.Fprintf(w, "token %s: cannot read it: %v\n", tv.name, tv.err)
+		return
+	}
+	fmt.Fprintln(w, tokenHeader(tv, now))
+	printFleetBody(w, tv.fleet, now, statusRefreshRows)
+}
+
+// tokenHeader is the line that opens a token in the tables: its name,
+// leader, stored token and its expiry, and the last refresh attempt.
+func tokenHeader(tv tokenView, now time.Time) string {
+	leader := "leader NONE"
+	if tv.fleet.Leader != "" {
+		leader = "leader " + tv.fleet.Leader
+	}
+	token := "no token in Redis"
+	if !tv.expiresAt.IsZero() {
+		fp := tv.fingerprint
+		if fp == "" {
+			fp = "(fingerprint unknown)"
+		}
+		token = "token " + fp + " expires in " + short(tv.expiresAt.Sub(now))
+	}
+	last := "no refresh recorded"
+	if len(tv.fleet.Refreshes) > 0 {
+		a := tv.fleet.Refreshes[0]
+		last = "last refresh " + a.Outcome + " " + short(now.Sub(a.At)) + " ago"
+	}
+	return "token " + tv.name + ": " + leader + ", " + token + ", " + last
+}
+
 // printFleet writes the fleet view as tables, with times as durations from
 // now.
 func printFleet(w io.Writer, f refresher.Fleet, now time.Time) {
+	leader := f.Leader
+	if leader == "" {
+		leader = "NONE: no replica holds the lock"
+	}
+	fmt.Fprintf(w, "leader:    %s\n", leader)
+	printFleetBody(w, f, now, len(f.Refreshes))
+}
+
+// printFleetBody writes the replicas of f and its last refresh attempts
+// (at most maxRefreshes of them) as tables.
+func printFleetBody(w io.Writer, f refresher.Fleet, now time.Time, maxRefreshes int) {
 	ready := 0
 	for _, r := range f.Replicas {
 		if r.Ready {
 			ready++
 		}
 	}
-	leader := f.Leader
-	if leader == "" {
-		leader = "NONE: no replica holds the lock"
-	}
-	fmt.Fprintf(w, "leader:    %s\nreplicas:  %d alive, %d ready\n\n", leader, len(f.Replicas), ready)
+	fmt.Fprintf(w, "replicas:  %d alive, %d ready\n\n", len(f.Replicas), ready)
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE\tREADY\tROLE\tTOKEN\tEXPIRES IN\tLAST EVENT\tHEARTBEAT\tUPSTREAM\tVERSION\tPROBLEM")
@@ -157,10 +473,15 @@ func printFleet(w io.Writer, f refresher.Fleet, now time.Time) {
 		fmt.Fprintln(w, "(no heartbeat in Redis: no replica is running, or they cannot reach Redis)")
 	}
 
-	fmt.Fprintln(w, "\nlast refreshes (newest first):")
+	refreshes := f.Refreshes[:min(len(f.Refreshes), maxRefreshes)]
+	if len(refreshes) < len(f.Refreshes) {
+		fmt.Fprintf(w, "\nlast refreshes (newest first, %d of %d; --json shows all):\n", len(refreshes), len(f.Refreshes))
+	} else {
+		fmt.Fprintln(w, "\nlast refreshes (newest first):")
+	}
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "WHEN\tLEADER\tOUTCOME\tUPSTREAM\tTOTAL\tTOKEN\tERROR")
-	for _, a := range f.Refreshes {
+	for _, a := range refreshes {
 		up := "-"
 		if a.Upstream > 0 {
 			up = short(a.Upstream)
