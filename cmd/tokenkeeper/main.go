@@ -45,7 +45,8 @@ commands:
   demo         try it with nothing installed: in-process Redis and a fake RDP
   fake-rdp     run the fake RDP server on its own (tests, compose stack)
   healthcheck  exit 0 if the replica on TOKENKEEPER_LISTEN is ready, else 1
-  status       the fleet from Redis: leader, replicas and last refreshes (--json for JSON)
+  status       the fleet from Redis: leader, replicas and last refreshes (--json for JSON;
+               every token of TOKENKEEPER_CONFIG, or --token NAME for each)
   config check FILE
                validate a token catalog file (TOKENKEEPER_CONFIG) and print what it describes
 
