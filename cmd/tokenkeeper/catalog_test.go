@@ -26,9 +26,25 @@ const (
 )
 
 // writeCatalog writes a catalog of two tokens from the fake upstream at
-// rdpURL: liveness (RDP) and partner (generic OAuth2, its secret in a
-// file), a reader key limited to liveness and an admin key.
+// rdpURL: liveness (RDP, its secret in $RDP_SECRET) and partner (generic
+// OAuth2, its secret in a file), a reader key ($MOBILE_KEY) limited to
+// liveness and an admin key ($OPS_KEY).
 func writeCatalog(t *testing.T, rdpURL string) string {
+	t.Helper()
+	return writeCatalogFile(t, rdpURL, "RDP_SECRET", partnerSecret, `keys:
+  - name: mobile
+    key: ${MOBILE_KEY}
+    tokens: [liveness]
+  - name: ops
+    role: admin
+    key: ${OPS_KEY}
+`)
+}
+
+// writeCatalogFile writes the catalog of liveness and partner from the fake
+// upstream at rdpURL, the RDP secret in $rdpSecretVar, partner's in a
+// file, followed by keys (YAML).
+func writeCatalogFile(t *testing.T, rdpURL, rdpSecretVar, partnerSecret, keys string) string {
 	t.Helper()
 	dir := t.TempDir()
 	secretFile := filepath.Join(dir, "partner-secret")
@@ -46,7 +62,7 @@ func writeCatalog(t *testing.T, rdpURL string) string {
     rdp:
       base_url: ` + rdpURL + `
       client_id: ` + fakerdp.ClientID + `
-      client_secret: ${RDP_SECRET}
+      client_secret: ${` + rdpSecretVar + `}
   - name: partner
     source: oauth2
     required: false
@@ -60,14 +76,7 @@ func writeCatalog(t *testing.T, rdpURL string) string {
       client_secret_file: ` + secretFile + `
       scopes: [read:partner]
       audience: https://partner.example
-keys:
-  - name: mobile
-    key: ${MOBILE_KEY}
-    tokens: [liveness]
-  - name: ops
-    role: admin
-    key: ${OPS_KEY}
-`
+` + keys
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}

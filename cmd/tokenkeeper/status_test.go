@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -101,45 +100,13 @@ func TestStatusCommand(t *testing.T) {
 // reader key in $STATUS_APP_KEY.
 func statusCatalogFile(t *testing.T, rdpURL string) string {
 	t.Helper()
-	dir := t.TempDir()
-	secretFile := filepath.Join(dir, "partner-secret")
-	if err := os.WriteFile(secretFile, []byte(statusPartnerSecret+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, "tokens.yaml")
-	data := `tokens:
-  - name: liveness
-    source: rdp-liveness
-    lifetime: 20s
-    serve_margin: 2s
-    refresh_before: 5s
-    timeout: 1s
-    rdp:
-      base_url: ` + rdpURL + `
-      client_id: ` + fakerdp.ClientID + `
-      client_secret: ${STATUS_RDP_SECRET}
-  - name: partner
-    source: oauth2
-    required: false
-    lifetime: 30s
-    serve_margin: 2s
-    refresh_before: 5s
-    timeout: 1s
-    oauth2:
-      token_url: ` + rdpURL + fakerdp.OAuth2TokenPath + `
-      client_id: ` + fakerdp.ClientID + `
-      client_secret_file: ` + secretFile + `
-keys:
+	return writeCatalogFile(t, rdpURL, "STATUS_RDP_SECRET", statusPartnerSecret, `keys:
   - name: ops
     role: admin
     key: ${STATUS_OPS_KEY}
   - name: app
     key: ${STATUS_APP_KEY}
-`
-	if err := os.WriteFile(file, []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return file
+`)
 }
 
 const (
