@@ -45,14 +45,21 @@ type Keys struct {
 	Replicas  string // hash of heartbeats, a field per replica
 	Refreshes string // list of the last refresh attempts
 	Auth      string // sorted set of the fleet's recent sign-ons
+	// Devices prefixes the keys of per-device tokens: a hash per device,
+	// Devices + the device's keyed digest, and its claim, + ":claim".
+	Devices string
+	// DeviceKey holds the secret the fleet digests device ids with.
+	DeviceKey string
 }
 
 // KeysFor returns the keys of the token called name:
-// tokenkeeper:{name}:token, :lock, :events, :replicas, :refreshes and :auth.
+// tokenkeeper:{name}:token, :lock, :events, :replicas, :refreshes, :auth,
+// :device:<digest> (per-device tokens) and :device-key.
 func KeysFor(name string) Keys {
 	p := "tokenkeeper:{" + name + "}:"
 	return Keys{Token: p + "token", Lock: p + "lock", Events: p + "events",
-		Replicas: p + "replicas", Refreshes: p + "refreshes", Auth: p + "auth"}
+		Replicas: p + "replicas", Refreshes: p + "refreshes", Auth: p + "auth",
+		Devices: p + "device:", DeviceKey: p + "device-key"}
 }
 
 // RedisClient is what the store needs of a go-redis client

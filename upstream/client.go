@@ -117,7 +117,9 @@ type Client struct {
 
 	access      string
 	accessUntil time.Time // reuse access while now is before this
-	refresh     string    // v1 only
+	accessSent  time.Time // when access's request was sent
+	accessLife  time.Duration
+	refresh     string // v1 only
 }
 
 // New validates cfg, fills in its defaults, and returns a Client. It makes
@@ -282,6 +284,42 @@ func (c *Client) Token(ctx context.Context) (Token, error) {
 	return c.liveness(ctx, access)
 }
 
+// SignOn signs on afresh and returns the access token itself, dated from
+// its request: the credential a fleet shares to mint per-device liveness
+// tokens (Mint). It is serialized with Token, and calls BeforeAuth like
+// every sign-on. An answer that names no lifetime is refused: a shared
+// access token must say how long it may be shared.
+func (c *Client) SignOn(ctx context.Context) (Token, error) {
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return Token{}, &Error{Op: OpAuth, Retryable: true, Err: ctx.Err()}
+	}
+	defer func() { <-c.sem }()
+	c.access, c.accessUntil = "", time.Time{}
+	access, err := c.accessToken(ctx)
+	if err != nil {
+		return Token{}, err
+	}
+	if c.accessLife <= 0 {
+		return Token{}, &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: the sign-on answer names no expires_in", ErrInvalidExpiry)}
+	}
+	return Token{Value: access, Lifetime: c.accessLife, Sent: c.accessSent}, nil
+}
+
+// Mint calls the liveness endpoint with access, an access token that
+// SignOn obtained, possibly on another replica. Unlike Token it never
+// signs on: a 401 comes back as an *Error with Op OpLiveness and Status
+// 401, for the caller to renew the shared access token. Safe to call
+// concurrently.
+func (c *Client) Mint(ctx context.Context, access string) (Token, error) {
+	return c.liveness(ctx, access)
+}
+
+// IsUnauthorized reports whether err is the liveness endpoint refusing
+// the access token (401).
+func IsUnauthorized(err error) bool { return isUnauthorized(err) }
+
 func isUnauthorized(err error) bool {
 	var e *Error
 	return errors.As(err, &e) && e.Op == OpLiveness && e.Status == http.StatusUnauthorized
@@ -311,6 +349,7 @@ func (c *Client) beforeAuth(ctx context.Context) error {
 func (c *Client) keep(access string, lifetime time.Duration, sent time.Time) {
 	margin := min(accessReuseMargin, lifetime/4)
 	c.access, c.accessUntil = access, sent.Add(lifetime-margin)
+	c.accessSent, c.accessLife = sent, lifetime
 	c.log.Debug("signed on", "access", fingerprint(access), "expires_in", lifetime)
 }
 

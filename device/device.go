@@ -1,0 +1,268 @@
+// Package device mints per-device liveness tokens over one access token
+// the fleet shares: a device asking on any replica gets the token stored
+// for it in Redis until that token reaches the serve margin, then a new
+// one; two replicas asked for the same new device at once make one
+// upstream call (a short claim in Redis; the other waits for its result).
+//
+// Device ids never reach Redis or the logs in clear: each is replaced by
+// a keyed digest (HMAC-SHA-256) under a secret the fleet keeps in Redis.
+package device
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/clock"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// Errors of Minter.Token. Check them with errors.Is.
+var (
+	// ErrBadDevice means the device id is not 1 to 128 of [A-Za-z0-9._:-].
+	ErrBadDevice = errors.New("device: invalid device id")
+	// ErrUnavailable means no token can be minted now: the fleet holds no
+	// access token, or the upstream failed; a device that holds a token
+	// still gets it.
+	ErrUnavailable = errors.New("device: no token can be minted now")
+)
+
+// MaxIDLen is the longest device id.
+const MaxIDLen = 128
+
+// CheckID returns ErrBadDevice, saying why, unless id is 1 to MaxIDLen of
+// [A-Za-z0-9._:-]. The id itself is never repeated.
+func CheckID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: empty", ErrBadDevice)
+	case len(id) > MaxIDLen:
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrBadDevice, len(id), MaxIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != ':' && c != '-' {
+			return fmt.Errorf("%w: byte %d is not one of A-Z a-z 0-9 . _ : -", ErrBadDevice, i+1)
+		}
+	}
+	return nil
+}
+
+// Redis is what a Minter needs of a go-redis client.
+type Redis interface {
+	redis.Scripter
+	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
+	Get(ctx context.Context, key string) *redis.StringCmd
+}
+
+// Config configures a Minter.
+type Config struct {
+	// Keys are the token's keys (cache.KeysFor): devices live under
+	// Keys.Devices, the digest secret at Keys.DeviceKey.
+	Keys cache.Keys
+	// ServeMargin: a device's token is not handed out within this of its
+	// expiry, and one minted with less left is refused. Required.
+	ServeMargin time.Duration
+	// Access returns the fleet's shared access token (the token's store).
+	Access func() (cache.Token, bool)
+	// RenewAccess asks for a new shared access token after the upstream
+	// refused the current one (the leader fetches it).
+	RenewAccess func(ctx context.Context) error
+	// Mint asks the upstream for a new liveness token with access.
+	Mint func(ctx context.Context, access string) (upstream.Token, error)
+	// Claim is how long a replica minting for a device holds the device's
+	// claim, and how long another waits for its result. Default: 10s.
+	Claim time.Duration
+	// Clock is the time; default clock.Real().
+	Clock clock.Clock
+	// Logger receives one line per mint (device digest, token
+	// fingerprint). Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Minter hands out per-device tokens. Its methods are safe for concurrent
+// use.
+type Minter struct {
+	rdb Redis
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.Mutex
+	secret []byte // the fleet's digest key, once read
+}
+
+// New returns a Minter. It makes no call to Redis.
+func New(rdb Redis, cfg Config) (*Minter, error) {
+	switch {
+	case rdb == nil:
+		return nil, errors.New("device: nil Redis client")
+	case cfg.Keys.Devices == "" || cfg.Keys.DeviceKey == "":
+		return nil, errors.New("device: Keys.Devices and Keys.DeviceKey are required")
+	case cfg.ServeMargin <= 0:
+		return nil, errors.New("device: ServeMargin must be positive")
+	case cfg.Access == nil || cfg.Mint == nil || cfg.RenewAccess == nil:
+		return nil, errors.New("device: Access, RenewAccess and Mint are required")
+	}
+	if cfg.Claim == 0 {
+		cfg.Claim = 10 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Minter{rdb: rdb, cfg: cfg, log: cfg.Logger}, nil
+}
+
+//go:embed read.lua
+var readLua string
+
+//go:embed store.lua
+var storeLua string
+
+//go:embed release.lua
+var releaseLua string
+
+var (
+	readScript    = redis.NewScript(readLua)
+	storeScript   = redis.NewScript(storeLua)
+	releaseScript = redis.NewScript(releaseLua)
+)
+
+// Token returns the device's token: the one stored for it while it has
+// more than the serve margin left, else a new one, minted once for the
+// whole fleet.
+func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) {
+	if err := CheckID(device); err != nil {
+		return cache.Token{}, err
+	}
+	secret, err := m.digestKey(ctx)
+	if err != nil {
+		return cache.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	digest := digestOf(secret, device)
+	key := m.cfg.Keys.Devices + digest
+	claim := key + ":claim"
+	deadline := m.cfg.Clock.Now().Add(m.cfg.Claim)
+	for {
+		if tok, ok, err := m.stored(ctx, key); err != nil || ok {
+			return tok, err
+		}
+		owner := rand.Text()
+		won, err := m.rdb.SetNX(ctx, claim, owner, m.cfg.Claim).Result()
+		if err != nil {
+			return cache.Token{}, fmt.Errorf("%w: claim: %w", ErrUnavailable, err)
+		}
+		if won {
+			// A replica that held the claim until just now may have stored
+			// the device's token since it was read above.
+			tok, ok, err := m.stored(ctx, key)
+			if err == nil && !ok {
+				tok, err = m.mint(ctx, key, digest)
+			}
+			releaseScript.Run(context.WithoutCancel(ctx), m.rdb, []string{claim}, owner)
+			return tok, err
+		}
+		// Another replica is minting for this device: wait for its token.
+		if !m.cfg.Clock.Now().Before(deadline) {
+			return cache.Token{}, fmt.Errorf("%w: another replica's mint for this device did not finish within %v", ErrUnavailable, m.cfg.Claim)
+		}
+		t := m.cfg.Clock.NewTimer(25 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return cache.Token{}, ctx.Err()
+		case <-t.C():
+		}
+	}
+}
+
+// stored returns the device's stored token if it may be handed out.
+func (m *Minter) stored(ctx context.Context, key string) (cache.Token, bool, error) {
+	sent := m.cfg.Clock.Now()
+	res, err := readScript.Run(ctx, m.rdb, []string{key}).Slice()
+	if errors.Is(err, redis.Nil) {
+		return cache.Token{}, false, nil
+	}
+	if err != nil {
+		return cache.Token{}, false, fmt.Errorf("%w: read: %w", ErrUnavailable, err)
+	}
+	value, _ := res[0].(string)
+	pttl, _ := res[1].(int64)
+	tok := cache.Token{Value: value, Deadline: sent.Add(time.Duration(pttl) * time.Millisecond)}
+	return tok, tok.ServableAt(m.cfg.Clock.Now(), m.cfg.ServeMargin), nil
+}
+
+// mint asks the upstream for the device's token with the shared access
+// token, once more after renewing it if the upstream refuses it, and
+// stores the token for its lifetime.
+func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, error) {
+	access, ok := m.cfg.Access()
+	if !ok {
+		return cache.Token{}, fmt.Errorf("%w: the fleet holds no access token", ErrUnavailable)
+	}
+	ut, err := m.cfg.Mint(ctx, access.Value)
+	if upstream.IsUnauthorized(err) {
+		m.log.Info("the upstream refused the shared access token; asking for a new one", "access", access.Fingerprint())
+		if now, ok := m.cfg.Access(); !ok || now.Value == access.Value {
+			if rerr := m.cfg.RenewAccess(ctx); rerr != nil {
+				return cache.Token{}, fmt.Errorf("%w: renewing the access token: %w", ErrUnavailable, rerr)
+			}
+		}
+		if access, ok = m.cfg.Access(); !ok {
+			return cache.Token{}, fmt.Errorf("%w: the fleet holds no access token", ErrUnavailable)
+		}
+		ut, err = m.cfg.Mint(ctx, access.Value)
+	}
+	if err != nil {
+		return cache.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	tok := cache.Token{Value: ut.Value, Deadline: ut.Sent.Add(ut.Lifetime), FetchedAt: ut.Sent}
+	ttl := tok.Deadline.Sub(m.cfg.Clock.Now())
+	if ttl <= m.cfg.ServeMargin {
+		return cache.Token{}, fmt.Errorf("%w: the upstream's token has %v left, not more than the serve margin", ErrUnavailable, ttl.Round(time.Millisecond))
+	}
+	if _, err := storeScript.Run(ctx, m.rdb, []string{key}, ut.Value, ttl.Milliseconds()).Result(); err != nil {
+		// The token is good; the next ask mints again.
+		m.log.Warn("a device's token could not be stored", "device", digest[:12], "error", err)
+	}
+	m.log.Info("device token minted", "device", digest[:12], "fingerprint", tok.Fingerprint(), "expires_in", ttl.Round(time.Second))
+	return tok, nil
+}
+
+// digestKey returns the fleet's digest secret, creating it on first use.
+func (m *Minter) digestKey(ctx context.Context) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.secret != nil {
+		return m.secret, nil
+	}
+	if _, err := m.rdb.SetNX(ctx, m.cfg.Keys.DeviceKey, rand.Text()+rand.Text(), 0).Result(); err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	v, err := m.rdb.Get(ctx, m.cfg.Keys.DeviceKey).Result()
+	if err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	m.secret = []byte(v)
+	return m.secret, nil
+}
+
+// digestOf is the keyed digest that stands for a device id.
+func digestOf(secret []byte, device string) string {
+	h := hmac.New(sha256.New, secret)
+	h.Write([]byte(device))
+	return hex.EncodeToString(h.Sum(nil))
+}

@@ -1,0 +1,258 @@
+package device_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/clock"
+	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
+	"github.com/tokenkeeper/tokenkeeper/device"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// upstreamFake mints numbered tokens of a fixed lifetime for the access
+// token it accepts, and counts its calls.
+type upstreamFake struct {
+	clk      clock.Clock
+	lifetime time.Duration
+	mints    atomic.Int64
+	mu       sync.Mutex
+	accepted string // the access token it takes; others get 401
+	access   string // the fleet's current access token
+	renewals int
+}
+
+func (u *upstreamFake) Access() (cache.Token, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.access == "" {
+		return cache.Token{}, false
+	}
+	return cache.Token{Value: u.access, Deadline: u.clk.Now().Add(time.Hour)}, true
+}
+
+func (u *upstreamFake) RenewAccess(context.Context) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.renewals++
+	u.access = u.accepted
+	return nil
+}
+
+func (u *upstreamFake) Mint(_ context.Context, access string) (upstream.Token, error) {
+	u.mu.Lock()
+	ok := access == u.accepted
+	u.mu.Unlock()
+	if !ok {
+		return upstream.Token{}, &upstream.Error{Op: upstream.OpLiveness, Status: 401}
+	}
+	n := u.mints.Add(1)
+	return upstream.Token{Value: fmt.Sprintf("device-token-%d", n), Lifetime: u.lifetime, Sent: u.clk.Now()}, nil
+}
+
+type fixture struct {
+	mr   *miniredis.Miniredis
+	fake *clocktest.Fake // nil on real time
+	clk  clock.Clock
+	up   *upstreamFake
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	mr.ClockTTL(true)
+	clk := clocktest.New(time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC))
+	mr.SetTime(clk.Now())
+	up := &upstreamFake{clk: clk, lifetime: 10 * time.Minute, accepted: "access-1", access: "access-1"}
+	return &fixture{mr: mr, fake: clk, clk: clk, up: up}
+}
+
+// newRealFixture is a fixture on real time, for the tests where replicas
+// wait for one another.
+func newRealFixture(t *testing.T) *fixture {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	mr.ClockTTL(true)
+	up := &upstreamFake{clk: clock.Real(), lifetime: 10 * time.Minute, accepted: "access-1", access: "access-1"}
+	return &fixture{mr: mr, clk: clock.Real(), up: up}
+}
+
+// advance moves the fake clock and Redis's time together.
+func (f *fixture) advance(d time.Duration) {
+	f.fake.Advance(d)
+	f.mr.SetTime(f.fake.Now())
+}
+
+// minter is one replica's Minter over the fixture's Redis.
+func (f *fixture) minter(t *testing.T) *device.Minter {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: f.mr.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	m, err := device.New(rdb, device.Config{
+		Keys: cache.KeysFor("liveness"), ServeMargin: time.Minute,
+		Access: f.up.Access, RenewAccess: f.up.RenewAccess, Mint: f.up.Mint,
+		Clock: f.clk, Logger: quiet,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestEachDeviceItsOwnTokenOnAnyReplica(t *testing.T) {
+	f := newFixture(t)
+	replicas := []*device.Minter{f.minter(t), f.minter(t), f.minter(t)}
+	ctx := context.Background()
+	const devices = 200
+	got := map[string]string{} // device -> token
+	for round := range 3 {
+		for d := range devices {
+			id := fmt.Sprintf("phone-%03d", d)
+			tok, err := replicas[(d+round)%len(replicas)].Token(ctx, id)
+			if err != nil {
+				t.Fatalf("round %d, %s: %v", round, id, err)
+			}
+			if prev, seen := got[id]; seen && prev != tok.Value {
+				t.Fatalf("round %d, %s: got %s, had %s", round, id, tok.Value, prev)
+			}
+			got[id] = tok.Value
+		}
+	}
+	if n := f.up.mints.Load(); n != devices {
+		t.Errorf("upstream mints: %d, want %d (one per device)", n, devices)
+	}
+	owners := map[string]string{}
+	for id, tok := range got {
+		if other, dup := owners[tok]; dup {
+			t.Fatalf("%s and %s share a token", id, other)
+		}
+		owners[tok] = id
+	}
+	for _, k := range f.mr.Keys() {
+		if strings.Contains(k, "phone-") {
+			t.Fatalf("a device id is stored in clear: %s", k)
+		}
+	}
+}
+
+func TestNewDeviceOnEveryReplicaAtOnceMintsOnce(t *testing.T) {
+	f := newRealFixture(t)
+	replicas := []*device.Minter{f.minter(t), f.minter(t), f.minter(t)}
+	for i := range 50 {
+		before := f.up.mints.Load()
+		id := fmt.Sprintf("new-device-%d", i)
+		var wg sync.WaitGroup
+		tokens := make([]string, len(replicas))
+		for r, m := range replicas {
+			wg.Go(func() {
+				tok, err := m.Token(context.Background(), id)
+				if err != nil {
+					t.Errorf("%s on replica %d: %v", id, r, err)
+				}
+				tokens[r] = tok.Value
+			})
+		}
+		wg.Wait()
+		if n := f.up.mints.Load() - before; n != 1 {
+			t.Fatalf("%s asked on three replicas at once: %d mints, want 1", id, n)
+		}
+		if tokens[0] != tokens[1] || tokens[1] != tokens[2] {
+			t.Fatalf("%s: replicas answered %v", id, tokens)
+		}
+	}
+}
+
+func TestTokenRenewedAtTheServeMargin(t *testing.T) {
+	f := newFixture(t)
+	m := f.minter(t)
+	ctx := context.Background()
+	first, err := m.Token(ctx, "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.advance(8*time.Minute + 59*time.Second) // 1m01s left: still servable
+	if tok, _ := m.Token(ctx, "phone"); tok.Value != first.Value {
+		t.Fatalf("before the margin: got a new token")
+	}
+	f.advance(2 * time.Second) // 59s left: within the one-minute margin
+	second, err := m.Token(ctx, "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Value == first.Value {
+		t.Fatalf("within the margin: still the first token")
+	}
+	if got := second.Deadline.Sub(f.fake.Now()); got != 10*time.Minute {
+		t.Errorf("the new token has %v left, want 10m", got)
+	}
+}
+
+func TestRevokedAccessIsRenewedOnce(t *testing.T) {
+	f := newFixture(t)
+	f.up.accepted = "access-2" // the fleet still holds access-1
+	m := f.minter(t)
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := m.Token(context.Background(), id); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	if f.up.renewals != 1 {
+		t.Errorf("access renewals: %d, want 1", f.up.renewals)
+	}
+}
+
+func TestWithoutAccessOnlyKnownDevicesAreServed(t *testing.T) {
+	f := newFixture(t)
+	m := f.minter(t)
+	ctx := context.Background()
+	known, err := m.Token(ctx, "known")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.up.mu.Lock()
+	f.up.access = ""
+	f.up.mu.Unlock()
+	if tok, err := m.Token(ctx, "known"); err != nil || tok.Value != known.Value {
+		t.Errorf("a device with a token, without access: %v, %v", tok.Value, err)
+	}
+	if _, err := m.Token(ctx, "new"); !errors.Is(err, device.ErrUnavailable) {
+		t.Errorf("a new device without access: %v, want ErrUnavailable", err)
+	}
+}
+
+func TestBadDeviceIDsStoreNothing(t *testing.T) {
+	f := newFixture(t)
+	m := f.minter(t)
+	for _, id := range []string{"", strings.Repeat("a", 129), "a/b", "..%2F..%2Fetc", "télé", "nul\x00", "sp ace"} {
+		_, err := m.Token(context.Background(), id)
+		if !errors.Is(err, device.ErrBadDevice) {
+			t.Errorf("%q: %v, want ErrBadDevice", id, err)
+		}
+		if id != "" && strings.Contains(err.Error(), id) {
+			t.Errorf("%q: the error repeats the id: %v", id, err)
+		}
+	}
+	if keys := f.mr.Keys(); len(keys) != 0 {
+		t.Errorf("keys after refused ids: %v", keys)
+	}
+	if err := device.CheckID(strings.Repeat("a", 128)); err != nil {
+		t.Errorf("128 characters: %v", err)
+	}
+	if f.up.mints.Load() != 0 {
+		t.Errorf("minted for a refused id")
+	}
+}
