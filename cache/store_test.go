@@ -118,6 +118,8 @@ func TestKeysCarryOneHashTag(t *testing.T) {
 		Replicas:  "tokenkeeper:{liveness}:replicas",
 		Refreshes: "tokenkeeper:{liveness}:refreshes",
 		Auth:      "tokenkeeper:{liveness}:auth",
+		Devices:   "tokenkeeper:{liveness}:device:",
+		DeviceKey: "tokenkeeper:{liveness}:device-key",
 	}
 	if k != want {
 		t.Fatalf("got %+v, want %+v", k, want)
