@@ -97,6 +97,11 @@ type TokenConfig struct {
 	OAuth2 *upstream.OAuth2Config
 	// Optional tokens do not hold back readiness (GET /readyz).
 	Optional bool
+	// PerDevice, for an RDP token, keeps the RDP access token for the fleet
+	// instead of one liveness token, and mints a liveness token per device
+	// with it (Keeper.DeviceToken, GET /v1/tokens/{name}/devices/{device}).
+	// The access token itself is never served.
+	PerDevice bool
 	// ServeMargin, RefreshBefore and AuthPerMinute are as Config's, which
 	// are the defaults of a zero value.
 	ServeMargin, RefreshBefore time.Duration
@@ -299,6 +304,9 @@ func (t TokenConfig) check(field func(string) string, own, needSource bool) []er
 	}
 	var lifetime, timeout time.Duration
 	prefix := "RDP."
+	if t.PerDevice && t.RDP == nil {
+		fail("PerDevice", "needs RDP: a device's token is an RDP liveness token")
+	}
 	switch {
 	case t.Source != nil:
 		return errs

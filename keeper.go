@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/device"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -57,6 +58,7 @@ type Source interface {
 type Redis interface {
 	redis.Scripter
 	Get(ctx context.Context, key string) *redis.StringCmd
+	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
 	PTTL(ctx context.Context, key string) *redis.DurationCmd
 	HGet(ctx context.Context, key, field string) *redis.StringCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
@@ -79,9 +81,10 @@ type Keeper struct {
 
 // kept is one token of the catalog as this replica keeps it.
 type kept struct {
-	cfg   TokenConfig
-	store *cache.Store
-	ref   *refresher.Refresher
+	cfg     TokenConfig
+	store   *cache.Store
+	ref     *refresher.Refresher
+	devices *device.Minter // per-device tokens only: store holds the access token
 }
 
 // New validates cfg, reporting every problem at once, and returns a
@@ -99,7 +102,11 @@ func New(cfg Config) (*Keeper, error) {
 		}
 		k.tokens = append(k.tokens, t)
 		k.byName[tc.Name] = t
-		served = append(served, httpapi.Token{Name: tc.Name, Optional: tc.Optional, Source: t.store})
+		st := httpapi.Token{Name: tc.Name, Optional: tc.Optional, Source: t.store}
+		if t.devices != nil {
+			st.Devices = deviceMinter{t.devices}
+		}
+		served = append(served, st)
 	}
 	h := cfg.HTTP
 	var err error
@@ -138,6 +145,22 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 	if err != nil {
 		return nil, err
 	}
+	var minter *device.Minter
+	if tc.PerDevice {
+		client, ok := src.(*upstream.Client)
+		if !ok {
+			return nil, errors.New("per-device tokens need RDP, not a Source of their own")
+		}
+		src = accessSource{client}
+		minter, err = device.New(cfg.Redis, device.Config{
+			Keys: keys, ServeMargin: tc.ServeMargin, Access: store.Current, Mint: client.Mint,
+			RenewAccess: func(ctx context.Context) error { _, err := k.Refresh(ctx, tc.Name); return err },
+			Logger:      log,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	ref, err := refresher.New(refresher.Config{
 		Instance: cfg.Instance, LockTTL: cfg.LockTTL, RefreshBefore: tc.RefreshBefore,
 		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
@@ -147,7 +170,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &kept{cfg: tc, store: store, ref: ref}, nil
+	return &kept{cfg: tc, store: store, ref: ref, devices: minter}, nil
 }
 
 // yield spreads leadership over the fleet when it keeps several tokens: a
@@ -301,6 +324,37 @@ func (k *Keeper) Refresh(ctx context.Context, name string) (Token, error) {
 		return Token{}, fmt.Errorf("%w: %q", ErrUnknownToken, name)
 	}
 	return t.ref.Refresh(ctx)
+}
+
+// DeviceToken returns the named per-device token's token for device: the
+// one stored for it while it has more than the serve margin left, else a
+// new one, minted once for the whole fleet with the shared access token.
+// See device.ErrBadDevice and device.ErrUnavailable.
+func (k *Keeper) DeviceToken(ctx context.Context, name, dev string) (Token, error) {
+	t := k.byName[name]
+	if t == nil || t.devices == nil {
+		return Token{}, fmt.Errorf("%w: %q is not a per-device token", ErrUnknownToken, name)
+	}
+	return t.devices.Token(ctx, dev)
+}
+
+// accessSource keeps the RDP access token itself, for per-device tokens.
+type accessSource struct{ c *upstream.Client }
+
+func (a accessSource) Token(ctx context.Context) (UpstreamToken, error) { return a.c.SignOn(ctx) }
+
+// deviceMinter adapts a device.Minter to the HTTP face.
+type deviceMinter struct{ m *device.Minter }
+
+func (d deviceMinter) Token(ctx context.Context, dev string) (cache.Token, error) {
+	t, err := d.m.Token(ctx, dev)
+	switch {
+	case errors.Is(err, device.ErrBadDevice):
+		return t, fmt.Errorf("%w: %w", httpapi.ErrBadDevice, err)
+	case errors.Is(err, device.ErrUnavailable):
+		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
+	}
+	return t, err
 }
 
 // Status is the fleet as this replica sees it, token by token. The

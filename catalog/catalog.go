@@ -17,6 +17,15 @@ type Catalog struct {
 	Keys []Key
 }
 
+// Modes of a token.
+const (
+	// ModeShared: the fleet serves one token to every caller.
+	ModeShared = "shared"
+	// ModePerDevice: the fleet shares the RDP access token and mints a
+	// liveness token per device (rdp-liveness only).
+	ModePerDevice = "per-device"
+)
+
 // Sources of a token.
 const (
 	// SourceRDP is an RDP liveness token (RDP configures it).
@@ -64,6 +73,10 @@ type Token struct {
 	Name string
 	// Source is SourceRDP or SourceOAuth2.
 	Source string
+	// Mode is ModeShared (default: the fleet serves one token) or, for an
+	// rdp-liveness token, ModePerDevice: the fleet shares the RDP access
+	// token and mints a liveness token per device.
+	Mode string
 	// Required: readiness needs the token servable.
 	Required bool
 	// ServeMargin, RefreshBefore, Lifetime (assumed when the upstream

@@ -78,7 +78,7 @@ keys:
 func wantCatalog() *catalog.Catalog {
 	return &catalog.Catalog{
 		Tokens: []catalog.Token{{
-			Name: "liveness", Source: catalog.SourceRDP, Required: true,
+			Name: "liveness", Source: catalog.SourceRDP, Mode: catalog.ModeShared, Required: true,
 			ServeMargin: time.Minute, RefreshBefore: 15 * time.Minute, Lifetime: time.Hour,
 			Timeout: 10 * time.Second, AuthPerMinute: 20, Line: 3,
 			RDP: &catalog.RDP{
@@ -87,7 +87,7 @@ func wantCatalog() *catalog.Catalog {
 				LivenessPath: "/verification/v1/liveness/token", LivenessMethod: "POST",
 			},
 		}, {
-			Name: "billing-api", Source: catalog.SourceOAuth2, Required: true,
+			Name: "billing-api", Source: catalog.SourceOAuth2, Mode: catalog.ModeShared, Required: true,
 			ServeMargin: time.Minute, RefreshBefore: 15 * time.Minute, Lifetime: 24 * time.Hour,
 			Timeout: 10 * time.Second, AuthPerMinute: 20, Line: 21,
 			OAuth2: &catalog.OAuth2{
@@ -97,7 +97,7 @@ func wantCatalog() *catalog.Catalog {
 				Params: map[string]string{"foo": "bar"}, AuthStyle: "header",
 			},
 		}, {
-			Name: "legacy-1", Source: catalog.SourceRDP, Required: false,
+			Name: "legacy-1", Source: catalog.SourceRDP, Mode: catalog.ModeShared, Required: false,
 			ServeMargin: 2 * time.Minute, RefreshBefore: 5 * time.Minute, Lifetime: 30 * time.Minute,
 			Timeout: 90 * time.Second, AuthPerMinute: 16, Line: 33,
 			RDP: &catalog.RDP{

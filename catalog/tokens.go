@@ -9,7 +9,7 @@ import (
 
 var (
 	topFields   = []string{"tokens", "keys"}
-	tokenFields = []string{"name", "source", "required", "serve_margin", "refresh_before",
+	tokenFields = []string{"name", "source", "mode", "required", "serve_margin", "refresh_before",
 		"lifetime", "timeout", "auth_per_minute", "rdp", "oauth2"}
 	rdpFields = []string{"base_url", "auth", "client_id", "client_secret", "client_secret_file",
 		"username", "password", "password_file", "scope", "liveness_path", "liveness_method"}
@@ -85,6 +85,10 @@ func (p *parser) token(b *block) Token {
 	t := Token{Line: b.line, Name: p.name(b)}
 	p.require(b, ": "+SourceRDP+" or "+SourceOAuth2, "source")
 	t.Source, _ = p.oneOf(b, "source", "", SourceRDP, SourceOAuth2)
+	t.Mode, _ = p.oneOf(b, "mode", ModeShared, ModeShared, ModePerDevice)
+	if t.Mode == ModePerDevice && t.Source != SourceRDP && t.Source != "" {
+		p.add(b.lineOf("mode"), b.at("mode"), "%s needs source %s: a device's token is a liveness token", ModePerDevice, SourceRDP)
+	}
 	t.Required = p.boolean(b, "required", true)
 	p.timings(b, &t)
 	p.upstream(b, &t)

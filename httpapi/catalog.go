@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -15,9 +17,24 @@ type Token struct {
 	// Optional tokens do not count for GET /readyz (without ?token=): a
 	// replica is ready when every token that is not optional is servable.
 	Optional bool
-	// Source gives the token.
+	// Source gives the token. For a per-device token it is the shared
+	// access token, which is never served: only its readiness counts.
 	Source Tokens
+	// Devices, when set, makes the token per device: GET
+	// /v1/tokens/{name}/devices/{device} asks it for the device's token,
+	// and GET /v1/tokens/{name} answers 400.
+	Devices Devices
 }
+
+// Devices mints per-device tokens. Errors wrapping ErrBadDevice answer
+// 400, ErrUnavailable 503 with Retry-After; their messages are shown to
+// the caller, so they must not hold secrets or the device id.
+type Devices interface {
+	Token(ctx context.Context, device string) (cache.Token, error)
+}
+
+// ErrBadDevice is what Devices wraps for a device id it refuses.
+var ErrBadDevice = errors.New("httpapi: invalid device id")
 
 // DefaultName is the name of the one token of a fleet without a catalog.
 const DefaultName = "liveness"

@@ -2,6 +2,9 @@ package httpapi_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -227,5 +230,66 @@ func TestCatalogAndKeysAreChecked(t *testing.T) {
 				t.Errorf("the error quotes a key: %v", err)
 			}
 		})
+	}
+}
+
+// fakeDevices mints "device-token-<id>" or fails as told.
+type fakeDevices struct{ err error }
+
+func (f fakeDevices) Token(_ context.Context, dev string) (cache.Token, error) {
+	if f.err != nil {
+		return cache.Token{}, f.err
+	}
+	return cache.Token{Value: "device-token-" + dev, Deadline: t0.Add(10 * time.Minute)}, nil
+}
+
+func TestDeviceRoute(t *testing.T) {
+	access := &fakeTokens{}
+	access.set(cache.Token{Value: "the-shared-access-token", Deadline: t0.Add(time.Hour)}, true)
+	shared := &fakeTokens{}
+	shared.set(cache.Token{Value: "shared-value", Deadline: t0.Add(time.Hour)}, true)
+	newServer := func(devs httpapi.Devices) http.Handler {
+		srv, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Now: func() time.Time { return t0 }, Registerer: prometheus.NewRegistry()},
+			[]httpapi.Token{{Name: "liveness", Source: access, Devices: devs}, {Name: "shared", Source: shared}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return srv.Handler()
+	}
+	do := func(h http.Handler, path string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodGet, path, nil)
+		r.Header.Set("Authorization", "Bearer "+readerKey)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	h := newServer(fakeDevices{})
+	w := do(h, "/v1/tokens/liveness/devices/phone-1")
+	var body struct {
+		Name, Device, Token, ExpiresAt string `json:",omitempty"`
+		ExpiresIn                      int64  `json:"expires_in"`
+	}
+	if w.Code != 200 {
+		t.Fatalf("device token: %d %s", w.Code, w.Body)
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Token != "device-token-phone-1" || body.Device != "phone-1" || body.ExpiresIn != 600 {
+		t.Errorf("device token: %s (%v)", w.Body, err)
+	}
+	// The shared access token is never served.
+	w = do(h, "/v1/tokens/liveness")
+	checkError(t, w, 400, "per_device")
+	if strings.Contains(w.Body.String(), "the-shared-access-token") {
+		t.Fatal("the access token was served")
+	}
+	checkError(t, do(h, "/v1/tokens/shared/devices/phone-1"), 404, "not_found")
+
+	refusing := newServer(fakeDevices{err: fmt.Errorf("%w: byte 2 is not allowed", httpapi.ErrBadDevice)})
+	w = do(refusing, "/v1/tokens/liveness/devices/a%20b")
+	checkError(t, w, 400, "bad_device")
+	down := newServer(fakeDevices{err: errors.New("no access token")})
+	w = do(down, "/v1/tokens/liveness/devices/phone-1")
+	checkError(t, w, 503, "no_token")
+	if w.Header().Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
 	}
 }

@@ -43,6 +43,14 @@ var (
 		status: http.StatusNotFound, code: "not_found",
 		message: "no such token",
 	}
+	errPerDevice = &apiError{
+		status: http.StatusBadRequest, code: "per_device",
+		message: "this token is minted per device: GET /v1/tokens/{name}/devices/{device}",
+	}
+	errNotPerDevice = &apiError{
+		status: http.StatusNotFound, code: "not_found",
+		message: "this token is the same for every caller: GET /v1/tokens/{name}",
+	}
 	errNoToken = &apiError{
 		status: http.StatusServiceUnavailable, code: "no_token", retryAfter: true,
 		message: "this replica holds no servable token; retry shortly",

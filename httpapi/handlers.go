@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -21,6 +22,9 @@ func (s *Server) getToken(c echo.Context, now time.Time) error {
 	if err := s.authorizeToken(c.Request(), grantReader|grantAdmin, s.anonymous, t); err != nil {
 		return err
 	}
+	if t.Devices != nil {
+		return errPerDevice
+	}
 	tok, ok := t.current(now)
 	if !ok {
 		return errNoToken
@@ -32,6 +36,42 @@ func (s *Server) getToken(c echo.Context, now time.Time) error {
 	s.writeJSON(c, http.StatusOK, b)
 	*bp = b
 	putBuf(bp)
+	s.metrics.reads.Inc()
+	return nil
+}
+
+// getDeviceToken answers GET /v1/tokens/:name/devices/*:
+// {"name","device","token","expires_at","expires_in"} for the device.
+func (s *Server) getDeviceToken(c echo.Context, now time.Time) error {
+	t := s.catalog.byName[c.Param("name")]
+	if err := s.authorizeToken(c.Request(), grantReader|grantAdmin, s.anonymous, t); err != nil {
+		return err
+	}
+	if t.Devices == nil {
+		return errNotPerDevice
+	}
+	dev := c.Param("*")
+	tok, err := t.Devices.Token(c.Request().Context(), dev)
+	switch {
+	case errors.Is(err, ErrBadDevice):
+		return &apiError{status: http.StatusBadRequest, code: "bad_device", message: strings.TrimPrefix(err.Error(), ErrBadDevice.Error()+": ")}
+	case c.Request().Context().Err() != nil:
+		return errShuttingDown
+	case err != nil:
+		s.log.Warn("httpapi: no device token", "token", t.Name, "err", err)
+		return &apiError{status: http.StatusServiceUnavailable, code: "no_token", message: "no token can be minted for this device now; retry shortly", retryAfter: true}
+	case tok.Value == "" || !now.Before(tok.Deadline):
+		return errNoToken
+	}
+	b := append([]byte(`{"name":`), appendJSONString(nil, t.Name)...)
+	b = append(b, `,"device":`...)
+	b = appendJSONString(b, dev)
+	b = append(b, `,"token":`...)
+	b = appendJSONString(b, tok.Value)
+	b = appendExpiresAt(b, tok.Deadline)
+	b = strconv.AppendInt(b, expiresIn(tok.Deadline, now), 10)
+	b = append(b, "}\n"...)
+	s.writeJSON(c, http.StatusOK, b)
 	s.metrics.reads.Inc()
 	return nil
 }

@@ -352,6 +352,9 @@ func (s *Server) routes(admin bool) *echo.Echo {
 	}
 	add(http.MethodGet, "/v1/tokens", s.listTokens)
 	add(http.MethodGet, "/v1/tokens/:name", s.getToken)
+	// The device is the rest of the path, so that an id holding a slash is
+	// refused as an id (400), not as a route that does not exist.
+	add(http.MethodGet, "/v1/tokens/:name/devices/*", s.getDeviceToken)
 	add(http.MethodGet, "/healthz", s.getHealth)
 	add(http.MethodGet, "/readyz", s.getReady)
 	add(http.MethodGet, "/metrics", s.metricsHandler())

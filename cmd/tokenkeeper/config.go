@@ -518,7 +518,7 @@ func (c Config) catalogTokens() ([]tokenkeeper.TokenConfig, []httpapi.Key) {
 	var tokens []tokenkeeper.TokenConfig
 	for _, t := range c.Catalog.Tokens {
 		tc := tokenkeeper.TokenConfig{
-			Name: t.Name, Optional: !t.Required,
+			Name: t.Name, Optional: !t.Required, PerDevice: t.Mode == catalog.ModePerDevice,
 			ServeMargin: t.ServeMargin, RefreshBefore: t.RefreshBefore, AuthPerMinute: t.AuthPerMinute,
 		}
 		switch {
