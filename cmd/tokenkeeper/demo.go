@@ -90,8 +90,8 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	base := "http://" + dialable(p.Addr(), "localhost")
 	log.Warn("DEMO MODE: in-process Redis and a FAKE RDP issuing 2-minute tokens; anyone may read the token. " +
 		"For real, run 'tokenkeeper serve' with TOKENKEEPER_REDIS_URL, TOKENKEEPER_API_KEYS and RDP_CLIENT_ID/RDP_CLIENT_SECRET (see README).")
-	fmt.Fprintf(stdout, "\ntokenkeeper demo on %s\n  read the token:    curl -s %s/v1/tokens/liveness\n  the other token:   curl -s %s/v1/tokens/partner\n  list the tokens:   curl -s %s/v1/tokens\n  fleet status:      curl -s -H 'Authorization: Bearer %s' %s/v1/status\n  force a refresh:   curl -s -X POST -H 'Authorization: Bearer %s' %s/v1/tokens/liveness/refresh\n  stop:              Ctrl-C\n\n",
-		base, base, base, base, demoAdminKey, base, demoAdminKey, base)
+	fmt.Fprintf(stdout, "\ntokenkeeper demo on %s\n  read the token:    curl -s %s/v1/tokens/liveness\n  the other token:   curl -s %s/v1/tokens/partner\n  a device's own:    curl -s %s/v1/tokens/per-device/devices/my-phone\n  list the tokens:   curl -s %s/v1/tokens\n  fleet status:      curl -s -H 'Authorization: Bearer %s' %s/v1/status\n  force a refresh:   curl -s -X POST -H 'Authorization: Bearer %s' %s/v1/tokens/liveness/refresh\n  stop:              Ctrl-C\n\n",
+		base, base, base, base, base, demoAdminKey, base, demoAdminKey, base)
 	fmt.Fprintf(stdout, "  status page:       %s/status#key=%s\n  metrics:           curl -s %s/metrics | grep ^tokenkeeper_\n"+
 		"  fleet from Redis:  TOKENKEEPER_REDIS_URL=redis://%s tokenkeeper status\n"+
 		"  add a replica:     TOKENKEEPER_REDIS_URL=redis://%s RDP_BASE_URL=%s RDP_CLIENT_ID=%s RDP_CLIENT_SECRET=%s \\\n"+
@@ -107,11 +107,19 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 }
 
 // demoCatalog is the demo's catalog: the liveness token of cfg's RDP
-// settings, and partner, an OAuth2 token from the fake at idpURL.
+// settings, shared by every caller; per-device, the same RDP minting a
+// liveness token per device; and partner, an OAuth2 token from the fake
+// at idpURL.
 func demoCatalog(cfg Config, idpURL string) *catalog.Catalog {
 	return &catalog.Catalog{Tokens: []catalog.Token{
 		{
 			Name: "liveness", Source: catalog.SourceRDP, Required: true,
+			ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, Lifetime: cfg.TokenLifetime,
+			Timeout: 5 * time.Second, AuthPerMinute: cfg.AuthPerMinute,
+			RDP: &catalog.RDP{BaseURL: cfg.RDP.BaseURL, Auth: "v2", ClientID: cfg.RDP.ClientID, ClientSecret: cfg.RDP.ClientSecret},
+		},
+		{
+			Name: "per-device", Source: catalog.SourceRDP, Mode: catalog.ModePerDevice, Required: false,
 			ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, Lifetime: cfg.TokenLifetime,
 			Timeout: 5 * time.Second, AuthPerMinute: cfg.AuthPerMinute,
 			RDP: &catalog.RDP{BaseURL: cfg.RDP.BaseURL, Auth: "v2", ClientID: cfg.RDP.ClientID, ClientSecret: cfg.RDP.ClientSecret},
