@@ -102,6 +102,10 @@ type TokenConfig struct {
 	// with it (Keeper.DeviceToken, GET /v1/tokens/{name}/devices/{device}).
 	// The access token itself is never served.
 	PerDevice bool
+	// MintsPerMinute caps the per-device tokens the fleet mints a minute
+	// (0: no cap), and MintsPerDeviceHour those one device causes an hour
+	// (0: no cap). Past either, the device gets 429 with Retry-After.
+	MintsPerMinute, MintsPerDeviceHour int
 	// ServeMargin, RefreshBefore and AuthPerMinute are as Config's, which
 	// are the defaults of a zero value.
 	ServeMargin, RefreshBefore time.Duration

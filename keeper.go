@@ -155,7 +155,8 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		minter, err = device.New(cfg.Redis, device.Config{
 			Keys: keys, ServeMargin: tc.ServeMargin, Access: store.Current, Mint: client.Mint,
 			RenewAccess: func(ctx context.Context) error { _, err := k.Refresh(ctx, tc.Name); return err },
-			Logger:      log,
+			Rate:        float64(tc.MintsPerMinute) / 60, PerDevice: tc.MintsPerDeviceHour,
+			Logger: log, Registerer: reg,
 		})
 		if err != nil {
 			return nil, err
@@ -348,9 +349,12 @@ type deviceMinter struct{ m *device.Minter }
 
 func (d deviceMinter) Token(ctx context.Context, dev string) (cache.Token, error) {
 	t, err := d.m.Token(ctx, dev)
+	var be *device.BudgetError
 	switch {
 	case errors.Is(err, device.ErrBadDevice):
 		return t, fmt.Errorf("%w: %w", httpapi.ErrBadDevice, err)
+	case errors.As(err, &be):
+		return t, &httpapi.LimitError{Reason: be.Error(), RetryAfter: be.RetryAfter}
 	case errors.Is(err, device.ErrUnavailable):
 		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
 	}

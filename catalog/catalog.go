@@ -47,6 +47,11 @@ const (
 
 // Defaults and limits of a token's fields.
 const (
+	// DefaultMintsPerMinute and DefaultMintsPerDeviceHour are the budgets
+	// of a per-device token.
+	DefaultMintsPerMinute     = 600
+	DefaultMintsPerDeviceHour = 10
+
 	DefaultServeMargin   = time.Minute
 	DefaultRefreshBefore = 15 * time.Minute
 	DefaultLifetime      = 60 * time.Minute
@@ -77,6 +82,9 @@ type Token struct {
 	// rdp-liveness token, ModePerDevice: the fleet shares the RDP access
 	// token and mints a liveness token per device.
 	Mode string
+	// MintsPerMinute and MintsPerDeviceHour are the mint budgets of a
+	// per-device token: the fleet's, and one device's (0: no cap).
+	MintsPerMinute, MintsPerDeviceHour int
 	// Required: readiness needs the token servable.
 	Required bool
 	// ServeMargin, RefreshBefore, Lifetime (assumed when the upstream

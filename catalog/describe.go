@@ -26,7 +26,7 @@ func (c *Catalog) Describe(w io.Writer) error {
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
-	row("TOKEN", "SOURCE", "UPSTREAM", "AUTH", "SCOPES", "AUDIENCE", "LIFETIME",
+	row("TOKEN", "SOURCE", "MODE", "UPSTREAM", "AUTH", "SCOPES", "AUDIENCE", "LIFETIME",
 		"REFRESH_BEFORE", "SERVE_MARGIN", "TIMEOUT", "AUTH_PER_MINUTE", "REQUIRED")
 	for _, t := range c.Tokens {
 		row(t.describe()...)
@@ -59,7 +59,11 @@ func (t Token) describe() []string {
 			audience = strings.TrimPrefix(audience+" resource="+r, " ")
 		}
 	}
-	return []string{t.Name, t.Source, upstream, auth, scopes, audience,
+	mode := t.Mode
+	if t.Mode == ModePerDevice {
+		mode = fmt.Sprintf("%s (mints: %s/min fleet, %s/h per device)", mode, capText(t.MintsPerMinute), capText(t.MintsPerDeviceHour))
+	}
+	return []string{t.Name, t.Source, mode, upstream, auth, scopes, audience,
 		short(t.Lifetime), short(t.RefreshBefore), short(t.ServeMargin), short(t.Timeout),
 		strconv.Itoa(t.AuthPerMinute), yesNo(t.Required)}
 }
@@ -167,3 +171,11 @@ func (o OAuth2) LogValue() slog.Value { return slog.StringValue(o.String()) }
 
 // LogValue logs String, so that no slog handler logs the key.
 func (k Key) LogValue() slog.Value { return slog.StringValue(k.String()) }
+
+// capText shows a mint budget; 0 is no cap.
+func capText(n int) string {
+	if n == 0 {
+		return "no cap"
+	}
+	return strconv.Itoa(n)
+}

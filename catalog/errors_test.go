@@ -68,6 +68,8 @@ var errCases = []errCase{
 	{"unknown key field", keyFile + "    scope: [a]\n", 11, "keys[0].scope", []string{"unknown field"}, 0},
 	{"per-device oauth2", insert(oauth2File, 4, "    mode: per-device"), 4, "tokens[0].mode", []string{"needs source rdp-liveness"}, 0},
 	{"mode bogus", insert(rdpFile, 4, "    mode: each"), 4, "tokens[0].mode", []string{`"each"`}, 0},
+	{"mints on a shared token", insert(rdpFile, 4, "    mints_per_minute: 5"), 4, "tokens[0].mints_per_minute", []string{"per-device tokens only"}, 0},
+	{"mints negative", insert(rdpFile, 4, "    mode: per-device\n    mints_per_device_hour: -1"), 5, "tokens[0].mints_per_device_hour", []string{"negative"}, 0},
 	{"required maybe", insert(oauth2File, 4, "    required: maybe"), 4, "tokens[0].required", []string{"true or false", `"maybe"`}, 0},
 	{"required yes", insert(oauth2File, 4, "    required: yes"), 4, "tokens[0].required", []string{"true or false"}, 0},
 	{"scopes number", oauth2File + "      scopes: 3\n", 8, "tokens[0].oauth2.scopes", []string{"want a list", "a number"}, 0},

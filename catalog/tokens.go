@@ -10,7 +10,7 @@ import (
 var (
 	topFields   = []string{"tokens", "keys"}
 	tokenFields = []string{"name", "source", "mode", "required", "serve_margin", "refresh_before",
-		"lifetime", "timeout", "auth_per_minute", "rdp", "oauth2"}
+		"lifetime", "timeout", "auth_per_minute", "mints_per_minute", "mints_per_device_hour", "rdp", "oauth2"}
 	rdpFields = []string{"base_url", "auth", "client_id", "client_secret", "client_secret_file",
 		"username", "password", "password_file", "scope", "liveness_path", "liveness_method"}
 	oauth2Fields = []string{"token_url", "client_id", "client_secret", "client_secret_file",
@@ -90,9 +90,32 @@ func (p *parser) token(b *block) Token {
 		p.add(b.lineOf("mode"), b.at("mode"), "%s needs source %s: a device's token is a liveness token", ModePerDevice, SourceRDP)
 	}
 	t.Required = p.boolean(b, "required", true)
+	p.mints(b, &t)
 	p.timings(b, &t)
 	p.upstream(b, &t)
 	return t
+}
+
+// mints decodes the mint budgets of a per-device token entry b into t;
+// another token may not have them.
+func (p *parser) mints(b *block, t *Token) {
+	for _, f := range []struct {
+		name string
+		dst  *int
+		def  int
+	}{{"mints_per_minute", &t.MintsPerMinute, DefaultMintsPerMinute}, {"mints_per_device_hour", &t.MintsPerDeviceHour, DefaultMintsPerDeviceHour}} {
+		if t.Mode != ModePerDevice {
+			if b.has(f.name) {
+				p.add(b.lineOf(f.name), b.at(f.name), "applies to mode: %s tokens only", ModePerDevice)
+			}
+			continue
+		}
+		v, ok := p.integer(b, f.name, f.def)
+		if ok && v < 0 {
+			p.add(b.lineOf(f.name), b.at(f.name), "must not be negative (0: no cap)")
+		}
+		*f.dst = v
+	}
 }
 
 // timings decodes the timings of the token entry b into t and checks that

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -36,7 +37,28 @@ var (
 	// access token, or the upstream failed; a device that holds a token
 	// still gets it.
 	ErrUnavailable = errors.New("device: no token can be minted now")
+	// ErrBudget means a mint budget is spent: the fleet's rate or the
+	// device's cap. The error is a *BudgetError, which says until when.
+	ErrBudget = errors.New("device: mint budget spent")
 )
+
+// BudgetError is a mint refused by a budget. It wraps ErrBudget.
+type BudgetError struct {
+	// Fleet is true for the fleet-wide rate, false for the device's cap.
+	Fleet bool
+	// RetryAfter is when the budget allows a mint again.
+	RetryAfter time.Duration
+}
+
+func (e *BudgetError) Error() string {
+	which := "this device's hourly cap"
+	if e.Fleet {
+		which = "the fleet's mint rate"
+	}
+	return fmt.Sprintf("%v: %s; retry in %v", ErrBudget, which, e.RetryAfter.Round(time.Millisecond))
+}
+
+func (e *BudgetError) Unwrap() error { return ErrBudget }
 
 // MaxIDLen is the longest device id.
 const MaxIDLen = 128
@@ -84,6 +106,17 @@ type Config struct {
 	// Claim is how long a replica minting for a device holds the device's
 	// claim, and how long another waits for its result. Default: 10s.
 	Claim time.Duration
+	// Rate and Burst are the fleet-wide mint budget: mints per second,
+	// with bursts of Burst (GCRA in Redis). Rate 0: no limit. Default
+	// Burst: twice Rate, at least 1.
+	Rate  float64
+	Burst int
+	// PerDevice caps the mints one device may cause per Window (default
+	// one hour); 0: no cap.
+	PerDevice int
+	Window    time.Duration
+	// Registerer receives the mint metrics (tokenkeeper_device_*).
+	Registerer prometheus.Registerer
 	// Clock is the time; default clock.Real().
 	Clock clock.Clock
 	// Logger receives one line per mint (device digest, token
@@ -97,6 +130,8 @@ type Minter struct {
 	rdb Redis
 	cfg Config
 	log *slog.Logger
+
+	met *metrics
 
 	mu     sync.Mutex
 	secret []byte // the fleet's digest key, once read
@@ -117,13 +152,26 @@ func New(rdb Redis, cfg Config) (*Minter, error) {
 	if cfg.Claim == 0 {
 		cfg.Claim = 10 * time.Second
 	}
+	if cfg.Rate < 0 || cfg.Burst < 0 || cfg.PerDevice < 0 || cfg.Window < 0 {
+		return nil, errors.New("device: Rate, Burst, PerDevice and Window must not be negative")
+	}
+	if cfg.Burst == 0 {
+		cfg.Burst = max(1, int(2*cfg.Rate))
+	}
+	if cfg.Window == 0 {
+		cfg.Window = time.Hour
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Minter{rdb: rdb, cfg: cfg, log: cfg.Logger}, nil
+	met, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Minter{rdb: rdb, cfg: cfg, log: cfg.Logger, met: met}, nil
 }
 
 //go:embed read.lua
@@ -135,10 +183,14 @@ var storeLua string
 //go:embed release.lua
 var releaseLua string
 
+//go:embed budget.lua
+var budgetLua string
+
 var (
 	readScript    = redis.NewScript(readLua)
 	storeScript   = redis.NewScript(storeLua)
 	releaseScript = redis.NewScript(releaseLua)
+	budgetScript  = redis.NewScript(budgetLua)
 )
 
 // Token returns the device's token: the one stored for it while it has
@@ -158,6 +210,9 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 	deadline := m.cfg.Clock.Now().Add(m.cfg.Claim)
 	for {
 		if tok, ok, err := m.stored(ctx, key); err != nil || ok {
+			if ok {
+				m.met.hits.Inc()
+			}
 			return tok, err
 		}
 		owner := rand.Text()
@@ -213,6 +268,11 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 	if !ok {
 		return cache.Token{}, fmt.Errorf("%w: the fleet holds no access token", ErrUnavailable)
 	}
+	if err := m.spend(ctx, key); err != nil {
+		return cache.Token{}, err
+	}
+	start := m.cfg.Clock.Now()
+	defer func() { m.met.latency.Observe(m.cfg.Clock.Now().Sub(start).Seconds()) }()
 	ut, err := m.cfg.Mint(ctx, access.Value)
 	if upstream.IsUnauthorized(err) {
 		m.log.Info("the upstream refused the shared access token; asking for a new one", "access", access.Fingerprint())
@@ -227,8 +287,10 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 		ut, err = m.cfg.Mint(ctx, access.Value)
 	}
 	if err != nil {
+		m.met.mints.WithLabelValues("error").Inc()
 		return cache.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
+	m.met.mints.WithLabelValues("ok").Inc()
 	tok := cache.Token{Value: ut.Value, Deadline: ut.Sent.Add(ut.Lifetime), FetchedAt: ut.Sent}
 	ttl := tok.Deadline.Sub(m.cfg.Clock.Now())
 	if ttl <= m.cfg.ServeMargin {
@@ -240,6 +302,31 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 	}
 	m.log.Info("device token minted", "device", digest[:12], "fingerprint", tok.Fingerprint(), "expires_in", ttl.Round(time.Second))
 	return tok, nil
+}
+
+// spend takes one mint from the fleet's rate and the device's cap, or
+// returns a *BudgetError.
+func (m *Minter) spend(ctx context.Context, key string) error {
+	if m.cfg.Rate == 0 && m.cfg.PerDevice == 0 {
+		return nil
+	}
+	interval := time.Duration(0)
+	if m.cfg.Rate > 0 {
+		interval = time.Duration(float64(time.Second) / m.cfg.Rate)
+	}
+	tolerance := interval * time.Duration(m.cfg.Burst)
+	res, err := budgetScript.Run(ctx, m.rdb, []string{m.cfg.Keys.Devices + "rate", key + ":mints"},
+		interval.Milliseconds(), tolerance.Milliseconds(), m.cfg.PerDevice, m.cfg.Window.Milliseconds()).Slice()
+	if err != nil {
+		return fmt.Errorf("%w: budget: %w", ErrUnavailable, err)
+	}
+	if ok, _ := res[0].(int64); ok == 1 {
+		return nil
+	}
+	wait, _ := res[1].(int64)
+	which, _ := res[2].(string)
+	m.met.refusals.WithLabelValues(which).Inc()
+	return &BudgetError{Fleet: which == "fleet", RetryAfter: time.Duration(wait) * time.Millisecond}
 }
 
 // digestKey returns the fleet's digest secret, creating it on first use.

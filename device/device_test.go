@@ -100,13 +100,21 @@ func (f *fixture) advance(d time.Duration) {
 // minter is one replica's Minter over the fixture's Redis.
 func (f *fixture) minter(t *testing.T) *device.Minter {
 	t.Helper()
+	return f.minterWith(t, func(*device.Config) {})
+}
+
+// minterWith is minter with its Config adjusted by mod.
+func (f *fixture) minterWith(t *testing.T, mod func(*device.Config)) *device.Minter {
+	t.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: f.mr.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	m, err := device.New(rdb, device.Config{
+	cfg := device.Config{
 		Keys: cache.KeysFor("liveness"), ServeMargin: time.Minute,
 		Access: f.up.Access, RenewAccess: f.up.RenewAccess, Mint: f.up.Mint,
 		Clock: f.clk, Logger: quiet,
-	})
+	}
+	mod(&cfg)
+	m, err := device.New(rdb, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,5 +262,75 @@ func TestBadDeviceIDsStoreNothing(t *testing.T) {
 	}
 	if f.up.mints.Load() != 0 {
 		t.Errorf("minted for a refused id")
+	}
+}
+
+// The fleet-wide rate holds across replicas: with 5 mints a second and a
+// burst of 5, 30 new devices asked at once on three replicas get 5 tokens
+// and 25 refusals that say when to come back; a second later, 5 more.
+func TestFleetMintRate(t *testing.T) {
+	f := newFixture(t)
+	var replicas []*device.Minter
+	for range 3 {
+		replicas = append(replicas, f.minterWith(t, func(c *device.Config) { c.Rate, c.Burst = 5, 5 }))
+	}
+	ask := func(round int) (minted, refused int) {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for d := range 30 {
+			wg.Go(func() {
+				_, err := replicas[d%3].Token(context.Background(), fmt.Sprintf("r%d-phone-%d", round, d))
+				mu.Lock()
+				defer mu.Unlock()
+				var be *device.BudgetError
+				switch {
+				case err == nil:
+					minted++
+				case errors.As(err, &be) && be.Fleet && be.RetryAfter > 0 && be.RetryAfter <= time.Second:
+					refused++
+				default:
+					t.Errorf("phone %d: %v", d, err)
+				}
+			})
+		}
+		wg.Wait()
+		return minted, refused
+	}
+	if minted, refused := ask(0); minted != 5 || refused != 25 {
+		t.Errorf("at once: %d minted, %d refused; want 5 and 25", minted, refused)
+	}
+	f.advance(time.Second)
+	if minted, refused := ask(1); minted != 5 || refused != 25 {
+		t.Errorf("a second later: %d minted, %d refused; want 5 and 25", minted, refused)
+	}
+	if n := f.up.mints.Load(); n != 10 {
+		t.Errorf("upstream mints: %d, want 10", n)
+	}
+}
+
+// A device may cause PerDevice mints per hour; past it, it keeps the token
+// it holds and the next mint is refused until the window ends.
+func TestPerDeviceCap(t *testing.T) {
+	f := newFixture(t)
+	f.up.lifetime = 2 * time.Minute
+	m := f.minterWith(t, func(c *device.Config) { c.PerDevice = 2 })
+	ctx := context.Background()
+	for i := range 2 {
+		if _, err := m.Token(ctx, "phone"); err != nil {
+			t.Fatalf("mint %d: %v", i+1, err)
+		}
+		f.advance(61 * time.Second) // within the margin: the next ask mints
+	}
+	_, err := m.Token(ctx, "phone")
+	var be *device.BudgetError
+	if !errors.As(err, &be) || be.Fleet || be.RetryAfter <= 50*time.Minute {
+		t.Fatalf("third mint within the hour: %v, want the device's cap with about 58 minutes to wait", err)
+	}
+	if _, err := m.Token(ctx, "another-phone"); err != nil {
+		t.Errorf("another device: %v", err)
+	}
+	f.advance(time.Hour)
+	if _, err := m.Token(ctx, "phone"); err != nil {
+		t.Errorf("after the window: %v", err)
 	}
 }

@@ -36,6 +36,17 @@ type Devices interface {
 // ErrBadDevice is what Devices wraps for a device id it refuses.
 var ErrBadDevice = errors.New("httpapi: invalid device id")
 
+// LimitError is what Devices returns when a budget refuses a mint: the
+// answer is 429 with Retry-After.
+type LimitError struct {
+	// Reason says which budget, for the caller.
+	Reason string
+	// RetryAfter is when the budget allows again.
+	RetryAfter time.Duration
+}
+
+func (e *LimitError) Error() string { return "httpapi: limited: " + e.Reason }
+
 // DefaultName is the name of the one token of a fleet without a catalog.
 const DefaultName = "liveness"
 

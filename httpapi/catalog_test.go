@@ -286,6 +286,12 @@ func TestDeviceRoute(t *testing.T) {
 	refusing := newServer(fakeDevices{err: fmt.Errorf("%w: byte 2 is not allowed", httpapi.ErrBadDevice)})
 	w = do(refusing, "/v1/tokens/liveness/devices/a%20b")
 	checkError(t, w, 400, "bad_device")
+	limited := newServer(fakeDevices{err: &httpapi.LimitError{Reason: "the fleet's mint rate", RetryAfter: 1500 * time.Millisecond}})
+	w = do(limited, "/v1/tokens/liveness/devices/phone-1")
+	checkError(t, w, 429, "rate_limited")
+	if got := w.Header().Get("Retry-After"); got != "2" {
+		t.Errorf("Retry-After %q, want 2 (1.5s rounded up)", got)
+	}
 	down := newServer(fakeDevices{err: errors.New("no access token")})
 	w = do(down, "/v1/tokens/liveness/devices/phone-1")
 	checkError(t, w, 503, "no_token")

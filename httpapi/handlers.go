@@ -52,7 +52,12 @@ func (s *Server) getDeviceToken(c echo.Context, now time.Time) error {
 	}
 	dev := c.Param("*")
 	tok, err := t.Devices.Token(c.Request().Context(), dev)
+	var limited *LimitError
 	switch {
+	case errors.As(err, &limited):
+		secs := int64((limited.RetryAfter + time.Second - 1) / time.Second)
+		return &apiError{status: http.StatusTooManyRequests, code: "rate_limited", message: limited.Reason,
+			retryAfter: true, retryAfterValue: []string{strconv.FormatInt(max(secs, 1), 10)}}
 	case errors.Is(err, ErrBadDevice):
 		return &apiError{status: http.StatusBadRequest, code: "bad_device", message: strings.TrimPrefix(err.Error(), ErrBadDevice.Error()+": ")}
 	case c.Request().Context().Err() != nil:

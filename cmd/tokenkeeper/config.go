@@ -519,6 +519,7 @@ func (c Config) catalogTokens() ([]tokenkeeper.TokenConfig, []httpapi.Key) {
 	for _, t := range c.Catalog.Tokens {
 		tc := tokenkeeper.TokenConfig{
 			Name: t.Name, Optional: !t.Required, PerDevice: t.Mode == catalog.ModePerDevice,
+			MintsPerMinute: t.MintsPerMinute, MintsPerDeviceHour: t.MintsPerDeviceHour,
 			ServeMargin: t.ServeMargin, RefreshBefore: t.RefreshBefore, AuthPerMinute: t.AuthPerMinute,
 		}
 		switch {
