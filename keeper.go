@@ -348,7 +348,7 @@ func (a accessSource) Token(ctx context.Context) (UpstreamToken, error) { return
 type deviceMinter struct{ m *device.Minter }
 
 func (d deviceMinter) Token(ctx context.Context, dev string) (cache.Token, error) {
-	t, err := d.m.Token(ctx, dev)
+	t, err := d.m.Token(device.WithCaller(ctx, httpapi.CallerFrom(ctx)), dev)
 	var be *device.BudgetError
 	switch {
 	case errors.Is(err, device.ErrBadDevice):

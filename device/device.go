@@ -300,7 +300,8 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 		// The token is good; the next ask mints again.
 		m.log.Warn("a device's token could not be stored", "device", digest[:12], "error", err)
 	}
-	m.log.Info("device token minted", "device", digest[:12], "fingerprint", tok.Fingerprint(), "expires_in", ttl.Round(time.Second))
+	m.log.Info("device token minted", "device", digest[:12], "caller", CallerFrom(ctx),
+		"fingerprint", tok.Fingerprint(), "expires_in", ttl.Round(time.Second))
 	return tok, nil
 }
 
@@ -345,6 +346,21 @@ func (m *Minter) digestKey(ctx context.Context) ([]byte, error) {
 	}
 	m.secret = []byte(v)
 	return m.secret, nil
+}
+
+// callerKey carries who asked, for the mint's audit line.
+type callerKey struct{}
+
+// WithCaller returns ctx carrying the name of whoever asked (an API key's
+// name), which the audit line of a mint records.
+func WithCaller(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, callerKey{}, name)
+}
+
+// CallerFrom returns the name WithCaller put in ctx, or "".
+func CallerFrom(ctx context.Context) string {
+	name, _ := ctx.Value(callerKey{}).(string)
+	return name
 }
 
 // digestOf is the keyed digest that stands for a device id.

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -28,7 +29,8 @@ const (
 // each with the tokens it may use.
 type keySet struct {
 	digests [][sha256.Size]byte
-	scopes  []scope // by digest; nil: every token
+	scopes  []scope  // by digest; nil: every token
+	names   []string // by digest: the key's name, or the setting it came from
 }
 
 // newKeySet digests keys, rejecting those no client could present. env
@@ -41,14 +43,15 @@ func newKeySet(env string, keys []string) (keySet, error) {
 		if err != nil {
 			return keySet{}, fmt.Errorf("httpapi: %s: key %d of %d %v", env, i+1, len(keys), err)
 		}
-		ks.add(d, nil)
+		ks.add(d, nil, fmt.Sprintf("%s[%d]", env, i))
 	}
 	return ks, nil
 }
 
-func (ks *keySet) add(d [sha256.Size]byte, sc scope) {
+func (ks *keySet) add(d [sha256.Size]byte, sc scope, name string) {
 	ks.digests = append(ks.digests, d)
 	ks.scopes = append(ks.scopes, sc)
+	ks.names = append(ks.names, name)
 }
 
 // parseKey returns the digest of a configured key, or why no client could
@@ -77,19 +80,16 @@ func parseKey(k string) ([sha256.Size]byte, error) {
 	return d, nil
 }
 
-// match reports whether digest is one of the set's, and that key's scope.
-// It compares against every key, whatever matches, so the time taken
-// depends only on the set's size.
-func (ks keySet) match(digest *[sha256.Size]byte) (bool, scope) {
+// match returns the index of digest among the set's keys, or -1. It
+// compares against every key, whatever matches, so the time taken depends
+// only on the set's size.
+func (ks keySet) match(digest *[sha256.Size]byte) int {
 	found := -1
 	for i := range ks.digests {
 		eq := subtle.ConstantTimeCompare(digest[:], ks.digests[i][:])
 		found = subtle.ConstantTimeSelect(eq, i, found)
 	}
-	if found < 0 {
-		return false, nil
-	}
-	return true, ks.scopes[found]
+	return found
 }
 
 // credential returns the key a request presents: the token of an
@@ -116,6 +116,7 @@ func credential(h http.Header) (key string, presented bool) {
 type who struct {
 	g         grant
 	scopes    [3]scope // of the matching key, by role: reader, admin, metrics
+	name      string   // the matching key's name (the first role's)
 	digest    [sha256.Size]byte
 	presented bool // a key header was there, even if unusable
 }
@@ -148,9 +149,12 @@ func (s *Server) authenticate(h http.Header, want grant) (w who) {
 		if want&set.role == 0 {
 			continue
 		}
-		if ok, sc := set.keys.match(&w.digest); ok {
+		if k := set.keys.match(&w.digest); k >= 0 {
 			w.g |= set.role
-			w.scopes[i] = sc
+			w.scopes[i] = set.keys.scopes[k]
+			if w.name == "" {
+				w.name = set.keys.names[k]
+			}
 		}
 	}
 	return w
@@ -196,12 +200,30 @@ func (s *Server) admit(r *http.Request, w *who, need grant, anonymous bool) erro
 // tokens outside its scope. The key is checked before the name: without a
 // valid key no name can be told from another.
 func (s *Server) authorizeToken(r *http.Request, need grant, anonymous bool, t *served) error {
+	_, err := s.authorizeWho(r, need, anonymous, t)
+	return err
+}
+
+// authorizeWho is authorizeToken that also returns who the key is.
+func (s *Server) authorizeWho(r *http.Request, need grant, anonymous bool, t *served) (who, error) {
 	w := s.authenticate(r.Header, need|grantReader|grantAdmin)
 	if err := s.admit(r, &w, need, anonymous); err != nil {
-		return err
+		return w, err
 	}
 	if t == nil || (w.g&need != 0 && !w.allows(need, t.index)) {
-		return errUnknownToken
+		return w, errUnknownToken
 	}
-	return nil
+	return w, nil
+}
+
+// callerKey carries the name of the key a request presented to Devices.
+type callerKey struct{}
+
+// CallerFrom returns the name of the key that asked for a device's token
+// (a catalog key's name, TOKENKEEPER_API_KEYS[i] for a key of the
+// environment, or "anonymous"), for an audit trail; "" outside such a
+// request.
+func CallerFrom(ctx context.Context) string {
+	name, _ := ctx.Value(callerKey{}).(string)
+	return name
 }

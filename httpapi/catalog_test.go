@@ -233,10 +233,17 @@ func TestCatalogAndKeysAreChecked(t *testing.T) {
 	}
 }
 
-// fakeDevices mints "device-token-<id>" or fails as told.
-type fakeDevices struct{ err error }
+// fakeDevices mints "device-token-<id>" or fails as told, and records
+// who asked.
+type fakeDevices struct {
+	err    error
+	caller *string
+}
 
-func (f fakeDevices) Token(_ context.Context, dev string) (cache.Token, error) {
+func (f fakeDevices) Token(ctx context.Context, dev string) (cache.Token, error) {
+	if f.caller != nil {
+		*f.caller = httpapi.CallerFrom(ctx)
+	}
 	if f.err != nil {
 		return cache.Token{}, f.err
 	}
@@ -263,8 +270,12 @@ func TestDeviceRoute(t *testing.T) {
 		h.ServeHTTP(w, r)
 		return w
 	}
-	h := newServer(fakeDevices{})
+	var caller string
+	h := newServer(fakeDevices{caller: &caller})
 	w := do(h, "/v1/tokens/liveness/devices/phone-1")
+	if caller != "TOKENKEEPER_API_KEYS[0]" {
+		t.Errorf("the caller passed on for the audit line: %q, want the key's setting and index", caller)
+	}
 	var body struct {
 		Name, Device, Token, ExpiresAt string `json:",omitempty"`
 		ExpiresIn                      int64  `json:"expires_in"`

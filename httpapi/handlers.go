@@ -44,14 +44,19 @@ func (s *Server) getToken(c echo.Context, now time.Time) error {
 // {"name","device","token","expires_at","expires_in"} for the device.
 func (s *Server) getDeviceToken(c echo.Context, now time.Time) error {
 	t := s.catalog.byName[c.Param("name")]
-	if err := s.authorizeToken(c.Request(), grantReader|grantAdmin, s.anonymous, t); err != nil {
+	w, err := s.authorizeWho(c.Request(), grantReader|grantAdmin, s.anonymous, t)
+	if err != nil {
 		return err
 	}
 	if t.Devices == nil {
 		return errNotPerDevice
 	}
 	dev := c.Param("*")
-	tok, err := t.Devices.Token(c.Request().Context(), dev)
+	caller := w.name
+	if caller == "" {
+		caller = "anonymous"
+	}
+	tok, err := t.Devices.Token(context.WithValue(c.Request().Context(), callerKey{}, caller), dev)
 	var limited *LimitError
 	switch {
 	case errors.As(err, &limited):

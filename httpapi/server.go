@@ -317,11 +317,11 @@ func (s *Server) keys(cfg Config) error {
 		}
 		switch k.Role {
 		case RoleReader, "":
-			s.readerKeys.add(d, sc)
+			s.readerKeys.add(d, sc, name)
 		case RoleAdmin:
-			s.adminKeys.add(d, sc)
+			s.adminKeys.add(d, sc, name)
 		case RoleMetrics:
-			s.metricsKeys.add(d, sc)
+			s.metricsKeys.add(d, sc, name)
 		default:
 			return fmt.Errorf("httpapi: key %s: unknown role %q (reader, admin or metrics)", name, k.Role)
 		}
