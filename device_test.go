@@ -88,6 +88,15 @@ func TestPerDeviceTokensShareOneSignOn(t *testing.T) {
 	if n := st.AuthCalls.V2; n != 1 {
 		t.Errorf("sign-ons: %d, want 1 for the fleet", n)
 	}
+	accesses := map[string]int{}
+	for _, c := range st.Calls {
+		if c.Op == "liveness" {
+			accesses[c.Access]++
+		}
+	}
+	if len(accesses) != 1 {
+		t.Errorf("the liveness calls presented %d access tokens (%v), want the one the fleet shares", len(accesses), accesses)
+	}
 	seen := map[string]bool{}
 	for _, v := range got {
 		if seen[v] {

@@ -12,12 +12,15 @@ package fakerdp
 import (
 	"cmp"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -167,6 +170,10 @@ type Call struct {
 	At     time.Time `json:"at"`
 	Op     string    `json:"op"`
 	Status int       `json:"status"`
+	// Access is the fingerprint of the access token a liveness call
+	// presented ("" without one), so that tests can tell which calls
+	// shared one.
+	Access string `json:"access,omitempty"`
 }
 
 // Token is one issued liveness or OAuth2 token, timed on the Server's clock without
@@ -478,11 +485,15 @@ func (f *Server) serveLiveness(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.stats.LivenessCalls++
 	f.mu.Unlock()
+	access := ""
+	if bearer, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); found {
+		access = fingerprint(bearer)
+	}
 	status, ok := 0, false
 	defer func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		f.stats.Calls = appendCapped(f.stats.Calls, Call{At: at, Op: "liveness", Status: status})
+		f.stats.Calls = appendCapped(f.stats.Calls, Call{At: at, Op: "liveness", Status: status, Access: access})
 		if ok {
 			f.stats.LivenessOK++
 		}
@@ -548,6 +559,13 @@ func (f *Server) authorized(r *http.Request, now time.Time) bool {
 	defer f.mu.Unlock()
 	exp, ok := f.access[h[len(prefix):]]
 	return ok && now.Before(exp)
+}
+
+// fingerprint names a credential without revealing it, as tokenkeeper's
+// logs do: "sha256:" and the first 12 hex digits of its SHA-256.
+func fingerprint(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return "sha256:" + hex.EncodeToString(sum[:6])
 }
 
 func appendCapped[T any](s []T, v T) []T {
