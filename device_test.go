@@ -35,36 +35,7 @@ func TestPerDeviceTokensShareOneSignOn(t *testing.T) {
 	rdp := httptest.NewServer(fake)
 	t.Cleanup(rdp.Close)
 
-	var ks []*tokenkeeper.Keeper
-	for i := range 3 {
-		opt := *srv.Options
-		refresher.TuneRedis(&opt, catLockTTL)
-		rdb := redis.NewClient(&opt)
-		t.Cleanup(func() { rdb.Close() })
-		k, err := tokenkeeper.New(tokenkeeper.Config{
-			Redis: rdb, Instance: fmt.Sprintf("r%d", i), LockTTL: catLockTTL, PollInterval: 100 * time.Millisecond,
-			Tokens: []tokenkeeper.TokenConfig{{Name: "liveness", PerDevice: true, RDP: &upstream.Config{
-				BaseURL: rdp.URL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret, Timeout: time.Second,
-			}}},
-			HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- k.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
-		ks = append(ks, k)
-	}
-	testkit.Eventually(t, 5*time.Second, "every replica holds the access token", func() bool {
-		for _, k := range ks {
-			if _, ok := k.Current("liveness"); !ok {
-				return false
-			}
-		}
-		return true
-	})
+	ks := perDeviceFleet(t, srv, rdp.URL)
 
 	ctx := context.Background()
 	got := map[string]string{}
@@ -131,4 +102,99 @@ func TestPerDeviceTokensShareOneSignOn(t *testing.T) {
 	if _, err := ks[0].DeviceToken(ctx, "liveness", ""); !errors.Is(err, device.ErrBadDevice) {
 		t.Errorf("an empty device id: %v, want ErrBadDevice", err)
 	}
+}
+
+// perDeviceFleet runs three replicas keeping liveness per device from the
+// fake RDP at rdpURL, and waits until each holds the access token.
+func perDeviceFleet(t *testing.T, srv *redistest.Server, rdpURL string) []*tokenkeeper.Keeper {
+	t.Helper()
+	var ks []*tokenkeeper.Keeper
+	for i := range 3 {
+		opt := *srv.Options
+		refresher.TuneRedis(&opt, catLockTTL)
+		rdb := redis.NewClient(&opt)
+		t.Cleanup(func() { rdb.Close() })
+		k, err := tokenkeeper.New(tokenkeeper.Config{
+			Redis: rdb, Instance: fmt.Sprintf("r%d", i), LockTTL: catLockTTL, PollInterval: 100 * time.Millisecond,
+			Tokens: []tokenkeeper.TokenConfig{{Name: "liveness", PerDevice: true, RDP: &upstream.Config{
+				BaseURL: rdpURL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret, Timeout: time.Second,
+			}}},
+			HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- k.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		ks = append(ks, k)
+	}
+	testkit.Eventually(t, 5*time.Second, "every replica holds the access token", func() bool {
+		for _, k := range ks {
+			if _, ok := k.Current("liveness"); !ok {
+				return false
+			}
+		}
+		return true
+	})
+
+	return ks
+}
+
+// The upstream revokes the shared access token: the fleet signs on again
+// once and minting resumes. With the sign-on down, devices that hold a
+// token keep getting it and new devices get ErrUnavailable, until it
+// heals by itself.
+func TestPerDeviceAccessRevokedAndAuthDown(t *testing.T) {
+	srv := redistest.NewMini(t)
+	if redistest.Real() {
+		srv = redistest.StartServer(t)
+	}
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: time.Hour}})
+	rdp := httptest.NewServer(fake)
+	t.Cleanup(rdp.Close)
+	ks := perDeviceFleet(t, srv, rdp.URL)
+	ctx := context.Background()
+	mint := func(round string, n int) error {
+		var errs []error
+		for d := range n {
+			if _, err := ks[d%len(ks)].DeviceToken(ctx, "liveness", fmt.Sprintf("%s-%d", round, d)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	}
+	if err := mint("before", 6); err != nil {
+		t.Fatal(err)
+	}
+	signOns := fake.Stats().AuthCalls.V2
+
+	fake.Revoke()
+	if err := mint("revoked", 6); err != nil {
+		t.Fatalf("after the revocation: %v", err)
+	}
+	if n := fake.Stats().AuthCalls.V2 - signOns; n != 1 {
+		t.Errorf("sign-ons after the revocation: %d, want 1 for the fleet", n)
+	}
+
+	known, err := ks[0].DeviceToken(ctx, "liveness", "revoked-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake.Update(func(k *fakerdp.Knobs) { k.AuthStatus = 503 })
+	fake.Revoke()
+	for _, k := range ks {
+		if tok, err := k.DeviceToken(ctx, "liveness", "revoked-0"); err != nil || tok.Value != known.Value {
+			t.Errorf("%s: a device that holds a token, with the sign-on down: %v", k.Instance(), err)
+		}
+	}
+	if _, err := ks[1].DeviceToken(ctx, "liveness", "new-while-down"); !errors.Is(err, device.ErrUnavailable) {
+		t.Errorf("a new device with the sign-on down: %v, want ErrUnavailable", err)
+	}
+	fake.Update(func(k *fakerdp.Knobs) { k.AuthStatus = 0 })
+	testkit.Eventually(t, 10*time.Second, "minting resumes by itself", func() bool {
+		_, err := ks[2].DeviceToken(ctx, "liveness", "new-after")
+		return err == nil
+	})
 }
