@@ -34,6 +34,12 @@ type catalogRest struct {
 
 // catalogKeeper runs an in-process replica keeping tokens until ctx ends.
 func catalogKeeper(ctx context.Context, rs *redisServer, name string, tokens []tokenkeeper.TokenConfig, lockTTL time.Duration) (func(), error) {
+	_, stop, err := catalogKeeperOf(ctx, rs, name, tokens, lockTTL)
+	return stop, err
+}
+
+// catalogKeeperOf is catalogKeeper that also returns the Keeper.
+func catalogKeeperOf(ctx context.Context, rs *redisServer, name string, tokens []tokenkeeper.TokenConfig, lockTTL time.Duration) (*tokenkeeper.Keeper, func(), error) {
 	opt := *rs.Options()
 	refresher.TuneRedis(&opt, lockTTL)
 	rdb := redis.NewClient(&opt)
@@ -44,12 +50,12 @@ func catalogKeeper(ctx context.Context, rs *redisServer, name string, tokens []t
 	})
 	if err != nil {
 		rdb.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	kctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { _ = k.Run(kctx); close(done) }()
-	return func() { cancel(); <-done; rdb.Close() }, nil
+	return k, func() { cancel(); <-done; rdb.Close() }, nil
 }
 
 // measureCatalogCalls runs n replicas keeping liveness and partner, each

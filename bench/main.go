@@ -53,6 +53,10 @@ type config struct {
 	catRestT            []int
 	catSettle, catRestD time.Duration
 
+	devN                    []int
+	devices, devAsks        int
+	devAccessLifetime, devD time.Duration
+
 	benchtime string
 }
 
@@ -66,6 +70,7 @@ var full = config{
 	memRest: 5 * time.Second, memLoad: 10 * time.Second, memConc: 64,
 	catN: []int{1, 3, 10}, catLifetime: 6 * time.Second, catD: 30 * time.Second,
 	catRestN: 3, catRestT: []int{1, 10}, catSettle: 5 * time.Second, catRestD: 20 * time.Second,
+	devN: []int{1, 3, 10}, devices: 200, devAsks: 3, devAccessLifetime: 6 * time.Second, devD: 24 * time.Second,
 	benchtime: "1s",
 }
 
@@ -80,6 +85,7 @@ var smoke = config{
 	memRest: time.Second, memLoad: 2 * time.Second, memConc: 16,
 	catN: []int{1, 3}, catLifetime: 3 * time.Second, catD: 7 * time.Second,
 	catRestN: 2, catRestT: []int{1, 2}, catSettle: time.Second, catRestD: 3 * time.Second,
+	devN: []int{1, 3}, devices: 20, devAsks: 2, devAccessLifetime: 3 * time.Second, devD: 3 * time.Second,
 	benchtime: "2000x",
 }
 
@@ -104,7 +110,7 @@ func run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	smokeMode := fs.Bool("smoke", false, "short run with small fleets: proves the harness works, judges nothing")
 	outDir := fs.String("out", "", "where RESULTS.md and throughput.png go (default bench/, or a temporary folder with -smoke)")
-	only := fs.String("only", "", "comma-separated figures to run (1-9), for working on the harness; default all")
+	only := fs.String("only", "", "comma-separated figures to run (1-10), for working on the harness; default all")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -262,6 +268,19 @@ func run(ctx context.Context, args []string) int {
 			}
 			say("  T=%d: %.2f commands/s per replica (%s)", t, r.PerReplica, r.Mix)
 			rep.catRest = append(rep.catRest, r)
+		}
+	}
+	if runs("10") {
+		for _, n := range cfg.devN {
+			say("figure 10: per-device tokens, %d replicas, %d devices asked %d times over %v, %v access tokens", n, cfg.devices, cfg.devAsks, cfg.devD, cfg.devAccessLifetime)
+			r, err := measureDevices(ctx, work, n, cfg.devices, cfg.devAsks, cfg.devAccessLifetime, cfg.devD)
+			if err != nil {
+				fail("10", err)
+				continue
+			}
+			say("  N=%d: %d liveness calls, %d sign-ons; first ask p50 %s p99 %s, repeat p50 %s p99 %s", n, r.LivenessCalls, r.SignOns,
+				fmtDur(r.FirstP50), fmtDur(r.FirstP99), fmtDur(r.RepeatP50), fmtDur(r.RepeatP99))
+			rep.devices = append(rep.devices, r)
 		}
 	}
 	stopAll()

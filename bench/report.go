@@ -23,6 +23,7 @@ type report struct {
 	rest     []*restResult
 	catCalls []*catalogCalls
 	catRest  []*catalogRest
+	devices  []*devicesResult
 	memory   *memoryResult
 	allocs   *allocsResult
 	errors   []string
@@ -287,6 +288,7 @@ func (r *report) markdown() string {
 		}
 	}
 	r.catalogMarkdown(&b)
+	r.devicesMarkdown(&b)
 	if m := r.memory; m != nil {
 		b.WriteString("\n## 7. Memory\n\n")
 		fmt.Fprintf(&b, "VmRSS of one `tokenkeeper serve` process (with its redis-server and fake RDP): at rest %s; sampled every 100 ms "+
@@ -414,5 +416,24 @@ func (r *report) catalogMarkdown(b *strings.Builder) {
 		for _, c := range r.catRest {
 			fmt.Fprintf(b, "| %d | %d | %.0f | %.2f | %s |\n", c.N, c.Tokens, c.Seconds, c.PerReplica, c.Mix)
 		}
+	}
+}
+
+// devicesMarkdown writes figure 10: per-device tokens.
+func (r *report) devicesMarkdown(b *strings.Builder) {
+	if len(r.devices) == 0 {
+		return
+	}
+	d := r.devices[0]
+	b.WriteString("\n## 10. Per-device tokens\n\n")
+	fmt.Fprintf(b, "N replicas in one process keep `liveness` per device against one fake RDP whose access tokens live %v "+
+		"(refreshed %v before expiry). %d devices, each asked %d times through random replicas, spread over the run. "+
+		"Latency is Keeper.DeviceToken's (Redis round trips included, no HTTP): a first ask mints, a repeat reads Redis.\n\n",
+		d.AccessLifetime, d.AccessLifetime/3, d.Devices, d.Asks)
+	b.WriteString("| replicas | seconds | liveness calls per device | sign-ons | access-token lifetimes | first ask p50 / p99 | repeat p50 / p99 |\n|---|---|---|---|---|---|---|\n")
+	for _, x := range r.devices {
+		fmt.Fprintf(b, "| %d | %.0f | %.2f | %d | %.1f | %s / %s | %s / %s |\n", x.N, x.Seconds,
+			float64(x.LivenessCalls)/float64(x.Devices), x.SignOns, x.Seconds/x.AccessLifetime.Seconds(),
+			fmtDur(x.FirstP50), fmtDur(x.FirstP99), fmtDur(x.RepeatP50), fmtDur(x.RepeatP99))
 	}
 }
