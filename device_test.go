@@ -76,6 +76,14 @@ func TestPerDeviceTokensShareOneSignOn(t *testing.T) {
 		seen[v] = true
 	}
 
+	st2, err := ks[1].Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := st2.Tokens[0]; !tok.PerDevice || tok.Mints != 200 {
+		t.Errorf("status: per-device %v, %d mints in the last minute; want true, 200", tok.PerDevice, tok.Mints)
+	}
+
 	// Through the HTTP face: the access token is never served, a bad id
 	// is refused.
 	hs := httptest.NewServer(ks[0].Handler())

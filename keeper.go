@@ -59,6 +59,8 @@ type Redis interface {
 	redis.Scripter
 	Get(ctx context.Context, key string) *redis.StringCmd
 	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
+	MGet(ctx context.Context, keys ...string) *redis.SliceCmd
+	Pipeline() redis.Pipeliner
 	PTTL(ctx context.Context, key string) *redis.DurationCmd
 	HGet(ctx context.Context, key, field string) *redis.StringCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
@@ -372,6 +374,11 @@ type Status struct {
 type TokenStatus struct {
 	Name     string
 	Optional bool
+	// PerDevice tokens: the Status is the shared access token's, and
+	// Mints the fleet's mints in the last minute against MintBudget a
+	// minute (0: none).
+	PerDevice         bool
+	Mints, MintBudget int
 	refresher.Status
 }
 
@@ -386,7 +393,13 @@ func (k *Keeper) Status(ctx context.Context) (Status, error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", t.cfg.Name, err))
 		}
-		out.Tokens = append(out.Tokens, TokenStatus{Name: t.cfg.Name, Optional: t.cfg.Optional, Status: s})
+		ts := TokenStatus{Name: t.cfg.Name, Optional: t.cfg.Optional, PerDevice: t.devices != nil, Status: s}
+		if t.devices != nil {
+			if ts.Mints, ts.MintBudget, err = t.devices.MintsLastMinute(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("%s: mint count: %w", t.cfg.Name, err))
+			}
+		}
+		out.Tokens = append(out.Tokens, ts)
 	}
 	out.Status = out.Tokens[0].Status
 	return out, errors.Join(errs...)
@@ -435,8 +448,13 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 	}
 	if !c.k.cfg.single {
 		for _, t := range s.Tokens {
+			mode := "shared"
+			if t.PerDevice {
+				mode = "per-device"
+			}
 			out.Tokens = append(out.Tokens, httpapi.TokenStatus{
-				Name: t.Name, Required: !t.Optional, Leader: t.Leader, IsLeader: t.IsLeader, Ready: t.Ready,
+				Name: t.Name, Mode: mode, MintsLastMinute: t.Mints, MintsPerMinute: t.MintBudget,
+				Required: !t.Optional, Leader: t.Leader, IsLeader: t.IsLeader, Ready: t.Ready,
 				TokenFingerprint: t.TokenFingerprint, ExpiresAt: t.ExpiresAt,
 				LastRefresh: t.LastRefresh, NextRefresh: t.NextRefresh, LastError: t.LastError,
 				Refreshes: apiRefreshes(t.Refreshes),

@@ -86,6 +86,8 @@ type Redis interface {
 	redis.Scripter
 	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
 	Get(ctx context.Context, key string) *redis.StringCmd
+	MGet(ctx context.Context, keys ...string) *redis.SliceCmd
+	Pipeline() redis.Pipeliner
 }
 
 // Config configures a Minter.
@@ -291,6 +293,7 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 		return cache.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	m.met.mints.WithLabelValues("ok").Inc()
+	m.countMint(ctx)
 	tok := cache.Token{Value: ut.Value, Deadline: ut.Sent.Add(ut.Lifetime), FetchedAt: ut.Sent}
 	ttl := tok.Deadline.Sub(m.cfg.Clock.Now())
 	if ttl <= m.cfg.ServeMargin {
@@ -303,6 +306,41 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 	m.log.Info("device token minted", "device", digest[:12], "caller", CallerFrom(ctx),
 		"fingerprint", tok.Fingerprint(), "expires_in", ttl.Round(time.Second))
 	return tok, nil
+}
+
+// mintedKey is the key counting the fleet's mints in the minute of t.
+func (m *Minter) mintedKey(t time.Time) string {
+	return fmt.Sprintf("%sminted:%d", m.cfg.Keys.Devices, t.Unix()/60)
+}
+
+// countMint adds a mint to this minute's fleet-wide count.
+func (m *Minter) countMint(ctx context.Context) {
+	key := m.mintedKey(m.cfg.Clock.Now())
+	pipe := m.rdb.Pipeline()
+	pipe.Incr(ctx, key)
+	pipe.Expire(ctx, key, 3*time.Minute)
+	if _, err := pipe.Exec(ctx); err != nil {
+		m.log.Debug("counting a mint", "error", err)
+	}
+}
+
+// MintsLastMinute is how many tokens the fleet minted in the last whole
+// minute and this one so far, and the fleet's budget a minute (0: none):
+// the status page shows one against the other.
+func (m *Minter) MintsLastMinute(ctx context.Context) (minted, budget int, err error) {
+	now := m.cfg.Clock.Now()
+	vals, err := m.rdb.MGet(ctx, m.mintedKey(now.Add(-time.Minute)), m.mintedKey(now)).Result()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, v := range vals {
+		if s, ok := v.(string); ok {
+			var n int
+			fmt.Sscan(s, &n)
+			minted += n
+		}
+	}
+	return minted, int(m.cfg.Rate * 60), nil
 }
 
 // spend takes one mint from the fleet's rate and the device's cap, or

@@ -90,6 +90,12 @@ func (st *Status) fleetUTC() {
 // (Status.Tokens). It never holds the token itself.
 type TokenStatus struct {
 	Name string `json:"name"`
+	// Mode is "shared" or "per-device"; for a per-device token the fields
+	// below describe the shared access token, and MintsLastMinute the
+	// fleet's mints in the last minute against MintsPerMinute (0: no cap).
+	Mode            string `json:"mode,omitempty"`
+	MintsLastMinute int    `json:"mints_last_minute,omitempty"`
+	MintsPerMinute  int    `json:"mints_per_minute,omitempty"`
 	// Required is whether /readyz waits for it.
 	Required bool `json:"required"`
 	// Leader is the replica holding this token's lock; IsLeader whether
