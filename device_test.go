@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -164,13 +165,16 @@ func TestPerDeviceAccessRevokedAndAuthDown(t *testing.T) {
 	t.Cleanup(rdp.Close)
 	ks := perDeviceFleet(t, srv, rdp.URL)
 	ctx := context.Background()
+	// mint asks for n new devices at once, spread over the replicas.
 	mint := func(round string, n int) error {
-		var errs []error
+		errs := make([]error, n)
+		var wg sync.WaitGroup
 		for d := range n {
-			if _, err := ks[d%len(ks)].DeviceToken(ctx, "liveness", fmt.Sprintf("%s-%d", round, d)); err != nil {
-				errs = append(errs, err)
-			}
+			wg.Go(func() {
+				_, errs[d] = ks[d%len(ks)].DeviceToken(ctx, "liveness", fmt.Sprintf("%s-%d", round, d))
+			})
 		}
+		wg.Wait()
 		return errors.Join(errs...)
 	}
 	if err := mint("before", 6); err != nil {
