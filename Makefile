@@ -24,3 +24,21 @@ bench-deps:
 		$(SUDO) apt-get install -y -qq wrk redis-server >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk redis-server >/dev/null; }; \
 	fi
+
+# Releases and the Helm chart. `make release` builds dist/ (static binaries
+# for linux/amd64 and linux/arm64, the image, SHA256SUMS) with
+# scripts/release.sh; `make release VERSION=0.1.0` names the version.
+# `make chart-test` renders, lints and checks deploy/helm/tokenkeeper;
+# `make manifests` regenerates deploy/kubernetes/tokenkeeper.yaml (and the
+# chart's copy of the alert rules) after a change of the chart.
+
+.PHONY: release chart-test manifests
+
+release:
+	bash scripts/release.sh $(VERSION)
+
+chart-test:
+	cd deploy/helm/test && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+manifests:
+	cd deploy/helm/test && $(GO) test -count=1 -run 'TestRenderedManifests|TestRulesCopy' -update .

@@ -31,7 +31,9 @@
 # Environment: TOKENKEEPER_IMAGE (default tokenkeeper:dev) names the app image,
 # LATENCYPROXY_IMAGE (default tokenkeeper/latencyproxy:dev) the proxy's;
 # BUILD_DIR (default .build) holds the binary and, while they are imported,
-# the staged root filesystems.
+# the staged root filesystems. VERSION and COMMIT (default: from git, see
+# stamp below) are stamped into the app's binary (`tokenkeeper version`) and
+# its image's OCI labels.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,6 +46,20 @@ latencyproxy_image=${LATENCYPROXY_IMAGE:-tokenkeeper/latencyproxy:dev}
 build_dir=${BUILD_DIR:-$repo/.build}
 force=${FORCE:-0}
 nonroot_uid=65532
+
+# stamp: the version (git describe without its "v"; 0.0.0-dev+SHORT-SHA with
+# no release tag; "dev" outside a git checkout), the commit ("-dirty" with
+# uncommitted changes) and the commit's date (the image's created label, so
+# that rebuilding one commit gives the same labels) of this build.
+if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
+	version=${VERSION:-$(git -C "$repo" describe --tags --match 'v[0-9]*' --dirty 2>/dev/null ||
+		echo "0.0.0-dev+$(git -C "$repo" rev-parse --short HEAD)")}
+	commit=${COMMIT:-$(git -C "$repo" rev-parse HEAD)$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo -dirty)}
+	created=${CREATED:-$(TZ=UTC git -C "$repo" log -1 --date=iso-strict-local --format=%cd)}
+else
+	version=${VERSION:-dev} commit=${COMMIT:-unknown} created=${CREATED:-}
+fi
+version=${version#v}
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build-images: %s\n' "$*" >&2; exit 1; }
@@ -139,12 +155,12 @@ wait_log() {
 
 # go_static PACKAGE BINARY [MODULE_DIR] builds PACKAGE (of the module in
 # MODULE_DIR, default the repository's) into BINARY, an absolute path,
-# static (CGO_ENABLED=0), as FROM scratch needs.
+# static (CGO_ENABLED=0), as FROM scratch needs. LDFLAGS adds linker flags.
 go_static() {
 	command -v go >/dev/null || die "go is not installed"
 	log "go build (CGO_ENABLED=0, static) ${3:-.}/$1 -> $2"
 	mkdir -p "$(dirname "$2")"
-	(cd "${3:-.}" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$2" "$1")
+	(cd "${3:-.}" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w ${LDFLAGS:-}" -o "$2" "$1")
 	if ldd "$2" >/dev/null 2>&1; then
 		die "$2 is dynamically linked; FROM scratch needs a static binary"
 	fi
@@ -152,10 +168,12 @@ go_static() {
 
 build_app() {
 	local ctx=$build_dir/app old
-	go_static ./cmd/tokenkeeper "$ctx/tokenkeeper"
-	log "docker build -f Dockerfile.prebuilt -t $app_image (context: $ctx, the binary only)"
+	LDFLAGS="-X main.version=$version -X main.commit=$commit" go_static ./cmd/tokenkeeper "$ctx/tokenkeeper"
+	log "docker build -f Dockerfile.prebuilt -t $app_image (context: $ctx, the binary only; version $version)"
 	old=$(image_id "$app_image")
-	docker build --quiet -f Dockerfile.prebuilt -t "$app_image" "$ctx" >/dev/null
+	docker build --quiet -f Dockerfile.prebuilt -t "$app_image" \
+		--build-arg "VERSION=$version" --build-arg "COMMIT=$commit" \
+		--build-arg "CREATED=$created" "$ctx" >/dev/null
 	drop_replaced "$app_image" "$old"
 }
 

@@ -49,6 +49,7 @@ commands:
                every token of TOKENKEEPER_CONFIG, or --token NAME for each)
   config check FILE
                validate a token catalog file (TOKENKEEPER_CONFIG) and print what it describes
+  version      print the version, the commit and the Go version of this build
 
 Run 'tokenkeeper <command> -h' for the flags of a command.
 
@@ -76,6 +77,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runStatus(ctx, rest, getenv, stdout, stderr)
 	case "config":
 		err = runConfig(ctx, rest, getenv, stdout, stderr)
+	case "version":
+		err = runVersion(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
