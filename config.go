@@ -43,8 +43,10 @@ type Config struct {
 	// Instance names this replica in logs, the lock and the fleet view.
 	// Default: hostname-pid.
 	Instance string
-	// Version names the build in this replica's heartbeat. Default: "dev".
-	Version string
+	// Version names the build in this replica's heartbeat and, with
+	// Commit (its revision) and the Go version, in GET /v1/status.
+	// Default: "dev".
+	Version, Commit string
 
 	// ServeMargin: a token is not served within this of its expiry, and a
 	// fetched token with less left is refused. Default: 1m.

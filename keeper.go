@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -445,6 +446,7 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 		TokenFingerprint: s.TokenFingerprint, ExpiresAt: s.ExpiresAt,
 		LastRefresh: s.LastRefresh, NextRefresh: s.NextRefresh, LastError: s.LastError,
 		Replicas: apiReplicas(s.Replicas), Refreshes: apiRefreshes(s.Refreshes),
+		Build: &httpapi.Build{Version: c.k.cfg.Version, Commit: c.k.cfg.Commit, GoVersion: runtime.Version()},
 	}
 	if !c.k.cfg.single {
 		for _, t := range s.Tokens {

@@ -106,6 +106,7 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"Replica":     reflect.TypeFor[Replica](),
 		"Refresh":     reflect.TypeFor[Refresh](),
 		"TokenStatus": reflect.TypeFor[TokenStatus](),
+		"Build":       reflect.TypeFor[Build](),
 		"ListedToken": reflect.TypeFor[listed](),
 	} {
 		schema, ok := doc.Components.Schemas[name]

@@ -78,6 +78,8 @@ type Status struct {
 	// last refresh attempts of any leader, newest first.
 	Replicas  []Replica `json:"replicas"`
 	Refreshes []Refresh `json:"refreshes"`
+	// Build is the build this replica runs.
+	Build *Build `json:"build,omitempty"`
 	// Tokens are every token of the catalog, in its order; the fields
 	// above describe the first.
 	Tokens []TokenStatus `json:"tokens,omitempty"`
@@ -85,6 +87,13 @@ type Status struct {
 	// a client subtracts it from the other times to get durations without
 	// comparing its own clock with the server's. The server sets it.
 	GeneratedAt time.Time `json:"generated_at"`
+}
+
+// Build names a replica's build in Status.
+type Build struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit,omitempty"`
+	GoVersion string `json:"go_version"`
 }
 
 // Config configures a Server. The zero value of each field but the keys is

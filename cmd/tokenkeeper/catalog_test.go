@@ -148,6 +148,9 @@ func TestServeKeepsACatalog(t *testing.T) {
 			t.Errorf("the status shows a secret")
 		}
 	}
+	if !strings.Contains(status, `"build":{"version":"`+buildVersion()+`"`) || !strings.Contains(status, `"go_version":"go`) {
+		t.Errorf("the status does not name the build: %s", status)
+	}
 	if !strings.Contains(status, `"name":"partner"`) {
 		t.Errorf("the status does not show the partner token: %s", status)
 	}

@@ -501,7 +501,7 @@ func (c Config) keeperConfig() tokenkeeper.Config {
 	return tokenkeeper.Config{
 		Tokens: tokens,
 		RDP:    &ucfg, AuthPerMinute: c.AuthPerMinute,
-		Instance: c.Instance, Version: buildVersion(),
+		Instance: c.Instance, Version: buildVersion(), Commit: buildCommit(),
 		ServeMargin: c.ServeMargin, RefreshBefore: c.RefreshBefore, LockTTL: c.LockTTL, PollInterval: c.PollInterval,
 		RetryMin: c.RetryMin, RetryMax: c.RetryMax, HandoverAfter: c.HandoverAfter, HandoverCooldown: c.HandoverCooldown,
 		Keyring: c.Keyring,

@@ -7,6 +7,8 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"runtime"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
@@ -36,7 +38,7 @@ func newRegistry(cfg Config, rdb *redis.Client) *prometheus.Registry {
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "tokenkeeper_replica_info",
 		Help:        "Always 1; its labels name this replica (TOKENKEEPER_INSTANCE_ID) and its build.",
-		ConstLabels: prometheus.Labels{"replica": cfg.Instance, "version": buildVersion()},
+		ConstLabels: prometheus.Labels{"replica": cfg.Instance, "version": buildVersion(), "commit": buildCommit(), "go_version": runtime.Version()},
 	})
 	info.Set(1)
 	reg.MustRegister(info)
