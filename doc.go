@@ -1,6 +1,9 @@
-// Package tokenkeeper keeps one short-lived token (an RDP liveness token,
-// obtained through OAuth2) for a whole fleet of stateless replicas that
-// share a Redis.
+// Package tokenkeeper keeps short-lived tokens for a whole fleet of
+// stateless replicas that share a Redis: the RDP liveness token by
+// default, or a catalog of named tokens (Config.Tokens) from RDP or any
+// OAuth2 token endpoint, each kept as described below; an RDP token may
+// also be minted per device over one access token the fleet shares
+// (TokenConfig.PerDevice, Keeper.DeviceToken).
 //
 // Every replica serves the token from memory; one replica at a time,
 // elected through a Redis lock, fetches the next token before the current
