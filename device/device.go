@@ -277,14 +277,8 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 	defer func() { m.met.latency.Observe(m.cfg.Clock.Now().Sub(start).Seconds()) }()
 	ut, err := m.cfg.Mint(ctx, access.Value)
 	if upstream.IsUnauthorized(err) {
-		m.log.Info("the upstream refused the shared access token; asking for a new one", "access", access.Fingerprint())
-		if now, ok := m.cfg.Access(); !ok || now.Value == access.Value {
-			if rerr := m.cfg.RenewAccess(ctx); rerr != nil {
-				return cache.Token{}, fmt.Errorf("%w: renewing the access token: %w", ErrUnavailable, rerr)
-			}
-		}
-		if access, ok = m.cfg.Access(); !ok {
-			return cache.Token{}, fmt.Errorf("%w: the fleet holds no access token", ErrUnavailable)
+		if access, err = m.renew(ctx, access); err != nil {
+			return cache.Token{}, err
 		}
 		ut, err = m.cfg.Mint(ctx, access.Value)
 	}
@@ -306,6 +300,48 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 	m.log.Info("device token minted", "device", digest[:12], "caller", CallerFrom(ctx),
 		"fingerprint", tok.Fingerprint(), "expires_in", ttl.Round(time.Second))
 	return tok, nil
+}
+
+// renew returns an access token other than refused, which the upstream
+// refused: the one the fleet holds once another replica has renewed it,
+// or one this replica asks the leader for. A short claim in Redis makes
+// the replicas that meet the refusal at once ask the leader once, not
+// once each.
+func (m *Minter) renew(ctx context.Context, refused cache.Token) (cache.Token, error) {
+	claim := m.cfg.Keys.Devices + "renew"
+	deadline := m.cfg.Clock.Now().Add(m.cfg.Claim)
+	for {
+		if cur, ok := m.cfg.Access(); ok && cur.Value != refused.Value {
+			return cur, nil
+		}
+		owner := rand.Text()
+		won, err := m.rdb.SetNX(ctx, claim, owner, m.cfg.Claim).Result()
+		if err != nil {
+			return cache.Token{}, fmt.Errorf("%w: renewing the access token: %w", ErrUnavailable, err)
+		}
+		if won {
+			m.log.Info("the upstream refused the shared access token; asking the leader for a new one", "access", refused.Fingerprint())
+			err := m.cfg.RenewAccess(ctx)
+			releaseScript.Run(context.WithoutCancel(ctx), m.rdb, []string{claim}, owner)
+			if err != nil {
+				return cache.Token{}, fmt.Errorf("%w: renewing the access token: %w", ErrUnavailable, err)
+			}
+			if cur, ok := m.cfg.Access(); ok && cur.Value != refused.Value {
+				return cur, nil
+			}
+			return cache.Token{}, fmt.Errorf("%w: the fleet holds no new access token", ErrUnavailable)
+		}
+		if !m.cfg.Clock.Now().Before(deadline) {
+			return cache.Token{}, fmt.Errorf("%w: the access token was not renewed within %v", ErrUnavailable, m.cfg.Claim)
+		}
+		t := m.cfg.Clock.NewTimer(25 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return cache.Token{}, ctx.Err()
+		case <-t.C():
+		}
+	}
 }
 
 // mintedKey is the key counting the fleet's mints in the minute of t.

@@ -365,7 +365,7 @@ func (c *Client) signOnV2(ctx context.Context) (string, error) {
 		var re *oauth2.RetrieveError
 		switch {
 		case errors.As(err, &re) && re.Response != nil:
-			return "", c.statusError(OpAuth, re.Response, re.Body)
+			return "", c.statusError(OpAuth, re.Response, re.Body, c.access, c.refresh)
 		case ctx.Err() != nil || isTransport(err):
 			return "", &Error{Op: OpAuth, Retryable: true, Err: err}
 		default:
@@ -450,7 +450,7 @@ func (c *Client) postV1(ctx context.Context, form url.Values) (string, error) {
 	defer resp.Body.Close()
 	body, err := readBody(resp.Body, c.cfg.MaxBodyBytes)
 	if resp.StatusCode/100 != 2 {
-		return "", c.statusError(OpAuth, resp, body)
+		return "", c.statusError(OpAuth, resp, body, c.access, c.refresh)
 	}
 	if err != nil {
 		return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: err}
@@ -500,7 +500,7 @@ func (c *Client) liveness(ctx context.Context, access string) (Token, error) {
 	defer resp.Body.Close()
 	body, err := readBody(resp.Body, c.cfg.MaxBodyBytes)
 	if resp.StatusCode/100 != 2 {
-		return Token{}, c.statusError(OpLiveness, resp, body)
+		return Token{}, c.statusError(OpLiveness, resp, body, access)
 	}
 	if err != nil {
 		return Token{}, &Error{Op: OpLiveness, Status: resp.StatusCode, Retryable: true, Err: err}
@@ -514,13 +514,15 @@ func (c *Client) liveness(ctx context.Context, access string) (Token, error) {
 }
 
 // statusError classifies a non-2xx answer. The body is read only for its
-// error code, which is dropped when it quotes a credential.
-func (c *Client) statusError(op Op, resp *http.Response, body []byte) *Error {
+// error code, which is dropped when it quotes the configured secrets or
+// one of tokens (those the call held: the caller passes them, since Mint
+// runs beside a sign-on and must not read the client's own).
+func (c *Client) statusError(op Op, resp *http.Response, body []byte, tokens ...string) *Error {
 	s := resp.StatusCode
 	return &Error{
 		Op:         op,
 		Status:     s,
-		Code:       safeCode(errorCode(body, s), c.cfg.ClientSecret, c.cfg.Password, c.access, c.refresh),
+		Code:       safeCode(errorCode(body, s), append([]string{c.cfg.ClientSecret, c.cfg.Password}, tokens...)...),
 		Retryable:  s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500,
 		RetryAfter: parseRetryAfter(resp.Header, c.cfg.Now()),
 	}
