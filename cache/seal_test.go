@@ -2,7 +2,6 @@ package cache_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"errors"
 	"strings"
@@ -27,7 +26,7 @@ func keyring(t *testing.T, ids ...string) *cache.Keyring {
 
 func TestEncryptionAtRest(t *testing.T) {
 	f := newFixture(t)
-	ctx := context.Background()
+	ctx := t.Context()
 	f.lock(t, "holder")
 	const secret = "liveness-token-in-clear"
 	writer := f.store(t, cache.Config{ServeMargin: time.Second, Keyring: keyring(t, "a")})

@@ -7,12 +7,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
-	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
-	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -31,48 +29,65 @@ func TestFailingLeaderHandsOver(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			addr, keys := newRedis(t)
-			bad := &source{lifetime: fast.lifetime, fail: tt.err}
-			cut := startObserved(t, "cut", addr, keys, bad, fast)
-			testkit.Eventually(t, 5*time.Second, "cut leads", cut.ref.IsLeader)
+			synctest.Test(t, func(t *testing.T) {
+				w := newWorld(t)
+				// Ten-minute tokens: a few refreshes in a short run of steps
+				// (the heartbeats look every 200ms).
+				tm := timings{lifetime: 10 * time.Minute, before: 2 * time.Minute}
+				bad := w.source(tm.lifetime)
+				bad.fail = tt.err
+				cut := w.startObserved("cut", bad, tm)
+				w.tl.Advance(0) // its first election, due at once
+				if got := value(t, cut.reg, "tokenkeeper_leadership_changes_total", "change", "acquired"); got != 1 {
+					t.Fatalf("cut took the lead %v times, want 1: it stands first", got)
+				}
 
-			good := &source{lifetime: fast.lifetime}
-			healthy := []*replica{startObserved(t, "a", addr, keys, good, fast), startObserved(t, "b", addr, keys, good, fast)}
-			testkit.Eventually(t, 5*time.Second, "a healthy replica fetched a token and every replica serves it", func() bool {
-				for _, r := range append(healthy, cut) {
-					if _, ok := r.store.Current(); !ok {
-						return false
+				good := w.source(tm.lifetime)
+				healthy := []*replica{w.startObserved("a", good, tm), w.startObserved("b", good, tm)}
+				all := []*replica{healthy[0], healthy[1], cut}
+				w.tl.Until("a healthy replica fetched a token and every replica serves it", time.Minute, func() bool {
+					for _, r := range all {
+						if _, ok := r.store.Current(); !ok {
+							return false
+						}
+					}
+					return len(good.Calls()) > 0
+				})
+				// While it sits out, the fleet view shows it failing.
+				st, err := healthy[0].ref.Status(t.Context())
+				if err != nil {
+					t.Fatal(err)
+				}
+				var seen bool
+				for _, r := range st.Replicas {
+					if r.Instance == "cut" {
+						seen = true
+						if r.Upstream != "failing" || r.UpstreamError == "" || r.AsideFor <= 0 || r.AsideFor > handoverCooldown {
+							t.Errorf("fleet view of cut: upstream %q (%q), aside for %v; want failing with its error, aside", r.Upstream, r.UpstreamError, r.AsideFor)
+						}
 					}
 				}
-				return len(good.Calls()) > 0
+				if !seen {
+					t.Error("cut is missing from the fleet view")
+				}
+				// The next refreshes are made by the healthy replicas too,
+				// after the failing one's cooldown as well.
+				for range 2 {
+					before := len(good.Calls())
+					w.tl.Until("the next refresh", tm.lifetime, func() bool {
+						if cut.ref.IsLeader() {
+							t.Fatal("the failing replica was re-elected ahead of the healthy ones")
+						}
+						return len(good.Calls()) > before
+					})
+				}
+				if n := len(bad.Calls()); n > 3 {
+					t.Errorf("the failing replica called the upstream %d times, want at most 3 (it hands over after 3 failures)", n)
+				}
+				if got := value(t, cut.reg, "tokenkeeper_leadership_changes_total", "change", "handed_over"); got < 1 {
+					t.Errorf("cut's handed_over changes = %v, want at least 1", got)
+				}
 			})
-			// The next refreshes are made by the healthy replicas too.
-			for range 2 {
-				before := len(good.Calls())
-				testkit.Eventually(t, 2*fast.lifetime, "the next refresh", func() bool { return len(good.Calls()) > before })
-				if cut.ref.IsLeader() {
-					t.Fatal("the failing replica was re-elected ahead of the healthy ones")
-				}
-			}
-			st, err := healthy[0].ref.Status(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
-			var seen bool
-			for _, r := range st.Replicas {
-				if r.Instance == "cut" {
-					seen = true
-					if r.Upstream != "failing" || r.UpstreamError == "" || r.AsideFor <= 0 {
-						t.Errorf("fleet view of cut: upstream %q (%q), aside for %v; want failing with its error, aside", r.Upstream, r.UpstreamError, r.AsideFor)
-					}
-				}
-			}
-			if !seen {
-				t.Error("cut is missing from the fleet view")
-			}
-			if got := value(t, cut.reg, "tokenkeeper_leadership_changes_total", "change", "handed_over"); got < 1 {
-				t.Errorf("cut's handed_over changes = %v, want at least 1", got)
-			}
 		})
 	}
 }
@@ -81,202 +96,205 @@ func TestFailingLeaderHandsOver(t *testing.T) {
 // the backoff: a fleet whose leaders hand over after every failure calls
 // the upstream about as often as one replica alone.
 func TestHandoversKeepTheFleetsBackoff(t *testing.T) {
-	down := &upstream.Error{Op: "liveness", Status: 503, Retryable: true}
-	tm := fast
-	tm.handoverAfter = 1
+	synctest.Test(t, func(t *testing.T) {
+		down := &upstream.Error{Op: "liveness", Status: 503, Retryable: true}
+		tm := timings{lifetime: hour, handoverAfter: 1}
 
-	addr, keys := newRedis(t)
-	alone := &source{lifetime: tm.lifetime, fail: down}
-	start(t, "alone", addr, keys, alone, tm)
+		w := newWorld(t)
+		alone := w.source(hour)
+		alone.fail = down
+		w.start("alone", alone, tm)
 
-	addr2, keys2 := newRedis(t)
-	shared := &source{lifetime: tm.lifetime, fail: down}
-	for i := range 3 {
-		start(t, fmt.Sprintf("r%d", i), addr2, keys2, shared, tm)
-	}
-	// Each fleet has run the same while: measure both over one window.
-	testkit.Eventually(t, 10*time.Second, "a dozen calls by the lone replica", func() bool { return len(alone.Calls()) >= 12 })
-	one, three := len(alone.Calls()), len(shared.Calls())
-	t.Logf("upstream calls while down: one replica %d, three replicas handing over after each failure %d", one, three)
-	if three > 2*one+3 {
-		t.Fatalf("three replicas made %d calls while one made %d: handovers restart the backoff", three, one)
-	}
+		w2 := w.other() // another token, on the same time and Redis
+		shared := w2.source(hour)
+		shared.fail = down
+		for i := range 3 {
+			w2.start(fmt.Sprintf("r%d", i), shared, tm)
+		}
+		// Each fleet has run the same while: measure both over one window.
+		took := w.tl.Until("a dozen calls by the lone replica", hour, func() bool { return len(alone.Calls()) >= 12 })
+		one, three := len(alone.Calls()), len(shared.Calls())
+		t.Logf("upstream calls while down, over %v of fake time: one replica %d, three replicas handing over after each failure %d", took, one, three)
+		if three > 2*one+3 {
+			t.Fatalf("three replicas made %d calls while one made %d: handovers restart the backoff", three, one)
+		}
+	})
 }
 
 // A token fetched by a leader that lost its lock before storing it is not
 // thrown away: the replica keeps it and stores it when it leads again,
 // instead of fetching another.
 func TestUnsavedTokenOutlivesTheTerm(t *testing.T) {
-	addr, keys := newRedis(t)
-	src := &source{lifetime: 30 * time.Second}
-	tm := fast
-	tm.lifetime, tm.before = 30*time.Second, 5*time.Second
-	a := start(t, "a", addr, keys, src, tm)
-	testkit.Eventually(t, 5*time.Second, "first token", func() bool { _, ok := a.store.Current(); return ok })
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		ctx := t.Context()
+		src := w.source(hour)
+		a := w.start("a", src, timings{lifetime: hour})
+		w.tl.Until("first token", time.Minute, func() bool { _, ok := a.store.Current(); return ok })
+		w.tl.Advance(5 * time.Minute)
 
-	block := make(chan struct{})
-	src.set(func(s *source) { s.block = block })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	go a.ref.Refresh(ctx)
-	testkit.Eventually(t, 5*time.Second, "the leader is fetching", func() bool { return len(src.Calls()) == 2 })
-	// A stranger holds the lock for a while: the leader steps down with
-	// its fetch in flight; then the fetch returns.
-	if err := a.rdb.Set(context.Background(), keys.Lock, "tk:0123456789abcdef:nobody", 3*tm.lockTTL).Err(); err != nil {
-		t.Fatal(err)
-	}
-	testkit.Eventually(t, 5*time.Second, "the renewal refused", func() bool {
-		st, _ := a.ref.Status(context.Background())
-		return strings.Contains(st.LastError, "lock renewal")
-	})
-	src.set(func(s *source) { s.block = nil })
-	close(block)
+		block := make(chan struct{})
+		unblock := sync.OnceFunc(func() { close(block) })
+		t.Cleanup(unblock) // before a stops, should the test fail first
+		src.set(func(s *source) { s.block = block })
+		a.refresh(ctx) // its answer does not matter here
+		w.tl.Until("the leader is fetching", time.Minute, func() bool { return len(src.Calls()) == 2 })
+		// A stranger holds the lock for a while: the leader steps down with
+		// its fetch in flight; then the fetch returns.
+		if err := w.admin.Set(ctx, w.keys.Lock, "tk:0123456789abcdef:nobody", 3*lockTTL).Err(); err != nil {
+			t.Fatal(err)
+		}
+		w.tl.Until("the renewal refused", time.Minute, func() bool {
+			st, _ := a.ref.Status(ctx)
+			return strings.Contains(st.LastError, "lock renewal")
+		})
+		src.set(func(s *source) { s.block = nil })
+		unblock()
 
-	testkit.Eventually(t, 10*time.Second, "the fetched token is stored once a leads again", func() bool {
-		v, err := a.rdb.HGet(context.Background(), keys.Token, "v").Result()
-		return err == nil && v == "token-2"
+		took := w.tl.Until("the fetched token is stored once a leads again", 3*lockTTL+time.Minute, func() bool {
+			v, err := w.admin.HGet(ctx, w.keys.Token, "v").Result()
+			return err == nil && v == "token-2"
+		})
+		if n := len(src.Calls()); n != 2 {
+			t.Fatalf("upstream calls: got %d, want 2 (the fetched token stored, not fetched again)", n)
+		}
+		if took > 3*lockTTL+electEvery {
+			t.Errorf("stored %v of fake time after the fetch returned, want once the stranger's lock (%v) expired", took, 3*lockTTL)
+		}
 	})
-	if n := len(src.Calls()); n != 2 {
-		t.Fatalf("upstream calls: got %d, want 2 (the fetched token stored, not fetched again)", n)
-	}
 }
 
 // Many concurrent refresh requests across the fleet all get an answer, and
-// cost one upstream call (two when a replica's request arrives after the
-// first call returned).
+// cost one upstream call: those that arrive while it runs join it.
 func TestConcurrentRefreshesJoin(t *testing.T) {
-	addr, keys := newRedis(t)
-	src := &source{lifetime: 30 * time.Second}
-	tm := fast
-	tm.lifetime, tm.before = 30*time.Second, 5*time.Second
-	rs := []*replica{start(t, "a", addr, keys, src, tm), start(t, "b", addr, keys, src, tm), start(t, "c", addr, keys, src, tm)}
-	oneLeader(t, rs, 5*time.Second)
-	for _, r := range rs {
-		testkit.Eventually(t, 5*time.Second, "first token everywhere", func() bool { _, ok := r.store.Current(); return ok })
-	}
-	first, _ := rs[0].store.Current()
-	calls := len(src.Calls())
-	// An upstream call takes a while, as a real one does: requests that
-	// arrive meanwhile join it.
-	src.set(func(s *source) { s.delay = 300 * time.Millisecond })
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 50)
-	for i := range 50 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tok, err := rs[i%3].ref.Refresh(ctx)
-			if err == nil && tok.Value == first.Value {
-				err = errors.New("answered with the token held before the request")
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		ctx := t.Context()
+		src := w.source(hour)
+		rs := []*replica{w.start("a", src, timings{lifetime: hour}), w.start("b", src, timings{lifetime: hour}), w.start("c", src, timings{lifetime: hour})}
+		oneLeader(t, rs, time.Minute)
+		w.tl.Until("first token everywhere", time.Minute, func() bool {
+			for _, r := range rs {
+				if _, ok := r.store.Current(); !ok {
+					return false
+				}
 			}
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Errorf("Refresh: %v", err)
+			return true
+		})
+		w.tl.Advance(5 * time.Minute)
+		first, _ := rs[0].store.Current()
+		calls := len(src.Calls())
+		// An upstream call takes a while, as a real one does.
+		src.set(func(s *source) { s.delay = 300 * time.Millisecond })
+
+		// One request starts a fetch; the 49 others arrive while it runs.
+		answers := []<-chan result{rs[0].refresh(ctx)}
+		w.tl.Until("the fetch began", time.Minute, func() bool { return len(src.Calls()) == calls+1 })
+		for i := 1; i < 50; i++ {
+			answers = append(answers, rs[i%3].refresh(ctx))
 		}
-	}
-	if n := len(src.Calls()) - calls; n < 1 || n > 2 {
-		t.Errorf("upstream calls for 50 concurrent requests: got %d, want 1 or 2", n)
-	}
+		for i, ch := range answers {
+			res, _ := w.await(fmt.Sprintf("request %d answered", i), time.Minute, ch)
+			switch {
+			case res.err != nil:
+				t.Errorf("Refresh %d: %v", i, res.err)
+			case res.tok.Value == first.Value:
+				t.Errorf("Refresh %d answered with the token held before the request", i)
+			}
+		}
+		if n := len(src.Calls()) - calls; n != 1 {
+			t.Errorf("upstream calls for 50 concurrent requests: got %d, want 1", n)
+		}
+	})
 }
 
-// A refresh asked with Redis unreachable is answered promptly with
-// ErrUnavailable (503 with Retry-After over HTTP), not a generic failure.
+// A refresh asked with Redis unreachable (its network partitioned: every
+// command times out) is answered with ErrUnavailable (503 with Retry-After
+// over HTTP) once it has been unreachable for two lock TTLs, not a generic
+// failure, nor only when the caller gives up.
 func TestRefreshWithoutRedis(t *testing.T) {
-	srv := redistest.New(t)
-	proxy := redistest.NewProxy(t, srv.Addr)
-	src := &source{lifetime: 30 * time.Second}
-	tm := fast
-	tm.lifetime, tm.before = 30*time.Second, 5*time.Second
-	a := start(t, "a", proxy.Addr, keysFor(t), src, tm)
-	testkit.Eventually(t, 5*time.Second, "first token", func() bool { _, ok := a.store.Current(); return ok })
-	proxy.Cut()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	began := time.Now()
-	if _, err := a.ref.Refresh(ctx); !errors.Is(err, refresher.ErrUnavailable) {
-		t.Fatalf("Refresh with Redis cut off: got %v, want ErrUnavailable", err)
-	}
-	if took := time.Since(began); ctx.Err() != nil {
-		t.Fatalf("Refresh answered only when its context ended (%v)", took)
-	}
-	if _, ok := a.store.Current(); !ok {
-		t.Fatal("the held token stopped being served")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		src := w.source(hour)
+		a := w.start("a", src, timings{lifetime: hour})
+		w.tl.Until("first token", time.Minute, func() bool { _, ok := a.store.Current(); return ok })
+		w.tl.Advance(5 * time.Minute)
+		a.link.Cut()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+		defer cancel()
+		res, took := w.await("Refresh answered", 5*time.Minute, a.refresh(ctx))
+		if !errors.Is(res.err, refresher.ErrUnavailable) {
+			t.Fatalf("Refresh with Redis cut off: got %v, want ErrUnavailable", res.err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("Refresh answered only when its context ended (%v of fake time)", took)
+		}
+		// Requests are sent every election period, each waiting at most the
+		// Redis timeout, until the trouble has lasted two lock TTLs. A
+		// replica woken by the Redis client's timeout reads the fake clock
+		// up to a step behind (testkit.Timeline): an election period here.
+		if within := 2*lockTTL + 2*(refresher.RedisTimeout(lockTTL)+2*electEvery); took < 2*lockTTL || took > within {
+			t.Errorf("answered after %v of fake time, want after two lock TTLs, within %v", took, within)
+		}
+		if _, ok := a.store.Current(); !ok {
+			t.Fatal("the held token stopped being served")
+		}
+	})
 }
 
-func keysFor(t *testing.T) cache.Keys { return cache.KeysFor(redistest.Name(t)) }
-
-// On a fake clock: a lone leader whose upstream keeps failing backs off
-// from RetryMin with full jitter, hands over after HandoverAfter failures,
+// On fake time: a lone leader whose upstream keeps failing backs off from
+// RetryMin with full jitter, hands over after HandoverAfter failures,
 // stays out of the election while the lock is free for less than a lock
-// TTL, then stands again and tries once more. No wall-clock duration is
-// asserted: every figure is fake time.
+// TTL, then stands again and tries once more. Every figure is fake time,
+// exact: the Timeline stops at each deadline.
 func TestBackoffAndHandoverOnFakeTime(t *testing.T) {
-	srv := redistest.NewMini(t)
-	keys := keysFor(t)
-	clk := clocktest.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-	src := &source{lifetime: time.Hour, fail: &upstream.Error{Op: "liveness", Status: 503, Retryable: true}}
-	rdb := srv.Client(t)
-	store, err := cache.New(rdb, cache.Config{Keys: keys, Instance: "a", Logger: quiet, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	const (
-		lockTTL  = 10 * time.Second
-		retryMin = time.Second
-	)
-	ref, err := refresher.New(refresher.Config{Instance: "a", LockTTL: lockTTL, RetryMin: retryMin, RetryMax: time.Minute,
-		HandoverAfter: 3, Logger: quiet, Clock: clk}, rdb, store, src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); ref.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		src := w.source(hour)
+		src.fail = &upstream.Error{Op: "liveness", Status: 503, Retryable: true}
+		rdb := w.srv.Client(t)
+		store, err := cache.New(rdb, cache.Config{Keys: w.keys, Instance: "a", Logger: quiet, Clock: w.tl.Clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The defaults: lock TTL 10s, backoff from 1s to 1m, hand over after 3.
+		ref, err := refresher.New(refresher.Config{Instance: "a", Logger: quiet, Clock: w.tl.Clock}, rdb, store, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { defer close(done); ref.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		calls := func(n int) func() bool { return func() bool { return len(src.Calls()) >= n } }
 
-	// advanceUntil moves the fake time in steps of 50ms until cond holds,
-	// letting the loop react between steps; it returns the fake time spent.
-	advanceUntil := func(what string, limit time.Duration, cond func() bool) time.Duration {
-		t.Helper()
-		start := clk.Now()
-		for !cond() {
-			if clk.Now().Sub(start) > limit {
-				t.Fatalf("%s: not within %v of fake time", what, limit)
+		if took := w.tl.Until("the first attempt", time.Second, calls(1)); took != 0 {
+			t.Errorf("first attempt after %v of fake time, want at once", took)
+		}
+		for n := 2; n <= 3; n++ {
+			waited := w.tl.Until(fmt.Sprintf("attempt %d", n), time.Minute, calls(n))
+			// Full jitter after the (n-1)-th failure: in [RetryMin, RetryMin*2^(n-2)].
+			if ceiling := retryMin << (n - 2); waited < retryMin || waited > ceiling {
+				t.Errorf("attempt %d came %v of fake time after the previous one, want within [%v, %v]", n, waited, retryMin, ceiling)
 			}
-			clk.Advance(50 * time.Millisecond)
-			testkit.Eventually(t, 5*time.Second, "the loop settles", func() bool { return clk.Waiters() > 0 })
-			time.Sleep(time.Millisecond) // not time passing: lets the loop's goroutines, and Redis, take the step
 		}
-		return clk.Now().Sub(start)
-	}
-	calls := func(n int) func() bool { return func() bool { return len(src.Calls()) >= n } }
-
-	advanceUntil("the first attempt", time.Second, calls(1))
-	for n := 2; n <= 3; n++ {
-		waited := advanceUntil(fmt.Sprintf("attempt %d", n), time.Minute, calls(n))
-		// Full jitter after the (n-1)-th failure: in [RetryMin, RetryMin*2^(n-2)].
-		if ceiling := retryMin << (n - 2); waited < retryMin || waited > ceiling+100*time.Millisecond {
-			t.Errorf("attempt %d came %v of fake time after the previous one, want within [%v, %v]", n, waited, retryMin, ceiling)
+		if took := w.tl.Until("the handover", time.Second, func() bool { return !ref.IsLeader() }); took != 0 {
+			t.Errorf("handed over %v of fake time after the third failure, want at once", took)
 		}
-	}
-	advanceUntil("the handover", time.Second, func() bool { return !ref.IsLeader() })
-	// Alone, it stands again once the lock has stayed free a lock TTL.
-	away := advanceUntil("leading again", 2*lockTTL, ref.IsLeader)
-	if away < lockTTL {
-		t.Errorf("stood again after %v of fake time, want the lock free for at least the lock TTL %v", away, lockTTL)
-	}
-	before := len(src.Calls())
-	advanceUntil("the fourth attempt", 2*time.Minute, calls(before+1))
-	if n := len(src.Calls()); n != 4 {
-		t.Errorf("upstream calls: got %d, want 4", n)
-	}
+		// Alone, it stands again once the lock has stayed free a lock TTL,
+		// as seen by its elections every electEvery.
+		away := w.tl.Until("leading again", 2*lockTTL, ref.IsLeader)
+		if away < lockTTL || away > lockTTL+2*electEvery {
+			t.Errorf("stood again after %v of fake time, want once the lock was free for the lock TTL %v", away, lockTTL)
+		}
+		// It goes on from the failures recorded: the backoff after the
+		// third has passed, so it tries at once.
+		before := len(src.Calls())
+		if took := w.tl.Until("the fourth attempt", 2*time.Minute, calls(before+1)); took > retryMin<<2 {
+			t.Errorf("fourth attempt %v of fake time after leading again, want within the backoff after 3 failures", took)
+		}
+		if n := len(src.Calls()); n != 4 {
+			t.Errorf("upstream calls: got %d, want 4", n)
+		}
+	})
 }

@@ -14,8 +14,9 @@ import (
 // for concurrent use.
 type Fake struct {
 	mu      sync.Mutex
-	now     time.Time // guarded by mu
-	waiters []*waiter // guarded by mu: armed timers and tickers
+	now     time.Time           // guarded by mu
+	waiters []*waiter           // guarded by mu: armed timers and tickers
+	hooks   []func(t time.Time) // guarded by mu: called as the time moves (OnAdvance)
 }
 
 // New returns a Fake set at start.
@@ -60,22 +61,41 @@ type ticker struct{ w *waiter }
 func (t ticker) C() <-chan time.Time { return t.w.c }
 func (t ticker) Stop()               { t.w.Stop() }
 
-// Advance moves the time forward by d, firing what falls due on the way.
-// A timer whose channel is full when it fires drops that tick, as a
-// time.Ticker does.
-func (f *Fake) Advance(d time.Duration) {
+// OnAdvance registers fn to be called with the new time whenever Advance
+// moves the time: at each deadline it stops at, before the timers due then
+// fire, and at the end. Another clock that must agree with this one (a
+// miniredis's SetTime, say) follows it so. fn is called without the
+// Fake's lock held, from the goroutine that calls Advance.
+func (f *Fake) OnAdvance(fn func(t time.Time)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.hooks = append(f.hooks, fn)
+}
+
+// Advance moves the time forward by d, firing what falls due on the way:
+// it stops at each deadline in turn, tells the OnAdvance hooks, and fires
+// every timer and ticker due then. A timer whose channel is full when it
+// fires drops that tick, as a time.Ticker does.
+//
+// Advance fires whatever falls due within d at once, without waiting for
+// the goroutines to react to one firing before the next: a test that needs
+// them to (a loop that re-arms its timer) advances to one deadline at a
+// time, with Next, and waits for the loops to settle in between (see
+// internal/testkit.Timeline).
+func (f *Fake) Advance(d time.Duration) {
+	f.mu.Lock()
 	end := f.now.Add(d)
 	for {
 		sort.Slice(f.waiters, func(i, j int) bool { return f.waiters[i].at.Before(f.waiters[j].at) })
 		if len(f.waiters) == 0 || f.waiters[0].at.After(end) {
 			break
 		}
-		w := f.waiters[0]
-		if w.at.After(f.now) {
-			f.now = w.at
+		if at := f.waiters[0].at; at.After(f.now) {
+			f.now = at
+			f.callHooks() // unlocks and locks again: the waiters may change meanwhile
+			continue
 		}
+		w := f.waiters[0]
 		select {
 		case w.c <- f.now:
 		default:
@@ -87,7 +107,44 @@ func (f *Fake) Advance(d time.Duration) {
 			f.waiters = f.waiters[1:]
 		}
 	}
+	moved := end.After(f.now)
 	f.now = end
+	if moved {
+		f.callHooks()
+	}
+	f.mu.Unlock()
+}
+
+// callHooks calls the OnAdvance hooks with the time; f.mu is held, and
+// released while they run.
+func (f *Fake) callHooks() {
+	if len(f.hooks) == 0 {
+		return
+	}
+	now, hooks := f.now, append([]func(time.Time){}, f.hooks...)
+	f.mu.Unlock()
+	for _, fn := range hooks {
+		fn(now)
+	}
+	f.mu.Lock()
+}
+
+// Next returns the earliest deadline of the armed timers and tickers, and
+// false when none is armed. A deadline may be Now or earlier: a timer armed
+// for 0 is due at once, and fires at the next Advance, of any d.
+func (f *Fake) Next() (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.waiters) == 0 {
+		return time.Time{}, false
+	}
+	next := f.waiters[0].at
+	for _, w := range f.waiters[1:] {
+		if w.at.Before(next) {
+			next = w.at
+		}
+	}
+	return next, true
 }
 
 // Waiters returns how many timers and tickers are armed: a test waits for

@@ -1,6 +1,7 @@
 package clocktest_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -44,5 +45,46 @@ func TestFakeFiresInOrder(t *testing.T) {
 	}
 	if got := f.Now(); !got.Equal(start.Add(3 * time.Second)) {
 		t.Fatalf("Now = %v, want %v", got, start.Add(3*time.Second))
+	}
+}
+
+func TestFakeNextAndOnAdvance(t *testing.T) {
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	f := clocktest.New(start)
+	if _, ok := f.Next(); ok {
+		t.Fatal("Next with nothing armed reported a deadline")
+	}
+	var seen []time.Duration
+	var timerAt time.Duration // what the hook saw when the timer had fired
+	timer := f.NewTimer(3 * time.Second)
+	f.OnAdvance(func(now time.Time) {
+		seen = append(seen, now.Sub(start))
+		select {
+		case <-timer.C():
+			timerAt = now.Sub(start)
+		default:
+		}
+	})
+	tick := f.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	if next, ok := f.Next(); !ok || !next.Equal(start.Add(2*time.Second)) {
+		t.Fatalf("Next = %v, %v; want the ticker's first deadline", next, ok)
+	}
+	f.Advance(5 * time.Second)
+	// The hooks see every deadline on the way, before what is due then
+	// fires, and the end.
+	want := []time.Duration{2 * time.Second, 3 * time.Second, 4 * time.Second, 5 * time.Second}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("OnAdvance saw %v, want %v", seen, want)
+	}
+	if timerAt != 4*time.Second {
+		t.Fatalf("the hook found the 3s timer fired at %v, want at the next stop (4s): it fires after the hook of its own deadline", timerAt)
+	}
+	if next, _ := f.Next(); !next.Equal(start.Add(6 * time.Second)) {
+		t.Fatalf("Next after 5s = %v, want the ticker at 6s", next.Sub(start))
+	}
+	f.Advance(0)
+	if len(seen) != 4 {
+		t.Fatalf("Advance(0) called the hooks: %v", seen)
 	}
 }

@@ -1,6 +1,8 @@
 // Package redistest gives tests a Redis to talk to: the real server named
 // by TOKENKEEPER_TEST_REDIS_URL when it is set (CI sets it), or else an
-// in-process miniredis whose key expiry follows the clock.
+// in-process miniredis whose key expiry follows the clock; and, for tests
+// on fake time in a testing/synctest bubble, a miniredis reached over
+// in-memory connections (NewPiped) with links a test can cut (Link).
 package redistest
 
 import (
@@ -67,14 +69,7 @@ func NewMini(t testing.TB) *Server {
 // Client returns a new client of s, closed when the test ends.
 func (s *Server) Client(t testing.TB) *redis.Client {
 	t.Helper()
-	opt := *s.Options
-	opt.MaxRetries = -1
-	opt.DialTimeout = time.Second
-	opt.ReadTimeout = time.Second
-	opt.WriteTimeout = time.Second
-	c := redis.NewClient(&opt)
-	t.Cleanup(func() { c.Close() })
-	return c
+	return clientOf(t, s.Options)
 }
 
 // Name returns a name unique to this run, for keys of one test.

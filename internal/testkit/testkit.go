@@ -1,6 +1,8 @@
 // Package testkit holds what the project's tests share: waiting for a
-// condition, and a buffer that goroutines may write to while a test reads
-// it. Time for the loops under test comes from clock/clocktest.
+// condition, a buffer that goroutines may write to while a test reads it,
+// a registry whose metrics a test reads with prometheus/testutil
+// (Metrics), and the driver that runs loops on fake time without a sleep
+// (Timeline, on clock/clocktest's clock).
 package testkit
 
 import (
