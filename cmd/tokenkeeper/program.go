@@ -82,12 +82,18 @@ func (p *Program) Run(ctx context.Context) error {
 	case err = <-served:
 		served <- err
 	}
+	// A clean stop drains from its first moment: /readyz answers 503
+	// before the lock is handed over, so no balancer learns of the new
+	// leader before it learns this replica is going.
+	draining := err == nil && ctx.Err() != nil && p.cfg.ShutdownDrain > 0
+	if draining {
+		p.keeper.Drain()
+	}
 	stopKeeping()
 	if kerr := <-kept; err == nil && kerr != nil {
 		err = fmt.Errorf("keeper: %w", kerr)
 	}
-	if err == nil && ctx.Err() != nil && p.cfg.ShutdownDrain > 0 {
-		p.keeper.Drain()
+	if draining && err == nil {
 		p.log.Info("draining: /readyz answers 503 while requests are still served", "for", p.cfg.ShutdownDrain)
 		select {
 		case <-time.After(p.cfg.ShutdownDrain):
