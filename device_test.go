@@ -28,15 +28,7 @@ import (
 // one sign-on for the whole fleet; every device gets its own token back,
 // always the same one, and the shared access token is never served.
 func TestPerDeviceTokensShareOneSignOn(t *testing.T) {
-	srv := redistest.NewMini(t)
-	if redistest.Real() {
-		srv = redistest.StartServer(t)
-	}
-	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: time.Hour}})
-	rdp := httptest.NewServer(fake)
-	t.Cleanup(rdp.Close)
-
-	ks := perDeviceFleet(t, srv, rdp.URL)
+	ks, fake := perDeviceFleet(t)
 
 	ctx := context.Background()
 	got := map[string]string{}
@@ -113,10 +105,19 @@ func TestPerDeviceTokensShareOneSignOn(t *testing.T) {
 	}
 }
 
-// perDeviceFleet runs three replicas keeping liveness per device from the
-// fake RDP at rdpURL, and waits until each holds the access token.
-func perDeviceFleet(t *testing.T, srv *redistest.Server, rdpURL string) []*tokenkeeper.Keeper {
+// perDeviceFleet runs three replicas keeping liveness per device from a
+// fake RDP, on a private Redis (real where CI provides one), and waits
+// until each holds the access token.
+func perDeviceFleet(t *testing.T) ([]*tokenkeeper.Keeper, *fakerdp.Server) {
 	t.Helper()
+	srv := redistest.NewMini(t)
+	if redistest.Real() {
+		srv = redistest.StartServer(t)
+	}
+	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: time.Hour}})
+	rdp := httptest.NewServer(fake)
+	t.Cleanup(rdp.Close)
+	rdpURL := rdp.URL
 	var ks []*tokenkeeper.Keeper
 	for i := range 3 {
 		opt := *srv.Options
@@ -148,7 +149,7 @@ func perDeviceFleet(t *testing.T, srv *redistest.Server, rdpURL string) []*token
 		return true
 	})
 
-	return ks
+	return ks, fake
 }
 
 // The upstream revokes the shared access token: the fleet signs on again
@@ -156,14 +157,7 @@ func perDeviceFleet(t *testing.T, srv *redistest.Server, rdpURL string) []*token
 // token keep getting it and new devices get ErrUnavailable, until it
 // heals by itself.
 func TestPerDeviceAccessRevokedAndAuthDown(t *testing.T) {
-	srv := redistest.NewMini(t)
-	if redistest.Real() {
-		srv = redistest.StartServer(t)
-	}
-	fake := fakerdp.New(fakerdp.Config{Knobs: fakerdp.Knobs{TokenLifetime: time.Hour}})
-	rdp := httptest.NewServer(fake)
-	t.Cleanup(rdp.Close)
-	ks := perDeviceFleet(t, srv, rdp.URL)
+	ks, fake := perDeviceFleet(t)
 	ctx := context.Background()
 	// mint asks for n new devices at once, spread over the replicas.
 	mint := func(round string, n int) error {

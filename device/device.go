@@ -236,12 +236,8 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 		if !m.cfg.Clock.Now().Before(deadline) {
 			return cache.Token{}, fmt.Errorf("%w: another replica's mint for this device did not finish within %v", ErrUnavailable, m.cfg.Claim)
 		}
-		t := m.cfg.Clock.NewTimer(25 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return cache.Token{}, ctx.Err()
-		case <-t.C():
+		if err := m.pause(ctx); err != nil {
+			return cache.Token{}, err
 		}
 	}
 }
@@ -334,13 +330,23 @@ func (m *Minter) renew(ctx context.Context, refused cache.Token) (cache.Token, e
 		if !m.cfg.Clock.Now().Before(deadline) {
 			return cache.Token{}, fmt.Errorf("%w: the access token was not renewed within %v", ErrUnavailable, m.cfg.Claim)
 		}
-		t := m.cfg.Clock.NewTimer(25 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return cache.Token{}, ctx.Err()
-		case <-t.C():
+		if err := m.pause(ctx); err != nil {
+			return cache.Token{}, err
 		}
+	}
+}
+
+// pause waits a moment before a replica looks again at what another one
+// is doing (minting for a device, renewing the access token), or until
+// ctx ends.
+func (m *Minter) pause(ctx context.Context) error {
+	t := m.cfg.Clock.NewTimer(25 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C():
+		return nil
 	}
 }
 
