@@ -25,6 +25,18 @@ type Config struct {
 	// a lock renewal can be retried before the lock expires. The Keeper
 	// never closes it.
 	Redis Redis
+	// RedisMode says what Redis stands behind the client: RedisSingle (one
+	// server), RedisSentinel (a failover client following Sentinel) or
+	// RedisCluster (a cluster client). With Sentinel or Cluster a leader
+	// steps down at once when a failover replaces the master holding its
+	// lock; with Cluster the events use sharded pub/sub, so they stay on
+	// the shard of each token's slot. Default: RedisSingle.
+	RedisMode RedisMode
+	// RedisWait, when it names replicas, makes a new leader and every
+	// token write wait until that many Redis replicas hold the write
+	// (WAIT), so that a replica promoted by a failover has them. A short
+	// wait is logged and counted, not fatal. Default: no wait.
+	RedisWait RedisWait
 	// Tokens is the catalog: the tokens the fleet keeps, each with its own
 	// source, lock, leader and timings. Empty: the fleet keeps one token,
 	// Name ("liveness"), from Source or RDP with the timings below, which
@@ -83,6 +95,25 @@ type Config struct {
 	// single is set by applyDefaults when Tokens was empty: the catalog is
 	// the one token of the fields above, and errors name those fields.
 	single bool
+}
+
+// RedisMode is the Redis topology behind Config.Redis.
+type RedisMode string
+
+// Redis topologies.
+const (
+	RedisSingle   RedisMode = "single"
+	RedisSentinel RedisMode = "sentinel"
+	RedisCluster  RedisMode = "cluster"
+)
+
+// RedisWait is how many Redis replicas a leader waits for after it is
+// elected and after each token write, and for how long at most.
+type RedisWait struct {
+	// Replicas is how many replicas must acknowledge. Zero: no wait.
+	Replicas int
+	// Timeout bounds each wait. Default: 100ms.
+	Timeout time.Duration
 }
 
 // TokenConfig is one token of the catalog (Config.Tokens).
@@ -192,6 +223,12 @@ func (c *Config) applyDefaults() {
 	if c.Instance == "" {
 		c.Instance = defaultInstance()
 	}
+	if c.RedisMode == "" {
+		c.RedisMode = RedisSingle
+	}
+	if c.RedisWait.Replicas > 0 {
+		def(&c.RedisWait.Timeout, 100*time.Millisecond)
+	}
 	if c.Version == "" {
 		c.Version = "dev"
 	}
@@ -243,6 +280,17 @@ func (c *Config) check(needSource bool) []error {
 	}
 	if c.HandoverAfter < 1 {
 		fail("HandoverAfter", "%d must be at least 1", c.HandoverAfter)
+	}
+	switch c.RedisMode {
+	case RedisSingle, RedisSentinel, RedisCluster:
+	default:
+		fail("RedisMode", "%q is not single, sentinel or cluster", c.RedisMode)
+	}
+	if c.RedisWait.Replicas < 0 {
+		fail("RedisWait.Replicas", "%d must not be negative", c.RedisWait.Replicas)
+	}
+	if c.RedisWait.Timeout < 0 || c.RedisWait.Replicas > 0 && c.RedisWait.Timeout >= c.LockTTL/4 {
+		fail("RedisWait.Timeout", "%v must be positive and shorter than a quarter of LockTTL (%v): a wait must fit in a renewal", c.RedisWait.Timeout, c.LockTTL/4)
 	}
 	if c.AuthPerMinute < 1 {
 		fail("AuthPerMinute", "%d must be at least 1", c.AuthPerMinute)

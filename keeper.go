@@ -66,6 +66,8 @@ type Redis interface {
 	HGet(ctx context.Context, key, field string) *redis.StringCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
 	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
+	SPublish(ctx context.Context, channel string, message any) *redis.IntCmd
+	SSubscribe(ctx context.Context, channels ...string) *redis.PubSub
 }
 
 // Keeper is one replica of a fleet that shares tokens through Redis: it
@@ -80,6 +82,7 @@ type Keeper struct {
 	tokens []*kept
 	byName map[string]*kept
 	api    *httpapi.Server
+	events *cache.Events // every token's events, over one subscription (or one per shard)
 }
 
 // kept is one token of the catalog as this replica keeps it.
@@ -96,7 +99,8 @@ func New(cfg Config) (*Keeper, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	k := &Keeper{cfg: cfg, log: cfg.Logger, byName: make(map[string]*kept, len(cfg.Tokens))}
+	k := &Keeper{cfg: cfg, log: cfg.Logger, byName: make(map[string]*kept, len(cfg.Tokens)),
+		events: cache.NewEvents(cfg.Redis, cache.EventsConfig{Sharded: cfg.RedisMode == RedisCluster, Logger: cfg.Logger})}
 	served := make([]httpapi.Token, 0, len(cfg.Tokens))
 	for _, tc := range cfg.Tokens {
 		t, err := k.keep(tc)
@@ -140,6 +144,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 	store, err := cache.New(cfg.Redis, cache.Config{
 		Keys: keys, ServeMargin: tc.ServeMargin, PollInterval: cfg.PollInterval,
 		Instance: cfg.Instance, Logger: log, Keyring: cfg.Keyring, Registerer: reg,
+		Events: k.events, Replication: cache.Replication(cfg.RedisWait),
 	})
 	if err != nil {
 		return nil, err
@@ -170,6 +175,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
 		HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
 		Version: cfg.Version, Registerer: reg, Yield: k.yield(),
+		Replication: cache.Replication(cfg.RedisWait), WatchMaster: cfg.RedisMode != RedisSingle,
 	}, cfg.Redis, store, src)
 	if err != nil {
 		return nil, err
@@ -244,7 +250,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 	follow, stopFollowing := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopFollowing()
 	var wg sync.WaitGroup
-	errs := make(chan error, 3*len(k.tokens))
+	errs := make(chan error, 3*len(k.tokens)+1)
 	part := func(ctx context.Context, name string, f func(context.Context) error) {
 		wg.Go(func() {
 			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -254,6 +260,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 	}
 	lead, stopLeading := context.WithCancel(ctx)
 	defer stopLeading()
+	part(follow, "events", k.events.Run)
 	for _, t := range k.tokens {
 		prefix := ""
 		if !k.cfg.single {
@@ -443,7 +450,7 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 	s, err := c.k.Status(ctx)
 	out := httpapi.Status{
 		Instance: s.Instance, Leader: s.Leader, IsLeader: s.IsLeader, Ready: s.Ready,
-		TokenFingerprint: s.TokenFingerprint, ExpiresAt: s.ExpiresAt,
+		TokenFingerprint: s.TokenFingerprint, Generation: s.Generation, ExpiresAt: s.ExpiresAt,
 		LastRefresh: s.LastRefresh, NextRefresh: s.NextRefresh, LastError: s.LastError,
 		Replicas: apiReplicas(s.Replicas), Refreshes: apiRefreshes(s.Refreshes),
 		Build: &httpapi.Build{Version: c.k.cfg.Version, Commit: c.k.cfg.Commit, GoVersion: runtime.Version()},
@@ -457,7 +464,7 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 			out.Tokens = append(out.Tokens, httpapi.TokenStatus{
 				Name: t.Name, Mode: mode, MintsLastMinute: t.Mints, MintsPerMinute: t.MintBudget,
 				Required: !t.Optional, Leader: t.Leader, IsLeader: t.IsLeader, Ready: t.Ready,
-				TokenFingerprint: t.TokenFingerprint, ExpiresAt: t.ExpiresAt,
+				TokenFingerprint: t.TokenFingerprint, Generation: t.Generation, ExpiresAt: t.ExpiresAt,
 				LastRefresh: t.LastRefresh, NextRefresh: t.NextRefresh, LastError: t.LastError,
 				Refreshes: apiRefreshes(t.Refreshes),
 			})

@@ -51,6 +51,11 @@ const (
 	anomalyTokenLost = "token_lost"
 	anomalyLockLost  = "lock_lost"
 	anomalyWrongType = "wrong_type"
+	// Redis held an older token than the copy in memory (a failover to a
+	// replica that missed the last write, a restore from a snapshot).
+	anomalyTokenOlder = "token_older"
+	// A write reached fewer replicas than it waited for.
+	anomalyReplicationShort = "replication_short"
 )
 
 // storeMetrics records a Store's events. A nil *storeMetrics records
@@ -83,7 +88,7 @@ func newStoreMetrics(reg prometheus.Registerer, s *Store) (*storeMetrics, error)
 	for _, r := range []string{writeStored, writeFenced, writeStale, writeInvalid, writeError} {
 		m.writes.WithLabelValues(r)
 	}
-	for _, k := range []string{anomalyTokenLost, anomalyLockLost, anomalyWrongType} {
+	for _, k := range []string{anomalyTokenLost, anomalyLockLost, anomalyWrongType, anomalyTokenOlder, anomalyReplicationShort} {
 		m.anomalies.WithLabelValues(k)
 	}
 	for _, c := range []prometheus.Collector{m.writes, m.anomalies, m.reconnects, storeCollector{s}} {

@@ -63,12 +63,14 @@ func KeysFor(name string) Keys {
 }
 
 // RedisClient is what the store needs of a go-redis client
-// (*redis.Client, *redis.ClusterClient and *redis.Ring all fit).
+// (*redis.Client, *redis.ClusterClient and redis.UniversalClient fit).
 type RedisClient interface {
 	redis.Scripter
 	HGet(ctx context.Context, key, field string) *redis.StringCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
 	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
+	SPublish(ctx context.Context, channel string, message any) *redis.IntCmd
+	SSubscribe(ctx context.Context, channels ...string) *redis.PubSub
 }
 
 // Config tunes a Store. The zero value works, with the defaults below.
@@ -97,6 +99,24 @@ type Config struct {
 	// Registerer receives the store's metrics (see metrics.go). Default:
 	// none, no metrics are kept.
 	Registerer prometheus.Registerer
+	// Events carries the store's events, shared with the replica's other
+	// stores. Default: the store subscribes on its own, over plain
+	// pub/sub, while it runs.
+	Events *Events
+	// Replication, when it names replicas, makes each write wait until
+	// that many replicas of the Redis master have it (WAIT), so that a
+	// replica promoted by a failover holds it. Default: no wait.
+	Replication Replication
+}
+
+// Replication is how many replicas a write waits for, and how long.
+type Replication struct {
+	// Replicas is how many replicas must acknowledge a write. Zero: no
+	// wait.
+	Replicas int
+	// Timeout bounds the wait. A write that fewer replicas acknowledged in
+	// time still stands; it is logged and counted. Default: 100ms.
+	Timeout time.Duration
 }
 
 // Message is a message on the events channel. The store publishes
@@ -139,6 +159,11 @@ type Store struct {
 	servable atomic.Bool // readiness as last logged by noteReadiness
 	noRO     atomic.Bool // the server lacks EVALSHA_RO
 
+	events    *Events
+	ownEvents bool        // the store runs its events itself
+	route     *route      // the events channel's deliveries
+	behind    atomic.Bool // Redis holds an older token than the copy in memory
+
 	mu   sync.Mutex
 	subs map[*Subscription]struct{} // guarded by mu
 }
@@ -172,8 +197,24 @@ func New(rdb RedisClient, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Replication.Replicas < 0 {
+		return nil, fmt.Errorf("cache: %d replicas to wait for is negative", cfg.Replication.Replicas)
+	}
+	if cfg.Replication.Timeout == 0 {
+		cfg.Replication.Timeout = 100 * time.Millisecond
+	}
+	if cfg.Replication.Timeout < 0 {
+		return nil, fmt.Errorf("cache: replication timeout %v is negative", cfg.Replication.Timeout)
+	}
 	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[*Subscription]struct{})}
+	s.events, s.ownEvents = cfg.Events, cfg.Events == nil
+	if s.ownEvents {
+		s.events = NewEvents(rdb, EventsConfig{Logger: cfg.Logger})
+	}
 	var err error
+	if s.route, err = s.events.join(cfg.Keys.Events); err != nil {
+		return nil, err
+	}
 	if s.metrics, err = newStoreMetrics(cfg.Registerer, s); err != nil {
 		return nil, err
 	}
@@ -252,7 +293,14 @@ var writeScript = redis.NewScript(writeLua)
 // Load reads the token from Redis and adopts it when it differs from the
 // copy in memory. It reports whether Redis held a token. When Redis holds
 // none, or cannot be reached, the copy in memory is kept.
-func (s *Store) Load(ctx context.Context) (bool, error) {
+func (s *Store) Load(ctx context.Context) (bool, error) { return s.load(ctx, false) }
+
+// Resync is Load for when Redis has just refused the copy in memory as
+// older than the token it holds (ErrStale): it adopts the stored token
+// even if, estimated from here, it seems to expire sooner.
+func (s *Store) Resync(ctx context.Context) (bool, error) { return s.load(ctx, true) }
+
+func (s *Store) load(ctx context.Context, resync bool) (bool, error) {
 	s.loads.Add(1)
 	sent := s.cfg.Clock.Now()
 	res, err := s.runRO(ctx, readScript, []string{s.cfg.Keys.Token}).Slice()
@@ -270,7 +318,7 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 		s.metrics.anomaly(anomalyWrongType)
 		return false, fmt.Errorf("%w: %s is not a hash (%v); the leader overwrites it", ErrWrongType, s.cfg.Keys.Token, res[1])
 	}
-	if len(res) != 5 {
+	if len(res) != 6 {
 		return false, fmt.Errorf("cache: read token: unexpected answer of %d fields", len(res))
 	}
 	value, _ := res[0].(string)
@@ -278,6 +326,7 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 	age, _ := res[2].(int64)
 	writer, _ := res[3].(string)
 	keyID, _ := res[4].(string)
+	gen, _ := res[5].(int64)
 	if value == "" || pttl <= 0 {
 		s.lost(sent)
 		return false, nil
@@ -295,12 +344,13 @@ func (s *Store) Load(ctx context.Context) (bool, error) {
 		}
 	}
 	s.sealErr.Store(nil)
-	s.adopt(Token{
-		Value:     value,
-		Deadline:  sent.Add(time.Duration(pttl) * time.Millisecond),
-		FetchedAt: sent.Add(-time.Duration(age) * time.Millisecond),
-		Writer:    writer,
-	}, sent)
+	s.adoptRead(Token{
+		Value:      value,
+		Deadline:   sent.Add(time.Duration(pttl) * time.Millisecond),
+		FetchedAt:  sent.Add(-time.Duration(age) * time.Millisecond),
+		Writer:     writer,
+		Generation: uint64(max(gen, 0)),
+	}, sent, resync)
 	return true, nil
 }
 
@@ -360,13 +410,40 @@ func (s *Store) LockLost() {
 		"use noeviction or a volatile-* policy), was flushed, or restarted empty", "key", s.cfg.Keys.Lock)
 }
 
+// adoptRead adopts t, read from Redis by a command sent at seen, unless
+// the copy in memory is a different token that expires later: Redis then
+// holds an older token than one this replica has served (a failover to a
+// replica that missed the last write, a restore from a snapshot), which no
+// replica goes back to. Behind reports it, so that the leader writes the
+// newer token back from memory.
+func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
+	if old := s.cur.Load(); !resync && old != nil && old.Value != t.Value && !seen.Before(old.seen) &&
+		t.Deadline.Before(old.Deadline) && old.Remaining(s.cfg.Clock.Now()) > 0 {
+		if !s.behind.Swap(true) {
+			s.metrics.anomaly(anomalyTokenOlder)
+			s.log.Warn("Redis holds an older token than this replica: keeping the newer one; the leader writes it back "+
+				"(a failover to a replica that missed the last write, or a restore from an older snapshot)",
+				"key", s.cfg.Keys.Token, "held", old.Fingerprint(), "held_generation", old.Generation,
+				"in_redis", t.Fingerprint(), "in_redis_generation", t.Generation,
+				"in_redis_expires_sooner_by", old.Deadline.Sub(t.Deadline).Round(time.Millisecond))
+		}
+		return
+	}
+	s.behind.Store(false)
+	s.adopt(t, seen)
+}
+
+// Behind reports whether the last read of Redis found an older token than
+// the copy in memory, which is kept.
+func (s *Store) Behind() bool { return s.behind.Load() }
+
 // adopt installs t, observed in Redis by a command sent at seen, as the
 // copy in memory. Reads and writes run concurrently and their answers may
 // come back in any order: a different token observed before the one held
 // is older news and is dropped, so an answer that was slow to arrive never
 // takes a replica back to the token it has just replaced. The same token
 // seen again keeps the earlier of the two deadlines, so repeated reads
-// never stretch it.
+// never stretch it, and the higher generation.
 func (s *Store) adopt(t Token, seen time.Time) {
 	h := &held{Token: t, seen: seen}
 	for {
@@ -375,16 +452,20 @@ func (s *Store) adopt(t Token, seen time.Time) {
 			return
 		}
 		if old != nil && old.Value == t.Value {
-			if !t.Deadline.Before(old.Deadline) {
+			if !t.Deadline.Before(old.Deadline) && t.Generation <= old.Generation {
 				return
 			}
+			if old.Deadline.Before(h.Deadline) {
+				h.Deadline = old.Deadline
+			}
+			h.Generation = max(h.Generation, old.Generation)
 			if old.seen.After(seen) {
 				h.seen = old.seen
 			}
 		}
 		if s.cur.CompareAndSwap(old, h) {
 			if old == nil || old.Value != t.Value {
-				s.log.Info("token adopted", "fingerprint", t.Fingerprint(),
+				s.log.Info("token adopted", "fingerprint", t.Fingerprint(), "generation", t.Generation,
 					"expires_in", t.Remaining(s.cfg.Clock.Now()).Round(time.Second), "writer", t.Writer)
 				s.noteReadiness()
 			}
@@ -436,16 +517,38 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 			return Token{}, fmt.Errorf("cache: encrypt token: %w", err)
 		}
 	}
-	res, err := writeScript.Run(ctx, s.rdb, []string{s.cfg.Keys.Token, s.cfg.Keys.Lock},
-		w.LockValue, stored, ttl.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
-		s.cfg.Keys.Events, string(event), keyID).Slice()
-	if err != nil {
+	var known uint64
+	if h := s.cur.Load(); h != nil {
+		known = h.Generation
+	}
+	keys := []string{s.cfg.Keys.Token, s.cfg.Keys.Lock}
+	args := []any{w.LockValue, stored, ttl.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
+		s.cfg.Keys.Events, string(event), keyID, s.events.publishCommand(), known}
+	var res []any
+	if s.cfg.Replication.Replicas == 0 {
+		res, err = writeScript.Run(ctx, s.rdb, keys, args...).Slice()
+	} else {
+		var cmd *redis.Cmd
+		err = s.replicated(ctx, func(p redis.Pipeliner) { cmd = writeScript.Eval(ctx, p, keys, args...) })
+		if cmd != nil && cmd.Err() != nil {
+			err = cmd.Err()
+		}
+		if err == nil || errors.Is(err, ErrReplication) {
+			res, _ = cmd.Slice()
+		}
+	}
+	if err != nil && res == nil {
 		return Token{}, fmt.Errorf("cache: write token: %w", err)
 	}
 	code, _ := res[0].(int64)
 	switch code {
 	case 1:
+		if len(res) > 2 {
+			g, _ := res[2].(int64)
+			t.Generation = uint64(max(g, 0))
+		}
 		s.inRedis.Store(true)
+		s.behind.Store(false)
 		// Seen when the answer came: a read sent before then either ran
 		// before the write (older news) or shows this token.
 		s.adopt(t, s.cfg.Clock.Now())
@@ -488,7 +591,7 @@ func (s *Store) Publish(ctx context.Context, m Message) error {
 	if err != nil {
 		return fmt.Errorf("cache: encode message: %w", err)
 	}
-	if err := s.rdb.Publish(ctx, s.cfg.Keys.Events, b).Err(); err != nil {
+	if err := s.events.publish(ctx, s.cfg.Keys.Events, b); err != nil {
 		return fmt.Errorf("cache: publish: %w", err)
 	}
 	return nil
@@ -572,9 +675,11 @@ func (sub *Subscription) put(m Message) {
 // after each (re)subscription. Redis being unreachable is logged, not
 // returned: the copy in memory is kept. Run returns ctx's error.
 func (s *Store) Run(ctx context.Context) error {
-	ps := s.rdb.Subscribe(ctx, s.cfg.Keys.Events)
-	defer ps.Close()
-	msgs := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if s.ownEvents {
+		wg.Go(func() { _ = s.events.Run(ctx) })
+	}
 
 	s.loadLogged(ctx)
 	s.noteReadiness()
@@ -582,29 +687,27 @@ func (s *Store) Run(ctx context.Context) error {
 	// The catch-up poll runs beside the events: when Redis is slow, a poll
 	// in flight must not hold back the read an event asks for. adopt keeps
 	// their answers in order.
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	wg.Go(func() { s.pollEvery(ctx) })
 
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case m, ok := <-msgs:
+		case <-s.route.ready:
+		}
+		for {
+			d, ok := s.route.take()
 			if !ok {
-				return ctx.Err()
+				break
 			}
-			switch m := m.(type) {
-			case *redis.Subscription:
+			if d.subscribed {
 				// (Re)subscribed: events may have been missed meanwhile.
-				if m.Kind == "subscribe" {
-					s.metrics.subscription()
-					s.log.Debug("subscribed to events", "channel", m.Channel)
-					s.loadLogged(ctx)
-				}
-			case *redis.Message:
-				s.handle(ctx, m.Payload)
+				s.metrics.subscription()
+				s.log.Debug("subscribed to events", "channel", s.cfg.Keys.Events)
+				s.loadLogged(ctx)
+				continue
 			}
+			s.handle(ctx, d.payload)
 		}
 	}
 }

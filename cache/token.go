@@ -22,6 +22,11 @@ type Token struct {
 	FetchedAt time.Time
 	// Writer is the instance id of the replica that stored it.
 	Writer string
+	// Generation counts the writes of the token key in Redis: each write
+	// stores one more than the highest generation the key or the writer
+	// has seen, so it only grows, across failovers and restores too, as
+	// long as one replica remembers. Zero: unknown (not yet stored).
+	Generation uint64
 }
 
 // Fingerprint returns a short, stable, non-reversible name for the token

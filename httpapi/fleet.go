@@ -105,6 +105,7 @@ type TokenStatus struct {
 	// Ready is whether this replica holds it servable.
 	Ready            bool      `json:"ready"`
 	TokenFingerprint string    `json:"token_fingerprint,omitempty"`
+	Generation       uint64    `json:"generation,omitempty"`
 	ExpiresAt        time.Time `json:"expires_at,omitzero"`
 	// ExpiresIn is computed by the server, as Status.ExpiresIn.
 	ExpiresIn   int64     `json:"expires_in"`

@@ -13,6 +13,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
 )
 
 // getToken answers GET /v1/tokens/:name. The key is checked before the
@@ -29,8 +31,12 @@ func (s *Server) getToken(c echo.Context, now time.Time) error {
 	if !ok {
 		return errNoToken
 	}
+	e := t.encode(tok)
+	if e.generation != nil {
+		c.Response().Header()[GenerationHeader] = e.generation
+	}
 	bp := getBuf()
-	b := append((*bp)[:0], t.head(tok.Value, tok.Deadline)...)
+	b := append((*bp)[:0], e.head...)
 	b = strconv.AppendInt(b, expiresIn(tok.Deadline, now), 10)
 	b = append(b, "}\n"...)
 	s.writeJSON(c, http.StatusOK, b)
@@ -86,25 +92,36 @@ func (s *Server) getDeviceToken(c echo.Context, now time.Time) error {
 	return nil
 }
 
+// GenerationHeader names the generation of the token served
+// (cache.Token.Generation): it only grows, so a client that sees it go
+// down has been handed an older token than before.
+const GenerationHeader = "X-Tokenkeeper-Generation"
+
 // encodedToken is the token route's answer for one token up to
-// expires_in's value, which is all of it that changes between reads.
+// expires_in's value, which is all of it that changes between reads, and
+// its generation header.
 type encodedToken struct {
-	value    string
-	deadline time.Time
-	head     []byte // read-only once stored
+	value      string
+	deadline   time.Time
+	gen        uint64
+	head       []byte   // read-only once stored
+	generation []string // the header's value, read-only; nil when unknown
 }
 
-// head returns the token route's answer for value and deadline up to
-// expires_in's value. A token changes about once a lifetime, so it is
-// encoded once and shared by the reads that follow.
-func (t *served) head(value string, deadline time.Time) []byte {
-	if e := t.encoded.Load(); e != nil && e.value == value && e.deadline.Equal(deadline) {
-		return e.head
+// encode returns the token route's answer for tok up to expires_in's
+// value. A token changes about once a lifetime, so it is encoded once and
+// shared by the reads that follow.
+func (t *served) encode(tok cache.Token) *encodedToken {
+	if e := t.encoded.Load(); e != nil && e.value == tok.Value && e.deadline.Equal(tok.Deadline) && e.gen == tok.Generation {
+		return e
 	}
-	e := &encodedToken{value: value, deadline: deadline}
-	e.head = appendTokenJSON(nil, t.Name, value, deadline)
+	e := &encodedToken{value: tok.Value, deadline: tok.Deadline, gen: tok.Generation}
+	e.head = appendTokenJSON(nil, t.Name, tok.Value, tok.Deadline)
+	if tok.Generation > 0 {
+		e.generation = []string{strconv.FormatUint(tok.Generation, 10)}
+	}
 	t.encoded.Store(e) // a racing store is harmless: each read uses the answer it checked or built
-	return e.head
+	return e
 }
 
 // listed is one token in GET /v1/tokens: never its value.

@@ -61,6 +61,8 @@ type Status struct {
 	Ready bool `json:"ready"`
 	// TokenFingerprint names the token this replica holds (cache.Fingerprint).
 	TokenFingerprint string `json:"token_fingerprint,omitempty"`
+	// Generation is the held token's generation (GenerationHeader).
+	Generation uint64 `json:"generation,omitempty"`
 	// ExpiresAt is when that token expires.
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	// ExpiresIn is the whole seconds left until ExpiresAt. The server

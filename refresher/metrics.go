@@ -71,6 +71,7 @@ const (
 	changeFenced   = "fenced"
 	changeReleased = "released"
 	changeHanded   = "handed_over"
+	changeMaster   = "master_changed"
 )
 
 // changeOf names the end of a leadership from the reason lead logs.
@@ -82,6 +83,8 @@ func changeOf(reason endReason) string {
 		return changeReleased
 	case endHandedOver:
 		return changeHanded
+	case endMaster:
+		return changeMaster
 	default:
 		return changeLost
 	}
@@ -126,7 +129,7 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) (*metrics, error) {
 			Help: "Heartbeats this replica wrote to Redis, by result: ok, error.",
 		}, []string{"result"}),
 	}
-	for _, c := range []string{changeAcquired, changeLost, changeFenced, changeReleased, changeHanded} {
+	for _, c := range []string{changeAcquired, changeLost, changeFenced, changeReleased, changeHanded, changeMaster} {
 		m.changes.WithLabelValues(c)
 	}
 	for _, o := range outcomes {

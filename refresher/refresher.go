@@ -107,6 +107,18 @@ type Config struct {
 	// Registerer receives the refresher's metrics (metrics.go). Default:
 	// none, no metrics are kept.
 	Registerer prometheus.Registerer
+	// Replication, when it names replicas, makes a new leader wait until
+	// that many replicas of the Redis master hold its lock (WAIT) before it
+	// acts, so that a replica promoted by a failover knows who leads. A
+	// short wait is logged, not fatal. Token writes wait as the store's
+	// own Replication says. Default: no wait.
+	Replication cache.Replication
+	// WatchMaster makes the leader check, at every lock renewal, that the
+	// Redis master holding its lock is still the server it was elected on
+	// (its run id), and step down at once when a failover replaced it,
+	// rather than trust a lock the new master may have missed. It costs
+	// one INFO per renewal. For Sentinel and Cluster. Default: off.
+	WatchMaster bool
 }
 
 // MinLockTTL is the shortest lock TTL: a renewal gets a quarter of it, a
@@ -369,6 +381,7 @@ const (
 	endLost       endReason = "lock lost"
 	endReleased   endReason = "released on shutdown"
 	endHandedOver endReason = "handed over"
+	endMaster     endReason = "Redis master changed"
 )
 
 // lead runs leader-only work under a context that ends when the lock is
@@ -378,23 +391,42 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 	start := r.cfg.Clock.Now()
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var master string // the run id of the master the lock was obtained on; "" when not watched or unknown
+	if r.cfg.WatchMaster {
+		var err error
+		if master, err = r.masterID(ctx); err != nil {
+			r.log.Warn("cannot read the Redis master's run id: this term is not watched for a failover", "error", err)
+		}
+	}
+	if r.cfg.Replication.Replicas > 0 {
+		if err := r.replicateLock(ctx, lock); errors.Is(err, redislock.ErrNotObtained) {
+			r.log.Warn("the lock was lost right after the election; not leading")
+			return
+		}
+	}
 	r.leading.Store(true)
 	r.log.Info("leadership acquired")
 	r.metrics.leadership(changeAcquired)
 
 	var wg sync.WaitGroup
+	var masterChanged atomic.Bool
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		r.renew(lctx, cancel, lock, sent)
+		if r.renew(lctx, cancel, lock, sent, master) {
+			masterChanged.Store(true)
+		}
 	}()
 	reason := r.work(lctx, lock.Token()+lock.Metadata())
 	cancel()
 	wg.Wait()
 	r.leading.Store(false)
 	r.metrics.follower()
+	if masterChanged.Load() {
+		reason = endMaster
+	}
 
-	if ctx.Err() != nil || reason == endHandedOver {
+	if ctx.Err() != nil || reason == endHandedOver || reason == endMaster {
 		// Hand over at once instead of letting the lock expire.
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
 		defer rcancel()
@@ -457,7 +489,12 @@ func (r *Refresher) leaseGuard() time.Duration {
 // whether or not a renewal is still in flight (the Redis client need not
 // honour deadlines). A renewal refused because the lock is no longer this
 // replica's ends leadership at once. sent is when the lock was obtained.
-func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *redislock.Lock, sent time.Time) {
+//
+// With master set (Config.WatchMaster), each good renewal is followed by a
+// look at the master's run id: a different one means a failover replaced
+// the server the lock was obtained on, and renew cancels leadership and
+// reports true.
+func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *redislock.Lock, sent time.Time, master string) (masterChanged bool) {
 	guard := r.leaseGuard()
 	leaseEnd := sent.Add(r.cfg.LockTTL - guard)
 	expiry := r.cfg.Clock.NewTimer(leaseEnd.Sub(r.cfg.Clock.Now()))
@@ -476,10 +513,10 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-expiry.C():
 			stepDown(failed)
-			return
+			return false
 		case <-tick.C():
 		}
 		sent := r.cfg.Clock.Now()
@@ -497,16 +534,19 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		case <-expiry.C():
 			rcancel()
 			stepDown(failed + 1)
-			return
+			return false
 		}
 		switch {
+		case err == nil && r.masterReplaced(ctx, master):
+			cancel()
+			return true
 		case err == nil:
 			failed = 0
 			leaseEnd = sent.Add(r.cfg.LockTTL - guard)
 			expiry.Reset(leaseEnd.Sub(r.cfg.Clock.Now()))
 			tick.Reset(max(sent.Add(r.cfg.RenewEvery).Sub(r.cfg.Clock.Now()), 0))
 		case ctx.Err() != nil:
-			return
+			return false
 		case errors.Is(err, redislock.ErrNotObtained):
 			// The lock is not ours any more. Within the lease it cannot
 			// have expired: its key was removed (evicted, flushed, an empty
@@ -517,15 +557,41 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			r.log.Warn("lock renewal refused: the lock is no longer held; stepping down", "error", err)
 			r.setErr(fmt.Errorf("lock renewal: %w", err))
 			cancel()
-			return
+			return false
 		default:
-			// Slow or unreachable Redis: try again while the lease lasts.
+			// Slow or unreachable Redis: try again while the lease lasts,
+			// at once after a timeout, after a pause after a quick refusal
+			// (a server that refuses connections answers at once).
 			failed++
 			r.log.Warn("lock renewal failed; retrying while the lock lasts", "error", err, "attempt", failed,
 				"lease_left", leaseEnd.Sub(r.cfg.Clock.Now()).Round(time.Millisecond))
-			tick.Reset(0)
+			tick.Reset(max(sent.Add(r.renewRetryPause()).Sub(r.cfg.Clock.Now()), 0))
 		}
 	}
+}
+
+// renewRetryPause is the least time between the sending of a renewal that
+// failed and of its retry: a twentieth of the lock TTL, between 5ms and
+// 250ms, so that a Redis refusing connections is not asked in a loop.
+func (r *Refresher) renewRetryPause() time.Duration {
+	return min(max(r.cfg.LockTTL/20, 5*time.Millisecond), 250*time.Millisecond)
+}
+
+// masterReplaced reports whether the Redis master is no longer the server
+// with run id master (a failover), logging it. An empty master, or a run
+// id that cannot be read, reports false: the lock's own renewal decides.
+func (r *Refresher) masterReplaced(ctx context.Context, master string) bool {
+	if master == "" {
+		return false
+	}
+	id, err := r.masterID(ctx)
+	if err != nil || id == master {
+		return false
+	}
+	r.log.Warn("the Redis master changed (a failover): stepping down rather than trusting a lock the new master may have missed; the lock is released so that the next leader is elected at once",
+		"was", master, "now", id)
+	r.setErr(errors.New("the Redis master changed during this term"))
+	return true
 }
 
 // leaderState is the refresh loop's memory, owned by work.
@@ -803,9 +869,14 @@ func Backoff(n int, minWait, maxWait, retryAfter time.Duration) time.Duration {
 	return max(d, min(retryAfter, 10*time.Minute))
 }
 
-// reseed writes the leader's copy back when Redis has lost the token.
+// reseed writes the leader's copy back when Redis has lost the token, or
+// holds an older one (a failover to a replica that missed the last write,
+// a restore from an older snapshot): no upstream call. When Redis refuses
+// it as older than what it holds after all (the copy's deadline and the
+// stored one were too close to tell apart from here), the stored token is
+// taken instead.
 func (r *Refresher) reseed(ctx context.Context, st *leaderState) error {
-	if r.store.InRedis() {
+	if r.store.InRedis() && !r.store.Behind() {
 		return nil
 	}
 	tok, ok := r.store.Current()
@@ -818,7 +889,7 @@ func (r *Refresher) reseed(ctx context.Context, st *leaderState) error {
 		r.log.Info("token re-seeded into Redis from memory", "fingerprint", tok.Fingerprint(),
 			"expires_in", tok.Remaining(r.cfg.Clock.Now()).Round(time.Second))
 	case errors.Is(err, cache.ErrStale):
-		_, _ = r.store.Load(ctx)
+		_, _ = r.store.Resync(ctx)
 	case ctx.Err() == nil:
 		r.log.Debug("re-seeding failed", "error", err)
 	}
@@ -971,6 +1042,7 @@ type Status struct {
 	IsLeader         bool
 	Ready            bool // this replica holds a servable token
 	TokenFingerprint string
+	Generation       uint64    // of the token held (cache.Token.Generation)
 	ExpiresAt        time.Time // wall-clock reading of the local deadline
 	LastRefresh      time.Time // last successful refresh by this replica, or the token's fetch time
 	NextRefresh      time.Time // when the leader plans the next fetch (estimated elsewhere)
@@ -991,7 +1063,7 @@ func (r *Refresher) Status(ctx context.Context) (Status, error) {
 	now := r.cfg.Clock.Now()
 	s := Status{Instance: r.cfg.Instance, IsLeader: r.IsLeader()}
 	if tok, ok := r.store.Held(); ok {
-		s.TokenFingerprint = tok.Fingerprint()
+		s.TokenFingerprint, s.Generation = tok.Fingerprint(), tok.Generation
 		s.ExpiresAt = now.Add(tok.Remaining(now)).Round(0)
 		s.LastRefresh = tok.FetchedAt.Round(0)
 		s.NextRefresh = NextRefresh(tok, r.cfg.RefreshBefore, 0, r.store.ServeMargin()).Round(0)

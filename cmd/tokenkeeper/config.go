@@ -43,7 +43,10 @@ func (s setting) flagName() string {
 var serveSettings = []setting{
 	{env: "TOKENKEEPER_LISTEN", def: ":8080", usage: "HTTP listen address"},
 	{env: "TOKENKEEPER_CONFIG", usage: "YAML file of the token catalog and its keys (none: the environment describes the one liveness token)"},
-	{env: "TOKENKEEPER_REDIS_URL", usage: "redis:// or rediss:// URL (required)", secret: true},
+	{env: "TOKENKEEPER_REDIS_URL", usage: "redis:// or rediss:// URL (required); in sentinel mode the sentinels' (addr= for more, master_name=), in cluster mode the nodes' (addr= for more)", secret: true},
+	{env: "TOKENKEEPER_REDIS_MODE", def: "single", usage: "single, sentinel or cluster: the Redis topology the URL names"},
+	{env: "TOKENKEEPER_REDIS_WAIT_REPLICAS", def: "0", usage: "after an election and each token write, wait until this many Redis replicas hold it (WAIT; 0: no wait)"},
+	{env: "TOKENKEEPER_REDIS_WAIT_TIMEOUT", def: "100ms", usage: "the longest such a wait lasts (shorter than a quarter of the lock TTL)"},
 	{env: "TOKENKEEPER_API_KEYS", usage: "comma-separated reader keys", secret: true},
 	{env: "TOKENKEEPER_ALLOW_ANONYMOUS", def: "false", usage: "let requests without a key read the token"},
 	{env: "TOKENKEEPER_ADMIN_KEYS", usage: "comma-separated admin keys (none: admin endpoints off)", secret: true},
@@ -208,8 +211,14 @@ func (v *values) err() error { return errors.Join(v.errs...) }
 
 // Config is the validated configuration of `tokenkeeper serve`.
 type Config struct {
-	Listen         string
+	Listen string
+	// Redis is the single server's client options (RedisMode single),
+	// RedisFailover Sentinel's, RedisCluster the cluster's.
 	Redis          *redis.Options
+	RedisFailover  *redis.FailoverOptions
+	RedisCluster   *redis.ClusterOptions
+	RedisMode      tokenkeeper.RedisMode
+	RedisWait      tokenkeeper.RedisWait
 	APIKeys        []string
 	AllowAnonymous bool
 	AdminKeys      []string
@@ -292,20 +301,8 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		v.fail("TOKENKEEPER_LISTEN: %q is not host:port (example :8080)", c.Listen)
 	}
-	switch u := v.str("TOKENKEEPER_REDIS_URL"); {
-	case u == "":
-		v.fail("TOKENKEEPER_REDIS_URL is required (example redis://redis:6379/0)")
-	default:
-		opt, err := redis.ParseURL(u)
-		if err != nil {
-			// The URL is not echoed: it may carry a password.
-			v.fail("TOKENKEEPER_REDIS_URL: not a valid redis:// or rediss:// URL")
-		}
-		c.Redis = opt
-		if err == nil {
-			redisTLS(v, opt, readFile)
-		}
-	}
+	parseRedis(v, &c, readFile)
+	parseRedisWait(v, &c)
 	if spec := v.m["TOKENKEEPER_ENCRYPTION_KEYS"]; strings.TrimSpace(spec) != "" {
 		kr, err := cache.ParseKeyring(spec)
 		if err != nil {
@@ -369,17 +366,17 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 
 // redisTLS adds a custom CA and a client certificate to a rediss:// URL's
 // TLS settings.
-func redisTLS(v *values, opt *redis.Options, readFile func(string) ([]byte, error)) {
+func redisTLS(v *values, tlsConf *tls.Config, readFile func(string) ([]byte, error)) {
 	ca, cert, key := v.str("TOKENKEEPER_REDIS_TLS_CA"), v.str("TOKENKEEPER_REDIS_TLS_CERT"), v.str("TOKENKEEPER_REDIS_TLS_KEY")
 	if ca == "" && cert == "" && key == "" {
 		return
 	}
-	if opt.TLSConfig == nil {
-		v.fail("TOKENKEEPER_REDIS_TLS_CA, _CERT and _KEY need a rediss:// TOKENKEEPER_REDIS_URL")
+	if tlsConf == nil {
+		v.errs = append(v.errs, errRedisTLSNeedsRediss)
 		return
 	}
 	if ca != "" {
-		opt.TLSConfig.RootCAs = certPool(v, "TOKENKEEPER_REDIS_TLS_CA", ca, readFile)
+		tlsConf.RootCAs = certPool(v, "TOKENKEEPER_REDIS_TLS_CA", ca, readFile)
 	}
 	if (cert == "") != (key == "") {
 		v.fail("TOKENKEEPER_REDIS_TLS_CERT and TOKENKEEPER_REDIS_TLS_KEY go together")
@@ -397,7 +394,7 @@ func redisTLS(v *values, opt *redis.Options, readFile func(string) ([]byte, erro
 			v.fail("TOKENKEEPER_REDIS_TLS_CERT/KEY: not a matching PEM certificate and key")
 			return
 		}
-		opt.TLSConfig.Certificates = []tls.Certificate{pair}
+		tlsConf.Certificates = []tls.Certificate{pair}
 	}
 }
 
@@ -504,7 +501,7 @@ func (c Config) keeperConfig() tokenkeeper.Config {
 		Instance: c.Instance, Version: buildVersion(), Commit: buildCommit(),
 		ServeMargin: c.ServeMargin, RefreshBefore: c.RefreshBefore, LockTTL: c.LockTTL, PollInterval: c.PollInterval,
 		RetryMin: c.RetryMin, RetryMax: c.RetryMax, HandoverAfter: c.HandoverAfter, HandoverCooldown: c.HandoverCooldown,
-		Keyring: c.Keyring,
+		Keyring: c.Keyring, RedisMode: c.RedisMode, RedisWait: c.RedisWait,
 		HTTP: tokenkeeper.HTTPConfig{
 			ReaderKeys: c.APIKeys, AdminKeys: c.AdminKeys, MetricsKeys: c.MetricsKeys,
 			Keys: keys, AllowAnonymous: c.AllowAnonymous, RateLimit: c.RateLimit, RateBurst: c.RateBurst,

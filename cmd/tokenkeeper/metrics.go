@@ -32,7 +32,7 @@ func buildVersion() string {
 // metrics, tokenkeeper_replica_info, and Redis errors counted by a hook on
 // rdb. The packages register their own families in it (cache, refresher,
 // upstream, httpapi).
-func newRegistry(cfg Config, rdb *redis.Client) *prometheus.Registry {
+func newRegistry(cfg Config, rdb redis.UniversalClient) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -47,7 +47,7 @@ func newRegistry(cfg Config, rdb *redis.Client) *prometheus.Registry {
 		Help: "Redis calls of this replica that failed (a missing key is not a failure), by command (\"dial\" for connections).",
 	}, []string{"command"})
 	// The commands a replica sends; others appear when they fail.
-	for _, c := range []string{"dial", "evalsha", "eval", "get", "publish", "subscribe", "ping"} {
+	for _, c := range []string{"dial", "evalsha", "eval", "get", "publish", "subscribe", "spublish", "ssubscribe", "ping"} {
 		errs.WithLabelValues(c)
 	}
 	reg.MustRegister(errs)

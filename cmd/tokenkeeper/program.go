@@ -10,7 +10,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // Program is one replica: a tokenkeeper.Keeper with its own Redis client,
@@ -19,7 +18,7 @@ import (
 type Program struct {
 	cfg    Config
 	log    *slog.Logger
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	keeper *tokenkeeper.Keeper
 	ln     net.Listener
 }
@@ -28,12 +27,9 @@ type Program struct {
 // before Run. It makes no call to Redis or the upstream. A nil src means
 // the RDP client configured by cfg.RDP.
 func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program, error) {
-	opt := *cfg.Redis
-	opt.DialTimeout = max(opt.DialTimeout, 2*time.Second)
 	// Timeouts and connections follow from the lock TTL; a URL's own
 	// timeouts win.
-	refresher.TuneRedis(&opt, cfg.LockTTL)
-	rdb := redis.NewClient(&opt)
+	rdb := cfg.newRedis(0)
 	reg := newRegistry(cfg, rdb)
 	kcfg := cfg.keeperConfig()
 	kcfg.Redis, kcfg.Logger, kcfg.Registerer, kcfg.Gatherer = rdb, log, reg, reg
@@ -65,7 +61,7 @@ func (p *Program) Run(ctx context.Context) error {
 	serve, stopServing := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopServing()
 	p.log.Info("tokenkeeper starting", "instance", p.cfg.Instance, "listen", p.Addr(),
-		"redis", p.cfg.Redis.Addr, "upstream", p.cfg.RDP.BaseURL)
+		"redis_mode", p.cfg.RedisMode, "redis", p.cfg.redisAddrs(), "upstream", p.cfg.RDP.BaseURL)
 
 	keep, stopKeeping := context.WithCancel(ctx)
 	defer stopKeeping()

@@ -25,7 +25,7 @@ import (
 
 // statusEnvs are the settings of `tokenkeeper status`: those of serve that
 // reach Redis, and the catalog file, for the names of its tokens.
-var statusEnvs = []string{"TOKENKEEPER_CONFIG", "TOKENKEEPER_REDIS_URL", "TOKENKEEPER_REDIS_TLS_CA", "TOKENKEEPER_REDIS_TLS_CERT", "TOKENKEEPER_REDIS_TLS_KEY"}
+var statusEnvs = []string{"TOKENKEEPER_CONFIG", "TOKENKEEPER_REDIS_URL", "TOKENKEEPER_REDIS_MODE", "TOKENKEEPER_REDIS_TLS_CA", "TOKENKEEPER_REDIS_TLS_CERT", "TOKENKEEPER_REDIS_TLS_KEY"}
 
 // statusRefreshRows is how many refresh attempts the tables show for each
 // token when there are several; --json shows them all.
@@ -141,16 +141,11 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	if err != nil {
 		return err
 	}
-	u := v.str("TOKENKEEPER_REDIS_URL")
-	if u == "" {
+	if v.str("TOKENKEEPER_REDIS_URL") == "" {
 		return errors.New("status: TOKENKEEPER_REDIS_URL is required (or --redis-url)")
 	}
-	opt, err := redis.ParseURL(u)
-	if err != nil {
-		// The URL is not echoed: it may carry a password.
-		return errors.New("status: TOKENKEEPER_REDIS_URL: not a valid redis:// or rediss:// URL")
-	}
-	redisTLS(v, opt, os.ReadFile)
+	rc := Config{LockTTL: timeout}
+	parseRedis(v, &rc, os.ReadFile)
 	if err := v.err(); err != nil {
 		return configError(err)
 	}
@@ -165,8 +160,7 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 		}
 		catalogMode = true
 	}
-	opt.MaxRetries = 1
-	rdb := redis.NewClient(opt)
+	rdb := rc.newRedis(1)
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -282,7 +276,7 @@ func tokenNames(data []byte) (names []string, ok bool) {
 // statusTokens prints the fleet of each named token. A token that cannot
 // be read is shown as such and the others still are; the error then says
 // which failed.
-func statusTokens(ctx context.Context, rdb *redis.Client, names []string, asJSON bool, stdout io.Writer) error {
+func statusTokens(ctx context.Context, rdb redis.UniversalClient, names []string, asJSON bool, stdout io.Writer) error {
 	views := make([]tokenView, 0, len(names))
 	var failed []string
 	for _, name := range names {
@@ -320,7 +314,7 @@ func statusTokens(ctx context.Context, rdb *redis.Client, names []string, asJSON
 
 // readToken reads one token's fleet and the expiry of the token stored
 // under its keys. It never reads the token itself.
-func readToken(ctx context.Context, rdb *redis.Client, name string) tokenView {
+func readToken(ctx context.Context, rdb redis.UniversalClient, name string) tokenView {
 	tv := tokenView{name: name}
 	keys := cache.KeysFor(name)
 	if tv.fleet, tv.err = refresher.ReadFleet(ctx, rdb, keys); tv.err != nil {

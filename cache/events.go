@@ -1,0 +1,224 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// EventsConfig tunes an Events. The zero value works.
+type EventsConfig struct {
+	// Sharded carries the events over sharded pub/sub (SSUBSCRIBE and
+	// SPUBLISH, Redis 7), which keeps each channel on its slot's shard in
+	// Redis Cluster instead of broadcasting it to every node. A server
+	// without it is noticed at the first subscription and plain pub/sub is
+	// used from then on. Default: false.
+	Sharded bool
+	// Logger receives the logs. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Events carries the change and control messages of a replica's stores
+// over as few Redis connections as the topology allows: one subscription
+// to every store's channel, or, sharded, one per channel (a sharded
+// subscription lives on the shard of its channel's slot). Create it with
+// NewEvents, give it to each Store (Config.Events) before the stores run,
+// and keep it running with Run. A Store without one runs its own.
+//
+// No message is dropped between Redis and a store: each channel's
+// messages queue, without bound, until its store takes them.
+type Events struct {
+	rdb     RedisClient
+	log     *slog.Logger
+	sharded atomic.Bool // false once the server is found to lack SSUBSCRIBE
+
+	mu      sync.Mutex
+	routes  map[string]*route // by channel; guarded by mu
+	running bool              // guarded by mu
+}
+
+// NewEvents returns an Events over rdb. It does not contact Redis.
+func NewEvents(rdb RedisClient, cfg EventsConfig) *Events {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	e := &Events{rdb: rdb, log: cfg.Logger, routes: make(map[string]*route)}
+	e.sharded.Store(cfg.Sharded)
+	return e
+}
+
+// Sharded reports whether the events travel over sharded pub/sub.
+func (e *Events) Sharded() bool { return e.sharded.Load() }
+
+// delivery is what a route queues: a message's payload, or the news that
+// the channel was (re)subscribed, after which messages may have been
+// missed.
+type delivery struct {
+	payload    string
+	subscribed bool
+}
+
+// route queues one channel's deliveries for its store.
+type route struct {
+	ready chan struct{} // holds one token while the queue may be non-empty
+
+	mu    sync.Mutex
+	queue []delivery // guarded by mu
+}
+
+func (r *route) put(d delivery) {
+	r.mu.Lock()
+	r.queue = append(r.queue, d)
+	r.mu.Unlock()
+	select {
+	case r.ready <- struct{}{}:
+	default: // a token is already waiting
+	}
+}
+
+func (r *route) take() (delivery, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.queue) == 0 {
+		return delivery{}, false
+	}
+	d := r.queue[0]
+	r.queue[0] = delivery{}
+	r.queue = r.queue[1:]
+	return d, true
+}
+
+// join registers channel. It must come before Run.
+func (e *Events) join(channel string) (*route, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.running {
+		return nil, errors.New("cache: events already running: give them to every store before Run")
+	}
+	if _, dup := e.routes[channel]; dup {
+		return nil, errors.New("cache: two stores share the events channel " + channel)
+	}
+	r := &route{ready: make(chan struct{}, 1)}
+	e.routes[channel] = r
+	return r, nil
+}
+
+// publish sends payload on channel, sharded or not as the subscriptions.
+func (e *Events) publish(ctx context.Context, channel string, payload []byte) error {
+	if e.sharded.Load() {
+		return e.rdb.SPublish(ctx, channel, payload).Err()
+	}
+	return e.rdb.Publish(ctx, channel, payload).Err()
+}
+
+// publishCommand is the command the write script publishes with.
+func (e *Events) publishCommand() string {
+	if e.sharded.Load() {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
+}
+
+// Run subscribes to every registered channel and hands their messages to
+// the stores until ctx ends; it returns ctx's error. Redis being
+// unreachable is retried (go-redis resubscribes), and every
+// resubscription is handed on, so the stores read Redis again.
+func (e *Events) Run(ctx context.Context) error {
+	e.mu.Lock()
+	e.running = true
+	channels := make([]string, 0, len(e.routes))
+	for ch := range e.routes {
+		channels = append(channels, ch)
+	}
+	e.mu.Unlock()
+	if len(channels) == 0 {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	if e.sharded.Load() && !e.shardedWorks(ctx, channels[0]) {
+		e.sharded.Store(false)
+	}
+	if !e.sharded.Load() {
+		e.follow(ctx, e.rdb.Subscribe(ctx, channels...))
+		return ctx.Err()
+	}
+	var wg sync.WaitGroup
+	for _, ch := range channels {
+		wg.Go(func() {
+			// A slot that moves to another shard ends its subscription
+			// (the server unsubscribes it): subscribe again, on the new
+			// owner.
+			for ctx.Err() == nil {
+				e.follow(ctx, e.rdb.SSubscribe(ctx, ch))
+			}
+		})
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
+// shardedWorks reports whether the server takes SSUBSCRIBE; it retries
+// while Redis cannot be reached, and logs a fallback once.
+func (e *Events) shardedWorks(ctx context.Context, channel string) bool {
+	for ctx.Err() == nil {
+		ps := e.rdb.SSubscribe(ctx, channel)
+		_, err := ps.Receive(ctx)
+		ps.Close()
+		switch {
+		case err == nil:
+			return true
+		case strings.Contains(strings.ToLower(err.Error()), "unknown command"):
+			e.log.Warn("Redis lacks sharded pub/sub (SSUBSCRIBE, Redis 7): the events go over plain pub/sub, which Redis Cluster broadcasts to every node", "error", err)
+			return false
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return true
+}
+
+// follow hands ps's messages to their routes until ctx ends or the server
+// ends a sharded subscription; it closes ps.
+func (e *Events) follow(ctx context.Context, ps *redis.PubSub) {
+	defer ps.Close()
+	msgs := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m, ok := <-msgs:
+			if !ok {
+				return
+			}
+			switch m := m.(type) {
+			case *redis.Subscription:
+				switch m.Kind {
+				case "subscribe", "ssubscribe":
+					e.deliver(m.Channel, delivery{subscribed: true})
+				case "sunsubscribe":
+					e.log.Info("the events' shard changed; subscribing again", "channel", m.Channel)
+					return
+				}
+			case *redis.Message:
+				e.deliver(m.Channel, delivery{payload: m.Payload})
+			}
+		}
+	}
+}
+
+func (e *Events) deliver(channel string, d delivery) {
+	e.mu.Lock()
+	r := e.routes[channel]
+	e.mu.Unlock()
+	if r != nil {
+		r.put(d)
+	}
+}

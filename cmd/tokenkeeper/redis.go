@@ -1,0 +1,112 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+)
+
+// parseRedis reads TOKENKEEPER_REDIS_MODE and TOKENKEEPER_REDIS_URL (with
+// its TLS settings) into c: go-redis's ParseURL reads the URL of a single
+// server, ParseFailoverURL that of Sentinel, ParseClusterURL that of a
+// cluster. The URL is never echoed: it may carry a password.
+func parseRedis(v *values, c *Config, readFile func(string) ([]byte, error)) {
+	c.RedisMode = tokenkeeper.RedisMode(v.str("TOKENKEEPER_REDIS_MODE"))
+	u := v.str("TOKENKEEPER_REDIS_URL")
+	if u == "" {
+		v.fail("TOKENKEEPER_REDIS_URL is required (example redis://redis:6379/0)")
+		return
+	}
+	var (
+		tlsConf *tls.Config
+		err     error
+	)
+	switch c.RedisMode {
+	case tokenkeeper.RedisSingle:
+		if c.Redis, err = redis.ParseURL(u); err == nil {
+			tlsConf = c.Redis.TLSConfig
+		}
+	case tokenkeeper.RedisSentinel:
+		if c.RedisFailover, err = redis.ParseFailoverURL(u); err == nil {
+			tlsConf = c.RedisFailover.TLSConfig
+			if c.RedisFailover.MasterName == "" {
+				v.fail("TOKENKEEPER_REDIS_URL: sentinel mode needs master_name in the URL (example redis://sentinel-1:26379?addr=sentinel-2:26379&master_name=mymaster)")
+			}
+		}
+	case tokenkeeper.RedisCluster:
+		if c.RedisCluster, err = redis.ParseClusterURL(u); err == nil {
+			tlsConf = c.RedisCluster.TLSConfig
+		}
+	default:
+		v.fail("TOKENKEEPER_REDIS_MODE: %q is not single, sentinel or cluster", c.RedisMode)
+		return
+	}
+	if err != nil {
+		v.fail("TOKENKEEPER_REDIS_URL: not a valid redis:// or rediss:// URL for %s mode", c.RedisMode)
+		return
+	}
+	redisTLS(v, tlsConf, readFile)
+}
+
+// parseRedisWait reads TOKENKEEPER_REDIS_WAIT_REPLICAS and _TIMEOUT.
+func parseRedisWait(v *values, c *Config) {
+	c.RedisWait = tokenkeeper.RedisWait{
+		Replicas: v.integer("TOKENKEEPER_REDIS_WAIT_REPLICAS"),
+		Timeout:  v.duration("TOKENKEEPER_REDIS_WAIT_TIMEOUT"),
+	}
+	if c.RedisWait.Replicas < 0 {
+		v.fail("TOKENKEEPER_REDIS_WAIT_REPLICAS: %d must not be negative", c.RedisWait.Replicas)
+	}
+}
+
+// newRedis returns the client of c's topology, with its timeouts and spare
+// connections following from the lock TTL (refresher.TuneRedis) where the
+// URL sets none, and the hooks of newRegistry to come. maxRetries, when
+// not zero, replaces the URL's.
+func (c Config) newRedis(maxRetries int) redis.UniversalClient {
+	// The election's needs, worked out on the options of a single server
+	// and carried over to the other topologies' options.
+	tune := func(read, write *time.Duration, dial *time.Duration, ctxTimeout *bool, idle *int, noIdentity *bool, retries *int) {
+		o := redis.Options{ReadTimeout: *read, WriteTimeout: *write, MinIdleConns: *idle}
+		refresher.TuneRedis(&o, c.LockTTL)
+		*read, *write, *ctxTimeout, *idle, *noIdentity = o.ReadTimeout, o.WriteTimeout, o.ContextTimeoutEnabled, o.MinIdleConns, o.DisableIdentity
+		*dial = max(*dial, 2*time.Second)
+		if maxRetries != 0 {
+			*retries = maxRetries
+		}
+	}
+	switch c.RedisMode {
+	case tokenkeeper.RedisSentinel:
+		o := *c.RedisFailover
+		tune(&o.ReadTimeout, &o.WriteTimeout, &o.DialTimeout, &o.ContextTimeoutEnabled, &o.MinIdleConns, &o.DisableIdentity, &o.MaxRetries)
+		return redis.NewFailoverClient(&o)
+	case tokenkeeper.RedisCluster:
+		o := *c.RedisCluster
+		tune(&o.ReadTimeout, &o.WriteTimeout, &o.DialTimeout, &o.ContextTimeoutEnabled, &o.MinIdleConns, &o.DisableIdentity, &o.MaxRetries)
+		return redis.NewClusterClient(&o)
+	default:
+		o := *c.Redis
+		tune(&o.ReadTimeout, &o.WriteTimeout, &o.DialTimeout, &o.ContextTimeoutEnabled, &o.MinIdleConns, &o.DisableIdentity, &o.MaxRetries)
+		return redis.NewClient(&o)
+	}
+}
+
+// redisAddrs names the servers c's client starts from, for the logs.
+func (c Config) redisAddrs() []string {
+	switch c.RedisMode {
+	case tokenkeeper.RedisSentinel:
+		return c.RedisFailover.SentinelAddrs
+	case tokenkeeper.RedisCluster:
+		return c.RedisCluster.Addrs
+	default:
+		return []string{c.Redis.Addr}
+	}
+}
+
+// errRedisTLSNeedsRediss is redisTLS's complaint about a redis:// URL.
+var errRedisTLSNeedsRediss = errors.New("TOKENKEEPER_REDIS_TLS_CA, _CERT and _KEY need a rediss:// TOKENKEEPER_REDIS_URL")
