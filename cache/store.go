@@ -163,6 +163,7 @@ type Store struct {
 	ownEvents bool        // the store runs its events itself
 	route     *route      // the events channel's deliveries
 	behind    atomic.Bool // Redis holds an older token than the copy in memory
+	rtt       atomic.Int64 // recent longest round trip to Redis, in ns (noteRTT)
 
 	mu   sync.Mutex
 	subs map[*Subscription]struct{} // guarded by mu
@@ -278,14 +279,18 @@ var readLua string
 var writeLua string
 
 // readScript (lua/read.lua) returns the token, its remaining
-// milliseconds, its age in milliseconds and its writer, read in one step
+// milliseconds, its age in milliseconds, its writer, its key id and its
+// generation, read in one step
 // so the remaining time belongs to the token read; {'!', error} when the key holds no hash.
 var readScript = redis.NewScript(readLua)
 
 // writeScript (lua/write.lua) stores a token under the fence. KEYS: token, lock.
 // ARGV: lock value, token, ttl ms, age ms, writer, channel, event, key id
-// (empty when the token is stored as it is).
-// Returns {1, expiry ms} when stored, {0} when fenced, {-1} when stale.
+// (empty when the token is stored as it is), the publishing command
+// (PUBLISH or SPUBLISH), the highest generation the writer knows.
+// Returns {1, expiry ms, generation} when stored, {0} when fenced, {-1}
+// when stale. The generation stored is one more than the key's or the
+// writer's, whichever is higher.
 // A token key of another type than a hash is overwritten: only the lock
 // holder gets this far.
 var writeScript = redis.NewScript(writeLua)
@@ -304,6 +309,9 @@ func (s *Store) load(ctx context.Context, resync bool) (bool, error) {
 	s.loads.Add(1)
 	sent := s.cfg.Clock.Now()
 	res, err := s.runRO(ctx, readScript, []string{s.cfg.Keys.Token}).Slice()
+	if err == nil || errors.Is(err, redis.Nil) {
+		s.noteRTT(sent)
+	}
 	if errors.Is(err, redis.Nil) {
 		s.lost(sent)
 		return false, nil
@@ -433,6 +441,19 @@ func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
 	s.adopt(t, seen)
 }
 
+// noteRTT records the round trip of a command sent at sent: rtt keeps the
+// longest, decaying by a quarter with each shorter one.
+func (s *Store) noteRTT(sent time.Time) {
+	d := int64(s.cfg.Clock.Now().Sub(sent))
+	for {
+		old := s.rtt.Load()
+		v := max(d, old-old/4)
+		if v == old || s.rtt.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}
+
 // Behind reports whether the last read of Redis found an older token than
 // the copy in memory, which is kept.
 func (s *Store) Behind() bool { return s.behind.Load() }
@@ -521,8 +542,13 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	if h := s.cur.Load(); h != nil {
 		known = h.Generation
 	}
+	// Redis starts the token's time to live when the script runs, some
+	// way into the round trip: the stored life is cut by the longest
+	// recent round trip, so that no replica reading it dates it later
+	// than it expires.
+	storedTTL := max(ttl-time.Duration(s.rtt.Load()), time.Millisecond)
 	keys := []string{s.cfg.Keys.Token, s.cfg.Keys.Lock}
-	args := []any{w.LockValue, stored, ttl.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
+	args := []any{w.LockValue, stored, storedTTL.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
 		s.cfg.Keys.Events, string(event), keyID, s.events.publishCommand(), known}
 	var res []any
 	if s.cfg.Replication.Replicas == 0 {
@@ -540,6 +566,7 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	if err != nil && res == nil {
 		return Token{}, fmt.Errorf("cache: write token: %w", err)
 	}
+	s.noteRTT(now)
 	code, _ := res[0].(int64)
 	switch code {
 	case 1:
@@ -746,9 +773,13 @@ func (s *Store) handle(ctx context.Context, payload string) {
 // expiry, so an unchanged expiry means an unchanged token. It reports
 // whether Redis held a token.
 func (s *Store) Poll(ctx context.Context) (bool, error) {
+	sent := s.cfg.Clock.Now()
 	exp, err := s.rdb.HGet(ctx, s.cfg.Keys.Token, "exp").Result()
 	switch {
+	case err == nil:
+		s.noteRTT(sent)
 	case errors.Is(err, redis.Nil):
+		s.noteRTT(sent)
 		exp = ""
 	case isWrongType(err):
 		exp = "" // Load says what the key holds

@@ -633,3 +633,42 @@ func TestLateReadNeverTakesTheTokenBack(t *testing.T) {
 		t.Fatalf("after a fresh read: serving %q, want tok-2", got.Value)
 	}
 }
+
+// TestSlowWriteNeverStretchesTheToken: Redis starts a token's time to live
+// when the write runs, which a slow link delays; the store cuts the
+// stored life by the round trips it has seen, so that a replica reading
+// the token never dates it later than it expires.
+func TestSlowWriteNeverStretchesTheToken(t *testing.T) {
+	srv := redistest.New(t)
+	proxy := redistest.NewProxy(t, srv.Addr)
+	opt := *srv.Options
+	opt.Addr = proxy.Addr
+	rdb := redis.NewClient(&opt)
+	defer rdb.Close()
+	direct := srv.Client(t)
+	ctx := t.Context()
+	keys := cache.KeysFor(redistest.Name(t))
+	s, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: time.Second, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.Set(ctx, keys.Lock, "holder", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	const oneWay = 150 * time.Millisecond
+	proxy.SetRequestLatency(oneWay)
+	if _, err := s.Load(ctx); err != nil { // a round trip seen: the link is slow
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	if _, err := s.Write(ctx, cache.Write{LockValue: "holder", Value: "tok-1", Deadline: deadline}); err != nil {
+		t.Fatal(err)
+	}
+	pttl, err := direct.PTTL(ctx, keys.Token).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored := time.Now().Add(pttl); stored.After(deadline) {
+		t.Fatalf("Redis dates the token %v later than it expires", stored.Sub(deadline).Round(time.Millisecond))
+	}
+}

@@ -436,7 +436,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 			if err := r.sendMsg(rctx, message{Type: msgReleased}); err != nil {
 				r.log.Debug("announcing the release failed", "error", err)
 			}
-			if reason != endHandedOver {
+			if reason != endHandedOver && reason != endMaster {
 				reason = endReleased
 			}
 		}

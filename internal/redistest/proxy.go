@@ -1,7 +1,6 @@
 package redistest
 
 import (
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -22,8 +21,13 @@ type Proxy struct {
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 
-	latency atomic.Int64 // delay of what Redis sends, in nanoseconds
+	latency   atomic.Int64 // delay of what Redis sends, in nanoseconds
+	upLatency atomic.Int64 // delay of what clients send, in nanoseconds
 }
+
+// SetRequestLatency delays every chunk forwarded from a client to Redis by
+// d, as SetLatency does the answers: a command runs d after it was sent.
+func (p *Proxy) SetRequestLatency(d time.Duration) { p.upLatency.Store(int64(max(d, 0))) }
 
 // SetLatency delays every chunk forwarded from Redis to a client by d,
 // counted from when the proxy read it, as a slow link would: a round trip
@@ -86,18 +90,14 @@ func (p *Proxy) accept() {
 		p.conns[up] = struct{}{}
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(c, up, true)
-		go p.pipe(up, c, false)
+		go p.pipe(c, up, &p.latency)
+		go p.pipe(up, c, &p.upLatency)
 	}
 }
 
-func (p *Proxy) pipe(dst, src net.Conn, delayed bool) {
+func (p *Proxy) pipe(dst, src net.Conn, latency *atomic.Int64) {
 	defer p.wg.Done()
-	if delayed {
-		p.delay(dst, src)
-	} else {
-		io.Copy(dst, src)
-	}
+	p.delay(dst, src, latency)
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -120,7 +120,7 @@ type chunk struct {
 
 // delay copies src to dst, holding each chunk for the latency in force
 // when it was read.
-func (p *Proxy) delay(dst, src net.Conn) {
+func (p *Proxy) delay(dst, src net.Conn, latency *atomic.Int64) {
 	ch := make(chan chunk, 1024)
 	go func() {
 		defer close(ch)
@@ -128,7 +128,7 @@ func (p *Proxy) delay(dst, src net.Conn) {
 			buf := make([]byte, 32*1024)
 			n, err := src.Read(buf)
 			if n > 0 {
-				ch <- chunk{buf[:n], time.Now().Add(time.Duration(p.latency.Load()))}
+				ch <- chunk{buf[:n], time.Now().Add(time.Duration(latency.Load()))}
 			}
 			if err != nil {
 				return

@@ -1,0 +1,179 @@
+//go:build realredis
+
+package refresher_test
+
+import (
+	"context"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+)
+
+// master is where the replicas' clients connect: the address a failover
+// client would get from Sentinel. A failover moves it and cuts the
+// connections to the old master.
+type master struct {
+	addr atomic.Pointer[string]
+}
+
+func (m *master) set(addr string) { m.addr.Store(&addr) }
+
+func (m *master) dial(ctx context.Context, network, _ string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, *m.addr.Load())
+}
+
+// startReplicated runs a replica whose client follows m, with rep's wait
+// and the master watched, as in Sentinel mode.
+func startReplicated(t *testing.T, name string, m *master, keys cache.Keys, src refresher.Source, tm timings, rep cache.Replication) *replica {
+	t.Helper()
+	log := testLog(t)
+	reg := prometheus.NewRegistry()
+	opt := &redis.Options{Addr: "master", Dialer: m.dial, MaxRetries: -1, DialTimeout: time.Second}
+	refresher.TuneRedis(opt, tm.lockTTL)
+	rdb := redis.NewClient(opt)
+	store, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: tm.margin, PollInterval: 200 * time.Millisecond,
+		Instance: name, Logger: log.With("r", name), Registerer: reg, Replication: rep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := refresher.New(refresher.Config{
+		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, Jitter: 50 * time.Millisecond,
+		RetryMin: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Logger: log.With("r", name),
+		Version: "v-test", Registerer: reg, Replication: rep, WatchMaster: true,
+	}, rdb, store, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &replica{name: name, rdb: rdb, store: store, ref: ref, reg: reg, cancel: cancel, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	for _, run := range []func(context.Context) error{store.Run, ref.Run} {
+		wg.Go(func() { run(ctx) })
+	}
+	go func() { wg.Wait(); close(r.done) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+// TestFailoverToAReplicaThatWaited runs two replicas on a master with one
+// Redis replica, waiting for it after the election and each write. The
+// replica holds the lock and the token as soon as the leader acts on them;
+// then it is promoted, as Sentinel would, and the clients move to it: the
+// leader sees a new run id at its next renewal and steps down at once,
+// releasing the lock it still holds there, and a leader is elected again
+// without an upstream call, while both replicas serve throughout.
+func TestFailoverToAReplicaThatWaited(t *testing.T) {
+	primary := redistest.StartServer(t)
+	secondary := redistest.StartServer(t)
+	ctx := t.Context()
+	host, port, _ := net.SplitHostPort(primary.Addr)
+	sc := redis.NewClient(&redis.Options{Addr: secondary.Addr})
+	defer sc.Close()
+	if err := sc.ReplicaOf(ctx, host, port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "replication link up", func() bool {
+		info, _ := sc.Info(ctx, "replication").Result()
+		return containsLine(info, "master_link_status:up")
+	})
+
+	var m master
+	m.set(primary.Addr)
+	keys := cache.KeysFor(redistest.Name(t))
+	tm := timings{lifetime: time.Minute, margin: 300 * time.Millisecond, before: 10 * time.Second, lockTTL: time.Second}
+	src := &source{lifetime: tm.lifetime}
+	rep := cache.Replication{Replicas: 1, Timeout: 200 * time.Millisecond}
+	rs := []*replica{startReplicated(t, "a", &m, keys, src, tm, rep), startReplicated(t, "b", &m, keys, src, tm, rep)}
+	leader := oneLeader(t, rs, 5*time.Second)
+	testkit.Eventually(t, 5*time.Second, "both hold the token", func() bool {
+		_, a := rs[0].store.Current()
+		_, b := rs[1].store.Current()
+		return a && b
+	})
+	held, _ := leader.store.Current()
+	if got := sc.HGet(ctx, keys.Token, "v").Val(); got != held.Value {
+		t.Fatalf("the Redis replica holds %q, want the token the leader wrote", cache.Fingerprint(got))
+	}
+	if got := anomalies(t, rs, "replication_short"); got != 0 {
+		t.Fatalf("replication_short anomalies = %v, want 0 with the replica up", got)
+	}
+
+	// The failover: the replica becomes the master and the clients move.
+	if err := sc.ReplicaOf(ctx, "no", "one").Err(); err != nil {
+		t.Fatal(err)
+	}
+	m.set(secondary.Addr)
+	pc := redis.NewClient(&redis.Options{Addr: primary.Addr})
+	defer pc.Close()
+	if err := pc.Do(ctx, "CLIENT", "KILL", "TYPE", "normal").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	movedAt := time.Now()
+	testkit.Eventually(t, 5*time.Second, "the leader steps down", func() bool {
+		return value(t, leader.reg, "tokenkeeper_leadership_changes_total", "change", "master_changed") == 1
+	})
+	steppedDown := time.Since(movedAt)
+	again := oneLeader(t, rs, 5*time.Second)
+	t.Logf("stepped down %v after the move; %s leads again after %v", steppedDown.Round(time.Millisecond), again.name, time.Since(movedAt).Round(time.Millisecond))
+	for _, r := range rs {
+		if got, ok := r.store.Current(); !ok || got.Value != held.Value {
+			t.Errorf("%s serves %s (%v), want the token written before the failover", r.name, got.Fingerprint(), ok)
+		}
+	}
+	if got := len(src.Calls()); got != 1 {
+		t.Errorf("upstream calls: %d, want 1 (the failover needs none)", got)
+	}
+
+	// Without a replica to wait for, writes stand and the short wait is
+	// counted.
+	if _, err := again.ref.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The fleet may take the token from Redis before the writer's wait
+	// ends: the count comes when it does.
+	testkit.Eventually(t, 5*time.Second, "the short wait counted", func() bool {
+		return anomalies(t, rs, "replication_short") >= 1
+	})
+}
+
+func containsLine(info, line string) bool {
+	for l := range splitLines(info) {
+		if l == line {
+			return true
+		}
+	}
+	return false
+}
+
+func splitLines(s string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		start := 0
+		for i := 0; i <= len(s); i++ {
+			if i == len(s) || s[i] == '\n' {
+				l := s[start:i]
+				if n := len(l); n > 0 && l[n-1] == '\r' {
+					l = l[:n-1]
+				}
+				if !yield(l) {
+					return
+				}
+				start = i + 1
+			}
+		}
+	}
+}
+
