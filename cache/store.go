@@ -160,9 +160,9 @@ type Store struct {
 	noRO     atomic.Bool // the server lacks EVALSHA_RO
 
 	events    *Events
-	ownEvents bool        // the store runs its events itself
-	route     *route      // the events channel's deliveries
-	behind    atomic.Bool // Redis holds an older token than the copy in memory
+	ownEvents bool         // the store runs its events itself
+	route     *route       // the events channel's deliveries
+	behind    atomic.Bool  // Redis holds an older token than the copy in memory
 	rtt       atomic.Int64 // recent longest round trip to Redis, in ns (noteRTT)
 
 	mu   sync.Mutex

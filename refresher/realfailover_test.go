@@ -176,4 +176,3 @@ func splitLines(s string) func(func(string) bool) {
 		}
 	}
 }
-
