@@ -424,6 +424,9 @@ var fieldVars = strings.NewReplacer(
 	"HTTP.AllowAnonymous", "TOKENKEEPER_ALLOW_ANONYMOUS",
 	"RDP.DefaultLifetime", "TOKENKEEPER_TOKEN_LIFETIME",
 	"RDP.Timeout", "RDP_TIMEOUT",
+	"RedisWait.Timeout", "TOKENKEEPER_REDIS_WAIT_TIMEOUT",
+	"RedisWait.Replicas", "TOKENKEEPER_REDIS_WAIT_REPLICAS",
+	"RedisMode", "TOKENKEEPER_REDIS_MODE",
 	"ServeMargin", "TOKENKEEPER_SERVE_MARGIN",
 	"RefreshBefore", "TOKENKEEPER_REFRESH_BEFORE",
 	"LockTTL", "TOKENKEEPER_LOCK_TTL",
@@ -451,7 +454,7 @@ func checkRules(v *values, c Config) {
 			continue
 		}
 		switch fe.Field {
-		case "HTTP.ReaderKeys", "AuthPerMinute", "HandoverAfter":
+		case "HTTP.ReaderKeys", "AuthPerMinute", "HandoverAfter", "RedisMode", "RedisWait.Replicas":
 			continue // checked above, in the variable's own words
 		}
 		v.fail("%s: %s", fieldVars.Replace(fe.Field), fieldVars.Replace(fe.Problem))

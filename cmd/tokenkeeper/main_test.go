@@ -382,6 +382,35 @@ func TestServeConfig(t *testing.T) {
 		{name: "missing redis and keys", env: map[string]string{"TOKENKEEPER_REDIS_URL": "", "TOKENKEEPER_API_KEYS": ""},
 			wantErr: []string{"TOKENKEEPER_REDIS_URL is required", "TOKENKEEPER_API_KEYS is required"}},
 		{name: "bad redis url", env: map[string]string{"TOKENKEEPER_REDIS_URL": "http://user:pw@x"}, wantErr: []string{"TOKENKEEPER_REDIS_URL: not a valid"}},
+		{name: "sentinel", env: map[string]string{"TOKENKEEPER_REDIS_MODE": "sentinel",
+			"TOKENKEEPER_REDIS_URL": "redis://s1:26379?addr=s2:26379&addr=s3:26379&master_name=mymaster&password=pw",
+			"TOKENKEEPER_REDIS_WAIT_REPLICAS": "1"},
+			check: func(t *testing.T, c Config) {
+				f := c.RedisFailover
+				if c.RedisMode != "sentinel" || f == nil || f.MasterName != "mymaster" || len(f.SentinelAddrs) != 3 || f.Password != "pw" {
+					t.Errorf("RedisMode %q, failover options %+v", c.RedisMode, f)
+				}
+				if c.RedisWait.Replicas != 1 || c.RedisWait.Timeout != 100*time.Millisecond {
+					t.Errorf("RedisWait = %+v, want 1 replica, 100ms", c.RedisWait)
+				}
+				if k := c.keeperConfig(); k.RedisMode != "sentinel" || k.RedisWait != c.RedisWait {
+					t.Errorf("keeper config: mode %q, wait %+v", k.RedisMode, k.RedisWait)
+				}
+			}},
+		{name: "cluster", env: map[string]string{"TOKENKEEPER_REDIS_MODE": "cluster", "TOKENKEEPER_REDIS_URL": "redis://n1:6379?addr=n2:6379&addr=n3:6379"},
+			check: func(t *testing.T, c Config) {
+				if c.RedisCluster == nil || len(c.RedisCluster.Addrs) != 3 {
+					t.Errorf("cluster options %+v", c.RedisCluster)
+				}
+			}},
+		{name: "bad redis mode", env: map[string]string{"TOKENKEEPER_REDIS_MODE": "ring"}, wantErr: []string{`TOKENKEEPER_REDIS_MODE: "ring" is not single, sentinel or cluster`}},
+		{name: "sentinel without a master name", env: map[string]string{"TOKENKEEPER_REDIS_MODE": "sentinel", "TOKENKEEPER_REDIS_URL": "redis://s1:26379"},
+			wantErr: []string{"sentinel mode needs master_name"}},
+		{name: "bad cluster url", env: map[string]string{"TOKENKEEPER_REDIS_MODE": "cluster", "TOKENKEEPER_REDIS_URL": "redis://n1:6379?nonsense=1"},
+			wantErr: []string{"TOKENKEEPER_REDIS_URL: not a valid redis:// or rediss:// URL for cluster mode"}},
+		{name: "negative wait", env: map[string]string{"TOKENKEEPER_REDIS_WAIT_REPLICAS": "-1"}, wantErr: []string{"TOKENKEEPER_REDIS_WAIT_REPLICAS: -1 must not be negative"}},
+		{name: "wait longer than a renewal", env: map[string]string{"TOKENKEEPER_REDIS_WAIT_REPLICAS": "1", "TOKENKEEPER_REDIS_WAIT_TIMEOUT": "5s"},
+			wantErr: []string{"TOKENKEEPER_REDIS_WAIT_TIMEOUT: 5s must be positive and shorter than a quarter of"}},
 		{name: "bad duration", env: map[string]string{"TOKENKEEPER_LOCK_TTL": "ten"}, wantErr: []string{`TOKENKEEPER_LOCK_TTL: "ten" is not a duration`}},
 		{name: "negative duration", env: map[string]string{"TOKENKEEPER_SERVE_MARGIN": "-1m"}, wantErr: []string{"TOKENKEEPER_SERVE_MARGIN: -1m0s must be positive"}},
 		{name: "window longer than lifetime", env: map[string]string{"TOKENKEEPER_REFRESH_BEFORE": "70m"}, wantErr: []string{"TOKENKEEPER_REFRESH_BEFORE: 1h10m0s plus TOKENKEEPER_SERVE_MARGIN (1m0s) must be shorter than TOKENKEEPER_TOKEN_LIFETIME (1h0m0s)"}},
