@@ -383,7 +383,7 @@ func TestServeConfig(t *testing.T) {
 			wantErr: []string{"TOKENKEEPER_REDIS_URL is required", "TOKENKEEPER_API_KEYS is required"}},
 		{name: "bad redis url", env: map[string]string{"TOKENKEEPER_REDIS_URL": "http://user:pw@x"}, wantErr: []string{"TOKENKEEPER_REDIS_URL: not a valid"}},
 		{name: "sentinel", env: map[string]string{"TOKENKEEPER_REDIS_MODE": "sentinel",
-			"TOKENKEEPER_REDIS_URL": "redis://s1:26379?addr=s2:26379&addr=s3:26379&master_name=mymaster&password=pw",
+			"TOKENKEEPER_REDIS_URL":           "redis://s1:26379?addr=s2:26379&addr=s3:26379&master_name=mymaster&password=pw",
 			"TOKENKEEPER_REDIS_WAIT_REPLICAS": "1"},
 			check: func(t *testing.T, c Config) {
 				f := c.RedisFailover
