@@ -1,6 +1,7 @@
 package tokenkeeper
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +38,12 @@ type Config struct {
 	// (WAIT), so that a replica promoted by a failover has them. A short
 	// wait is logged and counted, not fatal. Default: no wait.
 	RedisWait RedisWait
+	// SentinelMaster, with RedisSentinel, returns the run id of the master
+	// Sentinel names now (the runid of SENTINEL MASTER): a replica leads
+	// only on that server, so that after a partition heals the old
+	// master's side stops leading before Sentinel demotes it. An error or
+	// "" decides nothing. Default: none (the run id check alone).
+	SentinelMaster func(ctx context.Context) (string, error)
 	// Tokens is the catalog: the tokens the fleet keeps, each with its own
 	// source, lock, leader and timings. Empty: the fleet keeps one token,
 	// Name ("liveness"), from Source or RDP with the timings below, which

@@ -176,6 +176,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
 		Version: cfg.Version, Registerer: reg, Yield: k.yield(),
 		Replication: cache.Replication(cfg.RedisWait), WatchMaster: cfg.RedisMode != RedisSingle,
+		MasterAuthority: cfg.SentinelMaster,
 	}, cfg.Redis, store, src)
 	if err != nil {
 		return nil, err

@@ -160,10 +160,11 @@ type Store struct {
 	noRO     atomic.Bool // the server lacks EVALSHA_RO
 
 	events    *Events
-	ownEvents bool         // the store runs its events itself
-	route     *route       // the events channel's deliveries
-	behind    atomic.Bool  // Redis holds an older token than the copy in memory
-	rtt       atomic.Int64 // recent longest round trip to Redis, in ns (noteRTT)
+	ownEvents bool          // the store runs its events itself
+	route     *route        // the events channel's deliveries
+	behind    atomic.Bool   // Redis holds an older token than the copy in memory
+	rtt       atomic.Int64  // recent longest round trip to Redis, in ns (noteRTT)
+	rttCap    time.Duration // the client's read timeout: no answer comes later; 0 when unknown
 
 	mu   sync.Mutex
 	subs map[*Subscription]struct{} // guarded by mu
@@ -207,7 +208,7 @@ func New(rdb RedisClient, cfg Config) (*Store, error) {
 	if cfg.Replication.Timeout < 0 {
 		return nil, fmt.Errorf("cache: replication timeout %v is negative", cfg.Replication.Timeout)
 	}
-	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[*Subscription]struct{})}
+	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[*Subscription]struct{}), rttCap: readTimeout(rdb)}
 	s.events, s.ownEvents = cfg.Events, cfg.Events == nil
 	if s.ownEvents {
 		s.events = NewEvents(rdb, EventsConfig{Logger: cfg.Logger})
@@ -441,6 +442,27 @@ func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
 	s.adopt(t, seen)
 }
 
+// readTimeout returns the read timeout of rdb, a go-redis client: a
+// command is answered within it or fails. 0 when unknown or unbounded.
+func readTimeout(rdb RedisClient) time.Duration {
+	var d time.Duration
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		d = c.Options().ReadTimeout
+	case interface{ Options() *redis.Options }:
+		d = c.Options().ReadTimeout
+	default:
+		return 0
+	}
+	switch {
+	case d == 0:
+		return 3 * time.Second // go-redis's default
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
 // noteRTT records the round trip of a command sent at sent: rtt keeps the
 // longest, decaying by a quarter with each shorter one.
 func (s *Store) noteRTT(sent time.Time) {
@@ -546,7 +568,13 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	// way into the round trip: the stored life is cut by the longest
 	// recent round trip, so that no replica reading it dates it later
 	// than it expires.
-	storedTTL := max(ttl-time.Duration(s.rtt.Load()), time.Millisecond)
+	cut := time.Duration(s.rtt.Load())
+	if s.rttCap > 0 {
+		// A round trip that counted retries and reconnections is longer
+		// than any command's delay, which the read timeout bounds.
+		cut = min(cut, s.rttCap)
+	}
+	storedTTL := max(ttl-cut, time.Millisecond)
 	keys := []string{s.cfg.Keys.Token, s.cfg.Keys.Lock}
 	args := []any{w.LockValue, stored, storedTTL.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
 		s.cfg.Keys.Events, string(event), keyID, s.events.publishCommand(), known}

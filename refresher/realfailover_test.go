@@ -5,6 +5,7 @@ package refresher_test
 import (
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,6 +38,14 @@ func (m *master) dial(ctx context.Context, network, _ string) (net.Conn, error) 
 // and the master watched, as in Sentinel mode.
 func startReplicated(t *testing.T, name string, m *master, keys cache.Keys, src refresher.Source, tm timings, rep cache.Replication) *replica {
 	t.Helper()
+	return startWatched(t, name, m, keys, src, tm, rep, nil)
+}
+
+// startWatched is startReplicated with authority as the Sentinel's word on
+// the master (refresher.Config.MasterAuthority).
+func startWatched(t *testing.T, name string, m *master, keys cache.Keys, src refresher.Source, tm timings, rep cache.Replication,
+	authority func(context.Context) (string, error)) *replica {
+	t.Helper()
 	log := testLog(t)
 	reg := prometheus.NewRegistry()
 	opt := &redis.Options{Addr: "master", Dialer: m.dial, MaxRetries: -1, DialTimeout: time.Second}
@@ -50,7 +59,7 @@ func startReplicated(t *testing.T, name string, m *master, keys cache.Keys, src 
 	ref, err := refresher.New(refresher.Config{
 		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, Jitter: 50 * time.Millisecond,
 		RetryMin: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Logger: log.With("r", name),
-		Version: "v-test", Registerer: reg, Replication: rep, WatchMaster: true,
+		Version: "v-test", Registerer: reg, Replication: rep, WatchMaster: true, MasterAuthority: authority,
 	}, rdb, store, src)
 	if err != nil {
 		t.Fatal(err)
@@ -174,5 +183,68 @@ func splitLines(s string) func(func(string) bool) {
 				start = i + 1
 			}
 		}
+	}
+}
+
+// TestNoLeaderOnAMasterSentinelDisowns: after a partition heals, the old
+// master takes writes until Sentinel demotes it. Replicas whose client
+// still reaches it must not lead there: one that wins its lock releases it
+// at once, and a leader whose server Sentinel stops naming steps down at
+// its next renewal.
+func TestNoLeaderOnAMasterSentinelDisowns(t *testing.T) {
+	old := redistest.StartServer(t)
+	other := redistest.StartServer(t)
+	ctx := t.Context()
+	runID := func(addr string) string {
+		c := redis.NewClient(&redis.Options{Addr: addr})
+		defer c.Close()
+		info, err := c.Info(ctx, "server").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for l := range splitLines(info) {
+			if id, ok := strings.CutPrefix(l, "run_id:"); ok {
+				return id
+			}
+		}
+		t.Fatal("no run_id")
+		return ""
+	}
+	var named atomic.Pointer[string]
+	disowned := runID(other.Addr)
+	named.Store(&disowned)
+	authority := func(context.Context) (string, error) { return *named.Load(), nil }
+
+	var m master
+	m.set(old.Addr)
+	keys := cache.KeysFor(redistest.Name(t))
+	tm := timings{lifetime: time.Minute, margin: 300 * time.Millisecond, before: 10 * time.Second, lockTTL: time.Second}
+	src := &source{lifetime: tm.lifetime}
+	rs := []*replica{startWatched(t, "a", &m, keys, src, tm, cache.Replication{}, authority),
+		startWatched(t, "b", &m, keys, src, tm, cache.Replication{}, authority)}
+	// Several election periods: nobody leads, nothing is fetched.
+	for range 20 {
+		if ls := leaders(rs); len(ls) > 0 {
+			t.Fatalf("%s leads on a master Sentinel does not name", ls[0].name)
+		}
+		time.Sleep(50 * time.Millisecond) // watches real elections on a real server
+	}
+	if n := len(src.Calls()); n != 0 {
+		t.Fatalf("upstream calls: %d, want none while no replica may lead", n)
+	}
+
+	// Sentinel names it: a leader, a token.
+	owned := runID(old.Addr)
+	named.Store(&owned)
+	leader := oneLeader(t, rs, 5*time.Second)
+	testkit.Eventually(t, 5*time.Second, "a token", func() bool { _, ok := leader.store.Current(); return ok })
+
+	// And disowns it again: the leader steps down at its next renewal.
+	named.Store(&disowned)
+	testkit.Eventually(t, 5*time.Second, "the leader steps down", func() bool {
+		return value(t, leader.reg, "tokenkeeper_leadership_changes_total", "change", "master_changed") == 1
+	})
+	if got := len(src.Calls()); got != 1 {
+		t.Errorf("upstream calls: %d, want 1", got)
 	}
 }

@@ -119,6 +119,14 @@ type Config struct {
 	// rather than trust a lock the new master may have missed. It costs
 	// one INFO per renewal. For Sentinel and Cluster. Default: off.
 	WatchMaster bool
+	// MasterAuthority, with WatchMaster, names the run id of the server
+	// that the topology's authority (Sentinel) holds to be the master now.
+	// A leader whose server is not that one steps down, and a replica that
+	// wins an election on it releases the lock at once: after a partition
+	// heals, an old master keeps taking writes until Sentinel demotes it,
+	// and its side must not lead meanwhile. An error or an empty answer
+	// (no sentinel reachable) decides nothing. Default: none.
+	MasterAuthority func(ctx context.Context) (string, error)
 }
 
 // MinLockTTL is the shortest lock TTL: a renewal gets a quarter of it, a
@@ -397,6 +405,10 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		if master, err = r.masterID(ctx); err != nil {
 			r.log.Warn("cannot read the Redis master's run id: this term is not watched for a failover", "error", err)
 		}
+		if master != "" && r.notTheMaster(ctx, master) {
+			r.releaseQuietly(ctx, lock)
+			return
+		}
 	}
 	if r.cfg.Replication.Replicas > 0 {
 		if err := r.replicateLock(ctx, lock); errors.Is(err, redislock.ErrNotObtained) {
@@ -585,13 +597,44 @@ func (r *Refresher) masterReplaced(ctx context.Context, master string) bool {
 		return false
 	}
 	id, err := r.masterID(ctx)
-	if err != nil || id == master {
+	if err != nil {
 		return false
 	}
-	r.log.Warn("the Redis master changed (a failover): stepping down rather than trusting a lock the new master may have missed; the lock is released so that the next leader is elected at once",
-		"was", master, "now", id)
-	r.setErr(errors.New("the Redis master changed during this term"))
+	if id != master {
+		r.log.Warn("the Redis master changed (a failover): stepping down rather than trusting a lock the new master may have missed; the lock is released so that the next leader is elected at once",
+			"was", master, "now", id)
+		r.setErr(errors.New("the Redis master changed during this term"))
+		return true
+	}
+	return r.notTheMaster(ctx, id)
+}
+
+// notTheMaster reports whether Config.MasterAuthority names another server
+// than the one with run id id as the master, logging it.
+func (r *Refresher) notTheMaster(ctx context.Context, id string) bool {
+	if r.cfg.MasterAuthority == nil {
+		return false
+	}
+	// Bounded well within a renewal's share of the lease.
+	actx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL)/2)
+	defer cancel()
+	want, err := r.cfg.MasterAuthority(actx)
+	if err != nil || want == "" || want == id {
+		return false
+	}
+	r.log.Warn("Sentinel names another Redis master than the one this replica writes to (a healed partition, before Sentinel demotes the old master): not leading on it",
+		"writing_to", id, "sentinel_master", want)
+	r.setErr(errors.New("the Redis server written to is not the master Sentinel names"))
 	return true
+}
+
+// releaseQuietly releases lock, without a leadership to end.
+func (r *Refresher) releaseQuietly(ctx context.Context, lock *redislock.Lock) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
+	defer cancel()
+	if err := lock.Release(rctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
+		r.log.Debug("releasing a lock not to lead on failed", "error", err)
+	}
 }
 
 // leaderState is the refresh loop's memory, owned by work.

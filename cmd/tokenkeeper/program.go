@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -16,11 +17,12 @@ import (
 // metrics registry and listener. Create it with NewProgram, start it with
 // Run, and Close it.
 type Program struct {
-	cfg    Config
-	log    *slog.Logger
-	rdb    redis.UniversalClient
-	keeper *tokenkeeper.Keeper
-	ln     net.Listener
+	cfg            Config
+	log            *slog.Logger
+	rdb            redis.UniversalClient
+	closeSentinels func() error // nil outside Sentinel mode
+	keeper         *tokenkeeper.Keeper
+	ln             net.Listener
 }
 
 // NewProgram builds a replica and opens its listener, so Addr is known
@@ -30,23 +32,31 @@ func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program,
 	// Timeouts and connections follow from the lock TTL; a URL's own
 	// timeouts win.
 	rdb := cfg.newRedis(0)
+	sentinelMaster, closeSentinels := cfg.sentinelMaster()
+	closeAll := func() {
+		rdb.Close()
+		if closeSentinels != nil {
+			closeSentinels()
+		}
+	}
 	reg := newRegistry(cfg, rdb)
 	kcfg := cfg.keeperConfig()
 	kcfg.Redis, kcfg.Logger, kcfg.Registerer, kcfg.Gatherer = rdb, log, reg, reg
+	kcfg.SentinelMaster = sentinelMaster
 	if src != nil {
 		kcfg.Source, kcfg.RDP = src, nil
 	}
 	k, err := tokenkeeper.New(kcfg)
 	if err != nil {
-		rdb.Close()
+		closeAll()
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		rdb.Close()
+		closeAll()
 		return nil, fmt.Errorf("TOKENKEEPER_LISTEN: %w", err)
 	}
-	return &Program{cfg: cfg, log: log, rdb: rdb, keeper: k, ln: ln}, nil
+	return &Program{cfg: cfg, log: log, rdb: rdb, closeSentinels: closeSentinels, keeper: k, ln: ln}, nil
 }
 
 // Addr is the address the HTTP API listens on.
@@ -108,5 +118,9 @@ func (p *Program) Run(ctx context.Context) error {
 // Close releases what NewProgram opened. Call it after Run returns.
 func (p *Program) Close() error {
 	p.ln.Close()
-	return p.rdb.Close()
+	err := p.rdb.Close()
+	if p.closeSentinels != nil {
+		err = errors.Join(err, p.closeSentinels())
+	}
+	return err
 }

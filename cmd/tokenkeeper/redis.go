@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -88,6 +90,12 @@ func (c Config) newRedis(maxRetries int) redis.UniversalClient {
 	case tokenkeeper.RedisCluster:
 		o := *c.RedisCluster
 		tune(&o.ReadTimeout, &o.WriteTimeout, &o.DialTimeout, &o.ContextTimeoutEnabled, &o.MinIdleConns, &o.DisableIdentity, &o.MaxRetries)
+		// go-redis reloads the slot map on MOVED or READONLY answers, and
+		// otherwise every minute: a master that died answers nothing, so
+		// without a shorter reload the fleet would keep dialling it long
+		// after its replica was promoted. A third of the lock TTL lets a
+		// leader be elected again within about a TTL of the promotion.
+		o.ClusterStateReloadInterval = c.LockTTL / 3
 		return redis.NewClusterClient(&o)
 	default:
 		o := *c.Redis
@@ -110,3 +118,66 @@ func (c Config) redisAddrs() []string {
 
 // errRedisTLSNeedsRediss is redisTLS's complaint about a redis:// URL.
 var errRedisTLSNeedsRediss = errors.New("TOKENKEEPER_REDIS_TLS_CA, _CERT and _KEY need a rediss:// TOKENKEEPER_REDIS_URL")
+
+// sentinelMaster returns, in Sentinel mode, a function that asks every
+// sentinel at once for the master of c's master name and returns the run
+// id most of those that answered name (a sentinel cut off with an old
+// master still names it), or "" when they are split evenly; and a function
+// that closes the sentinels' clients. Outside Sentinel mode both are nil.
+func (c Config) sentinelMaster() (func(context.Context) (string, error), func() error) {
+	if c.RedisMode != tokenkeeper.RedisSentinel || c.RedisFailover == nil {
+		return nil, nil
+	}
+	fo := c.RedisFailover
+	timeout := refresher.RedisTimeout(c.LockTTL)
+	clients := make([]*redis.SentinelClient, len(fo.SentinelAddrs))
+	for i, addr := range fo.SentinelAddrs {
+		clients[i] = redis.NewSentinelClient(&redis.Options{
+			Addr: addr, Username: fo.SentinelUsername, Password: fo.SentinelPassword, TLSConfig: fo.TLSConfig,
+			DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout, ContextTimeoutEnabled: true,
+			MaxRetries: -1, DisableIdentity: true,
+		})
+	}
+	ask := func(ctx context.Context) (string, error) {
+		ids := make([]string, len(clients))
+		errs := make([]error, len(clients))
+		var wg sync.WaitGroup
+		for i, sc := range clients {
+			wg.Go(func() {
+				m, err := sc.Master(ctx, fo.MasterName).Result()
+				ids[i], errs[i] = m["runid"], err
+			})
+		}
+		wg.Wait()
+		votes := map[string]int{}
+		for i, id := range ids {
+			if errs[i] == nil && id != "" {
+				votes[id]++
+			}
+		}
+		best, n, tie := "", 0, false
+		for id, v := range votes {
+			switch {
+			case v > n:
+				best, n, tie = id, v, false
+			case v == n:
+				tie = true
+			}
+		}
+		if n == 0 {
+			return "", errors.Join(errs...)
+		}
+		if tie {
+			return "", nil
+		}
+		return best, nil
+	}
+	closeAll := func() error {
+		var errs []error
+		for _, sc := range clients {
+			errs = append(errs, sc.Close())
+		}
+		return errors.Join(errs...)
+	}
+	return ask, closeAll
+}
