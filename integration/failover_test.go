@@ -30,6 +30,7 @@ const failoverSlack = 2 * time.Second
 // Failover 1. Sentinel in steady state: several cycles, one upstream call
 // each, every token served by every replica.
 func TestSentinelSteady(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, 3, fast, withSentinel(0))
 	const cycles = 3
 	last := f.token(cycles + 1)
@@ -56,6 +57,7 @@ func TestSentinelSteady(t *testing.T) {
 // promoted, the fleet has a leader again within the lock TTL after the
 // failover, no read fails, and the next refresh is the only fetch.
 func TestSentinelMasterKilled(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, 3, fast, withSentinel(0))
 	t1 := f.token(1)
 	f.currentLeader()
@@ -94,6 +96,7 @@ func TestSentinelMasterKilled(t *testing.T) {
 // to it, and Redis gets the newer one back from the fleet's memory, with at
 // most one upstream call.
 func TestSentinelMasterKilledBeforeReplication(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, 3, fast, withSentinel(0))
 	t1 := f.token(1)
 	leader := f.currentLeader()
@@ -166,6 +169,7 @@ func TestSentinelMasterKilledBeforeReplication(t *testing.T) {
 // so the old leader cannot even renew its lock: no extra fetch. Without,
 // both sides may fetch (one extra).
 func TestSentinelSplitBrain(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name        string
 		minReplicas int
@@ -174,7 +178,10 @@ func TestSentinelSplitBrain(t *testing.T) {
 		{"min_replicas_to_write_1", 1, 0},
 		{"without_min_replicas", 0, 1},
 	} {
-		t.Run(tt.name, func(t *testing.T) { splitBrain(t, tt.minReplicas, tt.extra) })
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			splitBrain(t, tt.minReplicas, tt.extra)
+		})
 	}
 }
 
@@ -279,6 +286,7 @@ func splitBrain(t *testing.T, minReplicas, extra int) {
 // fleet reads, renews its lock and refreshes (MOVED and ASK redirections,
 // TRYAGAIN while the slot's keys are split): no read fails, no extra fetch.
 func TestClusterSlotMigration(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, 3, fast, withCluster())
 	t1 := f.token(1)
 	any := f.topo.nodes[0]
@@ -369,6 +377,7 @@ func TestClusterSlotMigration(t *testing.T) {
 // its replica is promoted, the fleet leads again within the lock TTL after
 // the failover, no read fails.
 func TestClusterMasterKilled(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, 3, fast, withCluster())
 	t1 := f.token(1)
 	f.currentLeader()
@@ -416,6 +425,7 @@ func TestClusterMasterKilled(t *testing.T) {
 // No replica goes back to tok#1, and tok#2 returns to Redis from the
 // fleet's memory without an upstream call.
 func TestRedisRestoredFromOlderSnapshot(t *testing.T) {
+	t.Parallel()
 	f := newFleet(t, 3, fast)
 	t1 := f.token(1)
 	leader := f.currentLeader()

@@ -115,12 +115,14 @@ func withCluster() option {
 // hostRDB at it.
 func (f *fleet) startTopology(ctx context.Context) {
 	f.t.Helper()
+	start := time.Now()
 	switch f.topo.kind {
 	case topoSentinel:
 		f.startSentinel(ctx)
 	case topoCluster:
 		f.startCluster(ctx)
 	}
+	f.figure("topology_ready", time.Since(start))
 }
 
 // serverArgs are every Redis server's arguments: no persistence, clients
