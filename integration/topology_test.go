@@ -706,25 +706,41 @@ func (f *fleet) checkNeverBackwards(res result) {
 	c.report()
 }
 
-// waitLeaderAgain waits until a replica says it leads and the lock, as the
-// host reads it through the topology, names it; it returns the replica and
-// when.
-func (f *fleet) waitLeaderAgain(since time.Time, timeout time.Duration) (*replica, time.Time) {
+// waitLeaderAgain waits until a replica other than not (nil: any) says it
+// leads, and the lock, as the host reads it through the topology, names it
+// and was written after since: its remaining TTL is longer than it could be
+// had nobody renewed it since then (a lock replicated from a lost master
+// names a leader that may not know it). It returns the replica and when.
+func (f *fleet) waitLeaderAgain(since time.Time, not *replica, timeout time.Duration) (*replica, time.Time) {
 	f.t.Helper()
 	var r *replica
 	at := f.waitFor(timeout, "a leader again", func() (bool, string) {
-		h, err := f.hostRDB.lockHolder()
+		var holder string
+		var ttl time.Duration
+		err := f.hostRDB.do(func(c redis.UniversalClient, ctx context.Context) error {
+			v, err := c.Get(ctx, lockKey).Result()
+			if err != nil {
+				return err
+			}
+			holder = holderOf(v)
+			ttl, err = c.PTTL(ctx, lockKey).Result()
+			return err
+		})
 		if err != nil {
 			return false, err.Error()
 		}
-		r = f.byName(h)
-		if r == nil {
-			return false, fmt.Sprintf("lock holder %q", h)
+		r = f.byName(holder)
+		switch {
+		case r == nil:
+			return false, fmt.Sprintf("lock holder %q", holder)
+		case r == not:
+			return false, fmt.Sprintf("lock holder %s, the old leader", holder)
+		case ttl <= f.tm.LockTTL-time.Since(since):
+			return false, fmt.Sprintf("lock of %s not written since %s (ttl %v)", holder, f.tl.rel(since), ttl)
 		}
 		s, err := f.status(r)
-		return err == nil && s.IsLeader, fmt.Sprintf("holder %s is_leader=%v %v", h, s.IsLeader, err)
+		return err == nil && s.IsLeader, fmt.Sprintf("holder %s is_leader=%v %v", holder, s.IsLeader, err)
 	})
-	f.figure("leader_gap", at.Sub(since))
 	return r, at
 }
 
