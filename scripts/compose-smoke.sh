@@ -83,6 +83,8 @@ admin_key=demo-admin-key
 lock_ttl_s=10
 switch_limit_ms=${SMOKE_SWITCH_LIMIT_MS:-100}
 reads=200
+# A profile's smoke is about the Redis failover: fewer plain reads.
+[[ -z $profile ]] || reads=50
 
 if [[ -n ${COMPOSE:-} ]]; then
 	read -r -a compose_cmd <<<"$COMPOSE"
