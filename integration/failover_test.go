@@ -344,7 +344,7 @@ func TestClusterSlotMigration(t *testing.T) {
 
 	// Migrate around the refresh (due 8 s before expiry, up to 0.8 s
 	// earlier), one key at a time.
-	sleepUntil(t1.IssuedAt.Add(10 * time.Second))
+	sleepUntil(t1.IssuedAt.Add(10500 * time.Millisecond))
 	migAt := time.Now()
 	f.must(f.on(dst, func(c *redis.Client, ctx context.Context) error {
 		return c.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err()
@@ -364,7 +364,10 @@ func TestClusterSlotMigration(t *testing.T) {
 		if len(keys) == 0 {
 			break
 		}
-		time.Sleep(700 * time.Millisecond)
+		// redis-cli --cluster reshard moves a slot's keys in batches within
+		// milliseconds; one at a time, a little apart, keeps the slot split
+		// (ASK, TRYAGAIN) long enough to meet the fleet's work.
+		time.Sleep(250 * time.Millisecond)
 		f.must(f.on(src.node, func(c *redis.Client, ctx context.Context) error {
 			return c.Do(ctx, "MIGRATE", dstIP, "6379", "", 0, 5000, "KEYS", keys[0]).Err()
 		}), "MIGRATE "+keys[0])
