@@ -27,6 +27,12 @@ import (
 // polling.
 const failoverSlack = 2 * time.Second
 
+// resubscribe is how long after a master is lost a replica's events
+// subscription may still sit on a dead connection: its health check pings
+// every 5 s and gives up after two silent intervals. Polling covers the
+// gap meanwhile (a lag of one poll interval).
+const resubscribe = 10 * time.Second
+
 // Failover 1. Sentinel in steady state: several cycles, one upstream call
 // each, every token served by every replica.
 func TestSentinelSteady(t *testing.T) {
@@ -82,7 +88,7 @@ func TestSentinelMasterKilled(t *testing.T) {
 	f.check(res, expect{
 		// Subscriptions die with the master; a replica not yet subscribed
 		// again catches up by polling.
-		lag:          []lagWindow{{window{from: killAt, to: leaderAt.Add(f.tm.LockTTL), why: "master killed"}, f.tm.Poll + time.Second}},
+		lag:          []lagWindow{{window{from: killAt, to: leaderAt.Add(resubscribe), why: "master killed"}, f.tm.Poll + time.Second}},
 		extraFetches: 1,
 	})
 	f.checkNeverBackwards(res)
@@ -155,7 +161,7 @@ func TestSentinelMasterKilledBeforeReplication(t *testing.T) {
 	f.waitServing(next.Token, f.replicas, 5*time.Second)
 	res := f.finish()
 	f.check(res, expect{
-		lag: []lagWindow{{window{from: killAt, to: leaderAt.Add(f.tm.LockTTL), why: "master killed"}, f.tm.Poll + time.Second}},
+		lag: []lagWindow{{window{from: killAt, to: leaderAt.Add(resubscribe), why: "master killed"}, f.tm.Poll + time.Second}},
 		// The forced refresh comes early, by design; the failover may cost
 		// one more.
 		extraFetches: 2,
@@ -285,9 +291,10 @@ func splitBrain(t *testing.T, minReplicas int) {
 			// The cut-off leader serves what its side has until the fleet
 			// is one again.
 			{window{replica: old.name, from: partAt, to: converged, why: "partitioned with the old master"}, 0},
-			// Subscriptions on the lost master die with the partition; a
-			// replica not yet subscribed again catches up by polling.
-			{window{from: partAt, to: leaderAt.Add(f.tm.LockTTL), why: "failover"}, f.tm.Poll + time.Second},
+			// Subscriptions on the lost master die with the partition, and
+			// those moved by the heal; a replica not yet subscribed again
+			// catches up by polling.
+			{window{from: partAt, to: converged.Add(resubscribe), why: "failover and heal"}, f.tm.Poll + time.Second},
 		},
 	}
 	if minReplicas == 0 {
@@ -446,7 +453,7 @@ func TestClusterMasterKilled(t *testing.T) {
 	f.waitServing(t2.Token, f.replicas, 5*time.Second)
 	res := f.finish()
 	f.check(res, expect{
-		lag:          []lagWindow{{window{from: killAt, to: leaderAt.Add(f.tm.LockTTL), why: "master killed"}, f.tm.Poll + time.Second}},
+		lag:          []lagWindow{{window{from: killAt, to: leaderAt.Add(resubscribe), why: "master killed"}, f.tm.Poll + time.Second}},
 		extraFetches: 1,
 	})
 	f.checkNeverBackwards(res)
