@@ -354,7 +354,9 @@ func (f *fleet) startSentinel(ctx context.Context) {
 				{"SENTINEL", "CONFIG", "SET", "announce-ip", coreIP},
 				{"SENTINEL", "MONITOR", masterName, masterIP, "6379", "2"},
 				{"SENTINEL", "SET", masterName, "down-after-milliseconds", strconv.Itoa(int(downAfter.Milliseconds()))},
-				{"SENTINEL", "SET", masterName, "failover-timeout", "6000"},
+				// A failover the sentinels fail to agree on is retried after
+				// twice this: keep it short on a loaded machine.
+				{"SENTINEL", "SET", masterName, "failover-timeout", "3000"},
 				{"SENTINEL", "SET", masterName, "parallel-syncs", "2"},
 			} {
 				if err := c.Do(ctx, cmd...).Err(); err != nil {
