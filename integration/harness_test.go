@@ -255,6 +255,10 @@ type fleet struct {
 	redisURL  string // TOKENKEEPER_REDIS_URL of the replicas
 	hostRDB   *hostRedis
 
+	// topo is the Redis topology (withSentinel, withCluster); topoSingle is
+	// the one server above.
+	topo topo
+
 	start  time.Time
 	tl     *timeline
 	rec    *recorder
@@ -318,18 +322,22 @@ func newFleet(t *testing.T, n int, tm timings, opts ...option) *fleet {
 	}
 
 	var err error
-	f.redis, err = testcontainers.Run(ctx, redisImage(),
-		testcontainers.WithEntrypoint("redis-server"),
-		testcontainers.WithCmd("--save", "", "--appendonly", "no", "--protected-mode", "no"),
-		testcontainers.WithExposedPorts(redisPort),
-		tcnetwork.WithNetworkName([]string{"redis"}, f.core),
-		testcontainers.WithWaitStrategyAndDeadline(30*time.Second, wait.ForLog("Ready to accept connections")),
-	)
-	f.track(f.redis)
-	if err != nil {
-		t.Fatalf("start redis (%s; without a registry, build tokenkeeper/redis:debian with scripts/build-images.sh and set REDIS_IMAGE): %v", redisImage(), err)
+	if f.topo.kind != topoSingle {
+		f.startTopology(ctx)
+	} else {
+		f.redis, err = testcontainers.Run(ctx, redisImage(),
+			testcontainers.WithEntrypoint("redis-server"),
+			testcontainers.WithCmd("--save", "", "--appendonly", "no", "--protected-mode", "no"),
+			testcontainers.WithExposedPorts(redisPort),
+			tcnetwork.WithNetworkName([]string{"redis"}, f.core),
+			testcontainers.WithWaitStrategyAndDeadline(30*time.Second, wait.ForLog("Ready to accept connections")),
+		)
+		f.track(f.redis)
+		if err != nil {
+			t.Fatalf("start redis (%s; without a registry, build tokenkeeper/redis:debian with scripts/build-images.sh and set REDIS_IMAGE): %v", redisImage(), err)
+		}
+		f.hostRDB = &hostRedis{c: f.redis}
 	}
-	f.hostRDB = &hostRedis{c: f.redis}
 	if f.viaProxy {
 		f.startProxy(ctx)
 		f.redisURL = "redis://redis-proxy:6379/0"
@@ -492,9 +500,9 @@ func (f *fleet) startReplica(ctx context.Context, r *replica) error {
 			Reader: strings.NewReader(f.catalog), ContainerFilePath: "/tokens.yaml", FileMode: 0o644,
 		})
 	}
+	maps.Copy(env, f.topo.env)
 	maps.Copy(env, r.env)
-	var err error
-	r.c, err = testcontainers.Run(ctx, appImage(),
+	opts := []testcontainers.ContainerCustomizer{
 		testcontainers.WithEntrypoint("/tokenkeeper"),
 		testcontainers.WithCmd("serve"),
 		testcontainers.WithEnv(env),
@@ -504,7 +512,12 @@ func (f *fleet) startReplica(ctx context.Context, r *replica) error {
 		tcnetwork.WithNetworkName([]string{r.name}, f.core),
 		testcontainers.WithWaitStrategyAndDeadline(30*time.Second,
 			wait.ForHTTP("/healthz").WithPort(appPort)),
-	)
+	}
+	if f.topo.side != "" {
+		opts = append(opts, tcnetwork.WithNetworkName([]string{r.name}, f.topo.side))
+	}
+	var err error
+	r.c, err = testcontainers.Run(ctx, appImage(), opts...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", r.name, err)
 	}
@@ -745,7 +758,7 @@ func (f *fleet) restartRedis() {
 		f.t.Fatalf("start redis: %v", err)
 	}
 	f.waitFor(20*time.Second, "redis answers PING", func() (bool, string) {
-		err := f.hostRDB.do(func(c *redis.Client, ctx context.Context) error { return c.Ping(ctx).Err() })
+		err := f.hostRDB.do(func(c redis.UniversalClient, ctx context.Context) error { return c.Ping(ctx).Err() })
 		return err == nil, fmt.Sprint(err)
 	})
 }
@@ -1017,16 +1030,31 @@ func (f *fleet) forceRefresh(r *replica, timeout time.Duration) (int, string, er
 // follows the port when Redis restarts.
 type hostRedis struct {
 	c *testcontainers.DockerContainer
+	// open, when set, makes the client instead (a Sentinel or Cluster
+	// topology); c is then unused.
+	open func() redis.UniversalClient
 
-	mu   sync.Mutex
-	addr string
-	cli  *redis.Client
+	mu     sync.Mutex
+	addr   string
+	cli    redis.UniversalClient
+	opened time.Time // when open last made cli
 }
 
-func (h *hostRedis) client(ctx context.Context, fresh bool) (*redis.Client, error) {
+func (h *hostRedis) client(ctx context.Context, fresh bool) (redis.UniversalClient, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.cli != nil && !fresh {
+		return h.cli, nil
+	}
+	if h.open != nil {
+		// The failover and cluster clients follow the topology themselves:
+		// make a new one only now and then, when one keeps failing.
+		if h.cli == nil || time.Since(h.opened) > 2*time.Second {
+			if h.cli != nil {
+				h.cli.Close()
+			}
+			h.cli, h.opened = h.open(), time.Now()
+		}
 		return h.cli, nil
 	}
 	host, err := h.c.Host(ctx)
@@ -1058,7 +1086,7 @@ func (h *hostRedis) client(ctx context.Context, fresh bool) (*redis.Client, erro
 
 // do runs fn with a client and a short deadline; after a failure it looks the
 // published port up again for the next call.
-func (h *hostRedis) do(fn func(*redis.Client, context.Context) error) error {
+func (h *hostRedis) do(fn func(redis.UniversalClient, context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	c, err := h.client(ctx, false)
@@ -1084,7 +1112,7 @@ func (h *hostRedis) close() {
 // dump returns the value stored at key whatever its type, "" when absent.
 func (h *hostRedis) dump(key string) (string, error) {
 	var out string
-	err := h.do(func(c *redis.Client, ctx context.Context) error {
+	err := h.do(func(c redis.UniversalClient, ctx context.Context) error {
 		typ, err := c.Type(ctx, key).Result()
 		if err != nil {
 			return err

@@ -29,6 +29,7 @@ type sample struct {
 	expiresIn  int
 	retryAfter string
 	instance   string // X-Tokenkeeper-Instance
+	generation string // X-Tokenkeeper-Generation, "" when absent
 }
 
 func (s sample) ok() bool { return s.status == http.StatusOK && s.err == "" }
@@ -137,6 +138,7 @@ func readToken(r *replica) (sample, bool) {
 	s.status = resp.StatusCode
 	s.instance = resp.Header.Get("X-Tokenkeeper-Instance")
 	s.retryAfter = resp.Header.Get("Retry-After")
+	s.generation = resp.Header.Get("X-Tokenkeeper-Generation")
 	if err != nil {
 		s.err = errKind(err)
 		return s, true

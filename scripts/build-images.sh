@@ -6,7 +6,13 @@
 #   tokenkeeper:dev             FROM scratch around a static binary built on
 #                               this host (Dockerfile.prebuilt), user 65532
 #   tokenkeeper/redis:debian    Debian's redis-server (and redis-cli) with the
-#                               libraries ldd lists, docker-imported
+#                               libraries ldd lists, docker-imported; the same
+#                               binary runs Sentinel (`redis-server FILE
+#                               --sentinel`, as Debian's redis-sentinel does) and
+#                               Cluster nodes (`--cluster-enabled yes`); a
+#                               POSIX shell (Debian's dash, /bin/sh) lets a
+#                               container write the config file Sentinel
+#                               rewrites, as with the official image
 #   tokenkeeper/haproxy:debian  Debian's haproxy the same way; its config goes
 #                               to /usr/local/etc/haproxy/haproxy.cfg as in the
 #                               official image
@@ -189,7 +195,8 @@ build_latencyproxy() {
 build_redis() {
 	local version label root=$build_dir/rootfs-redis cid old
 	version=$(debian_version redis-server)
-	label="redis-server=$version"
+	# The suffix names the recipe: an image from an older one is rebuilt.
+	label="redis-server=$version+sh"
 	if [[ $force != 1 && $(image_label "$redis_image") == "$label" ]]; then
 		log "$redis_image exists (from $label): skipped (--force rebuilds)"
 		return
@@ -198,6 +205,10 @@ build_redis() {
 	new_rootfs "$root"
 	add_elf "$root" /usr/bin/redis-server /usr/local/bin/redis-server
 	add_elf "$root" /usr/bin/redis-cli /usr/local/bin/redis-cli
+	# Sentinel needs a writable config file that exists before it starts (it
+	# rewrites it with what it learns); a shell writes it, as in
+	# docker-compose.yml's sentinel profile and the container suite.
+	add_elf "$root" /usr/bin/dash /bin/sh
 	mkdir -p "$root/data"
 	if [[ $EUID -eq 0 ]]; then
 		chown "$nonroot_uid:$nonroot_uid" "$root/data"
@@ -223,6 +234,22 @@ build_redis() {
 		[[ $(docker exec "$cid" redis-cli ping 2>&1) != PONG ]]; then
 		docker rm -f "$cid" >/dev/null
 		die "$redis_image does not work"
+	fi
+	docker rm -f "$cid" >/dev/null
+	log "checking $redis_image: a Sentinel from a config its shell writes, a Cluster node"
+	cid=$(docker run -d --rm --entrypoint sh "$redis_image" -c \
+		'printf "sentinel monitor m 127.0.0.1 6379 1\n" >/data/sentinel.conf && exec redis-server /data/sentinel.conf --sentinel')
+	if ! wait_log "$cid" "Sentinel ID is" 20 ||
+		[[ $(docker exec "$cid" redis-cli -p 26379 sentinel get-master-addr-by-name m 2>&1 | xargs) != "127.0.0.1 6379" ]]; then
+		docker rm -f "$cid" >/dev/null
+		die "$redis_image does not run Sentinel"
+	fi
+	docker rm -f "$cid" >/dev/null
+	cid=$(docker run -d --rm "$redis_image" --cluster-enabled yes)
+	if ! wait_log "$cid" "Ready to accept connections" 20 ||
+		! docker exec "$cid" redis-cli cluster info 2>&1 | grep -q '^cluster_state:'; then
+		docker rm -f "$cid" >/dev/null
+		die "$redis_image does not run a Cluster node"
 	fi
 	docker rm -f "$cid" >/dev/null
 	drop_replaced "$redis_image" "$old"

@@ -13,11 +13,17 @@
 #      within SMOKE_SWITCH_LIMIT_MS.
 #   5. The fake RDP issued two tokens in all: the first and the forced one.
 #
+# With a profile (sentinel or cluster) the replicas use that replicated Redis
+# (deploy/compose/PROFILE.env) and step 2 kills the Redis master that holds
+# the token instead of the leader, step 3 is left out: no read fails while
+# Redis fails over, and the forced refresh afterwards reaches every replica;
+# the failover may cost one upstream fetch more (3 tokens at most).
+#
 # It prints the figures (requests, failures, failover, mark-down and switch
 # times, upstream calls) and exits non-zero on any broken promise. `down -v`
 # runs at the end, always, also on failure or interrupt.
 #
-# Usage: scripts/compose-smoke.sh
+# Usage: scripts/compose-smoke.sh [sentinel|cluster]
 #   Needs docker, docker-compose (or `docker compose`), curl, python3, and the
 #   images: by default the local ones of scripts/build-images.sh
 #   (TOKENKEEPER_IMAGE=tokenkeeper:dev, REDIS_IMAGE=tokenkeeper/redis:debian,
@@ -40,6 +46,15 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
+profile=${1:-}
+case $profile in
+"" | sentinel | cluster) ;;
+*)
+	printf 'compose-smoke: unknown profile %s (sentinel or cluster)\n' "$profile" >&2
+	exit 2
+	;;
+esac
+
 # --- settings ------------------------------------------------------------------
 tokenkeeper_image=${TOKENKEEPER_IMAGE:-tokenkeeper:dev}
 redis_image=${REDIS_IMAGE:-tokenkeeper/redis:debian}
@@ -55,11 +70,21 @@ export TOKENKEEPER_IMAGE=$tokenkeeper_image REDIS_IMAGE=$redis_image HAPROXY_IMA
 # The stack keeps the catalog of deploy/catalog/tokens.yaml: the liveness
 # token and an oauth2 token, partner.
 export TOKENKEEPER_CONFIG=/etc/tokenkeeper/tokens.yaml
+# A profile's replicas speak to its Redis: the settings of deploy/compose/.
+profile_args=()
+if [[ -n $profile ]]; then
+	profile_args=(--profile "$profile")
+	while IFS='=' read -r k v; do
+		[[ $k =~ ^[A-Z_][A-Z0-9_]*$ ]] && export "$k=$v"
+	done <"deploy/compose/$profile.env"
+fi
 reader_key=demo-reader-key
 admin_key=demo-admin-key
 lock_ttl_s=10
 switch_limit_ms=${SMOKE_SWITCH_LIMIT_MS:-100}
 reads=200
+# A profile's smoke is about the Redis failover: fewer plain reads.
+[[ -z $profile ]] || reads=50
 
 if [[ -n ${COMPOSE:-} ]]; then
 	read -r -a compose_cmd <<<"$COMPOSE"
@@ -84,7 +109,7 @@ die() {
 	exit 1
 }
 # compose runs the compose command for this project, ignoring any local .env.
-compose() { "${compose_cmd[@]}" --env-file "$tmp/empty.env" "$@"; }
+compose() { "${compose_cmd[@]}" --env-file "$tmp/empty.env" "${profile_args[@]}" "$@"; }
 # now_ms prints the wall clock in milliseconds, without a fork.
 now_ms() {
 	local t=${EPOCHREALTIME/[.,]/}
@@ -254,6 +279,75 @@ log "   $ok/$reads OK, $tokens distinct token(s), $instances replica(s) answered
 [[ $instances -eq 3 ]] || broken "reads: $instances replicas answered, want 3"
 [[ -n $token0 && $token0 != - ]] || die "no token read"
 
+# container_at IP prints the id of the project's container with address IP.
+container_at() {
+	local id
+	for id in $(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME"); do
+		if docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$id" | grep -qw -- "$1"; then
+			echo "$id"
+			return
+		fi
+	done
+}
+
+# redis_master prints the address of the Redis master that holds the token:
+# the sentinels' master, or the cluster master owning the token's slot.
+redis_master() {
+	local c
+	if [[ $profile == sentinel ]]; then
+		c=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" --filter label=com.docker.compose.service=sentinel-1)
+		docker exec "$c" redis-cli -p 26379 sentinel get-master-addr-by-name mymaster 2>/dev/null | head -n1
+		return
+	fi
+	c=$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" --filter label=com.docker.compose.service=cluster-1)
+	local slot
+	slot=$(docker exec "$c" redis-cli cluster keyslot 'tokenkeeper:{liveness}:token' 2>/dev/null) || return 0
+	docker exec "$c" redis-cli cluster nodes 2>/dev/null | awk -v s="$slot" '
+		$3 ~ /master/ && $3 !~ /fail/ {
+			for (i = 9; i <= NF; i++) {
+				n = split($i, r, "-")
+				if ((n == 1 && r[1] == s) || (n == 2 && s >= r[1] && s <= r[2])) { split($2, a, ":"); print a[1]; exit }
+			}
+		}'
+}
+
+kill_reqs=0 kill_fail=0 kill_max=0 scale_reqs=0 scale_fail=0 scale_inst=- scale_ms=- markdown_ms='' failover_ms=''
+if [[ -n $profile ]]; then
+	# --- 2. kill the Redis master ------------------------------------------------
+	log "2. SIGKILL the Redis master ($profile) while a client keeps reading"
+	old_master=$(redis_master)
+	[[ -n $old_master ]] || die "no Redis master found ($profile)"
+	victim=$(container_at "$old_master")
+	[[ -n $victim ]] || die "no container has the master's address $old_master"
+	log "   master $old_master is container ${victim:0:12}"
+	: >"$tmp/kill.log"
+	reader "$tmp/kill.log" "$tmp/stop" &
+	reader_pid=$!
+	sleep 1
+	t_kill=$(now_ms)
+	docker kill "$victim" >/dev/null
+	redis_failover_ms=''
+	deadline=$((t_kill + 60000))
+	while [[ -z $redis_failover_ms && $(now_ms) -lt $deadline ]]; do
+		m=$(redis_master)
+		[[ -n $m && $m != "$old_master" ]] && redis_failover_ms=$(($(now_ms) - t_kill))
+		sleep 0.2
+	done
+	# A leader holds the lock on the promoted master within a lock TTL.
+	sleep "$lock_ttl_s"
+	touch "$tmp/stop"
+	wait "$reader_pid" || true
+	reader_pid=
+	rm -f "$tmp/stop"
+	kill_reqs=$(wc -l <"$tmp/kill.log")
+	kill_fail=$(awk '$2 != 200' "$tmp/kill.log" | wc -l)
+	kill_tokens=$(awk '$2 == 200 { print $5 }' "$tmp/kill.log" | sort -u | wc -l)
+	kill_max=$(awk 'BEGIN { m = 0 } $3 > m { m = $3 } END { printf "%d", m * 1000 }' "$tmp/kill.log")
+	log "   Redis failed over after ${redis_failover_ms:-?} ms; $kill_reqs requests, $kill_fail failed, slowest ${kill_max} ms, $kill_tokens token(s)"
+	[[ -n $redis_failover_ms ]] || broken "redis master kill: no new master 60 s after the kill"
+	[[ $kill_fail -eq 0 ]] || broken "redis master kill: $kill_fail of $kill_reqs requests failed: $(awk '$2 != 200 { print $2 }' "$tmp/kill.log" | sort | uniq -c | xargs)"
+	[[ $kill_tokens -eq 1 ]] || broken "redis master kill: $kill_tokens distinct tokens served, want 1 (the token is still valid)"
+else
 # --- 2. kill the leader ----------------------------------------------------------
 log "2. SIGKILL the leader while a client keeps reading"
 old_leader=
@@ -336,6 +430,8 @@ log "   5 replicas UP in HAProxy after ${scale_ms} ms; $scale_reqs reads, $scale
 [[ $scale_fail -eq 0 ]] || broken "scale: $scale_fail of $scale_reqs reads failed"
 [[ $scale_inst -eq 5 ]] || broken "scale: $scale_inst replicas answered, want 5"
 [[ $scale_tokens -eq 1 ]] || broken "scale: $scale_tokens distinct tokens, want 1"
+
+fi
 
 # --- 4. forced refresh ----------------------------------------------------------
 # Timing matters here (the design promises 100 ms), so one Python thread per
@@ -421,22 +517,29 @@ live_calls=$(printf '%s' "$stats" | json liveness_calls)
 live_ok=$(printf '%s' "$stats" | json liveness_ok)
 auth_calls=$(printf '%s' "$stats" | json auth_calls.v2)
 log "fake RDP: ${live_calls:-?} liveness calls (${live_ok:-?} tokens issued), ${auth_calls:-?} auth calls"
-[[ $live_ok == 2 ]] ||
-	broken "upstream: ${live_ok:-unknown} liveness tokens issued, want 2 (the first and the forced refresh)"
+if [[ -z $profile ]]; then
+	[[ $live_ok == 2 ]] ||
+		broken "upstream: ${live_ok:-unknown} liveness tokens issued, want 2 (the first and the forced refresh)"
+else
+	[[ $live_ok == 2 || $live_ok == 3 ]] ||
+		broken "upstream: ${live_ok:-unknown} liveness tokens issued, want 2 (the first and the forced refresh), 3 at most with the failover"
+fi
 
 # --- figures -----------------------------------------------------------------------
 total=$((reads + kill_reqs + scale_reqs))
 failed=$((reads - ok + kill_fail + scale_fail))
 cat <<EOF
 
-compose smoke test ($COMPOSE_PROJECT_NAME, ${compose_cmd[*]}, $TOKENKEEPER_IMAGE, $REDIS_IMAGE, $HAPROXY_IMAGE)
-  requests through HAProxy        $total ($reads reads, $kill_reqs during the leader kill, $scale_reqs after scaling)
+compose smoke test ($COMPOSE_PROJECT_NAME, ${compose_cmd[*]}${profile:+ --profile $profile}, $TOKENKEEPER_IMAGE, $REDIS_IMAGE, $HAPROXY_IMAGE)
+  requests through HAProxy        $total ($reads reads, $kill_reqs during the ${profile:+redis master }kill, $scale_reqs after scaling)
   failed requests                 $failed
   replicas seen (3, then 5)       $instances, $scale_inst
-  leader kill: HAProxy mark-down  ${markdown_ms:-never} ms
-  leader kill: new leader         ${failover_ms:-never} ms (lock TTL ${lock_ttl_s} s)
-  leader kill: slowest request    ${kill_max} ms
-  scale to 5: all UP in HAProxy   ${scale_ms} ms
+$(if [[ -n $profile ]]; then
+	printf '  redis master kill: failover   %s ms\n  redis master kill: slowest    %s ms' "${redis_failover_ms:-never}" "$kill_max"
+else
+	printf '  leader kill: HAProxy mark-down  %s ms\n  leader kill: new leader         %s ms (lock TTL %s s)\n' "${markdown_ms:-never}" "${failover_ms:-never}" "$lock_ttl_s"
+	printf '  leader kill: slowest request    %s ms\n  scale to 5: all UP in HAProxy   %s ms' "$kill_max" "$scale_ms"
+fi)
   refresh: every replica switched ${switch_ms} ms after the answer (${switch_req_ms} ms after the request)
   upstream liveness calls         ${live_calls:-?} (${live_ok:-?} tokens issued; want 2), auth calls ${auth_calls:-?}
 EOF
