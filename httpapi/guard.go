@@ -86,6 +86,19 @@ type Identity struct {
 	Tokens []string
 }
 
+// Check reports what is wrong with id's subject or role, if anything;
+// its tokens are checked against the catalog by New.
+func (id Identity) Check() error {
+	if _, _, err := parseSubject(id.Subject); err != nil {
+		return err
+	}
+	switch id.Role {
+	case RoleReader, RoleAdmin, RoleMetrics, "":
+		return nil
+	}
+	return fmt.Errorf("unknown role %q (reader, admin or metrics)", id.Role)
+}
+
 // maxThrottled bounds the client addresses and keys whose failures are
 // remembered; past it, those whose window is over are forgotten, and if
 // none is, all are.
@@ -211,8 +224,8 @@ func (g *guard) register(reg prometheus.Registerer) error {
 	}
 	if g.throttledBy, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tokenkeeper_http_auth_throttled_total",
-		Help: "Requests answered 429 because their client address (by=address) or the key they presented (by=key) failed authentication too often.",
-	}, []string{"by"})); err != nil {
+		Help: "Requests answered 429 because their client address (kind=address) or the key they presented (kind=key) failed authentication too often.",
+	}, []string{"kind"})); err != nil {
 		return err
 	}
 	g.throttledAddr, g.throttledKey = g.throttledBy.WithLabelValues("address"), g.throttledBy.WithLabelValues("key")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"time"
@@ -21,17 +22,23 @@ type Program struct {
 	rdb    redis.UniversalClient
 	keeper *tokenkeeper.Keeper
 	ln     net.Listener
+	audit  io.Closer
 }
 
 // NewProgram builds a replica and opens its listener, so Addr is known
 // before Run. It makes no call to Redis or the upstream. A nil src means
 // the RDP client configured by cfg.RDP.
 func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program, error) {
+	audit, auditFile, err := openAudit(cfg.AuditLog)
+	if err != nil {
+		return nil, err
+	}
 	// Timeouts and connections follow from the lock TTL; a URL's own
 	// timeouts win.
 	rdb := cfg.newRedis(0)
 	reg := newRegistry(cfg, rdb)
 	kcfg := cfg.keeperConfig()
+	kcfg.HTTP.Security.Audit = audit
 	kcfg.Redis, kcfg.Logger, kcfg.Registerer, kcfg.Gatherer = rdb, log, reg, reg
 	if src != nil {
 		kcfg.Source, kcfg.RDP = src, nil
@@ -39,14 +46,25 @@ func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program,
 	k, err := tokenkeeper.New(kcfg)
 	if err != nil {
 		rdb.Close()
+		auditFile.Close()
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		rdb.Close()
+		auditFile.Close()
 		return nil, fmt.Errorf("TOKENKEEPER_LISTEN: %w", err)
 	}
-	return &Program{cfg: cfg, log: log, rdb: rdb, keeper: k, ln: ln}, nil
+	tln, err := listenTLS(cfg, log, ln)
+	if err != nil {
+		ln.Close()
+		rdb.Close()
+		auditFile.Close()
+		return nil, err
+	}
+	ln = tln
+	auditConfiguration(audit, cfg, ln.Addr().String())
+	return &Program{cfg: cfg, log: log, rdb: rdb, keeper: k, ln: ln, audit: auditFile}, nil
 }
 
 // Addr is the address the HTTP API listens on.
@@ -108,5 +126,6 @@ func (p *Program) Run(ctx context.Context) error {
 // Close releases what NewProgram opened. Call it after Run returns.
 func (p *Program) Close() error {
 	p.ln.Close()
+	p.audit.Close()
 	return p.rdb.Close()
 }
