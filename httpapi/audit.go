@@ -30,11 +30,10 @@ type fingerprinted struct{ value, fp string }
 
 // readers counts the reads of one caller and token in a minute.
 type readers struct {
-	mu     sync.Mutex   // held to end a minute
-	minute atomic.Int64 // Unix minute counted now
-	n      atomic.Int64 // reads in that minute
-	fp     atomic.Pointer[string]
-	last   atomic.Pointer[string] // client address of the last read written alone
+	mu     sync.Mutex             // held to end a minute
+	minute atomic.Int64           // Unix minute counted now
+	n      atomic.Int64           // reads in that minute
+	fp     atomic.Pointer[string] // of the last token read
 }
 
 func newAuditTrail(log *slog.Logger, perMinute int, s *Server, g *guard) *auditTrail {

@@ -210,17 +210,11 @@ func (s *Server) admit(r *http.Request, w *who, need grant, anonymous bool) erro
 	}
 }
 
-// authorizeToken is authorize for a route of one token, t (nil when the
+// authorizeWho is authorize for a route of one token, t (nil when the
 // name is not kept). A key that may not use t gets the same 404 as for a
 // name that does not exist, so that a key cannot learn the names of
 // tokens outside its scope. The key is checked before the name: without a
-// valid key no name can be told from another.
-func (s *Server) authorizeToken(r *http.Request, need grant, anonymous bool, t *served) error {
-	_, err := s.authorizeWho(r, need, anonymous, t)
-	return err
-}
-
-// authorizeWho is authorizeToken that also returns who the key is.
+// valid key no name can be told from another. It returns who the key is.
 func (s *Server) authorizeWho(r *http.Request, need grant, anonymous bool, t *served) (who, error) {
 	w := s.authenticate(r.Header, need|grantReader|grantAdmin)
 	if err := s.admit(r, &w, need, anonymous); err != nil {
