@@ -169,6 +169,11 @@ type HTTPConfig struct {
 	// the rate).
 	RateLimit float64
 	RateBurst int
+	// Security holds client certificate identities, trusted proxies, the
+	// throttling of failed authentication, the audit trail and a
+	// fleet-wide rate limit per key, whose share the Keeper keeps current
+	// from the fleet view.
+	Security httpapi.Security
 }
 
 // Limits on Config's timings: the packages' own, so that each rule lives

@@ -120,7 +120,7 @@ func New(cfg Config) (*Keeper, error) {
 	k.api, err = httpapi.New(httpapi.Config{
 		Instance: cfg.Instance, ReaderKeys: h.ReaderKeys, AdminKeys: h.AdminKeys, MetricsKeys: h.MetricsKeys,
 		Keys: h.Keys, AllowAnonymous: h.AllowAnonymous, Logger: cfg.Logger, Registerer: cfg.Registerer,
-		Gatherer: cfg.Gatherer, RateLimit: h.RateLimit, RateBurst: h.RateBurst,
+		Gatherer: cfg.Gatherer, RateLimit: h.RateLimit, RateBurst: h.RateBurst, Security: h.Security,
 	}, served, controller{k})
 	if err != nil {
 		return nil, err
@@ -271,6 +271,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 		part(lead, prefix+"refresher", t.ref.Run)
 		part(lead, prefix+"heartbeat", t.ref.Heartbeat)
 	}
+	part(lead, "replica count", k.countReplicas)
 	var err error
 	select {
 	case <-ctx.Done():

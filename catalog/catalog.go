@@ -15,6 +15,9 @@ type Catalog struct {
 	Tokens []Token
 	// Keys are the API keys that may use them, in the file's order.
 	Keys []Key
+	// Identities are the client certificate subjects that may use them,
+	// in the file's order.
+	Identities []Identity
 }
 
 // Modes of a token.

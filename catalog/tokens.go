@@ -8,7 +8,7 @@ import (
 )
 
 var (
-	topFields   = []string{"tokens", "keys"}
+	topFields   = []string{"tokens", "keys", "identities"}
 	tokenFields = []string{"name", "source", "mode", "required", "serve_margin", "refresh_before",
 		"lifetime", "timeout", "auth_per_minute", "mints_per_minute", "mints_per_device_hour", "rdp", "oauth2"}
 	rdpFields = []string{"base_url", "auth", "client_id", "client_secret", "client_secret_file",
@@ -41,6 +41,9 @@ func (p *parser) catalog(root *yaml.Node) *Catalog {
 	names := p.tokens(c, items)
 	if items, ok := p.list(b, "keys"); ok {
 		p.keys(c, items, names)
+	}
+	if items, ok := p.list(b, "identities"); ok {
+		p.identities(c, items, names)
 	}
 	return c
 }

@@ -219,7 +219,9 @@ func (c *Client) get(ctx context.Context, base, name string) (Token, error) {
 	if err != nil {
 		return Token{}, fmt.Errorf("client: %s: %w", base, err)
 	}
-	req.Header.Set("Authorization", "Bearer "+c.key)
+	if c.key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.key)
+	}
 	req.Header.Set("Accept", "application/json")
 	sent := c.now()
 	resp, err := c.hc.Do(req)

@@ -1,10 +1,13 @@
 package client
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -26,11 +29,23 @@ type Config struct {
 	// At least one is required.
 	Endpoints []string
 	// Key is the reader key, sent as "Authorization: Bearer <key>".
-	// Required. It never appears in errors.
+	// Required unless CertFile is set (the client certificate is then the
+	// caller's identity). It never appears in errors.
 	Key string
 	// HTTPClient sends the requests. Default: a client with a
-	// DefaultTimeout (10s) timeout per request.
+	// DefaultTimeout (10s) timeout per request, verifying https://
+	// endpoints with CAFile and presenting CertFile. It is exclusive with
+	// CAFile, CertFile and KeyFile: configure its transport's TLS instead.
 	HTTPClient *http.Client
+	// CAFile is a PEM file of the CAs that sign the service's certificate,
+	// trusted beside the system's. Default: the system's alone.
+	CAFile string
+	// CertFile and KeyFile are a PEM client certificate and its key,
+	// presented to a service that verifies client certificates
+	// (TOKENKEEPER_TLS_CLIENT_CA). They are read once, by New.
+	CertFile, KeyFile string
+	// ReadFile reads CAFile, CertFile and KeyFile. Default: os.ReadFile.
+	ReadFile func(string) ([]byte, error)
 	// Margin: a token is reused until this long before its expiry, then
 	// asked for again. It must be shorter than the tokens' lifetime, or
 	// every call asks the service. Default: DefaultMargin (30s).
@@ -56,8 +71,8 @@ func (c *Config) setDefaults() error {
 			fail("Endpoints[%d]: %v", i, err)
 		}
 	}
-	if c.Key == "" {
-		fail("Key is required")
+	if c.Key == "" && c.CertFile == "" {
+		fail("Key is required (or CertFile, a client certificate)")
 	} else if strings.ContainsAny(c.Key, "\r\n") || strings.TrimSpace(c.Key) != c.Key {
 		fail("Key must not hold line breaks or surrounding spaces")
 	}
@@ -73,7 +88,20 @@ func (c *Config) setDefaults() error {
 	if c.MaxWait == 0 {
 		c.MaxWait = DefaultMaxWait
 	}
-	if c.HTTPClient == nil {
+	tlsSet := c.CAFile != "" || c.CertFile != "" || c.KeyFile != ""
+	switch {
+	case tlsSet && c.HTTPClient != nil:
+		fail("CAFile, CertFile and KeyFile are for the default HTTPClient: set TLS on your own client's transport")
+	case tlsSet:
+		tc, err := c.tlsConfig()
+		if err != nil {
+			fail("%v", err)
+			break
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = tc
+		c.HTTPClient = &http.Client{Timeout: DefaultTimeout, Transport: tr}
+	case c.HTTPClient == nil:
 		c.HTTPClient = &http.Client{Timeout: DefaultTimeout}
 	}
 	if c.Now == nil {
@@ -100,4 +128,47 @@ func checkEndpoint(s string) error {
 		return fmt.Errorf("%q: must have no query or fragment", s)
 	}
 	return nil
+}
+
+// tlsConfig is the TLS of the default HTTPClient: the system roots plus
+// CAFile, and the client certificate of CertFile and KeyFile.
+func (c *Config) tlsConfig() (*tls.Config, error) {
+	read := c.ReadFile
+	if read == nil {
+		read = os.ReadFile
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.CAFile != "" {
+		b, err := read(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("CAFile: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("CAFile: %s holds no PEM certificate", c.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return nil, errors.New("CertFile and KeyFile go together")
+	}
+	if c.CertFile != "" {
+		certPEM, err := read(c.CertFile)
+		if err != nil {
+			return nil, fmt.Errorf("CertFile: %w", err)
+		}
+		keyPEM, err := read(c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("KeyFile: %w", err)
+		}
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("CertFile, KeyFile: not a PEM certificate and its key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	return tc, nil
 }

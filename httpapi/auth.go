@@ -118,7 +118,8 @@ type who struct {
 	scopes    [3]scope // of the matching key, by role: reader, admin, metrics
 	name      string   // the matching key's name (the first role's)
 	digest    [sha256.Size]byte
-	presented bool // a key header was there, even if unusable
+	presented bool // a key header, or a certificate of an identity, was there, even if unusable
+	identity  bool // a client certificate's identity, not a key
 }
 
 // allows reports whether one of the roles in need that the key holds may
@@ -181,30 +182,39 @@ func (s *Server) authorize(r *http.Request, need grant, anonymous bool) error {
 	return s.admit(r, &w, need, anonymous)
 }
 
+// admit decides on a request whose key, if any, is w. Without a key, a
+// verified client certificate of a configured identity stands for one.
+// A client address or key throttled for its failed authentications gets
+// 429 whatever it presents; an unknown key counts as one more failure.
 func (s *Server) admit(r *http.Request, w *who, need grant, anonymous bool) error {
+	if !w.presented && r.TLS != nil {
+		s.guard.identify(r.TLS, w)
+	}
+	if w.presented {
+		if err := s.guard.throttled(r, w); err != nil {
+			return err
+		}
+	}
 	switch {
 	case w.g&need != 0:
-		return s.limits.allowKey(&w.digest)
+		return s.limits.allowKey(&w.digest, s.now())
 	case !w.presented && anonymous:
-		return s.limits.allowAddr(r.RemoteAddr)
+		return s.limits.allowAddr(s.guard.clientAddr(r))
 	case w.g != 0:
 		return errForbidden
 	default:
+		if w.presented {
+			s.guard.failed(r, w)
+		}
 		return errUnauthorized
 	}
 }
 
-// authorizeToken is authorize for a route of one token, t (nil when the
+// authorizeWho is authorize for a route of one token, t (nil when the
 // name is not kept). A key that may not use t gets the same 404 as for a
 // name that does not exist, so that a key cannot learn the names of
 // tokens outside its scope. The key is checked before the name: without a
-// valid key no name can be told from another.
-func (s *Server) authorizeToken(r *http.Request, need grant, anonymous bool, t *served) error {
-	_, err := s.authorizeWho(r, need, anonymous, t)
-	return err
-}
-
-// authorizeWho is authorizeToken that also returns who the key is.
+// valid key no name can be told from another. It returns who the key is.
 func (s *Server) authorizeWho(r *http.Request, need grant, anonymous bool, t *served) (who, error) {
 	w := s.authenticate(r.Header, need|grantReader|grantAdmin)
 	if err := s.admit(r, &w, need, anonymous); err != nil {

@@ -21,7 +21,8 @@ import (
 // name, so that without a key no name can be told from another.
 func (s *Server) getToken(c echo.Context, now time.Time) error {
 	t := s.catalog.byName[c.Param("name")]
-	if err := s.authorizeToken(c.Request(), grantReader|grantAdmin, s.anonymous, t); err != nil {
+	w, err := s.authorizeWho(c.Request(), grantReader|grantAdmin, s.anonymous, t)
+	if err != nil {
 		return err
 	}
 	if t.Devices != nil {
@@ -43,6 +44,7 @@ func (s *Server) getToken(c echo.Context, now time.Time) error {
 	*bp = b
 	putBuf(bp)
 	s.metrics.reads.Inc()
+	s.guard.audit.read(s.guard, c.Request(), w.name, t, tok, false, now)
 	return nil
 }
 
@@ -89,6 +91,7 @@ func (s *Server) getDeviceToken(c echo.Context, now time.Time) error {
 	b = append(b, "}\n"...)
 	s.writeJSON(c, http.StatusOK, b)
 	s.metrics.reads.Inc()
+	s.guard.audit.read(s.guard, c.Request(), w.name, t, tok, true, now)
 	return nil
 }
 
@@ -221,12 +224,14 @@ func (l promLogger) Println(v ...any) {
 
 // getStatus answers GET /v1/status (admin key).
 func (s *Server) getStatus(c echo.Context, _ time.Time) error {
-	if err := s.authorize(c.Request(), grantAdmin, false); err != nil {
+	w := s.authenticate(c.Request().Header, grantAdmin|grantReader)
+	if err := s.admit(c.Request(), &w, grantAdmin, false); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), s.refreshTimeout)
 	defer cancel()
 	st, err := s.ctl.Status(ctx)
+	s.guard.audit.admin(s.guard, c.Request(), w.name, "status", "", "", err)
 	if err != nil {
 		return s.controlError(c.Request().Context(), ctx, "status", err)
 	}
@@ -266,13 +271,15 @@ func utc(t time.Time) time.Time {
 // names the new token's expiry and fingerprint, never the token.
 func (s *Server) postRefresh(c echo.Context, _ time.Time) error {
 	t := s.catalog.byName[c.Param("name")]
-	if err := s.authorizeToken(c.Request(), grantAdmin, false, t); err != nil {
+	w, err := s.authorizeWho(c.Request(), grantAdmin, false, t)
+	if err != nil {
 		return err
 	}
 	reqCtx := c.Request().Context()
 	ctx, cancel := context.WithTimeout(reqCtx, s.refreshTimeout)
 	defer cancel()
 	tok, err := s.ctl.Refresh(ctx, t.Name)
+	s.guard.audit.admin(s.guard, c.Request(), w.name, "refresh", t.Name, fingerprintOf(tok, err), err)
 	if err != nil {
 		return s.controlError(reqCtx, ctx, "refresh", err)
 	}

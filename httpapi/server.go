@@ -146,6 +146,10 @@ type Config struct {
 	// ShutdownTimeout bounds how long Serve waits for requests in flight
 	// once its context ends. Default 10s.
 	ShutdownTimeout time.Duration
+	// Security holds client certificate identities, trusted proxies, the
+	// throttling of failed authentication, the audit trail and the
+	// fleet-wide rate limit (guard.go).
+	Security Security
 }
 
 // Defaults of Config.
@@ -180,6 +184,7 @@ type Server struct {
 	adminKeys       keySet
 	metricsKeys     keySet
 	limits          *limits
+	guard           *guard
 	draining        atomic.Bool
 	refreshTimeout  time.Duration
 	shutdownTimeout time.Duration
@@ -293,6 +298,9 @@ func New(cfg Config, tokens []Token, ctl Controller) (*Server, error) {
 		s.gatherer = g
 	}
 	if s.metrics, err = newMetrics(reg); err != nil {
+		return nil, err
+	}
+	if s.guard, err = newGuard(cfg, s, reg); err != nil {
 		return nil, err
 	}
 
@@ -467,6 +475,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
+	defer s.startAudit()()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(earlyListener{ln, s}) }()
 	s.log.Info("httpapi: serving", "addr", ln.Addr().String(), "instance", s.instance)

@@ -57,6 +57,16 @@ var serveSettings = []setting{
 	{env: "TOKENKEEPER_ENCRYPTION_KEYS", usage: "id:base64 AES-256 keys, comma-separated, the first encrypts the token at rest in Redis (none: stored in clear)", secret: true},
 	{env: "TOKENKEEPER_RATE_LIMIT", def: "1000", usage: "requests per second per key on each replica (0: no limit)"},
 	{env: "TOKENKEEPER_RATE_BURST", def: "0", usage: "burst per key (0: twice the rate)"},
+	{env: "TOKENKEEPER_FLEET_RATE_LIMIT", def: "0", usage: "requests per second per key for the whole fleet, shared among the live replicas (0: off, TOKENKEEPER_RATE_LIMIT applies per replica)"},
+	{env: "TOKENKEEPER_TLS_CERT", usage: "PEM certificate chain to serve HTTPS with (with TOKENKEEPER_TLS_KEY); reloaded when the file changes"},
+	{env: "TOKENKEEPER_TLS_KEY", usage: "PEM private key of TOKENKEEPER_TLS_CERT"},
+	{env: "TOKENKEEPER_TLS_CLIENT_CA", usage: "PEM file of the CAs whose client certificates are verified (optional for clients); needs TOKENKEEPER_TLS_CERT"},
+	{env: "TOKENKEEPER_TLS_IDENTITIES", usage: "client certificate identities, comma-separated: SUBJECT[;name=NAME][;role=reader|admin|metrics][;tokens=A+B], SUBJECT being CN=<name> or a SAN URI"},
+	{env: "TOKENKEEPER_TRUSTED_PROXIES", usage: "comma-separated CIDRs of the proxies whose X-Forwarded-For names the client"},
+	{env: "TOKENKEEPER_AUTH_FAILURES", def: "10", usage: "failed authentications from one client address or with one key, within the window, before 429 (0: never)"},
+	{env: "TOKENKEEPER_AUTH_FAILURE_WINDOW", def: "1m", usage: "window of TOKENKEEPER_AUTH_FAILURES, and how long a throttled client waits"},
+	{env: "TOKENKEEPER_AUDIT_LOG", usage: "audit trail destination: stderr, stdout or a file path, JSON lines (none: no audit trail)"},
+	{env: "TOKENKEEPER_AUDIT_READS_PER_MINUTE", def: "60", usage: "token reads per key and token written one line each a minute; the rest are counted into one line"},
 	{env: "TOKENKEEPER_INSTANCE_ID", usage: "name of this replica (default hostname-pid)"},
 	{env: "TOKENKEEPER_REFRESH_BEFORE", def: "15m", usage: "advisory refresh window"},
 	{env: "TOKENKEEPER_LOCK_TTL", def: "10s", usage: "leader lock TTL"},
@@ -226,15 +236,23 @@ type Config struct {
 	Keyring        *cache.Keyring
 	RateLimit      float64
 	RateBurst      int
-	Instance       string
-	RefreshBefore  time.Duration
-	LockTTL        time.Duration
-	TokenLifetime  time.Duration
-	ServeMargin    time.Duration
-	PollInterval   time.Duration
-	RetryMin       time.Duration
-	RetryMax       time.Duration
-	AuthPerMinute  int
+	// FleetRateLimit and the rest of Security are the HTTP face's second
+	// line of defence (httpapi.Security); the audit logger is opened by
+	// NewProgram from AuditLog.
+	FleetRateLimit float64
+	Security       httpapi.Security
+	AuditLog       string
+	// TLS, when set, serves HTTPS.
+	TLS           *TLSConfig
+	Instance      string
+	RefreshBefore time.Duration
+	LockTTL       time.Duration
+	TokenLifetime time.Duration
+	ServeMargin   time.Duration
+	PollInterval  time.Duration
+	RetryMin      time.Duration
+	RetryMax      time.Duration
+	AuthPerMinute int
 	// HandoverAfter and HandoverCooldown are the leadership policy
 	// (refresher.Config).
 	HandoverAfter    int
@@ -318,6 +336,7 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	if c.RateBurst < 0 {
 		v.fail("TOKENKEEPER_RATE_BURST: %d must not be negative", c.RateBurst)
 	}
+	c.parseSecurity(v, readFile)
 	if ca := v.str("RDP_TLS_CA"); ca != "" {
 		c.RDP.RootCAs = certPool(v, "RDP_TLS_CA", ca, readFile)
 	}
@@ -348,6 +367,14 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	}
 	if c.HandoverAfter < 1 {
 		v.fail("TOKENKEEPER_HANDOVER_AFTER: %d must be at least 1", c.HandoverAfter)
+	}
+	if c.Catalog != nil {
+		for _, id := range c.Catalog.Identities {
+			c.Security.Identities = append(c.Security.Identities, httpapi.Identity{Name: id.Name, Subject: id.Subject, Role: httpapi.Role(id.Role), Tokens: id.Tokens})
+		}
+	}
+	if len(c.Security.Identities) > 0 && (c.TLS == nil || c.TLS.ClientCAs == nil) {
+		v.fail("TOKENKEEPER_TLS_IDENTITIES (or the catalog's identities) need TOKENKEEPER_TLS_CLIENT_CA and TOKENKEEPER_TLS_CERT: no client certificate is verified without them")
 	}
 	if !catalogFailed {
 		checkRules(v, c)
@@ -508,6 +535,7 @@ func (c Config) keeperConfig() tokenkeeper.Config {
 		HTTP: tokenkeeper.HTTPConfig{
 			ReaderKeys: c.APIKeys, AdminKeys: c.AdminKeys, MetricsKeys: c.MetricsKeys,
 			Keys: keys, AllowAnonymous: c.AllowAnonymous, RateLimit: c.RateLimit, RateBurst: c.RateBurst,
+			Security: c.Security,
 		},
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"time"
@@ -23,12 +24,17 @@ type Program struct {
 	closeSentinels func() error // nil outside Sentinel mode
 	keeper         *tokenkeeper.Keeper
 	ln             net.Listener
+	audit          io.Closer
 }
 
 // NewProgram builds a replica and opens its listener, so Addr is known
 // before Run. It makes no call to Redis or the upstream. A nil src means
 // the RDP client configured by cfg.RDP.
 func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program, error) {
+	audit, auditFile, err := openAudit(cfg.AuditLog)
+	if err != nil {
+		return nil, err
+	}
 	// Timeouts and connections follow from the lock TTL; a URL's own
 	// timeouts win.
 	rdb := cfg.newRedis(0)
@@ -38,9 +44,11 @@ func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program,
 		if closeSentinels != nil {
 			closeSentinels()
 		}
+		auditFile.Close()
 	}
 	reg := newRegistry(cfg, rdb)
 	kcfg := cfg.keeperConfig()
+	kcfg.HTTP.Security.Audit = audit
 	kcfg.Redis, kcfg.Logger, kcfg.Registerer, kcfg.Gatherer = rdb, log, reg, reg
 	kcfg.SentinelMaster = sentinelMaster
 	if src != nil {
@@ -56,7 +64,15 @@ func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program,
 		closeAll()
 		return nil, fmt.Errorf("TOKENKEEPER_LISTEN: %w", err)
 	}
-	return &Program{cfg: cfg, log: log, rdb: rdb, closeSentinels: closeSentinels, keeper: k, ln: ln}, nil
+	tln, err := listenTLS(cfg, log, ln)
+	if err != nil {
+		ln.Close()
+		closeAll()
+		return nil, err
+	}
+	ln = tln
+	auditConfiguration(audit, cfg, ln.Addr().String())
+	return &Program{cfg: cfg, log: log, rdb: rdb, closeSentinels: closeSentinels, keeper: k, ln: ln, audit: auditFile}, nil
 }
 
 // Addr is the address the HTTP API listens on.
@@ -118,6 +134,7 @@ func (p *Program) Run(ctx context.Context) error {
 // Close releases what NewProgram opened. Call it after Run returns.
 func (p *Program) Close() error {
 	p.ln.Close()
+	p.audit.Close()
 	err := p.rdb.Close()
 	if p.closeSentinels != nil {
 		err = errors.Join(err, p.closeSentinels())

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
@@ -70,6 +73,7 @@ func TestNoSecretInLogs(t *testing.T) {
 	t.Cleanup(rdpSrv.Close)
 
 	logs := &testkit.Buffer{}
+	auditPath := filepath.Join(t.TempDir(), "audit.log")
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var fleet []*Program
 	for _, name := range []string{"a", "b"} {
@@ -80,6 +84,9 @@ func TestNoSecretInLogs(t *testing.T) {
 			ServeMargin: 300 * time.Millisecond, PollInterval: 200 * time.Millisecond,
 			RetryMin: 50 * time.Millisecond, RetryMax: 300 * time.Millisecond, AuthPerMinute: 100,
 			RDP: RDPConfig{BaseURL: rdpSrv.URL, Auth: "v2", ClientID: fakerdp.ClientID, ClientSecret: clientSecret, Timeout: 250 * time.Millisecond},
+			// The audit trail is checked as the logs are, with failed
+			// authentications throttled early so that it says so.
+			AuditLog: auditPath, Security: httpapi.Security{AuthFailures: 2},
 		}
 		p, err := NewProgram(cfg, log.With("replica", name), nil)
 		if err != nil {
@@ -107,7 +114,10 @@ func TestNoSecretInLogs(t *testing.T) {
 
 	testkit.Eventually(t, 5*time.Second, "two tokens", func() bool { return len(fake.Stats().Tokens) >= 2 })
 	get(http.MethodPost, "/v1/tokens/liveness/refresh", adminKey)
+	get(http.MethodGet, "/v1/tokens/liveness", readerKey)
 	get(http.MethodGet, "/v1/tokens/liveness", "wrong-"+readerKey)
+	get(http.MethodGet, "/v1/tokens/liveness", "wrong-"+readerKey)
+	get(http.MethodGet, "/v1/tokens/liveness", readerKey+"-wrong")
 	shown := get(http.MethodGet, "/v1/status", adminKey) + get(http.MethodGet, "/metrics", "")
 	rdp.mu.Lock()
 	rdp.echo = true
@@ -130,6 +140,17 @@ func TestNoSecretInLogs(t *testing.T) {
 	if !strings.Contains(out, "refresh failed") || !strings.Contains(out, "token refreshed") {
 		t.Fatalf("the logs miss the events under test:\n%s", out)
 	}
+	b, err := os.ReadFile(auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := string(b)
+	for _, event := range []string{`"msg":"configuration"`, `"msg":"token handed out"`, `"msg":"admin action"`, `"msg":"auth throttled"`} {
+		if !strings.Contains(audit, event) {
+			t.Errorf("the audit trail misses %s:\n%s", event, audit)
+		}
+	}
+	out += audit
 	for _, s := range secrets {
 		if s == "" {
 			continue

@@ -1,0 +1,459 @@
+package httpapi
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Security is the second line of the server's defences: client
+// certificate identities, the client address behind trusted proxies, the
+// throttling of failed authentication, the audit trail and the fleet-wide
+// rate limit. Its zero value turns each of them off, but the throttling,
+// which is on with its defaults.
+type Security struct {
+	// Identities are client certificate subjects that stand for keys,
+	// each with a role and the tokens it may use. They apply to requests
+	// that came over TLS with a certificate the listener verified (see
+	// internal/certreload) and present no key: a key, when presented,
+	// decides alone.
+	Identities []Identity
+	// TrustedProxies are the peers whose X-Forwarded-For header names the
+	// client: the client address is the right-most address of the header
+	// that is not itself a trusted proxy. From any other peer the header
+	// is ignored, and the peer is the client. Default: none.
+	TrustedProxies []netip.Prefix
+	// AuthFailures is how many failed authentications from one client
+	// address, or with one presented key, within AuthFailureWindow make
+	// that address (or key) answered 429 with Retry-After for the rest of
+	// the window after the last of them. Default DefaultAuthFailures;
+	// negative turns the throttling off.
+	AuthFailures int
+	// AuthFailureWindow is the window of AuthFailures and how long a
+	// throttled address or key stays so. Default DefaultAuthFailureWindow.
+	AuthFailureWindow time.Duration
+	// Audit receives the audit trail: tokens handed out, admin actions,
+	// throttled clients. Default: none.
+	Audit *slog.Logger
+	// AuditReadsPerMinute is how many token reads of one key (or identity)
+	// and token are written one line each in a minute; the reads past it
+	// are counted and written as one line when the minute is over.
+	// Default DefaultAuditReadsPerMinute; negative: every read is counted
+	// into the minute's line, none written alone.
+	AuditReadsPerMinute int
+	// FleetRateLimit, when positive, is how many requests per second each
+	// key (or identity) may make to the whole fleet: this replica admits
+	// its share, FleetRateLimit divided by the replicas SetReplicas last
+	// reported, with a burst of one second's share. It replaces
+	// Config.RateLimit for keys; anonymous reads stay limited per replica
+	// and client address by Config.RateLimit.
+	FleetRateLimit float64
+}
+
+// Defaults of Security.
+const (
+	DefaultAuthFailures        = 10
+	DefaultAuthFailureWindow   = time.Minute
+	DefaultAuditReadsPerMinute = 60
+)
+
+// Identity is a client certificate's subject given a role and scopes, as
+// a Key is.
+type Identity struct {
+	// Name names the identity in logs and the audit trail. Default: its
+	// Subject.
+	Name string
+	// Subject is what a verified certificate must carry: "CN=<name>" for
+	// its subject's common name, or an absolute URI (a SPIFFE id such as
+	// spiffe://example.org/ns/prod/sa/backend) for one of its SAN URIs.
+	Subject string
+	// Role is RoleReader (the default), RoleAdmin or RoleMetrics.
+	Role Role
+	// Tokens are the names of the tokens it may use; none means every one.
+	Tokens []string
+}
+
+// Check reports what is wrong with id's subject or role, if anything;
+// its tokens are checked against the catalog by New.
+func (id Identity) Check() error {
+	if _, _, err := parseSubject(id.Subject); err != nil {
+		return err
+	}
+	switch id.Role {
+	case RoleReader, RoleAdmin, RoleMetrics, "":
+		return nil
+	}
+	return fmt.Errorf("unknown role %q (reader, admin or metrics)", id.Role)
+}
+
+// maxThrottled bounds the client addresses and keys whose failures are
+// remembered; past it, those whose window is over are forgotten, and if
+// none is, all are.
+const maxThrottled = 100000
+
+// guard is Security as the server applies it.
+type guard struct {
+	idents   [3]keySet // by role: reader, admin, metrics; digests of identityDigest
+	anyIdent bool
+	realIP   echo.IPExtractor // nil: the peer is the client
+	log      *slog.Logger
+	audit    *auditTrail // nil: off
+	now      func() time.Time
+
+	failLimit int // 0: throttling off
+	window    time.Duration
+	// blockedUntil is the latest end of a block, in Unix nanoseconds, or
+	// 0 when none can be running: reads check it alone.
+	blockedUntil atomic.Int64
+	mu           sync.Mutex // guards addrs and keys
+	addrs        map[string]*failures
+	keys         map[[sha256.Size]byte]*failures
+
+	authFailed    prometheus.Counter
+	throttledBy   *prometheus.CounterVec
+	throttledAddr prometheus.Counter
+	throttledKey  prometheus.Counter
+	replicas      prometheus.Gauge
+}
+
+// failures are the failed authentications of one address or key.
+type failures struct {
+	start   time.Time // of the window
+	count   int
+	blocked time.Time // until
+}
+
+// newGuard applies cfg.Security to s, whose catalog, keys, limits, clock
+// and logger are set, and registers its metrics with reg.
+func newGuard(cfg Config, s *Server, reg prometheus.Registerer) (*guard, error) {
+	sec := cfg.Security
+	g := &guard{log: s.log, now: s.now, failLimit: sec.AuthFailures, window: sec.AuthFailureWindow}
+	switch {
+	case g.failLimit == 0:
+		g.failLimit = DefaultAuthFailures
+	case g.failLimit < 0:
+		g.failLimit = 0
+	}
+	switch {
+	case g.window < 0:
+		return nil, fmt.Errorf("httpapi: AuthFailureWindow %v is negative", g.window)
+	case g.window == 0:
+		g.window = DefaultAuthFailureWindow
+	}
+	g.addrs = make(map[string]*failures)
+	g.keys = make(map[[sha256.Size]byte]*failures)
+	if len(sec.TrustedProxies) > 0 {
+		opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+		for _, p := range sec.TrustedProxies {
+			if !p.IsValid() {
+				return nil, errors.New("httpapi: TrustedProxies holds an invalid prefix")
+			}
+			p = p.Masked()
+			opts = append(opts, echo.TrustIPRange(&net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}))
+		}
+		g.realIP = echo.ExtractIPFromXFFHeader(opts...)
+	}
+	seen := map[[sha256.Size]byte]string{}
+	for i, id := range sec.Identities {
+		name := id.Name
+		if name == "" {
+			name = id.Subject
+		}
+		kind, value, err := parseSubject(id.Subject)
+		if err != nil {
+			return nil, fmt.Errorf("httpapi: identity %d of %d (%s): %v", i+1, len(sec.Identities), name, err)
+		}
+		d := identityDigest(kind, value)
+		if other, dup := seen[d]; dup {
+			return nil, fmt.Errorf("httpapi: identity %s has the subject of identity %s", name, other)
+		}
+		seen[d] = name
+		sc, err := newScope(s.catalog, id.Tokens)
+		if err != nil {
+			return nil, fmt.Errorf("httpapi: identity %s %v", name, err)
+		}
+		switch id.Role {
+		case RoleReader, "":
+			g.idents[0].add(d, sc, name)
+		case RoleAdmin:
+			g.idents[1].add(d, sc, name)
+		case RoleMetrics:
+			g.idents[2].add(d, sc, name)
+		default:
+			return nil, fmt.Errorf("httpapi: identity %s: unknown role %q (reader, admin or metrics)", name, id.Role)
+		}
+		g.anyIdent = true
+	}
+	switch {
+	case sec.FleetRateLimit < 0:
+		return nil, fmt.Errorf("httpapi: FleetRateLimit %v is negative", sec.FleetRateLimit)
+	case sec.FleetRateLimit > 0:
+		s.limits = newFleetLimits(sec.FleetRateLimit, cfg.RateLimit, cfg.RateBurst, s.readerKeys, s.adminKeys, s.metricsKeys)
+	}
+	s.limits.add(g.idents[:]...)
+	if sec.Audit != nil {
+		g.audit = newAuditTrail(sec.Audit, sec.AuditReadsPerMinute, s, g)
+	}
+	if err := g.register(reg); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// register adds the guard's metrics to reg.
+func (g *guard) register(reg prometheus.Registerer) error {
+	var err error
+	if g.authFailed, err = register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tokenkeeper_http_auth_failures_total",
+		Help: "Requests that presented an unknown API key.",
+	})); err != nil {
+		return err
+	}
+	if g.throttledBy, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokenkeeper_http_auth_throttled_total",
+		Help: "Requests answered 429 because their client address (kind=address) or the key they presented (kind=key) failed authentication too often.",
+	}, []string{"kind"})); err != nil {
+		return err
+	}
+	g.throttledAddr, g.throttledKey = g.throttledBy.WithLabelValues("address"), g.throttledBy.WithLabelValues("key")
+	g.replicas, err = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tokenkeeper_rate_limit_replicas",
+		Help: "Replicas among which the fleet-wide rate limit of each key is shared, as this replica last counted them (1 without a fleet-wide limit).",
+	}))
+	if err != nil {
+		return err
+	}
+	g.replicas.Set(1)
+	return nil
+}
+
+// Subject kinds of an identity.
+const (
+	subjectCN  = 'c'
+	subjectURI = 'u'
+)
+
+// parseSubject splits an Identity.Subject into its kind and value.
+func parseSubject(s string) (kind byte, value string, err error) {
+	if cn, ok := cutPrefixFold(s, "CN="); ok {
+		if cn == "" {
+			return 0, "", errors.New("subject CN= names no common name")
+		}
+		return subjectCN, cn, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme == "" || (u.Host == "" && u.Opaque == "") {
+		return 0, "", fmt.Errorf("subject %q is neither CN=<common name> nor an absolute URI (spiffe://trust-domain/path)", s)
+	}
+	return subjectURI, u.String(), nil
+}
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) >= len(prefix) && equalFoldASCII(s[:len(prefix)], prefix) {
+		return s[len(prefix):], true
+	}
+	return s, false
+}
+
+func equalFoldASCII(a, b string) bool {
+	for i := range len(a) {
+		x, y := a[i]|0x20, b[i]|0x20
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// identityDigest is what an identity is known by among the keys: no
+// presented key can have it, for a header value holds no NUL byte.
+func identityDigest(kind byte, value string) [sha256.Size]byte {
+	var buf [256]byte
+	b := append(buf[:0], 0, 'i', 'd', kind, 0)
+	b = append(b, value...)
+	return sha256.Sum256(b)
+}
+
+// identify gives w the roles of the identity of the verified client
+// certificate of a TLS request, if one is configured: its common name
+// first, then its SAN URIs.
+func (g *guard) identify(st *tls.ConnectionState, w *who) {
+	if !g.anyIdent || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+		return
+	}
+	leaf := st.VerifiedChains[0][0]
+	if cn := leaf.Subject.CommonName; cn != "" && g.identifyAs(identityDigest(subjectCN, cn), w) {
+		return
+	}
+	for _, u := range leaf.URIs {
+		if g.identifyAs(identityDigest(subjectURI, u.String()), w) {
+			return
+		}
+	}
+}
+
+func (g *guard) identifyAs(d [sha256.Size]byte, w *who) bool {
+	for i, role := range [...]grant{grantReader, grantAdmin, grantMetrics} {
+		if k := g.idents[i].match(&d); k >= 0 {
+			w.g |= role
+			w.scopes[i] = g.idents[i].scopes[k]
+			if w.name == "" {
+				w.name = g.idents[i].names[k]
+			}
+			w.digest = d
+			w.presented, w.identity = true, true
+		}
+	}
+	return w.identity
+}
+
+// clientAddr is the address of the client of r: the peer, or behind a
+// trusted proxy the address it forwarded.
+func (g *guard) clientAddr(r *http.Request) string {
+	if g.realIP != nil {
+		return g.realIP(r)
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// throttled answers 429 to a request that presents a key when its client
+// address or that key is throttled now.
+func (g *guard) throttled(r *http.Request, w *who) error {
+	until := g.blockedUntil.Load()
+	if until == 0 || w.identity {
+		return nil
+	}
+	now := g.now()
+	if now.UnixNano() >= until {
+		g.blockedUntil.CompareAndSwap(until, 0)
+		return nil
+	}
+	addr := g.clientAddr(r)
+	g.mu.Lock()
+	var left time.Duration
+	by := g.throttledAddr
+	if f := g.addrs[addr]; f != nil && now.Before(f.blocked) {
+		left = f.blocked.Sub(now)
+	} else if f := g.keys[w.digest]; f != nil && now.Before(f.blocked) {
+		left, by = f.blocked.Sub(now), g.throttledKey
+	}
+	g.mu.Unlock()
+	if left <= 0 {
+		return nil
+	}
+	by.Inc()
+	secs := int64((left + time.Second - 1) / time.Second)
+	return &apiError{status: http.StatusTooManyRequests, code: "too_many_failures",
+		message:    "too many failed authentications from this client or with this key; retry after the delay in Retry-After",
+		retryAfter: true, retryAfterValue: []string{strconv.FormatInt(max(secs, 1), 10)}}
+}
+
+// failed counts a failed authentication of a request that presented an
+// unknown key, and throttles its address or key when it is one too many.
+// The key itself is never logged: its digest's first bytes name it.
+func (g *guard) failed(r *http.Request, w *who) {
+	g.authFailed.Inc()
+	if g.failLimit == 0 {
+		return
+	}
+	now := g.now()
+	addr := g.clientAddr(r)
+	g.mu.Lock()
+	addrBlocked := count(g, now, g.addrs, addr)
+	keyBlocked := false
+	if w.digest != ([sha256.Size]byte{}) { // a key was there to digest
+		keyBlocked = count(g, now, g.keys, w.digest)
+	}
+	g.mu.Unlock()
+	if !addrBlocked && !keyBlocked {
+		return
+	}
+	until := now.Add(g.window).UnixNano()
+	for {
+		cur := g.blockedUntil.Load()
+		if cur >= until || g.blockedUntil.CompareAndSwap(cur, until) {
+			break
+		}
+	}
+	by := "address"
+	if !addrBlocked {
+		by = "key"
+	}
+	fp := keyFingerprint(&w.digest)
+	g.log.Warn("httpapi: failed authentications throttled", "by", by, "client", addr, "key_digest", fp,
+		"failures", g.failLimit, "for", g.window)
+	if g.audit != nil {
+		g.audit.log.Info("auth throttled", "by", by, "client", addr, "key_digest", fp, "failures", g.failLimit, "for", g.window)
+	}
+}
+
+// count adds a failure of id to m at now and reports whether it blocks id
+// from now on (once per window: a blocked id is not counted further).
+func count[K comparable](g *guard, now time.Time, m map[K]*failures, id K) bool {
+	f := m[id]
+	if f == nil {
+		if len(m) >= maxThrottled {
+			for k, v := range m {
+				if now.Sub(v.start) >= g.window && !now.Before(v.blocked) {
+					delete(m, k)
+				}
+			}
+			if len(m) >= maxThrottled {
+				clear(m)
+			}
+		}
+		f = &failures{start: now}
+		m[id] = f
+	}
+	if now.Before(f.blocked) {
+		return false
+	}
+	if now.Sub(f.start) >= g.window {
+		f.start, f.count = now, 0
+	}
+	f.count++
+	if f.count < g.failLimit {
+		return false
+	}
+	f.blocked, f.start, f.count = now.Add(g.window), now, 0
+	return true
+}
+
+// keyFingerprint names a presented key in logs by the first bytes of its
+// SHA-256, which cannot be turned back into the key.
+func keyFingerprint(d *[sha256.Size]byte) string {
+	const hexDigits = "0123456789abcdef"
+	var b [12]byte
+	for i := range 6 {
+		b[2*i], b[2*i+1] = hexDigits[d[i]>>4], hexDigits[d[i]&0xf]
+	}
+	return string(b[:])
+}
+
+// SetReplicas tells the server how many replicas share the fleet-wide
+// rate limit now (Security.FleetRateLimit); fewer than one counts as one.
+// Call it from a background read of the fleet, never per request. It is
+// safe for concurrent use, and does nothing without a fleet-wide limit.
+func (s *Server) SetReplicas(n int) {
+	n = max(n, 1)
+	if s.limits.share(n, s.now()) {
+		s.guard.replicas.Set(float64(n))
+	}
+}

@@ -1,0 +1,499 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper/internal/certreload"
+	"github.com/tokenkeeper/tokenkeeper/internal/tlstest"
+)
+
+// movingClock is a clock the test moves by hand.
+type movingClock struct{ ns atomic.Int64 }
+
+func newMovingClock() *movingClock {
+	c := &movingClock{}
+	c.ns.Store(t0.UnixNano())
+	return c
+}
+func (c *movingClock) Now() time.Time          { return time.Unix(0, c.ns.Load()).UTC() }
+func (c *movingClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// lockedBuffer is a log sink safe for concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// lines decodes the JSON lines written so far.
+func (l *lockedBuffer) lines(t *testing.T) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(l.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// tlsEnv serves two tokens over TLS, with client certificates of ca
+// verified, and identities for some of them.
+type tlsEnv struct {
+	ca, rogue *tlstest.CA
+	url       string
+	audit     *lockedBuffer
+}
+
+func newTLSEnv(t *testing.T) *tlsEnv {
+	t.Helper()
+	ev := &tlsEnv{ca: tlstest.NewCA(t, "clients and server"), rogue: tlstest.NewCA(t, "rogue"), audit: &lockedBuffer{}}
+	var served []httpapi.Token
+	for _, name := range []string{"liveness", "billing"} {
+		ft := &fakeTokens{}
+		ft.set(cache.Token{Value: "value-of-" + name, Deadline: t0.Add(time.Hour)}, true)
+		served = append(served, httpapi.Token{Name: name, Source: ft})
+	}
+	ctl := &fakeController{refresh: func(context.Context) (cache.Token, error) {
+		return cache.Token{Value: "new-value", Deadline: t0.Add(time.Hour)}, nil
+	}}
+	srv, err := httpapi.New(httpapi.Config{
+		Instance:   "replica-1",
+		ReaderKeys: []string{readerKey},
+		AdminKeys:  []string{adminKey},
+		Now:        func() time.Time { return t0 },
+		Registerer: prometheus.NewRegistry(),
+		Security: httpapi.Security{
+			Identities: []httpapi.Identity{
+				{Name: "mesh", Subject: "CN=mesh-gateway", Tokens: []string{"liveness"}},
+				{Name: "backend", Subject: "spiffe://example.org/ns/prod/sa/backend"},
+				{Name: "ops", Subject: "CN=ops", Role: httpapi.RoleAdmin, Tokens: []string{"billing"}},
+			},
+			Audit: slog.New(slog.NewJSONHandler(ev.audit, nil)),
+		},
+	}, served, ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile := ev.ca.Issue(t, tlstest.Options{CommonName: "replica-1"}).Write(t, dir)
+	r, err := certreload.New(certreload.Config{CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(srv.Handler())
+	ts.Listener = tls.NewListener(ts.Listener, certreload.ServerConfig(r, ev.ca.Pool()))
+	ts.Config.ErrorLog = slog.NewLogLogger(slog.DiscardHandler, slog.LevelError)
+	ts.Start()
+	t.Cleanup(ts.Close)
+	ev.url = "https://" + ts.Listener.Addr().String()
+	return ev
+}
+
+// client presents cert (none when nil).
+func (ev *tlsEnv) client(cert *tlstest.Pair) *http.Client {
+	cfg := &tls.Config{RootCAs: ev.ca.Pool()}
+	if cert != nil {
+		// Presented whatever CAs the server names, as a client that
+		// insists would.
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert.TLS, nil }
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+}
+
+func (ev *tlsEnv) status(t *testing.T, c *http.Client, method, path, key string) (int, error) {
+	t.Helper()
+	r, err := http.NewRequest(method, ev.url+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		r.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := c.Do(r)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+func TestClientCertificateIdentities(t *testing.T) {
+	ev := newTLSEnv(t)
+	mesh := ev.ca.Issue(t, tlstest.Options{CommonName: "mesh-gateway", Client: true})
+	backend := ev.ca.Issue(t, tlstest.Options{CommonName: "pod-7f9c", URIs: []string{"spiffe://example.org/ns/prod/sa/backend"}, Client: true})
+	ops := ev.ca.Issue(t, tlstest.Options{CommonName: "ops", Client: true})
+	stranger := ev.ca.Issue(t, tlstest.Options{CommonName: "stranger", Client: true})
+	for _, tc := range []struct {
+		name         string
+		cert         *tlstest.Pair
+		method, path string
+		key          string
+		want         int
+	}{
+		{"CN identity reads its token", &mesh, http.MethodGet, "/v1/tokens/liveness", "", http.StatusOK},
+		{"CN identity outside its scope", &mesh, http.MethodGet, "/v1/tokens/billing", "", http.StatusNotFound},
+		{"reader identity is no admin", &mesh, http.MethodGet, "/v1/status", "", http.StatusForbidden},
+		{"SPIFFE identity reads every token", &backend, http.MethodGet, "/v1/tokens/billing", "", http.StatusOK},
+		{"admin identity refreshes its token", &ops, http.MethodPost, "/v1/tokens/billing/refresh", "", http.StatusOK},
+		{"admin identity outside its scope", &ops, http.MethodPost, "/v1/tokens/liveness/refresh", "", http.StatusNotFound},
+		{"verified certificate of no identity", &stranger, http.MethodGet, "/v1/tokens/liveness", "", http.StatusUnauthorized},
+		{"no certificate, no key", nil, http.MethodGet, "/v1/tokens/liveness", "", http.StatusUnauthorized},
+		{"no certificate, a key", nil, http.MethodGet, "/v1/tokens/billing", readerKey, http.StatusOK},
+		{"a wrong key decides over a good certificate", &backend, http.MethodGet, "/v1/tokens/liveness", "wrong-key", http.StatusUnauthorized},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ev.status(t, ev.client(tc.cert), tc.method, tc.path, tc.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("%s %s: got %d, want %d", tc.method, tc.path, got, tc.want)
+			}
+		})
+	}
+	lines := ev.audit.lines(t)
+	var reads, refreshes int
+	for _, l := range lines {
+		switch {
+		case l["msg"] == "token handed out" && l["caller"] == "mesh" && l["token"] == "liveness":
+			reads++
+		case l["msg"] == "admin action" && l["caller"] == "ops" && l["action"] == "refresh" && l["token"] == "billing":
+			refreshes++
+		}
+	}
+	if reads != 1 || refreshes != 1 {
+		t.Errorf("audit: %d reads by mesh, %d refreshes by ops; want 1 and 1:\n%s", reads, refreshes, ev.audit)
+	}
+}
+
+func TestClientCertificatesRefused(t *testing.T) {
+	ev := newTLSEnv(t)
+	for _, tc := range []struct {
+		name string
+		cert tlstest.Pair
+	}{
+		{"unknown CA", ev.rogue.Issue(t, tlstest.Options{CommonName: "mesh-gateway", Client: true})},
+		{"expired", ev.ca.Issue(t, tlstest.Options{CommonName: "mesh-gateway", Client: true,
+			NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})},
+		{"not yet valid", ev.ca.Issue(t, tlstest.Options{CommonName: "mesh-gateway", Client: true,
+			NotBefore: time.Now().Add(time.Hour), NotAfter: time.Now().Add(48 * time.Hour)})},
+		{"server certificate used as a client one", ev.ca.Issue(t, tlstest.Options{CommonName: "mesh-gateway"})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ev.status(t, ev.client(&tc.cert), http.MethodGet, "/v1/tokens/liveness", "")
+			if err == nil {
+				t.Fatalf("the handshake succeeded, answered %d", got)
+			}
+		})
+	}
+}
+
+func TestIdentitiesAreChecked(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		id   httpapi.Identity
+		want string
+	}{
+		{"neither CN nor URI", httpapi.Identity{Name: "x", Subject: "mesh-gateway"}, "neither CN=<common name> nor an absolute URI"},
+		{"empty CN", httpapi.Identity{Name: "x", Subject: "CN="}, "names no common name"},
+		{"unknown token", httpapi.Identity{Name: "x", Subject: "CN=a", Tokens: []string{"nope"}}, "nope"},
+		{"unknown role", httpapi.Identity{Name: "x", Subject: "CN=a", Role: "root"}, "unknown role"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Registerer: prometheus.NewRegistry(),
+				Security: httpapi.Security{Identities: []httpapi.Identity{tc.id}}}, httpapi.Single(&fakeTokens{}), nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("New: %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+	_, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Registerer: prometheus.NewRegistry(),
+		Security: httpapi.Security{Identities: []httpapi.Identity{{Name: "a", Subject: "CN=x"}, {Name: "b", Subject: "cn=x"}}}},
+		httpapi.Single(&fakeTokens{}), nil)
+	if err == nil || !strings.Contains(err.Error(), "subject of identity a") {
+		t.Errorf("two identities of one subject: %v", err)
+	}
+}
+
+// guessEnv is a server whose failed authentications are throttled after 3
+// in a minute, with 10.0.0.0/8 as its trusted proxies.
+type guessEnv struct {
+	*env
+	clock *movingClock
+	log   *lockedBuffer
+	audit *lockedBuffer
+}
+
+func newGuessEnv(t *testing.T) *guessEnv {
+	ge := &guessEnv{clock: newMovingClock(), log: &lockedBuffer{}, audit: &lockedBuffer{}}
+	ge.env = newEnv(t, func(c *httpapi.Config) {
+		c.Now = ge.clock.Now
+		c.Logger = slog.New(slog.NewJSONHandler(ge.log, nil))
+		c.Security = httpapi.Security{
+			AuthFailures: 3, AuthFailureWindow: time.Minute,
+			TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+			Audit:          slog.New(slog.NewJSONHandler(ge.audit, nil)),
+		}
+	})
+	return ge
+}
+
+// from reads the token with key as the peer remote, with X-Forwarded-For
+// xff when not empty.
+func (ge *guessEnv) from(remote, xff, key string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodGet, "/v1/tokens/liveness", nil)
+	r.RemoteAddr = remote
+	if xff != "" {
+		r.Header.Set("X-Forwarded-For", xff)
+	}
+	r.Header.Set("Authorization", "Bearer "+key)
+	w := httptest.NewRecorder()
+	ge.h.ServeHTTP(w, r)
+	return w
+}
+
+func TestGuessingIsThrottledPerAddress(t *testing.T) {
+	ge := newGuessEnv(t)
+	for i := range 3 {
+		if got := ge.from("198.51.100.7:4000", "", "guess-"+string(rune('a'+i))).Code; got != http.StatusUnauthorized {
+			t.Fatalf("guess %d: got %d, want 401", i+1, got)
+		}
+	}
+	w := ge.from("198.51.100.7:4001", "", "guess-d")
+	checkError(t, w, http.StatusTooManyRequests, "too_many_failures")
+	if got := w.Header().Get("Retry-After"); got != "60" {
+		t.Errorf("Retry-After = %q, want 60", got)
+	}
+	// Even the right key: a guesser must not learn that a guess was good.
+	if got := ge.from("198.51.100.7:4002", "", readerKey).Code; got != http.StatusTooManyRequests {
+		t.Errorf("the right key from the throttled address: got %d, want 429", got)
+	}
+	if got := ge.from("203.0.113.9:5000", "", readerKey).Code; got != http.StatusOK {
+		t.Errorf("another address: got %d, want 200", got)
+	}
+	if got := ge.from("203.0.113.9:5000", "", "guess-e").Code; got != http.StatusUnauthorized {
+		t.Errorf("another address, one wrong key: got %d, want 401", got)
+	}
+
+	ge.clock.Advance(30 * time.Second)
+	if got := ge.from("198.51.100.7:4003", "", readerKey).Header().Get("Retry-After"); got != "30" {
+		t.Errorf("half-way: Retry-After = %q, want 30", got)
+	}
+	ge.clock.Advance(30 * time.Second)
+	if got := ge.from("198.51.100.7:4004", "", readerKey).Code; got != http.StatusOK {
+		t.Errorf("after the window: got %d, want 200", got)
+	}
+
+	if got := gaugeValue(t, ge.reg, "tokenkeeper_http_auth_failures_total"); got != 4 {
+		t.Errorf("auth failures counted: %v, want 4", got)
+	}
+	for _, stream := range []*lockedBuffer{ge.log, ge.audit} {
+		if n := strings.Count(stream.String(), "throttled"); n != 1 {
+			t.Errorf("throttling logged %d times, want once:\n%s", n, stream)
+		}
+		for _, secret := range []string{"guess-", readerKey} {
+			if strings.Contains(stream.String(), secret) {
+				t.Errorf("a log holds the key %q:\n%s", secret, stream)
+			}
+		}
+	}
+}
+
+func TestGuessingOneKeyIsThrottledFromEveryAddress(t *testing.T) {
+	ge := newGuessEnv(t)
+	for i := range 3 {
+		ge.from("198.51.100."+string(rune('1'+i))+":4000", "", "the-same-wrong-key")
+	}
+	checkError(t, ge.from("198.51.100.9:4000", "", "the-same-wrong-key"), http.StatusTooManyRequests, "too_many_failures")
+	if got := ge.from("198.51.100.9:4000", "", readerKey).Code; got != http.StatusOK {
+		t.Errorf("a good key from an address that did not fail: got %d, want 200", got)
+	}
+}
+
+func TestForwardedForOnlyFromTrustedProxies(t *testing.T) {
+	ge := newGuessEnv(t)
+	// Through the trusted proxy 10.1.2.3, the client is the forwarded one.
+	for range 3 {
+		ge.from("10.1.2.3:4000", "198.51.100.7", "wrong")
+	}
+	if got := ge.from("10.1.2.3:4000", "198.51.100.7", readerKey).Code; got != http.StatusTooManyRequests {
+		t.Errorf("the guesser through the proxy: got %d, want 429", got)
+	}
+	if got := ge.from("10.1.2.3:4000", "203.0.113.9", readerKey).Code; got != http.StatusOK {
+		t.Errorf("another client through the same proxy: got %d, want 200", got)
+	}
+	// A header prepended by the client itself is not believed past the
+	// proxy's own entry.
+	if got := ge.from("10.1.2.3:4000", "203.0.113.9, 198.51.100.7", readerKey).Code; got != http.StatusTooManyRequests {
+		t.Errorf("a spoofed first entry hid the guesser: got %d, want 429", got)
+	}
+	// From a peer that is no trusted proxy, the header is ignored.
+	for i := range 3 {
+		ge.from("192.0.2.50:4000", "203.0.113.77", "another-wrong-"+string(rune('a'+i)))
+	}
+	if got := ge.from("192.0.2.50:4000", "203.0.113.78", readerKey).Code; got != http.StatusTooManyRequests {
+		t.Errorf("an untrusted peer changed its address with the header: got %d, want 429", got)
+	}
+	if got := ge.from("10.1.2.3:4000", "203.0.113.77", readerKey).Code; got != http.StatusOK {
+		t.Errorf("the address an untrusted peer claimed was throttled: got %d, want 200", got)
+	}
+}
+
+func TestAuditTrailOfReads(t *testing.T) {
+	clock := newMovingClock()
+	var audit lockedBuffer
+	ev := newEnv(t, func(c *httpapi.Config) {
+		c.Now = clock.Now
+		c.AllowAnonymous = true
+		c.Keys = []httpapi.Key{{Name: "mobile", Value: "mobile-key-9d8e7f6a5b"}}
+		c.Security = httpapi.Security{Audit: slog.New(slog.NewJSONHandler(&audit, nil)), AuditReadsPerMinute: 2}
+	})
+	for range 5 {
+		ev.do(t, req{path: "/v1/tokens/liveness", header: bearer("mobile-key-9d8e7f6a5b")})
+	}
+	ev.do(t, req{path: "/v1/tokens/liveness", header: bearer(readerKey)})
+	ev.do(t, req{path: "/v1/tokens/liveness"})
+	ev.do(t, req{path: "/v1/tokens/liveness", header: bearer("wrong-key")})
+	ev.do(t, req{method: http.MethodPost, path: "/v1/tokens/liveness/refresh", header: bearer(adminKey)})
+	ev.do(t, req{path: "/v1/status", header: bearer(adminKey)})
+	clock.Advance(time.Minute)
+	// The next minute's first read writes the last one's count.
+	ev.do(t, req{path: "/v1/tokens/liveness", header: bearer("mobile-key-9d8e7f6a5b")})
+
+	fp := cache.Fingerprint(tokenValue)
+	type seen struct{ alone, summed int }
+	got := map[string]*seen{}
+	for _, l := range audit.lines(t) {
+		caller, _ := l["caller"].(string)
+		if got[caller] == nil {
+			got[caller] = &seen{}
+		}
+		switch l["msg"] {
+		case "token handed out":
+			got[caller].alone++
+			if l["fingerprint"] != fp || l["token"] != "liveness" || l["client"] != "192.0.2.1" {
+				t.Errorf("read line %v: want fingerprint %s, token liveness, client 192.0.2.1", l, fp)
+			}
+		case "tokens handed out":
+			got[caller].summed += int(l["reads"].(float64))
+		case "admin action":
+			if caller != "TOKENKEEPER_ADMIN_KEYS[0]" {
+				t.Errorf("admin action by %q", caller)
+			}
+		}
+	}
+	for caller, want := range map[string]seen{
+		"mobile":                  {alone: 3, summed: 5},
+		"TOKENKEEPER_API_KEYS[0]": {alone: 1},
+		"anonymous":               {alone: 1},
+	} {
+		if g := got[caller]; g == nil || *g != want {
+			t.Errorf("caller %s: %+v, want %+v", caller, g, want)
+		}
+	}
+	out := audit.String()
+	if !strings.Contains(out, `"action":"refresh"`) || !strings.Contains(out, `"action":"status"`) {
+		t.Errorf("admin actions missing:\n%s", out)
+	}
+	for _, secret := range []string{tokenValue, "new-value", readerKey, adminKey, "mobile-key-9d8e7f6a5b", "wrong-key"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the audit trail holds the secret %q", secret)
+		}
+	}
+}
+
+func TestFleetRateLimitShare(t *testing.T) {
+	clock := newMovingClock()
+	ev := newEnv(t, func(c *httpapi.Config) {
+		c.Now = clock.Now
+		c.Security.FleetRateLimit = 30
+	})
+	reads := func() (ok int) {
+		for range 100 {
+			if ev.do(t, req{path: "/v1/tokens/liveness", header: bearer(readerKey)}).Code == http.StatusOK {
+				ok++
+			}
+		}
+		return ok
+	}
+	// Alone, the replica admits the whole fleet's second: 30.
+	if got := reads(); got != 30 {
+		t.Errorf("alone: %d of 100 admitted at once, want 30", got)
+	}
+	ev.srv.SetReplicas(3)
+	clock.Advance(time.Second)
+	if got := reads(); got != 10 {
+		t.Errorf("one of 3: %d of 100 admitted in a second, want 10 (a third of 30)", got)
+	}
+	clock.Advance(time.Second)
+	if got := reads(); got != 10 {
+		t.Errorf("one of 3, a second later: %d admitted, want 10", got)
+	}
+	if got := gaugeValue(t, ev.reg, "tokenkeeper_rate_limit_replicas"); got != 3 {
+		t.Errorf("tokenkeeper_rate_limit_replicas = %v, want 3", got)
+	}
+	// Another key has a bucket of its own, of the same share.
+	if got := ev.do(t, req{path: "/v1/tokens/liveness", header: bearer(readerKey2)}).Code; got != http.StatusOK {
+		t.Errorf("another key: %d, want 200", got)
+	}
+	ev.srv.SetReplicas(0) // counts as one
+	clock.Advance(time.Second)
+	if got := reads(); got != 30 {
+		t.Errorf("alone again: %d admitted, want 30", got)
+	}
+}
+
+// gaugeValue is the value of the unlabelled metric name in reg.
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			m := mf.GetMetric()[0]
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}

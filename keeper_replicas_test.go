@@ -1,0 +1,133 @@
+package tokenkeeper_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// startLimited runs a replica of fleet with a fleet-wide rate limit per
+// key until the test ends.
+func startLimited(t *testing.T, fleet *keepertest.Fleet, name string, limit float64) *tokenkeeper.Keeper {
+	t.Helper()
+	opt := *fleet.Redis.Options
+	refresher.TuneRedis(&opt, keepertest.LockTTL)
+	rdb := redis.NewClient(&opt)
+	t.Cleanup(func() { rdb.Close() })
+	k, err := tokenkeeper.New(tokenkeeper.Config{
+		Redis: rdb, Instance: name,
+		RDP: &upstream.Config{BaseURL: fleet.RDPURL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
+			DefaultLifetime: keepertest.Lifetime, Timeout: keepertest.RDPTimeout},
+		ServeMargin: keepertest.Margin, RefreshBefore: keepertest.Before, LockTTL: keepertest.LockTTL,
+		PollInterval: 200 * time.Millisecond,
+		HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey},
+			Security: httpapi.Security{FleetRateLimit: limit}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- k.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: Run: %v", name, err)
+		}
+	})
+	return k
+}
+
+// sharedAmong is the replica count a keeper's rate limit is shared
+// among, from its /metrics.
+func sharedAmong(k *tokenkeeper.Keeper) string {
+	w := httptest.NewRecorder()
+	k.Handler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, line := range strings.Split(w.Body.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, "tokenkeeper_rate_limit_replicas "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// Three replicas with one key at a fleet-wide limit L, reads spread evenly
+// over them: the fleet admits about L per second, not 3L. What the design
+// guarantees is the upper bound: each replica's bucket admits its share
+// of L per second plus a burst of one second's share, so the fleet admits
+// at most L·(D+1) in D seconds once every replica counts three. The lower
+// bound holds while each replica is offered more than its share.
+func TestFleetWideLimitHoldsAcrossReplicas(t *testing.T) {
+	t.Cleanup(tokenkeeper.SetReplicaCountEvery(100 * time.Millisecond)) // after the replicas stop
+	fleet := keepertest.New(t, redistest.NewMini(t))
+	const limit = 150.0
+	var keepers []*tokenkeeper.Keeper
+	for _, name := range []string{"a", "b", "c"} {
+		keepers = append(keepers, startLimited(t, fleet, name, limit))
+	}
+	testkit.Eventually(t, 15*time.Second, "every replica ready and counting three", func() bool {
+		for _, k := range keepers {
+			if _, ok := k.Current(tokenkeeper.Name); !ok || sharedAmong(k) != "3" {
+				return false
+			}
+		}
+		return true
+	})
+	// Every bucket starts full, with a second's share: the load runs a
+	// second before the measure starts, so that the figure is the steady
+	// rate; the bound holds bursts included.
+	const warmUp, d = time.Second, 2 * time.Second
+	var admitted, offered atomic.Int64
+	var wg sync.WaitGroup
+	begin := time.Now()
+	start := begin.Add(warmUp)
+	for w := range 6 {
+		wg.Go(func() {
+			h := keepers[w%3].Handler()
+			for time.Since(begin) < warmUp+d {
+				measured := time.Now().After(start)
+				r := httptest.NewRequest(http.MethodGet, "/v1/tokens/liveness", nil)
+				r.Header.Set("Authorization", "Bearer "+keepertest.ReaderKey)
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, r)
+				_, _ = io.Copy(io.Discard, rec.Body)
+				if !measured {
+					continue
+				}
+				offered.Add(1)
+				if rec.Code == http.StatusOK {
+					admitted.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	rate := float64(admitted.Load()) / elapsed
+	t.Logf("FIGURE fleet-wide limit: 3 replicas, L = %.0f/s, load spread evenly, after a second's warm-up: %d of %d reads admitted in %.2fs = %.0f/s (%.0f%% of L)",
+		limit, admitted.Load(), offered.Load(), elapsed, rate, 100*rate/limit)
+	if max := limit * (elapsed + 1); float64(admitted.Load()) > max {
+		t.Errorf("admitted %d reads in %.2fs, more than L·(D+1) = %.0f", admitted.Load(), elapsed, max)
+	}
+	if perReplica := float64(offered.Load()) / 3 / elapsed; perReplica > limit/3*2 && float64(admitted.Load()) < limit*elapsed*0.8 {
+		t.Errorf("each replica was offered %.0f/s, over its share %.0f/s, yet the fleet admitted only %d (under 0.8·L·D)",
+			perReplica, limit/3, admitted.Load())
+	}
+}
