@@ -61,8 +61,8 @@ type config struct {
 }
 
 var full = config{
-	reads: readsConfig{Conc: []int{4, 16, 64, 256}, Duration: 4 * time.Second, Rounds: 5,
-		Warmup: 2 * time.Second, RestDuration: 10 * time.Second},
+	reads: readsConfig{Conc: []int{4, 32, 256}, Duration: 4 * time.Second, Rounds: 5,
+		Warmup: 2 * time.Second, RestDuration: 10 * time.Second, ProfileDuration: 10 * time.Second},
 	propN: []int{10, 50}, propWrites: 40, propGap: 50 * time.Millisecond,
 	failTTL: 10 * time.Second, failReplicas: 3, kills: 3, terms: 3,
 	upstreamN: []int{1, 10, 100}, upLifetime: 6 * time.Second, upD: 30 * time.Second,
@@ -77,7 +77,7 @@ var full = config{
 var smoke = config{
 	smoke: true,
 	reads: readsConfig{Conc: []int{8, 64}, Duration: time.Second, Rounds: 1,
-		Warmup: time.Second, RestDuration: time.Second},
+		Warmup: time.Second, RestDuration: time.Second, ProfileDuration: time.Second},
 	propN: []int{3, 10}, propWrites: 5, propGap: 20 * time.Millisecond,
 	failTTL: time.Second, failReplicas: 2, kills: 1, terms: 1,
 	upstreamN: []int{1, 5}, upLifetime: 3 * time.Second, upD: 7 * time.Second,
@@ -297,6 +297,12 @@ func run(ctx context.Context, args []string) int {
 		title := "GET /v1/tokens/liveness, one replica, keep-alive (wrk)"
 		if err := plotThroughput(rep.reads, title, filepath.Join(*outDir, "throughput.png")); err != nil {
 			errs = append(errs, err)
+		}
+		if rep.reads.Profile != "" {
+			head := fmt.Sprintf("Read path profile, %s, %s. Written by `make bench` with RESULTS.md.\n\n", rep.started.Format("2006-01-02 15:04 MST"), rep.machine)
+			if err := os.WriteFile(filepath.Join(*outDir, "profile-reads.txt"), []byte(head+rep.reads.Profile), 0o644); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	say("wrote %s and throughput.png", resultsPath)

@@ -228,18 +228,29 @@ func (r *report) markdown() string {
 
 	if rd := r.reads; rd != nil {
 		b.WriteString("\n## 1. Reads, handler by handler\n\n")
-		fmt.Fprintf(&b, "wrk (keep-alive, `--latency`, 2 threads) against one helper process per handler, each serving "+
-			"`GET /v1/tokens/liveness` with httpapi's server limits on loopback, over one real redis-server; answers of %d bytes "+
-			"with the same headers. Each cell is the median of %d runs of %v, the handlers interleaved; a ratio is the median of the ratios within each round, where the handlers ran back to back. "+
-			"tokenkeeper is the httpapi server (key check, metrics, JSON) over a cache.Store kept by pub/sub and a leading refresher; "+
-			"(a) is a bare echo handler answering a constant body; (b) is an echo handler that runs HMGET on the token key per request.\n\n",
+		fmt.Fprintf(&b, "wrk (keep-alive, `--latency`, one thread) against one helper process per handler, each serving "+
+			"`GET /v1/tokens/liveness` on loopback, over one real redis-server; answers of %d bytes. Each cell is the median of %d runs "+
+			"of %v, the handlers interleaved; a ratio is the median of the ratios within each round, where the handlers ran back to back. "+
+			"tokenkeeper is the server `tokenkeeper serve` runs (httpapi's Serve: its connection limits and timeouts, key check, rate "+
+			"limiter, metrics, security headers, JSON) over a cache.Store kept by pub/sub and a leading refresher; (a) is a bare echo "+
+			"handler answering a constant body from a net/http server with no timeouts and no header of its own; (b) is the same bare "+
+			"server running HMGET on the token key per request. CPU is the server process's user and system time per request "+
+			"(/proc), which the machine's other load disturbs less than throughput.\n\n",
 			rd.BodyBytes, r.cfg.reads.Rounds, r.cfg.reads.Duration)
-		b.WriteString("| connections | handler | req/s | p50 | p99 |\n|---|---|---|---|---|\n")
+		b.WriteString("| connections | handler | req/s | p50 | p99 | server CPU per request |\n|---|---|---|---|---|---|\n")
 		for i, c := range rd.Conc {
 			for _, k := range kinds {
 				cell := rd.Cells[k][i]
-				fmt.Fprintf(&b, "| %d | %s | %s | %s | %s |\n", c, kindLabel(k), fmtRPS(cell.RPS), fmtDur(cell.P50), fmtDur(cell.P99))
+				cpu := "—"
+				if v := rd.CPUPerRead[k]; len(v) > i {
+					cpu = fmtDur(v[i])
+				}
+				fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s |\n", c, kindLabel(k), fmtRPS(cell.RPS), fmtDur(cell.P50), fmtDur(cell.P99), cpu)
 			}
+		}
+		if rd.Profile != "" {
+			b.WriteString("\nThe read path's CPU and allocation profiles, taken after the rounds under the largest concurrency, are in " +
+				"[profile-reads.txt](profile-reads.txt) (top functions, text), with (a)'s CPU profile for comparison.\n")
 		}
 		b.WriteString("\n![throughput against concurrency](throughput.png)\n")
 		b.WriteString("\nNo handler on this HTTP stack can be faster than (a), so tokenkeeper's ratio to (b) is bounded by (a)'s own ratio " +
