@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -57,6 +58,10 @@ type config struct {
 	devices, devAsks        int
 	devAccessLifetime, devD time.Duration
 
+	scaleN, scaleT []int
+	scaleWrites    int
+	scaleRestD     time.Duration
+
 	benchtime string
 }
 
@@ -71,6 +76,7 @@ var full = config{
 	catN: []int{1, 3, 10}, catLifetime: 6 * time.Second, catD: 30 * time.Second,
 	catRestN: 3, catRestT: []int{1, 10}, catSettle: 5 * time.Second, catRestD: 20 * time.Second,
 	devN: []int{1, 3, 10}, devices: 200, devAsks: 3, devAccessLifetime: 6 * time.Second, devD: 24 * time.Second,
+	scaleN: []int{10, 100, 1000}, scaleT: []int{1, 10, 100}, scaleWrites: 10, scaleRestD: 10 * time.Second,
 	benchtime: "1s",
 }
 
@@ -86,6 +92,7 @@ var smoke = config{
 	catN: []int{1, 3}, catLifetime: 3 * time.Second, catD: 7 * time.Second,
 	catRestN: 2, catRestT: []int{1, 2}, catSettle: time.Second, catRestD: 3 * time.Second,
 	devN: []int{1, 3}, devices: 20, devAsks: 2, devAccessLifetime: 3 * time.Second, devD: 3 * time.Second,
+	scaleN: []int{3, 10}, scaleT: []int{1, 3}, scaleWrites: 3, scaleRestD: time.Second,
 	benchtime: "2000x",
 }
 
@@ -110,7 +117,9 @@ func run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	smokeMode := fs.Bool("smoke", false, "short run with small fleets: proves the harness works, judges nothing")
 	outDir := fs.String("out", "", "where RESULTS.md and throughput.png go (default bench/, or a temporary folder with -smoke)")
-	only := fs.String("only", "", "comma-separated figures to run (1-10), for working on the harness; default all")
+	only := fs.String("only", "", "comma-separated figures to run (1-11), for working on the harness; default all")
+	scaleN := fs.String("scale-n", "", "comma-separated fleet sizes of figure 11, instead of the mode's")
+	scaleT := fs.String("scale-t", "", "comma-separated catalog sizes of figure 11, instead of the mode's")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -118,6 +127,25 @@ func run(ctx context.Context, args []string) int {
 	if *smokeMode {
 		cfg = smoke
 	}
+	for _, o := range []struct {
+		flag string
+		to   *[]int
+	}{{*scaleN, &cfg.scaleN}, {*scaleT, &cfg.scaleT}} {
+		if o.flag == "" {
+			continue
+		}
+		var xs []int
+		for f := range strings.SplitSeq(o.flag, ",") {
+			x, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || x < 1 {
+				fmt.Fprintf(os.Stderr, "bench: %q is not a positive whole number\n", f)
+				return 2
+			}
+			xs = append(xs, x)
+		}
+		*o.to = xs
+	}
+	raiseFileLimit()
 	if err := needTools("wrk", "redis-server", "go"); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
@@ -283,6 +311,22 @@ func run(ctx context.Context, args []string) int {
 			rep.devices = append(rep.devices, r)
 		}
 	}
+	if runs("11") {
+		for _, n := range cfg.scaleN {
+			for _, t := range cfg.scaleT {
+				say("figure 11: fleet scale, %d replicas keeping %d tokens", n, t)
+				r, err := measureScale(ctx, work, n, t, cfg.scaleWrites, cfg.scaleRestD, say)
+				if err != nil {
+					fail("11", fmt.Errorf("N=%d T=%d: %w", n, t, err))
+					continue
+				}
+				if r.Skipped != "" {
+					say("  N=%d T=%d not run: %s", n, t, r.Skipped)
+				}
+				rep.scale = append(rep.scale, r)
+			}
+		}
+	}
 	stopAll()
 	rep.took = time.Since(start)
 
@@ -294,7 +338,7 @@ func run(ctx context.Context, args []string) int {
 		errs = append(errs, err)
 	}
 	if rep.reads != nil {
-		title := "GET /v1/tokens/liveness, one replica, keep-alive (wrk)"
+		title := "GET /v1/tokens/liveness, one replica, keep-alive (wrk); " + rep.started.Format("2006-01-02") + ", " + shortMachine()
 		if err := plotThroughput(rep.reads, title, filepath.Join(*outDir, "throughput.png")); err != nil {
 			errs = append(errs, err)
 		}
@@ -305,7 +349,16 @@ func run(ctx context.Context, args []string) int {
 			}
 		}
 	}
-	say("wrote %s and throughput.png", resultsPath)
+	if len(rep.scale) > 0 {
+		machine := "; " + rep.started.Format("2006-01-02") + ", " + shortMachine()
+		if err := plotPropagation(rep.scale, "propagation after a refresh"+machine, filepath.Join(*outDir, "propagation.png")); err != nil {
+			errs = append(errs, err)
+		}
+		if err := plotRedisLoad(rep.scale, "Redis load at rest"+machine, filepath.Join(*outDir, "redis-load.png")); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	say("wrote %s and the plots", resultsPath)
 	if len(errs) > 0 {
 		keepWork = true
 		fmt.Fprintf(os.Stderr, "bench: the harness failed (logs kept in %s):\n%v\n", work, errors.Join(errs...))

@@ -24,6 +24,7 @@ type report struct {
 	catCalls []*catalogCalls
 	catRest  []*catalogRest
 	devices  []*devicesResult
+	scale    []*scaleResult
 	memory   *memoryResult
 	allocs   *allocsResult
 	errors   []string
@@ -186,6 +187,7 @@ func (r *report) rows() []row {
 			met:    a.TKAllocs <= 2, judged: true,
 		})
 	}
+	out = append(out, r.scaleRows()...)
 	if r.cfg.smoke {
 		for i := range out {
 			out[i].judged = false
@@ -300,6 +302,7 @@ func (r *report) markdown() string {
 	}
 	r.catalogMarkdown(&b)
 	r.devicesMarkdown(&b)
+	r.scaleMarkdown(&b)
 	if m := r.memory; m != nil {
 		b.WriteString("\n## 7. Memory\n\n")
 		fmt.Fprintf(&b, "VmRSS of one `tokenkeeper serve` process (with its redis-server and fake RDP): at rest %s; sampled every 100 ms "+
@@ -447,4 +450,97 @@ func (r *report) devicesMarkdown(b *strings.Builder) {
 			float64(x.LivenessCalls)/float64(x.Devices), x.SignOns, x.Seconds/x.AccessLifetime.Seconds(),
 			fmtDur(x.FirstP50), fmtDur(x.FirstP99), fmtDur(x.RepeatP50), fmtDur(x.RepeatP99))
 	}
+}
+
+// scaleBound is figure 11's bound on Redis's load at rest: commands per
+// second per replica per token.
+const scaleBound = 2.0
+
+// scaleRows are figure 11's lines of the main table.
+func (r *report) scaleRows() []row {
+	var out []row
+	var scans int64
+	ran := 0
+	for _, x := range r.scale {
+		if x.Skipped != "" {
+			out = append(out, row{fig: "11", what: fmt.Sprintf("fleet of %d replicas keeping %d tokens", x.N, x.T),
+				value: "not run", target: "—", ratio: x.Skipped})
+			continue
+		}
+		ran++
+		scans += x.Scans
+		out = append(out, row{
+			fig: "11", what: fmt.Sprintf("propagation after a refresh, %d replicas × %d tokens", x.N, x.T),
+			value:  fmt.Sprintf("p50 %s, p99 %s, max %s", fmtDur(x.PropP50), fmtDur(x.PropP99), fmtDur(x.PropMax)),
+			target: "p99 < 100 ms",
+			ratio:  fmt.Sprintf("%d samples of %d refreshes", x.PropSamples, x.PropWrites),
+			met:    x.PropP99 < 100*time.Millisecond, judged: true,
+		})
+		out = append(out, row{
+			fig: "11", what: fmt.Sprintf("Redis commands/s at rest, %d replicas × %d tokens", x.N, x.T),
+			value: fmt.Sprintf("%s/s in total, %.2f per replica, %.2f per replica per token",
+				fmtCount(int64(x.RestPerSec+0.5)), x.PerReplica, x.PerReplicaToken),
+			target: fmt.Sprintf("≤ %g × N·T", scaleBound),
+			ratio:  fmt.Sprintf("%.2f× the bound", x.PerReplicaToken/scaleBound),
+			met:    x.PerReplicaToken <= scaleBound, judged: true,
+		})
+	}
+	if ran > 0 {
+		out = append(out, row{
+			fig: "11", what: "commands that scan keys (KEYS, SCAN, HSCAN, SSCAN, ZSCAN), every fleet",
+			value: fmt.Sprintf("%d", scans), target: "0", ratio: "INFO commandstats since each redis-server started",
+			met: scans == 0, judged: true,
+		})
+	}
+	return out
+}
+
+// scaleMarkdown writes figure 11: the fleet at scale.
+func (r *report) scaleMarkdown(b *strings.Builder) {
+	if len(r.scale) == 0 {
+		return
+	}
+	b.WriteString("\n## 11. Fleet scale: N replicas keeping T tokens\n\n")
+	b.WriteString("N replicas in the harness's process, each a tokenkeeper.Keeper with its own Redis client, keeping a catalog of T " +
+		"tokens (a source handing out hour-long tokens) with the default timings (lock TTL 10 s, poll 2 s), over one redis-server. " +
+		"*start*: from the first replica's start to every replica serving every token; *restart*: the same after stopping the whole " +
+		"fleet and starting it again (the tokens stay in Redis). *Propagation*: a refresh asked of a token's leader " +
+		"(Keeper.Refresh), each replica polled until it serves the new value; the refreshes go round the tokens. *At rest*: INFO " +
+		"commandstats over a quiet interval once every token has a leader (Redis counts the commands a script runs as well as the " +
+		"EVALSHA). *Memory*: INFO used_memory at rest. *Leaders*: the replicas leading at least one token, and the most tokens one " +
+		"replica leads. *RSS per replica*: the harness's resident set grown by the fleet, divided by N (one `tokenkeeper serve` " +
+		"process with one token: figure 7). Figure 6 runs 100 real `tokenkeeper serve` processes.\n\n")
+	b.WriteString("| N | T | start | restart | propagation p50 / p99 / max | commands/s at rest | per replica | per replica per token | used_memory | clients | leaders (most tokens) | RSS per replica |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, x := range r.scale {
+		if x.Skipped != "" {
+			fmt.Fprintf(b, "| %d | %d | not run: %s |  |  |  |  |  |  |  |  |  |\n", x.N, x.T, x.Skipped)
+			continue
+		}
+		fmt.Fprintf(b, "| %d | %d | %s | %s | %s / %s / %s | %s | %.2f | %.2f | %s | %d | %d (%d) | %s |\n", x.N, x.T,
+			fmtDur(x.Start), fmtDur(x.Restart), fmtDur(x.PropP50), fmtDur(x.PropP99), fmtDur(x.PropMax),
+			fmtCount(int64(x.RestPerSec+0.5)), x.PerReplica, x.PerReplicaToken, fmtMiB(x.UsedMemory/1024), x.Clients,
+			x.Leaders, x.MostLed, fmtMiB(x.RSSPerReplica))
+	}
+	b.WriteString("\n![propagation against N](propagation.png)\n\n![Redis load against N·T](redis-load.png)\n")
+	b.WriteString("\nBy command, at rest:\n\n")
+	for _, x := range r.scale {
+		if x.Skipped == "" {
+			fmt.Fprintf(b, "- N=%d T=%d: %s\n", x.N, x.T, orNone(x.Mix))
+		}
+	}
+}
+
+// shortMachine names the machine in a plot's title: cores and CPU.
+func shortMachine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range splitLines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%d cores, %s", runtime.NumCPU(), model)
 }
