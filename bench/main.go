@@ -58,6 +58,8 @@ type config struct {
 	devices, devAsks        int
 	devAccessLifetime, devD time.Duration
 
+	devCost deviceCostConfig
+
 	scaleN, scaleT []int
 	scaleWrites    int
 	scaleRestD     time.Duration
@@ -68,7 +70,7 @@ type config struct {
 var full = config{
 	reads: readsConfig{Conc: []int{4, 32, 256}, Duration: 4 * time.Second, Rounds: 5,
 		Warmup: 2 * time.Second, RestDuration: 10 * time.Second, ProfileDuration: 10 * time.Second},
-	propN: []int{10, 50}, propWrites: 40, propGap: 50 * time.Millisecond,
+	propN: []int{10, 100}, propWrites: 20, propGap: 50 * time.Millisecond,
 	failTTL: 10 * time.Second, failReplicas: 3, kills: 3, terms: 3,
 	upstreamN: []int{1, 10, 100}, upLifetime: 6 * time.Second, upD: 30 * time.Second,
 	restN: []int{1, 10, 100}, restSettle: 5 * time.Second, restD: 20 * time.Second,
@@ -76,6 +78,8 @@ var full = config{
 	catN: []int{1, 3, 10}, catLifetime: 6 * time.Second, catD: 30 * time.Second,
 	catRestN: 3, catRestT: []int{1, 10}, catSettle: 5 * time.Second, catRestD: 20 * time.Second,
 	devN: []int{1, 3, 10}, devices: 200, devAsks: 3, devAccessLifetime: 6 * time.Second, devD: 24 * time.Second,
+	devCost: deviceCostConfig{Replicas: 3, UpstreamLatency: 20 * time.Millisecond, Mints: 200, Readers: 32, ReadD: 5 * time.Second,
+		Hammers: 8, MintsPerMinute: 600, HammerD: 20 * time.Second},
 	scaleN: []int{10, 100, 1000}, scaleT: []int{1, 10, 100}, scaleWrites: 10, scaleRestD: 10 * time.Second,
 	benchtime: "1s",
 }
@@ -92,6 +96,8 @@ var smoke = config{
 	catN: []int{1, 3}, catLifetime: 3 * time.Second, catD: 7 * time.Second,
 	catRestN: 2, catRestT: []int{1, 2}, catSettle: time.Second, catRestD: 3 * time.Second,
 	devN: []int{1, 3}, devices: 20, devAsks: 2, devAccessLifetime: 3 * time.Second, devD: 3 * time.Second,
+	devCost: deviceCostConfig{Replicas: 3, UpstreamLatency: 5 * time.Millisecond, Mints: 20, Readers: 8, ReadD: time.Second,
+		Hammers: 2, MintsPerMinute: 600, HammerD: 2 * time.Second},
 	scaleN: []int{3, 10}, scaleT: []int{1, 3}, scaleWrites: 3, scaleRestD: time.Second,
 	benchtime: "2000x",
 }
@@ -117,7 +123,7 @@ func run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	smokeMode := fs.Bool("smoke", false, "short run with small fleets: proves the harness works, judges nothing")
 	outDir := fs.String("out", "", "where RESULTS.md and throughput.png go (default bench/, or a temporary folder with -smoke)")
-	only := fs.String("only", "", "comma-separated figures to run (1-11), for working on the harness; default all")
+	only := fs.String("only", "", "comma-separated figures to run (1-12), for working on the harness; default all")
 	scaleN := fs.String("scale-n", "", "comma-separated fleet sizes of figure 11, instead of the mode's")
 	scaleT := fs.String("scale-t", "", "comma-separated catalog sizes of figure 11, instead of the mode's")
 	if err := fs.Parse(args); err != nil {
@@ -309,6 +315,18 @@ func run(ctx context.Context, args []string) int {
 			say("  N=%d: %d liveness calls, %d sign-ons; first ask p50 %s p99 %s, repeat p50 %s p99 %s", n, r.LivenessCalls, r.SignOns,
 				fmtDur(r.FirstP50), fmtDur(r.FirstP99), fmtDur(r.RepeatP50), fmtDur(r.RepeatP99))
 			rep.devices = append(rep.devices, r)
+		}
+	}
+	if runs("12") {
+		c := cfg.devCost
+		say("figure 12: per-device costs, %d replicas, upstream latency %v", c.Replicas, c.UpstreamLatency)
+		if rep.devCost, err = measureDeviceCosts(ctx, work, c); err != nil {
+			fail("12", err)
+		} else {
+			d := rep.devCost
+			say("  mint p50 %s p99 %s (overhead p50 %s p99 %s); repeat reads %.0f/s p99 %s; budget: %d minted, %.0f allowed (%.2f×), %d refused",
+				fmtDur(d.MintP50), fmtDur(d.MintP99), fmtDur(d.OverheadP50), fmtDur(d.OverheadP99), d.ReadRPS, fmtDur(d.ReadP99),
+				d.Minted, d.Allowed, d.Accuracy, d.Refused)
 		}
 	}
 	if runs("11") {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -27,6 +28,10 @@ type scaleResult struct {
 
 	PropP50, PropP99, PropMax time.Duration // a refresh's start to each replica serving the new token
 	PropSamples, PropWrites   int
+	// CPU time per refresh: the harness's (every replica's work, and the
+	// polling), per replica; redis-server's, for the whole fan-out.
+	PropCPUPerReplica, PropRedisCPU time.Duration
+	PropMix                         string // commands Redis ran during the refreshes
 
 	RestSeconds     float64
 	RestTotal       int64
@@ -123,7 +128,8 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 			fmtCount(int64(conns)), fmtCount(int64(limit)))
 		return res, nil
 	}
-	rs, err := startRedis(ctx, work, fmt.Sprintf("redis-scale-%d-%d", n, t), "--maxclients", strconv.Itoa(max(10000, fdLimit()-64)))
+	rs, err := startRedis(ctx, work, fmt.Sprintf("redis-scale-%d-%d", n, t), "--maxclients", strconv.Itoa(max(10000, fdLimit()-64)),
+		"--tcp-backlog", "4096") // a fleet dials at once: with Redis's default of 511, connections wait for SYN retries
 	if err != nil {
 		return nil, err
 	}
@@ -238,6 +244,12 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	// until it serves a different value.
 	var lat []time.Duration
 	seen := make([]time.Duration, n)
+	cpu0, err1 := cpuTime(os.Getpid())
+	rcpu0, err2 := cpuTime(rs.proc.Pid())
+	cmds0, err3 := rs.Commands(ctx)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, err
+	}
 	for w := range writes {
 		name := names[w%t]
 		li := leaderOf(keepers, name)
@@ -267,7 +279,7 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 				}
 			}
 			if left > 0 {
-				time.Sleep(200 * time.Microsecond)
+				time.Sleep(time.Millisecond) // the replicas share the harness's cores with this loop
 			}
 		}
 		if err := <-refreshed; err != nil {
@@ -279,10 +291,20 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		lat = append(lat, seen...)
 		time.Sleep(50 * time.Millisecond)
 	}
+	cpu1, err1 := cpuTime(os.Getpid())
+	rcpu1, err2 := cpuTime(rs.proc.Pid())
+	cmds1, err3 := rs.Commands(ctx)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, err
+	}
+	res.PropMix = cmds1.Sub(cmds0).String()
+	res.PropCPUPerReplica = (cpu1 - cpu0) / time.Duration(writes*n)
+	res.PropRedisCPU = (rcpu1 - rcpu0) / time.Duration(writes)
 	slices.Sort(lat)
 	res.PropWrites, res.PropSamples = writes, len(lat)
 	res.PropP50, res.PropP99, res.PropMax = quantile(lat, 0.5), quantile(lat, 0.99), lat[len(lat)-1]
-	say("  N=%d T=%d: propagation p50 %s p99 %s max %s (%d refreshes)", n, t, fmtDur(res.PropP50), fmtDur(res.PropP99), fmtDur(res.PropMax), writes)
+	say("  N=%d T=%d: propagation p50 %s p99 %s max %s (%d refreshes); CPU per refresh: %s per replica, redis-server %s",
+		n, t, fmtDur(res.PropP50), fmtDur(res.PropP99), fmtDur(res.PropMax), writes, fmtDur(res.PropCPUPerReplica), fmtDur(res.PropRedisCPU))
 
 	// A full restart: the tokens stay in Redis.
 	stopFleet()
