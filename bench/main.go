@@ -97,8 +97,8 @@ var smoke = config{
 	catRestN: 2, catRestT: []int{1, 2}, catSettle: time.Second, catRestD: 3 * time.Second,
 	devN: []int{1, 3}, devices: 20, devAsks: 2, devAccessLifetime: 3 * time.Second, devD: 3 * time.Second,
 	devCost: deviceCostConfig{Replicas: 3, UpstreamLatency: 5 * time.Millisecond, Mints: 20, Readers: 8, ReadD: time.Second,
-		Hammers: 2, MintsPerMinute: 600, HammerD: 2 * time.Second},
-	scaleN: []int{3, 10}, scaleT: []int{1, 3}, scaleWrites: 3, scaleRestD: time.Second,
+		Hammers: 2, MintsPerMinute: 600, HammerD: time.Second},
+	scaleN: []int{5}, scaleT: []int{1, 3}, scaleWrites: 3, scaleRestD: time.Second,
 	benchtime: "2000x",
 }
 
