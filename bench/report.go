@@ -525,7 +525,8 @@ func (r *report) scaleMarkdown(b *strings.Builder) {
 		return
 	}
 	b.WriteString("\n## 11. Fleet scale: N replicas keeping T tokens\n\n")
-	b.WriteString("N replicas in the harness's process, each a tokenkeeper.Keeper with its own Redis client, keeping a catalog of T " +
+	b.WriteString("N replicas in the harness's process, each a tokenkeeper.Keeper with its own Redis client (a pool of " +
+		strconv.Itoa(scalePoolSize) + ", as a replica given one CPU has), keeping a catalog of T " +
 		"tokens (a source handing out hour-long tokens) with the default timings (lock TTL 10 s, poll 2 s), over one redis-server. " +
 		"*start*: from the first replica's start to every replica serving every token; *restart*: the same after stopping the whole " +
 		"fleet and starting it again (the tokens stay in Redis). *Propagation*: a refresh asked of a token's leader " +
