@@ -335,7 +335,7 @@ func run(ctx context.Context, args []string) int {
 				say("figure 11: fleet scale, %d replicas keeping %d tokens", n, t)
 				r, err := measureScale(ctx, work, n, t, cfg.scaleWrites, cfg.scaleRestD, say)
 				if err != nil {
-					fail("11", fmt.Errorf("N=%d T=%d: %w", n, t, err))
+					fail("11", fmt.Errorf("fleet of %d replicas keeping %d tokens: %w", n, t, err))
 					continue
 				}
 				if r.Skipped != "" {
