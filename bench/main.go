@@ -1,8 +1,9 @@
 // Command bench measures tokenkeeper against the targets of its
 // benchmark issue, in one run on one machine, and writes the results
-// table (RESULTS.md) and a throughput plot (throughput.png).
+// table (RESULTS.md), the read path's profile (profile-reads.txt) and plots
+// (throughput.png, propagation.png, redis-load.png).
 //
-//	go run ./bench            the full run (about ten minutes); writes bench/RESULTS.md
+//	go run ./bench            the full run (about twenty minutes); writes bench/RESULTS.md
 //	go run ./bench -smoke     a short run that proves the harness works
 //
 // It needs wrk and redis-server on the PATH (`make bench` installs them)
