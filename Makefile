@@ -1,7 +1,7 @@
-# Benchmarks (issue 5). `make bench` measures every figure in one run and
-# writes bench/RESULTS.md and bench/throughput.png (about ten minutes);
-# `make bench-smoke` proves the harness works in about a minute, judges
-# nothing and writes its table to a temporary folder.
+# Benchmarks. `make bench` measures every figure in one run and writes
+# bench/RESULTS.md, bench/profile-reads.txt and the plots (about twenty
+# minutes); `make bench-smoke` proves the harness works in a minute or two,
+# judges nothing and writes its table to a temporary folder.
 
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin

@@ -38,10 +38,14 @@ func catalogKeeper(ctx context.Context, rs *redisServer, name string, tokens []t
 	return stop, err
 }
 
-// catalogKeeperOf is catalogKeeper that also returns the Keeper.
-func catalogKeeperOf(ctx context.Context, rs *redisServer, name string, tokens []tokenkeeper.TokenConfig, lockTTL time.Duration) (*tokenkeeper.Keeper, func(), error) {
+// catalogKeeperOf is catalogKeeper that also returns the Keeper; tune,
+// if given, adjusts the replica's Redis client options.
+func catalogKeeperOf(ctx context.Context, rs *redisServer, name string, tokens []tokenkeeper.TokenConfig, lockTTL time.Duration, tune ...func(*redis.Options)) (*tokenkeeper.Keeper, func(), error) {
 	opt := *rs.Options()
 	refresher.TuneRedis(&opt, lockTTL)
+	for _, f := range tune {
+		f(&opt)
+	}
 	rdb := redis.NewClient(&opt)
 	k, err := tokenkeeper.New(tokenkeeper.Config{
 		Redis: rdb, Instance: name, Tokens: tokens, LockTTL: lockTTL,

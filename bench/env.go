@@ -167,8 +167,9 @@ type redisServer struct {
 }
 
 // startRedis starts a redis-server with nothing persisted, and keyspace
-// events off (the failover figure turns them on).
-func startRedis(ctx context.Context, dir, label string) (*redisServer, error) {
+// events off (the failover figure turns them on); extra are further
+// command-line options (they override the ones before).
+func startRedis(ctx context.Context, dir, label string, extra ...string) (*redisServer, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -177,9 +178,11 @@ func startRedis(ctx context.Context, dir, label string) (*redisServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProc(dir, label, nil, "redis-server",
+	args := append([]string{
 		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", data, "--maxclients", "10000", "--loglevel", "warning")
+		"--dir", data, "--maxclients", "10000", "--loglevel", "warning",
+	}, extra...)
+	p, err := startProc(dir, label, nil, "redis-server", args...)
 	if err != nil {
 		return nil, err
 	}
@@ -362,4 +365,18 @@ func procStatus(pid int, field string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, field)
+}
+
+// infoInt reads one integer field of an INFO section.
+func (r *redisServer) infoInt(ctx context.Context, section, field string) (int64, error) {
+	s, err := r.Client.Info(ctx, section).Result()
+	if err != nil {
+		return 0, fmt.Errorf("INFO %s: %w", section, err)
+	}
+	for line := range strings.SplitSeq(s, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("INFO %s: no %s", section, field)
 }

@@ -1,8 +1,9 @@
 // Command bench measures tokenkeeper against the targets of its
 // benchmark issue, in one run on one machine, and writes the results
-// table (RESULTS.md) and a throughput plot (throughput.png).
+// table (RESULTS.md), the read path's profile (profile-reads.txt) and plots
+// (throughput.png, propagation.png, redis-load.png).
 //
-//	go run ./bench            the full run (about ten minutes); writes bench/RESULTS.md
+//	go run ./bench            the full run (about twenty minutes); writes bench/RESULTS.md
 //	go run ./bench -smoke     a short run that proves the harness works
 //
 // It needs wrk and redis-server on the PATH (`make bench` installs them)
@@ -20,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -57,13 +59,19 @@ type config struct {
 	devices, devAsks        int
 	devAccessLifetime, devD time.Duration
 
+	devCost deviceCostConfig
+
+	scaleN, scaleT []int
+	scaleWrites    int
+	scaleRestD     time.Duration
+
 	benchtime string
 }
 
 var full = config{
-	reads: readsConfig{Conc: []int{4, 16, 64, 256}, Duration: 4 * time.Second, Rounds: 5,
-		Warmup: 2 * time.Second, RestDuration: 10 * time.Second},
-	propN: []int{10, 50}, propWrites: 40, propGap: 50 * time.Millisecond,
+	reads: readsConfig{Conc: []int{4, 32, 256}, Duration: 4 * time.Second, Rounds: 5,
+		Warmup: 2 * time.Second, RestDuration: 10 * time.Second, ProfileDuration: 10 * time.Second},
+	propN: []int{10, 100}, propWrites: 20, propGap: 50 * time.Millisecond,
 	failTTL: 10 * time.Second, failReplicas: 3, kills: 3, terms: 3,
 	upstreamN: []int{1, 10, 100}, upLifetime: 6 * time.Second, upD: 30 * time.Second,
 	restN: []int{1, 10, 100}, restSettle: 5 * time.Second, restD: 20 * time.Second,
@@ -71,13 +79,16 @@ var full = config{
 	catN: []int{1, 3, 10}, catLifetime: 6 * time.Second, catD: 30 * time.Second,
 	catRestN: 3, catRestT: []int{1, 10}, catSettle: 5 * time.Second, catRestD: 20 * time.Second,
 	devN: []int{1, 3, 10}, devices: 200, devAsks: 3, devAccessLifetime: 6 * time.Second, devD: 24 * time.Second,
+	devCost: deviceCostConfig{Replicas: 3, UpstreamLatency: 20 * time.Millisecond, Mints: 200, Readers: 32, ReadD: 5 * time.Second,
+		Hammers: 8, MintsPerMinute: 600, HammerD: 20 * time.Second},
+	scaleN: []int{10, 100, 1000}, scaleT: []int{1, 10, 100}, scaleWrites: 10, scaleRestD: 10 * time.Second,
 	benchtime: "1s",
 }
 
 var smoke = config{
 	smoke: true,
 	reads: readsConfig{Conc: []int{8, 64}, Duration: time.Second, Rounds: 1,
-		Warmup: time.Second, RestDuration: time.Second},
+		Warmup: time.Second, RestDuration: time.Second, ProfileDuration: time.Second},
 	propN: []int{3, 10}, propWrites: 5, propGap: 20 * time.Millisecond,
 	failTTL: time.Second, failReplicas: 2, kills: 1, terms: 1,
 	upstreamN: []int{1, 5}, upLifetime: 3 * time.Second, upD: 7 * time.Second,
@@ -86,6 +97,9 @@ var smoke = config{
 	catN: []int{1, 3}, catLifetime: 3 * time.Second, catD: 7 * time.Second,
 	catRestN: 2, catRestT: []int{1, 2}, catSettle: time.Second, catRestD: 3 * time.Second,
 	devN: []int{1, 3}, devices: 20, devAsks: 2, devAccessLifetime: 3 * time.Second, devD: 3 * time.Second,
+	devCost: deviceCostConfig{Replicas: 3, UpstreamLatency: 5 * time.Millisecond, Mints: 20, Readers: 8, ReadD: time.Second,
+		Hammers: 2, MintsPerMinute: 600, HammerD: time.Second},
+	scaleN: []int{5}, scaleT: []int{1, 3}, scaleWrites: 3, scaleRestD: time.Second,
 	benchtime: "2000x",
 }
 
@@ -110,7 +124,9 @@ func run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	smokeMode := fs.Bool("smoke", false, "short run with small fleets: proves the harness works, judges nothing")
 	outDir := fs.String("out", "", "where RESULTS.md and throughput.png go (default bench/, or a temporary folder with -smoke)")
-	only := fs.String("only", "", "comma-separated figures to run (1-10), for working on the harness; default all")
+	only := fs.String("only", "", "comma-separated figures to run (1-12), for working on the harness; default all")
+	scaleN := fs.String("scale-n", "", "comma-separated fleet sizes of figure 11, instead of the mode's")
+	scaleT := fs.String("scale-t", "", "comma-separated catalog sizes of figure 11, instead of the mode's")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -118,6 +134,25 @@ func run(ctx context.Context, args []string) int {
 	if *smokeMode {
 		cfg = smoke
 	}
+	for _, o := range []struct {
+		flag string
+		to   *[]int
+	}{{*scaleN, &cfg.scaleN}, {*scaleT, &cfg.scaleT}} {
+		if o.flag == "" {
+			continue
+		}
+		var xs []int
+		for f := range strings.SplitSeq(o.flag, ",") {
+			x, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || x < 1 {
+				fmt.Fprintf(os.Stderr, "bench: %q is not a positive whole number\n", f)
+				return 2
+			}
+			xs = append(xs, x)
+		}
+		*o.to = xs
+	}
+	raiseFileLimit()
 	if err := needTools("wrk", "redis-server", "go"); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
@@ -283,6 +318,34 @@ func run(ctx context.Context, args []string) int {
 			rep.devices = append(rep.devices, r)
 		}
 	}
+	if runs("12") {
+		c := cfg.devCost
+		say("figure 12: per-device costs, %d replicas, upstream latency %v", c.Replicas, c.UpstreamLatency)
+		if rep.devCost, err = measureDeviceCosts(ctx, work, c); err != nil {
+			fail("12", err)
+		} else {
+			d := rep.devCost
+			say("  mint p50 %s p99 %s (overhead p50 %s p99 %s); repeat reads %.0f/s p99 %s; budget: %d minted, %.0f allowed (%.2f×), %d refused",
+				fmtDur(d.MintP50), fmtDur(d.MintP99), fmtDur(d.OverheadP50), fmtDur(d.OverheadP99), d.ReadRPS, fmtDur(d.ReadP99),
+				d.Minted, d.Allowed, d.Accuracy, d.Refused)
+		}
+	}
+	if runs("11") {
+		for _, n := range cfg.scaleN {
+			for _, t := range cfg.scaleT {
+				say("figure 11: fleet scale, %d replicas keeping %d tokens", n, t)
+				r, err := measureScale(ctx, work, n, t, cfg.scaleWrites, cfg.scaleRestD, say)
+				if err != nil {
+					fail("11", fmt.Errorf("fleet of %d replicas keeping %d tokens: %w", n, t, err))
+					continue
+				}
+				if r.Skipped != "" {
+					say("  N=%d T=%d not run: %s", n, t, r.Skipped)
+				}
+				rep.scale = append(rep.scale, r)
+			}
+		}
+	}
 	stopAll()
 	rep.took = time.Since(start)
 
@@ -294,12 +357,27 @@ func run(ctx context.Context, args []string) int {
 		errs = append(errs, err)
 	}
 	if rep.reads != nil {
-		title := "GET /v1/tokens/liveness, one replica, keep-alive (wrk)"
+		title := "GET /v1/tokens/liveness, one replica, keep-alive (wrk); " + rep.started.Format("2006-01-02") + ", " + shortMachine()
 		if err := plotThroughput(rep.reads, title, filepath.Join(*outDir, "throughput.png")); err != nil {
 			errs = append(errs, err)
 		}
+		if rep.reads.Profile != "" {
+			head := fmt.Sprintf("Read path profile, %s, %s. Written by `make bench` with RESULTS.md.\n\n", rep.started.Format("2006-01-02 15:04 MST"), rep.machine)
+			if err := os.WriteFile(filepath.Join(*outDir, "profile-reads.txt"), []byte(head+rep.reads.Profile), 0o644); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
-	say("wrote %s and throughput.png", resultsPath)
+	if len(rep.scale) > 0 {
+		machine := "; " + rep.started.Format("2006-01-02") + ", " + shortMachine()
+		if err := plotPropagation(rep.scale, "propagation after a refresh"+machine, filepath.Join(*outDir, "propagation.png")); err != nil {
+			errs = append(errs, err)
+		}
+		if err := plotRedisLoad(rep.scale, "Redis load at rest"+machine, filepath.Join(*outDir, "redis-load.png")); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	say("wrote %s and the plots", resultsPath)
 	if len(errs) > 0 {
 		keepWork = true
 		fmt.Fprintf(os.Stderr, "bench: the harness failed (logs kept in %s):\n%v\n", work, errors.Join(errs...))

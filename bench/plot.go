@@ -5,6 +5,7 @@ import (
 	"image/color"
 	"math"
 	"strconv"
+	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -91,4 +92,132 @@ func (rpsTicks) Ticks(lo, hi float64) []plot.Tick {
 		ts = append(ts, plot.Tick{Value: v, Label: fmt.Sprintf("%gk", v/1000)})
 	}
 	return ts
+}
+
+// scaleColors tell the catalog sizes of figure 11 apart.
+var scaleColors = []color.Color{
+	color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
+	color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+}
+
+// scaleByT groups figure 11's fleets that ran by catalog size, in order.
+func scaleByT(rs []*scaleResult) ([]int, map[int][]*scaleResult) {
+	byT := map[int][]*scaleResult{}
+	var ts []int
+	for _, r := range rs {
+		if r.Skipped != "" {
+			continue
+		}
+		if byT[r.T] == nil {
+			ts = append(ts, r.T)
+		}
+		byT[r.T] = append(byT[r.T], r)
+	}
+	return ts, byT
+}
+
+// plotPropagation draws figure 11's propagation p99 (and max) against the
+// number of replicas, one line per catalog size, into a PNG at path.
+func plotPropagation(rs []*scaleResult, title, path string) error {
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = "replicas (N)"
+	p.Y.Label.Text = "ms from the refresh to every replica serving the new token"
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{}
+	p.Y.Min = 0
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Add(plotter.NewGrid())
+	ts, byT := scaleByT(rs)
+	if len(ts) == 0 {
+		return nil
+	}
+	for i, t := range ts {
+		var p99, mx plotter.XYs
+		for _, r := range byT[t] {
+			p99 = append(p99, plotter.XY{X: float64(r.N), Y: float64(r.PropP99) / float64(time.Millisecond)})
+			mx = append(mx, plotter.XY{X: float64(r.N), Y: float64(r.PropMax) / float64(time.Millisecond)})
+		}
+		c := scaleColors[i%len(scaleColors)]
+		for _, s := range []struct {
+			xy     plotter.XYs
+			label  string
+			dashed bool
+		}{{p99, fmt.Sprintf("p99, T=%d", t), false}, {mx, fmt.Sprintf("max, T=%d", t), true}} {
+			line, points, err := plotter.NewLinePoints(s.xy)
+			if err != nil {
+				return err
+			}
+			line.Color, points.Color = c, c
+			line.Width = vg.Points(2)
+			if s.dashed {
+				line.Dashes = []vg.Length{vg.Points(6), vg.Points(3)}
+				line.Width = vg.Points(1)
+			}
+			points.Shape = draw.CircleGlyph{}
+			points.Radius = vg.Points(3)
+			p.Add(line, points)
+			p.Legend.Add(s.label, line, points)
+		}
+	}
+	target := plotter.NewFunction(func(float64) float64 { return 100 })
+	target.Color = color.Gray{Y: 0x80}
+	target.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
+	p.Add(target)
+	p.Legend.Add("target p99 at N=1000", target)
+	if err := p.Save(8*vg.Inch, 5*vg.Inch, path); err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	return nil
+}
+
+// plotRedisLoad draws figure 11's Redis commands per second at rest
+// against N·T, log-log, into a PNG at path.
+func plotRedisLoad(rs []*scaleResult, title, path string) error {
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = "replicas × tokens (N·T)"
+	p.Y.Label.Text = "Redis commands per second at rest"
+	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{}, plot.LogTicks{}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Add(plotter.NewGrid())
+	ts, byT := scaleByT(rs)
+	if len(ts) == 0 {
+		return nil
+	}
+	lo, hi := math.Inf(1), 0.0
+	for i, t := range ts {
+		var xy plotter.XYs
+		for _, r := range byT[t] {
+			x := float64(r.N * r.T)
+			xy = append(xy, plotter.XY{X: x, Y: max(r.RestPerSec, 0.1)})
+			lo, hi = min(lo, x), max(hi, x)
+		}
+		sc, err := plotter.NewScatter(xy)
+		if err != nil {
+			return err
+		}
+		sc.Color = scaleColors[i%len(scaleColors)]
+		sc.Shape = draw.CircleGlyph{}
+		sc.Radius = vg.Points(4)
+		p.Add(sc)
+		p.Legend.Add(fmt.Sprintf("T=%d", t), sc)
+	}
+	bound, err := plotter.NewLine(plotter.XYs{{X: lo, Y: 2 * lo}, {X: hi, Y: 2 * hi}})
+	if err != nil {
+		return err
+	}
+	bound.Color = color.Gray{Y: 0x80}
+	bound.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+	p.Add(bound)
+	p.Legend.Add("2 × N·T (the bound)", bound)
+	if err := p.Save(8*vg.Inch, 5*vg.Inch, path); err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	return nil
 }

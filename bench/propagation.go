@@ -28,7 +28,7 @@ type propagationResult struct {
 // tokens one after the other, and each replica's time from the start of
 // the write to serving the new token is recorded.
 func measurePropagation(ctx context.Context, work string, n, writes int, gap time.Duration) (*propagationResult, error) {
-	rs, err := startRedis(ctx, work, fmt.Sprintf("redis-propagation-%d", n))
+	rs, err := startRedis(ctx, work, fmt.Sprintf("redis-propagation-%d", n), "--tcp-backlog", "4096")
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -45,22 +48,13 @@ func kindLabel(k string) string {
 	}
 }
 
-// Limits of httpapi.Server.Serve, repeated so the baselines get the same
-// server: a baseline must differ from tokenkeeper only in its handler.
-const (
-	readHeaderTimeout = 5 * time.Second
-	readTimeout       = 10 * time.Second
-	writeTimeout      = httpapi.DefaultRefreshTimeout + 10*time.Second
-	idleTimeout       = 2 * time.Minute
-	maxHeaderBytes    = 16 << 10
-)
-
-// serveSame serves h on ln until ctx ends, with httpapi's limits.
-func serveSame(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{
-		Handler: h, ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: readTimeout,
-		WriteTimeout: writeTimeout, IdleTimeout: idleTimeout, MaxHeaderBytes: maxHeaderBytes,
-	}
+// serveBare serves h on ln until ctx ends with net/http's defaults: no
+// timeouts, no header limit beyond the default. The baselines run on it,
+// and tokenkeeper runs on its own Serve (httpapi's limits, its
+// connection wrapper): the gap between the two is all of what tokenkeeper
+// does per request that a bare handler does not.
+func serveBare(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -73,17 +67,23 @@ func serveSame(ctx context.Context, ln net.Listener, h http.Handler) error {
 	return srv.Shutdown(sctx)
 }
 
-// Header values every handler sets, as httpapi does.
-var (
-	instanceValue = []string{"bench"}
-	noStoreValue  = []string{"no-store"}
-	nosniffValue  = []string{"nosniff"}
-)
-
-func setCommonHeaders(h http.Header) {
-	h["X-Tokenkeeper-Instance"] = instanceValue
-	h["X-Content-Type-Options"] = nosniffValue
-	h["Cache-Control"] = noStoreValue
+// serveSame serves h on ln until ctx ends with the limits httpapi's Serve
+// applies, for the harness's fake upstreams.
+func serveSame(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{
+		Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: httpapi.DefaultRefreshTimeout + 10*time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
 }
 
 // tokenBody is an answer of the token route, as httpapi writes it, for a
@@ -99,17 +99,32 @@ func tokenBody(b []byte, value string, exp, nowMs int64) []byte {
 }
 
 // runServeHandler is the helper process: it serves one kind of handler
-// on -listen until SIGTERM.
+// on -listen until SIGTERM; with -pprof, net/http/pprof on that address
+// too, for profiling the read path under wrk.
 func runServeHandler(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve-handler", flag.ContinueOnError)
 	kind := fs.String("kind", kindTokenkeeper, "tokenkeeper, static or naive")
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
 	redisAddr := fs.String("redis", "", "redis-server address")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *pprofAddr != "" {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		pln, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			return err
+		}
+		go func() { _ = serveBare(ctx, pln, mux) }()
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	var h http.Handler
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
 	switch *kind {
 	case kindTokenkeeper:
 		limit, _ := strconv.ParseFloat(benchRateLimit, 64)
@@ -121,23 +136,21 @@ func runServeHandler(ctx context.Context, args []string) error {
 			return err
 		}
 		defer r.Stop()
-		h = r.handler
+		return r.keeper.Serve(ctx, ln) // the server `tokenkeeper serve` runs
 	case kindStatic:
 		now := time.Now()
 		body := tokenBody(nil, benchToken, now.Add(time.Hour).UnixMilli(), now.UnixMilli())
 		e := echo.New()
 		e.GET("/v1/tokens/:name", func(c echo.Context) error {
-			setCommonHeaders(c.Response().Header())
 			return c.JSONBlob(http.StatusOK, body)
 		})
-		h = e
+		return serveBare(ctx, ln, e)
 	case kindNaive:
 		rdb := redis.NewClient(&redis.Options{Addr: *redisAddr})
 		defer rdb.Close()
 		key := cache.KeysFor("liveness").Token
 		e := echo.New()
 		e.GET("/v1/tokens/:name", func(c echo.Context) error {
-			setCommonHeaders(c.Response().Header())
 			f, err := rdb.HMGet(c.Request().Context(), key, "v", "exp").Result()
 			if err != nil {
 				return c.JSONBlob(http.StatusServiceUnavailable, []byte(`{"error":{"code":"unavailable"}}`))
@@ -150,15 +163,10 @@ func runServeHandler(ctx context.Context, args []string) error {
 			}
 			return c.JSONBlob(http.StatusOK, tokenBody(make([]byte, 0, 256), v, exp, time.Now().UnixMilli()))
 		})
-		h = e
+		return serveBare(ctx, ln, e)
 	default:
 		return fmt.Errorf("unknown kind %q", *kind)
 	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
-	}
-	return serveSame(ctx, ln, h)
 }
 
 // readCell is one handler at one concurrency: the median of the rounds.
@@ -175,6 +183,12 @@ type readsResult struct {
 	// a round (the handlers ran back to back), which the machine's
 	// changing load disturbs less than a ratio of medians.
 	RatioA, RatioB, P99RatioA, CeilingAB []float64
+	// CPUPerRead is the server process's CPU time (user and system) per
+	// request, by kind and concurrency index: the median of the rounds.
+	// Less disturbed by other load on the machine than throughput.
+	CPUPerRead map[string][]time.Duration
+	// Profile is the CPU and allocation profile of the read path (text).
+	Profile string
 	// Figure 2: Redis commands per read of tokenkeeper, background
 	// (measured at rest) subtracted, and of the naive handler.
 	CmdsPerRead, NaiveCmdsPerRead float64
@@ -193,6 +207,10 @@ type readsConfig struct {
 	Rounds       int           // each cell is the median of this many runs
 	Warmup       time.Duration
 	RestDuration time.Duration // quiet interval for the background rate
+	// ProfileDuration is how long the read path is profiled under wrk
+	// after the rounds (tokenkeeper's CPU and allocations, (a)'s CPU);
+	// zero: not profiled.
+	ProfileDuration time.Duration
 }
 
 // measureReads runs figures 1 and 2.
@@ -205,6 +223,8 @@ func measureReads(ctx context.Context, work, self string, cfg readsConfig, say f
 
 	client := &http.Client{Timeout: 2 * time.Second}
 	urls := map[string]string{}
+	pprofURLs := map[string]string{}
+	pids := map[string]int{}
 	var helpers []*proc
 	defer func() {
 		for _, p := range helpers {
@@ -217,11 +237,18 @@ func measureReads(ctx context.Context, work, self string, cfg readsConfig, say f
 			return nil, err
 		}
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		p, err := startProc(work, "handler-"+k, nil, self, "serve-handler", "-kind", k, "-listen", addr, "-redis", rs.Addr)
+		pport, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		paddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(pport))
+		pprofURLs[k] = "http://" + paddr + "/debug/pprof/"
+		p, err := startProc(work, "handler-"+k, nil, self, "serve-handler", "-kind", k, "-listen", addr, "-redis", rs.Addr, "-pprof", paddr)
 		if err != nil {
 			return nil, err
 		}
 		helpers = append(helpers, p)
+		pids[k] = p.Pid()
 		url := "http://" + addr + "/v1/tokens/liveness"
 		urls[k] = url
 		ok := func() bool {
@@ -280,6 +307,7 @@ func measureReads(ctx context.Context, work, self string, cfg readsConfig, say f
 	type sample struct {
 		rps      float64
 		p50, p99 time.Duration
+		cpu      time.Duration // the server's, per request
 	}
 	samples := map[string][][]sample{}
 	for _, k := range kinds {
@@ -299,11 +327,19 @@ func measureReads(ctx context.Context, work, self string, cfg readsConfig, say f
 					return nil, err
 				}
 				t0 := time.Now()
+				cpu0, err := cpuTime(pids[k])
+				if err != nil {
+					return nil, err
+				}
 				w, err := runWrk(ctx, urls[k], c, cfg.Duration, header)
 				if err != nil {
 					return nil, err
 				}
 				secs := time.Since(t0).Seconds()
+				cpu1, err := cpuTime(pids[k])
+				if err != nil {
+					return nil, err
+				}
 				after, err := rs.Commands(ctx)
 				if err != nil {
 					return nil, err
@@ -322,14 +358,17 @@ func measureReads(ctx context.Context, work, self string, cfg readsConfig, say f
 					naiveReads += w.Requests
 					naiveSecs += secs
 				}
-				samples[k][ci] = append(samples[k][ci], sample{w.RPS, w.P50, w.P99})
-				say("  round %d c=%-4d %-20s %9.0f req/s  p50 %-9v p99 %v", round+1, c, kindLabel(k), w.RPS, w.P50, w.P99)
+				perReq := (cpu1 - cpu0) / time.Duration(max(w.Requests, 1))
+				samples[k][ci] = append(samples[k][ci], sample{w.RPS, w.P50, w.P99, perReq})
+				say("  round %d c=%-4d %-20s %9.0f req/s  p50 %-9v p99 %-9v CPU %v/req", round+1, c, kindLabel(k), w.RPS, w.P50, w.P99, perReq)
 			}
 		}
 	}
+	res.CPUPerRead = map[string][]time.Duration{}
 	for _, k := range kinds {
 		for ci := range cfg.Conc {
 			s := samples[k][ci]
+			res.CPUPerRead[k] = append(res.CPUPerRead[k], time.Duration(median(mapSlice(s, func(x sample) float64 { return float64(x.cpu) }))))
 			res.Cells[k] = append(res.Cells[k], readCell{
 				RPS: median(mapSlice(s, func(x sample) float64 { return x.rps })),
 				P50: time.Duration(median(mapSlice(s, func(x sample) float64 { return float64(x.p50) }))),
@@ -358,6 +397,12 @@ func measureReads(ctx context.Context, work, self string, cfg readsConfig, say f
 		res.NaiveCmdsPerRead = max(float64(naiveCmds)-res.RestRate*naiveSecs, 0) / float64(naiveReads)
 	}
 	res.TKCommandMix = tkMix.String()
+	if cfg.ProfileDuration > 0 {
+		say("  profiling the read path (%v under wrk, %d connections)", cfg.ProfileDuration, top)
+		if res.Profile, err = profileReads(ctx, work, self, urls, pprofURLs, top, cfg.ProfileDuration, header); err != nil {
+			return nil, err
+		}
+	}
 	for _, p := range helpers {
 		if p.Exited() {
 			return nil, fmt.Errorf("%s exited during the runs:\n%s", p.name, p.Tail())
@@ -416,4 +461,105 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 	}
 	i := int(q*float64(len(sorted))+0.999999) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// cpuTime is the CPU time (user and system) the process pid has used.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: utime and stime are the 12th and 13th of them.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	return time.Duration(u+st) * time.Second / ticksPerSecond, nil
+}
+
+// profileReads profiles tokenkeeper's helper (CPU, then allocations) and
+// the static baseline's (CPU) while wrk loads each with conns
+// connections for d, and returns the top functions of each as text.
+func profileReads(ctx context.Context, work, self string, urls, pprofURLs map[string]string, conns int, d time.Duration, header string) (string, error) {
+	var out strings.Builder
+	secs := int(d / time.Second)
+	for _, p := range []struct{ kind, profile, flags, what string }{
+		{kindTokenkeeper, "profile", "-top -nodecount=40", "CPU, flat"},
+		{kindTokenkeeper, "profile", "-top -cum -nodecount=60", "CPU, cumulative"},
+		{kindTokenkeeper, "allocs", "-top -sample_index=alloc_objects -nodecount=25", "allocations (objects)"},
+		{kindStatic, "profile", "-top -cum -nodecount=40", "CPU, cumulative"},
+	} {
+		file := filepath.Join(work, "profile-"+p.kind+"-"+p.profile+".pb.gz")
+		wrkDone := make(chan error, 1)
+		go func() {
+			_, err := runWrk(ctx, urls[p.kind], conns, d+time.Second, header)
+			wrkDone <- err
+		}()
+		time.Sleep(500 * time.Millisecond)
+		err := fetchTo(ctx, fmt.Sprintf("%s%s?seconds=%d", pprofURLs[p.kind], p.profile, secs), file, d+10*time.Second)
+		if werr := <-wrkDone; err == nil {
+			err = werr
+		}
+		if err != nil {
+			return "", fmt.Errorf("profile of %s: %w", p.kind, err)
+		}
+		args := append([]string{"tool", "pprof"}, strings.Fields(p.flags)...)
+		cmd := exec.CommandContext(ctx, "go", append(args, self, file)...)
+		top, err := cmd.Output()
+		if err != nil {
+			return "", fmt.Errorf("go tool pprof %s: %w", p.flags, err)
+		}
+		fmt.Fprintf(&out, "=== %s: %s (go tool pprof %s), %d s under wrk -c %d\n\n%s\n", kindLabel(p.kind), p.what, p.flags, secs, conns, trimPprof(string(top)))
+	}
+	return out.String(), nil
+}
+
+// trimPprof drops the lines of a pprof report that name the local files.
+func trimPprof(s string) string {
+	var keep []string
+	for line := range strings.SplitSeq(s, "\n") {
+		if strings.HasPrefix(line, "File: ") || strings.HasPrefix(line, "Build ID: ") {
+			continue
+		}
+		keep = append(keep, line)
+	}
+	return strings.Join(keep, "\n")
+}
+
+// fetchTo saves the body of GET url into file.
+func fetchTo(ctx context.Context, url, file string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, res.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, res.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -24,6 +24,8 @@ type report struct {
 	catCalls []*catalogCalls
 	catRest  []*catalogRest
 	devices  []*devicesResult
+	scale    []*scaleResult
+	devCost  *deviceCostResult
 	memory   *memoryResult
 	allocs   *allocsResult
 	errors   []string
@@ -186,6 +188,28 @@ func (r *report) rows() []row {
 			met:    a.TKAllocs <= 2, judged: true,
 		})
 	}
+	out = append(out, r.scaleRows()...)
+	if d := r.devCost; d != nil {
+		out = append(out, row{
+			fig: "12", what: "per-device mint: overhead over the upstream's own latency",
+			value:  fmt.Sprintf("p50 %s, p99 %s", fmtDur(d.OverheadP50), fmtDur(d.OverheadP99)),
+			target: "—",
+			ratio:  fmt.Sprintf("a new device's ask p50 %s, p99 %s, upstream %s per call", fmtDur(d.MintP50), fmtDur(d.MintP99), fmtDur(d.Cfg.UpstreamLatency)),
+		})
+		out = append(out, row{
+			fig: "12", what: fmt.Sprintf("per-device repeat reads from Redis, %d at once over %d replicas", d.Cfg.Readers, d.Cfg.Replicas),
+			value:  fmt.Sprintf("%s/s, p50 %s, p99 %s", fmtRPS(d.ReadRPS), fmtDur(d.ReadP50), fmtDur(d.ReadP99)),
+			target: "—",
+			ratio:  fmt.Sprintf("%s reads in %.0f s", fmtCount(d.Reads), d.ReadSeconds),
+		})
+		out = append(out, row{
+			fig: "12", what: fmt.Sprintf("fleet-wide mint budget (%d a minute), %d replicas hammering", d.Cfg.MintsPerMinute, d.Cfg.Replicas),
+			value:  fmt.Sprintf("%d minted, %s refused in %.1f s", d.Minted, fmtCount(d.Refused), d.HammerSeconds),
+			target: "0.9–1.0× allowed",
+			ratio:  fmt.Sprintf("%.3f× the %.0f allowed (burst + rate × time)", d.Accuracy, d.Allowed),
+			met:    d.Accuracy >= 0.9 && d.Accuracy <= 1.0+1/d.Allowed, judged: true,
+		})
+	}
 	if r.cfg.smoke {
 		for i := range out {
 			out[i].judged = false
@@ -228,18 +252,29 @@ func (r *report) markdown() string {
 
 	if rd := r.reads; rd != nil {
 		b.WriteString("\n## 1. Reads, handler by handler\n\n")
-		fmt.Fprintf(&b, "wrk (keep-alive, `--latency`, 2 threads) against one helper process per handler, each serving "+
-			"`GET /v1/tokens/liveness` with httpapi's server limits on loopback, over one real redis-server; answers of %d bytes "+
-			"with the same headers. Each cell is the median of %d runs of %v, the handlers interleaved; a ratio is the median of the ratios within each round, where the handlers ran back to back. "+
-			"tokenkeeper is the httpapi server (key check, metrics, JSON) over a cache.Store kept by pub/sub and a leading refresher; "+
-			"(a) is a bare echo handler answering a constant body; (b) is an echo handler that runs HMGET on the token key per request.\n\n",
+		fmt.Fprintf(&b, "wrk (keep-alive, `--latency`, one thread) against one helper process per handler, each serving "+
+			"`GET /v1/tokens/liveness` on loopback, over one real redis-server; answers of %d bytes. Each cell is the median of %d runs "+
+			"of %v, the handlers interleaved; a ratio is the median of the ratios within each round, where the handlers ran back to back. "+
+			"tokenkeeper is the server `tokenkeeper serve` runs (httpapi's Serve: its connection limits and timeouts, key check, rate "+
+			"limiter, metrics, security headers, JSON) over a cache.Store kept by pub/sub and a leading refresher; (a) is a bare echo "+
+			"handler answering a constant body from a net/http server with no timeouts and no header of its own; (b) is the same bare "+
+			"server running HMGET on the token key per request. CPU is the server process's user and system time per request "+
+			"(/proc), which the machine's other load disturbs less than throughput.\n\n",
 			rd.BodyBytes, r.cfg.reads.Rounds, r.cfg.reads.Duration)
-		b.WriteString("| connections | handler | req/s | p50 | p99 |\n|---|---|---|---|---|\n")
+		b.WriteString("| connections | handler | req/s | p50 | p99 | server CPU per request |\n|---|---|---|---|---|---|\n")
 		for i, c := range rd.Conc {
 			for _, k := range kinds {
 				cell := rd.Cells[k][i]
-				fmt.Fprintf(&b, "| %d | %s | %s | %s | %s |\n", c, kindLabel(k), fmtRPS(cell.RPS), fmtDur(cell.P50), fmtDur(cell.P99))
+				cpu := "—"
+				if v := rd.CPUPerRead[k]; len(v) > i {
+					cpu = fmtDur(v[i])
+				}
+				fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s |\n", c, kindLabel(k), fmtRPS(cell.RPS), fmtDur(cell.P50), fmtDur(cell.P99), cpu)
 			}
+		}
+		if rd.Profile != "" {
+			b.WriteString("\nThe read path's CPU and allocation profiles, taken after the rounds under the largest concurrency, are in " +
+				"[profile-reads.txt](profile-reads.txt) (top functions, text), with (a)'s CPU profile for comparison.\n")
 		}
 		b.WriteString("\n![throughput against concurrency](throughput.png)\n")
 		b.WriteString("\nNo handler on this HTTP stack can be faster than (a), so tokenkeeper's ratio to (b) is bounded by (a)'s own ratio " +
@@ -289,6 +324,8 @@ func (r *report) markdown() string {
 	}
 	r.catalogMarkdown(&b)
 	r.devicesMarkdown(&b)
+	r.scaleMarkdown(&b)
+	r.deviceCostMarkdown(&b)
 	if m := r.memory; m != nil {
 		b.WriteString("\n## 7. Memory\n\n")
 		fmt.Fprintf(&b, "VmRSS of one `tokenkeeper serve` process (with its redis-server and fake RDP): at rest %s; sampled every 100 ms "+
@@ -436,4 +473,125 @@ func (r *report) devicesMarkdown(b *strings.Builder) {
 			float64(x.LivenessCalls)/float64(x.Devices), x.SignOns, x.Seconds/x.AccessLifetime.Seconds(),
 			fmtDur(x.FirstP50), fmtDur(x.FirstP99), fmtDur(x.RepeatP50), fmtDur(x.RepeatP99))
 	}
+}
+
+// scaleBound is figure 11's bound on Redis's load at rest: commands per
+// second per replica per token.
+const scaleBound = 2.0
+
+// scaleRows are figure 11's lines of the main table.
+func (r *report) scaleRows() []row {
+	var out []row
+	var scans int64
+	ran := 0
+	for _, x := range r.scale {
+		if x.Skipped != "" {
+			out = append(out, row{fig: "11", what: fmt.Sprintf("fleet of %d replicas keeping %d tokens", x.N, x.T),
+				value: "not run", target: "—", ratio: x.Skipped})
+			continue
+		}
+		ran++
+		scans += x.Scans
+		out = append(out, row{
+			fig: "11", what: fmt.Sprintf("propagation after a refresh, %d replicas × %d tokens", x.N, x.T),
+			value:  fmt.Sprintf("p50 %s, p99 %s, max %s", fmtDur(x.PropP50), fmtDur(x.PropP99), fmtDur(x.PropMax)),
+			target: "p99 < 100 ms",
+			ratio: fmt.Sprintf("%d samples of %d refreshes; CPU per refresh %s per replica, redis-server %s",
+				x.PropSamples, x.PropWrites, fmtDur(x.PropCPUPerReplica), fmtDur(x.PropRedisCPU)),
+			met: x.PropP99 < 100*time.Millisecond, judged: true,
+		})
+		out = append(out, row{
+			fig: "11", what: fmt.Sprintf("Redis commands/s at rest, %d replicas × %d tokens", x.N, x.T),
+			value: fmt.Sprintf("%s/s in total, %.2f per replica, %.2f per replica per token",
+				fmtCount(int64(x.RestPerSec+0.5)), x.PerReplica, x.PerReplicaToken),
+			target: fmt.Sprintf("≤ %g × N·T", scaleBound),
+			ratio:  fmt.Sprintf("%.2f× the bound", x.PerReplicaToken/scaleBound),
+			met:    x.PerReplicaToken <= scaleBound, judged: true,
+		})
+	}
+	if ran > 0 {
+		out = append(out, row{
+			fig: "11", what: "commands that scan keys (KEYS, SCAN, HSCAN, SSCAN, ZSCAN), every fleet",
+			value: fmt.Sprintf("%d", scans), target: "0", ratio: "INFO commandstats since each redis-server started",
+			met: scans == 0, judged: true,
+		})
+	}
+	return out
+}
+
+// scaleMarkdown writes figure 11: the fleet at scale.
+func (r *report) scaleMarkdown(b *strings.Builder) {
+	if len(r.scale) == 0 {
+		return
+	}
+	b.WriteString("\n## 11. Fleet scale: N replicas keeping T tokens\n\n")
+	b.WriteString("N replicas in the harness's process, each a tokenkeeper.Keeper with its own Redis client (a pool of " +
+		strconv.Itoa(scalePoolSize) + ", as a replica given one CPU has), keeping a catalog of T " +
+		"tokens (a source handing out hour-long tokens) with the default timings (lock TTL 10 s, poll 2 s), over one redis-server. " +
+		"*start*: from the first replica's start to every replica serving every token; *restart*: the same after stopping the whole " +
+		"fleet and starting it again (the tokens stay in Redis). *Propagation*: a refresh asked of a token's leader " +
+		"(Keeper.Refresh), each replica polled until it serves the new value; the refreshes go round the tokens. *At rest*: INFO " +
+		"commandstats over a quiet interval once every token has a leader (Redis counts the commands a script runs as well as the " +
+		"EVALSHA). *Memory*: INFO used_memory at rest. *Leaders*: the replicas leading at least one token, and the most tokens one " +
+		"replica leads. *CPU per refresh*: the harness process's CPU time during the refreshes divided by refreshes and N (each " +
+		"replica's share of the fan-out, the polling included), and redis-server's per refresh. *RSS per replica*: the harness's resident set grown by the fleet, divided by N (one `tokenkeeper serve` " +
+		"process with one token: figure 7). Figure 6 runs 100 real `tokenkeeper serve` processes.\n\n")
+	b.WriteString("| N | T | start | restart | propagation p50 / p99 / max | commands/s at rest | per replica | per replica per token | used_memory | clients | leaders (most tokens) | RSS per replica |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, x := range r.scale {
+		if x.Skipped != "" {
+			fmt.Fprintf(b, "| %d | %d | not run: %s |  |  |  |  |  |  |  |  |  |\n", x.N, x.T, x.Skipped)
+			continue
+		}
+		fmt.Fprintf(b, "| %d | %d | %s | %s | %s / %s / %s | %s | %.2f | %.2f | %s | %d | %d (%d) | %s |\n", x.N, x.T,
+			fmtDur(x.Start), fmtDur(x.Restart), fmtDur(x.PropP50), fmtDur(x.PropP99), fmtDur(x.PropMax),
+			fmtCount(int64(x.RestPerSec+0.5)), x.PerReplica, x.PerReplicaToken, fmtMiB(x.UsedMemory/1024), x.Clients,
+			x.Leaders, x.MostLed, fmtMiB(x.RSSPerReplica))
+	}
+	b.WriteString("\n![propagation against N](propagation.png)\n\n![Redis load against N·T](redis-load.png)\n")
+	b.WriteString("\nBy command, at rest:\n\n")
+	for _, x := range r.scale {
+		if x.Skipped == "" {
+			fmt.Fprintf(b, "- N=%d T=%d: %s\n", x.N, x.T, orNone(x.Mix))
+		}
+	}
+	b.WriteString("\nBy command, during the refreshes (at-rest commands included):\n\n")
+	for _, x := range r.scale {
+		if x.Skipped == "" {
+			fmt.Fprintf(b, "- N=%d T=%d, %d refreshes: %s\n", x.N, x.T, x.PropWrites, orNone(x.PropMix))
+		}
+	}
+}
+
+// shortMachine names the machine in a plot's title: cores and CPU.
+func shortMachine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range splitLines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%d cores, %s", runtime.NumCPU(), model)
+}
+
+// deviceCostMarkdown writes figure 12: per-device tokens' costs.
+func (r *report) deviceCostMarkdown(b *strings.Builder) {
+	d := r.devCost
+	if d == nil {
+		return
+	}
+	c := d.Cfg
+	b.WriteString("\n## 12. Per-device costs\n\n")
+	fmt.Fprintf(b, "%d replicas in one process keep two per-device tokens from one fake RDP that answers every call after %v: "+
+		"liveness without a budget, and metered with a fleet-wide budget of %d mints a minute (bursts of twice the rate per second). "+
+		"*Mint*: %d new devices asked one after the other through the replicas in turn (Keeper.DeviceToken: the budget, the mint "+
+		"lock, the upstream call, the store); the overhead is that less the upstream's %v. *Repeat reads*: %d goroutines asking for "+
+		"those devices' stored tokens at random through random replicas for %v (each read is Redis round trips, no upstream). "+
+		"*Budget*: %d goroutines per replica asking for new devices of metered for %v, pausing 2 ms after a refusal; allowed is the "+
+		"burst plus the rate times the time from the first ask to the last mint. The fake saw %d liveness calls during the hammering.\n",
+		c.Replicas, c.UpstreamLatency, c.MintsPerMinute, c.Mints, c.UpstreamLatency, c.Readers, c.ReadD, c.Hammers, c.HammerD,
+		d.FakeCalls-d.FakeCalls0)
 }

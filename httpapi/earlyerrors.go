@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -55,10 +56,52 @@ func (l earlyListener) Accept() (net.Conn, error) {
 }
 
 // earlyConn is a connection whose error answers written by net/http itself
-// are rewritten as JSON (see earlyHeaders).
+// are rewritten as JSON (see earlyHeaders), and whose write deadline is
+// kept coarse (see SetWriteDeadline).
 type earlyConn struct {
 	net.Conn
 	s *Server
+
+	mu            sync.Mutex
+	writeDeadline time.Time // guarded by mu: the write deadline in force
+}
+
+// writeDeadlineSlack is how much later than net/http asks a connection's
+// write deadline may fall.
+const writeDeadlineSlack = time.Second
+
+// SetWriteDeadline sets the write deadline to t, or leaves the one in
+// force when it falls no more than writeDeadlineSlack after t. net/http
+// moves the deadline on every request (WriteTimeout from the request's
+// arrival), and arming the connection's timer costs a few percent of a
+// token read; a new deadline is set writeDeadlineSlack late, so that the
+// requests of the next second leave it alone. A slow reader is still cut
+// off at most writeDeadlineSlack after the server's WriteTimeout. No
+// deadline (zero) and deadlines in the past go through as they are.
+func (c *earlyConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !t.IsZero() && !c.writeDeadline.IsZero() && !c.writeDeadline.Before(t) && c.writeDeadline.Sub(t) <= writeDeadlineSlack {
+		return nil
+	}
+	set := t
+	if !t.IsZero() && time.Until(t) > 0 {
+		set = t.Add(writeDeadlineSlack)
+	}
+	if err := c.Conn.SetWriteDeadline(set); err != nil {
+		c.writeDeadline = time.Time{}
+		return err
+	}
+	c.writeDeadline = set
+	return nil
+}
+
+// SetDeadline sets both deadlines exactly.
+func (c *earlyConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writeDeadline = t
+	return c.Conn.SetDeadline(t)
 }
 
 // Write sends p, or the JSON answer in place of net/http's plain-text one.

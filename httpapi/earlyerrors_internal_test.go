@@ -1,6 +1,11 @@
 package httpapi
 
-import "testing"
+import (
+	"net"
+	"slices"
+	"testing"
+	"time"
+)
 
 // TestParseEarlyAnswer checks that only net/http's own error writes are
 // recognised, not answers or parts of answers that resemble them.
@@ -35,5 +40,62 @@ func TestParseEarlyAnswer(t *testing.T) {
 				t.Errorf("parseEarlyAnswer = %d, %q, %v; want %d, %q, %v", status, detail, ok, tt.status, tt.wantDetail, tt.ok)
 			}
 		})
+	}
+}
+
+// deadlineConn records the write deadlines set on it.
+type deadlineConn struct {
+	net.Conn // nil: only the deadline methods are called
+	set      []time.Time
+}
+
+func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
+	c.set = append(c.set, t)
+	return nil
+}
+
+func (c *deadlineConn) SetDeadline(t time.Time) error { return c.SetWriteDeadline(t) }
+
+// TestCoarseWriteDeadline checks that a write deadline is set
+// writeDeadlineSlack late and left alone by the requests that follow within
+// the slack, and that no deadline and a past one (net/http's way to
+// interrupt a write) go through at once.
+func TestCoarseWriteDeadline(t *testing.T) {
+	base := time.Now().Add(time.Minute) // in the future, as WriteTimeout's deadlines are
+	past := time.Unix(1, 0)
+	steps := []struct {
+		name string
+		call time.Time
+		want []time.Time // the deadlines the connection got, all along
+	}{
+		{"first", base, []time.Time{base.Add(writeDeadlineSlack)}},
+		{"within the slack", base.Add(writeDeadlineSlack / 2), []time.Time{base.Add(writeDeadlineSlack)}},
+		{"at the end of the slack", base.Add(writeDeadlineSlack), []time.Time{base.Add(writeDeadlineSlack)}},
+		{"past the slack", base.Add(writeDeadlineSlack + 1), []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1)}},
+		{"earlier than in force by more than the slack", base, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(writeDeadlineSlack)}},
+		{"none", time.Time{}, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(writeDeadlineSlack), {}}},
+		{"after none", base, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(writeDeadlineSlack), {}, base.Add(writeDeadlineSlack)}},
+		{"in the past", past, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(writeDeadlineSlack), {}, base.Add(writeDeadlineSlack), past}},
+	}
+	inner := &deadlineConn{}
+	c := &earlyConn{Conn: inner}
+	for _, st := range steps {
+		if err := c.SetWriteDeadline(st.call); err != nil {
+			t.Fatalf("%s: SetWriteDeadline: %v", st.name, err)
+		}
+		if !slices.EqualFunc(inner.set, st.want, time.Time.Equal) {
+			t.Fatalf("%s: deadlines set %v, want %v", st.name, inner.set, st.want)
+		}
+	}
+	// SetDeadline is exact, and a later SetWriteDeadline compares with it.
+	exact := base.Add(time.Hour)
+	if err := c.SetDeadline(exact); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetWriteDeadline(exact.Add(-writeDeadlineSlack / 2)); err != nil {
+		t.Fatal(err)
+	}
+	if got := inner.set[len(inner.set)-1]; !got.Equal(exact) || len(inner.set) != len(steps[len(steps)-1].want)+1 {
+		t.Errorf("after SetDeadline(%v) and a write deadline within the slack: deadlines set %v", exact, inner.set)
 	}
 }

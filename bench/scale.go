@@ -1,0 +1,359 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// scaleResult is figure 11 for one fleet: N in-process replicas keeping a
+// catalog of T tokens over one redis-server.
+type scaleResult struct {
+	N, T    int
+	Skipped string // why the fleet was not run; empty when it was
+
+	Start, Restart time.Duration // until every replica serves every token: first start, after a full restart
+
+	PropP50, PropP99, PropMax time.Duration // a refresh's start to each replica serving the new token
+	PropSamples, PropWrites   int
+	// CPU time per refresh: the harness's (every replica's work, and the
+	// polling), per replica; redis-server's, for the whole fan-out.
+	PropCPUPerReplica, PropRedisCPU time.Duration
+	PropMix                         string // commands Redis ran during the refreshes
+
+	RestSeconds     float64
+	RestTotal       int64
+	RestPerSec      float64 // commands per second, whole fleet
+	PerReplica      float64 // commands per second per replica
+	PerReplicaToken float64 // commands per second per replica per token
+	Mix             string
+	Scans           int64 // KEYS, SCAN and the like, since redis-server started
+
+	UsedMemory int64 // bytes, INFO memory used_memory, at rest
+	Clients    int64 // INFO clients connected_clients, at rest
+
+	Leaders, MostLed int   // replicas leading at least one token; most tokens one replica leads
+	RSSPerReplica    int64 // KiB: the harness's resident set grown by the fleet, divided by N
+}
+
+// scanCommands are the commands that walk the keyspace; no replica may
+// send one.
+var scanCommands = []string{"keys", "scan", "hscan", "sscan", "zscan"}
+
+// seqSource hands out a new value on every call, so that a refresh can
+// be told from the token before it.
+type seqSource struct {
+	name     string
+	lifetime time.Duration
+	seq      atomic.Int64
+}
+
+func (s *seqSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
+	n := s.seq.Add(1)
+	return upstream.Token{Value: benchToken + "." + s.name + "." + strconv.FormatInt(n, 10), Lifetime: s.lifetime, Sent: time.Now()}, nil
+}
+
+// scalePoolSize is the Redis pool of each replica of figure 11: go-redis
+// sizes it ten per GOMAXPROCS, and a replica given one CPU (a Kubernetes
+// limit of one core) has ten.
+const scalePoolSize = 10
+
+// scaleConns estimates how many connections a fleet of n replicas keeping
+// t tokens opens to Redis: each replica's events subscription, and its
+// client's pool, which keeps at least three idle connections
+// (refresher.TuneRedis) and grows with its tokens' concurrent calls,
+// measured at about two per token, up to the pool's size.
+func scaleConns(n, t int) int { return n * (1 + min(scalePoolSize, 4+2*t)) }
+
+// maxScaleStores bounds N·T in the harness's one process: every token of
+// every replica is a store and a refresher, whose work the harness's cores
+// must keep up with for the figures to be the fleet's and not the
+// harness's (on two shared cores, 10,000 did not converge in two minutes).
+const maxScaleStores = 1000
+
+// maxScaleConns bounds the connections a fleet of figure 11 may need:
+// they all go to one port of one loopback address, which the kernel's
+// ephemeral port range (net.ipv4.ip_local_port_range) limits.
+func maxScaleConns() int {
+	limit := fdLimit() - 1000 // the harness's own files
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			lo, err1 := strconv.Atoi(f[0])
+			hi, err2 := strconv.Atoi(f[1])
+			if err1 == nil && err2 == nil {
+				limit = min(limit, (hi-lo)*9/10)
+			}
+		}
+	}
+	return limit
+}
+
+// fdLimit is this process's limit of open files.
+func fdLimit() int {
+	var r syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
+		return 1024
+	}
+	return int(r.Cur)
+}
+
+// raiseFileLimit lifts this process's limit of open files (inherited by
+// the redis-servers it starts) as far as it may, for figure 11's fleets.
+func raiseFileLimit() {
+	var r syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) != nil {
+		return
+	}
+	want := r
+	want.Cur = max(r.Cur, min(r.Max, 1<<16))
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) == nil {
+		return
+	}
+	want.Max = max(r.Max, 1<<16) // allowed to root
+	want.Cur = want.Max
+	_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want)
+}
+
+// measureScale runs figure 11 for n replicas keeping t tokens: it starts
+// them, waits until every one serves every token, counts Redis's commands
+// at rest over restD, refreshes writes tokens one after the other timing
+// each replica's pick-up, then stops the whole fleet, starts it again and
+// times its convergence.
+func measureScale(ctx context.Context, work string, n, t, writes int, restD time.Duration, say func(string, ...any)) (*scaleResult, error) {
+	res := &scaleResult{N: n, T: t}
+	if n*t > maxScaleStores {
+		res.Skipped = fmt.Sprintf("N·T = %s stores and refreshers in the harness's one process, over the %s it runs (on %d cores); "+
+			"at rest they would send Redis about %s commands a second", fmtCount(int64(n*t)), fmtCount(maxScaleStores), runtime.NumCPU(),
+			fmtCount(int64(2*n*t)))
+		return res, nil
+	}
+	if conns, limit := scaleConns(n, t), maxScaleConns(); conns > limit {
+		res.Skipped = fmt.Sprintf("needs about %s connections to Redis (a subscription and a pool per replica, the pool growing "+
+			"with its tokens), over the %s this machine allows to one address (open files, ephemeral ports)",
+			fmtCount(int64(conns)), fmtCount(int64(limit)))
+		return res, nil
+	}
+	rs, err := startRedis(ctx, work, fmt.Sprintf("redis-scale-%d-%d", n, t), "--maxclients", strconv.Itoa(max(10000, fdLimit()-64)),
+		"--tcp-backlog", "4096") // a fleet dials at once: with Redis's default of 511, connections wait for SYN retries
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Stop()
+
+	sources := make([]*seqSource, t)
+	tokens := make([]tokenkeeper.TokenConfig, t)
+	names := make([]string, t)
+	for i := range t {
+		names[i] = fmt.Sprintf("token-%d", i)
+		sources[i] = &seqSource{name: names[i], lifetime: time.Hour}
+		tokens[i] = tokenkeeper.TokenConfig{Name: names[i], Source: sources[i]}
+	}
+	keepers := make([]*tokenkeeper.Keeper, n)
+	stops := make([]func(), n)
+	stopFleet := func() {
+		var wg sync.WaitGroup
+		for i, stop := range stops {
+			if stop != nil {
+				wg.Go(stop)
+				stops[i] = nil
+			}
+		}
+		wg.Wait()
+	}
+	defer stopFleet()
+	startFleet := func() error {
+		for i := range n {
+			k, stop, err := catalogKeeperOf(ctx, rs, fmt.Sprintf("replica-%d", i), tokens, 10*time.Second,
+				func(o *redis.Options) { o.PoolSize = scalePoolSize })
+			if err != nil {
+				return err
+			}
+			keepers[i], stops[i] = k, stop
+		}
+		return nil
+	}
+	allServe := func() bool {
+		for _, k := range keepers {
+			for _, name := range names {
+				if _, ok := k.Current(name); !ok {
+					return false
+				}
+			}
+		}
+		return true
+	}
+
+	runtime.GC()
+	rss0, _ := rssKiB(os.Getpid())
+	t0 := time.Now()
+	if err := startFleet(); err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, 120*time.Second, 10*time.Millisecond, "every replica serving every token", allServe); err != nil {
+		return nil, err
+	}
+	res.Start = time.Since(t0)
+	say("  N=%d T=%d: every replica serves every token %s after the first start", n, t, fmtDur(res.Start))
+
+	// Every token led by someone, then a quiet interval.
+	if err := waitFor(ctx, 30*time.Second, 50*time.Millisecond, "a leader for every token", func() bool {
+		for _, name := range names {
+			if leaderOf(keepers, name) < 0 {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		return nil, err
+	}
+	led := map[int]int{}
+	for _, name := range names {
+		led[leaderOf(keepers, name)]++
+	}
+	res.Leaders = len(led)
+	for _, c := range led {
+		res.MostLed = max(res.MostLed, c)
+	}
+	time.Sleep(min(restD/2, 3*time.Second))
+	runtime.GC()
+	if rss1, err := rssKiB(os.Getpid()); err == nil {
+		res.RSSPerReplica = max(rss1-rss0, 0) / int64(n)
+	}
+
+	before, err := rs.Commands(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r0 := time.Now()
+	time.Sleep(restD)
+	after, err := rs.Commands(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res.RestSeconds = time.Since(r0).Seconds()
+	delta := after.Sub(before)
+	res.RestTotal = delta.Total()
+	res.RestPerSec = float64(res.RestTotal) / res.RestSeconds
+	res.PerReplica = res.RestPerSec / float64(n)
+	res.PerReplicaToken = res.PerReplica / float64(t)
+	res.Mix = delta.String()
+	if res.UsedMemory, err = rs.infoInt(ctx, "memory", "used_memory"); err != nil {
+		return nil, err
+	}
+	if res.Clients, err = rs.infoInt(ctx, "clients", "connected_clients"); err != nil {
+		return nil, err
+	}
+	say("  N=%d T=%d: at rest %.0f commands/s (%.2f per replica, %.3f per replica per token), used_memory %s, %d clients; %d replicas lead, at most %d tokens each",
+		n, t, res.RestPerSec, res.PerReplica, res.PerReplicaToken, fmtMiB(res.UsedMemory/1024), res.Clients, res.Leaders, res.MostLed)
+
+	// Propagation: a refresh on the token's leader, every replica polled
+	// until it serves a different value.
+	var lat []time.Duration
+	seen := make([]time.Duration, n)
+	cpu0, err1 := cpuTime(os.Getpid())
+	rcpu0, err2 := cpuTime(rs.proc.Pid())
+	cmds0, err3 := rs.Commands(ctx)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, err
+	}
+	for w := range writes {
+		name := names[w%t]
+		li := leaderOf(keepers, name)
+		if li < 0 {
+			return nil, fmt.Errorf("write %d: no leader for %s", w, name)
+		}
+		old, _ := keepers[li].Current(name)
+		for i := range seen {
+			seen[i] = -1
+		}
+		refreshed := make(chan error, 1)
+		start := time.Now()
+		go func() {
+			_, err := keepers[li].Refresh(ctx, name)
+			refreshed <- err
+		}()
+		left := n
+		deadline := start.Add(10 * time.Second)
+		for left > 0 && time.Now().Before(deadline) {
+			for i, k := range keepers {
+				if seen[i] >= 0 {
+					continue
+				}
+				if tok, ok := k.Current(name); ok && tok.Value != old.Value {
+					seen[i] = time.Since(start)
+					left--
+				}
+			}
+			if left > 0 {
+				time.Sleep(time.Millisecond) // the replicas share the harness's cores with this loop
+			}
+		}
+		if err := <-refreshed; err != nil {
+			return nil, fmt.Errorf("refresh %d of %s: %w", w, name, err)
+		}
+		if left > 0 {
+			return nil, fmt.Errorf("refresh %d of %s: %d of %d replicas did not serve the new token within 10 s", w, name, left, n)
+		}
+		lat = append(lat, seen...)
+		time.Sleep(50 * time.Millisecond)
+	}
+	cpu1, err1 := cpuTime(os.Getpid())
+	rcpu1, err2 := cpuTime(rs.proc.Pid())
+	cmds1, err3 := rs.Commands(ctx)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, err
+	}
+	res.PropMix = cmds1.Sub(cmds0).String()
+	res.PropCPUPerReplica = (cpu1 - cpu0) / time.Duration(writes*n)
+	res.PropRedisCPU = (rcpu1 - rcpu0) / time.Duration(writes)
+	slices.Sort(lat)
+	res.PropWrites, res.PropSamples = writes, len(lat)
+	res.PropP50, res.PropP99, res.PropMax = quantile(lat, 0.5), quantile(lat, 0.99), lat[len(lat)-1]
+	say("  N=%d T=%d: propagation p50 %s p99 %s max %s (%d refreshes); CPU per refresh: %s per replica, redis-server %s",
+		n, t, fmtDur(res.PropP50), fmtDur(res.PropP99), fmtDur(res.PropMax), writes, fmtDur(res.PropCPUPerReplica), fmtDur(res.PropRedisCPU))
+
+	// A full restart: the tokens stay in Redis.
+	stopFleet()
+	t1 := time.Now()
+	if err := startFleet(); err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, 120*time.Second, 10*time.Millisecond, "every replica serving every token after a restart", allServe); err != nil {
+		return nil, err
+	}
+	res.Restart = time.Since(t1)
+	say("  N=%d T=%d: after a full restart, every replica serves every token in %s", n, t, fmtDur(res.Restart))
+
+	all, err := rs.Commands(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range scanCommands {
+		res.Scans += all[c]
+	}
+	return res, nil
+}
+
+// leaderOf is the index of the replica that leads name, or -1.
+func leaderOf(keepers []*tokenkeeper.Keeper, name string) int {
+	for i, k := range keepers {
+		if k.Leads(name) {
+			return i
+		}
+	}
+	return -1
+}
