@@ -96,6 +96,13 @@ func (c Config) newRedis(maxRetries int) redis.UniversalClient {
 		// after its replica was promoted. A third of the lock TTL lets a
 		// leader be elected again within about a TTL of the promotion.
 		o.ClusterStateReloadInterval = c.LockTTL / 3
+		// A dead node answers no dial: five dial attempts (go-redis's
+		// default) to it hold a command, or the slot map's reload, for
+		// five dial timeouts, longer than a lock lives. One attempt,
+		// unless the URL asks for more (dialer_retries).
+		if o.DialerRetries == 0 {
+			o.DialerRetries = 1
+		}
 		return redis.NewClusterClient(&o)
 	default:
 		o := *c.Redis
