@@ -18,13 +18,7 @@ func TestNoReturnToAnOlderToken(t *testing.T) {
 		w := newWorld(t)
 		ctx := t.Context()
 		src := w.source(hour)
-		rs := []*replica{w.start("a", src, timings{lifetime: hour}), w.start("b", src, timings{lifetime: hour})}
-		oneLeader(t, rs, time.Minute)
-		w.tl.Until("both hold the first token", time.Minute, func() bool {
-			_, a := rs[0].store.Current()
-			_, b := rs[1].store.Current()
-			return a && b
-		})
+		rs := w.pairHolding(src)
 		snapshot, err := w.admin.HGetAll(ctx, w.keys.Token).Result()
 		if err != nil || snapshot["v"] == "" {
 			t.Fatalf("token hash before the refresh: %v, %v", snapshot, err)

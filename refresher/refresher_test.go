@@ -215,6 +215,20 @@ func (w *world) startReplica(name string, src refresher.Source, tm timings, hear
 	return r
 }
 
+// pairHolding runs replicas a and b on src's hour-long tokens and returns
+// them once one leads and both hold the first token.
+func (w *world) pairHolding(src *source) []*replica {
+	w.t.Helper()
+	rs := []*replica{w.start("a", src, timings{lifetime: hour}), w.start("b", src, timings{lifetime: hour})}
+	oneLeader(w.t, rs, time.Minute)
+	w.tl.Until("both hold the first token", time.Minute, func() bool {
+		_, a := rs[0].store.Current()
+		_, b := rs[1].store.Current()
+		return a && b
+	})
+	return rs
+}
+
 func (r *replica) stop() {
 	r.cancel()
 	<-r.done
@@ -568,13 +582,7 @@ func TestReseedAfterDataLoss(t *testing.T) {
 		w := newWorld(t)
 		ctx := t.Context()
 		src := w.source(hour)
-		rs := []*replica{w.start("a", src, timings{lifetime: hour}), w.start("b", src, timings{lifetime: hour})}
-		oneLeader(t, rs, time.Minute)
-		w.tl.Until("both hold the token", time.Minute, func() bool {
-			_, a := rs[0].store.Current()
-			_, b := rs[1].store.Current()
-			return a && b
-		})
+		rs := w.pairHolding(src)
 		w.tl.Advance(10*time.Minute + 777*time.Millisecond)
 		if err := w.admin.Del(ctx, w.keys.Token, w.keys.Lock).Err(); err != nil {
 			t.Fatal(err)
