@@ -155,12 +155,52 @@ func (e *Events) Run(ctx context.Context) error {
 			// (the server unsubscribes it): subscribe again, on the new
 			// owner.
 			for ctx.Err() == nil {
-				e.follow(ctx, e.rdb.SSubscribe(ctx, ch))
+				e.followShard(ctx, ch)
 			}
 		})
 	}
 	wg.Wait()
 	return ctx.Err()
+}
+
+// followShard follows channel's sharded subscription until ctx ends, the
+// server ends it, or, in Redis Cluster, the channel's slot gets another
+// master: a master that died ends nothing (no answer comes from it), so
+// the slot map, which the client reloads, is looked at every second.
+func (e *Events) followShard(ctx context.Context, channel string) {
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if cc, ok := e.rdb.(*redis.ClusterClient); ok {
+		if owner := shardOf(fctx, cc, channel); owner != "" {
+			go func() {
+				tick := time.NewTicker(time.Second)
+				defer tick.Stop()
+				for {
+					select {
+					case <-fctx.Done():
+						return
+					case <-tick.C:
+						if now := shardOf(fctx, cc, channel); now != "" && now != owner {
+							e.log.Info("the events' shard has a new master; subscribing there", "channel", channel, "was", owner, "now", now)
+							cancel()
+							return
+						}
+					}
+				}
+			}()
+		}
+	}
+	e.follow(fctx, e.rdb.SSubscribe(fctx, channel))
+}
+
+// shardOf returns the address of the master of channel's slot, as the
+// cluster client last loaded it; "" when unknown.
+func shardOf(ctx context.Context, cc *redis.ClusterClient, channel string) string {
+	node, err := cc.MasterForKey(ctx, channel)
+	if err != nil {
+		return ""
+	}
+	return node.Options().Addr
 }
 
 // shardedWorks reports whether the server takes SSUBSCRIBE; it retries
