@@ -6,12 +6,10 @@ import (
 	"context"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -46,33 +44,11 @@ func startReplicated(t *testing.T, name string, m *master, keys cache.Keys, src 
 func startWatched(t *testing.T, name string, m *master, keys cache.Keys, src refresher.Source, tm timings, rep cache.Replication,
 	authority func(context.Context) (string, error)) *replica {
 	t.Helper()
-	log := testLog(t)
-	reg := prometheus.NewRegistry()
-	opt := &redis.Options{Addr: "master", Dialer: m.dial, MaxRetries: -1, DialTimeout: time.Second}
-	refresher.TuneRedis(opt, tm.lockTTL)
-	rdb := redis.NewClient(opt)
-	store, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: tm.margin, PollInterval: 200 * time.Millisecond,
-		Instance: name, Logger: log.With("r", name), Registerer: reg, Replication: rep})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := refresher.New(refresher.Config{
-		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, Jitter: 50 * time.Millisecond,
-		RetryMin: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Logger: log.With("r", name),
-		Version: "v-test", Registerer: reg, Replication: rep, WatchMaster: true, MasterAuthority: authority,
-	}, rdb, store, src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &replica{name: name, rdb: rdb, store: store, ref: ref, reg: reg, cancel: cancel, done: make(chan struct{})}
-	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{store.Run, ref.Run} {
-		wg.Go(func() { run(ctx) })
-	}
-	go func() { wg.Wait(); close(r.done) }()
-	t.Cleanup(r.stop)
-	return r
+	opt := &redis.Options{Addr: "master", Dialer: m.dial}
+	return startRealWith(t, testLog(t), name, opt, keys, src, tm, func(s *cache.Config, r *refresher.Config) {
+		s.Replication = rep
+		r.Replication, r.WatchMaster, r.MasterAuthority = rep, true, authority
+	})
 }
 
 // TestFailoverToAReplicaThatWaited runs two replicas on a master with one
@@ -159,31 +135,14 @@ func TestFailoverToAReplicaThatWaited(t *testing.T) {
 	})
 }
 
+// containsLine reports whether info (an INFO answer) has the line line.
 func containsLine(info, line string) bool {
-	for l := range splitLines(info) {
-		if l == line {
+	for l := range strings.Lines(info) {
+		if strings.TrimRight(l, "\r\n") == line {
 			return true
 		}
 	}
 	return false
-}
-
-func splitLines(s string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		start := 0
-		for i := 0; i <= len(s); i++ {
-			if i == len(s) || s[i] == '\n' {
-				l := s[start:i]
-				if n := len(l); n > 0 && l[n-1] == '\r' {
-					l = l[:n-1]
-				}
-				if !yield(l) {
-					return
-				}
-				start = i + 1
-			}
-		}
-	}
 }
 
 // TestNoLeaderOnAMasterSentinelDisowns: after a partition heals, the old
@@ -202,8 +161,8 @@ func TestNoLeaderOnAMasterSentinelDisowns(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for l := range splitLines(info) {
-			if id, ok := strings.CutPrefix(l, "run_id:"); ok {
+		for l := range strings.Lines(info) {
+			if id, ok := strings.CutPrefix(strings.TrimRight(l, "\r\n"), "run_id:"); ok {
 				return id
 			}
 		}

@@ -57,20 +57,34 @@ func (w *logWriter) close() {
 // in production (refresher.TuneRedis).
 func startReal(t *testing.T, log *slog.Logger, name, addr string, keys cache.Keys, src refresher.Source, tm timings) *replica {
 	t.Helper()
+	return startRealWith(t, log, name, &redis.Options{Addr: addr}, keys, src, tm, nil)
+}
+
+// startRealWith runs a replica on a client of opt (tuned as in
+// production), with the short retries and poll of these tests; adjust, when
+// set, changes the store's and the refresher's configurations first.
+func startRealWith(t *testing.T, log *slog.Logger, name string, opt *redis.Options, keys cache.Keys, src refresher.Source, tm timings,
+	adjust func(*cache.Config, *refresher.Config)) *replica {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	opt := &redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second}
+	opt.MaxRetries, opt.DialTimeout = -1, time.Second
 	refresher.TuneRedis(opt, tm.lockTTL)
 	rdb := redis.NewClient(opt)
-	store, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: tm.margin, PollInterval: 200 * time.Millisecond,
-		Instance: name, Logger: log.With("r", name), Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := refresher.New(refresher.Config{
+	scfg := cache.Config{Keys: keys, ServeMargin: tm.margin, PollInterval: 200 * time.Millisecond,
+		Instance: name, Logger: log.With("r", name), Registerer: reg}
+	rcfg := refresher.Config{
 		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, Jitter: 50 * time.Millisecond,
 		RetryMin: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Logger: log.With("r", name),
 		Version: "v-test", Registerer: reg,
-	}, rdb, store, src)
+	}
+	if adjust != nil {
+		adjust(&scfg, &rcfg)
+	}
+	store, err := cache.New(rdb, scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := refresher.New(rcfg, rdb, store, src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,8 +92,7 @@ func startReal(t *testing.T, log *slog.Logger, name, addr string, keys cache.Key
 	r := &replica{name: name, rdb: rdb, store: store, ref: ref, reg: reg, cancel: cancel, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for _, run := range []func(context.Context) error{store.Run, ref.Run} {
-		wg.Add(1)
-		go func() { defer wg.Done(); run(ctx) }()
+		wg.Go(func() { run(ctx) })
 	}
 	go func() { wg.Wait(); close(r.done) }()
 	t.Cleanup(r.stop)
