@@ -1,7 +1,6 @@
 package tokenkeeper_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,48 +10,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/fakerdp"
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // startLimited runs a replica of fleet with a fleet-wide rate limit per
 // key until the test ends.
 func startLimited(t *testing.T, fleet *keepertest.Fleet, name string, limit float64) *tokenkeeper.Keeper {
 	t.Helper()
-	opt := *fleet.Redis.Options
-	refresher.TuneRedis(&opt, keepertest.LockTTL)
-	rdb := redis.NewClient(&opt)
-	t.Cleanup(func() { rdb.Close() })
-	k, err := tokenkeeper.New(tokenkeeper.Config{
-		Redis: rdb, Instance: name,
-		RDP: &upstream.Config{BaseURL: fleet.RDPURL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
-			DefaultLifetime: keepertest.Lifetime, Timeout: keepertest.RDPTimeout},
-		ServeMargin: keepertest.Margin, RefreshBefore: keepertest.Before, LockTTL: keepertest.LockTTL,
-		PollInterval: 200 * time.Millisecond,
-		HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey},
-			Security: httpapi.Security{FleetRateLimit: limit}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- k.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("%s: Run: %v", name, err)
-		}
-	})
-	return k
+	return fleet.StartWith(t, name, func(c *tokenkeeper.Config) { c.HTTP.Security.FleetRateLimit = limit })
 }
 
 // sharedAmong is the replica count a keeper's rate limit is shared

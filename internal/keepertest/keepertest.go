@@ -51,17 +51,28 @@ func New(t *testing.T, srv *redistest.Server) *Fleet {
 // that Run returned cleanly.
 func (f *Fleet) Start(t *testing.T, name string) *tokenkeeper.Keeper {
 	t.Helper()
+	return f.StartWith(t, name, nil)
+}
+
+// StartWith is Start with adjust, when set, changing the replica's
+// configuration first.
+func (f *Fleet) StartWith(t *testing.T, name string, adjust func(*tokenkeeper.Config)) *tokenkeeper.Keeper {
+	t.Helper()
 	opt := *f.Redis.Options
 	refresher.TuneRedis(&opt, LockTTL)
 	rdb := redis.NewClient(&opt)
 	t.Cleanup(func() { rdb.Close() })
-	k, err := tokenkeeper.New(tokenkeeper.Config{
+	cfg := tokenkeeper.Config{
 		Redis: rdb, Instance: name,
 		RDP: &upstream.Config{BaseURL: f.RDPURL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
 			DefaultLifetime: Lifetime, Timeout: RDPTimeout},
 		ServeMargin: Margin, RefreshBefore: Before, LockTTL: LockTTL, PollInterval: 200 * time.Millisecond,
 		HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{ReaderKey}},
-	})
+	}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	k, err := tokenkeeper.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
