@@ -188,7 +188,9 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 // replica that sees a token's lock free waits a little before standing, a
 // quarter of the lock TTL for each token it leads already (at most half
 // the TTL), plus up to an eighth at random, so that one that leads fewer
-// takes the lock first. A fleet of one token stands at once.
+// takes the lock first; asked again when the wait ends, it waits longer
+// if it has taken another lock meanwhile. A fleet of one token stands at
+// once.
 func (k *Keeper) yield() func() time.Duration {
 	if k.cfg.single {
 		return nil

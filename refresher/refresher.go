@@ -91,8 +91,9 @@ type Config struct {
 	// Yield, when set, says how long a replica that sees the lock free
 	// waits before it stands, if the lock is still free then. A replica
 	// that keeps several tokens yields longer the more of them it leads,
-	// so that leadership spreads over the fleet. Default: it stands at
-	// once.
+	// so that leadership spreads over the fleet. It is asked again when
+	// the wait ends, and a longer answer is waited out. Default: it stands
+	// at once.
 	Yield func() time.Duration
 	// Clock is the time the election, the refresh loop and the heartbeat
 	// run on: dates and every timer. Default: clock.Real().
@@ -279,7 +280,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	wake := r.cfg.Clock.NewTimer(0)
 	defer wake.Stop()
 	var freeSince time.Time // while aside: since when the lock has been seen free
-	yielded := false        // the lock was seen free and Yield waited for
+	var yielded time.Duration // Yield's wait, served since the lock was seen free
 	for {
 		select {
 		case <-ctx.Done():
@@ -304,7 +305,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 			// expires, unless released, which is announced. Sleeping until
 			// then costs Redis one PTTL per lock period instead of a
 			// failed Obtain every ElectEvery.
-			freeSince, yielded = time.Time{}, false
+			freeSince, yielded = time.Time{}, 0
 			wake.Reset(held)
 			continue
 		}
@@ -322,13 +323,16 @@ func (r *Refresher) Run(ctx context.Context) error {
 		}
 		freeSince = time.Time{}
 		if r.cfg.Yield != nil {
-			if d := r.cfg.Yield(); d > 0 && !yielded {
-				yielded = true
-				wake.Reset(d)
+			// Asked again after the wait: a replica that has taken another
+			// token's lock meanwhile yields longer, so that the locks
+			// freed together do not all go to one replica.
+			if d := r.cfg.Yield(); d > yielded {
+				wake.Reset(d - yielded)
+				yielded = d
 				continue
 			}
 		}
-		yielded = false
+		yielded = 0
 		value, err := newLockValue(r.cfg.Instance)
 		if err != nil {
 			return err
