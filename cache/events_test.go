@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -182,5 +183,112 @@ func TestOlderTokenInRedisIsNotAdopted(t *testing.T) {
 	}
 	if got, _ := reader.Current(); got.Value != "tok-old" || reader.Behind() {
 		t.Fatalf("after Resync: serving %q, behind %v; want tok-old, false", got.Value, reader.Behind())
+	}
+}
+
+// TestEventsCarryTheToken: a replica adopts each token from its event,
+// without reading Redis, dated no later than Redis expires it and with its
+// generation; its next poll reads it in full and keeps the earlier
+// deadline.
+func TestEventsCarryTheToken(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	writer := f.store(t, cache.Config{ServeMargin: time.Second, Instance: "w"})
+	reader := f.store(t, cache.Config{ServeMargin: time.Second, PollInterval: time.Hour})
+	run(t, reader)
+	f.subscribed(t, 1)
+	// The reads at start and after subscribing find no token, and Redis's clock.
+	testkit.Eventually(t, 10*time.Second, "the first reads", func() bool { return reader.Loads() == 2 })
+	f.lock(t, "holder")
+	for i, v := range []string{"tok-1", "tok-2", "tok-3"} {
+		w, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: v, Deadline: time.Now().Add(time.Duration(i+1) * time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testkit.Eventually(t, 10*time.Second, "reader follows "+v, func() bool {
+			got, ok := reader.Current()
+			return ok && got.Value == v
+		})
+		got, _ := reader.Held()
+		if got.Deadline.After(w.Deadline) {
+			t.Fatalf("%s: the reader dates it %v later than its writer", v, got.Deadline.Sub(w.Deadline))
+		}
+		if early := w.Deadline.Sub(got.Deadline); early > time.Second {
+			t.Fatalf("%s: the reader dates it %v earlier than its writer", v, early)
+		}
+		if got.Generation != w.Generation || got.Writer != "w" {
+			t.Fatalf("%s: generation %d from %q, want %d from w", v, got.Generation, got.Writer, w.Generation)
+		}
+	}
+	if n := reader.Loads(); n != 2 {
+		t.Fatalf("the reader read Redis %d times after its first reads, want none: the events carry the tokens", n-2)
+	}
+	// The next poll reads the token in full: never a later deadline.
+	before, _ := reader.Held()
+	if _, err := reader.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := reader.Held()
+	if reader.Loads() != 3 || after.Value != before.Value || after.Deadline.After(before.Deadline) {
+		t.Fatalf("after a poll: %d reads, %q until %v; want 3 reads, %q until at most %v",
+			reader.Loads(), after.Value, after.Deadline, before.Value, before.Deadline)
+	}
+}
+
+// TestEventsTheStoreCannotDateAreRead: an event whose token the replica
+// cannot date safely, or that is older than the token it holds, makes it
+// read Redis instead, which holds the real token; an event it can date is
+// adopted as it is (the control).
+func TestEventsTheStoreCannotDateAreRead(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	writer := f.store(t, cache.Config{ServeMargin: time.Second, Instance: "w"})
+	reader := f.store(t, cache.Config{ServeMargin: time.Second, PollInterval: time.Hour})
+	run(t, reader)
+	f.subscribed(t, 1)
+	f.lock(t, "holder")
+	real, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "real", Deadline: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "reader holds the real token", func() bool {
+		got, ok := reader.Current()
+		return ok && got.Value == "real"
+	})
+	for _, c := range []struct {
+		name    string
+		skew    time.Duration // of the event's Redis clock from Redis's
+		ttl     time.Duration
+		gen     uint64
+		adopted bool
+	}{
+		{name: "Redis's clock ahead", skew: 10 * time.Minute, ttl: 2 * time.Hour, gen: real.Generation + 1},
+		{name: "Redis's clock behind", skew: -10 * time.Minute, ttl: 2 * time.Hour, gen: real.Generation + 1},
+		{name: "within the serve margin", ttl: time.Second, gen: real.Generation + 1},
+		{name: "an older generation", ttl: 2 * time.Hour, gen: real.Generation - 1},
+		{name: "datable", ttl: 2 * time.Hour, gen: real.Generation + 1, adopted: true},
+	} {
+		loads := reader.Loads()
+		now := redisTime(t, f.rdb).Add(c.skew).UnixMilli()
+		forged := "forged-" + strconv.Itoa(int(loads))
+		payload := fmt.Sprintf(`{"type":"token","from":"x","tok":{"v":%q,"age":0,"exp":%d,"now":%d,"g":%d}}`,
+			forged, now+c.ttl.Milliseconds(), now, c.gen)
+		if err := f.rdb.Publish(ctx, f.keys.Events, payload).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if c.adopted {
+			testkit.Eventually(t, 10*time.Second, c.name+": adopted", func() bool {
+				got, ok := reader.Current()
+				return ok && got.Value == forged
+			})
+			if reader.Loads() != loads {
+				t.Fatalf("%s: read Redis for an event it could date", c.name)
+			}
+			continue
+		}
+		testkit.Eventually(t, 10*time.Second, c.name+": read Redis instead", func() bool { return reader.Loads() > loads })
+		if got, _ := reader.Current(); got.Value != "real" {
+			t.Fatalf("%s: serves %q, want the token Redis holds", c.name, got.Value)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -120,10 +121,10 @@ type Replication struct {
 }
 
 // Message is a message on the events channel. The store publishes
-// MsgToken itself, from the write script, and reads the token again when
-// one arrives; any other type is a control message of another package
-// (the refresher's protocol), whose content the store carries in Body
-// without reading it.
+// MsgToken itself, from the write script, with the token as stored, which
+// a replica adopts without reading Redis; any other type is a control
+// message of another package (the refresher's protocol), whose content
+// the store carries in Body without reading it.
 type Message struct {
 	// Type is MsgToken or a control message's type.
 	Type string `json:"type"`
@@ -138,6 +139,35 @@ type Message struct {
 // MsgToken is the type of the message the write script publishes when it
 // stores a token.
 const MsgToken = "token"
+
+// tokenEvent is MsgToken as the write script publishes it: the message,
+// and the token as stored, so that a replica can adopt it without a read.
+// Subscribers get the Message alone.
+type tokenEvent struct {
+	Message
+	Tok *eventToken `json:"tok,omitempty"`
+}
+
+// eventToken is the token of a tokenEvent. The writer sets the first
+// fields; the write script appends the last three, which only Redis
+// knows, and closes the JSON object (so Tok must stay the last field).
+type eventToken struct {
+	Value  string `json:"v"` // as stored: sealed when KeyID is set
+	KeyID  string `json:"k,omitempty"`
+	Writer string `json:"w,omitempty"`
+	AgeMS  int64  `json:"age"` // since the writer received it from the upstream
+
+	ExpMS int64 `json:"exp,omitempty"` // when Redis expires it, on Redis's clock (Unix ms)
+	NowMS int64 `json:"now,omitempty"` // Redis's clock when it stored it (Unix ms)
+	Gen   int64 `json:"g,omitempty"`
+}
+
+// redisClock is a reading of Redis's clock (Unix ms) by a command sent
+// at sent on this replica's clock.
+type redisClock struct {
+	sent time.Time
+	ms   int64
+}
 
 // MinPollInterval is the shortest poll interval.
 const MinPollInterval = 10 * time.Millisecond
@@ -160,11 +190,12 @@ type Store struct {
 	noRO     atomic.Bool // the server lacks EVALSHA_RO
 
 	events    *Events
-	ownEvents bool          // the store runs its events itself
-	route     *route        // the events channel's deliveries
-	behind    atomic.Bool   // Redis holds an older token than the copy in memory
-	rtt       atomic.Int64  // recent longest round trip to Redis, in ns (noteRTT)
-	rttCap    time.Duration // the client's read timeout: no answer comes later; 0 when unknown
+	ownEvents bool                       // the store runs its events itself
+	route     *route                     // the events channel's deliveries
+	behind    atomic.Bool                // Redis holds an older token than the copy in memory
+	rtt       atomic.Int64               // recent longest round trip to Redis, in ns (noteRTT)
+	clockRef  atomic.Pointer[redisClock] // Redis's clock as the last full read found it
+	rttCap    time.Duration              // the client's read timeout: no answer comes later; 0 when unknown
 
 	mu   sync.Mutex
 	subs map[*Subscription]struct{} // guarded by mu
@@ -280,14 +311,17 @@ var readLua string
 var writeLua string
 
 // readScript (lua/read.lua) returns the token, its remaining
-// milliseconds, its age in milliseconds, its writer, its key id and its
-// generation, read in one step
-// so the remaining time belongs to the token read; {'!', error} when the key holds no hash.
+// milliseconds, its age in milliseconds, its writer, its key id, its
+// generation and Redis's clock (Unix ms), read in one step so the
+// remaining time belongs to the token read; {'!', error} when the key
+// holds no hash; an empty token and Redis's clock when it holds none.
 var readScript = redis.NewScript(readLua)
 
 // writeScript (lua/write.lua) stores a token under the fence. KEYS: token, lock.
-// ARGV: lock value, token, ttl ms, age ms, writer, channel, event, key id
-// (empty when the token is stored as it is), the publishing command
+// ARGV: lock value, token, ttl ms, age ms, writer, channel, event (a
+// tokenEvent's JSON without its two closing braces, which the script
+// appends after the token's expiry, Redis's clock and the generation), key
+// id (empty when the token is stored as it is), the publishing command
 // (PUBLISH or SPUBLISH), the highest generation the writer knows.
 // Returns {1, expiry ms, generation} when stored, {0} when fenced, {-1}
 // when stale. The generation stored is one more than the key's or the
@@ -327,7 +361,7 @@ func (s *Store) load(ctx context.Context, resync bool) (bool, error) {
 		s.metrics.anomaly(anomalyWrongType)
 		return false, fmt.Errorf("%w: %s is not a hash (%v); the leader overwrites it", ErrWrongType, s.cfg.Keys.Token, res[1])
 	}
-	if len(res) != 6 {
+	if len(res) != 7 {
 		return false, fmt.Errorf("cache: read token: unexpected answer of %d fields", len(res))
 	}
 	value, _ := res[0].(string)
@@ -336,6 +370,9 @@ func (s *Store) load(ctx context.Context, resync bool) (bool, error) {
 	writer, _ := res[3].(string)
 	keyID, _ := res[4].(string)
 	gen, _ := res[5].(int64)
+	if redisNow, _ := res[6].(int64); redisNow > 0 {
+		s.clockRef.Store(&redisClock{sent: sent, ms: redisNow})
+	}
 	if value == "" || pttl <= 0 {
 		s.lost(sent)
 		return false, nil
@@ -476,6 +513,18 @@ func (s *Store) noteRTT(sent time.Time) {
 	}
 }
 
+// rttCut is the longest recent round trip to Redis, bounded by the
+// client's read timeout: a round trip that counted retries and
+// reconnections is longer than any command's delay, which the read
+// timeout bounds.
+func (s *Store) rttCut() time.Duration {
+	cut := time.Duration(s.rtt.Load())
+	if s.rttCap > 0 {
+		cut = min(cut, s.rttCap)
+	}
+	return cut
+}
+
 // Behind reports whether the last read of Redis found an older token than
 // the copy in memory, which is kept.
 func (s *Store) Behind() bool { return s.behind.Load() }
@@ -550,16 +599,23 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 		age = 0
 	}
 	t := Token{Value: w.Value, Deadline: w.Deadline, FetchedAt: now.Add(-age), Writer: s.cfg.Instance}
-	event, err := json.Marshal(Message{Type: MsgToken, From: s.cfg.Instance, Fingerprint: t.Fingerprint()})
-	if err != nil {
-		return Token{}, fmt.Errorf("cache: encode event: %w", err)
-	}
 	stored, keyID := w.Value, ""
 	if s.cfg.Keyring != nil {
 		if keyID, stored, err = s.cfg.Keyring.seal(w.Value, s.cfg.Keys.Token); err != nil {
 			return Token{}, fmt.Errorf("cache: encrypt token: %w", err)
 		}
 	}
+	event, err := json.Marshal(tokenEvent{
+		Message: Message{Type: MsgToken, From: s.cfg.Instance, Fingerprint: t.Fingerprint()},
+		Tok:     &eventToken{Value: stored, KeyID: keyID, Writer: s.cfg.Instance, AgeMS: age.Milliseconds()},
+	})
+	if err == nil && !bytes.HasSuffix(event, []byte("}}")) {
+		err = errors.New("it does not end with the token's object")
+	}
+	if err != nil {
+		return Token{}, fmt.Errorf("cache: encode event: %w", err)
+	}
+	event = event[:len(event)-2] // the script closes it
 	var known uint64
 	if h := s.cur.Load(); h != nil {
 		known = h.Generation
@@ -568,13 +624,7 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	// way into the round trip: the stored life is cut by the longest
 	// recent round trip, so that no replica reading it dates it later
 	// than it expires.
-	cut := time.Duration(s.rtt.Load())
-	if s.rttCap > 0 {
-		// A round trip that counted retries and reconnections is longer
-		// than any command's delay, which the read timeout bounds.
-		cut = min(cut, s.rttCap)
-	}
-	storedTTL := max(ttl-cut, time.Millisecond)
+	storedTTL := max(ttl-s.rttCut(), time.Millisecond)
 	keys := []string{s.cfg.Keys.Token, s.cfg.Keys.Lock}
 	args := []any{w.LockValue, stored, storedTTL.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
 		s.cfg.Keys.Events, string(event), keyID, s.events.publishCommand(), known}
@@ -783,15 +833,87 @@ func (s *Store) pollEvery(ctx context.Context) {
 }
 
 func (s *Store) handle(ctx context.Context, payload string) {
-	var m Message
-	if err := json.Unmarshal([]byte(payload), &m); err != nil {
+	var ev tokenEvent
+	if err := json.Unmarshal([]byte(payload), &ev); err != nil {
 		s.log.Warn("ignoring malformed event", "error", err, "bytes", len(payload))
 		return
 	}
-	if m.Type == MsgToken {
+	if ev.Type == MsgToken && !s.adoptEvent(ev.Tok) {
 		s.loadLogged(ctx)
 	}
-	s.broadcast(m)
+	s.broadcast(ev.Message)
+}
+
+// eventSkew is how far the two datings of a token event may disagree
+// before the store reads Redis instead (adoptEvent).
+const eventSkew = 250 * time.Millisecond
+
+// adoptEvent adopts the token an event carries, without a read, when it
+// can date it safely, and reports whether it did; when it did not, the
+// caller reads Redis.
+//
+// The event holds when Redis expires the token and when it stored it, on
+// Redis's clock; the last full read related Redis's clock to this
+// replica's. Dated by that reading, the deadline is never late while
+// Redis's clock is the one read: the event could not have been written
+// before the reading, and a later token must expire later. Dated by the
+// event's arrival (less the longest recent round trip), it is late by
+// however long the event took to arrive beyond a round trip. The store
+// takes the earlier of the two, and reads Redis instead when they
+// disagree by more than eventSkew (the event was slow, or Redis's clock
+// is another server's or was stepped: a failover), when Redis's clock
+// ran faster than this replica's since the reading, or when the token is
+// within the serve margin of its end. The next poll reads the token in
+// full, which never moves its deadline later.
+func (s *Store) adoptEvent(e *eventToken) bool {
+	ref := s.clockRef.Load()
+	if e == nil || e.Value == "" || e.ExpMS <= e.NowMS || ref == nil {
+		return false
+	}
+	now := s.cfg.Clock.Now()
+	ms := func(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
+	if ms(e.NowMS-ref.ms) > now.Sub(ref.sent)+time.Millisecond {
+		return false // Redis's clock ran ahead of this replica's
+	}
+	// Redis's clock counts whole milliseconds: one more keeps it early.
+	byRef := ref.sent.Add(ms(e.ExpMS-ref.ms) - time.Millisecond)
+	byArrival := now.Add(ms(e.ExpMS-e.NowMS) - s.rttCut())
+	if d := byArrival.Sub(byRef); d > eventSkew || d < -eventSkew {
+		return false
+	}
+	t := Token{
+		Value:      e.Value,
+		Deadline:   byRef,
+		FetchedAt:  ref.sent.Add(ms(e.NowMS - ref.ms - max(e.AgeMS, 0))),
+		Writer:     e.Writer,
+		Generation: uint64(max(e.Gen, 0)),
+	}
+	if byArrival.Before(byRef) {
+		t.Deadline = byArrival
+	}
+	if t.Remaining(now) <= s.cfg.ServeMargin {
+		return false
+	}
+	if e.KeyID != "" {
+		if s.cfg.Keyring == nil {
+			return false
+		}
+		v, err := s.cfg.Keyring.open(e.KeyID, e.Value, s.cfg.Keys.Token)
+		if err != nil {
+			return false
+		}
+		t.Value = v
+	}
+	if old := s.cur.Load(); old != nil && old.Value != t.Value &&
+		(old.Generation > t.Generation || t.Deadline.Before(old.Deadline)) {
+		return false // older than the token held: the read decides
+	}
+	s.inRedis.Store(true)
+	s.sealErr.Store(nil)
+	s.behind.Store(false)
+	s.adopt(t, now)
+	s.polled.Store(nil) // the next poll reads it in full
+	return true
 }
 
 // Poll keeps the copy in memory current at the least cost to Redis: it

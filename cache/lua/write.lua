@@ -10,5 +10,5 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'exp', exp, 'at', now - tonumber(ARGV[4]), 'w', ARGV[5], 'g', gen)
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'k', ARGV[8]) end
 redis.call('PEXPIREAT', KEYS[1], exp)
-redis.call(ARGV[9], ARGV[6], ARGV[7])
+redis.call(ARGV[9], ARGV[6], ARGV[7] .. string.format(',"exp":%d,"now":%d,"g":%d}}', exp, now, gen))
 return {1, exp, gen}

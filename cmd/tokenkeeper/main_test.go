@@ -223,10 +223,10 @@ func TestFleet(t *testing.T) {
 			// a cycle tells them apart whatever the machine's load does to
 			// the time between a request's send (the refresh's schedule is
 			// counted from it) and its arrival (the fake dates the token).
-			for i := 1; i < len(st.Tokens); i++ {
-				if i == forced {
-					continue // whenever the admin asked
-				}
+			// Only the scheduled refreshes before the admin's: its request
+			// may join a refresh under way, or reach the leader just after
+			// one and cause another.
+			for i := 1; i < before; i++ {
 				gap := st.Tokens[i].IssuedAt.Sub(st.Tokens[i-1].IssuedAt)
 				if min := (compressed.lifetime - compressed.before) / 2; gap < min {
 					t.Errorf("token %d issued %v after the previous: more than one fetch per cycle (want at least %v)", i+1, gap, min)

@@ -186,6 +186,11 @@ func TestMetrics(t *testing.T) {
 	if code := post(t, a.url+"/v1/tokens/liveness/refresh", "admin-key"); code != 200 {
 		t.Fatalf("refresh = %d, want 200", code)
 	}
+	// The answer may come from the token's event, before the leader has
+	// recorded the refresh it made.
+	testkit.Eventually(t, 5*time.Second, "the leader records its refresh", func() bool {
+		return sampleOf(scrape(t, a.url), "tokenkeeper_refresh_duration_seconds") >= 2
+	})
 	m = scrape(t, a.url)
 	for _, c := range []struct {
 		name   string
