@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -127,6 +128,7 @@ func run(ctx context.Context, args []string) int {
 	only := fs.String("only", "", "comma-separated figures to run (1-12), for working on the harness; default all")
 	scaleN := fs.String("scale-n", "", "comma-separated fleet sizes of figure 11, instead of the mode's")
 	scaleT := fs.String("scale-t", "", "comma-separated catalog sizes of figure 11, instead of the mode's")
+	cpuProfile := fs.String("cpuprofile", "", "write the harness process's CPU profile to this file (figures run in process: 3, 5, 6, 8 to 12)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -151,6 +153,17 @@ func run(ctx context.Context, args []string) int {
 			xs = append(xs, x)
 		}
 		*o.to = xs
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: cpu profile:", err)
+			return 1
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	raiseFileLimit()
 	if err := needTools("wrk", "redis-server", "go"); err != nil {

@@ -28,8 +28,9 @@ type scaleResult struct {
 
 	Start, Restart time.Duration // until every replica serves every token: first start, after a full restart
 
-	PropP50, PropP99, PropMax time.Duration // a refresh's start to each replica serving the new token
+	PropP50, PropP99, PropMax time.Duration // the leader holding a new token to each other replica serving it
 	PropSamples, PropWrites   int
+	AskP50, AskMax            time.Duration // Keeper.Refresh asked of the leader, to its answer
 	// CPU time per refresh: the harness's (every replica's work, and the
 	// polling), per replica; redis-server's, for the whole fan-out.
 	PropCPUPerReplica, PropRedisCPU time.Duration
@@ -261,8 +262,10 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		n, t, res.RestPerSec, res.PerReplica, res.PerReplicaToken, fmtMiB(res.UsedMemory/1024), res.Clients, res.Leaders, res.MostLed)
 
 	// Propagation: a refresh on the token's leader, every replica polled
-	// until it serves a different value.
-	var lat []time.Duration
+	// until it serves a different value, counted from when the leader
+	// does (its write answered): the refresh request's own way to the
+	// leader is not propagation.
+	var lat, asks []time.Duration
 	seen := make([]time.Duration, n)
 	cpu0, err1 := cpuTime(os.Getpid())
 	rcpu0, err2 := cpuTime(rs.proc.Pid())
@@ -284,6 +287,10 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		start := time.Now()
 		go func() {
 			_, err := keepers[li].Refresh(ctx, name)
+			asked := time.Since(start)
+			if err == nil {
+				asks = append(asks, asked) // read after <-refreshed
+			}
 			refreshed <- err
 		}()
 		left := n
@@ -308,7 +315,11 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		if left > 0 {
 			return nil, fmt.Errorf("refresh %d of %s: %d of %d replicas did not serve the new token within 10 s", w, name, left, n)
 		}
-		lat = append(lat, seen...)
+		for i, d := range seen {
+			if i != li {
+				lat = append(lat, max(d-seen[li], 0))
+			}
+		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	cpu1, err1 := cpuTime(os.Getpid())
@@ -323,8 +334,11 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	slices.Sort(lat)
 	res.PropWrites, res.PropSamples = writes, len(lat)
 	res.PropP50, res.PropP99, res.PropMax = quantile(lat, 0.5), quantile(lat, 0.99), lat[len(lat)-1]
-	say("  N=%d T=%d: propagation p50 %s p99 %s max %s (%d refreshes); CPU per refresh: %s per replica, redis-server %s",
-		n, t, fmtDur(res.PropP50), fmtDur(res.PropP99), fmtDur(res.PropMax), writes, fmtDur(res.PropCPUPerReplica), fmtDur(res.PropRedisCPU))
+	slices.Sort(asks)
+	res.AskP50, res.AskMax = quantile(asks, 0.5), asks[len(asks)-1]
+	say("  N=%d T=%d: propagation p50 %s p99 %s max %s (%d refreshes, answered p50 %s max %s); CPU per refresh: %s per replica, redis-server %s",
+		n, t, fmtDur(res.PropP50), fmtDur(res.PropP99), fmtDur(res.PropMax), writes, fmtDur(res.AskP50), fmtDur(res.AskMax),
+		fmtDur(res.PropCPUPerReplica), fmtDur(res.PropRedisCPU))
 
 	// A full restart: the tokens stay in Redis.
 	stopFleet()
