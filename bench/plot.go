@@ -72,6 +72,24 @@ func plotThroughput(r *readsResult, title, path string) error {
 	return nil
 }
 
+// plainLogTicks are gonum's log-scale ticks labelled as plain numbers
+// (10, 1,000) rather than in exponent form (1e+01).
+type plainLogTicks struct{}
+
+func (plainLogTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.LogTicks{}.Ticks(lo, hi)
+	for i, t := range ts {
+		switch {
+		case t.Label == "":
+		case t.Value < 1:
+			ts[i].Label = strconv.FormatFloat(t.Value, 'g', -1, 64)
+		default:
+			ts[i].Label = fmtCount(int64(math.Round(t.Value)))
+		}
+	}
+	return ts
+}
+
 // rpsTicks labels the y axis in thousands, five to eight labelled ticks.
 type rpsTicks struct{}
 
@@ -124,9 +142,9 @@ func plotPropagation(rs []*scaleResult, title, path string) error {
 	p := plot.New()
 	p.Title.Text = title
 	p.X.Label.Text = "replicas (N)"
-	p.Y.Label.Text = "ms from the refresh to every replica serving the new token"
+	p.Y.Label.Text = "ms from the leader serving a new token to each replica serving it"
 	p.X.Scale = plot.LogScale{}
-	p.X.Tick.Marker = plot.LogTicks{}
+	p.X.Tick.Marker = plainLogTicks{}
 	p.Y.Min = 0
 	p.Legend.Top = true
 	p.Legend.Left = true
@@ -182,7 +200,7 @@ func plotRedisLoad(rs []*scaleResult, title, path string) error {
 	p.X.Label.Text = "replicas × tokens (N·T)"
 	p.Y.Label.Text = "Redis commands per second at rest"
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{}, plot.LogTicks{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = plainLogTicks{}, plainLogTicks{}
 	p.Legend.Top = true
 	p.Legend.Left = true
 	p.Add(plotter.NewGrid())
