@@ -144,6 +144,11 @@ func (r *report) rows() []row {
 			met:    u.Calls == u.Tokens, judged: true,
 		})
 	}
+	// The fleet's load at rest is at most 2 commands a second per
+	// replica, plus the leader's lock renewals, shared by the N: one
+	// EVALSHA running GET and PEXPIRE every quarter of the default lock
+	// TTL of 10 s.
+	const restLeaderPerSec = 3 * 4 / 10.0
 	var rest1 float64
 	for _, s := range r.rest {
 		if s.N == 1 {
@@ -157,12 +162,13 @@ func (r *report) rows() []row {
 			ratio = fmt.Sprintf("%.2f× N=1", s.PerReplica/rest1)
 			flat = s.PerReplica <= rest1*1.2
 		}
+		bound := 2 + restLeaderPerSec/float64(s.N)
 		out = append(out, row{
 			fig: "6", what: fmt.Sprintf("Redis commands/s per replica at rest, %d replicas", s.N),
 			value:  fmt.Sprintf("%.2f (%d commands in %.0f s)", s.PerReplica, s.Total, s.Seconds),
-			target: "≤ 2, flat in N",
+			target: fmt.Sprintf("≤ 2 + %.1f/N = %.2f, flat in N", restLeaderPerSec, bound),
 			ratio:  ratio,
-			met:    s.PerReplica <= 2 && flat, judged: true,
+			met:    s.PerReplica <= bound && flat, judged: true,
 		})
 	}
 	if m := r.memory; m != nil {
@@ -316,7 +322,8 @@ func (r *report) markdown() string {
 		b.WriteString("\n## 6. Redis load at rest\n\n")
 		b.WriteString("N `tokenkeeper serve` processes with the default timings (lock TTL 10 s, poll 2 s) and a token fresh for an hour, " +
 			"one redis-server; INFO commandstats over a quiet interval once all are ready. Redis counts the commands a script runs " +
-			"as well as the EVALSHA that ran it, and so does this figure.\n\n")
+			"as well as the EVALSHA that ran it, and so does this figure. The bound is 2 commands a second per replica (its poll " +
+			"and heartbeat) plus the leader's lock renewals, 3 commands every 2.5 s, shared by the N.\n\n")
 		b.WriteString("| replicas | seconds | commands | per replica per second | by command |\n|---|---|---|---|---|\n")
 		for _, s := range r.rest {
 			fmt.Fprintf(&b, "| %d | %.0f | %d | %.2f | %s |\n", s.N, s.Seconds, s.Total, s.PerReplica, s.Mix)
