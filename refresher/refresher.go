@@ -279,7 +279,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	defer sub.Close()
 	wake := r.cfg.Clock.NewTimer(0)
 	defer wake.Stop()
-	var freeSince time.Time // while aside: since when the lock has been seen free
+	var freeSince time.Time   // while aside: since when the lock has been seen free
 	var yielded time.Duration // Yield's wait, served since the lock was seen free
 	for {
 		select {
