@@ -186,20 +186,29 @@ func TestOlderTokenInRedisIsNotAdopted(t *testing.T) {
 	}
 }
 
+// eventPair returns a writer holding the lock ("holder") and a running
+// reader whose poll is never due, subscribed and past its first two reads
+// (at start and after subscribing), which found no token and Redis's
+// clock.
+func eventPair(t *testing.T) (*fixture, *cache.Store, *cache.Store) {
+	t.Helper()
+	f := newFixture(t)
+	writer := f.store(t, cache.Config{ServeMargin: time.Second, Instance: "w"})
+	reader := f.store(t, cache.Config{ServeMargin: time.Second, PollInterval: time.Hour})
+	run(t, reader)
+	f.subscribed(t, 1)
+	testkit.Eventually(t, 10*time.Second, "the first reads", func() bool { return reader.Loads() == 2 })
+	f.lock(t, "holder")
+	return f, writer, reader
+}
+
 // TestEventsCarryTheToken: a replica adopts each token from its event,
 // without reading Redis, dated no later than Redis expires it and with its
 // generation; its next poll reads it in full and keeps the earlier
 // deadline.
 func TestEventsCarryTheToken(t *testing.T) {
-	f := newFixture(t)
+	_, writer, reader := eventPair(t)
 	ctx := t.Context()
-	writer := f.store(t, cache.Config{ServeMargin: time.Second, Instance: "w"})
-	reader := f.store(t, cache.Config{ServeMargin: time.Second, PollInterval: time.Hour})
-	run(t, reader)
-	f.subscribed(t, 1)
-	// The reads at start and after subscribing find no token, and Redis's clock.
-	testkit.Eventually(t, 10*time.Second, "the first reads", func() bool { return reader.Loads() == 2 })
-	f.lock(t, "holder")
 	for i, v := range []string{"tok-1", "tok-2", "tok-3"} {
 		w, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: v, Deadline: time.Now().Add(time.Duration(i+1) * time.Minute)})
 		if err != nil {
@@ -240,13 +249,8 @@ func TestEventsCarryTheToken(t *testing.T) {
 // read Redis instead, which holds the real token; an event it can date is
 // adopted as it is (the control).
 func TestEventsTheStoreCannotDateAreRead(t *testing.T) {
-	f := newFixture(t)
+	f, writer, reader := eventPair(t)
 	ctx := t.Context()
-	writer := f.store(t, cache.Config{ServeMargin: time.Second, Instance: "w"})
-	reader := f.store(t, cache.Config{ServeMargin: time.Second, PollInterval: time.Hour})
-	run(t, reader)
-	f.subscribed(t, 1)
-	f.lock(t, "holder")
 	real, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "real", Deadline: time.Now().Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
