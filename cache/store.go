@@ -344,16 +344,10 @@ func (s *Store) load(ctx context.Context, resync bool) (bool, error) {
 	s.loads.Add(1)
 	sent := s.cfg.Clock.Now()
 	res, err := s.runRO(ctx, readScript, []string{s.cfg.Keys.Token}).Slice()
-	if err == nil || errors.Is(err, redis.Nil) {
-		s.noteRTT(sent)
-	}
-	if errors.Is(err, redis.Nil) {
-		s.lost(sent)
-		return false, nil
-	}
 	if err != nil {
 		return false, fmt.Errorf("cache: read token: %w", err)
 	}
+	s.noteRTT(sent)
 	if len(res) == 2 {
 		// The key holds something else than a token: no token, as far as
 		// the fleet is concerned; the leader overwrites it under the lock.
