@@ -455,13 +455,11 @@ func TestClusterMasterKilled(t *testing.T) {
 	}
 	rep := f.replicaOf(owner.node)
 	sleepUntil(t1.IssuedAt.Add(3 * time.Second))
+	f.waitReplicaInSync(owner.node, rep)
 
 	killAt := time.Now()
 	f.killNode(owner.node)
-	promoted := f.waitFor(20*time.Second, rep.name+" promoted", func() (bool, string) {
-		r := f.role(rep)
-		return r == "master", "role " + r
-	})
+	promoted := f.clusterFailover(rep)
 	failover := promoted.Sub(killAt)
 	f.figure("failover", failover)
 	_, leaderAt := f.waitLeaderAgain(promoted, nil, f.tm.LockTTL+10*time.Second)
