@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -174,7 +173,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		Instance: cfg.Instance, LockTTL: cfg.LockTTL, RefreshBefore: tc.RefreshBefore,
 		RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
 		HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
-		Version: cfg.Version, Registerer: reg, Yield: k.yield(),
+		Version: cfg.Version, Registerer: reg,
 		Replication: cache.Replication(cfg.RedisWait), WatchMaster: cfg.RedisMode != RedisSingle,
 		MasterAuthority: cfg.SentinelMaster,
 	}, cfg.Redis, store, src)
@@ -182,29 +181,6 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		return nil, err
 	}
 	return &kept{cfg: tc, store: store, ref: ref, devices: minter}, nil
-}
-
-// yield spreads leadership over the fleet when it keeps several tokens: a
-// replica that sees a token's lock free waits a little before standing, a
-// quarter of the lock TTL for each token it leads already (at most half
-// the TTL), plus up to an eighth at random, so that one that leads fewer
-// takes the lock first; asked again when the wait ends, it waits longer
-// if it has taken another lock meanwhile. A fleet of one token stands at
-// once.
-func (k *Keeper) yield() func() time.Duration {
-	if k.cfg.single {
-		return nil
-	}
-	ttl := k.cfg.LockTTL
-	return func() time.Duration {
-		led := 0
-		for _, t := range k.tokens {
-			if t.ref.IsLeader() {
-				led++
-			}
-		}
-		return min(time.Duration(led)*ttl/4, ttl/2) + rand.N(ttl/8)
-	}
 }
 
 // source returns tc's Source: its own, or a client of its upstream with
@@ -274,6 +250,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 		part(lead, prefix+"heartbeat", t.ref.Heartbeat)
 	}
 	part(lead, "replica count", k.countReplicas)
+	part(lead, "balance", k.balance)
 	var err error
 	select {
 	case <-ctx.Done():

@@ -123,6 +123,12 @@ func ReadFleet(ctx context.Context, rdb FleetReader, keys cache.Keys) (Fleet, er
 	return f, nil
 }
 
+// ReadReplicas reads the replicas whose heartbeat for the token of keys
+// has not expired, as ReadFleet does, without the leader and the attempts.
+func ReadReplicas(ctx context.Context, rdb redis.Scripter, keys cache.Keys) ([]Replica, error) {
+	return readReplicas(ctx, rdb, keys.Replicas, time.Now())
+}
+
 // readLeader returns the instance id in the lock's value, or "".
 func readLeader(ctx context.Context, rdb FleetReader, lockKey string) (string, error) {
 	v, err := rdb.Get(ctx, lockKey).Result()

@@ -81,7 +81,7 @@ func changeOf(reason endReason) string {
 		return changeFenced
 	case endReleased:
 		return changeReleased
-	case endHandedOver:
+	case endHandedOver, endStepped:
 		return changeHanded
 	case endMaster:
 		return changeMaster

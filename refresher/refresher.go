@@ -88,13 +88,6 @@ type Config struct {
 	// failed; it stands again sooner when the lock stays free for a lock
 	// TTL (no other replica wants it). Default: 1m.
 	HandoverCooldown time.Duration
-	// Yield, when set, says how long a replica that sees the lock free
-	// waits before it stands, if the lock is still free then. A replica
-	// that keeps several tokens yields longer the more of them it leads,
-	// so that leadership spreads over the fleet. It is asked again when
-	// the wait ends, and a longer answer is waited out. Default: it stands
-	// at once.
-	Yield func() time.Duration
 	// Clock is the time the election, the refresh loop and the heartbeat
 	// run on: dates and every timer. Default: clock.Real().
 	Clock clock.Clock
@@ -146,6 +139,9 @@ type Refresher struct {
 	log    *slog.Logger
 
 	leading atomic.Bool
+	// stepDown asks the leader's loop to hand over (StepDown); one slot,
+	// a request made while one waits is the same request.
+	stepDown chan struct{}
 
 	// unsaved is a token fetched and not yet stored, kept across terms of
 	// leadership. Owned by Run's goroutine.
@@ -247,18 +243,37 @@ func New(cfg Config, rdb RedisClient, store *cache.Store, src Source) (*Refreshe
 		return nil, fmt.Errorf("refresher: heartbeat interval %v is shorter than 10ms", cfg.HeartbeatEvery)
 	}
 	r := &Refresher{
-		cfg:    cfg,
-		rdb:    rdb,
-		store:  store,
-		src:    src,
-		locker: redislock.New(rdb),
-		log:    cfg.Logger.With("instance", cfg.Instance),
+		stepDown: make(chan struct{}, 1),
+		cfg:      cfg,
+		rdb:      rdb,
+		store:    store,
+		src:      src,
+		locker:   redislock.New(rdb),
+		log:      cfg.Logger.With("instance", cfg.Instance),
 	}
 	var err error
 	if r.metrics, err = newMetrics(cfg.Registerer, r); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// StepDown asks this replica, when it leads, to release the lock and stay
+// out of the election for HandoverCooldown, as after a failing upstream: a
+// replica that leads several tokens uses it to spread leadership over the
+// fleet after an election gave it more than its share. It stands again
+// sooner when no other replica takes the lock within a lock TTL. A refresh
+// under way finishes first. It does not block; it reports whether this
+// replica led when asked.
+func (r *Refresher) StepDown() bool {
+	if !r.leading.Load() {
+		return false
+	}
+	select {
+	case r.stepDown <- struct{}{}:
+	default:
+	}
+	return true
 }
 
 // IsLeader reports whether this replica leads now.
@@ -279,8 +294,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	defer sub.Close()
 	wake := r.cfg.Clock.NewTimer(0)
 	defer wake.Stop()
-	var freeSince time.Time   // while aside: since when the lock has been seen free
-	var yielded time.Duration // Yield's wait, served since the lock was seen free
+	var freeSince time.Time // while aside: since when the lock has been seen free
 	for {
 		select {
 		case <-ctx.Done():
@@ -305,7 +319,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 			// expires, unless released, which is announced. Sleeping until
 			// then costs Redis one PTTL per lock period instead of a
 			// failed Obtain every ElectEvery.
-			freeSince, yielded = time.Time{}, 0
+			freeSince = time.Time{}
 			wake.Reset(held)
 			continue
 		}
@@ -322,17 +336,6 @@ func (r *Refresher) Run(ctx context.Context) error {
 			r.log.Info("no other replica took the lock; standing for election again")
 		}
 		freeSince = time.Time{}
-		if r.cfg.Yield != nil {
-			// Asked again after the wait: a replica that has taken another
-			// token's lock meanwhile yields longer, so that the locks
-			// freed together do not all go to one replica.
-			if d := r.cfg.Yield(); d > yielded {
-				wake.Reset(d - yielded)
-				yielded = d
-				continue
-			}
-		}
-		yielded = 0
 		value, err := newLockValue(r.cfg.Instance)
 		if err != nil {
 			return err
@@ -394,6 +397,7 @@ const (
 	endReleased   endReason = "released on shutdown"
 	endHandedOver endReason = "handed over"
 	endMaster     endReason = "Redis master changed"
+	endStepped    endReason = "stepped down to spread leadership"
 )
 
 // lead runs leader-only work under a context that ends when the lock is
@@ -442,7 +446,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		reason = endMaster
 	}
 
-	if ctx.Err() != nil || reason == endHandedOver || reason == endMaster {
+	if ctx.Err() != nil || reason == endHandedOver || reason == endStepped || reason == endMaster {
 		// Hand over at once instead of letting the lock expire.
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
 		defer rcancel()
@@ -452,12 +456,12 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 			if err := r.sendMsg(rctx, message{Type: msgReleased}); err != nil {
 				r.log.Debug("announcing the release failed", "error", err)
 			}
-			if reason != endHandedOver && reason != endMaster {
+			if reason != endHandedOver && reason != endStepped && reason != endMaster {
 				reason = endReleased
 			}
 		}
 	}
-	if reason == endHandedOver {
+	if reason == endHandedOver || reason == endStepped {
 		r.setAside(r.cfg.Clock.Now().Add(r.cfg.HandoverCooldown))
 	}
 	r.log.Info("leadership ended", "reason", reason, "led_for", r.cfg.Clock.Now().Sub(start).Round(time.Millisecond))
@@ -714,6 +718,10 @@ func (r *Refresher) work(ctx context.Context, lockValue string) endReason {
 	timer := r.cfg.Clock.NewTimer(0)
 	defer timer.Stop()
 
+	select {
+	case <-r.stepDown: // asked during an earlier term
+	default:
+	}
 	st := &leaderState{lockValue: lockValue, sub: sub, answered: make(map[string]message), jitter: make(map[string]float64)}
 	defer r.abandon(ctx, st)
 	if _, err := r.store.Load(ctx); err != nil && ctx.Err() == nil {
@@ -741,6 +749,9 @@ func (r *Refresher) work(ctx context.Context, lockValue string) endReason {
 			r.takeRequests(ctx, st)
 			r.refuseDuringBackoff(ctx, st)
 			continue
+		case <-r.stepDown:
+			r.log.Info("handing leadership over to spread it across the fleet", "cooldown", r.cfg.HandoverCooldown)
+			return endStepped
 		case <-timer.C():
 		}
 		if r.cfg.Clock.Now().Before(due) {

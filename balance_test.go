@@ -1,0 +1,119 @@
+package tokenkeeper_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// hourSource issues tokens of an hour on the bubble's clock.
+type hourSource struct {
+	name  string
+	calls int
+}
+
+func (s *hourSource) Token(context.Context) (upstream.Token, error) {
+	s.calls++
+	return upstream.Token{Value: fmt.Sprintf("%s-%d", s.name, s.calls), Lifetime: time.Hour, Sent: time.Now()}, nil
+}
+
+// TestCatalogFailoverWithinLockTTL kills (no release) a replica leading
+// tokens of a catalog, at the default lock TTL, on fake time: every token
+// has a leader again within the lock TTL plus a second, the README's
+// failover promise, as with a single token. Before that, leadership of the
+// three tokens spreads over the three replicas, whichever took them first.
+func TestCatalogFailoverWithinLockTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lockTTL = 10 * time.Second // the default
+		srv := redistest.NewPiped(t)
+		names := []string{"token-a", "token-b", "token-c"}
+		type replica struct {
+			k    *tokenkeeper.Keeper
+			link *redistest.Link
+			stop context.CancelFunc
+			done chan error
+		}
+		var rs []*replica
+		for i := range 3 {
+			link := srv.NewLink(t)
+			opt := link.Options()
+			refresher.TuneRedis(opt, lockTTL)
+			rdb := redis.NewClient(opt)
+			t.Cleanup(func() { rdb.Close() })
+			var tokens []tokenkeeper.TokenConfig
+			for _, n := range names {
+				// Each replica has its own source: the sources' counts
+				// are not what this test checks.
+				tokens = append(tokens, tokenkeeper.TokenConfig{Name: n, Source: &hourSource{name: n}})
+			}
+			k, err := tokenkeeper.New(tokenkeeper.Config{
+				Redis: rdb, Instance: fmt.Sprintf("r%d", i), Tokens: tokens, LockTTL: lockTTL,
+				Logger: slog.New(slog.DiscardHandler),
+				HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			r := &replica{k: k, link: link, stop: cancel, done: make(chan error, 1)}
+			go func() { r.done <- k.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-r.done })
+			rs = append(rs, r)
+		}
+		leaders := func(of []*replica) map[string]int {
+			out := map[string]int{}
+			for i, r := range of {
+				for _, n := range names {
+					if r.k.Leads(n) {
+						out[n] = i
+					}
+				}
+			}
+			return out
+		}
+		spread := func() bool {
+			l := leaders(rs)
+			seen := map[int]bool{}
+			for _, i := range l {
+				seen[i] = true
+			}
+			return len(l) == len(names) && len(seen) == len(rs)
+		}
+		start := time.Now()
+		for !spread() {
+			if time.Since(start) > 5*time.Minute {
+				t.Fatalf("leadership not spread 5m after start: %v", leaders(rs))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("one token led by each replica %v after start", time.Since(start))
+
+		// r0 dies: its link is cut before it stops, so it releases nothing.
+		victim := rs[0]
+		victim.link.Cut()
+		victim.stop()
+		killed := time.Now()
+		rest := rs[1:]
+		for len(leaders(rest)) < len(names) {
+			if time.Since(killed) > 5*time.Minute {
+				t.Fatalf("tokens led 5m after the kill: %v", leaders(rest))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		took := time.Since(killed)
+		t.Logf("every token led again %v after the kill", took)
+		if limit := lockTTL + time.Second; took > limit {
+			t.Errorf("every token led again %v after the leader died, want within the lock TTL plus a second (%v)", took, limit)
+		}
+	})
+}
