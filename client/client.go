@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
 // maxBody caps how much of an answer is read.
@@ -25,8 +27,11 @@ type Client struct {
 	hc        *http.Client
 	margin    time.Duration
 	maxWait   time.Duration
-	now       func() time.Time
-	// sleep waits d or until ctx ends; tests replace it.
+	// clock is the time expiries are counted on and Retry-After is
+	// waited on: clock.Real(), which a test replaces (as x/oauth2's own
+	// tests replace its timeNow; its users set no clock, nor do ours).
+	clock clock.Clock
+	// sleep waits d on clock or until ctx ends; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
 
 	mu     sync.Mutex        // guards good, cache, flight and each call.waiters
@@ -64,7 +69,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	return &Client{
 		endpoints: eps, key: cfg.Key, hc: cfg.HTTPClient,
-		margin: cfg.Margin, maxWait: cfg.MaxWait, now: cfg.Now, sleep: sleep,
+		margin: cfg.Margin, maxWait: cfg.MaxWait, clock: clock.Real(),
 		cache: make(map[string]*entry), flight: make(map[string]*call),
 	}, nil
 }
@@ -82,7 +87,7 @@ func (c *Client) Token(ctx context.Context, name string) (Token, error) {
 		return Token{}, errors.New("client: token name is empty")
 	}
 	c.mu.Lock()
-	now := c.now()
+	now := c.clock.Now()
 	if e := c.cache[name]; e != nil && e.tok.Valid(now) {
 		if now.Before(e.tok.ExpiresAt.Add(-c.margin)) || now.Before(e.holdUntil) {
 			c.mu.Unlock()
@@ -128,12 +133,12 @@ func (c *Client) run(ctx context.Context, name string, cl *call) {
 	}
 	c.mu.Unlock()
 	// With a valid token to fall back on, do not wait for Retry-After.
-	patient := !stale.Valid(c.now())
+	patient := !stale.Valid(c.clock.Now())
 	tok, hint, err := c.fetch(ctx, name, patient)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.now()
+	now := c.clock.Now()
 	switch {
 	case err == nil:
 		c.cache[name] = &entry{tok: tok}
@@ -191,7 +196,7 @@ func (c *Client) fetch(ctx context.Context, name string, patient bool) (Token, t
 		if !patient || hint == 0 || waited+hint > c.maxWait {
 			return Token{}, hint, all
 		}
-		if err := c.sleep(ctx, hint); err != nil {
+		if err := c.wait(ctx, hint); err != nil {
 			return Token{}, 0, err
 		}
 		waited += hint
@@ -223,7 +228,7 @@ func (c *Client) get(ctx context.Context, base, name string) (Token, error) {
 		req.Header.Set("Authorization", "Bearer "+c.key)
 	}
 	req.Header.Set("Accept", "application/json")
-	sent := c.now()
+	sent := c.clock.Now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		// A *url.Error names the URL, which holds no secret.
@@ -267,7 +272,7 @@ func (c *Client) get(ctx context.Context, base, name string) (Token, error) {
 		return Token{}, malformed("name %q, want %q", clip(*a.Name), name)
 	}
 	tok := Token{Name: name, Value: *a.Token, ExpiresAt: sent.Add(time.Duration(*a.ExpiresIn) * time.Second)}
-	if !tok.Valid(c.now()) {
+	if !tok.Valid(c.clock.Now()) {
 		return Token{}, malformed("token expired before its answer arrived")
 	}
 	return tok, nil
@@ -303,12 +308,15 @@ func clip(s string) string {
 	return s
 }
 
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
+// wait waits d on c's clock or until ctx ends.
+func (c *Client) wait(ctx context.Context, d time.Duration) error {
+	if c.sleep != nil {
+		return c.sleep(ctx, d)
+	}
+	t := c.clock.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-t.C():
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

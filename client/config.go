@@ -54,8 +54,6 @@ type Config struct {
 	// delays; a Retry-After that would exceed it is not waited for.
 	// Default: DefaultMaxWait (30s).
 	MaxWait time.Duration
-	// Now is the clock expiries are counted on. Default: time.Now.
-	Now func() time.Time
 }
 
 // setDefaults fills in the defaults and returns every problem of c at
@@ -103,9 +101,6 @@ func (c *Config) setDefaults() error {
 		c.HTTPClient = &http.Client{Timeout: DefaultTimeout, Transport: tr}
 	case c.HTTPClient == nil:
 		c.HTTPClient = &http.Client{Timeout: DefaultTimeout}
-	}
-	if c.Now == nil {
-		c.Now = time.Now
 	}
 	return errors.Join(errs...)
 }

@@ -5,7 +5,7 @@
 // # What it promises
 //
 //   - Token never returns an expired token. A token's expiry is counted on
-//     the client's own clock (Config.Now) from when the request that got it
+//     the client's own clock from when the request that got it
 //     was sent, plus the answer's expires_in: the time the answer spent on
 //     the wire only shortens the token's life here, never stretches it. The
 //     service's expires_at is not used, so the service's wall clock and the

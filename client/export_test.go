@@ -3,7 +3,12 @@ package client
 import (
 	"context"
 	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
+
+// SetClock replaces c's clock.
+func SetClock(c *Client, clk clock.Clock) { c.clock = clk }
 
 // SetSleep replaces how c waits for a Retry-After.
 func SetSleep(c *Client, f func(ctx context.Context, d time.Duration) error) { c.sleep = f }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/client"
+	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 )
 
 const (
@@ -23,24 +24,9 @@ const (
 )
 
 // clock is a hand-moved clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type clock = clocktest.Fake
 
-func newClock() *clock { return &clock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newClock() *clock { return clocktest.New(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)) }
 
 // fakeService is a hand-written replica: it answers each request with
 // answer(n), n counting requests from 1, and checks the key.
@@ -111,11 +97,11 @@ func deadURL(t *testing.T) string {
 func newClient(t *testing.T, clk *clock, cfg client.Config) (*client.Client, *[]time.Duration) {
 	t.Helper()
 	cfg.Key = testKey
-	cfg.Now = clk.Now
 	c, err := client.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	client.SetClock(c, clk)
 	var mu sync.Mutex
 	slept := new([]time.Duration)
 	client.SetSleep(c, func(ctx context.Context, d time.Duration) error {

@@ -16,8 +16,8 @@ type Token struct {
 	Name string
 	// Value is the credential.
 	Value string
-	// ExpiresAt is when the token expires, on the client's clock
-	// (Config.Now): the send time of the request that got it plus the
+	// ExpiresAt is when the token expires, on the client's clock (the
+	// local time.Now): the send time of the request that got it plus the
 	// answer's expires_in.
 	ExpiresAt time.Time
 }

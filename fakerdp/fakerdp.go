@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/clock"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -64,10 +65,10 @@ type Config struct {
 	RefreshTokenLifetime time.Duration
 	// Knobs are the initial knobs (see Knobs for their defaults).
 	Knobs Knobs
-	// Now is the Server's clock (default time.Now): token expiry, stats times,
-	// and, moved by the ClockOffset knob, the Date header and expiresAt of
-	// its answers. Latency waits on the real clock.
-	Now func() time.Time
+	// Clock is the Server's time (default clock.Real()): token expiry,
+	// stats times, and, moved by the ClockOffset knob, the Date header and
+	// expiresAt of its answers. Latency waits on Go's timers, not on it.
+	Clock clock.Clock
 }
 
 // Knobs steer the Server's answers. Zero values mean "behave well".
@@ -113,7 +114,7 @@ type Knobs struct {
 	ExpiresAt bool
 	// ClockOffset skews the Server's wall clock as its clients see it: every
 	// answer's Date header, and the expiresAt of ExpiresAt and Expired tokens,
-	// are read from Now plus ClockOffset (ahead when positive, behind when
+	// are read from Clock plus ClockOffset (ahead when positive, behind when
 	// negative). What the Server enforces and records stays on the unskewed
 	// clock: access and refresh token expiry, and Stats, whose
 	// Token.ExpiresAt is the true expiry.
@@ -229,8 +230,8 @@ func New(cfg Config) *Server {
 	if cfg.RefreshTokenLifetime <= 0 {
 		cfg.RefreshTokenLifetime = DefaultRefreshTokenLifetime
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
 	}
 	f := &Server{
 		cfg:     cfg,
@@ -260,7 +261,7 @@ func New(cfg Config) *Server {
 // ServeHTTP implements http.Handler.
 func (f *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Handlers that wait for Latency date their answer again (see wait).
-	f.setDate(w, f.cfg.Now(), f.Knobs())
+	f.setDate(w, f.cfg.Clock.Now(), f.Knobs())
 	f.mux.ServeHTTP(w, r)
 }
 
@@ -336,7 +337,7 @@ func (f *Server) wait(w http.ResponseWriter, r *http.Request) bool {
 	defer t.Stop()
 	select {
 	case <-t.C:
-		f.setDate(w, f.cfg.Now(), f.Knobs())
+		f.setDate(w, f.cfg.Clock.Now(), f.Knobs())
 		return true
 	case <-r.Context().Done():
 		return false
@@ -413,7 +414,7 @@ func (f *Server) serveAuthV1(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	now := f.cfg.Now()
+	now := f.cfg.Clock.Now()
 	f.mu.Lock()
 	if grant == "password" {
 		if !equal(form.Get("username"), f.cfg.Username) || !equal(form.Get("password"), f.cfg.Password) {
@@ -461,7 +462,7 @@ func (f *Server) liveSessionLocked(now time.Time) bool {
 
 // issueAccess records a new access token and prunes expired ones.
 func (f *Server) issueAccess(k Knobs) (string, time.Duration) {
-	now := f.cfg.Now()
+	now := f.cfg.Clock.Now()
 	lifetime := time.Duration(seconds(k.AccessTokenLifetime)) * time.Second
 	access := "fake-access-" + rand.Text()
 	f.mu.Lock()
@@ -481,7 +482,7 @@ func (f *Server) serveLiveness(w http.ResponseWriter, r *http.Request) {
 		writeGatewayError(w, http.StatusMethodNotAllowed, 0)
 		return
 	}
-	at := f.cfg.Now()
+	at := f.cfg.Clock.Now()
 	f.mu.Lock()
 	f.stats.LivenessCalls++
 	f.mu.Unlock()
@@ -503,7 +504,7 @@ func (f *Server) serveLiveness(w http.ResponseWriter, r *http.Request) {
 	}
 
 	k := f.Knobs()
-	now := f.cfg.Now()
+	now := f.cfg.Clock.Now()
 	// Date and any expiresAt come from the same reading of the clock.
 	f.setDate(w, now, k)
 	switch {

@@ -64,7 +64,7 @@ func (f *Server) serveOAuth2(w http.ResponseWriter, r *http.Request) {
 	form := r.PostForm
 	id, secret, auth := clientAuth(r)
 	rec := OAuth2Request{
-		At:        f.cfg.Now(),
+		At:        f.cfg.Clock.Now(),
 		Auth:      auth,
 		ClientID:  id,
 		GrantType: form.Get("grant_type"),
@@ -89,7 +89,7 @@ func (f *Server) serveOAuth2(w http.ResponseWriter, r *http.Request) {
 	}
 
 	k := f.Knobs()
-	now := f.cfg.Now()
+	now := f.cfg.Clock.Now()
 	f.setDate(w, now, k)
 	switch {
 	case formErr != nil:

@@ -338,11 +338,11 @@ func TestOAuth2EndpointKnobs(t *testing.T) {
 // each see their own.
 func TestOAuth2TwoServers(t *testing.T) {
 	rdp := rdptest.New(t, fakerdp.Config{}, nil)
-	generic := rdptest.New(t, fakerdp.Config{Now: rdp.Clock.Now}, nil)
+	generic := rdptest.New(t, fakerdp.Config{Clock: rdp.Clock}, nil)
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
 	src, err := upstream.NewOAuth2(upstream.OAuth2Config{
 		TokenURL: generic.Srv.URL + fakerdp.OAuth2TokenPath, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
-		Scopes: []string{"a", "b"}, EndpointParams: url.Values{"audience": {"aud"}}, Now: rdp.Clock.Now, Logger: discard,
+		Scopes: []string{"a", "b"}, EndpointParams: url.Values{"audience": {"aud"}}, Clock: rdp.Clock, Logger: discard,
 	})
 	if err != nil {
 		t.Fatal(err)

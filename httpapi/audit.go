@@ -181,14 +181,14 @@ func (s *Server) startAudit() (stop func()) {
 	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(stopped)
-		t := time.NewTicker(time.Minute)
+		t := s.clock.NewTicker(time.Minute)
 		defer t.Stop()
 		for {
 			select {
 			case <-done:
 				a.flush(s.now().Add(time.Minute))
 				return
-			case <-t.C:
+			case <-t.C():
 				a.flush(s.now())
 			}
 		}

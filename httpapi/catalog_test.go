@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 )
 
 const (
@@ -54,7 +55,7 @@ func newCatalogEnv(t *testing.T) *catalogEnv {
 			{Name: "billing", Value: billingKey, Tokens: []string{"billing", "reports"}},
 			{Name: "ops", Value: opsKey, Role: httpapi.RoleAdmin, Tokens: []string{"billing"}},
 		},
-		Now:            func() time.Time { return t0 },
+		Clock:          clocktest.New(t0),
 		Registerer:     prometheus.NewRegistry(),
 		RefreshTimeout: time.Second,
 	}, served, ce.ctl)
@@ -256,7 +257,7 @@ func TestDeviceRoute(t *testing.T) {
 	shared := &fakeTokens{}
 	shared.set(cache.Token{Value: "shared-value", Deadline: t0.Add(time.Hour)}, true)
 	newServer := func(devs httpapi.Devices) http.Handler {
-		srv, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Now: func() time.Time { return t0 }, Registerer: prometheus.NewRegistry()},
+		srv, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, Clock: clocktest.New(t0), Registerer: prometheus.NewRegistry()},
 			[]httpapi.Token{{Name: "liveness", Source: access, Devices: devs}, {Name: "shared", Source: shared}}, nil)
 		if err != nil {
 			t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/clock"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 )
 
@@ -21,7 +22,7 @@ func Example() {
 	srv, err := httpapi.New(httpapi.Config{
 		Instance:   "replica-1",
 		ReaderKeys: []string{"reader-key"},
-		Now:        func() time.Time { return now },
+		Clock:      fixedClock{clock.Real(), now},
 	}, httpapi.Single(tokens), nil) // no admin keys: no Controller needed
 	if err != nil {
 		fmt.Println(err)
@@ -46,3 +47,11 @@ func Example() {
 	// 401 Bearer realm="tokenkeeper"
 	// {"error":{"code":"unauthorized","message":"a valid API key is required: Authorization: Bearer <key> or X-API-Key: <key>"}}
 }
+
+// fixedClock is a clock whose Now stands still.
+type fixedClock struct {
+	clock.Clock
+	t time.Time
+}
+
+func (f fixedClock) Now() time.Time { return f.t }

@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,19 +20,14 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/internal/certreload"
+	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/internal/tlstest"
 )
 
 // movingClock is a clock the test moves by hand.
-type movingClock struct{ ns atomic.Int64 }
+type movingClock = clocktest.Fake
 
-func newMovingClock() *movingClock {
-	c := &movingClock{}
-	c.ns.Store(t0.UnixNano())
-	return c
-}
-func (c *movingClock) Now() time.Time          { return time.Unix(0, c.ns.Load()).UTC() }
-func (c *movingClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+func newMovingClock() *movingClock { return clocktest.New(t0) }
 
 // lockedBuffer is a log sink safe for concurrent writes.
 type lockedBuffer struct {
@@ -94,7 +88,7 @@ func newTLSEnv(t *testing.T) *tlsEnv {
 		Instance:   "replica-1",
 		ReaderKeys: []string{readerKey},
 		AdminKeys:  []string{adminKey},
-		Now:        func() time.Time { return t0 },
+		Clock:      clocktest.New(t0),
 		Registerer: prometheus.NewRegistry(),
 		Security: httpapi.Security{
 			Identities: []httpapi.Identity{
@@ -262,7 +256,7 @@ type guessEnv struct {
 func newGuessEnv(t *testing.T) *guessEnv {
 	ge := &guessEnv{clock: newMovingClock(), log: &lockedBuffer{}, audit: &lockedBuffer{}}
 	ge.env = newEnv(t, func(c *httpapi.Config) {
-		c.Now = ge.clock.Now
+		c.Clock = ge.clock
 		c.Logger = slog.New(slog.NewJSONHandler(ge.log, nil))
 		c.Security = httpapi.Security{
 			AuthFailures: 3, AuthFailureWindow: time.Minute,
@@ -378,7 +372,7 @@ func TestAuditTrailOfReads(t *testing.T) {
 	clock := newMovingClock()
 	var audit lockedBuffer
 	ev := newEnv(t, func(c *httpapi.Config) {
-		c.Now = clock.Now
+		c.Clock = clock
 		c.AllowAnonymous = true
 		c.Keys = []httpapi.Key{{Name: "mobile", Value: "mobile-key-9d8e7f6a5b"}}
 		c.Security = httpapi.Security{Audit: slog.New(slog.NewJSONHandler(&audit, nil)), AuditReadsPerMinute: 2}
@@ -440,7 +434,7 @@ func TestAuditTrailOfReads(t *testing.T) {
 func TestFleetRateLimitShare(t *testing.T) {
 	clock := newMovingClock()
 	ev := newEnv(t, func(c *httpapi.Config) {
-		c.Now = clock.Now
+		c.Clock = clock
 		c.Security.FleetRateLimit = 30
 	})
 	reads := func() (ok int) {

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
 // Tokens gives one token this replica may serve now.
@@ -66,7 +67,7 @@ type Status struct {
 	// ExpiresAt is when that token expires.
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	// ExpiresIn is the whole seconds left until ExpiresAt. The server
-	// computes it from ExpiresAt and Config.Now; a value set by the
+	// computes it from ExpiresAt and Config.Clock; a value set by the
 	// Controller is overwritten.
 	ExpiresIn int64 `json:"expires_in"`
 	// LastRefresh is when the fleet last stored a new token; NextRefresh
@@ -85,7 +86,7 @@ type Status struct {
 	// Tokens are every token of the catalog, in its order; the fields
 	// above describe the first.
 	Tokens []TokenStatus `json:"tokens,omitempty"`
-	// GeneratedAt is when the server answered, on its clock (Config.Now):
+	// GeneratedAt is when the server answered, on its clock (Config.Clock):
 	// a client subtracts it from the other times to get durations without
 	// comparing its own clock with the server's. The server sets it.
 	GeneratedAt time.Time `json:"generated_at"`
@@ -120,8 +121,11 @@ type Config struct {
 	// Keys are further keys, each with its role and the tokens it may use
 	// (a catalog's keys).
 	Keys []Key
-	// Now is the clock used for expires_in. Default: time.Now.
-	Now func() time.Time
+	// Clock is the time expires_in, the failed-auth windows, the rate
+	// limits and the audit trail's minutes are counted on. Default:
+	// clock.Real(). Request durations in the metrics are measured on Go's
+	// clock whatever it is: they date nothing.
+	Clock clock.Clock
 	// Logger receives the server's logs. Default: none are written.
 	Logger *slog.Logger
 	// Registerer receives the server's metrics and Gatherer is served on
@@ -179,8 +183,9 @@ type Server struct {
 	instance        string
 	catalog         catalog
 	ctl             Controller
-	now             func() time.Time
-	fakeClock       bool // now is not time.Now
+	clock           clock.Clock
+	now             func() time.Time // clock.Now
+	fakeClock       bool             // clock is not clock.Real()
 	log             *slog.Logger
 	anonymous       bool
 	readerKeys      keySet
@@ -224,7 +229,7 @@ func New(cfg Config, tokens []Token, ctl Controller) (*Server, error) {
 		instance:        cfg.Instance,
 		catalog:         cat,
 		ctl:             ctl,
-		now:             cfg.Now,
+		clock:           cfg.Clock,
 		log:             cfg.Logger,
 		anonymous:       cfg.AllowAnonymous,
 		refreshTimeout:  cfg.RefreshTimeout,
@@ -253,10 +258,10 @@ func New(cfg Config, tokens []Token, ctl Controller) (*Server, error) {
 		return nil, errors.New("httpapi: the instance id contains a control character")
 	}
 	s.instanceValue = []string{s.instance}[:1:1]
-	s.fakeClock = s.now != nil
-	if s.now == nil {
-		s.now = time.Now
+	if s.clock == nil {
+		s.clock = clock.Real()
 	}
+	s.now, s.fakeClock = s.clock.Now, s.clock != clock.Real()
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -400,7 +405,7 @@ func (s *Server) routes(admin bool) *echo.Echo {
 // instrument adapts the handler of the route with the path pattern: it
 // answers the handler's errors as JSON, turns a panic into a 500 and
 // records the request's metrics. It reads the clock once for both the
-// duration and the handler's now, unless Config.Now replaced the clock.
+// duration and the handler's now, unless Config.Clock replaced the clock.
 func (s *Server) instrument(pattern string, h handlerFunc) echo.HandlerFunc {
 	rm := s.metrics.route(pattern)
 	return func(c echo.Context) error {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 )
 
 const (
@@ -50,7 +51,7 @@ func newEnv(t *testing.T, mod func(*httpapi.Config)) *env {
 		Instance:       "replica-1",
 		ReaderKeys:     []string{readerKey, readerKey2},
 		AdminKeys:      []string{adminKey},
-		Now:            func() time.Time { return t0 },
+		Clock:          clocktest.New(t0),
 		Registerer:     ev.reg,
 		RefreshTimeout: time.Second,
 		RetryAfter:     1500 * time.Millisecond,

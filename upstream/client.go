@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
 // Defaults of Config.
@@ -75,15 +77,16 @@ type Config struct {
 	// liveness answer and the v1 auth answers (default 64 KiB). The v2 auth
 	// answer is read by x/oauth2, which caps it at 1 MiB.
 	MaxBodyBytes int64
-	// Now is the clock (default time.Now). It is read just before each HTTP
-	// call to date the request: a token's life, and an access token's, is
+	// Clock is the time (default clock.Real()). It is read just before
+	// each HTTP call to date the request: a token's life, and an access token's, is
 	// counted from when its request was sent, never from when the answer
 	// arrived. It also decides whether the access token may be reused, and
 	// is the local wall clock that an absolute expiry is compared with when
 	// the answer has no usable Date header. Its readings should carry Go's
-	// monotonic clock, as time.Now's do, so that a step of the wall clock
-	// does not shorten or stretch a lifetime counted from them.
-	Now func() time.Time
+	// monotonic clock, as clock.Real's do, so that a step of the wall
+	// clock does not shorten or stretch a lifetime counted from them. The
+	// HTTP timeouts stay on Go's timers: they bound I/O, they date nothing.
+	Clock clock.Clock
 	// RootCAs verifies the upstream's certificate (RDP_TLS_CA adds to the
 	// system roots). Default: the system roots. Verification is never
 	// turned off.
@@ -192,8 +195,8 @@ func New(cfg Config) (*Client, error) {
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = defaultHTTPClient(cfg.Timeout, cfg.RootCAs)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -237,7 +240,7 @@ func New(cfg Config) (*Client, error) {
 // Each HTTP call is bounded by Config.Timeout and by ctx. Token blocks while
 // another Token call is in progress.
 //
-// The Token's Sent is the time, on Config.Now, just before the liveness
+// The Token's Sent is the time, on Config.Clock, just before the liveness
 // request was sent, and its Lifetime is counted from it, so that however long
 // the answer takes, Sent+Lifetime does not overstate the expiry. An absolute
 // expiry (expiresAt) is turned into a lifetime against the answer's own Date
@@ -328,7 +331,7 @@ func isUnauthorized(err error) bool {
 // accessToken returns the held access token while it may be reused, else
 // signs on.
 func (c *Client) accessToken(ctx context.Context) (string, error) {
-	if c.access != "" && c.cfg.Now().Before(c.accessUntil) {
+	if c.access != "" && c.cfg.Clock.Now().Before(c.accessUntil) {
 		return c.access, nil
 	}
 	if c.cfg.Auth == AuthV2 {
@@ -359,7 +362,7 @@ func (c *Client) signOnV2(ctx context.Context) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	sent := c.cfg.Now()
+	sent := c.cfg.Clock.Now()
 	t, err := c.v2.Token(context.WithValue(ctx, oauth2.HTTPClient, c.http))
 	if err != nil {
 		var re *oauth2.RetrieveError
@@ -442,7 +445,7 @@ func (c *Client) postV1(ctx context.Context, form url.Values) (string, error) {
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
-	sent := c.cfg.Now()
+	sent := c.cfg.Clock.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return "", &Error{Op: OpAuth, Retryable: true, Err: err}
@@ -492,7 +495,7 @@ func (c *Client) liveness(ctx context.Context, access string) (Token, error) {
 	}
 	req.Header.Set("Authorization", "Bearer "+access)
 	req.Header.Set("Accept", "application/json")
-	sent := c.cfg.Now()
+	sent := c.cfg.Clock.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return Token{}, &Error{Op: OpLiveness, Retryable: true, Err: err}
@@ -524,7 +527,7 @@ func (c *Client) statusError(op Op, resp *http.Response, body []byte, tokens ...
 		Status:     s,
 		Code:       safeCode(errorCode(body, s), append([]string{c.cfg.ClientSecret, c.cfg.Password}, tokens...)...),
 		Retryable:  s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500,
-		RetryAfter: parseRetryAfter(resp.Header, c.cfg.Now()),
+		RetryAfter: parseRetryAfter(resp.Header, c.cfg.Clock.Now()),
 	}
 }
 

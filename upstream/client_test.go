@@ -14,8 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
+	"github.com/tokenkeeper/tokenkeeper/clock"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/internal/rdptest"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -339,7 +340,7 @@ func TestTokenDatedFromSend(t *testing.T) {
 	for _, auth := range []upstream.AuthVersion{upstream.AuthV1, upstream.AuthV2} {
 		t.Run(string(auth), func(t *testing.T) {
 			clk := clocktest.New(rdptest.T0)
-			fake := fakerdp.New(fakerdp.Config{Now: clk.Now, Knobs: fakerdp.Knobs{TokenLifetime: time.Minute}})
+			fake := fakerdp.New(fakerdp.Config{Clock: clk, Knobs: fakerdp.Knobs{TokenLifetime: time.Minute}})
 			// The Fake answers at once on the shared clock; the answer then
 			// takes delay to come back.
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -443,9 +444,8 @@ func TestTokenAbsoluteExpiry(t *testing.T) {
 				}
 				body(200, `{"token":"abc","expiresAt":"`+upstreamNow.Add(tt.expiresIn).Format(time.RFC3339)+`"}`)(w, r)
 			}
-			r := rdptest.New(t, fakerdp.Config{Now: clk.Now}, map[string]http.HandlerFunc{livenessPath: answer})
-			localNow := func() time.Time { return clk.Now().Add(tt.localAdv) }
-			c := r.Client(t, upstream.Config{Now: localNow})
+			r := rdptest.New(t, fakerdp.Config{Clock: clk}, map[string]http.HandlerFunc{livenessPath: answer})
+			c := r.Client(t, upstream.Config{Clock: offsetClock{clk, tt.localAdv}})
 
 			tok, err := c.Token(context.Background())
 			if tt.wantErr != nil {
@@ -775,3 +775,11 @@ func TestHostileLivenessAnswers(t *testing.T) {
 		})
 	}
 }
+
+// offsetClock is a clock d ahead of another.
+type offsetClock struct {
+	clock.Clock
+	d time.Duration
+}
+
+func (o offsetClock) Now() time.Time { return o.Clock.Now().Add(o.d) }

@@ -18,8 +18,8 @@
 //     token of printable ASCII no longer than 8 KiB, and a lifetime in
 //     (0, 24h]. Anything else is an error and no token.
 //   - A token's life is counted from when the request that obtained it was
-//     sent ([Token].Sent, read from Config.Now just before the HTTP call,
-//     on the monotonic clock when Now is time.Now), never from when the
+//     sent ([Token].Sent, read from Config.Clock just before the HTTP call,
+//     on the monotonic clock with clock.Real), never from when the
 //     answer arrived: Sent+Lifetime is not later than the true expiry however
 //     slow the answer. The same holds for the access token kept for reuse.
 //   - An absolute expiry (expiresAt) is measured against the answer's own

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
 // The client authentications of OAuth2Config.AuthStyle.
@@ -70,10 +72,10 @@ type OAuth2Config struct {
 	// HTTPClient (default: the system roots). It cannot be combined with
 	// HTTPClient: set the roots on that client's transport instead.
 	RootCAs *x509.CertPool
-	// Now is the clock (default time.Now). It is read just before each
-	// request is sent, to date the token ([Token].Sent), and to read a
-	// Retry-After given as an HTTP date.
-	Now func() time.Time
+	// Clock is the time (default clock.Real()). It is read just before
+	// each request is sent, to date the token ([Token].Sent), and to read
+	// a Retry-After given as an HTTP date.
+	Clock clock.Clock
 	// BeforeAuth, when set, is called before every token request (both of
 	// the requests of an "auto" probe). An error it returns is returned as
 	// is and no request is made; the refresher uses it to cap sign-ons
@@ -201,8 +203,8 @@ func NewOAuth2(cfg OAuth2Config) (*OAuth2, error) {
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = defaultHTTPClient(cfg.Timeout, cfg.RootCAs)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -261,7 +263,7 @@ func isReserved(key string) bool {
 // Every call makes a request (keeping the token is the caller's job), and
 // calls BeforeAuth first.
 //
-// The Token's Sent is the time, on OAuth2Config.Now, just before the
+// The Token's Sent is the time, on OAuth2Config.Clock, just before the
 // request that obtained it was sent, and its Lifetime, counted from Sent, is
 // the answer's expires_in (a JSON number or a string holding one) or
 // DefaultLifetime when the answer has none; however long the answer takes,
@@ -371,7 +373,7 @@ func (o *OAuth2) post(ctx context.Context, style string) (Token, error) {
 	if style == OAuth2AuthHeader {
 		req.Header.Set("Authorization", "Basic "+o.basic)
 	}
-	sent := o.cfg.Now()
+	sent := o.cfg.Clock.Now()
 	resp, err := o.http.Do(req)
 	if err != nil {
 		return Token{}, &Error{Op: OpToken, Retryable: true, Err: o.redact(err)}
@@ -386,7 +388,7 @@ func (o *OAuth2) post(ctx context.Context, style string) (Token, error) {
 			Status:     s,
 			Code:       code,
 			Retryable:  oauth2Retryable(s, code),
-			RetryAfter: parseRetryAfter(resp.Header, o.cfg.Now()),
+			RetryAfter: parseRetryAfter(resp.Header, o.cfg.Clock.Now()),
 		}
 	}
 	if readErr != nil {

@@ -21,8 +21,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/internal/rdptest"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -147,7 +147,7 @@ func TestOAuth2Token(t *testing.T) {
 	o := newSource(t, ts, upstream.OAuth2Config{
 		Scopes:         []string{"read", "write:all"},
 		EndpointParams: url.Values{"audience": {"https://api.example/"}, "resource": {"urn:a", "urn:b"}},
-		Now:            clk.Now,
+		Clock:          clk,
 	})
 	tok, err := o.Token(context.Background())
 	if err != nil {
@@ -417,7 +417,7 @@ func TestOAuth2Failures(t *testing.T) {
 			})
 			cfg := tt.cfg
 			cfg.AuthStyle = "header" // one request per call
-			cfg.Now = clocktest.New(rdptest.T0).Now
+			cfg.Clock = clocktest.New(rdptest.T0)
 			o := newSource(t, ts, cfg)
 			tok, err := o.Token(context.Background())
 			if tok != (upstream.Token{}) {
@@ -530,7 +530,7 @@ func TestOAuth2DatedFromSend(t *testing.T) {
 		answer(w, 200, `{"access_token":"t","expires_in":60}`)
 		clk.Advance(delay) // and the answer as long to come back
 	})
-	o := newSource(t, ts, upstream.OAuth2Config{Now: clk.Now, AuthStyle: "body"})
+	o := newSource(t, ts, upstream.OAuth2Config{Clock: clk, AuthStyle: "body"})
 	tok, err := o.Token(context.Background())
 	if err != nil {
 		t.Fatalf("Token: %v", err)
@@ -543,7 +543,7 @@ func TestOAuth2DatedFromSend(t *testing.T) {
 	}
 
 	// With an "auto" probe the token is dated from the request that got it.
-	o = newSource(t, ts, upstream.OAuth2Config{Now: clk.Now})
+	o = newSource(t, ts, upstream.OAuth2Config{Clock: clk})
 	start := clk.Now()
 	if tok, err = o.Token(context.Background()); err != nil {
 		t.Fatalf("Token: %v", err)
@@ -791,7 +791,7 @@ func TestOAuth2AgainstFake(t *testing.T) {
 			o, err := upstream.NewOAuth2(upstream.OAuth2Config{
 				TokenURL: r.Srv.URL + fakerdp.OAuth2TokenPath, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
 				Scopes: []string{"trapi"}, EndpointParams: url.Values{"resource": {"urn:x"}}, AuthStyle: style,
-				Now: r.Clock.Now, Logger: discardLogger(),
+				Clock: r.Clock, Logger: discardLogger(),
 			})
 			if err != nil {
 				t.Fatal(err)

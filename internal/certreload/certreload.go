@@ -19,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
 // DefaultInterval is how often, at most, the files are looked at again.
@@ -32,8 +34,8 @@ type Config struct {
 	// Interval is the shortest time between two looks at the files.
 	// Default: DefaultInterval.
 	Interval time.Duration
-	// Now is the clock the interval is counted on. Default: time.Now.
-	Now func() time.Time
+	// Clock is the time the interval is counted on. Default: clock.Real().
+	Clock clock.Clock
 	// Logger receives a line for each reload and each failed one. Default:
 	// none are written.
 	Logger *slog.Logger
@@ -68,8 +70,8 @@ func New(cfg Config) (*Reloader, error) {
 	if cfg.Interval == 0 {
 		cfg.Interval = DefaultInterval
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -87,7 +89,7 @@ func New(cfg Config) (*Reloader, error) {
 		return nil, err
 	}
 	r.cert.Store(c)
-	r.certPEM, r.keyPEM, r.checked = certPEM, keyPEM, cfg.Now()
+	r.certPEM, r.keyPEM, r.checked = certPEM, keyPEM, cfg.Clock.Now()
 	return r, nil
 }
 
@@ -131,7 +133,7 @@ func (r *Reloader) maybeCheck() {
 		return
 	}
 	defer r.mu.Unlock()
-	now := r.cfg.Now()
+	now := r.cfg.Clock.Now()
 	if now.Sub(r.checked) < r.cfg.Interval {
 		return
 	}
@@ -145,7 +147,7 @@ func (r *Reloader) maybeCheck() {
 func (r *Reloader) Check() (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.checked = r.cfg.Now()
+	r.checked = r.cfg.Clock.Now()
 	return r.check()
 }
 

@@ -15,24 +15,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/certreload"
+	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/internal/tlstest"
 )
 
-// fakeNow is a clock moved by hand.
-type fakeNow struct{ ns atomic.Int64 }
-
-func newFakeNow() *fakeNow {
-	f := &fakeNow{}
-	f.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	return f
-}
-func (f *fakeNow) Now() time.Time          { return time.Unix(0, f.ns.Load()) }
-func (f *fakeNow) Advance(d time.Duration) { f.ns.Add(int64(d)) }
+// newFakeNow is a clock moved by hand.
+func newFakeNow() *clocktest.Fake { return clocktest.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)) }
 
 // syncBuffer is a log sink safe for concurrent writes.
 type syncBuffer struct {
@@ -102,7 +94,7 @@ func TestRotationReachesNewHandshakesAndKeepsOpenConnections(t *testing.T) {
 	certFile, keyFile := first.Write(t, dir)
 	clock := newFakeNow()
 	var logs syncBuffer
-	r, err := certreload.New(certreload.Config{CertFile: certFile, KeyFile: keyFile, Now: clock.Now,
+	r, err := certreload.New(certreload.Config{CertFile: certFile, KeyFile: keyFile, Clock: clock,
 		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +171,7 @@ func TestBadPairAtReloadKeepsTheOldCertificate(t *testing.T) {
 	certFile, keyFile := first.Write(t, dir)
 	clock := newFakeNow()
 	var logs syncBuffer
-	r, err := certreload.New(certreload.Config{CertFile: certFile, KeyFile: keyFile, Now: clock.Now,
+	r, err := certreload.New(certreload.Config{CertFile: certFile, KeyFile: keyFile, Clock: clock,
 		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
+	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -31,8 +31,8 @@ type RDP struct {
 func New(t *testing.T, cfg fakerdp.Config, routes map[string]http.HandlerFunc) *RDP {
 	t.Helper()
 	r := &RDP{Clock: clocktest.New(T0)}
-	if cfg.Now == nil {
-		cfg.Now = r.Clock.Now
+	if cfg.Clock == nil {
+		cfg.Clock = r.Clock
 	}
 	r.Fake = fakerdp.New(cfg)
 	mux := http.NewServeMux()
@@ -63,8 +63,8 @@ func (r *RDP) Client(t *testing.T, cfg upstream.Config) *upstream.Client {
 	} else if cfg.ClientSecret == "" {
 		cfg.ClientSecret = fakerdp.ClientSecret
 	}
-	if cfg.Now == nil {
-		cfg.Now = r.Clock.Now
+	if cfg.Clock == nil {
+		cfg.Clock = r.Clock
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -5,7 +5,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/clock/clocktest"
+	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 )
 
 // Timeline runs the loops of a test on fake time, deterministically. It
