@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/clock"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -90,6 +91,16 @@ type Config struct {
 	Keyring *cache.Keyring
 	// HTTP configures Handler.
 	HTTP HTTPConfig
+
+	// Clock is the time this replica runs on: every date it takes (a
+	// token's deadline, a lease's end, the status page's times) and every
+	// timer and ticker of its loops (election, renewals, refreshes, polls,
+	// heartbeats, the replica count, the audit minutes). Tokens are still
+	// dated from Redis's clock and the upstream's answers; the Clock only
+	// measures time on this replica. Timeouts of single Redis and HTTP
+	// calls stay on Go's own timers. A Clock's readings should carry Go's
+	// monotonic clock, as clock.Real's do. Default: clock.Real().
+	Clock clock.Clock
 
 	// Logger receives the Keeper's logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -246,6 +257,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real()
 	}
 	if len(c.Tokens) == 0 {
 		c.single = true

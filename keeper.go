@@ -99,7 +99,7 @@ func New(cfg Config) (*Keeper, error) {
 		return nil, err
 	}
 	k := &Keeper{cfg: cfg, log: cfg.Logger, byName: make(map[string]*kept, len(cfg.Tokens)),
-		events: cache.NewEvents(cfg.Redis, cache.EventsConfig{Sharded: cfg.RedisMode == RedisCluster, Logger: cfg.Logger})}
+		events: cache.NewEvents(cfg.Redis, cache.EventsConfig{Sharded: cfg.RedisMode == RedisCluster, Logger: cfg.Logger, Clock: cfg.Clock})}
 	served := make([]httpapi.Token, 0, len(cfg.Tokens))
 	for _, tc := range cfg.Tokens {
 		t, err := k.keep(tc)
@@ -118,7 +118,7 @@ func New(cfg Config) (*Keeper, error) {
 	var err error
 	k.api, err = httpapi.New(httpapi.Config{
 		Instance: cfg.Instance, ReaderKeys: h.ReaderKeys, AdminKeys: h.AdminKeys, MetricsKeys: h.MetricsKeys,
-		Keys: h.Keys, AllowAnonymous: h.AllowAnonymous, Logger: cfg.Logger, Registerer: cfg.Registerer,
+		Keys: h.Keys, AllowAnonymous: h.AllowAnonymous, Logger: cfg.Logger, Registerer: cfg.Registerer, Clock: cfg.Clock,
 		Gatherer: cfg.Gatherer, RateLimit: h.RateLimit, RateBurst: h.RateBurst, Security: h.Security,
 	}, served, controller{k})
 	if err != nil {
@@ -143,12 +143,12 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 	store, err := cache.New(cfg.Redis, cache.Config{
 		Keys: keys, ServeMargin: tc.ServeMargin, PollInterval: cfg.PollInterval,
 		Instance: cfg.Instance, Logger: log, Keyring: cfg.Keyring, Registerer: reg,
-		Events: k.events, Replication: cache.Replication(cfg.RedisWait),
+		Events: k.events, Replication: cache.Replication(cfg.RedisWait), Clock: cfg.Clock,
 	})
 	if err != nil {
 		return nil, err
 	}
-	src, err := source(tc, cfg.Redis, keys, log, reg)
+	src, err := source(tc, cfg, keys, log, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +163,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 			Keys: keys, ServeMargin: tc.ServeMargin, Access: store.Current, Mint: client.Mint,
 			RenewAccess: func(ctx context.Context) error { _, err := k.Refresh(ctx, tc.Name); return err },
 			Rate:        float64(tc.MintsPerMinute) / 60, PerDevice: tc.MintsPerDeviceHour,
-			Logger: log, Registerer: reg,
+			Logger: log, Registerer: reg, Clock: cfg.Clock,
 		})
 		if err != nil {
 			return nil, err
@@ -175,7 +175,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
 		Version: cfg.Version, Registerer: reg,
 		Replication: cache.Replication(cfg.RedisWait), WatchMaster: cfg.RedisMode != RedisSingle,
-		MasterAuthority: cfg.SentinelMaster,
+		MasterAuthority: cfg.SentinelMaster, Clock: cfg.Clock,
 	}, cfg.Redis, store, src)
 	if err != nil {
 		return nil, err
@@ -184,12 +184,12 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 }
 
 // source returns tc's Source: its own, or a client of its upstream with
-// sign-ons capped fleet-wide.
-func source(tc TokenConfig, rdb Redis, keys cache.Keys, log *slog.Logger, reg prometheus.Registerer) (Source, error) {
+// sign-ons capped fleet-wide, on cfg's Clock unless it has its own.
+func source(tc TokenConfig, cfg Config, keys cache.Keys, log *slog.Logger, reg prometheus.Registerer) (Source, error) {
 	if tc.Source != nil {
 		return tc.Source, nil
 	}
-	budget, err := refresher.NewAuthBudget(rdb, keys.Auth, tc.AuthPerMinute)
+	budget, err := refresher.NewAuthBudget(cfg.Redis, keys.Auth, tc.AuthPerMinute)
 	if err != nil {
 		return nil, err
 	}
@@ -202,6 +202,9 @@ func source(tc TokenConfig, rdb Redis, keys cache.Keys, log *slog.Logger, reg pr
 		if ocfg.Registerer == nil {
 			ocfg.Registerer = reg
 		}
+		if ocfg.Clock == nil {
+			ocfg.Clock = cfg.Clock
+		}
 		return upstream.NewOAuth2(ocfg)
 	}
 	ucfg := *tc.RDP
@@ -211,6 +214,9 @@ func source(tc TokenConfig, rdb Redis, keys cache.Keys, log *slog.Logger, reg pr
 	}
 	if ucfg.Registerer == nil {
 		ucfg.Registerer = reg
+	}
+	if ucfg.Clock == nil {
+		ucfg.Clock = cfg.Clock
 	}
 	return upstream.New(ucfg)
 }
@@ -290,7 +296,7 @@ func (k *Keeper) Token(ctx context.Context, name string) (Token, error) {
 	}
 	sub := t.store.Subscribe()
 	defer sub.Close()
-	tick := time.NewTicker(k.cfg.PollInterval)
+	tick := k.cfg.Clock.NewTicker(k.cfg.PollInterval)
 	defer tick.Stop()
 	for {
 		if tok, ok := t.store.Current(); ok {
@@ -302,7 +308,7 @@ func (k *Keeper) Token(ctx context.Context, name string) (Token, error) {
 		case <-sub.Ready():
 			for _, ok := sub.Next(); ok; _, ok = sub.Next() {
 			}
-		case <-tick.C:
+		case <-tick.C():
 		}
 	}
 }

@@ -17,7 +17,7 @@ var replicaCountEvery = 5 * time.Second
 // fresh and that hold a servable token (those a balancer sends requests
 // to), reading Redis once. It counts at least one, this replica.
 func (k *Keeper) LiveReplicas(ctx context.Context) (int, error) {
-	f, err := refresher.ReadFleet(ctx, k.cfg.Redis, k.tokens[0].store.Keys())
+	f, err := refresher.ReadFleet(ctx, k.cfg.Redis, k.tokens[0].store.Keys(), k.cfg.Clock.Now())
 	if err != nil {
 		return 0, err
 	}
@@ -39,9 +39,11 @@ func (k *Keeper) countReplicas(ctx context.Context) error {
 		return nil
 	}
 	every := replicaCountEvery
-	tick := time.NewTicker(every)
+	tick := k.cfg.Clock.NewTicker(every)
 	defer tick.Stop()
 	for {
+		// The count's Redis calls are bounded on Go's timers, as every
+		// single Redis call is; the Clock paces the loop.
 		rctx, cancel := context.WithTimeout(ctx, every)
 		n, err := k.LiveReplicas(rctx)
 		cancel()
@@ -53,7 +55,7 @@ func (k *Keeper) countReplicas(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-tick.C():
 		}
 	}
 }

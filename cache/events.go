@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
 // EventsConfig tunes an Events. The zero value works.
@@ -22,6 +24,8 @@ type EventsConfig struct {
 	Sharded bool
 	// Logger receives the logs. Default: slog.Default().
 	Logger *slog.Logger
+	// Clock paces the retries and the shard watch. Default: clock.Real().
+	Clock clock.Clock
 }
 
 // Events carries the change and control messages of a replica's stores
@@ -36,6 +40,7 @@ type EventsConfig struct {
 type Events struct {
 	rdb     RedisClient
 	log     *slog.Logger
+	clock   clock.Clock
 	sharded atomic.Bool // false once the server is found to lack SSUBSCRIBE
 
 	mu      sync.Mutex
@@ -48,7 +53,10 @@ func NewEvents(rdb RedisClient, cfg EventsConfig) *Events {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	e := &Events{rdb: rdb, log: cfg.Logger, routes: make(map[string]*route)}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	e := &Events{rdb: rdb, log: cfg.Logger, clock: cfg.Clock, routes: make(map[string]*route)}
 	e.sharded.Store(cfg.Sharded)
 	return e
 }
@@ -173,13 +181,13 @@ func (e *Events) followShard(ctx context.Context, channel string) {
 	if cc, ok := e.rdb.(*redis.ClusterClient); ok {
 		if owner := shardOf(fctx, cc, channel); owner != "" {
 			go func() {
-				tick := time.NewTicker(time.Second)
+				tick := e.clock.NewTicker(time.Second)
 				defer tick.Stop()
 				for {
 					select {
 					case <-fctx.Done():
 						return
-					case <-tick.C:
+					case <-tick.C():
 						if now := shardOf(fctx, cc, channel); now != "" && now != owner {
 							e.log.Info("the events' shard has a new master; subscribing there", "channel", channel, "was", owner, "now", now)
 							cancel()
@@ -217,10 +225,12 @@ func (e *Events) shardedWorks(ctx context.Context, channel string) bool {
 			e.log.Warn("Redis lacks sharded pub/sub (SSUBSCRIBE, Redis 7): the events go over plain pub/sub, which Redis Cluster broadcasts to every node", "error", err)
 			return false
 		}
+		t := e.clock.NewTimer(time.Second)
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Second):
+		case <-t.C():
 		}
+		t.Stop()
 	}
 	return true
 }

@@ -106,18 +106,18 @@ type FleetReader interface {
 
 // ReadFleet reads the fleet view from Redis: the lock holder, the
 // replicas whose heartbeat has not expired (expired ones are removed) and
-// the last refresh attempts. It needs no Refresher: `tokenkeeper status`
-// uses it.
-func ReadFleet(ctx context.Context, rdb FleetReader, keys cache.Keys) (Fleet, error) {
+// the last refresh attempts, dated at now on the reader's clock. It needs
+// no Refresher: `tokenkeeper status` uses it.
+func ReadFleet(ctx context.Context, rdb FleetReader, keys cache.Keys, now time.Time) (Fleet, error) {
 	var f Fleet
 	var err error
 	if f.Leader, err = readLeader(ctx, rdb, keys.Lock); err != nil {
 		return f, err
 	}
-	if f.Replicas, err = readReplicas(ctx, rdb, keys.Replicas, time.Now()); err != nil {
+	if f.Replicas, err = readReplicas(ctx, rdb, keys.Replicas, now); err != nil {
 		return f, err
 	}
-	if f.Refreshes, err = readAttempts(ctx, rdb, keys.Refreshes, time.Now()); err != nil {
+	if f.Refreshes, err = readAttempts(ctx, rdb, keys.Refreshes, now); err != nil {
 		return f, err
 	}
 	return f, nil

@@ -95,7 +95,7 @@ func TestFleetView(t *testing.T) {
 		var f refresher.Fleet
 		w.tl.Until("both replicas ready in the fleet view", time.Minute, func() bool {
 			var err error
-			f, err = refresher.ReadFleet(ctx, w.admin, w.keys)
+			f, err = refresher.ReadFleet(ctx, w.admin, w.keys, time.Now())
 			if err != nil || len(f.Replicas) != 2 {
 				return false
 			}
@@ -152,7 +152,7 @@ func TestFleetView(t *testing.T) {
 
 		// A replica that stops is gone from the list at once.
 		follower.stop()
-		f, err = refresher.ReadFleet(ctx, w.admin, w.keys)
+		f, err = refresher.ReadFleet(ctx, w.admin, w.keys, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -181,7 +181,7 @@ func TestHeartbeatsExpire(t *testing.T) {
 		if err := rdb.HSet(ctx, replicas, "junk", `not a heartbeat`).Err(); err != nil {
 			t.Fatal(err)
 		}
-		f, err := refresher.ReadFleet(ctx, rdb, w.keys)
+		f, err := refresher.ReadFleet(ctx, rdb, w.keys, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -207,7 +207,7 @@ func TestHeartbeatsExpire(t *testing.T) {
 			{101 * time.Millisecond, ""},
 		} {
 			w.tl.Advance(written.Add(step.after).Sub(w.tl.Now()))
-			f, err := refresher.ReadFleet(ctx, rdb, w.keys)
+			f, err := refresher.ReadFleet(ctx, rdb, w.keys, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}

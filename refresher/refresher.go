@@ -16,6 +16,7 @@ import (
 	"github.com/bsm/redislock"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -89,7 +90,12 @@ type Config struct {
 	// TTL (no other replica wants it). Default: 1m.
 	HandoverCooldown time.Duration
 	// Clock is the time the election, the refresh loop and the heartbeat
-	// run on: dates and every timer. Default: clock.Real().
+	// run on: dates and every timer. Default: clock.Real(). The timeouts
+	// of single Redis calls (RedisTimeout and the like) stay on Go's own
+	// timers, through context.WithTimeout: they bound I/O against the
+	// Redis client's own socket timeouts, which no Clock moves, and date
+	// nothing. A lock renewal's timeout is the lease left as the Clock
+	// counts it.
 	Clock clock.Clock
 	// Logger receives leadership and refresh logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -544,7 +550,9 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		if leaseEnd.Before(until) {
 			until = leaseEnd
 		}
-		rctx, rcancel := context.WithDeadline(ctx, until)
+		// A timeout, not a deadline: until is on the Clock, which need
+		// not be the one context deadlines are kept on.
+		rctx, rcancel := context.WithTimeout(ctx, until.Sub(sent))
 		done := make(chan error, 1)
 		go func() { done <- lock.Refresh(rctx, r.cfg.LockTTL, nil) }()
 		var err error

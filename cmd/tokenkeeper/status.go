@@ -167,7 +167,7 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	if catalogMode {
 		return statusTokens(ctx, rdb, names, asJSON, stdout)
 	}
-	f, err := refresher.ReadFleet(ctx, rdb, cache.KeysFor(httpapi.DefaultName))
+	f, err := refresher.ReadFleet(ctx, rdb, cache.KeysFor(httpapi.DefaultName), time.Now())
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
@@ -317,7 +317,7 @@ func statusTokens(ctx context.Context, rdb redis.UniversalClient, names []string
 func readToken(ctx context.Context, rdb redis.UniversalClient, name string) tokenView {
 	tv := tokenView{name: name}
 	keys := cache.KeysFor(name)
-	if tv.fleet, tv.err = refresher.ReadFleet(ctx, rdb, keys); tv.err != nil {
+	if tv.fleet, tv.err = refresher.ReadFleet(ctx, rdb, keys, time.Now()); tv.err != nil {
 		return tv
 	}
 	sent := time.Now()

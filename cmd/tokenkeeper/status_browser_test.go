@@ -70,7 +70,7 @@ func TestStatusPageCatalogInBrowser(t *testing.T) {
 			if !okA || !okB || a.keeper.Leads(name) == b.keeper.Leads(name) {
 				return false
 			}
-			f, err := refresher.ReadFleet(context.Background(), rdb, cache.KeysFor(name))
+			f, err := refresher.ReadFleet(context.Background(), rdb, cache.KeysFor(name), time.Now())
 			if err != nil || len(f.Refreshes) == 0 || len(f.Replicas) != 2 || !f.Replicas[0].Ready || !f.Replicas[1].Ready {
 				return false
 			}
