@@ -38,14 +38,14 @@ type hourTokens struct {
 	calls int
 }
 
-func (h *hourTokens) on(clk clock.Clock) tokenkeeper.Source { return hourSource{h, clk} }
+func (h *hourTokens) on(clk clock.Clock) tokenkeeper.Source { return skewedSource{h, clk} }
 
-type hourSource struct {
+type skewedSource struct {
 	h   *hourTokens
 	clk clock.Clock
 }
 
-func (s hourSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
+func (s skewedSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
 	s.h.mu.Lock()
 	defer s.h.mu.Unlock()
 	s.h.calls++
