@@ -190,12 +190,15 @@ type Store struct {
 	noRO     atomic.Bool // the server lacks EVALSHA_RO
 
 	events    *Events
-	ownEvents bool                       // the store runs its events itself
-	route     *route                     // the events channel's deliveries
-	behind    atomic.Bool                // Redis holds an older token than the copy in memory
-	rtt       atomic.Int64               // recent longest round trip to Redis, in ns (noteRTT)
-	clockRef  atomic.Pointer[redisClock] // Redis's clock as the last full read found it
-	rttCap    time.Duration              // the client's read timeout: no answer comes later; 0 when unknown
+	ownEvents bool   // the store runs its events itself
+	route     *route // the events channel's deliveries
+	// readFailed tells pollEvery that the read an event asked for failed;
+	// one slot: a second failure before it looks is the same news.
+	readFailed chan struct{}
+	behind     atomic.Bool                // Redis holds an older token than the copy in memory
+	rtt        atomic.Int64               // recent longest round trip to Redis, in ns (noteRTT)
+	clockRef   atomic.Pointer[redisClock] // Redis's clock as the last full read found it
+	rttCap     time.Duration              // the client's read timeout: no answer comes later; 0 when unknown
 
 	mu   sync.Mutex
 	subs map[*Subscription]struct{} // guarded by mu
@@ -239,7 +242,8 @@ func New(rdb RedisClient, cfg Config) (*Store, error) {
 	if cfg.Replication.Timeout < 0 {
 		return nil, fmt.Errorf("cache: replication timeout %v is negative", cfg.Replication.Timeout)
 	}
-	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[*Subscription]struct{}), rttCap: readTimeout(rdb)}
+	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[*Subscription]struct{}), rttCap: readTimeout(rdb),
+		readFailed: make(chan struct{}, 1)}
 	s.events, s.ownEvents = cfg.Events, cfg.Events == nil
 	if s.ownEvents {
 		s.events = NewEvents(rdb, EventsConfig{Logger: cfg.Logger})
@@ -811,18 +815,45 @@ func (s *Store) Run(ctx context.Context) error {
 	}
 }
 
-// pollEvery polls every PollInterval until ctx ends.
+// pollEvery polls every PollInterval until ctx ends. After a failed read,
+// its own or the one an event asked for (readFailed), it also reads again
+// sooner: an eighth of the interval after the failure, then a quarter,
+// then half, the interval's own polls going on meanwhile. On a busy
+// machine an event can arrive too late to be dated safely (adoptEvent)
+// and the read it asks for can time out: waiting for the next poll would
+// serve the previous token a whole interval longer.
 func (s *Store) pollEvery(ctx context.Context) {
-	poll := s.cfg.Clock.NewTicker(s.cfg.PollInterval)
+	every := s.cfg.PollInterval
+	poll := s.cfg.Clock.NewTicker(every)
 	defer poll.Stop()
+	retry := s.cfg.Clock.NewTimer(every)
+	retry.Stop()
+	var backoff time.Duration // the last retry's wait; 0 while reads work
+	failed := func() {
+		if next := max(2*backoff, every/8); next < every {
+			backoff = next
+			retry.Reset(next)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-s.readFailed:
+			if backoff == 0 {
+				failed()
+			}
+			continue
 		case <-poll.C():
-			s.pollLogged(ctx)
-			s.noteReadiness()
+		case <-retry.C():
 		}
+		if err := s.pollLogged(ctx); err != nil && ctx.Err() == nil {
+			failed()
+		} else {
+			backoff = 0
+			retry.Stop()
+		}
+		s.noteReadiness()
 	}
 }
 
@@ -832,8 +863,11 @@ func (s *Store) handle(ctx context.Context, payload string) {
 		s.log.Warn("ignoring malformed event", "error", err, "bytes", len(payload))
 		return
 	}
-	if ev.Type == MsgToken && !s.adoptEvent(ev.Tok) {
-		s.loadLogged(ctx)
+	if ev.Type == MsgToken && !s.adoptEvent(ev.Tok) && s.loadLogged(ctx) != nil {
+		select {
+		case s.readFailed <- struct{}{}:
+		default: // pollEvery knows already
+		}
 	}
 	s.broadcast(ev.Message)
 }
@@ -942,11 +976,12 @@ func (s *Store) Poll(ctx context.Context) (bool, error) {
 	return ok, err
 }
 
-func (s *Store) loadLogged(ctx context.Context) { s.logRead(ctx, s.Load) }
+func (s *Store) loadLogged(ctx context.Context) error { return s.logRead(ctx, s.Load) }
 
-func (s *Store) pollLogged(ctx context.Context) { s.logRead(ctx, s.Poll) }
+func (s *Store) pollLogged(ctx context.Context) error { return s.logRead(ctx, s.Poll) }
 
-func (s *Store) logRead(ctx context.Context, read func(context.Context) (bool, error)) {
+// logRead runs read, logs its failure and returns it.
+func (s *Store) logRead(ctx context.Context, read func(context.Context) (bool, error)) error {
 	_, err := read(ctx)
 	switch {
 	case err == nil, ctx.Err() != nil:
@@ -963,6 +998,7 @@ func (s *Store) logRead(ctx context.Context, read func(context.Context) (bool, e
 			s.log.Warn("reading token from Redis failed, and this replica holds no servable token: not serving", "error", err)
 		}
 	}
+	return err
 }
 
 // noteReadiness logs when this replica starts or stops holding a servable

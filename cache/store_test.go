@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -353,6 +354,78 @@ func TestPollCatchesUpMissedEvents(t *testing.T) {
 		tl.Advance(time.Millisecond)
 		if got, ok := reader.Current(); !ok || got.Value != "quiet" {
 			t.Fatalf("after its poll the reader holds %q (%v), want quiet", got.Value, ok)
+		}
+	})
+}
+
+// failingReads is a go-redis hook that fails the store's reads (its
+// scripts and HGET) while on, as a Redis too slow to answer in time does,
+// and counts the failures. The events subscription is left alone.
+type failingReads struct {
+	on    atomic.Bool
+	fails atomic.Int64
+}
+
+func (h *failingReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *failingReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		name := cmd.Name()
+		if h.on.Load() && (strings.HasPrefix(name, "eval") || name == "hget") {
+			h.fails.Add(1)
+			err := errors.New("i/o timeout (test)")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *failingReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// An event that cannot be adopted asks for a read; when that read fails
+// (a busy machine: the event came late, the read timed out), the store
+// reads again within an eighth of its poll interval instead of serving
+// the previous token for a whole interval.
+func TestFailedEventReadIsRetriedSoon(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tl, srv := onFakeTime(t)
+		ctx := t.Context()
+		keys := cache.KeysFor("liveness")
+		writer, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, Clock: tl.Clock, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const poll = 8 * time.Second
+		h := &failingReads{}
+		h.on.Store(true)
+		rdb := srv.Client(t)
+		rdb.AddHook(h)
+		reader, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: poll, Clock: tl.Clock, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, reader)
+		tl.Settle() // subscribed; its first read failed, so it cannot date an event
+		srv.Mini.Set(keys.Lock, "holder")
+		before := h.fails.Load()
+		if _, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "tok-1", Deadline: tl.Now().Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		tl.Settle()
+		if h.fails.Load() == before {
+			t.Fatal("the event asked for no read")
+		}
+		h.on.Store(false)
+		tl.Advance(poll/8 - time.Millisecond)
+		if _, ok := reader.Current(); ok {
+			t.Fatal("the reader holds a token before it read again")
+		}
+		tl.Advance(time.Millisecond)
+		if got, ok := reader.Current(); !ok || got.Value != "tok-1" {
+			t.Fatalf("an eighth of the poll interval after the failed read, the reader holds %q (%v), want tok-1", got.Value, ok)
 		}
 	})
 }

@@ -104,8 +104,11 @@ func (rd *reader) run(ctx context.Context, url string) {
 	for ctx.Err() == nil {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/v1/tokens/liveness", nil)
 		req.Header.Set("Authorization", "Bearer reader-key")
-		resp, err := c.Do(req)
+		// Dated when sent: an answer that took long on a busy machine
+		// tells what the replica held when the request reached it, no
+		// later than this.
 		s := sample{at: time.Now()}
+		resp, err := c.Do(req)
 		if err == nil {
 			var body struct{ Token string }
 			json.NewDecoder(resp.Body).Decode(&body)
