@@ -1,5 +1,8 @@
-// Package cache keeps the fleet's one liveness token: Redis holds the shared
-// truth, and every replica holds an in-memory copy that it serves from.
+// Package cache keeps one token of the catalog (a Store per token, on its
+// own keys, KeysFor): Redis holds the shared truth, and every replica
+// holds an in-memory copy that it serves from. Events carries every
+// store's change messages over as few subscriptions as the topology
+// allows.
 //
 // # Guarantees
 //

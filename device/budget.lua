@@ -1,11 +1,13 @@
--- The mint budgets, checked and spent in one step on Redis's clock.
--- KEYS[1]: the fleet's rate state (GCRA: the theoretical arrival time, ms).
+-- budget.lua: check and spend the mint budgets, on Redis's clock.
+-- KEYS[1]: the fleet's rate state (GCRA: the theoretical arrival time, ms);
 -- KEYS[2]: the device's mint count in the current window.
 -- ARGV[1]: the fleet's emission interval in ms (0: no fleet limit);
--- ARGV[2]: its burst tolerance in ms; ARGV[3]: mints a device may cause per
--- window (0: no cap); ARGV[4]: the window in ms.
--- Returns {1} when a mint may go ahead, or {0, retry after ms, 'fleet' or
--- 'device'} when it may not; nothing is spent then.
+--   ARGV[2]: its burst tolerance in ms; ARGV[3]: mints a device may cause
+--   per window (0: no cap); ARGV[4]: the window in ms.
+-- Reply: {1} when a mint may go ahead; {0, retry after ms, 'fleet' or
+--   'device'} when it may not, and nothing is spent then.
+-- Atomic: both budgets are checked before either is spent, in one step:
+-- a refused mint costs nothing, and concurrent replicas never overspend.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])

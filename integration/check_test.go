@@ -21,7 +21,8 @@ const (
 	// clockSlack absorbs the time between a client's send and the replica's
 	// decision when checking the serve margin.
 	clockSlack = 250 * time.Millisecond
-	// authPerMinute is DESIGN.md's fleet-wide ceiling on auth calls.
+	// authPerMinute is the fleet-wide ceiling on auth calls, the default
+	// of TOKENKEEPER_AUTH_CALLS_PER_MINUTE.
 	authPerMinute = 20
 )
 

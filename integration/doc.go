@@ -2,7 +2,7 @@
 // real Redis, the fake RDP upstream and several replicas of the project's own
 // image, each on its own Docker networks, with lifetimes compressed to
 // seconds. Every scenario reads the token from every replica throughout and
-// then checks the invariants of DESIGN.md against the fake upstream's
+// then checks the invariants of docs/architecture.md against the fake upstream's
 // record of the tokens it issued:
 //
 //  1. one token: once a newer token was served anywhere, no replica serves an

@@ -1,3 +1,12 @@
+-- read.lua: one token as a replica adopts it (Store's reads and polls).
+-- KEYS[1]: the token's hash (tokenkeeper:{NAME}:token: v, exp, at, w, k, g).
+-- ARGV: none.
+-- Reply: {value, remaining ms (PTTL), age ms (now - at), writer, key id,
+--   generation, Redis's clock (Unix ms)}; {'', 0, 0, '', '', 0, now} when
+--   the key holds no token (absent or expired); {'!', error} when it holds
+--   another type than a hash.
+-- Atomic: the remaining time, the age and Redis's clock belong to the very
+-- token read; nothing is written.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local f = redis.pcall('HMGET', KEYS[1], 'v', 'at', 'w', 'k', 'g')

@@ -1,3 +1,18 @@
+-- write.lua: the fenced write of a new token (Store.Write, the leader only).
+-- KEYS[1]: the token's hash; KEYS[2]: the token's lock.
+-- ARGV[1]: the writer's lock value; ARGV[2]: the token (sealed when a key
+--   id is given); ARGV[3]: its remaining life in ms; ARGV[4]: its age in ms;
+--   ARGV[5]: the writer's instance; ARGV[6]: the events channel; ARGV[7]:
+--   the change event's JSON without its two closing braces; ARGV[8]: the
+--   key id ('' when stored as it is); ARGV[9]: PUBLISH or SPUBLISH;
+--   ARGV[10]: the highest generation the writer knows.
+-- Reply: {1, expiry (Redis ms), generation} when stored; {0} when the lock
+--   does not hold ARGV[1] (fenced); {-1} when the stored token expires as
+--   late or later (stale).
+-- Atomic: the lock check, the expiry order, the write with its generation
+-- (one more than the key's or the writer's), PEXPIREAT on Redis's clock and
+-- the event's publication are one step: no other write falls in between,
+-- and no reader sees the token before its expiry is set.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -54,8 +54,10 @@ func startServer(t testing.TB, bin string, extraArgs []string) (*Server, error) 
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"},
-		extraArgs...)
+	// --dir: whatever the server writes (a dump on SHUTDOWN, say) goes
+	// to the test's own directory, never to the package's.
+	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", t.TempDir()}, extraArgs...)
 	cmd := exec.Command(bin, args...)
 	var out testkit.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
