@@ -1012,8 +1012,51 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		a.Fingerprint, a.ExpiresAt = tok.Fingerprint(), r.cfg.Clock.Now().Add(tok.Remaining(r.cfg.Clock.Now())).Round(0)
 	}
 	r.recordAttempt(ctx, a, st.attempt)
+	var later []message
+	if err == nil && stored {
+		later = r.joinQueued(ctx, st, tok.Fingerprint())
+	}
 	r.answer(ctx, st, reply)
+	for _, m := range later {
+		r.request(ctx, st, m)
+	}
 	return err
+}
+
+// joinQueued takes, after this leader stored the token of fingerprint fp,
+// the refresh requests that Redis published before that token's event:
+// they were sent before the token was stored, and it answers them, as a
+// request that arrives during the upstream call joins it. Only a request
+// sent after the token was stored costs another fetch. It waits for the
+// event a Redis timeout at most (the requests seen until then came before
+// it), and returns the requests that came after it, for the next attempt.
+func (r *Refresher) joinQueued(ctx context.Context, st *leaderState, fp string) []message {
+	wait := r.cfg.Clock.NewTimer(RedisTimeout(r.cfg.LockTTL))
+	defer wait.Stop()
+	var later []message
+	seen := false
+	for {
+		for cm, ok := st.sub.Next(); ok; cm, ok = st.sub.Next() {
+			switch m := decode(cm); {
+			case m.Type == msgRefresh && seen:
+				later = append(later, m)
+			case m.Type == msgRefresh:
+				r.request(ctx, st, m)
+			case m.Type == cache.MsgToken && m.Fingerprint == fp:
+				seen = true
+			}
+		}
+		if seen {
+			return later
+		}
+		select {
+		case <-ctx.Done():
+			return later
+		case <-wait.C():
+			return later
+		case <-st.sub.Ready():
+		}
+	}
 }
 
 // Reachability of the upstream from this replica, in the fleet view.

@@ -2,13 +2,17 @@ package refresher_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -204,6 +208,79 @@ func TestConcurrentRefreshesJoin(t *testing.T) {
 		}
 		if n := len(src.Calls()) - calls; n != 1 {
 			t.Errorf("upstream calls for 50 concurrent requests: got %d, want 1", n)
+		}
+	})
+}
+
+// publishBeforeWrite is a go-redis hook for a leader's client: the first
+// script that carries value (the write that stores it) runs only after
+// publish has run, so that Redis orders what publish sends before the
+// token's event.
+type publishBeforeWrite struct {
+	value   string
+	publish func(context.Context) error
+	once    sync.Once
+	err     error
+}
+
+func (h *publishBeforeWrite) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *publishBeforeWrite) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if strings.HasPrefix(cmd.Name(), "eval") && slices.Contains(cmd.Args(), any(h.value)) {
+			h.once.Do(func() { h.err = h.publish(ctx) })
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *publishBeforeWrite) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A refresh request that Redis publishes after the leader's upstream call
+// ended but before the token it fetched is stored (an admin's request that
+// coincides with a scheduled refresh) is answered with that token: it was
+// asked before the token was stored. It costs no second fetch.
+func TestRequestBeforeTheWriteJoinsTheFetch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		ctx := t.Context()
+		src := w.source(hour)
+		leader, follower := w.pair(src)
+		events := w.admin.Subscribe(ctx, w.keys.Events)
+		defer events.Close()
+		msgs := events.Channel()
+		h := &publishBeforeWrite{value: "token-2", publish: func(ctx context.Context) error {
+			return follower.store.Publish(ctx, cache.Message{Type: "refresh", From: follower.name, Body: []byte(`{"id":"coincides"}`)})
+		}}
+		leader.rdb.AddHook(h)
+
+		w.tl.Until("the scheduled refresh stored token-2", hour, func() bool { return leader.holds("token-2") })
+		if h.err != nil {
+			t.Fatalf("publishing the request: %v", h.err)
+		}
+		w.tl.Advance(time.Minute)
+		if n := len(src.Calls()); n != 2 {
+			t.Errorf("upstream calls: got %d, want 2 (the first token and the scheduled refresh, which the request joins)", n)
+		}
+		var answer string
+		w.tl.Until("the request answered", time.Minute, func() bool {
+			for {
+				select {
+				case m := <-msgs:
+					var msg cache.Message
+					if json.Unmarshal([]byte(m.Payload), &msg) == nil && msg.Type == "refreshed" && strings.Contains(string(msg.Body), `"coincides"`) {
+						answer = string(msg.Body)
+						return true
+					}
+				default:
+					return false
+				}
+			}
+		})
+		if want := cache.Fingerprint("token-2"); !strings.Contains(answer, want) {
+			t.Errorf("answer to the request: %s, want the fingerprint of token-2 (%s)", answer, want)
 		}
 	})
 }
