@@ -18,6 +18,9 @@ type Catalog struct {
 	// Identities are the client certificate subjects that may use them,
 	// in the file's order.
 	Identities []Identity
+	// Unresolved lists, after an Offline parse, the references left
+	// unresolved ("$NAME", "file PATH"), each once, in the file's order.
+	Unresolved []string
 }
 
 // Modes of a token.
@@ -185,6 +188,12 @@ type Options struct {
 	LookupEnv func(string) (string, bool)
 	// ReadFile reads secret files; nil means os.ReadFile.
 	ReadFile func(string) ([]byte, error)
+	// Offline checks everything but the values the file refers to: a
+	// ${NAME} reference is accepted without looking NAME up (a field that
+	// takes one keeps the reference as its value, a secret stays empty),
+	// and a *_file path without reading the file. Catalog.Unresolved lists
+	// what was left so. For CI, where the secrets are absent.
+	Offline bool
 }
 
 // Parse decodes and validates a catalog file. Its error, when there is
@@ -201,6 +210,7 @@ func Parse(data []byte, opt Options) (*Catalog, error) {
 	if err := p.err(); err != nil {
 		return nil, err
 	}
+	c.Unresolved = p.unresolved
 	return c, nil
 }
 

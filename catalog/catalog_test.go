@@ -269,3 +269,33 @@ func TestValidName(t *testing.T) {
 		}
 	}
 }
+
+// An Offline parse looks nothing up: references stay as written and are
+// listed once each, in the file's order; secrets stay empty.
+func TestParseOffline(t *testing.T) {
+	c, err := catalog.Parse([]byte(validFile), catalog.Options{
+		Offline:   true,
+		LookupEnv: func(name string) (string, bool) { t.Errorf("looked up %s", name); return "", false },
+		ReadFile:  func(path string) ([]byte, error) { t.Errorf("read %s", path); return nil, os.ErrNotExist },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, _ := c.Token("liveness")
+	if got, want := live.RDP.ClientID, "${RDP_CLIENT_ID}"; got != want {
+		t.Errorf("client_id: got %q, want the reference %q", got, want)
+	}
+	if live.RDP.ClientSecret != "" || live.RDP.Password != "" {
+		t.Errorf("secrets resolved offline: %q, %q", live.RDP.ClientSecret, live.RDP.Password)
+	}
+	if got := strings.Join(c.Unresolved, ","); !strings.HasPrefix(got, "$RDP_CLIENT_ID,file /run/secrets/rdp,$RDP_PASSWORD,$BILLING_SECRET,") {
+		t.Errorf("Unresolved: %v", c.Unresolved)
+	}
+	c, err = catalog.Parse([]byte(validFile), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Unresolved != nil {
+		t.Errorf("online parse: Unresolved %v, want none", c.Unresolved)
+	}
+}

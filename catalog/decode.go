@@ -15,8 +15,16 @@ import (
 
 // parser walks a file's YAML tree, collecting every problem it finds.
 type parser struct {
-	opt  Options
-	errs []*Error
+	opt        Options
+	errs       []*Error
+	unresolved []string // Offline: the references left unresolved
+}
+
+// leave records ref as left unresolved by an Offline parse.
+func (p *parser) leave(ref string) {
+	if !slices.Contains(p.unresolved, ref) {
+		p.unresolved = append(p.unresolved, ref)
+	}
 }
 
 // add records a problem of field at line.

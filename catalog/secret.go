@@ -40,6 +40,10 @@ func (p *parser) expand(line int, field, s string) (string, bool) {
 // env returns the value of the environment variable name, recording an
 // unset or empty one.
 func (p *parser) env(line int, field, name string) (string, bool) {
+	if p.opt.Offline {
+		p.leave("$" + name)
+		return "${" + name + "}", true
+	}
 	v, ok := p.opt.LookupEnv(name)
 	switch {
 	case !ok:
@@ -79,6 +83,10 @@ func (p *parser) secretFile(b *block, file string) secret {
 	if !ok {
 		return secret{}
 	}
+	if p.opt.Offline {
+		p.leave("file " + path)
+		return secret{from: "file " + path}
+	}
 	data, err := p.opt.ReadFile(path)
 	if err != nil {
 		var pe *fs.PathError
@@ -111,6 +119,10 @@ func (p *parser) secretEnv(b *block, name string) secret {
 		p.add(b.lineOf(name), b.at(name), "a secret is never written in the file in clear: "+
 			"use %s_file: /path/to/file, or %s: ${SOME_VARIABLE}", name, name)
 		return secret{}
+	}
+	if p.opt.Offline {
+		p.leave("$" + ref)
+		return secret{from: "$" + ref}
 	}
 	val, ok := p.env(b.lineOf(name), b.at(name), ref)
 	if !ok {

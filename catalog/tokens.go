@@ -206,7 +206,7 @@ func (p *parser) rdp(f field, path string) *RDP {
 	r.ClientID, _ = p.text(b, "client_id", "", true)
 	r.Scope, _ = p.text(b, "scope", DefaultRDPScope, true)
 	r.LivenessPath, _ = p.text(b, "liveness_path", DefaultLivenessPath, true)
-	if b.has("liveness_path") && !strings.HasPrefix(r.LivenessPath, "/") {
+	if _, ref := envRef(r.LivenessPath); b.has("liveness_path") && !strings.HasPrefix(r.LivenessPath, "/") && !(ref && p.opt.Offline) {
 		p.add(b.lineOf("liveness_path"), b.at("liveness_path"), "must start with /")
 	}
 	r.LivenessMethod, _ = p.oneOf(b, "liveness_method", DefaultLivenessMethod, "POST", "GET")

@@ -199,3 +199,68 @@ func TestConfigCheck(t *testing.T) {
 		t.Errorf("the errors repeat the secret written in clear:\n%s", msg)
 	}
 }
+
+// config check --offline checks a file whose secrets are absent (CI):
+// every ${VAR} and *_file is accepted unresolved and named as such; every
+// other rule still holds, and without --offline the same file is refused.
+func TestConfigCheckOffline(t *testing.T) {
+	file := writeCatalog(t, "https://upstream.example")
+	// The partner secret's file is gone: offline, nothing is read.
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = bytes.Replace(data, []byte(filepath.Join(filepath.Dir(file), "partner-secret")), []byte("/run/secrets/absent"), 1)
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	noEnv := func(string) string { return "" }
+	check := func(file string, args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), append(append([]string{"config", "check"}, args...), file), noEnv, &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+	code, out, errs := check(file, "--offline")
+	if code != 0 {
+		t.Fatalf("config check --offline: exit %d: %s", code, errs)
+	}
+	last := out[strings.LastIndex(strings.TrimSuffix(out, "\n"), "\n")+1:]
+	for _, want := range []string{"is valid offline: 2 tokens, 2 keys", "not resolved", "$RDP_SECRET", "file /run/secrets/absent", "$MOBILE_KEY", "$OPS_KEY"} {
+		if !strings.Contains(last, want) {
+			t.Errorf("the last line lacks %q: %s", want, last)
+		}
+	}
+	if code, _, errs := check(file); code != 1 || !strings.Contains(errs, "RDP_SECRET is not set") || !strings.Contains(errs, "cannot read /run/secrets/absent") {
+		t.Errorf("config check without --offline: exit %d, want 1 naming the unset variable and the missing file: %s", code, errs)
+	}
+
+	// Offline still refuses what is wrong with the file itself.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	data = bytes.Replace(data, []byte("${RDP_SECRET}"), []byte("in-clear-secret-0a8b"), 1)
+	data = bytes.Replace(data, []byte("tokens: [liveness]"), []byte("tokens: [nowhere]"), 1)
+	if err := os.WriteFile(bad, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs = check(bad, "--offline")
+	if code != 1 || !strings.Contains(errs, "tokens[0].rdp.client_secret") || !strings.Contains(errs, `"nowhere" names no token`) {
+		t.Errorf("config check --offline of a bad file: exit %d, want 1 naming both problems: %s", code, errs)
+	}
+	if strings.Contains(errs, "in-clear-secret-0a8b") {
+		t.Errorf("the errors repeat the secret written in clear: %s", errs)
+	}
+}
+
+// The repository's example catalogs pass config check --offline, as CI
+// runs it.
+func TestExampleCatalogsCheckOffline(t *testing.T) {
+	files, err := filepath.Glob("../../deploy/catalog/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no example catalog found (%v)", err)
+	}
+	for _, f := range files {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), []string{"config", "check", "--offline", f}, func(string) string { return "" }, &stdout, &stderr); code != 0 {
+			t.Errorf("%s: exit %d: %s", f, code, stderr.String())
+		}
+	}
+}

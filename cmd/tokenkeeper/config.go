@@ -505,6 +505,11 @@ func hasReaders(cat *catalog.Catalog) bool {
 // loadCatalog reads and checks the catalog file at path, secrets coming
 // from the environment and from files.
 func loadCatalog(path string, getenv func(string) string, readFile func(string) ([]byte, error)) (*catalog.Catalog, error) {
+	return parseCatalog(path, getenv, readFile, false)
+}
+
+// parseCatalog is loadCatalog, Offline when offline is set.
+func parseCatalog(path string, getenv func(string) string, readFile func(string) ([]byte, error), offline bool) (*catalog.Catalog, error) {
 	data, err := readFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("TOKENKEEPER_CONFIG: %w", err)
@@ -513,6 +518,7 @@ func loadCatalog(path string, getenv func(string) string, readFile func(string) 
 		File:      path,
 		LookupEnv: func(k string) (string, bool) { v := getenv(k); return v, v != "" },
 		ReadFile:  readFile,
+		Offline:   offline,
 	})
 }
 

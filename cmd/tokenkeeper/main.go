@@ -6,7 +6,7 @@
 //	tokenkeeper fake-rdp     run the fake RDP on its own
 //	tokenkeeper healthcheck  exit 0 when the local replica is ready
 //	tokenkeeper status       the fleet as Redis records it: leader, replicas, last refreshes
-//	tokenkeeper config check FILE  validate a token catalog file and print it, never its secrets
+//	tokenkeeper config check [--offline] FILE  validate a token catalog file and print it, never its secrets
 //
 // # Signals
 //
@@ -47,8 +47,9 @@ commands:
   healthcheck  exit 0 if the replica on TOKENKEEPER_LISTEN is ready, else 1
   status       the fleet from Redis: leader, replicas and last refreshes (--json for JSON;
                every token of TOKENKEEPER_CONFIG, or --token NAME for each)
-  config check FILE
-               validate a token catalog file (TOKENKEEPER_CONFIG) and print what it describes
+  config check [--offline] FILE
+               validate a token catalog file (TOKENKEEPER_CONFIG) and print what it describes;
+               --offline checks all but the secrets' values (CI)
   version      print the version, the commit and the Go version of this build
 
 Run 'tokenkeeper <command> -h' for the flags of a command.
