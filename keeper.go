@@ -245,6 +245,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 	}
 	lead, stopLeading := context.WithCancel(ctx)
 	defer stopLeading()
+	part(lead, "Redis", k.checkCommands)
 	part(follow, "events", k.events.Run)
 	for _, t := range k.tokens {
 		prefix := ""

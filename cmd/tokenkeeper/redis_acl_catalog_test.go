@@ -32,7 +32,7 @@ func catalogACL(names ...string) string {
 	}
 	return "user tokenkeeper on >tk-redis-password resetkeys " + strings.Join(keys, " ") +
 		" resetchannels " + strings.Join(channels, " ") + " -@all " +
-		"+ping +hello +auth +client|setname +select " +
+		"+ping +hello +auth +client|setname +select +command|info " +
 		"+eval +evalsha +eval_ro +evalsha_ro +script|load " +
 		"+get +set +del +getrange +pexpire +pttl +time " +
 		"+hget +hmget +hset +pexpireat " +

@@ -35,7 +35,7 @@ import (
 // its own keys and channel, and the commands it and its scripts run.
 const minimalACL = "user tokenkeeper on >tk-redis-password resetkeys ~tokenkeeper:{liveness}:* " +
 	"resetchannels &tokenkeeper:{liveness}:events -@all " +
-	"+ping +hello +auth +client|setname +select " +
+	"+ping +hello +auth +client|setname +select +command|info " +
 	"+eval +evalsha +eval_ro +evalsha_ro +script|load " +
 	"+get +set +del +getrange +pexpire +pttl +time " +
 	"+hget +hmget +hset +pexpireat " +
