@@ -16,8 +16,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/device"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper/internal/device"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -25,18 +25,6 @@ import (
 // Name is the name of the one token a Keeper keeps without a catalog
 // (Config.Tokens): the liveness token.
 const Name = httpapi.DefaultName
-
-// Errors of the Keeper's methods. Check them with errors.Is.
-var (
-	// ErrUnknownToken means the name is not one the Keeper keeps.
-	ErrUnknownToken = errors.New("tokenkeeper: unknown token")
-	// ErrNoLeader means no replica leads at the moment (Refresh).
-	ErrNoLeader = refresher.ErrNoLeader
-	// ErrRefreshFailed means the leader tried and failed (Refresh).
-	ErrRefreshFailed = refresher.ErrRefreshFailed
-	// ErrUnavailable means Redis could not be reached (Refresh).
-	ErrUnavailable = refresher.ErrUnavailable
-)
 
 // Token is a token as a replica holds it; Value is the credential.
 type Token = cache.Token
@@ -322,19 +310,21 @@ func (k *Keeper) Refresh(ctx context.Context, name string) (Token, error) {
 	if t == nil {
 		return Token{}, fmt.Errorf("%w: %q", ErrUnknownToken, name)
 	}
-	return t.ref.Refresh(ctx)
+	tok, err := t.ref.Refresh(ctx)
+	return tok, refreshError(err)
 }
 
 // DeviceToken returns the named per-device token's token for device: the
 // one stored for it while it has more than the serve margin left, else a
 // new one, minted once for the whole fleet with the shared access token.
-// See device.ErrBadDevice and device.ErrUnavailable.
+// See ErrBadDevice, ErrMintBudget and ErrUnavailable.
 func (k *Keeper) DeviceToken(ctx context.Context, name, dev string) (Token, error) {
 	t := k.byName[name]
 	if t == nil || t.devices == nil {
 		return Token{}, fmt.Errorf("%w: %q is not a per-device token", ErrUnknownToken, name)
 	}
-	return t.devices.Token(ctx, dev)
+	tok, err := t.devices.Token(ctx, dev)
+	return tok, deviceError(err)
 }
 
 // accessSource keeps the RDP access token itself, for per-device tokens.
@@ -467,7 +457,7 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 
 func (c controller) Refresh(ctx context.Context, name string) (cache.Token, error) {
 	t, err := c.k.Refresh(ctx, name)
-	if errors.Is(err, refresher.ErrNoLeader) || errors.Is(err, refresher.ErrUnavailable) {
+	if errors.Is(err, ErrNoLeader) || errors.Is(err, ErrUnavailable) {
 		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
 	}
 	return t, err

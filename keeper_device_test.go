@@ -15,8 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/device"
-	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -100,7 +99,7 @@ func TestPerDeviceTokensShareOneSignOn(t *testing.T) {
 			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
 		}
 	}
-	if _, err := ks[0].DeviceToken(ctx, "liveness", ""); !errors.Is(err, device.ErrBadDevice) {
+	if _, err := ks[0].DeviceToken(ctx, "liveness", ""); !errors.Is(err, tokenkeeper.ErrBadDevice) {
 		t.Errorf("an empty device id: %v, want ErrBadDevice", err)
 	}
 }
@@ -195,7 +194,7 @@ func TestPerDeviceAccessRevokedAndAuthDown(t *testing.T) {
 			t.Errorf("%s: a device that holds a token, with the sign-on down: %v", k.Instance(), err)
 		}
 	}
-	if _, err := ks[1].DeviceToken(ctx, "liveness", "new-while-down"); !errors.Is(err, device.ErrUnavailable) {
+	if _, err := ks[1].DeviceToken(ctx, "liveness", "new-while-down"); !errors.Is(err, tokenkeeper.ErrUnavailable) {
 		t.Errorf("a new device with the sign-on down: %v, want ErrUnavailable", err)
 	}
 	fake.Update(func(k *fakerdp.Knobs) { k.AuthStatus = 0 })

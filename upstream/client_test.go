@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/clock"
-	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
+	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/rdptest"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )

@@ -12,7 +12,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 )
 
 var fakeSettings = []setting{

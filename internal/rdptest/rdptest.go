@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
+	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 

@@ -17,8 +17,8 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock"
-	"github.com/tokenkeeper/tokenkeeper/device"
 	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
+	"github.com/tokenkeeper/tokenkeeper/internal/device"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
