@@ -23,8 +23,8 @@ import (
 type Config struct {
 	// Redis is the client every replica of the fleet shares a server
 	// with. Required. Its read and write timeouts should be
-	// refresher.RedisTimeout(LockTTL) (a quarter of the lock TTL), so that
-	// a lock renewal can be retried before the lock expires. The Keeper
+	// refresher.RedisTimeout(LockTTL) (half the lock TTL), so that a
+	// renewal as slow as that still lands within the lease. The Keeper
 	// never closes it.
 	Redis Redis
 	// RedisMode says what Redis stands behind the client: RedisSingle (one

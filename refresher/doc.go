@@ -7,9 +7,11 @@
 // (github.com/bsm/redislock) named by cache.Keys.Lock; the one that holds it
 // leads. The leader renews the lock every RenewEvery (LockTTL/4 by
 // default), counted from the sending of the last good renewal, which the
-// lock outlives by LockTTL. Each renewal may take RedisTimeout (LockTTL/4,
-// which TuneRedis makes the client's timeouts); one that fails or times out
-// is retried at once, so a slow Redis gets three tries per lease, and
+// lock outlives by LockTTL. Each renewal may take twice the recent
+// renewals' round trips, at least LockTTL/8 and at most RedisTimeout
+// (LockTTL/2, which TuneRedis makes the client's timeouts), so a leader keeps its lock
+// while Redis's round trips stay under about half the lock TTL; one that
+// fails or times out is retried at once while the lease lasts, and
 // leadership ends a guard (LockTTL/10) before the lease does, never after:
 // the context of all leader-only work is cancelled before the lock could
 // have expired in Redis. A renewal refused because the lock is no longer

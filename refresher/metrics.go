@@ -3,6 +3,7 @@ package refresher
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -21,6 +22,8 @@ import (
 //	tokenkeeper_refresh_duration_seconds           time of a refresh attempt: upstream call and fenced write
 //	tokenkeeper_upstream_fetches_total             tokens this replica fetched from the upstream
 //	tokenkeeper_heartbeats_total{result}           heartbeats written to Redis: ok, error
+//	tokenkeeper_lock_renewal_seconds               round trip of the leader's last good lock renewal (0 when not leading)
+//	tokenkeeper_lock_ttl_seconds                   the lock TTL: a leader keeps its lock while renewals take under about half of it
 //
 // The families carry no instance label: Prometheus adds the target's.
 
@@ -100,6 +103,7 @@ type metrics struct {
 	duration   prometheus.Histogram
 	failures   prometheus.Gauge
 	heartbeats *prometheus.CounterVec
+	renewals   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, r *Refresher) (*metrics, error) {
@@ -123,6 +127,10 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) (*metrics, error) {
 		failures: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tokenkeeper_refresh_consecutive_failures",
 			Help: "Refresh attempts that failed in a row on this replica while leading; 0 after a success and when not leading.",
+		}),
+		renewals: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tokenkeeper_lock_renewal_seconds",
+			Help: "Round trip of this replica's last good lock renewal while leading; 0 when not leading. Past about half of tokenkeeper_lock_ttl_seconds, leadership is lost.",
 		}),
 		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tokenkeeper_heartbeats_total",
@@ -150,7 +158,11 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) (*metrics, error) {
 		Name: "tokenkeeper_upstream_fetches_total",
 		Help: "Tokens this replica fetched from the upstream.",
 	}, func() float64 { return float64(r.Fetches()) })
-	for _, c := range []prometheus.Collector{m.changes, m.refreshes, m.duration, m.failures, m.heartbeats, leader, fetches} {
+	ttl := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tokenkeeper_lock_ttl_seconds",
+		Help: "The leader lock's TTL (TOKENKEEPER_LOCK_TTL).",
+	}, func() float64 { return r.cfg.LockTTL.Seconds() })
+	for _, c := range []prometheus.Collector{m.changes, m.refreshes, m.duration, m.failures, m.heartbeats, m.renewals, leader, fetches, ttl} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("refresher: register metrics: %w", err)
 		}
@@ -178,6 +190,14 @@ func (m *metrics) attempt(a Attempt, inARow int) {
 func (m *metrics) follower() {
 	if m != nil {
 		m.failures.Set(0)
+		m.renewals.Set(0)
+	}
+}
+
+// renewal records the round trip of a good lock renewal.
+func (m *metrics) renewal(d time.Duration) {
+	if m != nil {
+		m.renewals.Set(d.Seconds())
 	}
 }
 

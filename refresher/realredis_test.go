@@ -153,10 +153,10 @@ func TestSlowRedisKeepsLeader(t *testing.T) {
 	changes := leadershipChanges(t, rs)
 
 	// Round trips of 100ms (a second at the default 10s lock TTL, where a
-	// fixed 1s read timeout lost the leader), with spikes past the read
-	// timeout (250ms) that last 200ms in every 800ms: a renewal that meets
-	// one times out, and its retry, on a new connection (HELLO, then the
-	// script) within the lease, gets through.
+	// fixed 1s read timeout lost the leader), with spikes past a renewal's
+	// timeout (twice the recent round trips: 200ms) that last 200ms in
+	// every 800ms: a renewal that meets one times out, and its retry,
+	// within the lease, gets through.
 	const (
 		base   = 100 * time.Millisecond
 		spike  = 320 * time.Millisecond
@@ -236,6 +236,48 @@ func TestSlowRedisKeepsLeader(t *testing.T) {
 	if len(values) < 2 {
 		t.Errorf("served %d distinct tokens in %v, want at least 2: tokens were not refreshed", len(values), slowFor)
 	}
+}
+
+// TestRedisRoundTripsUnderHalfTheLockTTL slows Redis down for good, to
+// round trips between a quarter and 40% of the lock TTL: the leader keeps
+// its lock throughout (the README's bound: round trips under about half
+// the lock TTL), the follower keeps a servable token, and the renewal
+// metric shows how close the round trips come to the bound.
+func TestRedisRoundTripsUnderHalfTheLockTTL(t *testing.T) {
+	log := testLog(t)
+	srv := redistest.StartServer(t)
+	proxy := redistest.NewProxy(t, srv.Addr)
+	keys := cache.KeysFor(redistest.Name(t))
+	const lockTTL = 2 * time.Second
+	tm := timings{lifetime: 20 * time.Second, margin: time.Second, before: 5 * time.Second, lockTTL: lockTTL}
+	src := &source{lifetime: tm.lifetime}
+	rs, leader, follower := realPair(t, log, proxy.Addr, keys, src, tm)
+	changes := leadershipChanges(t, rs)
+
+	const steps = 8 // 6.4s
+	worst := 0.0
+	for i := range steps {
+		proxy.SetLatency([]time.Duration{lockTTL / 4, lockTTL * 2 / 5}[i%2])
+		time.Sleep(800 * time.Millisecond) // holds the fault
+		if !leader.ref.IsLeader() {
+			t.Fatalf("the leader lost its lock %d steps into round trips of %v to %v", i+1, lockTTL/4, lockTTL*2/5)
+		}
+		if _, ok := follower.store.Current(); !ok {
+			t.Fatalf("the follower holds no servable token %d steps into the slow Redis", i+1)
+		}
+		worst = max(worst, value(t, leader.reg, "tokenkeeper_lock_renewal_seconds"))
+	}
+	proxy.SetLatency(0)
+	if got := leadershipChanges(t, rs); got != changes {
+		t.Errorf("leadership changed while Redis was slow: %v changes before, %v after", changes, got)
+	}
+	if ttl := value(t, leader.reg, "tokenkeeper_lock_ttl_seconds"); ttl != lockTTL.Seconds() {
+		t.Errorf("tokenkeeper_lock_ttl_seconds = %v, want %v", ttl, lockTTL.Seconds())
+	}
+	if worst < (lockTTL / 4).Seconds() {
+		t.Errorf("tokenkeeper_lock_renewal_seconds reached %vs at most, want at least the round trip %v", worst, lockTTL/4)
+	}
+	t.Logf("slowest renewal seen by the metric: %.3fs of a %v lock TTL", worst, lockTTL)
 }
 
 // TestRefreshSurvivesClientPauseWrite asks for a refresh while Redis

@@ -129,8 +129,8 @@ type Config struct {
 	MasterAuthority func(ctx context.Context) (string, error)
 }
 
-// MinLockTTL is the shortest lock TTL: a renewal gets a quarter of it, a
-// round trip to Redis and a retry included.
+// MinLockTTL is the shortest lock TTL: a renewal gets half of it, a round
+// trip to Redis and a retry included.
 const MinLockTTL = 300 * time.Millisecond
 
 // Refresher runs the election and, while leading, the refresh loop.
@@ -475,10 +475,13 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 }
 
 // RedisTimeout is the longest a Redis command may take for a replica whose
-// lock lives lockTTL: a quarter of it, so that a renewal may be retried
-// within the lock's life. Use it as the client's read and write timeouts
+// lock lives lockTTL: half of it. A renewal is sent a quarter TTL after the
+// last good one was sent, so one that takes up to half the TTL still lands
+// within the lease, and a leader keeps its lock while Redis's round trips
+// stay under about half the lock TTL; a renewal that times out is retried
+// while the lease lasts. Use it as the client's read and write timeouts
 // when the Redis URL names none.
-func RedisTimeout(lockTTL time.Duration) time.Duration { return lockTTL / 4 }
+func RedisTimeout(lockTTL time.Duration) time.Duration { return lockTTL / 2 }
 
 // TuneRedis sets what the election needs of a Redis client for a lock of
 // lockTTL on opt, leaving alone what opt already sets: read and write
@@ -536,6 +539,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		cancel()
 	}
 	failed := 0
+	var slowest time.Duration // recent renewals' longest round trip, decaying
 	for {
 		select {
 		case <-ctx.Done():
@@ -546,7 +550,8 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		case <-tick.C():
 		}
 		sent := r.cfg.Clock.Now()
-		until := sent.Add(RedisTimeout(r.cfg.LockTTL))
+		timeout := r.renewTimeout(slowest)
+		until := sent.Add(timeout)
 		if leaseEnd.Before(until) {
 			until = leaseEnd
 		}
@@ -570,6 +575,9 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			return true
 		case err == nil:
 			failed = 0
+			took := r.cfg.Clock.Now().Sub(sent)
+			slowest = max(took, slowest-slowest/4)
+			r.metrics.renewal(took)
 			leaseEnd = sent.Add(r.cfg.LockTTL - guard)
 			expiry.Reset(leaseEnd.Sub(r.cfg.Clock.Now()))
 			tick.Reset(max(sent.Add(r.cfg.RenewEvery).Sub(r.cfg.Clock.Now()), 0))
@@ -591,11 +599,28 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			// at once after a timeout, after a pause after a quick refusal
 			// (a server that refuses connections answers at once).
 			failed++
+			if r.cfg.Clock.Now().Sub(sent) >= timeout {
+				// Timed out: Redis may be slow throughout, not for a
+				// spike. The retry may take twice as long, or half the
+				// TTL (renewTimeout).
+				slowest = max(slowest, timeout)
+			}
 			r.log.Warn("lock renewal failed; retrying while the lock lasts", "error", err, "attempt", failed,
 				"lease_left", leaseEnd.Sub(r.cfg.Clock.Now()).Round(time.Millisecond))
 			tick.Reset(max(sent.Add(r.renewRetryPause()).Sub(r.cfg.Clock.Now()), 0))
 		}
 	}
+}
+
+// renewTimeout is how long a renewal may take, given the longest round
+// trip of the recent ones (after a timeout, that timeout): twice that, at
+// least an eighth of the lock TTL, at most RedisTimeout (half the TTL). On
+// a Redis that answers in time a spike costs a quick retry, with most of
+// the lease left for it; on one slow throughout, renewals soon get half
+// the TTL, so the leader keeps its lock while round trips stay under
+// about that.
+func (r *Refresher) renewTimeout(slowest time.Duration) time.Duration {
+	return min(max(2*slowest, r.cfg.LockTTL/8), RedisTimeout(r.cfg.LockTTL))
 }
 
 // renewRetryPause is the least time between the sending of a renewal that
