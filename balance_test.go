@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -59,7 +60,7 @@ func TestCatalogFailoverWithinLockTTL(t *testing.T) {
 			k, err := tokenkeeper.New(tokenkeeper.Config{
 				Redis: rdb, Instance: fmt.Sprintf("r%d", i), Tokens: tokens, LockTTL: lockTTL,
 				Logger: slog.New(slog.DiscardHandler),
-				HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
+				HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey}},
 			})
 			if err != nil {
 				t.Fatal(err)

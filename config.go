@@ -175,6 +175,10 @@ type HTTPConfig struct {
 	// it, ReaderKeys (or Keys of role reader) are required: admin keys
 	// read too, but do not open the read route alone.
 	AllowAnonymous bool
+	// AllowWeakKeys accepts reader and admin keys too weak to resist
+	// guessing (httpapi.CheckKeyStrength); without it they are refused.
+	// For demos and tests only.
+	AllowWeakKeys bool
 	// RateLimit, when positive, is how many requests per second each key
 	// may make to this replica, with bursts of RateBurst (default twice
 	// the rate).
@@ -341,6 +345,39 @@ func (c *Config) check(needSource bool) []error {
 	}
 	if !readers && !c.HTTP.AllowAnonymous {
 		fail("HTTP.ReaderKeys", "is required (or HTTP.AllowAnonymous)")
+	}
+	if !c.HTTP.AllowWeakKeys {
+		errs = append(errs, c.HTTP.weakKeys()...)
+	}
+	return errs
+}
+
+// weakKeys returns a problem for each reader or admin key too weak to
+// resist guessing; the measure is httpapi's.
+func (h HTTPConfig) weakKeys() []error {
+	var errs []error
+	const hint = "; allow weak keys only for a demo (HTTP.AllowWeakKeys)"
+	for _, set := range []struct {
+		field string
+		keys  []string
+	}{{"HTTP.ReaderKeys", h.ReaderKeys}, {"HTTP.AdminKeys", h.AdminKeys}} {
+		for i, k := range set.keys {
+			if err := httpapi.CheckKeyStrength(k); err != nil {
+				errs = append(errs, &FieldError{set.field, fmt.Sprintf("key %d of %d %v%s", i+1, len(set.keys), err, hint)})
+			}
+		}
+	}
+	for i, k := range h.Keys {
+		if k.Role == httpapi.RoleMetrics {
+			continue
+		}
+		if err := httpapi.CheckKeyStrength(k.Value); err != nil {
+			name := k.Name
+			if name == "" {
+				name = fmt.Sprintf("%d of %d", i+1, len(h.Keys))
+			}
+			errs = append(errs, &FieldError{"HTTP.Keys", fmt.Sprintf("key %s %v%s", name, err, hint)})
+		}
 	}
 	return errs
 }

@@ -106,7 +106,7 @@ func New(cfg Config) (*Keeper, error) {
 	var err error
 	k.api, err = httpapi.New(httpapi.Config{
 		Instance: cfg.Instance, ReaderKeys: h.ReaderKeys, AdminKeys: h.AdminKeys, MetricsKeys: h.MetricsKeys,
-		Keys: h.Keys, AllowAnonymous: h.AllowAnonymous, Logger: cfg.Logger, Registerer: cfg.Registerer, Clock: cfg.Clock,
+		Keys: h.Keys, AllowAnonymous: h.AllowAnonymous, AllowWeakKeys: h.AllowWeakKeys, Logger: cfg.Logger, Registerer: cfg.Registerer, Clock: cfg.Clock,
 		Gatherer: cfg.Gatherer, RateLimit: h.RateLimit, RateBurst: h.RateBurst, Security: h.Security,
 	}, served, controller{k})
 	if err != nil {

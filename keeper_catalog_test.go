@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -118,7 +119,7 @@ func (f *catalogFleet) startWith(name string, srcs []*countingSource) (*tokenkee
 		Redis: rdb, Instance: name, Tokens: tokens,
 		ServeMargin: catMargin, RefreshBefore: catBefore, LockTTL: catLockTTL, PollInterval: 100 * time.Millisecond,
 		RetryMin: 100 * time.Millisecond, RetryMax: 400 * time.Millisecond,
-		HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
+		HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -281,7 +282,7 @@ func TestOneUpstreamDownLeavesTheOthersServed(t *testing.T) {
 	t.Cleanup(hs.Close)
 	get := func(path string) *http.Response {
 		req, _ := http.NewRequest(http.MethodGet, hs.URL+path, nil)
-		req.Header.Set("Authorization", "Bearer reader")
+		req.Header.Set("Authorization", "Bearer "+keepertest.ReaderKey)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)

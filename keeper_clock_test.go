@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/clock"
+	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -76,7 +77,7 @@ func TestKeeperRunsOnItsClock(t *testing.T) {
 			rdb := redis.NewClient(&opt)
 			k, err := tokenkeeper.New(tokenkeeper.Config{
 				Redis: rdb, Instance: name, Source: tokens.on(clk), Clock: clk, Logger: slog.New(slog.DiscardHandler),
-				HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
+				HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey}},
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -146,7 +147,7 @@ func TestKeeperRunsOnItsClock(t *testing.T) {
 func expiresIn(t *testing.T, k *tokenkeeper.Keeper) int64 {
 	t.Helper()
 	req := httptest.NewRequest(http.MethodGet, "/v1/tokens/"+tokenkeeper.Name, nil)
-	req.Header.Set("Authorization", "Bearer reader")
+	req.Header.Set("Authorization", "Bearer "+keepertest.ReaderKey)
 	rec := httptest.NewRecorder()
 	k.Handler().ServeHTTP(rec, req)
 	var a struct {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -89,7 +90,7 @@ func TestPerDeviceTokensShareOneSignOn(t *testing.T) {
 		"/v1/tokens/liveness/devices/" + strings.Repeat("a", 129): http.StatusBadRequest,
 	} {
 		req, _ := http.NewRequest(http.MethodGet, hs.URL+path, nil)
-		req.Header.Set("Authorization", "Bearer reader")
+		req.Header.Set("Authorization", "Bearer "+keepertest.ReaderKey)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -128,7 +129,7 @@ func perDeviceFleet(t *testing.T) ([]*tokenkeeper.Keeper, *fakerdp.Server) {
 			Tokens: []tokenkeeper.TokenConfig{{Name: "liveness", PerDevice: true, RDP: &upstream.Config{
 				BaseURL: rdpURL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret, Timeout: time.Second,
 			}}},
-			HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
+			HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey}},
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -140,7 +140,7 @@ func startServe(t *testing.T, addr, rdpURL string) string {
 // read returns the token a replica serves at base, if it serves one.
 func read(base string) (string, bool) {
 	req, _ := http.NewRequest(http.MethodGet, base+"/v1/tokens/liveness", nil)
-	req.Header.Set("Authorization", "Bearer reader")
+	req.Header.Set("Authorization", "Bearer "+keepertest.ReaderKey)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return "", false

@@ -22,7 +22,7 @@ func Example() {
 
 	c, err := client.New(client.Config{
 		Endpoints: []string{srv.URL}, // list every replica, or the load balancer
-		Key:       "reader-key",
+		Key:       "reader-key-5b9e2c7f1a3d8e4b6c0f",
 	})
 	if err != nil {
 		log.Fatal(err)

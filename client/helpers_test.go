@@ -19,7 +19,7 @@ import (
 )
 
 const (
-	testKey   = "reader-key-s3cret"
+	testKey   = "reader-key-s3cret-9a4e7c1f2b8d6e3a"
 	testToken = "tok-VERY-SECRET-value"
 )
 

@@ -33,15 +33,23 @@ type keySet struct {
 	names   []string // by digest: the key's name, or the setting it came from
 }
 
-// newKeySet digests keys, rejecting those no client could present. env
-// names the setting the keys come from, for the message; keys are never
-// quoted.
-func newKeySet(env string, keys []string) (keySet, error) {
+// weakKeysHint ends the error that refuses a weak key.
+const weakKeysHint = "weak keys are accepted only for a demo (Config.AllowWeakKeys, TOKENKEEPER_ALLOW_WEAK_KEYS=true)"
+
+// newKeySet digests keys, rejecting those no client could present and,
+// with strong, those too weak to resist guessing. env names the setting
+// the keys come from, for the message; keys are never quoted.
+func newKeySet(env string, keys []string, strong bool) (keySet, error) {
 	var ks keySet
 	for i, k := range keys {
 		d, err := parseKey(k)
 		if err != nil {
 			return keySet{}, fmt.Errorf("httpapi: %s: key %d of %d %v", env, i+1, len(keys), err)
+		}
+		if strong {
+			if err := CheckKeyStrength(k); err != nil {
+				return keySet{}, fmt.Errorf("httpapi: %s: key %d of %d %v; %s", env, i+1, len(keys), err, weakKeysHint)
+			}
 		}
 		ks.add(d, nil, fmt.Sprintf("%s[%d]", env, i))
 	}
@@ -184,16 +192,12 @@ func (s *Server) authorize(r *http.Request, need grant, anonymous bool) error {
 
 // admit decides on a request whose key, if any, is w. Without a key, a
 // verified client certificate of a configured identity stands for one.
-// A client address or key throttled for its failed authentications gets
-// 429 whatever it presents; an unknown key counts as one more failure.
+// A valid key is decided on its own: nobody's failed authentications
+// delay or refuse it. An unknown key is a failed authentication, answered
+// by the guard (after a delay, or 429, when its client fails often).
 func (s *Server) admit(r *http.Request, w *who, need grant, anonymous bool) error {
 	if !w.presented && r.TLS != nil {
 		s.guard.identify(r.TLS, w)
-	}
-	if w.presented {
-		if err := s.guard.throttled(r, w); err != nil {
-			return err
-		}
 	}
 	switch {
 	case w.g&need != 0:
@@ -202,10 +206,9 @@ func (s *Server) admit(r *http.Request, w *who, need grant, anonymous bool) erro
 		return s.limits.allowAddr(s.guard.clientAddr(r))
 	case w.g != 0:
 		return errForbidden
+	case w.presented:
+		return s.guard.failed(r, w)
 	default:
-		if w.presented {
-			s.guard.failed(r, w)
-		}
 		return errUnauthorized
 	}
 }

@@ -21,7 +21,7 @@ func Example() {
 	tokens := staticTokens{cache.Token{Value: "liveness-token", Deadline: now.Add(59*time.Minute + 30*time.Second)}}
 	srv, err := httpapi.New(httpapi.Config{
 		Instance:   "replica-1",
-		ReaderKeys: []string{"reader-key"},
+		ReaderKeys: []string{"rk-7Hq2xV9pN4mL8sK3tW6yB1"},
 		Clock:      fixedClock{clock.Real(), now},
 	}, httpapi.Single(tokens), nil) // no admin keys: no Controller needed
 	if err != nil {
@@ -31,7 +31,7 @@ func Example() {
 	// In production: srv.Serve(ctx, ln).
 
 	req := httptest.NewRequest(http.MethodGet, "/v1/tokens/liveness", nil)
-	req.Header.Set("Authorization", "Bearer reader-key")
+	req.Header.Set("Authorization", "Bearer rk-7Hq2xV9pN4mL8sK3tW6yB1")
 	w := httptest.NewRecorder()
 	srv.Handler().ServeHTTP(w, req)
 	fmt.Println(w.Code, w.Header().Get("X-Tokenkeeper-Instance"))

@@ -10,13 +10,13 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
 // Security is the second line of the server's defences: client
@@ -37,14 +37,27 @@ type Security struct {
 	// is ignored, and the peer is the client. Default: none.
 	TrustedProxies []netip.Prefix
 	// AuthFailures is how many failed authentications from one client
-	// address, or with one presented key, within AuthFailureWindow make
-	// that address (or key) answered 429 with Retry-After for the rest of
-	// the window after the last of them. Default DefaultAuthFailures;
-	// negative turns the throttling off.
+	// address, or with one presented key, are answered 401 at once; the
+	// ones that follow are answered 401 only after a delay that starts at
+	// AuthFailureBaseDelay and doubles with each, up to
+	// AuthFailureMaxDelay. The count starts again after an
+	// AuthFailureWindow without failures. A request with a valid key is
+	// never delayed nor refused for anyone's failures. Default
+	// DefaultAuthFailures; negative turns the delays off (failures are
+	// still counted in the metrics).
 	AuthFailures int
-	// AuthFailureWindow is the window of AuthFailures and how long a
-	// throttled address or key stays so. Default DefaultAuthFailureWindow.
+	// AuthFailureWindow is how long failures are remembered after the
+	// last one. Default DefaultAuthFailureWindow.
 	AuthFailureWindow time.Duration
+	// AuthFailureMaxDelay is the longest delay of a failed
+	// authentication. Default DefaultAuthFailureMaxDelay.
+	AuthFailureMaxDelay time.Duration
+	// AuthFailuresInFlight is how many delayed failed authentications of
+	// one client address, or with one key, may wait at once; past it the
+	// failing request is answered 429 with Retry-After at once, so that a
+	// client cannot hold the replica's connections with wrong keys.
+	// Default DefaultAuthFailuresInFlight.
+	AuthFailuresInFlight int
 	// Audit receives the audit trail: tokens handed out, admin actions,
 	// throttled clients. Default: none.
 	Audit *slog.Logger
@@ -65,9 +78,14 @@ type Security struct {
 
 // Defaults of Security.
 const (
-	DefaultAuthFailures        = 10
-	DefaultAuthFailureWindow   = time.Minute
-	DefaultAuditReadsPerMinute = 60
+	DefaultAuthFailures         = 10
+	DefaultAuthFailureWindow    = time.Minute
+	DefaultAuthFailureMaxDelay  = 5 * time.Second
+	DefaultAuthFailuresInFlight = 4
+	DefaultAuditReadsPerMinute  = 60
+	// AuthFailureBaseDelay is the delay of the first failed
+	// authentication past Security.AuthFailures.
+	AuthFailureBaseDelay = 100 * time.Millisecond
 )
 
 // Identity is a client certificate's subject given a role and scopes, as
@@ -99,11 +117,6 @@ func (id Identity) Check() error {
 	return fmt.Errorf("unknown role %q (reader, admin or metrics)", id.Role)
 }
 
-// maxThrottled bounds the client addresses and keys whose failures are
-// remembered; past it, those whose window is over are forgotten, and if
-// none is, all are.
-const maxThrottled = 100000
-
 // guard is Security as the server applies it.
 type guard struct {
 	idents   [3]keySet // by role: reader, admin, metrics; digests of identityDigest
@@ -112,15 +125,15 @@ type guard struct {
 	log      *slog.Logger
 	audit    *auditTrail // nil: off
 	now      func() time.Time
+	clock    clock.Clock // its timers delay failures
 
-	failLimit int // 0: throttling off
+	failLimit int // failures answered at once; -1: delays off
 	window    time.Duration
-	// blockedUntil is the latest end of a block, in Unix nanoseconds, or
-	// 0 when none can be running: reads check it alone.
-	blockedUntil atomic.Int64
-	mu           sync.Mutex // guards addrs and keys
-	addrs        map[string]*failures
-	keys         map[[sha256.Size]byte]*failures
+	maxDelay  time.Duration
+	inFlight  int
+	mu        sync.Mutex // guards addrs and keys, and the failures they hold
+	addrs     map[string]*failures
+	keys      map[[sha256.Size]byte]*failures
 
 	authFailed    prometheus.Counter
 	throttledBy   *prometheus.CounterVec
@@ -129,29 +142,35 @@ type guard struct {
 	replicas      prometheus.Gauge
 }
 
-// failures are the failed authentications of one address or key.
-type failures struct {
-	start   time.Time // of the window
-	count   int
-	blocked time.Time // until
-}
-
 // newGuard applies cfg.Security to s, whose catalog, keys, limits, clock
 // and logger are set, and registers its metrics with reg.
 func newGuard(cfg Config, s *Server, reg prometheus.Registerer) (*guard, error) {
 	sec := cfg.Security
-	g := &guard{log: s.log, now: s.now, failLimit: sec.AuthFailures, window: sec.AuthFailureWindow}
+	g := &guard{log: s.log, now: s.now, clock: s.clock, failLimit: sec.AuthFailures, window: sec.AuthFailureWindow,
+		maxDelay: sec.AuthFailureMaxDelay, inFlight: sec.AuthFailuresInFlight}
 	switch {
 	case g.failLimit == 0:
 		g.failLimit = DefaultAuthFailures
 	case g.failLimit < 0:
-		g.failLimit = 0
+		g.failLimit = -1
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{{"AuthFailureWindow", &g.window, DefaultAuthFailureWindow}, {"AuthFailureMaxDelay", &g.maxDelay, DefaultAuthFailureMaxDelay}} {
+		switch {
+		case *d.v < 0:
+			return nil, fmt.Errorf("httpapi: %s %v is negative", d.name, *d.v)
+		case *d.v == 0:
+			*d.v = d.def
+		}
 	}
 	switch {
-	case g.window < 0:
-		return nil, fmt.Errorf("httpapi: AuthFailureWindow %v is negative", g.window)
-	case g.window == 0:
-		g.window = DefaultAuthFailureWindow
+	case g.inFlight < 0:
+		return nil, fmt.Errorf("httpapi: AuthFailuresInFlight %d is negative", g.inFlight)
+	case g.inFlight == 0:
+		g.inFlight = DefaultAuthFailuresInFlight
 	}
 	g.addrs = make(map[string]*failures)
 	g.keys = make(map[[sha256.Size]byte]*failures)
@@ -224,7 +243,7 @@ func (g *guard) register(reg prometheus.Registerer) error {
 	}
 	if g.throttledBy, err = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tokenkeeper_http_auth_throttled_total",
-		Help: "Requests answered 429 because their client address (kind=address) or the key they presented (kind=key) failed authentication too often.",
+		Help: "Failed authentications answered 429 at once, instead of 401 after a delay, because their client address (kind=address) or the key they presented (kind=key) already had as many delayed failures waiting as allowed.",
 	}, []string{"kind"})); err != nil {
 		return err
 	}
@@ -331,109 +350,6 @@ func (g *guard) clientAddr(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-// throttled answers 429 to a request that presents a key when its client
-// address or that key is throttled now.
-func (g *guard) throttled(r *http.Request, w *who) error {
-	until := g.blockedUntil.Load()
-	if until == 0 || w.identity {
-		return nil
-	}
-	now := g.now()
-	if now.UnixNano() >= until {
-		g.blockedUntil.CompareAndSwap(until, 0)
-		return nil
-	}
-	addr := g.clientAddr(r)
-	g.mu.Lock()
-	var left time.Duration
-	by := g.throttledAddr
-	if f := g.addrs[addr]; f != nil && now.Before(f.blocked) {
-		left = f.blocked.Sub(now)
-	} else if f := g.keys[w.digest]; f != nil && now.Before(f.blocked) {
-		left, by = f.blocked.Sub(now), g.throttledKey
-	}
-	g.mu.Unlock()
-	if left <= 0 {
-		return nil
-	}
-	by.Inc()
-	secs := int64((left + time.Second - 1) / time.Second)
-	return &apiError{status: http.StatusTooManyRequests, code: "too_many_failures",
-		message:    "too many failed authentications from this client or with this key; retry after the delay in Retry-After",
-		retryAfter: true, retryAfterValue: []string{strconv.FormatInt(max(secs, 1), 10)}}
-}
-
-// failed counts a failed authentication of a request that presented an
-// unknown key, and throttles its address or key when it is one too many.
-// The key itself is never logged: its digest's first bytes name it.
-func (g *guard) failed(r *http.Request, w *who) {
-	g.authFailed.Inc()
-	if g.failLimit == 0 {
-		return
-	}
-	now := g.now()
-	addr := g.clientAddr(r)
-	g.mu.Lock()
-	addrBlocked := count(g, now, g.addrs, addr)
-	keyBlocked := false
-	if w.digest != ([sha256.Size]byte{}) { // a key was there to digest
-		keyBlocked = count(g, now, g.keys, w.digest)
-	}
-	g.mu.Unlock()
-	if !addrBlocked && !keyBlocked {
-		return
-	}
-	until := now.Add(g.window).UnixNano()
-	for {
-		cur := g.blockedUntil.Load()
-		if cur >= until || g.blockedUntil.CompareAndSwap(cur, until) {
-			break
-		}
-	}
-	by := "address"
-	if !addrBlocked {
-		by = "key"
-	}
-	fp := keyFingerprint(&w.digest)
-	g.log.Warn("httpapi: failed authentications throttled", "by", by, "client", addr, "key_digest", fp,
-		"failures", g.failLimit, "for", g.window)
-	if g.audit != nil {
-		g.audit.log.Info("auth throttled", "by", by, "client", addr, "key_digest", fp, "failures", g.failLimit, "for", g.window)
-	}
-}
-
-// count adds a failure of id to m at now and reports whether it blocks id
-// from now on (once per window: a blocked id is not counted further).
-func count[K comparable](g *guard, now time.Time, m map[K]*failures, id K) bool {
-	f := m[id]
-	if f == nil {
-		if len(m) >= maxThrottled {
-			for k, v := range m {
-				if now.Sub(v.start) >= g.window && !now.Before(v.blocked) {
-					delete(m, k)
-				}
-			}
-			if len(m) >= maxThrottled {
-				clear(m)
-			}
-		}
-		f = &failures{start: now}
-		m[id] = f
-	}
-	if now.Before(f.blocked) {
-		return false
-	}
-	if now.Sub(f.start) >= g.window {
-		f.start, f.count = now, 0
-	}
-	f.count++
-	if f.count < g.failLimit {
-		return false
-	}
-	f.blocked, f.start, f.count = now.Add(g.window), now, 0
-	return true
 }
 
 // keyFingerprint names a presented key in logs by the first bytes of its

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -244,22 +245,23 @@ func TestIdentitiesAreChecked(t *testing.T) {
 	}
 }
 
-// guessEnv is a server whose failed authentications are throttled after 3
-// in a minute, with 10.0.0.0/8 as its trusted proxies.
+// guessEnv is a server whose failed authentications are delayed after 3,
+// up to a second, 2 of them waiting at once per address or key, on a fake
+// clock, with 10.0.0.0/8 as its trusted proxies.
 type guessEnv struct {
 	*env
-	clock *movingClock
+	clock *clocktest.Fake
 	log   *lockedBuffer
 	audit *lockedBuffer
 }
 
 func newGuessEnv(t *testing.T) *guessEnv {
-	ge := &guessEnv{clock: newMovingClock(), log: &lockedBuffer{}, audit: &lockedBuffer{}}
+	ge := &guessEnv{clock: clocktest.New(t0), log: &lockedBuffer{}, audit: &lockedBuffer{}}
 	ge.env = newEnv(t, func(c *httpapi.Config) {
 		c.Clock = ge.clock
 		c.Logger = slog.New(slog.NewJSONHandler(ge.log, nil))
 		c.Security = httpapi.Security{
-			AuthFailures: 3, AuthFailureWindow: time.Minute,
+			AuthFailures: 3, AuthFailureWindow: time.Minute, AuthFailureMaxDelay: time.Second, AuthFailuresInFlight: 2,
 			TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
 			Audit:          slog.New(slog.NewJSONHandler(ge.audit, nil)),
 		}
@@ -267,60 +269,134 @@ func newGuessEnv(t *testing.T) *guessEnv {
 	return ge
 }
 
-// from reads the token with key as the peer remote, with X-Forwarded-For
-// xff when not empty.
-func (ge *guessEnv) from(remote, xff, key string) *httptest.ResponseRecorder {
+// request is a token read with key as the peer remote, with
+// X-Forwarded-For xff when not empty.
+func request(remote, xff, key string) *http.Request {
 	r := httptest.NewRequest(http.MethodGet, "/v1/tokens/liveness", nil)
 	r.RemoteAddr = remote
 	if xff != "" {
 		r.Header.Set("X-Forwarded-For", xff)
 	}
 	r.Header.Set("Authorization", "Bearer "+key)
-	w := httptest.NewRecorder()
-	ge.h.ServeHTTP(w, r)
-	return w
+	return r
 }
 
-func TestGuessingIsThrottledPerAddress(t *testing.T) {
+// answer is a request's answer and how long it waited on the fake clock.
+type answer struct {
+	*httptest.ResponseRecorder
+	waited time.Duration
+}
+
+// from reads the token with key as the peer remote (X-Forwarded-For xff
+// when not empty) and returns the answer, moving the fake clock to the
+// end of any delay the server imposes, one at a time.
+func (ge *guessEnv) from(t *testing.T, remote, xff, key string) answer {
+	t.Helper()
+	ans := answer{ResponseRecorder: httptest.NewRecorder()}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ge.h.ServeHTTP(ans.ResponseRecorder, request(remote, xff, key))
+	}()
+	start := ge.clock.Now()
+	waitFor(t, func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+		}
+		if next, ok := ge.clock.Next(); ok {
+			ge.clock.Advance(next.Sub(ge.clock.Now()))
+		}
+		return false
+	})
+	ans.waited = ge.clock.Now().Sub(start)
+	return ans
+}
+
+// waitFor polls cond until it holds, failing the test if it does not
+// within 10 seconds of real time (a goroutine that never gets there).
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("gave up waiting after 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestRightKeyAfterHundredWrongOnes(t *testing.T) {
 	ge := newGuessEnv(t)
-	for i := range 3 {
-		if got := ge.from("198.51.100.7:4000", "", "guess-"+string(rune('a'+i))).Code; got != http.StatusUnauthorized {
-			t.Fatalf("guess %d: got %d, want 401", i+1, got)
+	const guesser = "198.51.100.7:4000"
+	want := []time.Duration{0, 0, 0, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, time.Second, time.Second}
+	for i := range 100 {
+		a := ge.from(t, guesser, "", fmt.Sprintf("guess-%03d", i))
+		if a.Code != http.StatusUnauthorized {
+			t.Fatalf("guess %d: got %d, want 401", i+1, a.Code)
+		}
+		if w := want[min(i, len(want)-1)]; a.waited != w {
+			t.Fatalf("guess %d waited %v, want %v", i+1, a.waited, w)
 		}
 	}
-	w := ge.from("198.51.100.7:4001", "", "guess-d")
+	// The right key from the guesser's own address: at once, whatever the
+	// failures before it.
+	if a := ge.from(t, guesser, "", readerKey); a.Code != http.StatusOK || a.waited != 0 {
+		t.Fatalf("the right key after 100 wrong ones: got %d after %v, want 200 at once", a.Code, a.waited)
+	}
+
+	// Two failures wait; a third is refused at once, the right key is not.
+	held := make(chan int, 2)
+	for i := range 2 {
+		go func() {
+			w := httptest.NewRecorder()
+			ge.h.ServeHTTP(w, request(guesser, "", fmt.Sprintf("held-%d", i)))
+			held <- w.Code
+		}()
+	}
+	waitFor(t, func() bool { return ge.clock.Waiters() == 2 })
+	w := httptest.NewRecorder()
+	ge.h.ServeHTTP(w, request(guesser, "", "one-too-many"))
 	checkError(t, w, http.StatusTooManyRequests, "too_many_failures")
-	if got := w.Header().Get("Retry-After"); got != "60" {
-		t.Errorf("Retry-After = %q, want 60", got)
+	if got := w.Header().Get("Retry-After"); got != "1" {
+		t.Errorf("Retry-After = %q, want 1 (the delay, in whole seconds)", got)
 	}
-	// Even the right key: a guesser must not learn that a guess was good.
-	if got := ge.from("198.51.100.7:4002", "", readerKey).Code; got != http.StatusTooManyRequests {
-		t.Errorf("the right key from the throttled address: got %d, want 429", got)
+	w = httptest.NewRecorder()
+	ge.h.ServeHTTP(w, request(guesser, "", readerKey))
+	if w.Code != http.StatusOK {
+		t.Errorf("the right key while failures wait: got %d, want 200", w.Code)
 	}
-	if got := ge.from("203.0.113.9:5000", "", readerKey).Code; got != http.StatusOK {
-		t.Errorf("another address: got %d, want 200", got)
+	// (Were it delayed, this would wait for a clock nobody moves.)
+	w = httptest.NewRecorder()
+	ge.h.ServeHTTP(w, request("203.0.113.9:5000", "", "another-wrong-key"))
+	if w.Code != http.StatusUnauthorized {
+		t.Errorf("one wrong key from another address: got %d, want 401", w.Code)
 	}
-	if got := ge.from("203.0.113.9:5000", "", "guess-e").Code; got != http.StatusUnauthorized {
-		t.Errorf("another address, one wrong key: got %d, want 401", got)
-	}
-
-	ge.clock.Advance(30 * time.Second)
-	if got := ge.from("198.51.100.7:4003", "", readerKey).Header().Get("Retry-After"); got != "30" {
-		t.Errorf("half-way: Retry-After = %q, want 30", got)
-	}
-	ge.clock.Advance(30 * time.Second)
-	if got := ge.from("198.51.100.7:4004", "", readerKey).Code; got != http.StatusOK {
-		t.Errorf("after the window: got %d, want 200", got)
+	ge.clock.Advance(time.Second)
+	for range 2 {
+		if code := <-held; code != http.StatusUnauthorized {
+			t.Errorf("a held failure: got %d, want 401", code)
+		}
 	}
 
-	if got := gaugeValue(t, ge.reg, "tokenkeeper_http_auth_failures_total"); got != 4 {
-		t.Errorf("auth failures counted: %v, want 4", got)
+	// A window without failures starts the count again.
+	ge.clock.Advance(time.Minute)
+	if a := ge.from(t, guesser, "", "guess-after"); a.waited != 0 {
+		t.Errorf("after a quiet window a failure waited %v, want none", a.waited)
+	}
+
+	if got, want := gaugeValue(t, ge.reg, "tokenkeeper_http_auth_failures_total"), 100.0+2+1+1+1; got != want {
+		t.Errorf("auth failures counted: %v, want %v", got, want)
+	}
+	if got := counterWith(t, ge.reg, "tokenkeeper_http_auth_throttled_total", "kind", "address"); got != 1 {
+		t.Errorf("throttled by address: %v, want 1", got)
 	}
 	for _, stream := range []*lockedBuffer{ge.log, ge.audit} {
 		if n := strings.Count(stream.String(), "throttled"); n != 1 {
 			t.Errorf("throttling logged %d times, want once:\n%s", n, stream)
 		}
-		for _, secret := range []string{"guess-", readerKey} {
+		for _, secret := range []string{"guess-", "held-", readerKey} {
 			if strings.Contains(stream.String(), secret) {
 				t.Errorf("a log holds the key %q:\n%s", secret, stream)
 			}
@@ -328,43 +404,109 @@ func TestGuessingIsThrottledPerAddress(t *testing.T) {
 	}
 }
 
-func TestGuessingOneKeyIsThrottledFromEveryAddress(t *testing.T) {
+func TestGuessingOneKeyIsSlowedFromEveryAddress(t *testing.T) {
 	ge := newGuessEnv(t)
 	for i := range 3 {
-		ge.from("198.51.100."+string(rune('1'+i))+":4000", "", "the-same-wrong-key")
+		if a := ge.from(t, fmt.Sprintf("198.51.100.%d:4000", i+1), "", "the-same-wrong-key"); a.waited != 0 {
+			t.Fatalf("failure %d waited %v, want none", i+1, a.waited)
+		}
 	}
-	checkError(t, ge.from("198.51.100.9:4000", "", "the-same-wrong-key"), http.StatusTooManyRequests, "too_many_failures")
-	if got := ge.from("198.51.100.9:4000", "", readerKey).Code; got != http.StatusOK {
-		t.Errorf("a good key from an address that did not fail: got %d, want 200", got)
+	if a := ge.from(t, "198.51.100.9:4000", "", "the-same-wrong-key"); a.Code != http.StatusUnauthorized || a.waited != 100*time.Millisecond {
+		t.Errorf("the same wrong key from a fourth address: got %d after %v, want 401 after 100ms", a.Code, a.waited)
+	}
+	if a := ge.from(t, "198.51.100.9:4000", "", readerKey); a.Code != http.StatusOK || a.waited != 0 {
+		t.Errorf("the right key: got %d after %v, want 200 at once", a.Code, a.waited)
 	}
 }
 
 func TestForwardedForOnlyFromTrustedProxies(t *testing.T) {
 	ge := newGuessEnv(t)
+	slowed := func(remote, xff string) bool {
+		t.Helper()
+		a := ge.from(t, remote, xff, fmt.Sprintf("wrong-%s-%s-%d", remote, xff, ge.clock.Now().UnixNano()))
+		if a.Code != http.StatusUnauthorized {
+			t.Fatalf("a wrong key from %s (X-Forwarded-For %q): got %d, want 401", remote, xff, a.Code)
+		}
+		return a.waited > 0
+	}
 	// Through the trusted proxy 10.1.2.3, the client is the forwarded one.
 	for range 3 {
-		ge.from("10.1.2.3:4000", "198.51.100.7", "wrong")
+		slowed("10.1.2.3:4000", "198.51.100.7")
 	}
-	if got := ge.from("10.1.2.3:4000", "198.51.100.7", readerKey).Code; got != http.StatusTooManyRequests {
-		t.Errorf("the guesser through the proxy: got %d, want 429", got)
+	if !slowed("10.1.2.3:4000", "198.51.100.7") {
+		t.Error("the guesser through the proxy was not slowed")
 	}
-	if got := ge.from("10.1.2.3:4000", "203.0.113.9", readerKey).Code; got != http.StatusOK {
-		t.Errorf("another client through the same proxy: got %d, want 200", got)
+	if slowed("10.1.2.3:4000", "203.0.113.9") {
+		t.Error("another client through the same proxy was slowed")
 	}
 	// A header prepended by the client itself is not believed past the
 	// proxy's own entry.
-	if got := ge.from("10.1.2.3:4000", "203.0.113.9, 198.51.100.7", readerKey).Code; got != http.StatusTooManyRequests {
-		t.Errorf("a spoofed first entry hid the guesser: got %d, want 429", got)
+	if !slowed("10.1.2.3:4000", "203.0.113.9, 198.51.100.7") {
+		t.Error("a spoofed first entry hid the guesser")
 	}
 	// From a peer that is no trusted proxy, the header is ignored.
 	for i := range 3 {
-		ge.from("192.0.2.50:4000", "203.0.113.77", "another-wrong-"+string(rune('a'+i)))
+		slowed("192.0.2.50:4000", fmt.Sprintf("203.0.113.%d", 70+i))
 	}
-	if got := ge.from("192.0.2.50:4000", "203.0.113.78", readerKey).Code; got != http.StatusTooManyRequests {
-		t.Errorf("an untrusted peer changed its address with the header: got %d, want 429", got)
+	if !slowed("192.0.2.50:4000", "203.0.113.78") {
+		t.Error("an untrusted peer changed its address with the header")
 	}
-	if got := ge.from("10.1.2.3:4000", "203.0.113.77", readerKey).Code; got != http.StatusOK {
-		t.Errorf("the address an untrusted peer claimed was throttled: got %d, want 200", got)
+	if slowed("10.1.2.3:4000", "203.0.113.70") {
+		t.Error("the address an untrusted peer claimed was slowed")
+	}
+}
+
+func TestWeakKeysAreRefused(t *testing.T) {
+	strong := []string{
+		"9f86d081884c7d659a2feaa0c55ad015",        // 32 hex digits: 128 bits
+		"Yq3vN8dK2pW7sH4mT6xR9c",                  // 22 base64url characters: 132 bits
+		"sha256:" + strings.Repeat("ab", 32),      // a digest: not measured
+		"reader-4c2f9a1e7b3d5f08a6c1e9b2d4f7a03c", // a prefix and 32 hex digits
+	}
+	for _, k := range strong {
+		if _, err := httpapi.New(httpapi.Config{ReaderKeys: []string{k}, AdminKeys: []string{k}}, httpapi.Single(&fakeTokens{}), &fakeController{}); err != nil {
+			t.Errorf("a strong key refused: %v", err)
+		}
+	}
+	weak := []struct{ name, key, why string }{
+		{"short", "demo-reader-key", "bits of randomness"},
+		{"31 hex digits", "9f86d081884c7d659a2feaa0c55ad01", "about 124 bits"},
+		{"one string repeated", strings.Repeat("abc123XY", 6), "repeats a shorter string"},
+		{"few characters", strings.Repeat("ab", 20) + "c", "fewer than 8 different characters"},
+	}
+	for _, tt := range weak {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, cfg := range []struct {
+				setting string
+				cfg     httpapi.Config
+				keys    []httpapi.Key
+			}{
+				{"TOKENKEEPER_API_KEYS: key 2 of 2", httpapi.Config{ReaderKeys: []string{readerKey, tt.key}}, nil},
+				{"TOKENKEEPER_ADMIN_KEYS: key 1 of 1", httpapi.Config{ReaderKeys: []string{readerKey}, AdminKeys: []string{tt.key}}, nil},
+				{"key ops", httpapi.Config{ReaderKeys: []string{readerKey}, Keys: []httpapi.Key{{Name: "ops", Value: tt.key, Role: httpapi.RoleAdmin}}}, nil},
+			} {
+				_, err := httpapi.New(cfg.cfg, httpapi.Single(&fakeTokens{}), &fakeController{})
+				if err == nil {
+					t.Fatalf("%s: a weak key was accepted", cfg.setting)
+				}
+				for _, part := range []string{cfg.setting, "too weak", tt.why, "TOKENKEEPER_ALLOW_WEAK_KEYS"} {
+					if !strings.Contains(err.Error(), part) {
+						t.Errorf("%s: error %q does not say %q", cfg.setting, err, part)
+					}
+				}
+				if strings.Contains(err.Error(), tt.key) {
+					t.Errorf("the error quotes the key: %q", err)
+				}
+				cfg.cfg.AllowWeakKeys = true
+				if _, err := httpapi.New(cfg.cfg, httpapi.Single(&fakeTokens{}), &fakeController{}); err != nil {
+					t.Errorf("%s: refused with AllowWeakKeys: %v", cfg.setting, err)
+				}
+			}
+		})
+	}
+	// Metrics keys only read metrics: they are not measured.
+	if _, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, MetricsKeys: []string{"scrape"}}, httpapi.Single(&fakeTokens{}), nil); err != nil {
+		t.Errorf("a short metrics key refused: %v", err)
 	}
 }
 
@@ -374,11 +516,11 @@ func TestAuditTrailOfReads(t *testing.T) {
 	ev := newEnv(t, func(c *httpapi.Config) {
 		c.Clock = clock
 		c.AllowAnonymous = true
-		c.Keys = []httpapi.Key{{Name: "mobile", Value: "mobile-key-9d8e7f6a5b"}}
+		c.Keys = []httpapi.Key{{Name: "mobile", Value: "mobile-key-9d8e7f6a5b4c3d2e1f0a"}}
 		c.Security = httpapi.Security{Audit: slog.New(slog.NewJSONHandler(&audit, nil)), AuditReadsPerMinute: 2}
 	})
 	for range 5 {
-		ev.do(t, req{path: "/v1/tokens/liveness", header: bearer("mobile-key-9d8e7f6a5b")})
+		ev.do(t, req{path: "/v1/tokens/liveness", header: bearer("mobile-key-9d8e7f6a5b4c3d2e1f0a")})
 	}
 	ev.do(t, req{path: "/v1/tokens/liveness", header: bearer(readerKey)})
 	ev.do(t, req{path: "/v1/tokens/liveness"})
@@ -387,7 +529,7 @@ func TestAuditTrailOfReads(t *testing.T) {
 	ev.do(t, req{path: "/v1/status", header: bearer(adminKey)})
 	clock.Advance(time.Minute)
 	// The next minute's first read writes the last one's count.
-	ev.do(t, req{path: "/v1/tokens/liveness", header: bearer("mobile-key-9d8e7f6a5b")})
+	ev.do(t, req{path: "/v1/tokens/liveness", header: bearer("mobile-key-9d8e7f6a5b4c3d2e1f0a")})
 
 	fp := cache.Fingerprint(tokenValue)
 	type seen struct{ alone, summed int }
@@ -424,7 +566,7 @@ func TestAuditTrailOfReads(t *testing.T) {
 	if !strings.Contains(out, `"action":"refresh"`) || !strings.Contains(out, `"action":"status"`) {
 		t.Errorf("admin actions missing:\n%s", out)
 	}
-	for _, secret := range []string{tokenValue, "new-value", readerKey, adminKey, "mobile-key-9d8e7f6a5b", "wrong-key"} {
+	for _, secret := range []string{tokenValue, "new-value", readerKey, adminKey, "mobile-key-9d8e7f6a5b4c3d2e1f0a", "wrong-key"} {
 		if strings.Contains(out, secret) {
 			t.Errorf("the audit trail holds the secret %q", secret)
 		}
@@ -489,5 +631,27 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// counterWith returns the counter name with the label set to value.
+func counterWith(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
 	return 0
 }

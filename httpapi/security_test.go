@@ -95,7 +95,7 @@ func TestRateLimitOffByDefault(t *testing.T) {
 			t.Fatalf("read %d: got %d, want 200", i+1, got)
 		}
 	}
-	if _, err := httpapi.New(httpapi.Config{ReaderKeys: []string{"k"}, RateLimit: -1}, httpapi.Single(&fakeTokens{}), nil); err == nil {
+	if _, err := httpapi.New(httpapi.Config{ReaderKeys: []string{readerKey}, RateLimit: -1}, httpapi.Single(&fakeTokens{}), nil); err == nil {
 		t.Fatal("negative rate: got nil error")
 	}
 }

@@ -115,14 +115,19 @@ type Config struct {
 	// AllowAnonymous lets requests that present no key at all read the
 	// token. A request that presents a key still needs a valid one.
 	AllowAnonymous bool
+	// AllowWeakKeys accepts reader and admin keys (of ReaderKeys,
+	// AdminKeys and Keys) that CheckKeyStrength finds too weak to resist
+	// guessing; without it New refuses them. For demos and tests only.
+	// Metrics keys are not measured.
+	AllowWeakKeys bool
 	// MetricsKeys, when set, are needed (or an admin key) to read
 	// /metrics. Default: none, /metrics is open.
 	MetricsKeys []string
 	// Keys are further keys, each with its role and the tokens it may use
 	// (a catalog's keys).
 	Keys []Key
-	// Clock is the time expires_in, the failed-auth windows, the rate
-	// limits and the audit trail's minutes are counted on. Default:
+	// Clock is the time expires_in, the failed-auth windows and delays, the
+	// rate limits and the audit trail's minutes are counted on. Default:
 	// clock.Real(). Request durations in the metrics are measured on Go's
 	// clock whatever it is: they date nothing.
 	Clock clock.Clock
@@ -320,13 +325,14 @@ func New(cfg Config, tokens []Token, ctl Controller) (*Server, error) {
 // keys digests cfg's keys into the server's key sets, with their scopes.
 func (s *Server) keys(cfg Config) error {
 	var err error
-	if s.readerKeys, err = newKeySet("TOKENKEEPER_API_KEYS", cfg.ReaderKeys); err != nil {
+	strong := !cfg.AllowWeakKeys
+	if s.readerKeys, err = newKeySet("TOKENKEEPER_API_KEYS", cfg.ReaderKeys, strong); err != nil {
 		return err
 	}
-	if s.adminKeys, err = newKeySet("TOKENKEEPER_ADMIN_KEYS", cfg.AdminKeys); err != nil {
+	if s.adminKeys, err = newKeySet("TOKENKEEPER_ADMIN_KEYS", cfg.AdminKeys, strong); err != nil {
 		return err
 	}
-	if s.metricsKeys, err = newKeySet("TOKENKEEPER_METRICS_KEYS", cfg.MetricsKeys); err != nil {
+	if s.metricsKeys, err = newKeySet("TOKENKEEPER_METRICS_KEYS", cfg.MetricsKeys, false); err != nil {
 		return err
 	}
 	for i, k := range cfg.Keys {
@@ -341,6 +347,11 @@ func (s *Server) keys(cfg Config) error {
 		sc, err := newScope(s.catalog, k.Tokens)
 		if err != nil {
 			return fmt.Errorf("httpapi: key %s %v", name, err)
+		}
+		if strong && k.Role != RoleMetrics {
+			if err := CheckKeyStrength(k.Value); err != nil {
+				return fmt.Errorf("httpapi: key %s %v; %s", name, err, weakKeysHint)
+			}
 		}
 		switch k.Role {
 		case RoleReader, "":

@@ -738,22 +738,22 @@ func TestNew(t *testing.T) {
 		ctl     httpapi.Controller
 		wantErr string // "" for success
 	}{
-		{"reader keys", httpapi.Config{ReaderKeys: []string{"a"}}, tokens, ctl, ""},
+		{"reader keys", httpapi.Config{ReaderKeys: []string{readerKey}}, tokens, ctl, ""},
 		{"anonymous", httpapi.Config{AllowAnonymous: true}, tokens, ctl, ""},
 		{"no reader keys", httpapi.Config{}, tokens, ctl, "TOKENKEEPER_API_KEYS"},
-		{"only admin keys", httpapi.Config{AdminKeys: []string{"a"}}, tokens, ctl, "TOKENKEEPER_API_KEYS"},
-		{"empty reader key", httpapi.Config{ReaderKeys: []string{"a", ""}}, tokens, ctl, "TOKENKEEPER_API_KEYS: key 2 of 2 is empty"},
+		{"only admin keys", httpapi.Config{AdminKeys: []string{adminKey}}, tokens, ctl, "TOKENKEEPER_API_KEYS"},
+		{"empty reader key", httpapi.Config{ReaderKeys: []string{readerKey, ""}}, tokens, ctl, "TOKENKEEPER_API_KEYS: key 2 of 2 is empty"},
 		{"padded reader key", httpapi.Config{ReaderKeys: []string{" a"}}, tokens, ctl, "TOKENKEEPER_API_KEYS: key 1 of 1 has leading or trailing white space"},
 		{"control char in key", httpapi.Config{ReaderKeys: []string{"a\nb"}}, tokens, ctl, "TOKENKEEPER_API_KEYS: key 1 of 1 contains a control character"},
-		{"empty admin key", httpapi.Config{ReaderKeys: []string{"a"}, AdminKeys: []string{""}}, tokens, ctl, "TOKENKEEPER_ADMIN_KEYS: key 1 of 1 is empty"},
-		{"empty metrics key", httpapi.Config{ReaderKeys: []string{"a"}, MetricsKeys: []string{""}}, tokens, ctl, "TOKENKEEPER_METRICS_KEYS: key 1 of 1 is empty"},
-		{"admin keys without controller", httpapi.Config{ReaderKeys: []string{"a"}, AdminKeys: []string{"b"}}, tokens, nil, "TOKENKEEPER_ADMIN_KEYS"},
-		{"nil tokens", httpapi.Config{ReaderKeys: []string{"a"}}, nil, ctl, "has no source"},
-		{"negative refresh timeout", httpapi.Config{ReaderKeys: []string{"a"}, RefreshTimeout: -1}, tokens, ctl, "RefreshTimeout"},
-		{"negative retry after", httpapi.Config{ReaderKeys: []string{"a"}, RetryAfter: -1}, tokens, ctl, "RetryAfter"},
-		{"negative shutdown timeout", httpapi.Config{ReaderKeys: []string{"a"}, ShutdownTimeout: -1}, tokens, ctl, "ShutdownTimeout"},
-		{"control char in instance", httpapi.Config{ReaderKeys: []string{"a"}, Instance: "a\r\nb"}, tokens, ctl, "instance"},
-		{"registerer not a gatherer", httpapi.Config{ReaderKeys: []string{"a"}, Registerer: prometheus.WrapRegistererWithPrefix("x_", prometheus.NewRegistry())}, tokens, ctl, "Gatherer"},
+		{"empty admin key", httpapi.Config{ReaderKeys: []string{readerKey}, AdminKeys: []string{""}}, tokens, ctl, "TOKENKEEPER_ADMIN_KEYS: key 1 of 1 is empty"},
+		{"empty metrics key", httpapi.Config{ReaderKeys: []string{readerKey}, MetricsKeys: []string{""}}, tokens, ctl, "TOKENKEEPER_METRICS_KEYS: key 1 of 1 is empty"},
+		{"admin keys without controller", httpapi.Config{ReaderKeys: []string{readerKey}, AdminKeys: []string{adminKey}}, tokens, nil, "TOKENKEEPER_ADMIN_KEYS"},
+		{"nil tokens", httpapi.Config{ReaderKeys: []string{readerKey}}, nil, ctl, "has no source"},
+		{"negative refresh timeout", httpapi.Config{ReaderKeys: []string{readerKey}, RefreshTimeout: -1}, tokens, ctl, "RefreshTimeout"},
+		{"negative retry after", httpapi.Config{ReaderKeys: []string{readerKey}, RetryAfter: -1}, tokens, ctl, "RetryAfter"},
+		{"negative shutdown timeout", httpapi.Config{ReaderKeys: []string{readerKey}, ShutdownTimeout: -1}, tokens, ctl, "ShutdownTimeout"},
+		{"control char in instance", httpapi.Config{ReaderKeys: []string{readerKey}, Instance: "a\r\nb"}, tokens, ctl, "instance"},
+		{"registerer not a gatherer", httpapi.Config{ReaderKeys: []string{readerKey}, Registerer: prometheus.WrapRegistererWithPrefix("x_", prometheus.NewRegistry())}, tokens, ctl, "Gatherer"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -34,7 +34,7 @@ func (statusPageCtl) Refresh(ctx context.Context, _ string) (cache.Token, error)
 
 func statusPageServer(t *testing.T, st httpapi.Status) http.Handler {
 	t.Helper()
-	s, err := httpapi.New(httpapi.Config{Instance: "r1", ReaderKeys: []string{"reader"}, AdminKeys: []string{"admin"}},
+	s, err := httpapi.New(httpapi.Config{Instance: "r1", ReaderKeys: []string{readerKey}, AdminKeys: []string{adminKey}},
 		httpapi.Single(statusPageSource{}), statusPageCtl{st})
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func TestStatusTokensForThePage(t *testing.T) {
 			Refreshes: []httpapi.Refresh{{At: now.Add(-time.Second), By: "r1", Outcome: "success"}, {At: now.Add(-time.Hour), By: "r1", Outcome: "upstream_error"}}},
 		{Name: "b"},
 	}}
-	resp := statusPageGet(t, statusPageServer(t, st), "/v1/status", "admin")
+	resp := statusPageGet(t, statusPageServer(t, st), "/v1/status", adminKey)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /v1/status: %d", resp.StatusCode)
 	}

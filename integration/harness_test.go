@@ -36,8 +36,8 @@ import (
 
 // Keys, names and credentials the fleet under test is configured with.
 const (
-	readerKey = "it-reader-key"
-	adminKey  = "it-admin-key"
+	readerKey = "it-reader-key-6f2a9d4c8e1b7f3a5d0c"
+	adminKey  = "it-admin-key-1e8b5f3a7c9d2e6b4f0a"
 
 	tokenKey        = "tokenkeeper:{liveness}:token"
 	lockKey         = "tokenkeeper:{liveness}:lock"

@@ -3,7 +3,10 @@
 # checks the fleet's promises through HAProxy, as a client sees them:
 #
 #   1. 200 reads through the load balancer: all 200 OK, one token, every
-#      replica answers (X-Tokenkeeper-Instance).
+#      replica answers (X-Tokenkeeper-Instance). Then 100 wrong keys from
+#      one client, 20 at a time: they are slowed (delayed 401s, or 429 past
+#      the failures allowed to wait), and the right key from the same client
+#      still reads (200).
 #   2. The leader's container is SIGKILLed while a client keeps reading: no
 #      request fails (HAProxy retries on another replica); a new leader takes
 #      over; HAProxy marks the dead replica down.
@@ -78,8 +81,8 @@ if [[ -n $profile ]]; then
 		[[ $k =~ ^[A-Z_][A-Z0-9_]*$ ]] && export "$k=$v"
 	done <"deploy/compose/$profile.env"
 fi
-reader_key=demo-reader-key
-admin_key=demo-admin-key
+reader_key=demo-reader-5c8f2a9e1b7d4c3f6a0e9b2d
+admin_key=demo-admin-3e7b1d9f5a2c8e4b0d6f1a7c
 lock_ttl_s=10
 switch_limit_ms=${SMOKE_SWITCH_LIMIT_MS:-100}
 reads=200
@@ -278,6 +281,21 @@ log "   $ok/$reads OK, $tokens distinct token(s), $instances replica(s) answered
 [[ $tokens -eq 1 ]] || broken "reads: $tokens distinct tokens, want 1"
 [[ $instances -eq 3 ]] || broken "reads: $instances replicas answered, want 3"
 [[ -n $token0 && $token0 != - ]] || die "no token read"
+
+# --- 1b. a client with a wrong key locks nobody out ------------------------------
+log "1b. 100 wrong keys from one client, then the right key from that client"
+t=$(now_ms)
+seq 100 | xargs -P 20 -I{} curl -s -o /dev/null --max-time 10 -w '%{http_code}\n' \
+	-H 'Authorization: Bearer wrong-key-{}' "$lb/v1/tokens/liveness" >"$tmp/wrong.log" 2>/dev/null || true
+wrong_ms=$(($(now_ms) - t))
+get "$lb/v1/tokens/liveness" "$reader_key"
+right_code=$R_CODE right_s=$R_TIME
+wrong_401=$(grep -c '^401$' "$tmp/wrong.log" || true)
+wrong_429=$(grep -c '^429$' "$tmp/wrong.log" || true)
+log "   100 wrong keys in ${wrong_ms} ms: $wrong_401 answered 401 (the later ones after a delay), $wrong_429 answered 429 (too many waiting); then the right key: $right_code in ${right_s}s"
+[[ $right_code == 200 ]] || broken "the right key after 100 wrong ones from the same client: $right_code, want 200"
+[[ $((wrong_401 + wrong_429)) -eq 100 ]] || broken "100 wrong keys: $wrong_401 answered 401 and $wrong_429 answered 429, want all either: $(sort "$tmp/wrong.log" | uniq -c | xargs)"
+[[ $wrong_429 -gt 0 || $wrong_ms -ge 1000 ]] || broken "100 wrong keys from one client were not slowed (${wrong_ms} ms, none refused)"
 
 # container_at IP prints the id of the project's container with address IP.
 container_at() {
@@ -533,6 +551,7 @@ cat <<EOF
 compose smoke test ($COMPOSE_PROJECT_NAME, ${compose_cmd[*]}${profile:+ --profile $profile}, $TOKENKEEPER_IMAGE, $REDIS_IMAGE, $HAPROXY_IMAGE)
   requests through HAProxy        $total ($reads reads, $kill_reqs during the ${profile:+redis master }kill, $scale_reqs after scaling)
   failed requests                 $failed
+  100 wrong keys, then the right  ${wrong_ms} ms ($wrong_401 x 401, $wrong_429 x 429); right key $right_code
   replicas seen (3, then 5)       $instances, $scale_inst
 $(if [[ -n $profile ]]; then
 	printf '  redis master kill: failover   %s ms\n  redis master kill: slowest    %s ms' "${redis_failover_ms:-never}" "$kill_max"

@@ -69,8 +69,8 @@ func browse(t *testing.T, chromium, url string, mode ...string) string {
 
 // demoFleet runs the demo in-process on 127.0.0.1:0 and joins two more
 // replicas to its Redis and fake RDP, as its banner says how. It returns
-// the demo's base URL.
-func demoFleet(t *testing.T) string {
+// the demo's base URL and its admin key, made anew by each run.
+func demoFleet(t *testing.T) (base, adminKey string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
@@ -91,25 +91,28 @@ func demoFleet(t *testing.T) string {
 			t.Errorf("demo exited %d", code)
 		}
 	})
-	var base, redisAddr, rdpURL string
+	var redisAddr, rdpURL string
 	sc := bufio.NewScanner(pr)
-	for sc.Scan() && (base == "" || redisAddr == "" || rdpURL == "") {
+	for sc.Scan() && (base == "" || adminKey == "" || redisAddr == "" || rdpURL == "") {
 		line := sc.Text()
 		if m := regexp.MustCompile(`tokenkeeper demo on (http://\S+)`).FindStringSubmatch(line); m != nil {
 			base = m[1]
+		}
+		if m := regexp.MustCompile(`/status#key=(\S+)`).FindStringSubmatch(line); m != nil {
+			adminKey = m[1]
 		}
 		if m := regexp.MustCompile(`TOKENKEEPER_REDIS_URL=redis://(\S+) RDP_BASE_URL=(\S+)`).FindStringSubmatch(line); m != nil {
 			redisAddr, rdpURL = m[1], m[2]
 		}
 	}
 	go io.Copy(io.Discard, pr)
-	if base == "" || redisAddr == "" || rdpURL == "" {
-		t.Fatalf("the demo's banner lacks its URL, Redis or RDP: %q %q %q", base, redisAddr, rdpURL)
+	if base == "" || adminKey == "" || redisAddr == "" || rdpURL == "" {
+		t.Fatalf("the demo's banner lacks its URL, admin key, Redis or RDP: %q %t %q %q", base, adminKey != "", redisAddr, rdpURL)
 	}
 	for _, name := range []string{"demo-2", "demo-3"} {
 		cfg := Config{
 			Listen: "127.0.0.1:0", Redis: &redis.Options{Addr: redisAddr},
-			AllowAnonymous: true, AdminKeys: []string{demoAdminKey}, Instance: name,
+			AllowAnonymous: true, AdminKeys: []string{adminKey}, Instance: name,
 			RefreshBefore: 45 * time.Second, LockTTL: 5 * time.Second, TokenLifetime: 2 * time.Minute,
 			ServeMargin: 15 * time.Second, PollInterval: 2 * time.Second, RetryMin: time.Second, RetryMax: 10 * time.Second,
 			AuthPerMinute: 20,
@@ -126,7 +129,7 @@ func demoFleet(t *testing.T) string {
 	}
 	testkit.Eventually(t, 15*time.Second, "three replicas ready in /v1/status", func() bool {
 		req, _ := http.NewRequest(http.MethodGet, base+"/v1/status", nil)
-		req.Header.Set("Authorization", "Bearer "+demoAdminKey)
+		req.Header.Set("Authorization", "Bearer "+adminKey)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return false
@@ -145,12 +148,12 @@ func demoFleet(t *testing.T) string {
 		}
 		return true
 	})
-	return base
+	return base, adminKey
 }
 
 func TestStatusPageInBrowser(t *testing.T) {
 	chromium := chromiumPath(t)
-	base := demoFleet(t)
+	base, adminKey := demoFleet(t)
 
 	t.Run("asks for the key", func(t *testing.T) {
 		dom := browse(t, chromium, base+"/status", "--dump-dom")
@@ -167,7 +170,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	})
 
 	t.Run("shows the fleet", func(t *testing.T) {
-		dom := browse(t, chromium, base+"/status#key="+demoAdminKey, "--dump-dom")
+		dom := browse(t, chromium, base+"/status#key="+adminKey, "--dump-dom")
 		countdown := regexp.MustCompile(`<div id="countdown" class="countdown">(\d\d:\d\d)</div>`).FindStringSubmatch(dom)
 		if countdown == nil || countdown[1] == "00:00" {
 			t.Errorf("no running countdown in the page:\n%s", dom)
@@ -195,7 +198,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 
 		shot := filepath.Join(t.ArtifactDir(), "status-page.png")
-		browse(t, chromium, base+"/status#key="+demoAdminKey, "--screenshot="+shot)
+		browse(t, chromium, base+"/status#key="+adminKey, "--screenshot="+shot)
 		png, err := os.ReadFile(shot)
 		if err != nil || len(png) < 10<<10 || !bytes.HasPrefix(png, []byte("\x89PNG")) {
 			t.Fatalf("screenshot %s: %d bytes, %v", shot, len(png), err)

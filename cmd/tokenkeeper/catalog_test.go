@@ -20,8 +20,8 @@ import (
 
 // Secrets of the catalog tests: none may appear in any output.
 const (
-	mobileKey     = "mobile-key-5f0c2a9e"
-	opsKey        = "ops-key-71b3d8c4"
+	mobileKey     = "mobile-key-5f0c2a9e7d1b3c8f"
+	opsKey        = "ops-key-71b3d8c4a9e2f6b0d5"
 	partnerSecret = "partner-secret-e4a1"
 )
 

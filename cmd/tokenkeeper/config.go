@@ -49,6 +49,7 @@ var serveSettings = []setting{
 	{env: "TOKENKEEPER_REDIS_WAIT_TIMEOUT", def: "100ms", usage: "the longest such a wait lasts (shorter than a quarter of the lock TTL)"},
 	{env: "TOKENKEEPER_API_KEYS", usage: "comma-separated reader keys", secret: true},
 	{env: "TOKENKEEPER_ALLOW_ANONYMOUS", def: "false", usage: "let requests without a key read the token"},
+	{env: "TOKENKEEPER_ALLOW_WEAK_KEYS", def: "false", usage: "accept reader and admin keys of less than 128 bits of estimated randomness (demos only)"},
 	{env: "TOKENKEEPER_ADMIN_KEYS", usage: "comma-separated admin keys (none: admin endpoints off)", secret: true},
 	{env: "TOKENKEEPER_METRICS_KEYS", usage: "comma-separated keys for /metrics (none: open)", secret: true},
 	{env: "TOKENKEEPER_REDIS_TLS_CA", usage: "PEM file of the CA that signed Redis's certificate (rediss://), added to the system roots"},
@@ -63,8 +64,10 @@ var serveSettings = []setting{
 	{env: "TOKENKEEPER_TLS_CLIENT_CA", usage: "PEM file of the CAs whose client certificates are verified (optional for clients); needs TOKENKEEPER_TLS_CERT"},
 	{env: "TOKENKEEPER_TLS_IDENTITIES", usage: "client certificate identities, comma-separated: SUBJECT[;name=NAME][;role=reader|admin|metrics][;tokens=A+B], SUBJECT being CN=<name> or a SAN URI"},
 	{env: "TOKENKEEPER_TRUSTED_PROXIES", usage: "comma-separated CIDRs of the proxies whose X-Forwarded-For names the client"},
-	{env: "TOKENKEEPER_AUTH_FAILURES", def: "10", usage: "failed authentications from one client address or with one key, within the window, before 429 (0: never)"},
-	{env: "TOKENKEEPER_AUTH_FAILURE_WINDOW", def: "1m", usage: "window of TOKENKEEPER_AUTH_FAILURES, and how long a throttled client waits"},
+	{env: "TOKENKEEPER_AUTH_FAILURES", def: "10", usage: "failed authentications from one client address or with one key answered at once; the next ones are delayed (0: never delayed)"},
+	{env: "TOKENKEEPER_AUTH_FAILURE_WINDOW", def: "1m", usage: "how long failed authentications are remembered after the last one"},
+	{env: "TOKENKEEPER_AUTH_FAILURE_MAX_DELAY", def: "5s", usage: "longest delay of a failed authentication (delays start at 100ms and double)"},
+	{env: "TOKENKEEPER_AUTH_FAILURES_IN_FLIGHT", def: "4", usage: "delayed failed authentications one client address (or key) may have waiting; more are answered 429 at once"},
 	{env: "TOKENKEEPER_AUDIT_LOG", usage: "audit trail destination: stderr, stdout or a file path, JSON lines (none: no audit trail)"},
 	{env: "TOKENKEEPER_AUDIT_READS_PER_MINUTE", def: "60", usage: "token reads per key and token written one line each a minute; the rest are counted into one line"},
 	{env: "TOKENKEEPER_INSTANCE_ID", usage: "name of this replica (default hostname-pid)"},
@@ -231,6 +234,7 @@ type Config struct {
 	RedisWait      tokenkeeper.RedisWait
 	APIKeys        []string
 	AllowAnonymous bool
+	AllowWeakKeys  bool
 	AdminKeys      []string
 	MetricsKeys    []string
 	Keyring        *cache.Keyring
@@ -286,6 +290,7 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 		Listen:           v.str("TOKENKEEPER_LISTEN"),
 		APIKeys:          v.list("TOKENKEEPER_API_KEYS"),
 		AllowAnonymous:   v.boolean("TOKENKEEPER_ALLOW_ANONYMOUS"),
+		AllowWeakKeys:    v.boolean("TOKENKEEPER_ALLOW_WEAK_KEYS"),
 		AdminKeys:        v.list("TOKENKEEPER_ADMIN_KEYS"),
 		MetricsKeys:      v.list("TOKENKEEPER_METRICS_KEYS"),
 		RateBurst:        v.integer("TOKENKEEPER_RATE_BURST"),
@@ -449,6 +454,9 @@ func certPool(v *values, env, file string, readFile func(string) ([]byte, error)
 var fieldVars = strings.NewReplacer(
 	"HTTP.ReaderKeys", "TOKENKEEPER_API_KEYS",
 	"HTTP.AllowAnonymous", "TOKENKEEPER_ALLOW_ANONYMOUS",
+	"HTTP.AllowWeakKeys", "TOKENKEEPER_ALLOW_WEAK_KEYS=true",
+	"HTTP.AdminKeys", "TOKENKEEPER_ADMIN_KEYS",
+	"HTTP.Keys", "TOKENKEEPER_CONFIG",
 	"RDP.DefaultLifetime", "TOKENKEEPER_TOKEN_LIFETIME",
 	"RDP.Timeout", "RDP_TIMEOUT",
 	"RedisWait.Timeout", "TOKENKEEPER_REDIS_WAIT_TIMEOUT",
@@ -480,8 +488,9 @@ func checkRules(v *values, c Config) {
 			v.errs = append(v.errs, e)
 			continue
 		}
-		switch fe.Field {
-		case "HTTP.ReaderKeys", "AuthPerMinute", "HandoverAfter", "RedisMode", "RedisWait.Replicas":
+		switch {
+		case fe.Field == "HTTP.ReaderKeys" && strings.HasPrefix(fe.Problem, "is required"),
+			fe.Field == "AuthPerMinute", fe.Field == "HandoverAfter", fe.Field == "RedisMode", fe.Field == "RedisWait.Replicas":
 			continue // checked above, in the variable's own words
 		}
 		v.fail("%s: %s", fieldVars.Replace(fe.Field), fieldVars.Replace(fe.Problem))
@@ -540,7 +549,7 @@ func (c Config) keeperConfig() tokenkeeper.Config {
 		Keyring: c.Keyring, RedisMode: c.RedisMode, RedisWait: c.RedisWait,
 		HTTP: tokenkeeper.HTTPConfig{
 			ReaderKeys: c.APIKeys, AdminKeys: c.AdminKeys, MetricsKeys: c.MetricsKeys,
-			Keys: keys, AllowAnonymous: c.AllowAnonymous, RateLimit: c.RateLimit, RateBurst: c.RateBurst,
+			Keys: keys, AllowAnonymous: c.AllowAnonymous, AllowWeakKeys: c.AllowWeakKeys, RateLimit: c.RateLimit, RateBurst: c.RateBurst,
 			Security: c.Security,
 		},
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,8 +17,13 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 )
 
-// demoAdminKey is the admin key of the demo only.
-const demoAdminKey = "demo-admin"
+// newDemoKey returns a new admin key for one run of the demo: 32 random
+// bytes in base64url, strong as every admin key must be.
+func newDemoKey() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return "demo-" + base64.RawURLEncoding.EncodeToString(b[:])
+}
 
 // runDemo runs one replica with everything in-process: a Redis-protocol
 // server (miniredis), the fake RDP issuing two-minute liveness tokens and
@@ -32,6 +39,7 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 		return fmt.Errorf("demo takes no arguments, got %q", args[0])
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	demoAdminKey := newDemoKey()
 
 	mr := miniredis.NewMiniRedis()
 	mr.ClockTTL(true)

@@ -51,8 +51,8 @@ func startReplica(t *testing.T, name, redisAddr, rdpURL string, tm fleetTimings)
 	cfg := Config{
 		Listen:        "127.0.0.1:0",
 		Redis:         &redis.Options{Addr: redisAddr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond, ReadTimeout: 200 * time.Millisecond, WriteTimeout: 200 * time.Millisecond},
-		APIKeys:       []string{"reader-key"},
-		AdminKeys:     []string{"admin-key"},
+		APIKeys:       []string{testReaderKey},
+		AdminKeys:     []string{testAdminKey},
 		Instance:      name,
 		RefreshBefore: tm.before,
 		LockTTL:       tm.lockTTL,
@@ -103,7 +103,7 @@ func (rd *reader) run(ctx context.Context, url string) {
 	c := &http.Client{Timeout: time.Second}
 	for ctx.Err() == nil {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/v1/tokens/liveness", nil)
-		req.Header.Set("Authorization", "Bearer reader-key")
+		req.Header.Set("Authorization", "Bearer "+testReaderKey)
 		// Dated when sent: an answer that took long on a busy machine
 		// tells what the replica held when the request reached it, no
 		// later than this.
@@ -171,7 +171,7 @@ func TestFleet(t *testing.T) {
 			before := len(fake.Stats().Tokens)
 			held, _ := follower.p.keeper.Current(tokenkeeper.Name)
 			req, _ := http.NewRequest(http.MethodPost, follower.url+"/v1/tokens/liveness/refresh", nil)
-			req.Header.Set("Authorization", "Bearer admin-key")
+			req.Header.Set("Authorization", "Bearer "+testAdminKey)
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -356,7 +356,7 @@ func TestUnknownCommand(t *testing.T) {
 func TestServeConfig(t *testing.T) {
 	base := map[string]string{
 		"TOKENKEEPER_REDIS_URL": "redis://localhost:6379/0",
-		"TOKENKEEPER_API_KEYS":  "k1,k2",
+		"TOKENKEEPER_API_KEYS":  testReaderKey + "," + testAdminKey,
 		"RDP_CLIENT_ID":         "id",
 		"RDP_CLIENT_SECRET":     "s3cr3t",
 	}
@@ -537,7 +537,7 @@ func TestShutdownDrain(t *testing.T) {
 	if got := status("/readyz", ""); got != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz while draining: got %d, want 503", got)
 	}
-	if got := status("/v1/tokens/liveness", "reader-key"); got != http.StatusOK {
+	if got := status("/v1/tokens/liveness", testReaderKey); got != http.StatusOK {
 		t.Fatalf("token while draining: got %d, want 200", got)
 	}
 	<-a.done

@@ -177,13 +177,13 @@ func TestMetrics(t *testing.T) {
 		resp.Body.Close()
 	}
 	req, _ := http.NewRequest(http.MethodGet, a.url+"/v1/tokens/liveness", nil)
-	req.Header.Set("Authorization", "Bearer reader-key")
+	req.Header.Set("Authorization", "Bearer "+testReaderKey)
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("reading the token: %v %v", resp, err)
 	} else {
 		resp.Body.Close()
 	}
-	if code := post(t, a.url+"/v1/tokens/liveness/refresh", "admin-key"); code != 200 {
+	if code := post(t, a.url+"/v1/tokens/liveness/refresh", testAdminKey); code != 200 {
 		t.Fatalf("refresh = %d, want 200", code)
 	}
 	// The answer may come from the token's event, before the leader has
@@ -213,7 +213,7 @@ func TestMetrics(t *testing.T) {
 
 	// A fenced write: the lock changes hands during the liveness call.
 	fenceNext.Store(true)
-	if code := post(t, a.url+"/v1/tokens/liveness/refresh", "admin-key"); code != http.StatusBadGateway {
+	if code := post(t, a.url+"/v1/tokens/liveness/refresh", testAdminKey); code != http.StatusBadGateway {
 		t.Errorf("fenced refresh = %d, want 502", code)
 	}
 	testkit.Eventually(t, 5*time.Second, "a steps down", func() bool { return !a.p.keeper.IsLeader() })

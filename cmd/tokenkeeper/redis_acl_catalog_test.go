@@ -98,8 +98,8 @@ func TestRedisTLSAndACLCatalogAndDevices(t *testing.T) {
 		"TOKENKEEPER_INSTANCE_ID":      "acl-1",
 		"TOKENKEEPER_LOCK_TTL":         "1s",
 		"TOKENKEEPER_FLEET_RATE_LIMIT": "1000",
-		"APP_KEY":                      "app-key-5d4c3b",
-		"OPS_KEY":                      "ops-key-9a8b7c",
+		"APP_KEY":                      "app-key-5d4c3b2a1f0e9d8c7b6a",
+		"OPS_KEY":                      "ops-key-9a8b7c6d5e4f3a2b1c0d",
 		"RDP_CLIENT_SECRET":            fakerdp.ClientSecret,
 	}
 	cfg, err := parseServe(nil, func(k string) string { return env[k] }, os.ReadFile, os.Stderr)
@@ -128,16 +128,16 @@ func TestRedisTLSAndACLCatalogAndDevices(t *testing.T) {
 		return resp.StatusCode
 	}
 	testkit.Eventually(t, 15*time.Second, "the shared token and a device's through the ACL", func() bool {
-		return get(http.MethodGet, "/v1/tokens/shared", "app-key-5d4c3b") == http.StatusOK &&
-			get(http.MethodGet, "/v1/tokens/per-device/devices/phone-1", "app-key-5d4c3b") == http.StatusOK
+		return get(http.MethodGet, "/v1/tokens/shared", "app-key-5d4c3b2a1f0e9d8c7b6a") == http.StatusOK &&
+			get(http.MethodGet, "/v1/tokens/per-device/devices/phone-1", "app-key-5d4c3b2a1f0e9d8c7b6a") == http.StatusOK
 	})
 	for _, dev := range []string{"phone-1", "phone-2", "phone-1"} {
-		if code := get(http.MethodGet, "/v1/tokens/per-device/devices/"+dev, "app-key-5d4c3b"); code != http.StatusOK {
+		if code := get(http.MethodGet, "/v1/tokens/per-device/devices/"+dev, "app-key-5d4c3b2a1f0e9d8c7b6a"); code != http.StatusOK {
 			t.Errorf("device %s: %d, want 200", dev, code)
 		}
 	}
 	for _, name := range []string{"shared", "per-device"} {
-		if code := get(http.MethodPost, "/v1/tokens/"+name+"/refresh", "ops-key-9a8b7c"); code != http.StatusOK {
+		if code := get(http.MethodPost, "/v1/tokens/"+name+"/refresh", "ops-key-9a8b7c6d5e4f3a2b1c0d"); code != http.StatusOK {
 			t.Errorf("admin refresh of %s: %d, want 200", name, code)
 		}
 	}

@@ -107,8 +107,8 @@ func TestRedisTLSAndACL(t *testing.T) {
 		"TOKENKEEPER_REDIS_TLS_CA":   filepath.Join(dir, "ca.pem"),
 		"TOKENKEEPER_REDIS_TLS_CERT": filepath.Join(dir, "client.pem"),
 		"TOKENKEEPER_REDIS_TLS_KEY":  filepath.Join(dir, "client-key.pem"),
-		"TOKENKEEPER_API_KEYS":       "reader-key",
-		"TOKENKEEPER_ADMIN_KEYS":     "admin-key",
+		"TOKENKEEPER_API_KEYS":       testReaderKey,
+		"TOKENKEEPER_ADMIN_KEYS":     testAdminKey,
 		"TOKENKEEPER_INSTANCE_ID":    "tls-1",
 		"TOKENKEEPER_LOCK_TTL":       "1s",
 		"RDP_BASE_URL":               rdp.URL,
@@ -135,7 +135,7 @@ func TestRedisTLSAndACL(t *testing.T) {
 	})
 	// The admin refresh goes through pub/sub and the scripts too.
 	req, _ := http.NewRequest(http.MethodPost, "http://"+p.Addr()+"/v1/tokens/liveness/refresh", nil)
-	req.Header.Set("Authorization", "Bearer admin-key")
+	req.Header.Set("Authorization", "Bearer "+testAdminKey)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

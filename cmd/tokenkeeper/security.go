@@ -82,6 +82,12 @@ func (c *Config) parseSecurity(v *values, readFile func(string) ([]byte, error))
 		c.Security.AuthFailures = n
 	}
 	c.Security.AuthFailureWindow = v.duration("TOKENKEEPER_AUTH_FAILURE_WINDOW")
+	c.Security.AuthFailureMaxDelay = v.duration("TOKENKEEPER_AUTH_FAILURE_MAX_DELAY")
+	if n := v.integer("TOKENKEEPER_AUTH_FAILURES_IN_FLIGHT"); n < 1 {
+		v.fail("TOKENKEEPER_AUTH_FAILURES_IN_FLIGHT: %d must be at least 1", n)
+	} else {
+		c.Security.AuthFailuresInFlight = n
+	}
 
 	c.AuditLog = v.str("TOKENKEEPER_AUDIT_LOG")
 	switch n := v.integer("TOKENKEEPER_AUDIT_READS_PER_MINUTE"); {
@@ -203,7 +209,7 @@ func auditConfiguration(audit *slog.Logger, cfg Config, addr string) {
 	}
 	audit.Info("configuration", "instance", cfg.Instance, "version", buildVersion(), "listen", addr,
 		"tls", cfg.TLS != nil, "client_certificates", cfg.TLS != nil && cfg.TLS.ClientCAs != nil,
-		"tokens", tokens, "keys", keys, "identities", ids, "anonymous_reads", cfg.AllowAnonymous,
+		"tokens", tokens, "keys", keys, "identities", ids, "anonymous_reads", cfg.AllowAnonymous, "weak_keys_allowed", cfg.AllowWeakKeys,
 		"rate_limit", cfg.RateLimit, "fleet_rate_limit", cfg.Security.FleetRateLimit,
 		"trusted_proxies", proxies, "auth_failures", failures, "auth_failure_window", window,
 		"encryption_at_rest", cfg.Keyring != nil, "redis_tls", cfg.Redis != nil && cfg.Redis.TLSConfig != nil)

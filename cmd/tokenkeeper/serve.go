@@ -23,6 +23,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if cfg.AllowAnonymous {
 		log.Warn("anonymous reads are enabled: anyone who reaches this service can read the token")
 	}
+	if cfg.AllowWeakKeys {
+		log.Warn("weak keys are allowed (TOKENKEEPER_ALLOW_WEAK_KEYS): a key of less than 128 bits of randomness can be guessed; for demos only")
+	}
 	p, err := NewProgram(cfg, log, nil)
 	if err != nil {
 		return configError(err)

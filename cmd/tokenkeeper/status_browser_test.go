@@ -169,7 +169,7 @@ func (statusPageController) Refresh(ctx context.Context, _ string) (cache.Token,
 // text; nothing of it becomes an element.
 func TestStatusPageHostileTokensInBrowser(t *testing.T) {
 	chromium := chromiumPath(t)
-	const key = "page-admin-key"
+	const key = "page-admin-key-3c8e1f6a9b2d5e7f"
 	now := time.Now()
 	evilName := `<img src=x onerror="document.title='pwned'">`
 	evilName2 := `"><svg onload=alert(3)>`
@@ -190,7 +190,7 @@ func TestStatusPageHostileTokensInBrowser(t *testing.T) {
 		Replicas:  []httpapi.Replica{{Instance: "page-test", Ready: true, Leader: true, TokenFingerprint: first.TokenFingerprint, ExpiresAt: first.ExpiresAt, SeenAt: now}},
 		Refreshes: first.Refreshes, Tokens: toks,
 	}
-	s, err := httpapi.New(httpapi.Config{Instance: "page-test", ReaderKeys: []string{"reader"}, AdminKeys: []string{key}},
+	s, err := httpapi.New(httpapi.Config{Instance: "page-test", ReaderKeys: []string{testReaderKey}, AdminKeys: []string{key}},
 		httpapi.Single(statusPageTokens{}), statusPageController{st})
 	if err != nil {
 		t.Fatal(err)

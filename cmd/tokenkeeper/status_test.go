@@ -111,8 +111,8 @@ func statusCatalogFile(t *testing.T, rdpURL string) string {
 
 const (
 	statusPartnerSecret = "status-partner-secret-3c9e"
-	statusOpsKey        = "status-ops-key-a41f"
-	statusAppKey        = "status-app-key-77d0"
+	statusOpsKey        = "status-ops-key-a41f7c2e9b3d"
+	statusAppKey        = "status-app-key-77d0b4e1c9f2"
 )
 
 // startCatalogReplica runs a replica of the catalog in env, named name.

@@ -44,7 +44,7 @@ func TestServeTLSWithIdentitiesAndAudit(t *testing.T) {
 	env := map[string]string{
 		"TOKENKEEPER_LISTEN":         "127.0.0.1:0",
 		"TOKENKEEPER_REDIS_URL":      "redis://" + srv.Addr + "/0",
-		"TOKENKEEPER_API_KEYS":       "reader-key-0f1e2d3c",
+		"TOKENKEEPER_API_KEYS":       "reader-key-0f1e2d3c4b5a69788796a5b4",
 		"TOKENKEEPER_TLS_CERT":       certFile,
 		"TOKENKEEPER_TLS_KEY":        keyFile,
 		"TOKENKEEPER_TLS_CLIENT_CA":  caFile,
@@ -98,7 +98,7 @@ func TestServeTLSWithIdentitiesAndAudit(t *testing.T) {
 	if code, _ := get(&mesh.TLS, ""); code != http.StatusOK {
 		t.Errorf("client certificate of mesh-gateway: %d, want 200", code)
 	}
-	if code, _ := get(nil, "reader-key-0f1e2d3c"); code != http.StatusOK {
+	if code, _ := get(nil, "reader-key-0f1e2d3c4b5a69788796a5b4"); code != http.StatusOK {
 		t.Errorf("reader key over TLS: %d, want 200", code)
 	}
 	if code, _ := get(nil, ""); code != http.StatusUnauthorized {
@@ -157,7 +157,7 @@ func TestServeTLSWithIdentitiesAndAudit(t *testing.T) {
 	if tok, ok := p.keeper.Current(tokenkeeper.Name); ok && bytes.Contains(audit, []byte(tok.Value)) {
 		t.Error("the audit trail holds the token")
 	}
-	for _, secret := range []string{"reader-key-0f1e2d3c", fakerdp.ClientSecret} {
+	for _, secret := range []string{"reader-key-0f1e2d3c4b5a69788796a5b4", fakerdp.ClientSecret} {
 		if bytes.Contains(audit, []byte(secret)) {
 			t.Errorf("the audit trail holds the secret %q", secret)
 		}
@@ -177,7 +177,7 @@ func TestSecuritySettings(t *testing.T) {
 	}
 	base := map[string]string{
 		"TOKENKEEPER_REDIS_URL": "redis://localhost:6379/0",
-		"TOKENKEEPER_API_KEYS":  "k1",
+		"TOKENKEEPER_API_KEYS":  testReaderKey,
 		"RDP_CLIENT_ID":         "id",
 		"RDP_CLIENT_SECRET":     "s3cr3t",
 	}

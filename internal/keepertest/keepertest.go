@@ -29,7 +29,7 @@ const (
 )
 
 // ReaderKey is the key every replica of a Fleet accepts.
-const ReaderKey = "reader"
+const ReaderKey = "reader-key-5b9e2c7f1a3d8e4b6c0f"
 
 // Fleet is a Redis and a fake RDP that replicas share.
 type Fleet struct {

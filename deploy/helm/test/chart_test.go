@@ -134,7 +134,7 @@ func checkNoSecretValues(t *testing.T, r *rendered) {
 		}
 	}
 	all := r.all()
-	for _, s := range []string{"demo-secret", "demo-reader-key", "demo-admin", "BEGIN PRIVATE KEY", "password="} {
+	for _, s := range []string{"demo-secret", "demo-reader-5c8f", "demo-admin", "BEGIN PRIVATE KEY", "password="} {
 		if strings.Contains(all, s) {
 			t.Errorf("the rendered chart contains %q", s)
 		}
@@ -644,6 +644,26 @@ func TestSentinel(t *testing.T) {
 		if got := envOf(t, container(t, only[*appsv1.Deployment](t, r)))["TOKENKEEPER_REDIS_MODE"].Value; got != mode {
 			t.Errorf("redis.mode %s: TOKENKEEPER_REDIS_MODE=%q", mode, got)
 		}
+	}
+}
+
+// TestTrustedProxies: the balancers in front of the pods reach the replica
+// as TOKENKEEPER_TRUSTED_PROXIES; without them the variable is left unset,
+// and env may not set it behind the value's back.
+func TestTrustedProxies(t *testing.T) {
+	env := envOf(t, container(t, only[*appsv1.Deployment](t, mustRender(t, ""))))
+	if v, ok := env["TOKENKEEPER_TRUSTED_PROXIES"]; ok {
+		t.Errorf("without trustedProxies: TOKENKEEPER_TRUSTED_PROXIES=%q, want it unset", v.Value)
+	}
+	r := mustRender(t, "trustedProxies: [10.244.0.0/16, 192.0.2.7]")
+	if got := envOf(t, container(t, only[*appsv1.Deployment](t, r)))["TOKENKEEPER_TRUSTED_PROXIES"].Value; got != "10.244.0.0/16,192.0.2.7" {
+		t.Errorf("TOKENKEEPER_TRUSTED_PROXIES=%q, want 10.244.0.0/16,192.0.2.7", got)
+	}
+	if _, err := render(t, "trustedProxies: [not-a-cidr]"); err == nil {
+		t.Error("trustedProxies [not-a-cidr] was accepted")
+	}
+	if _, err := render(t, "env: [{name: TOKENKEEPER_TRUSTED_PROXIES, value: 0.0.0.0/0}]"); err == nil {
+		t.Error("env set TOKENKEEPER_TRUSTED_PROXIES")
 	}
 }
 
