@@ -23,6 +23,7 @@ const (
 	liveKey    = "scoped-reader-liveness-only"
 	billingKey = "scoped-reader-billing-only"
 	opsKey     = "scoped-admin-billing-only"
+	liveOpsKey = "scoped-admin-liveness-only"
 )
 
 // catalogEnv serves three tokens: liveness and billing (required) and
@@ -54,6 +55,7 @@ func newCatalogEnv(t *testing.T) *catalogEnv {
 			{Name: "mobile", Value: liveKey, Role: httpapi.RoleReader, Tokens: []string{"liveness"}},
 			{Name: "billing", Value: billingKey, Tokens: []string{"billing", "reports"}},
 			{Name: "ops", Value: opsKey, Role: httpapi.RoleAdmin, Tokens: []string{"billing"}},
+			{Name: "live-ops", Value: liveOpsKey, Role: httpapi.RoleAdmin, Tokens: []string{"liveness"}},
 		},
 		Clock:          clocktest.New(t0),
 		Registerer:     prometheus.NewRegistry(),
@@ -309,5 +311,76 @@ func TestDeviceRoute(t *testing.T) {
 	checkError(t, w, 503, "no_token")
 	if w.Header().Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
+	}
+}
+
+// TestStatusIsScoped: an admin key limited to some tokens sees in GET
+// /v1/status only those tokens' leaders, fingerprints, refreshes and
+// errors, as every other route shows it only its tokens.
+func TestStatusIsScoped(t *testing.T) {
+	ce := newCatalogEnv(t)
+	refresh := func(name string) []httpapi.Refresh {
+		return []httpapi.Refresh{{At: t0, By: "leader-of-" + name, Outcome: "success", TokenFingerprint: "sha256:fp-" + name}}
+	}
+	tokenStatus := func(name string) httpapi.TokenStatus {
+		return httpapi.TokenStatus{Name: name, Leader: "leader-of-" + name, Ready: true, TokenFingerprint: "sha256:fp-" + name,
+			ExpiresAt: t0.Add(time.Hour), LastError: "error-of-" + name, Refreshes: refresh(name)}
+	}
+	ce.ctl.status = httpapi.Status{
+		Leader: "leader-of-liveness", Ready: true, TokenFingerprint: "sha256:fp-liveness", ExpiresAt: t0.Add(time.Hour),
+		LastError: "error-of-liveness", Refreshes: refresh("liveness"),
+		Replicas: []httpapi.Replica{{Instance: "replica-1", Version: "v1", Leader: true, Ready: true,
+			TokenFingerprint: "sha256:fp-liveness", Problem: "problem-of-liveness", Upstream: httpapi.UpstreamOK}},
+		Tokens: []httpapi.TokenStatus{tokenStatus("liveness"), tokenStatus("billing"), tokenStatus("reports")},
+	}
+	tests := []struct {
+		name   string
+		key    string
+		tokens []string // in the answer
+		first  string   // the token the top-level fields describe
+	}{
+		{"unscoped admin key", adminKey, []string{"liveness", "billing", "reports"}, "liveness"},
+		{"admin key of liveness", liveOpsKey, []string{"liveness"}, "liveness"},
+		{"admin key of billing", opsKey, []string{"billing"}, "billing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := ce.do(http.MethodGet, "/v1/status", tt.key)
+			if w.Code != http.StatusOK {
+				t.Fatalf("GET /v1/status: %d %s", w.Code, w.Body)
+			}
+			var st httpapi.Status
+			if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, ts := range st.Tokens {
+				names = append(names, ts.Name)
+			}
+			if !slices.Equal(names, tt.tokens) {
+				t.Errorf("tokens %v, want %v", names, tt.tokens)
+			}
+			if st.Leader != "leader-of-"+tt.first || st.TokenFingerprint != "sha256:fp-"+tt.first || st.LastError != "error-of-"+tt.first ||
+				len(st.Refreshes) != 1 || st.Refreshes[0].By != "leader-of-"+tt.first || st.ExpiresIn != 3600 {
+				t.Errorf("the top-level fields do not describe %s: %+v", tt.first, st)
+			}
+			for _, name := range []string{"liveness", "billing", "reports"} {
+				if slices.Contains(tt.tokens, name) {
+					continue
+				}
+				for _, leak := range []string{"fp-" + name, "leader-of-" + name, "error-of-" + name, "problem-of-" + name} {
+					if strings.Contains(w.Body.String(), leak) {
+						t.Errorf("the answer holds %q, of a token outside the key's scope:\n%s", leak, w.Body)
+					}
+				}
+			}
+			if len(st.Replicas) != 1 || st.Replicas[0].Instance != "replica-1" || st.Replicas[0].Version != "v1" {
+				t.Errorf("replicas %+v, want replica-1 at v1", st.Replicas)
+			}
+		})
+	}
+	// The Controller's answer is not changed for the next caller.
+	if w := ce.do(http.MethodGet, "/v1/status", adminKey); !strings.Contains(w.Body.String(), "fp-reports") || !strings.Contains(w.Body.String(), "problem-of-liveness") {
+		t.Errorf("after scoped answers, the unscoped one lost data:\n%s", w.Body)
 	}
 }

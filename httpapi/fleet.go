@@ -136,3 +136,40 @@ func (st *Status) tokensUTC(now time.Time) {
 		}
 	}
 }
+
+// scope leaves of st what an admin key limited to sc may see: the tokens
+// of its scope, as every other route does. The fields at the top, the
+// replicas' token fields and Refreshes describe the catalog's first token;
+// when it is out of scope they describe the first token in scope instead
+// (none: they are left empty), and the replicas keep only their name,
+// build and last heartbeat, for the fleet view follows the first token
+// alone. A nil scope (every token) leaves st as it is.
+func (st *Status) scope(sc scope, c catalog) {
+	if sc == nil {
+		return
+	}
+	// New slices: the Controller's may be shared with other answers.
+	kept := make([]TokenStatus, 0, len(st.Tokens))
+	for _, t := range st.Tokens {
+		if s := c.byName[t.Name]; s != nil && sc.allows(s.index) {
+			kept = append(kept, t)
+		}
+	}
+	st.Tokens = kept
+	if sc.allows(0) {
+		return
+	}
+	var first TokenStatus
+	if len(kept) > 0 {
+		first = kept[0]
+	}
+	st.Leader, st.IsLeader, st.Ready = first.Leader, first.IsLeader, first.Ready
+	st.TokenFingerprint, st.Generation, st.ExpiresAt = first.TokenFingerprint, first.Generation, first.ExpiresAt
+	st.LastRefresh, st.NextRefresh, st.LastError = first.LastRefresh, first.NextRefresh, first.LastError
+	st.Refreshes = first.Refreshes
+	replicas := make([]Replica, 0, len(st.Replicas))
+	for _, r := range st.Replicas {
+		replicas = append(replicas, Replica{Instance: r.Instance, Version: r.Version, SeenAt: r.SeenAt})
+	}
+	st.Replicas = replicas
+}

@@ -238,6 +238,7 @@ func (s *Server) getStatus(c echo.Context, _ time.Time) error {
 	if st.Instance == "" {
 		st.Instance = s.instance
 	}
+	st.scope(w.scopes[1], s.catalog)
 	st.ExpiresIn = 0
 	if !st.ExpiresAt.IsZero() {
 		st.ExpiresIn = expiresIn(st.ExpiresAt, s.now())
