@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // binFleet runs tokenkeeper as real processes of the built binary: a
@@ -121,7 +121,16 @@ func (f *binFleet) Leader(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return refresher.HolderOf(v), nil
+	return holderOf(v), nil
+}
+
+// holderOf returns the instance in a lock value, tk:<16 hex>:<instance>
+// (docs/architecture.md, "Redis keys"), or "" when it names none.
+func holderOf(v string) string {
+	if rest, ok := strings.CutPrefix(v, "tk:"); ok && len(rest) > 17 && rest[16] == ':' {
+		return rest[17:]
+	}
+	return ""
 }
 
 func (f *binFleet) Stop() {

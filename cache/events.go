@@ -38,7 +38,7 @@ type EventsConfig struct {
 // No message is dropped between Redis and a store: each channel's
 // messages queue, without bound, until its store takes them.
 type Events struct {
-	rdb     RedisClient
+	rdb     redisClient
 	log     *slog.Logger
 	clock   clock.Clock
 	sharded atomic.Bool // false once the server is found to lack SSUBSCRIBE
@@ -49,7 +49,7 @@ type Events struct {
 }
 
 // NewEvents returns an Events over rdb. It does not contact Redis.
-func NewEvents(rdb RedisClient, cfg EventsConfig) *Events {
+func NewEvents(rdb redisClient, cfg EventsConfig) *Events {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

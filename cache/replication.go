@@ -9,15 +9,15 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// ErrReplication means that fewer replicas than asked acknowledged a write
+// errReplication means that fewer replicas than asked acknowledged a write
 // in time. The write stands on the master; a failover before the replicas
 // catch up may lose it.
-var ErrReplication = errors.New("cache: the write reached fewer replicas than asked")
+var errReplication = errors.New("cache: the write reached fewer replicas than asked")
 
 // Replicated runs the commands queue adds, then WAIT for rep.Replicas
 // replicas, on one connection to the master that owns key (WAIT counts the
 // writes of its own connection). In Redis Cluster that is the key's
-// slot's master. It returns the pipeline's first error, or ErrReplication
+// slot's master. It returns the pipeline's first error, or errReplication
 // when too few replicas acknowledged; the queued commands hold their own
 // results.
 func Replicated(ctx context.Context, rdb any, key string, rep Replication, queue func(redis.Pipeliner)) error {
@@ -44,7 +44,7 @@ func Replicated(ctx context.Context, rdb any, key string, rep Replication, queue
 		return fmt.Errorf("cache: WAIT: %w", err)
 	}
 	if acked < int64(rep.Replicas) {
-		return fmt.Errorf("%w: %d of %d within %v", ErrReplication, acked, rep.Replicas, rep.Timeout)
+		return fmt.Errorf("%w: %d of %d within %v", errReplication, acked, rep.Replicas, rep.Timeout)
 	}
 	return nil
 }
@@ -54,7 +54,7 @@ func Replicated(ctx context.Context, rdb any, key string, rep Replication, queue
 func (s *Store) replicated(ctx context.Context, queue func(redis.Pipeliner)) error {
 	start := s.cfg.Clock.Now()
 	err := Replicated(ctx, s.rdb, s.cfg.Keys.Token, s.cfg.Replication, queue)
-	if errors.Is(err, ErrReplication) {
+	if errors.Is(err, errReplication) {
 		s.metrics.anomaly(anomalyReplicationShort)
 		s.log.Warn("the token write reached fewer Redis replicas than configured; a failover now could lose it (the leader writes it back from memory)",
 			"error", err, "waited", s.cfg.Clock.Now().Sub(start).Round(time.Millisecond))

@@ -10,13 +10,13 @@ import (
 	"strings"
 )
 
-// ErrNoKey means the token in Redis is encrypted with a key this replica
+// errNoKey means the token in Redis is encrypted with a key this replica
 // does not have; it does not serve it.
-var ErrNoKey = errors.New("cache: token encrypted with an unknown key")
+var errNoKey = errors.New("cache: token encrypted with an unknown key")
 
-// ErrDecrypt means the token in Redis could not be decrypted with the key
+// errDecrypt means the token in Redis could not be decrypted with the key
 // it names: the key is wrong or the data was altered.
-var ErrDecrypt = errors.New("cache: token does not decrypt")
+var errDecrypt = errors.New("cache: token does not decrypt")
 
 // Key is one AES-256 key of a Keyring.
 type Key struct {
@@ -108,15 +108,15 @@ func (kr *Keyring) seal(value, aad string) (string, string, error) {
 func (kr *Keyring) open(id, text, aad string) (string, error) {
 	aead := kr.aeads[id]
 	if aead == nil {
-		return "", fmt.Errorf("%w %q", ErrNoKey, id)
+		return "", fmt.Errorf("%w %q", errNoKey, id)
 	}
 	raw, err := base64.RawStdEncoding.DecodeString(text)
 	if err != nil || len(raw) < aead.NonceSize()+aead.Overhead() {
-		return "", fmt.Errorf("%w with key %q: malformed", ErrDecrypt, id)
+		return "", fmt.Errorf("%w with key %q: malformed", errDecrypt, id)
 	}
 	plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], []byte(aad))
 	if err != nil {
-		return "", fmt.Errorf("%w with key %q", ErrDecrypt, id)
+		return "", fmt.Errorf("%w with key %q", errDecrypt, id)
 	}
 	return string(plain), nil
 }

@@ -63,9 +63,9 @@ func KeysFor(name string) Keys {
 		Devices: p + "device:", DeviceKey: p + "device-key"}
 }
 
-// RedisClient is what the store needs of a go-redis client
+// redisClient is what the store needs of a go-redis client
 // (*redis.Client, *redis.ClusterClient and redis.UniversalClient fit).
-type RedisClient interface {
+type redisClient interface {
 	redis.Scripter
 	HGet(ctx context.Context, key, field string) *redis.StringCmd
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
@@ -94,7 +94,7 @@ type Config struct {
 	Logger *slog.Logger
 	// Keyring, when set, encrypts the token at rest in Redis. A token
 	// encrypted with a key the keyring lacks is never adopted: Load
-	// returns ErrNoKey and the copy in memory is kept. Default: none, the
+	// returns errNoKey and the copy in memory is kept. Default: none, the
 	// token is stored as it is.
 	Keyring *Keyring
 	// Registerer receives the store's metrics (see metrics.go). Default:
@@ -175,13 +175,13 @@ const MinPollInterval = 10 * time.Millisecond
 // Store is one replica's view of the shared token. Create it with New and
 // keep it current with Run. All methods are safe for concurrent use.
 type Store struct {
-	rdb RedisClient
+	rdb redisClient
 	cfg Config
 	log *slog.Logger
 
 	cur     atomic.Pointer[held]
 	inRedis atomic.Bool
-	sealErr atomic.Pointer[error] // last ErrNoKey or ErrDecrypt from Load, nil once a load succeeds
+	sealErr atomic.Pointer[error] // last errNoKey or errDecrypt from Load, nil once a load succeeds
 	loads   atomic.Uint64
 	polled  atomic.Pointer[string] // the stored expiry Poll saw before the last good Load
 	metrics *storeMetrics          // nil without Config.Registerer
@@ -205,7 +205,7 @@ type Store struct {
 }
 
 // New returns a Store over rdb. It does not contact Redis.
-func New(rdb RedisClient, cfg Config) (*Store, error) {
+func New(rdb redisClient, cfg Config) (*Store, error) {
 	if rdb == nil {
 		return nil, errors.New("cache: nil Redis client")
 	}
@@ -292,7 +292,7 @@ func (s *Store) Held() (Token, bool) {
 }
 
 // Unreadable returns why the token in Redis cannot be read by this replica
-// (ErrNoKey, ErrDecrypt), or nil. Such a replica serves nothing new and
+// (errNoKey, errDecrypt), or nil. Such a replica serves nothing new and
 // should not lead: it would replace a token the rest of the fleet reads.
 func (s *Store) Unreadable() error {
 	if p := s.sealErr.Load(); p != nil {
@@ -378,7 +378,7 @@ func (s *Store) load(ctx context.Context, resync bool) (bool, error) {
 	s.inRedis.Store(true)
 	if keyID != "" {
 		if s.cfg.Keyring == nil {
-			err := fmt.Errorf("%w %q: this replica has no encryption keys (TOKENKEEPER_ENCRYPTION_KEYS)", ErrNoKey, keyID)
+			err := fmt.Errorf("%w %q: this replica has no encryption keys (TOKENKEEPER_ENCRYPTION_KEYS)", errNoKey, keyID)
 			s.sealErr.Store(&err)
 			return true, err
 		}
@@ -479,7 +479,7 @@ func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
 
 // readTimeout returns the read timeout of rdb, a go-redis client: a
 // command is answered within it or fails. 0 when unknown or unbounded.
-func readTimeout(rdb RedisClient) time.Duration {
+func readTimeout(rdb redisClient) time.Duration {
 	var d time.Duration
 	switch c := rdb.(type) {
 	case *redis.ClusterClient:
@@ -635,7 +635,7 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 		if cmd != nil && cmd.Err() != nil {
 			err = cmd.Err()
 		}
-		if err == nil || errors.Is(err, ErrReplication) {
+		if err == nil || errors.Is(err, errReplication) {
 			res, _ = cmd.Slice()
 		}
 	}
@@ -665,17 +665,17 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	}
 }
 
-// MaxValueBytes is the longest token the store accepts.
-const MaxValueBytes = 8 << 10
+// maxValueBytes is the longest token the store accepts.
+const maxValueBytes = 8 << 10
 
 // checkValue refuses a token that could not be a credential: empty, over
-// MaxValueBytes, or holding a space or control character.
+// maxValueBytes, or holding a space or control character.
 func checkValue(v string) error {
 	switch {
 	case v == "":
 		return fmt.Errorf("%w: empty", ErrInvalid)
-	case len(v) > MaxValueBytes:
-		return fmt.Errorf("%w: %d bytes, more than %d", ErrInvalid, len(v), MaxValueBytes)
+	case len(v) > maxValueBytes:
+		return fmt.Errorf("%w: %d bytes, more than %d", ErrInvalid, len(v), maxValueBytes)
 	}
 	for i := 0; i < len(v); i++ {
 		if c := v[i]; c <= ' ' || c == 0x7f {
@@ -985,7 +985,7 @@ func (s *Store) logRead(ctx context.Context, read func(context.Context) (bool, e
 	_, err := read(ctx)
 	switch {
 	case err == nil, ctx.Err() != nil:
-	case errors.Is(err, ErrNoKey), errors.Is(err, ErrDecrypt):
+	case errors.Is(err, errNoKey), errors.Is(err, errDecrypt):
 		s.log.Error("the token in Redis cannot be decrypted by this replica: not serving it; check TOKENKEEPER_ENCRYPTION_KEYS", "error", err)
 	case errors.Is(err, ErrWrongType):
 		s.log.Error("the token key in Redis holds a foreign value; it is treated as no token and overwritten by the leader: "+

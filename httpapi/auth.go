@@ -11,10 +11,10 @@ import (
 	"strings"
 )
 
-// DigestPrefix marks a configured key given as the SHA-256 of the key
+// digestPrefix marks a configured key given as the SHA-256 of the key
 // rather than the key itself: "sha256:" and 64 hex digits. Such a key
 // matches a request that presents the key whose digest it is.
-const DigestPrefix = "sha256:"
+const digestPrefix = "sha256:"
 
 // grant is the set of roles a presented key holds; a key may hold several.
 type grant uint8
@@ -63,7 +63,7 @@ func (ks *keySet) add(d [sha256.Size]byte, sc scope, name string) {
 }
 
 // parseKey returns the digest of a configured key, or why no client could
-// present it. A key written as DigestPrefix and 64 hex digits is taken as
+// present it. A key written as digestPrefix and 64 hex digits is taken as
 // a digest already.
 func parseKey(k string) ([sha256.Size]byte, error) {
 	var d [sha256.Size]byte
@@ -75,15 +75,15 @@ func parseKey(k string) ([sha256.Size]byte, error) {
 	case strings.ContainsFunc(k, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		return d, errors.New("contains a control character")
 	}
-	hexDigest, ok := strings.CutPrefix(k, DigestPrefix)
+	hexDigest, ok := strings.CutPrefix(k, digestPrefix)
 	if !ok {
 		return sha256.Sum256([]byte(k)), nil
 	}
 	if len(hexDigest) != hex.EncodedLen(sha256.Size) {
-		return d, fmt.Errorf("starts with %q but is not followed by 64 hex digits", DigestPrefix)
+		return d, fmt.Errorf("starts with %q but is not followed by 64 hex digits", digestPrefix)
 	}
 	if _, err := hex.Decode(d[:], []byte(hexDigest)); err != nil {
-		return d, fmt.Errorf("starts with %q but is not followed by 64 hex digits", DigestPrefix)
+		return d, fmt.Errorf("starts with %q but is not followed by 64 hex digits", digestPrefix)
 	}
 	return d, nil
 }

@@ -116,7 +116,7 @@ const (
 type Key struct {
 	// Name labels the key in errors; never the key itself.
 	Name string
-	// Value is the key, or DigestPrefix and the SHA-256 of it in hex.
+	// Value is the key, or digestPrefix and the SHA-256 of it in hex.
 	Value string
 	// Role is what it may do.
 	Role Role

@@ -34,7 +34,7 @@ func (s *Server) getToken(c echo.Context, now time.Time) error {
 	}
 	e := t.encode(tok)
 	if e.generation != nil {
-		c.Response().Header()[GenerationHeader] = e.generation
+		c.Response().Header()[generationHeader] = e.generation
 	}
 	bp := getBuf()
 	b := append((*bp)[:0], e.head...)
@@ -95,10 +95,10 @@ func (s *Server) getDeviceToken(c echo.Context, now time.Time) error {
 	return nil
 }
 
-// GenerationHeader names the generation of the token served
+// generationHeader names the generation of the token served
 // (cache.Token.Generation): it only grows, so a client that sees it go
 // down has been handed an older token than before.
-const GenerationHeader = "X-Tokenkeeper-Generation"
+const generationHeader = "X-Tokenkeeper-Generation"
 
 // encodedToken is the token route's answer for one token up to
 // expires_in's value, which is all of it that changes between reads, and

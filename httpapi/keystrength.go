@@ -21,7 +21,7 @@ const MinKeyBits = 128
 // repeats a shorter string, is estimated at 0. It is an upper bound for a
 // key drawn at random from that alphabet, and says nothing of a key chosen
 // by a person: `openssl rand -hex 32` or `openssl rand -base64 32` make
-// good keys. A key written as a digest (DigestPrefix) cannot be measured:
+// good keys. A key written as a digest (digestPrefix) cannot be measured:
 // KeyBits does not apply to it.
 func KeyBits(key string) float64 {
 	var lowerHex, upperHex, lower, upper, digit, b64, other, distinct int
@@ -86,11 +86,11 @@ func repeats(s string) bool {
 }
 
 // CheckKeyStrength returns why key is too weak to resist guessing (under
-// MinKeyBits by KeyBits), or nil. A digest (DigestPrefix) passes: its key
+// MinKeyBits by KeyBits), or nil. A digest (digestPrefix) passes: its key
 // cannot be measured, and whoever wrote the digest vouches for it. The
 // message never quotes the key.
 func CheckKeyStrength(key string) error {
-	if strings.HasPrefix(key, DigestPrefix) {
+	if strings.HasPrefix(key, digestPrefix) {
 		return nil
 	}
 	bits := KeyBits(key)

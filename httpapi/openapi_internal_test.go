@@ -173,7 +173,7 @@ func TestStatusPage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var ctl Controller
+			var ctl controller
 			if tt.admin != nil {
 				ctl = nopController{}
 			}

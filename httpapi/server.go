@@ -31,9 +31,9 @@ type Tokens interface {
 	Current() (cache.Token, bool)
 }
 
-// Controller is the fleet's control plane as this replica sees it. Its
+// controller is the fleet's control plane as this replica sees it. Its
 // methods must be safe for concurrent use.
-type Controller interface {
+type controller interface {
 	// Status describes the fleet as this replica sees it. Errors wrapping
 	// ErrUnavailable answer 503 with Retry-After (Config.RetryAfter),
 	// others 500; admins see their message.
@@ -62,7 +62,7 @@ type Status struct {
 	Ready bool `json:"ready"`
 	// TokenFingerprint names the token this replica holds (cache.Fingerprint).
 	TokenFingerprint string `json:"token_fingerprint,omitempty"`
-	// Generation is the held token's generation (GenerationHeader).
+	// Generation is the held token's generation (generationHeader, X-Tokenkeeper-Generation).
 	Generation uint64 `json:"generation,omitempty"`
 	// ExpiresAt is when that token expires.
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
@@ -187,7 +187,7 @@ const (
 type Server struct {
 	instance        string
 	catalog         catalog
-	ctl             Controller
+	ctl             controller
 	clock           clock.Clock
 	now             func() time.Time // clock.Now
 	fakeClock       bool             // clock is not clock.Real()
@@ -213,7 +213,7 @@ type Server struct {
 // routes. ctl may be nil when cfg has no admin keys. It rejects a
 // configuration with no reader key and no explicit anonymous reads, and
 // keys no client could present (empty, padded with white space).
-func New(cfg Config, tokens []Token, ctl Controller) (*Server, error) {
+func New(cfg Config, tokens []Token, ctl controller) (*Server, error) {
 	cat, err := newCatalog(tokens)
 	if err != nil {
 		return nil, err

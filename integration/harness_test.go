@@ -30,8 +30,6 @@ import (
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
-
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // Keys, names and credentials the fleet under test is configured with.
@@ -1144,4 +1142,11 @@ func (h *hostRedis) lockHolder() (string, error) {
 	return holderOf(v), nil
 }
 
-func holderOf(v string) string { return refresher.HolderOf(v) }
+// holderOf returns the instance in a lock value, tk:<16 hex>:<instance>
+// (docs/architecture.md, "Redis keys"), or "" when it names none.
+func holderOf(v string) string {
+	if rest, ok := strings.CutPrefix(v, "tk:"); ok && len(rest) > 17 && rest[16] == ':' {
+		return rest[17:]
+	}
+	return ""
+}

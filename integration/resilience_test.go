@@ -21,7 +21,7 @@ const heartbeatEvery = 5 * time.Second
 // handoverBudget is the longest a leader whose every upstream call is
 // refused at once may take, from the refresh falling due, to hand over: the
 // backoff ceilings between HandoverAfter attempts in a row (see
-// refresher.Backoff), plus a second for the release and the watch to see it.
+// the refresher's backoff), plus a second for the release and the watch to see it.
 func (tm timings) handoverBudget() time.Duration {
 	d := time.Second
 	for n := 1; n < tm.HandoverAfter; n++ {

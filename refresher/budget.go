@@ -13,9 +13,9 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
-// ErrAuthBudget means the fleet has used up its upstream logins for the
+// errAuthBudget means the fleet has used up its upstream logins for the
 // current minute.
-var ErrAuthBudget = errors.New("refresher: fleet-wide auth budget exhausted")
+var errAuthBudget = errors.New("refresher: fleet-wide auth budget exhausted")
 
 // AuthBudget limits upstream authentication calls across the whole fleet
 // with a one-minute sliding window kept in Redis, on Redis's clock.
@@ -48,7 +48,7 @@ var budgetLua string
 var budgetScript = redis.NewScript(budgetLua)
 
 // Take uses one call of the budget. When none is left it returns a
-// retryable *upstream.Error wrapping ErrAuthBudget whose RetryAfter says
+// retryable *upstream.Error wrapping errAuthBudget whose RetryAfter says
 // when one frees up. When Redis cannot be reached it fails closed, with a
 // retryable error.
 func (b *AuthBudget) Take(ctx context.Context) error {
@@ -61,7 +61,7 @@ func (b *AuthBudget) Take(ctx context.Context) error {
 		return &upstream.Error{Op: "auth", Retryable: true, Err: fmt.Errorf("auth budget: %w", err)}
 	}
 	if wait > 0 {
-		return &upstream.Error{Op: "auth", Retryable: true, RetryAfter: time.Duration(wait) * time.Millisecond, Err: ErrAuthBudget}
+		return &upstream.Error{Op: "auth", Retryable: true, RetryAfter: time.Duration(wait) * time.Millisecond, Err: errAuthBudget}
 	}
 	return nil
 }

@@ -98,8 +98,8 @@ type Fleet struct {
 	Refreshes []Attempt
 }
 
-// FleetReader is what ReadFleet needs of a go-redis client.
-type FleetReader interface {
+// fleetReader is what ReadFleet needs of a go-redis client.
+type fleetReader interface {
 	redis.Scripter
 	Get(ctx context.Context, key string) *redis.StringCmd
 }
@@ -108,7 +108,7 @@ type FleetReader interface {
 // replicas whose heartbeat has not expired (expired ones are removed) and
 // the last refresh attempts, dated at now on the reader's clock. It needs
 // no Refresher: `tokenkeeper status` uses it.
-func ReadFleet(ctx context.Context, rdb FleetReader, keys cache.Keys, now time.Time) (Fleet, error) {
+func ReadFleet(ctx context.Context, rdb fleetReader, keys cache.Keys, now time.Time) (Fleet, error) {
 	var f Fleet
 	var err error
 	if f.Leader, err = readLeader(ctx, rdb, keys.Lock); err != nil {
@@ -130,7 +130,7 @@ func ReadReplicas(ctx context.Context, rdb redis.Scripter, keys cache.Keys) ([]R
 }
 
 // readLeader returns the instance id in the lock's value, or "".
-func readLeader(ctx context.Context, rdb FleetReader, lockKey string) (string, error) {
+func readLeader(ctx context.Context, rdb fleetReader, lockKey string) (string, error) {
 	v, err := rdb.Get(ctx, lockKey).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", nil
@@ -138,7 +138,7 @@ func readLeader(ctx context.Context, rdb FleetReader, lockKey string) (string, e
 	if err != nil {
 		return "", fmt.Errorf("refresher: read lock: %w", err)
 	}
-	return HolderOf(v), nil
+	return holderOf(v), nil
 }
 
 // The lock's value is this package's, not redislock's: "tk:", 16 random
@@ -159,11 +159,11 @@ func newLockValue(instance string) (string, error) {
 	return lockPrefix + hex.EncodeToString(b[:]) + ":" + instance, nil
 }
 
-// HolderOf returns the instance id in a lock value, or "" when it names
+// holderOf returns the instance id in a lock value, or "" when it names
 // none. It also reads the value replicas of earlier versions wrote (22
 // random characters, then the instance id), so a fleet upgraded one
 // replica at a time still sees its leader.
-func HolderOf(value string) string {
+func holderOf(value string) string {
 	if rest, ok := strings.CutPrefix(value, lockPrefix); ok && len(rest) > lockNonceLen && rest[lockNonceLen] == ':' {
 		return rest[lockNonceLen+1:]
 	}

@@ -41,8 +41,8 @@ type Source interface {
 	Token(ctx context.Context) (upstream.Token, error)
 }
 
-// RedisClient is what the refresher needs of a go-redis client.
-type RedisClient interface {
+// redisClient is what the refresher needs of a go-redis client.
+type redisClient interface {
 	redis.Scripter
 	Get(ctx context.Context, key string) *redis.StringCmd
 	PTTL(ctx context.Context, key string) *redis.DurationCmd
@@ -138,7 +138,7 @@ const MinLockTTL = 300 * time.Millisecond
 // call concurrently with Run.
 type Refresher struct {
 	cfg    Config
-	rdb    RedisClient
+	rdb    redisClient
 	store  *cache.Store
 	src    Source
 	locker *redislock.Client
@@ -170,7 +170,7 @@ type Refresher struct {
 }
 
 // New returns a Refresher, or an error naming the first impossible setting.
-func New(cfg Config, rdb RedisClient, store *cache.Store, src Source) (*Refresher, error) {
+func New(cfg Config, rdb redisClient, store *cache.Store, src Source) (*Refresher, error) {
 	if rdb == nil || store == nil || src == nil {
 		return nil, errors.New("refresher: Redis client, store and source are required")
 	}
@@ -808,7 +808,7 @@ func (r *Refresher) work(ctx context.Context, lockValue string) endReason {
 // fleet's sign-on budget and fencing are no reason: another replica would
 // meet them too.
 func (r *Refresher) handOver(st *leaderState, err error) bool {
-	if err == nil || errors.Is(err, ErrAuthBudget) || !isUpstreamFailure(err) {
+	if err == nil || errors.Is(err, errAuthBudget) || !isUpstreamFailure(err) {
 		return false
 	}
 	return !upstream.IsRetryable(err) || st.failed >= r.cfg.HandoverAfter
@@ -846,7 +846,7 @@ func (r *Refresher) inherit(ctx context.Context, st *leaderState) {
 	}
 	last := atts[0]
 	st.attempt = n
-	st.retryAt = last.At.Add(Backoff(n, r.cfg.RetryMin, r.cfg.RetryMax, last.RetryAfter))
+	st.retryAt = last.At.Add(backoff(n, r.cfg.RetryMin, r.cfg.RetryMax, last.RetryAfter))
 	r.log.Info("going on from the fleet's failed refreshes", "failures_in_a_row", n, "last_by", last.By,
 		"retry_in", max(st.retryAt.Sub(r.cfg.Clock.Now()), 0).Round(time.Millisecond))
 }
@@ -899,7 +899,7 @@ func (r *Refresher) due(st *leaderState) time.Time {
 			f = mrand.Float64()
 			st.jitter[tok.Value] = f
 		}
-		at = NextRefresh(tok, r.cfg.RefreshBefore, time.Duration(f*float64(r.cfg.Jitter)), r.store.ServeMargin())
+		at = nextRefreshAt(tok, r.cfg.RefreshBefore, time.Duration(f*float64(r.cfg.Jitter)), r.store.ServeMargin())
 	}
 	if at.Before(st.retryAt) {
 		at = st.retryAt
@@ -928,11 +928,11 @@ func (r *Refresher) unsavedNewer() bool {
 	return false
 }
 
-// NextRefresh returns when a token should be refreshed: refreshBefore plus
+// nextRefreshAt returns when a token should be refreshed: refreshBefore plus
 // jitter before its deadline, but never before half of its servable life
 // has passed, so a token that lives shorter than the window does not cause
 // a fetch loop.
-func NextRefresh(tok cache.Token, refreshBefore, jitter, margin time.Duration) time.Time {
+func nextRefreshAt(tok cache.Token, refreshBefore, jitter, margin time.Duration) time.Time {
 	at := tok.Deadline.Add(-refreshBefore - jitter)
 	if !tok.FetchedAt.IsZero() {
 		floor := tok.FetchedAt.Add(tok.Deadline.Sub(tok.FetchedAt.Add(margin)) / 2)
@@ -943,10 +943,10 @@ func NextRefresh(tok cache.Token, refreshBefore, jitter, margin time.Duration) t
 	return at
 }
 
-// Backoff returns the wait after the n-th failure in a row (n >= 1): a
+// backoff returns the wait after the n-th failure in a row (n >= 1): a
 // random duration in [min, min(max, min*2^(n-1))], and never less than
 // retryAfter (capped at 10 minutes).
-func Backoff(n int, minWait, maxWait, retryAfter time.Duration) time.Duration {
+func backoff(n int, minWait, maxWait, retryAfter time.Duration) time.Duration {
 	ceiling := maxWait
 	if n < 31 {
 		if c := minWait << (n - 1); c > 0 && c < maxWait {
@@ -1004,7 +1004,7 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		st.attempt++
 		st.failed++
 		retryAfter = upstream.RetryAfter(err)
-		wait := Backoff(st.attempt, r.cfg.RetryMin, r.cfg.RetryMax, retryAfter)
+		wait := backoff(st.attempt, r.cfg.RetryMin, r.cfg.RetryMax, retryAfter)
 		if !upstream.IsRetryable(err) && !errors.Is(err, cache.ErrFenced) {
 			wait = max(wait, r.cfg.RetryMax)
 		}
@@ -1093,7 +1093,7 @@ const (
 // noteUpstream records whether this replica's call to the upstream worked.
 // The fleet's sign-on budget says nothing of reachability.
 func (r *Refresher) noteUpstream(err error) {
-	if errors.Is(err, ErrAuthBudget) {
+	if errors.Is(err, errAuthBudget) {
 		return
 	}
 	r.mu.Lock()
@@ -1200,7 +1200,7 @@ func (r *Refresher) Status(ctx context.Context) (Status, error) {
 		s.TokenFingerprint, s.Generation = tok.Fingerprint(), tok.Generation
 		s.ExpiresAt = now.Add(tok.Remaining(now)).Round(0)
 		s.LastRefresh = tok.FetchedAt.Round(0)
-		s.NextRefresh = NextRefresh(tok, r.cfg.RefreshBefore, 0, r.store.ServeMargin()).Round(0)
+		s.NextRefresh = nextRefreshAt(tok, r.cfg.RefreshBefore, 0, r.store.ServeMargin()).Round(0)
 	}
 	_, s.Ready = r.store.Current()
 	r.mu.Lock()

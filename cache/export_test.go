@@ -1,0 +1,10 @@
+package cache
+
+// Exported for the tests of package cache_test.
+var (
+	ErrNoKey       = errNoKey
+	ErrDecrypt     = errDecrypt
+	ErrReplication = errReplication
+)
+
+const MaxValueBytes = maxValueBytes

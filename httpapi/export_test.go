@@ -1,0 +1,10 @@
+package httpapi
+
+// Exported for the tests of package httpapi_test.
+const (
+	DigestPrefix     = digestPrefix
+	GenerationHeader = generationHeader
+)
+
+// Controller is the admin routes' view of the fleet.
+type Controller = controller

@@ -1,0 +1,10 @@
+package refresher
+
+// Exported for the tests of package refresher_test.
+var (
+	NextRefresh = nextRefreshAt
+	HolderOf    = holderOf
+	Backoff     = backoff
+)
+
+var ErrAuthBudget = errAuthBudget
