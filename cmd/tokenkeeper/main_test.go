@@ -35,7 +35,14 @@ type fleetTimings struct {
 	lifetime, before, margin, lockTTL time.Duration
 }
 
-var compressed = fleetTimings{lifetime: 3 * time.Second, before: time.Second, margin: 500 * time.Millisecond, lockTTL: time.Second}
+// compressed keeps the production proportions that matter under load. A
+// token is dated early, never late, by up to a Redis command's budget
+// (half the lock TTL) where it is written and again where it is read, so
+// the refresh window must hold the serve margin, twice that budget and
+// the propagation: 0.5 s + 2 × 0.5 s + pub/sub < 2 s. With a 1 s window a
+// busy machine, whose round trips reach the budget, had replicas answer
+// 503 before the next token arrived.
+var compressed = fleetTimings{lifetime: 4 * time.Second, before: 2 * time.Second, margin: 500 * time.Millisecond, lockTTL: time.Second}
 
 // testReplica is one Program running for real on 127.0.0.1:0.
 type testReplica struct {
