@@ -235,6 +235,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 	defer stopLeading()
 	part(lead, "Redis", k.checkCommands)
 	part(follow, "events", k.events.Run)
+	part(follow, "sentinel", k.followSentinel)
 	for _, t := range k.tokens {
 		prefix := ""
 		if !k.cfg.single {

@@ -46,6 +46,43 @@ type Events struct {
 	mu      sync.Mutex
 	routes  map[string]*route // by channel; guarded by mu
 	running bool              // guarded by mu
+	// again ends the subscriptions in use (Resubscribe) so that Run makes
+	// new ones; replaced each time. Guarded by mu.
+	again chan struct{}
+}
+
+// Resubscribe ends the subscriptions in use; Run subscribes again at once,
+// and every store reads Redis once subscribed. For a topology that moved
+// under a subscription that does not know it: after a Sentinel failover
+// the subscription stays on the old master's connection until its health
+// check gives up. It does not block.
+func (e *Events) Resubscribe() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.again != nil {
+		close(e.again)
+	}
+	e.again = make(chan struct{})
+}
+
+// resubscribed returns a context that ends with ctx or at the next
+// Resubscribe.
+func (e *Events) resubscribed(ctx context.Context) (context.Context, context.CancelFunc) {
+	e.mu.Lock()
+	if e.again == nil {
+		e.again = make(chan struct{})
+	}
+	again := e.again
+	e.mu.Unlock()
+	sctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-again:
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	return sctx, cancel
 }
 
 // NewEvents returns an Events over rdb. It does not contact Redis.
@@ -153,7 +190,11 @@ func (e *Events) Run(ctx context.Context) error {
 		e.sharded.Store(false)
 	}
 	if !e.sharded.Load() {
-		e.follow(ctx, e.rdb.Subscribe(ctx, channels...))
+		for ctx.Err() == nil {
+			sctx, cancel := e.resubscribed(ctx)
+			e.follow(sctx, e.rdb.Subscribe(sctx, channels...))
+			cancel()
+		}
 		return ctx.Err()
 	}
 	var wg sync.WaitGroup
@@ -176,7 +217,7 @@ func (e *Events) Run(ctx context.Context) error {
 // master: a master that died ends nothing (no answer comes from it), so
 // the slot map, which the client reloads, is looked at every second.
 func (e *Events) followShard(ctx context.Context, channel string) {
-	fctx, cancel := context.WithCancel(ctx)
+	fctx, cancel := e.resubscribed(ctx)
 	defer cancel()
 	if cc, ok := e.rdb.(*redis.ClusterClient); ok {
 		if owner := shardOf(fctx, cc, channel); owner != "" {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -302,4 +304,50 @@ func TestEventsTheStoreCannotDateAreRead(t *testing.T) {
 			t.Fatalf("%s: serves %q, want the token Redis holds", c.name, got.Value)
 		}
 	}
+}
+
+// Resubscribe ends the subscription in use and makes a new one, after
+// which every store reads Redis: a token written while the subscription
+// was deaf (here: written without an event) is picked up at once, not at
+// the next poll.
+func TestResubscribeReadsRedisAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tl, srv := onFakeTime(t)
+		keys := cache.KeysFor("liveness")
+		rdb := srv.Client(t)
+		events := cache.NewEvents(rdb, cache.EventsConfig{Logger: quiet, Clock: tl.Clock})
+		// The writer publishes elsewhere: its write reaches the reader by
+		// no event.
+		silent := keys
+		silent.Events += ":elsewhere"
+		writer, err := cache.New(srv.Client(t), cache.Config{Keys: silent, ServeMargin: time.Second, Clock: tl.Clock, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reader, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: time.Hour, Clock: tl.Clock, Logger: quiet, Events: events})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		var wg sync.WaitGroup
+		wg.Go(func() { events.Run(ctx) })
+		wg.Go(func() { reader.Run(ctx) })
+		defer wg.Wait()
+		defer cancel()
+		tl.Settle()
+
+		srv.Mini.Set(keys.Lock, "holder")
+		if _, err := writer.Write(t.Context(), cache.Write{LockValue: "holder", Value: "tok", Deadline: tl.Now().Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		tl.Settle()
+		if _, ok := reader.Current(); ok {
+			t.Fatal("the reader holds the token before resubscribing: the test proves nothing")
+		}
+		events.Resubscribe()
+		tl.Settle()
+		if got, ok := reader.Current(); !ok || got.Value != "tok" {
+			t.Fatalf("after Resubscribe the reader holds %q (%v), want tok at once", got.Value, ok)
+		}
+	})
 }
