@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -20,7 +19,6 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/catalog"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -268,7 +266,7 @@ type Config struct {
 	RDP RDPConfig
 	// Catalog is the file TOKENKEEPER_CONFIG names, nil without one: the
 	// environment then describes the one liveness token.
-	Catalog *catalog.Catalog
+	Catalog *tokenkeeper.Catalog
 }
 
 // RDPConfig is the upstream part of Config.
@@ -347,7 +345,7 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	}
 	catalogFailed := false
 	if path := v.str("TOKENKEEPER_CONFIG"); path != "" {
-		cat, err := loadCatalog(path, getenv, readFile)
+		cat, err := loadCatalog(path, getenv, readFile, c.RDP.RootCAs)
 		if err != nil {
 			v.errs = append(v.errs, err)
 			catalogFailed = true
@@ -374,9 +372,7 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 		v.fail("TOKENKEEPER_HANDOVER_AFTER: %d must be at least 1", c.HandoverAfter)
 	}
 	if c.Catalog != nil {
-		for _, id := range c.Catalog.Identities {
-			c.Security.Identities = append(c.Security.Identities, httpapi.Identity{Name: id.Name, Subject: id.Subject, Role: httpapi.Role(id.Role), Tokens: id.Tokens})
-		}
+		c.Security.Identities = append(c.Security.Identities, c.Catalog.Identities...)
 	}
 	if len(c.Security.Identities) > 0 && (c.TLS == nil || c.TLS.ClientCAs == nil) {
 		v.fail("TOKENKEEPER_TLS_IDENTITIES (or the catalog's identities) need TOKENKEEPER_TLS_CLIENT_CA and TOKENKEEPER_TLS_CERT: no client certificate is verified without them")
@@ -499,12 +495,12 @@ func checkRules(v *values, c Config) {
 
 // hasReaders reports whether cat has a reader key: as with the
 // environment's keys, admin keys alone do not open the read route.
-func hasReaders(cat *catalog.Catalog) bool {
+func hasReaders(cat *tokenkeeper.Catalog) bool {
 	if cat == nil {
 		return false
 	}
 	for _, k := range cat.Keys {
-		if k.Role == catalog.RoleReader {
+		if k.Role == httpapi.RoleReader || k.Role == "" {
 			return true
 		}
 	}
@@ -513,21 +509,26 @@ func hasReaders(cat *catalog.Catalog) bool {
 
 // loadCatalog reads and checks the catalog file at path, secrets coming
 // from the environment and from files.
-func loadCatalog(path string, getenv func(string) string, readFile func(string) ([]byte, error)) (*catalog.Catalog, error) {
-	return parseCatalog(path, getenv, readFile, false)
+func loadCatalog(path string, getenv func(string) string, readFile func(string) ([]byte, error), roots *x509.CertPool) (*tokenkeeper.Catalog, error) {
+	return parseCatalog(path, getenv, readFile, false, roots)
 }
 
 // parseCatalog is loadCatalog, Offline when offline is set.
-func parseCatalog(path string, getenv func(string) string, readFile func(string) ([]byte, error), offline bool) (*catalog.Catalog, error) {
+func parseCatalog(path string, getenv func(string) string, readFile func(string) ([]byte, error), offline bool, roots *x509.CertPool) (*tokenkeeper.Catalog, error) {
 	data, err := readFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("TOKENKEEPER_CONFIG: %w", err)
 	}
-	return catalog.Parse(data, catalog.Options{
-		File:      path,
+	return tokenkeeper.LoadCatalog(path, tokenkeeper.CatalogOptions{
 		LookupEnv: func(k string) (string, bool) { v := getenv(k); return v, v != "" },
-		ReadFile:  readFile,
-		Offline:   offline,
+		ReadFile: func(p string) ([]byte, error) {
+			if p == path {
+				return data, nil
+			}
+			return readFile(p)
+		},
+		Offline: offline,
+		RootCAs: roots,
 	})
 }
 
@@ -538,7 +539,7 @@ func (c Config) keeperConfig() tokenkeeper.Config {
 	var tokens []tokenkeeper.TokenConfig
 	var keys []httpapi.Key
 	if c.Catalog != nil {
-		tokens, keys = c.catalogTokens()
+		tokens, keys = c.Catalog.Tokens, c.Catalog.Keys
 	}
 	return tokenkeeper.Config{
 		Tokens: tokens,
@@ -553,52 +554,6 @@ func (c Config) keeperConfig() tokenkeeper.Config {
 			Security: c.Security,
 		},
 	}
-}
-
-// catalogTokens turns the catalog's tokens and keys into the front
-// door's.
-func (c Config) catalogTokens() ([]tokenkeeper.TokenConfig, []httpapi.Key) {
-	var tokens []tokenkeeper.TokenConfig
-	for _, t := range c.Catalog.Tokens {
-		tc := tokenkeeper.TokenConfig{
-			Name: t.Name, Optional: !t.Required, PerDevice: t.Mode == catalog.ModePerDevice,
-			MintsPerMinute: t.MintsPerMinute, MintsPerDeviceHour: t.MintsPerDeviceHour,
-			ServeMargin: t.ServeMargin, RefreshBefore: t.RefreshBefore, AuthPerMinute: t.AuthPerMinute,
-		}
-		switch {
-		case t.RDP != nil:
-			r := t.RDP
-			tc.RDP = &upstream.Config{
-				BaseURL: r.BaseURL, Auth: upstream.AuthVersion(r.Auth), ClientID: r.ClientID, ClientSecret: r.ClientSecret,
-				Username: r.Username, Password: r.Password, Scope: r.Scope,
-				LivenessPath: r.LivenessPath, LivenessMethod: r.LivenessMethod,
-				DefaultLifetime: t.Lifetime, Timeout: t.Timeout, RootCAs: c.RDP.RootCAs,
-			}
-		case t.OAuth2 != nil:
-			o := t.OAuth2
-			params := url.Values{}
-			for k, v := range o.Params {
-				params.Set(k, v)
-			}
-			if o.Audience != "" {
-				params.Set("audience", o.Audience)
-			}
-			if o.Resource != "" {
-				params.Set("resource", o.Resource)
-			}
-			tc.OAuth2 = &upstream.OAuth2Config{
-				TokenURL: o.TokenURL, ClientID: o.ClientID, ClientSecret: o.ClientSecret,
-				Scopes: o.Scopes, EndpointParams: params, AuthStyle: o.AuthStyle,
-				DefaultLifetime: t.Lifetime, Timeout: t.Timeout, RootCAs: c.RDP.RootCAs,
-			}
-		}
-		tokens = append(tokens, tc)
-	}
-	var keys []httpapi.Key
-	for _, k := range c.Catalog.Keys {
-		keys = append(keys, httpapi.Key{Name: k.Name, Value: k.Value, Role: httpapi.Role(k.Role), Tokens: k.Tokens})
-	}
-	return tokens, keys
 }
 
 // upstreamConfig is the RDP client's configuration.

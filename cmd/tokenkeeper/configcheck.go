@@ -32,7 +32,7 @@ func runConfig(_ context.Context, args []string, getenv func(string) string, std
 		return errors.New("config check: give one file")
 	}
 	file := fs.Arg(0)
-	cat, err := parseCatalog(file, getenv, os.ReadFile, *offline)
+	cat, err := parseCatalog(file, getenv, os.ReadFile, *offline, nil)
 	if err != nil {
 		return fmt.Errorf("%s is not valid:\n%w", file, err)
 	}

@@ -13,8 +13,9 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokenkeeper/tokenkeeper/catalog"
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // newDemoKey returns a new admin key for one run of the demo: 32 random
@@ -118,27 +119,26 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 // settings, shared by every caller; per-device, the same RDP minting a
 // liveness token per device; and partner, an OAuth2 token from the fake
 // at idpURL.
-func demoCatalog(cfg Config, idpURL string) *catalog.Catalog {
-	return &catalog.Catalog{Tokens: []catalog.Token{
+func demoCatalog(cfg Config, idpURL string) *tokenkeeper.Catalog {
+	rdp := func() *upstream.Config {
+		return &upstream.Config{BaseURL: cfg.RDP.BaseURL, Auth: upstream.AuthV2, ClientID: cfg.RDP.ClientID, ClientSecret: cfg.RDP.ClientSecret,
+			DefaultLifetime: cfg.TokenLifetime, Timeout: 5 * time.Second}
+	}
+	return &tokenkeeper.Catalog{Tokens: []tokenkeeper.TokenConfig{
 		{
-			Name: "liveness", Source: catalog.SourceRDP, Required: true,
-			ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, Lifetime: cfg.TokenLifetime,
-			Timeout: 5 * time.Second, AuthPerMinute: cfg.AuthPerMinute,
-			RDP: &catalog.RDP{BaseURL: cfg.RDP.BaseURL, Auth: "v2", ClientID: cfg.RDP.ClientID, ClientSecret: cfg.RDP.ClientSecret},
+			Name: "liveness", ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, AuthPerMinute: cfg.AuthPerMinute,
+			RDP: rdp(),
 		},
 		{
-			Name: "per-device", Source: catalog.SourceRDP, Mode: catalog.ModePerDevice, Required: false,
-			ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, Lifetime: cfg.TokenLifetime,
-			Timeout: 5 * time.Second, AuthPerMinute: cfg.AuthPerMinute,
-			RDP: &catalog.RDP{BaseURL: cfg.RDP.BaseURL, Auth: "v2", ClientID: cfg.RDP.ClientID, ClientSecret: cfg.RDP.ClientSecret},
+			Name: "per-device", Optional: true, PerDevice: true,
+			ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, AuthPerMinute: cfg.AuthPerMinute,
+			RDP: rdp(),
 		},
 		{
-			Name: "partner", Source: catalog.SourceOAuth2, Required: false,
-			ServeMargin: 15 * time.Second, RefreshBefore: time.Minute, Lifetime: 3 * time.Minute,
-			Timeout: 5 * time.Second, AuthPerMinute: cfg.AuthPerMinute,
-			OAuth2: &catalog.OAuth2{
+			Name: "partner", Optional: true, ServeMargin: 15 * time.Second, RefreshBefore: time.Minute, AuthPerMinute: cfg.AuthPerMinute,
+			OAuth2: &upstream.OAuth2Config{
 				TokenURL: idpURL + fakerdp.OAuth2TokenPath, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret,
-				Scopes: []string{"partner.read"}, AuthStyle: "auto",
+				Scopes: []string{"partner.read"}, AuthStyle: upstream.OAuth2AuthAuto, DefaultLifetime: 3 * time.Minute, Timeout: 5 * time.Second,
 			},
 		},
 	}}

@@ -18,8 +18,8 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/catalog"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
@@ -223,7 +223,7 @@ func checkTokenNames(names []string) ([]string, error) {
 // file's tokens alone, with a note on stderr. Only a file that cannot be
 // read, or whose token names cannot be made out, is an error.
 func catalogNames(path string, getenv func(string) string, readFile func(string) ([]byte, error), stderr io.Writer) ([]string, error) {
-	cat, err := loadCatalog(path, getenv, readFile)
+	cat, err := loadCatalog(path, getenv, readFile, nil)
 	if err == nil {
 		names := make([]string, 0, len(cat.Tokens))
 		for _, t := range cat.Tokens {

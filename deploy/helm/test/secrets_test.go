@@ -11,7 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/tokenkeeper/tokenkeeper/catalog"
+	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 )
 
 // canary stands for a secret value a user might hand the chart.

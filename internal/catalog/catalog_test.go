@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/catalog"
+	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 )
 
 // validFile is the format's example, with one more token and key.

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tokenkeeper/tokenkeeper/catalog"
+	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 )
 
 const identitiesHead = `

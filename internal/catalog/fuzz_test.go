@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tokenkeeper/tokenkeeper/catalog"
+	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 )
 
 // FuzzParse checks that Parse never panics, that its errors are made of

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tokenkeeper/tokenkeeper/catalog"
+	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 )
 
 func TestDescribe(t *testing.T) {
