@@ -19,17 +19,17 @@ type Token struct {
 	Optional bool
 	// Source gives the token. For a per-device token it is the shared
 	// access token, which is never served: only its readiness counts.
-	Source Tokens
+	Source tokenSource
 	// Devices, when set, makes the token per device: GET
 	// /v1/tokens/{name}/devices/{device} asks it for the device's token,
 	// and GET /v1/tokens/{name} answers 400.
-	Devices Devices
+	Devices deviceMinter
 }
 
-// Devices mints per-device tokens. Errors wrapping ErrBadDevice answer
+// deviceMinter mints per-device tokens. Errors wrapping ErrBadDevice answer
 // 400, ErrUnavailable 503 with Retry-After; their messages are shown to
 // the caller, so they must not hold secrets or the device id.
-type Devices interface {
+type deviceMinter interface {
 	Token(ctx context.Context, device string) (cache.Token, error)
 }
 
@@ -52,7 +52,7 @@ const DefaultName = "liveness"
 
 // Single is the catalog of a fleet that keeps one token, the liveness
 // token, from t.
-func Single(t Tokens) []Token { return []Token{{Name: DefaultName, Source: t}} }
+func Single(t tokenSource) []Token { return []Token{{Name: DefaultName, Source: t}} }
 
 // served is one token as the server serves it.
 type served struct {

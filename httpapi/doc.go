@@ -18,7 +18,7 @@
 //
 // # Guarantees
 //
-//   - The token route never serves a token that Tokens.Current does not
+//   - The token route never serves a token that tokenSource.Current does not
 //     offer, nor one whose deadline has passed; with none it answers 503 with
 //     Retry-After. It never touches Redis or the upstream.
 //   - The key is checked before the token name, so without a valid key every

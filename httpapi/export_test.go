@@ -8,3 +8,17 @@ const (
 
 // Controller is the admin routes' view of the fleet.
 type Controller = controller
+
+// For the tests of package httpapi_test.
+type (
+	Tokens  = tokenSource
+	Devices = deviceMinter
+)
+
+const (
+	UpstreamOK      = upstreamOK
+	UpstreamFailing = upstreamFailing
+	MinKeyBits      = minKeyBits
+)
+
+var KeyBits = keyBits

@@ -27,22 +27,22 @@ type Replica struct {
 	// Problem is what keeps it from serving or leading, when it knows.
 	Problem string `json:"problem,omitempty"`
 	// Upstream is whether this replica can reach the upstream, as its own
-	// attempts while leading last showed: UpstreamOK, UpstreamFailing, or
+	// attempts while leading last showed: "ok", "failing", or
 	// empty when it has not tried while leading.
 	Upstream string `json:"upstream,omitempty"`
 	// UpstreamError is the error of its last failed attempt, when Upstream
-	// is UpstreamFailing. It is shown to admins, so it must not hold
+	// is "failing". It is shown to admins, so it must not hold
 	// secrets.
 	UpstreamError string `json:"upstream_error,omitempty"`
 }
 
 // Values of Replica.Upstream.
 const (
-	// UpstreamOK: the replica's last attempt to reach the upstream
+	// upstreamOK: the replica's last attempt to reach the upstream
 	// succeeded.
-	UpstreamOK = "ok"
-	// UpstreamFailing: its last attempts failed.
-	UpstreamFailing = "failing"
+	upstreamOK = "ok"
+	// upstreamFailing: its last attempts failed.
+	upstreamFailing = "failing"
 )
 
 // Refresh is one refresh attempt by a leader as GET /v1/status shows it

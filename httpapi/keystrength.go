@@ -6,13 +6,13 @@ import (
 	"strings"
 )
 
-// MinKeyBits is the least estimated randomness, in bits, of a reader or
+// minKeyBits is the least estimated randomness, in bits, of a reader or
 // admin key that New accepts without Config.AllowWeakKeys: at a million
 // guesses a second, finding one key of 128 random bits takes some 10^25
 // years, however many replicas and addresses a guesser uses.
-const MinKeyBits = 128
+const minKeyBits = 128
 
-// KeyBits estimates the randomness of key in bits, as its length times
+// keyBits estimates the randomness of key in bits, as its length times
 // the bits of one character of the smallest of these alphabets that holds
 // every character: digits (10), hex digits of one case (16), digits and
 // letters of one case (36), base64 or base64url (letters, digits, + / - _
@@ -22,8 +22,8 @@ const MinKeyBits = 128
 // key drawn at random from that alphabet, and says nothing of a key chosen
 // by a person: `openssl rand -hex 32` or `openssl rand -base64 32` make
 // good keys. A key written as a digest (digestPrefix) cannot be measured:
-// KeyBits does not apply to it.
-func KeyBits(key string) float64 {
+// keyBits does not apply to it.
+func keyBits(key string) float64 {
 	var lowerHex, upperHex, lower, upper, digit, b64, other, distinct int
 	var seen [256]bool
 	n := 0
@@ -86,21 +86,21 @@ func repeats(s string) bool {
 }
 
 // CheckKeyStrength returns why key is too weak to resist guessing (under
-// MinKeyBits by KeyBits), or nil. A digest (digestPrefix) passes: its key
+// minKeyBits by keyBits), or nil. A digest (digestPrefix) passes: its key
 // cannot be measured, and whoever wrote the digest vouches for it. The
 // message never quotes the key.
 func CheckKeyStrength(key string) error {
 	if strings.HasPrefix(key, digestPrefix) {
 		return nil
 	}
-	bits := KeyBits(key)
+	bits := keyBits(key)
 	switch {
-	case bits >= MinKeyBits:
+	case bits >= minKeyBits:
 		return nil
 	case len(key) >= 2 && repeats(key):
-		return fmt.Errorf("is too weak to resist guessing: it repeats a shorter string; use %d bits of randomness (32 hex digits or 22 base64 characters drawn at random, as openssl rand -hex 32 makes)", MinKeyBits)
+		return fmt.Errorf("is too weak to resist guessing: it repeats a shorter string; use %d bits of randomness (32 hex digits or 22 base64 characters drawn at random, as openssl rand -hex 32 makes)", minKeyBits)
 	case bits == 0:
-		return fmt.Errorf("is too weak to resist guessing: it has fewer than %d different characters; use %d bits of randomness (32 hex digits or 22 base64 characters drawn at random, as openssl rand -hex 32 makes)", minDistinct, MinKeyBits)
+		return fmt.Errorf("is too weak to resist guessing: it has fewer than %d different characters; use %d bits of randomness (32 hex digits or 22 base64 characters drawn at random, as openssl rand -hex 32 makes)", minDistinct, minKeyBits)
 	}
-	return fmt.Errorf("is too weak to resist guessing: about %.0f bits of randomness, %d needed (32 hex digits or 22 base64 characters drawn at random, as openssl rand -hex 32 makes)", bits, MinKeyBits)
+	return fmt.Errorf("is too weak to resist guessing: about %.0f bits of randomness, %d needed (32 hex digits or 22 base64 characters drawn at random, as openssl rand -hex 32 makes)", bits, minKeyBits)
 }

@@ -23,8 +23,8 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
-// Tokens gives one token this replica may serve now.
-type Tokens interface {
+// tokenSource gives one token this replica may serve now.
+type tokenSource interface {
 	// Current returns the token if it is servable now (not within the serve
 	// margin of expiry). It is called on every read: it must be fast, must
 	// not block and must be safe for concurrent use.
