@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/clock"
+	"github.com/tokenkeeper/tokenkeeper/internal/plant"
 )
 
 // Errors returned by Store.Write. Check them with errors.Is.
@@ -275,7 +276,7 @@ func (s *Store) ServeMargin() time.Duration { return s.cfg.ServeMargin }
 // the serve margin away from its deadline. It never touches Redis.
 func (s *Store) Current() (Token, bool) {
 	t := s.cur.Load()
-	if t == nil || !t.ServableAt(s.cfg.Clock.Now(), s.cfg.ServeMargin) {
+	if t == nil || !t.ServableAt(s.cfg.Clock.Now(), s.cfg.ServeMargin) && !plant.On(plant.ServeExpired) {
 		return Token{}, false
 	}
 	return t.Token, true
@@ -333,6 +334,10 @@ var readScript = redis.NewScript(readLua)
 // A token key of another type than a hash is overwritten: only the lock
 // holder gets this far.
 var writeScript = redis.NewScript(writeLua)
+
+// unfencedScript is writeScript without its fence, for the simulator's
+// planted bug plant.FenceOff alone.
+var unfencedScript = redis.NewScript(strings.Replace(writeLua, "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0} end", "", 1))
 
 // Load reads the token from Redis and adopts it when it differs from the
 // copy in memory. It reports whether Redis held a token. When Redis holds
@@ -461,7 +466,7 @@ func (s *Store) LockLost() {
 // replica goes back to. Behind reports it, so that the leader writes the
 // newer token back from memory.
 func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
-	if old := s.cur.Load(); !resync && old != nil && old.Value != t.Value && !seen.Before(old.seen) &&
+	if old := s.cur.Load(); !resync && !plant.On(plant.AdoptOlder) && old != nil && old.Value != t.Value && !seen.Before(old.seen) &&
 		t.Deadline.Before(old.Deadline) && old.Remaining(s.cfg.Clock.Now()) > 0 {
 		if !s.behind.Swap(true) {
 			s.metrics.anomaly(anomalyTokenOlder)
@@ -627,11 +632,15 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	args := []any{w.LockValue, stored, storedTTL.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
 		s.cfg.Keys.Events, string(event), keyID, s.events.publishCommand(), known}
 	var res []any
+	script := writeScript
+	if plant.On(plant.FenceOff) {
+		script = unfencedScript
+	}
 	if s.cfg.Replication.Replicas == 0 {
-		res, err = writeScript.Run(ctx, s.rdb, keys, args...).Slice()
+		res, err = script.Run(ctx, s.rdb, keys, args...).Slice()
 	} else {
 		var cmd *redis.Cmd
-		err = s.replicated(ctx, func(p redis.Pipeliner) { cmd = writeScript.Eval(ctx, p, keys, args...) })
+		err = s.replicated(ctx, func(p redis.Pipeliner) { cmd = script.Eval(ctx, p, keys, args...) })
 		if cmd != nil && cmd.Err() != nil {
 			err = cmd.Err()
 		}
@@ -932,7 +941,7 @@ func (s *Store) adoptEvent(e *eventToken) bool {
 		}
 		t.Value = v
 	}
-	if old := s.cur.Load(); old != nil && old.Value != t.Value &&
+	if old := s.cur.Load(); old != nil && old.Value != t.Value && !plant.On(plant.AdoptOlder) &&
 		(old.Generation > t.Generation || t.Deadline.Before(old.Deadline)) {
 		return false // older than the token held: the read decides
 	}

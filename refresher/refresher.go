@@ -19,6 +19,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock"
+	"github.com/tokenkeeper/tokenkeeper/internal/plant"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -452,7 +453,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		reason = endMaster
 	}
 
-	if ctx.Err() != nil || reason == endHandedOver || reason == endStepped || reason == endMaster {
+	if ctx.Err() != nil && !plant.On(plant.NoReleaseOnStop) || reason == endHandedOver || reason == endStepped || reason == endMaster {
 		// Hand over at once instead of letting the lock expire.
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
 		defer rcancel()
@@ -1133,6 +1134,9 @@ func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.T
 			// Its life counts from before the call: never later than true.
 			up.Sent = began
 		}
+		if plant.On(plant.DatedFromArrival) {
+			up.Sent = r.cfg.Clock.Now()
+		}
 		// What must never be stored is refused by the store itself.
 		r.unsaved = &up
 	}
@@ -1159,6 +1163,9 @@ func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.T
 		r.unsaved = nil
 		return cache.Token{}, false, fmt.Errorf("%w: %w", ErrBadToken, err)
 	default:
+		if plant.On(plant.UnsavedForgotten) {
+			r.unsaved = nil
+		}
 		return cache.Token{}, false, err
 	}
 }

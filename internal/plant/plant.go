@@ -1,0 +1,78 @@
+// Package plant holds switches that plant known bugs in the fleet's
+// building blocks, for the simulator (internal/sim) alone: it proves that
+// its invariants have teeth by finding each planted bug. Nothing else
+// turns a switch on; with every switch off (always, outside the
+// simulator's tests) the code behaves as written, and each switch costs
+// the code that consults it one atomic load.
+package plant
+
+import (
+	"fmt"
+	"sort"
+	"sync/atomic"
+)
+
+// Bug names a plantable bug.
+type Bug string
+
+// The plantable bugs: what each breaks, and which invariant of the
+// simulator is meant to catch it.
+const (
+	// ServeExpired: the store serves the token it holds whatever its
+	// expiry (invariant 1).
+	ServeExpired Bug = "serve-expired"
+	// DatedFromArrival: a fetched token's life counts from when the
+	// answer arrived, not from when the request was sent, so a slow
+	// answer overstates it (invariant 1).
+	DatedFromArrival Bug = "dated-from-arrival"
+	// AdoptOlder: a replica adopts whatever token Redis holds, even an
+	// older one than it serves (a restore from an older snapshot), so it
+	// goes backwards (invariant 2).
+	AdoptOlder Bug = "adopt-older"
+	// NoReleaseOnStop: a leader stopped gracefully leaves its lock to
+	// expire instead of releasing it (invariant 8, the handover bound).
+	NoReleaseOnStop Bug = "no-release-on-stop"
+	// BudgetOff: the fleet-wide sign-on budget lets every sign-on through
+	// (invariant 4).
+	BudgetOff Bug = "budget-off"
+	// UnsavedForgotten: a token fetched but not stored (Redis failing at
+	// that moment) is forgotten, so another is fetched (invariant 3).
+	UnsavedForgotten Bug = "unsaved-forgotten"
+	// FenceOff: the token write does not check that the writer still
+	// holds the lock (invariant 2 or 3, when a deposed leader writes).
+	FenceOff Bug = "fence-off"
+)
+
+// All lists every plantable bug.
+func All() []Bug {
+	b := []Bug{ServeExpired, DatedFromArrival, AdoptOlder, NoReleaseOnStop, BudgetOff, UnsavedForgotten, FenceOff}
+	sort.Slice(b, func(i, j int) bool { return b[i] < b[j] })
+	return b
+}
+
+var on [8]atomic.Bool
+
+func index(b Bug) int {
+	for i, x := range []Bug{ServeExpired, DatedFromArrival, AdoptOlder, NoReleaseOnStop, BudgetOff, UnsavedForgotten, FenceOff} {
+		if x == b {
+			return i
+		}
+	}
+	return -1
+}
+
+// Set plants b (on) or removes it; it fails for an unknown name.
+func Set(b Bug, planted bool) error {
+	i := index(b)
+	if i < 0 {
+		return fmt.Errorf("plant: no bug named %q (plantable: %v)", b, All())
+	}
+	on[i].Store(planted)
+	return nil
+}
+
+// On reports whether b is planted.
+func On(b Bug) bool {
+	i := index(b)
+	return i >= 0 && on[i].Load()
+}

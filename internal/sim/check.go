@@ -1,0 +1,410 @@
+package sim
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+)
+
+// The invariants, by the names a violation carries.
+const (
+	InvFresh     = "1-no-expired-or-overstated-token"
+	InvBackwards = "2-no-going-backwards"
+	InvCalls     = "3-upstream-calls-bounded"
+	InvSignOns   = "4-sign-ons-within-budget"
+	InvLiveness  = "5-serves-after-faults-heal"
+	InvSecrets   = "7-no-secret-in-logs"
+	InvHandover  = "8-graceful-stop-hands-over"
+)
+
+// Bounds of the invariants, from the documented promises and the fleet's
+// settings above.
+const (
+	// HealBound (invariant 5): once every fault has healed, every replica
+	// that has run this long serves every token. The longest wait of the
+	// fleet's own making: a backoff at RetryMax, a Retry-After of up to
+	// 30s (the faults' longest), a full minute of sign-on budget, a lock
+	// left to expire and an election (two lock TTLs), one upstream call
+	// and one poll.
+	HealBound = RetryMax + 30*time.Second + time.Minute + 2*LockTTL + UpTimeout + PollInterval
+
+	// HandoverBound (invariant 8): a leader stopped gracefully releases its
+	// locks and says so, and another replica leads each token within the
+	// election's yield (a quarter of the lock TTL for the one other token
+	// it may lead, plus up to an eighth at random), one election interval
+	// and one step of the simulator. A lock left to expire instead takes
+	// at least three quarters of LockTTL (it is renewed every quarter).
+	HandoverBound = LockTTL/4 + LockTTL/8 + time.Second + Step
+
+	// signOnWindow (invariant 4): sign-ons are counted over this sliding
+	// window, a minute less the longest Redis latency a fault adds (the
+	// budget's window runs on Redis's clock, between the budget's answer
+	// and the call the sign-on is counted at).
+	signOnWindow = time.Minute - 4*time.Second
+
+	// earlySlack (invariant 3): a call is early when the newest usable
+	// token had more than RefreshBefore, its jitter (a tenth of it), and
+	// this left: the leader's reckoning of the expiry runs early by up to
+	// an upstream call and a Redis round trip.
+	earlySlack = UpTimeout + 5*time.Second
+)
+
+// earlyAllowance (invariant 3) is how many early upstream calls (see
+// earlySlack) a fault may cause, stated per kind. A fault that destroys
+// the only copy of a fetched token, or deposes a leader between its
+// fetch and its write, may cost one token; an admin refresh is one by
+// request. Upstream faults cost none: a refused, slow, late, expired or
+// malformed answer issues no usable token. A Redis blip of the whole
+// fleet shorter than the lock's life costs none either: the leader keeps
+// the token it could not store and stores it when Redis is back.
+func earlyAllowance(k Kind) int {
+	switch k {
+	case AdminRefresh, Crash, Stop, Restart, RedisCut, RedisRefuse, RedisLatency, RedisSlow,
+		RedisEmpty, RedisRestoreOld, EvictLock, EvictToken, ForeignValue:
+		return 1
+	}
+	return 0
+}
+
+// Violation is an invariant found broken.
+type Violation struct {
+	Invariant string
+	At        time.Duration
+	Detail    string
+}
+
+func (v Violation) String() string { return fmt.Sprintf("%s at %v: %s", v.Invariant, v.At, v.Detail) }
+
+// issued is what the oracle knows of a token an upstream issued.
+type issued struct {
+	up       int // 0 rdp, 1 oauth
+	idx      int // order among the usable tokens of its upstream
+	at, exp  time.Time
+	hasValue bool
+}
+
+type servedKey struct {
+	replica, generation, token int
+}
+
+// checker holds the oracle and checks the invariants at every step.
+type checker struct {
+	w        *world
+	oracle   map[string]issued
+	usable   [2][]issued // in order of issue
+	seen     [2]int      // tokens of each upstream's log read so far
+	last     map[servedKey]int
+	newest   [2]int         // idx of the newest token any replica served
+	newestAt [2]time.Time   // when it was first served
+	lossAt   time.Time      // the last Redis data-loss fault
+	handover []pendingHandover
+	viol     []Violation
+	reads    int
+}
+
+type pendingHandover struct {
+	token    int
+	from     string
+	deadline time.Time
+}
+
+func newChecker(w *world) *checker {
+	return &checker{w: w, oracle: map[string]issued{}, last: map[servedKey]int{}, newest: [2]int{-1, -1}}
+}
+
+func (c *checker) fail(inv, format string, args ...any) {
+	c.viol = append(c.viol, Violation{Invariant: inv, At: c.w.now(), Detail: fmt.Sprintf(format, args...)})
+}
+
+// learn reads the upstreams' logs of issued tokens.
+func (c *checker) learn() {
+	for up, f := range c.w.up {
+		st := f.Stats()
+		toks := st.Tokens
+		if up == 1 {
+			toks = st.OAuth2Tokens
+		}
+		for _, t := range toks[c.seen[up]:] {
+			is := issued{up: up, idx: -1, at: t.IssuedAt, exp: t.ExpiresAt}
+			if t.ExpiresAt.After(t.IssuedAt) {
+				is.idx = len(c.usable[up])
+				c.usable[up] = append(c.usable[up], is)
+			}
+			c.oracle[t.Token] = is
+		}
+		c.seen[up] = len(toks)
+	}
+}
+
+// lookup returns what the oracle knows of v.
+func (c *checker) lookup(v string) (issued, bool) {
+	is, ok := c.oracle[v]
+	if !ok {
+		c.learn()
+		is, ok = c.oracle[v]
+	}
+	return is, ok
+}
+
+// step checks every invariant that can be checked now.
+func (c *checker) step() {
+	now := time.Now()
+	w := c.w
+	quiet := true // no fault active for HealBound
+	for _, f := range w.s.Faults {
+		if w.start.Add(f.At).Before(now) && now.Sub(w.start.Add(f.End())) < HealBound {
+			quiet = false
+		}
+	}
+	for _, r := range w.replicas {
+		r.mu.Lock()
+		k, gen, started := r.k, r.generation, r.startedAt
+		r.mu.Unlock()
+		if k == nil {
+			continue
+		}
+		for ti, name := range tokenNames {
+			tok, ok := k.Current(name)
+			if !ok {
+				if quiet && now.Sub(started) >= HealBound {
+					c.fail(InvLiveness, "%s does not serve %s %v after every fault healed and %v after it started", r.name, name, HealBound, now.Sub(started).Round(time.Second))
+				}
+				continue
+			}
+			c.checkServed(r, gen, ti, tok.Value, tok.Deadline, now)
+		}
+	}
+	// Invariant 8: pending handovers.
+	kept := c.handover[:0]
+	for _, h := range c.handover {
+		led := false
+		for _, r := range w.replicas {
+			if k := r.keeper(); k != nil && k.Leads(tokenNames[h.token]) {
+				led = true
+			}
+		}
+		switch {
+		case led:
+		case now.After(h.deadline):
+			c.fail(InvHandover, "%s stopped gracefully leading %s, and no replica led it %v later", h.from, tokenNames[h.token], HandoverBound)
+		default:
+			kept = append(kept, h)
+		}
+	}
+	c.handover = kept
+	c.checkSignOns(now)
+	if s := int(w.now() / Step); s%60 == 0 {
+		c.checkCalls(now)
+	}
+	if c.reads++; c.reads%7 == 0 {
+		c.httpRead(now)
+	}
+	for _, v := range w.logs.take() {
+		c.fail(InvSecrets, "%s", v)
+	}
+}
+
+// checkServed checks a token a replica serves: invariants 1 and 2.
+func (c *checker) checkServed(r *replica, gen, ti int, value string, deadline, now time.Time) {
+	name := tokenNames[ti]
+	is, ok := c.lookup(value)
+	switch {
+	case !ok:
+		c.fail(InvFresh, "%s serves a %s token no upstream issued", r.name, name)
+		return
+	case is.up != ti:
+		c.fail(InvFresh, "%s serves as %s a token of the other upstream", r.name, name)
+		return
+	case !now.Before(is.exp):
+		c.fail(InvFresh, "%s serves %s #%d, expired %v ago", r.name, name, is.idx, now.Sub(is.exp))
+		return
+	case deadline.After(is.exp):
+		c.fail(InvFresh, "%s serves %s #%d as expiring %v later than it does", r.name, name, is.idx, deadline.Sub(is.exp))
+		return
+	}
+	key := servedKey{r.idx, gen, ti}
+	prev, had := c.last[key]
+	if had && is.idx < prev {
+		c.fail(InvBackwards, "%s went back from %s #%d to #%d", r.name, name, prev, is.idx)
+	}
+	if (!had || is.idx != prev) && is.idx < c.newest[ti] &&
+		now.Sub(c.newestAt[ti]) > PollInterval+2*LockTTL && c.lossAt.Before(c.newestAt[ti]) {
+		c.fail(InvBackwards, "%s took %s #%d, older than #%d the fleet has served since %v ago", r.name, name, is.idx, c.newest[ti], now.Sub(c.newestAt[ti]).Round(time.Second))
+	}
+	c.last[key] = is.idx
+	if is.idx > c.newest[ti] {
+		c.newest[ti], c.newestAt[ti] = is.idx, now
+	}
+}
+
+// checkSignOns checks invariant 4: sign-ons in any sliding window stay
+// within the budget, plus a budget for each Redis data-loss fault in the
+// window (the budget is kept in Redis).
+func (c *checker) checkSignOns(now time.Time) {
+	w := c.w
+	allowed := AuthPerMinute
+	for _, f := range w.s.Faults {
+		if (f.Kind == RedisEmpty || f.Kind == RedisRestoreOld) && now.Sub(w.start.Add(f.At)) < time.Minute && !w.start.Add(f.At).After(now) {
+			allowed += AuthPerMinute
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for up, calls := range w.signOns {
+		n := 0
+		for i := len(calls) - 1; i >= 0 && now.Sub(calls[i]) < signOnWindow; i-- {
+			n++
+		}
+		if n > allowed {
+			c.fail(InvSignOns, "%d sign-ons at the %s upstream within %v, budget %d", n, tokenNames[up], signOnWindow, allowed)
+		}
+		// Forget what no window reaches any more.
+		j := 0
+		for j < len(calls) && now.Sub(calls[j]) > 2*time.Minute {
+			j++
+		}
+		w.signOns[up] = calls[j:]
+	}
+}
+
+// checkCalls checks invariant 3: the upstream calls that issued a usable
+// token while the newest one had well over RefreshBefore left, against
+// what the faults so far and the admin refreshes allow.
+func (c *checker) checkCalls(now time.Time) {
+	c.learn()
+	w := c.w
+	allowed := 0
+	for _, f := range w.s.Faults {
+		if !w.start.Add(f.At).After(now) {
+			allowed += earlyAllowance(f.Kind)
+		}
+	}
+	early := 0
+	var last string
+	for up := range c.usable {
+		toks := c.usable[up]
+		for i := 1; i < len(toks); i++ {
+			newest := toks[i-1].exp
+			for _, p := range toks[:i] {
+				if p.exp.After(newest) {
+					newest = p.exp
+				}
+			}
+			if left := newest.Sub(toks[i].at); left > RefreshBefore+RefreshBefore/10+earlySlack {
+				early++
+				last = fmt.Sprintf("%s #%d issued at %v with %v left on #%d", tokenNames[up], i, toks[i].at.Sub(w.start), left.Round(time.Second), i-1)
+			}
+		}
+	}
+	if early > allowed {
+		c.fail(InvCalls, "%d early upstream calls, the faults and admin refreshes so far allow %d (last: %s)", early, allowed, last)
+	}
+}
+
+// httpRead reads a token over a replica's HTTP face, as a client does,
+// with the right key or, now and then, a wrong one.
+func (c *checker) httpRead(now time.Time) {
+	w := c.w
+	r := w.replicas[w.rng.IntN(len(w.replicas))]
+	k := r.keeper()
+	if k == nil {
+		return
+	}
+	ti := w.rng.IntN(len(tokenNames))
+	key := readerKey
+	wrong := w.rng.IntN(5) == 0
+	if wrong {
+		key = wrongKey
+	}
+	req := httptest.NewRequest(http.MethodGet, "/v1/tokens/"+tokenNames[ti], nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	rec := httptest.NewRecorder()
+	k.Handler().ServeHTTP(rec, req)
+	body := rec.Body.String()
+	if wrong {
+		if rec.Code != http.StatusUnauthorized || strings.Contains(body, fakerdp.LivenessPrefix) || strings.Contains(body, fakerdp.OAuth2Prefix) {
+			c.fail(InvFresh, "a wrong key read %s at %s: status %d", tokenNames[ti], r.name, rec.Code)
+		}
+		return
+	}
+	if rec.Code != http.StatusOK {
+		return // not servable there now: invariant 5 says when it must be
+	}
+	var ans struct {
+		Token     string `json:"token"`
+		ExpiresIn int64  `json:"expires_in"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &ans); err != nil {
+		c.fail(InvFresh, "%s answered a read of %s with malformed JSON: %v", r.name, tokenNames[ti], err)
+		return
+	}
+	is, ok := c.lookup(ans.Token)
+	switch {
+	case !ok || is.up != ti:
+		c.fail(InvFresh, "%s answered a read of %s with a token its upstream never issued", r.name, tokenNames[ti])
+	case !now.Before(is.exp):
+		c.fail(InvFresh, "%s answered a read of %s with #%d, expired %v ago", r.name, tokenNames[ti], is.idx, now.Sub(is.exp))
+	case time.Duration(ans.ExpiresIn)*time.Second > is.exp.Sub(now):
+		c.fail(InvFresh, "%s answered %s #%d with expires_in %ds, but it has %v left", r.name, tokenNames[ti], is.idx, ans.ExpiresIn, is.exp.Sub(now))
+	}
+}
+
+// logScan receives every log line of every replica and finds secrets in
+// them: any token an upstream issued (they all start with the fake's
+// prefixes), the client secret and the API keys.
+type logScan struct {
+	mu    sync.Mutex
+	found []string
+	lines int
+}
+
+var secretMarks = []string{fakerdp.LivenessPrefix, fakerdp.OAuth2Prefix, "fake-access-", "fake-refresh-"}
+
+func (l *logScan) Write(p []byte) (int, error) {
+	line := string(p)
+	var found []string
+	for _, s := range []string{clientSecret, readerKey, adminKey, wrongKey} {
+		if strings.Contains(line, s) {
+			found = append(found, "a log line holds a secret: "+redact(line, s))
+		}
+	}
+	for _, m := range secretMarks {
+		for rest := line; ; {
+			i := strings.Index(rest, m)
+			if i < 0 {
+				break
+			}
+			rest = rest[i+len(m):]
+			n := 0
+			for n < len(rest) && (rest[n] >= 'A' && rest[n] <= 'Z' || rest[n] >= '0' && rest[n] <= '9') {
+				n++
+			}
+			if n >= 8 {
+				found = append(found, "a log line holds a token: "+redact(line, m+rest[:n]))
+			}
+		}
+	}
+	l.mu.Lock()
+	l.lines++
+	l.found = append(l.found, found...)
+	l.mu.Unlock()
+	return len(p), nil
+}
+
+func redact(line, secret string) string {
+	return strings.TrimSpace(strings.ReplaceAll(line, secret, "<REDACTED>"))
+}
+
+func (l *logScan) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.found
+	l.found = nil
+	return f
+}

@@ -1,0 +1,352 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"testing/synctest"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+)
+
+// Result is what one run found.
+type Result struct {
+	Schedule   Schedule
+	Simulated  time.Duration // fake time run (less than Length when it stopped at a violation)
+	FleetHours float64       // replicas × simulated hours
+	Faults     int           // faults applied
+	Violations []Violation
+	LogLines   int
+}
+
+// Failed reports whether an invariant was broken.
+func (r Result) Failed() bool { return len(r.Violations) > 0 }
+
+// event is a fault starting or healing.
+type event struct {
+	at  time.Duration
+	f   Fault
+	end bool
+}
+
+// Run runs the fleet through s and checks every invariant at every Step,
+// stopping at the first violation. It must be called inside a
+// testing/synctest bubble (synctest.Test): every clock of the fleet is the
+// bubble's.
+func Run(s Schedule) Result {
+	logs := &logScan{}
+	w := newWorld(s, logs)
+	defer w.close()
+	res := Result{Schedule: s}
+	for _, r := range w.replicas {
+		if err := r.startKeeper(); err != nil {
+			res.Violations = append(res.Violations, Violation{Invariant: "setup", Detail: err.Error()})
+			return res
+		}
+	}
+	var evs []event
+	for _, f := range s.Faults {
+		evs = append(evs, event{at: f.At, f: f})
+		if f.Dur > 0 {
+			evs = append(evs, event{at: f.End(), f: f, end: true})
+		}
+	}
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].at < evs[j].at })
+	var at time.Duration
+	for ; at < s.Length; at += Step {
+		for len(evs) > 0 && evs[0].at <= at {
+			e := evs[0]
+			evs = evs[1:]
+			if e.end {
+				w.heal(e.f)
+			} else {
+				w.apply(e.f)
+				res.Faults++
+			}
+		}
+		if at%(30*time.Second) == 0 {
+			w.snapshot()
+		}
+		w.chk.step()
+		if len(w.chk.viol) > 0 {
+			break
+		}
+		time.Sleep(Step)
+		synctest.Wait()
+	}
+	res.Simulated = at
+	res.FleetHours = float64(s.Replicas) * at.Hours()
+	res.Violations = w.chk.viol
+	logs.mu.Lock()
+	res.LogLines = logs.lines
+	logs.mu.Unlock()
+	return res
+}
+
+// knobs changes the knobs of the upstream a fault names.
+func (w *world) knobs(f Fault, fn func(*fakerdp.Knobs)) { w.up[f.Replica%2].Update(fn) }
+
+// apply starts fault f.
+func (w *world) apply(f Fault) {
+	r := w.replicas[f.Replica%len(w.replicas)]
+	ctx := context.Background()
+	switch f.Kind {
+	case Crash:
+		r.stop(true)
+	case Stop, Restart:
+		w.expectHandover(r)
+		r.stop(false)
+		if f.Kind == Restart {
+			r.startKeeper()
+		}
+	case RedisCut, RedisRefuse:
+		if l := r.redis(); l != nil {
+			l.set(map[Kind]linkState{RedisCut: linkCut, RedisRefuse: linkRefused}[f.Kind])
+		}
+	case RedisLatency:
+		if l := r.redis(); l != nil {
+			l.setLatency(f.Arg)
+		}
+	case UpCut:
+		if l := r.upstream(); l != nil {
+			l.set(linkCut)
+		}
+	case RedisEmpty:
+		w.mini.FlushAll()
+		w.resetConns()
+		w.chk.lossAt = time.Now()
+	case RedisRestoreOld:
+		w.restore(f.Arg)
+		w.chk.lossAt = time.Now()
+	case EvictLock:
+		for i := range tokenNames {
+			w.mini.Del(keys(i).Lock)
+		}
+	case EvictToken:
+		for i := range tokenNames {
+			w.mini.Del(keys(i).Token)
+		}
+		w.chk.lossAt = time.Now()
+	case ScriptFlush:
+		w.admin.ScriptFlush(ctx)
+	case ForeignValue:
+		w.mini.Del(keys(f.Replica % 2).Token)
+		w.mini.Set(keys(f.Replica%2).Token, "not a token")
+		w.chk.lossAt = time.Now()
+	case RedisSlow:
+		w.mu.Lock()
+		w.redisSlow = f.Arg
+		w.mu.Unlock()
+	case RedisBlipAtCall:
+		w.mu.Lock()
+		w.blip = &f
+		w.mu.Unlock()
+	case Up500:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.LivenessStatus = http.StatusInternalServerError })
+	case Up429:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.LivenessStatus, k.RetryAfter = http.StatusTooManyRequests, f.Arg })
+	case UpAuth500:
+		w.up[0].Update(func(k *fakerdp.Knobs) { k.AuthStatus = http.StatusInternalServerError })
+	case UpHang:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.Latency = 2 * UpTimeout })
+	case UpSlow:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.Latency = f.Arg })
+	case UpExpired:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.Expired = true })
+	case UpMalformd:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.Malformed = true })
+	case UpSkew:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.ClockOffset = f.Arg })
+	case UpRevoke:
+		w.up[0].Revoke()
+	case AdminRefresh:
+		if k := r.keeper(); k != nil {
+			name := tokenNames[w.rng.IntN(len(tokenNames))]
+			go func() {
+				ctx, cancel := context.WithTimeout(ctx, time.Minute)
+				defer cancel()
+				k.Refresh(ctx, name)
+			}()
+		}
+	default:
+		panic(fmt.Sprintf("sim: unknown fault kind %q", f.Kind))
+	}
+}
+
+// heal ends fault f.
+func (w *world) heal(f Fault) {
+	r := w.replicas[f.Replica%len(w.replicas)]
+	switch f.Kind {
+	case Crash, Stop:
+		r.startKeeper()
+	case RedisCut, RedisRefuse:
+		if l := r.redis(); l != nil {
+			l.set(linkUp)
+		}
+	case RedisLatency:
+		if l := r.redis(); l != nil {
+			l.setLatency(0)
+		}
+	case UpCut:
+		if l := r.upstream(); l != nil {
+			l.set(linkUp)
+		}
+	case RedisSlow:
+		w.mu.Lock()
+		w.redisSlow = 0
+		w.mu.Unlock()
+	case RedisBlipAtCall:
+		w.mu.Lock()
+		w.blip = nil
+		w.mu.Unlock()
+	case Up500, Up429:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.LivenessStatus, k.RetryAfter = 0, 0 })
+	case UpAuth500:
+		w.up[0].Update(func(k *fakerdp.Knobs) { k.AuthStatus = 0 })
+	case UpHang, UpSlow:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.Latency = 0 })
+	case UpExpired:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.Expired = false })
+	case UpMalformd:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.Malformed = false })
+	case UpSkew:
+		w.knobs(f, func(k *fakerdp.Knobs) { k.ClockOffset = 0 })
+	}
+}
+
+// expectHandover notes, for invariant 8, the tokens r leads as it is
+// stopped gracefully, when nothing else is going on and another replica
+// runs.
+func (w *world) expectHandover(r *replica) {
+	k := r.keeper()
+	if k == nil {
+		return
+	}
+	now := w.now()
+	for _, f := range w.s.Faults {
+		if f.At <= now+HandoverBound && f.End()+HealBound > now && !(f.At == now && f.Replica == r.idx) {
+			return
+		}
+	}
+	others := false
+	for _, o := range w.replicas {
+		others = others || o != r && o.keeper() != nil
+	}
+	if !others {
+		return
+	}
+	for ti, name := range tokenNames {
+		if k.Leads(name) {
+			w.chk.handover = append(w.chk.handover, pendingHandover{token: ti, from: r.name, deadline: time.Now().Add(HandoverBound)})
+		}
+	}
+}
+
+func (r *replica) redis() *redisLink {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.running {
+		return nil
+	}
+	return r.rl
+}
+
+func (r *replica) upstream() *upLink {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.running {
+		return nil
+	}
+	return r.ul
+}
+
+// resetConns closes every replica's connections, as a Redis restart does.
+func (w *world) resetConns() {
+	for _, r := range w.replicas {
+		if l := r.redis(); l != nil {
+			l.reset()
+		}
+	}
+}
+
+// snapshot is Redis's data set at one time, as an RDB file holds it:
+// every key, with its absolute expiry.
+type snapshot struct {
+	at   time.Time
+	cmds [][]any
+}
+
+// snapshot records the data set, keeping twenty minutes of them.
+func (w *world) snapshot() {
+	ctx := context.Background()
+	s := snapshot{at: time.Now()}
+	for _, k := range w.mini.Keys() {
+		pttl, err := w.admin.PTTL(ctx, k).Result()
+		if err != nil {
+			continue
+		}
+		switch w.mini.Type(k) {
+		case "string":
+			v, _ := w.mini.Get(k)
+			s.cmds = append(s.cmds, []any{"SET", k, v})
+		case "hash":
+			m, _ := w.admin.HGetAll(ctx, k).Result()
+			c := []any{"HSET", k}
+			for f, v := range m {
+				c = append(c, f, v)
+			}
+			s.cmds = append(s.cmds, c)
+		case "zset":
+			zs, _ := w.admin.ZRangeWithScores(ctx, k, 0, -1).Result()
+			c := []any{"ZADD", k}
+			for _, z := range zs {
+				c = append(c, z.Score, z.Member)
+			}
+			s.cmds = append(s.cmds, c)
+		case "list":
+			l, _ := w.admin.LRange(ctx, k, 0, -1).Result()
+			c := []any{"RPUSH", k}
+			for _, v := range l {
+				c = append(c, v)
+			}
+			s.cmds = append(s.cmds, c)
+		default:
+			continue
+		}
+		if pttl > 0 {
+			s.cmds = append(s.cmds, []any{"PEXPIREAT", k, time.Now().Add(pttl).UnixMilli()})
+		}
+	}
+	w.snapshots = append(w.snapshots, s)
+	if len(w.snapshots) > 40 {
+		w.snapshots = w.snapshots[1:]
+	}
+}
+
+// restore replaces the data set with the newest snapshot taken at least
+// age ago (the oldest kept, when none is that old), and resets every
+// connection, as a Redis restarted from an older RDB file.
+func (w *world) restore(age time.Duration) {
+	if len(w.snapshots) == 0 {
+		return
+	}
+	s := w.snapshots[0]
+	for _, x := range w.snapshots {
+		if time.Since(x.at) >= age {
+			s = x
+		}
+	}
+	ctx := context.Background()
+	w.mini.FlushAll()
+	now := time.Now().UnixMilli()
+	for _, c := range s.cmds {
+		if c[0] == "PEXPIREAT" && c[2].(int64) <= now {
+			w.mini.Del(c[1].(string))
+			continue
+		}
+		w.admin.Do(ctx, c...)
+	}
+	w.resetConns()
+}

@@ -1,0 +1,98 @@
+package sim_test
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/plant"
+	"github.com/tokenkeeper/tokenkeeper/internal/sim"
+)
+
+var (
+	flagSeeds = flag.Int("seeds", 2, "how many seeds a sweep runs (seeds 1..N, or from -first)")
+	flagFirst = flag.Uint64("first", 1, "the first seed of a sweep")
+	flagSeed  = flag.Uint64("seed", 0, "replay this one seed")
+	flagHours = flag.Float64("hours", 1, "simulated hours per seed")
+	flagPlant = flag.String("plant", "", "plant this known bug (-plant=list lists them)")
+)
+
+// cpuTime is the process's user and system time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// runOne runs s in its own bubble, as a subtest, and returns its result.
+func runOne(t *testing.T, s sim.Schedule) sim.Result {
+	t.Helper()
+	var res sim.Result
+	t.Run(fmt.Sprintf("seed=%d", s.Seed), func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) { res = sim.Run(s) })
+	})
+	return res
+}
+
+// replay is the command that replays seed.
+func replay(seed uint64, hours float64, bug string) string {
+	cmd := fmt.Sprintf("go test ./internal/sim -run TestSimulation -args -seed=%d -hours=%g", seed, hours)
+	if bug != "" {
+		cmd += " -plant=" + bug
+	}
+	return cmd
+}
+
+// TestSimulation runs a sweep of seeds (by default a small one, so that
+// go test ./... stays quick), or replays one seed, with a bug planted if
+// asked, and fails on any violation, naming the invariant, the seed and
+// the command that replays it. Its last line is the FIGURE line.
+func TestSimulation(t *testing.T) {
+	if *flagPlant == "list" {
+		for _, b := range plant.All() {
+			fmt.Println(b)
+		}
+		return
+	}
+	if *flagPlant != "" {
+		if err := plant.Set(plant.Bug(*flagPlant), true); err != nil {
+			t.Fatal(err)
+		}
+		defer plant.Set(plant.Bug(*flagPlant), false)
+	}
+	length := time.Duration(*flagHours * float64(time.Hour))
+	seeds := make([]uint64, 0, *flagSeeds)
+	if *flagSeed != 0 {
+		seeds = append(seeds, *flagSeed)
+	} else {
+		for i := range *flagSeeds {
+			seeds = append(seeds, *flagFirst+uint64(i))
+		}
+	}
+	cpu0 := cpuTime()
+	var hours float64
+	faults, violations := 0, 0
+	for _, seed := range seeds {
+		s := sim.Generate(seed, length)
+		t.Logf("seed %d: %d replicas, %v, %d faults", seed, s.Replicas, s.Length, len(s.Faults))
+		res := runOne(t, s)
+		hours += res.FleetHours
+		faults += res.Faults
+		if res.Failed() {
+			violations++
+			v := res.Violations[0]
+			t.Errorf("seed %d: invariant %s broken at %v: %s\nreplay: %s", seed, v.Invariant, v.At, v.Detail, replay(seed, *flagHours, *flagPlant))
+		}
+	}
+	cpu := (cpuTime() - cpu0).Seconds()
+	fmt.Printf("FIGURE sim seeds=%d fleet_hours=%.1f faults=%d violations=%d sim_hours_per_cpu_second=%.2f\n",
+		len(seeds), hours, faults, violations, hours/max(cpu, 1e-9))
+}
+
+var _ = strings.TrimSpace

@@ -1,0 +1,408 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/upstream"
+)
+
+// The fleet's settings. Lifetimes are short, so that an hour of fake time
+// holds several refreshes of each token; the rest are the documented
+// defaults.
+const (
+	Lifetime      = 10 * time.Minute // both upstreams' tokens
+	RefreshBefore = 3 * time.Minute
+	ServeMargin   = time.Minute
+	LockTTL       = 10 * time.Second
+	PollInterval  = 2 * time.Second
+	RetryMin      = time.Second
+	RetryMax      = 30 * time.Second
+	UpTimeout     = 10 * time.Second // each upstream call
+	AuthPerMinute = 4                // sign-ons a minute, fleet-wide, per token
+
+	// Step is how often the simulator looks at the fleet.
+	Step = time.Second
+)
+
+// The tokens of the catalog: the RDP liveness token, and one of a generic
+// OAuth2 token endpoint.
+var tokenNames = []string{"liveness", "oauth"}
+
+// Secrets that must never appear in a log line (with every token the
+// upstreams issue).
+const (
+	clientID     = "sim-client"
+	clientSecret = "sim-client-secret-7f3a9c"
+	readerKey    = "sim-reader-key-51c2e8"
+	adminKey     = "sim-admin-key-a09d44"
+	wrongKey     = "sim-wrong-key-000000"
+)
+
+const (
+	rdpHost   = "rdp.sim.invalid"
+	oauthHost = "oauth.sim.invalid"
+)
+
+// world is one run: Redis, the upstreams, the replicas and the checker.
+// It lives inside one testing/synctest bubble.
+type world struct {
+	s     Schedule
+	rng   *rand.Rand
+	start time.Time
+
+	mini  *miniredis.Miniredis
+	admin *redis.Client
+	up    [2]*fakerdp.Server // by token: rdp, oauth
+
+	logs *logScan
+
+	mu        sync.Mutex
+	replicas  []*replica
+	redisSlow time.Duration // added to every replica's Redis answers
+	blip      *Fault        // a RedisBlipAtCall armed, fired by the next upstream call
+	blipUntil time.Time     // Redis unreachable for every replica until then
+	signOns   [2][]time.Time
+	snapshots []snapshot
+
+	chk *checker
+}
+
+// replica is one Keeper and its links.
+type replica struct {
+	w    *world
+	idx  int
+	name string
+
+	mu         sync.Mutex
+	k          *tokenkeeper.Keeper
+	rdb        *redis.Client
+	rl         *redisLink
+	ul         *upLink
+	cancel     context.CancelFunc
+	done       chan error
+	running    bool
+	startedAt  time.Time
+	generation int // how many times it was started
+}
+
+func newWorld(s Schedule, logs *logScan) *world {
+	w := &world{s: s, rng: rand.New(rand.NewPCG(s.Seed, 0xc11e)), start: time.Now(), logs: logs}
+	w.mini = miniredis.NewMiniRedis()
+	w.mini.ClockTTL(true)
+	w.admin = redis.NewClient(w.redisOptions(func(context.Context, string, string) (net.Conn, error) { return w.mini.Dial() }))
+	for i := range w.up {
+		w.up[i] = fakerdp.New(fakerdp.Config{
+			ClientID: clientID, ClientSecret: clientSecret,
+			Knobs: fakerdp.Knobs{TokenLifetime: Lifetime},
+		})
+	}
+	w.chk = newChecker(w)
+	for i := range s.Replicas {
+		r := &replica{w: w, idx: i, name: fmt.Sprintf("r%d", i)}
+		w.replicas = append(w.replicas, r)
+	}
+	return w
+}
+
+// redisOptions are a client's options with dial as its way to Redis.
+func (w *world) redisOptions(dial func(context.Context, string, string) (net.Conn, error)) *redis.Options {
+	opt := &redis.Options{
+		Addr:                     "127.0.0.1:6379", // never dialled
+		Dialer:                   dial,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+		PoolSize:                 64,
+	}
+	refresher.TuneRedis(opt, LockTTL)
+	return opt
+}
+
+func (w *world) now() time.Duration { return time.Since(w.start) }
+
+// close stops every replica and the servers.
+func (w *world) close() {
+	for _, r := range w.replicas {
+		r.stop(false)
+	}
+	w.admin.Close()
+	w.mini.Close()
+}
+
+// start runs the replica's Keeper (again).
+func (r *replica) startKeeper() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.running {
+		return nil
+	}
+	w := r.w
+	r.rl = &redisLink{w: w, changed: make(chan struct{}), conns: map[*linkConn]struct{}{}}
+	r.ul = &upLink{w: w}
+	r.rdb = redis.NewClient(w.redisOptions(r.rl.dial))
+	hc := &http.Client{Transport: r.ul, Timeout: UpTimeout}
+	log := slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("replica", r.name)
+	cfg := tokenkeeper.Config{
+		Redis: r.rdb, Instance: r.name, LockTTL: LockTTL, PollInterval: PollInterval,
+		RetryMin: RetryMin, RetryMax: RetryMax, AuthPerMinute: AuthPerMinute,
+		ServeMargin: ServeMargin, RefreshBefore: RefreshBefore, Logger: log,
+		Tokens: []tokenkeeper.TokenConfig{
+			{Name: tokenNames[0], RDP: &upstream.Config{
+				BaseURL: "http://" + rdpHost, ClientID: clientID, ClientSecret: clientSecret,
+				HTTPClient: hc, Timeout: UpTimeout, DefaultLifetime: Lifetime,
+			}},
+			{Name: tokenNames[1], OAuth2: &upstream.OAuth2Config{
+				TokenURL: "http://" + oauthHost + fakerdp.OAuth2TokenPath, ClientID: clientID, ClientSecret: clientSecret,
+				HTTPClient: hc, Timeout: UpTimeout, DefaultLifetime: Lifetime,
+			}},
+		},
+		HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{readerKey}, AdminKeys: []string{adminKey}},
+	}
+	k, err := tokenkeeper.New(cfg)
+	if err != nil {
+		r.rdb.Close()
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.k, r.cancel, r.done, r.running = k, cancel, make(chan error, 1), true
+	r.startedAt = time.Now()
+	r.generation++
+	done := r.done
+	go func() { done <- k.Run(ctx) }()
+	return nil
+}
+
+// stop ends the replica: gracefully, or as a crash, its links cut first
+// so that nothing it says on the way out arrives.
+func (r *replica) stop(crash bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.running {
+		return nil
+	}
+	if crash {
+		r.rl.set(linkRefused)
+		r.ul.set(linkRefused)
+	}
+	r.cancel()
+	err := <-r.done
+	r.rdb.Close()
+	r.running = false
+	r.k = nil
+	return err
+}
+
+// keeper returns the running Keeper, or nil.
+func (r *replica) keeper() *tokenkeeper.Keeper {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.k
+}
+
+type linkState int
+
+const (
+	linkUp linkState = iota
+	linkCut
+	linkRefused
+)
+
+var errRefused = errors.New("sim: connection refused")
+
+// redisLink is one replica's way to Redis, which faults cut, refuse or
+// slow down.
+type redisLink struct {
+	w       *world
+	mu      sync.Mutex
+	state   linkState
+	latency time.Duration
+	changed chan struct{}
+	conns   map[*linkConn]struct{}
+}
+
+func (l *redisLink) set(s linkState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.state = s
+	close(l.changed)
+	l.changed = make(chan struct{})
+	if s == linkRefused {
+		for c := range l.conns {
+			c.Conn.Close()
+		}
+	}
+}
+
+// reset closes every open connection, as a Redis restart does.
+func (l *redisLink) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for c := range l.conns {
+		c.Conn.Close()
+	}
+}
+
+func (l *redisLink) setLatency(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.latency = d
+}
+
+// view returns the link's state as a connection sees it: cut also while
+// the world's Redis blips.
+func (l *redisLink) view() (linkState, time.Duration, <-chan struct{}) {
+	l.w.mu.Lock()
+	slow, blip := l.w.redisSlow, l.w.blipUntil
+	l.w.mu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.state
+	if s == linkUp && time.Now().Before(blip) {
+		s = linkCut
+	}
+	return s, l.latency + slow, l.changed
+}
+
+func (l *redisLink) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	for {
+		state, _, changed := l.view()
+		switch state {
+		case linkRefused:
+			return nil, errRefused
+		case linkCut:
+			t := time.NewTimer(time.Second) // a blip ends without a change
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			case <-changed:
+			case <-t.C:
+			}
+			t.Stop()
+			continue
+		}
+		nc, err := l.w.mini.Dial()
+		if err != nil {
+			return nil, err
+		}
+		c := &linkConn{Conn: nc, l: l}
+		l.mu.Lock()
+		l.conns[c] = struct{}{}
+		l.mu.Unlock()
+		return c, nil
+	}
+}
+
+// linkConn is a connection through a redisLink.
+type linkConn struct {
+	net.Conn
+	l *redisLink
+}
+
+func (c *linkConn) Write(p []byte) (int, error) {
+	if state, _, _ := c.l.view(); state == linkCut {
+		return len(p), nil // lost on the way
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *linkConn) Read(p []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(p)
+		state, latency, _ := c.l.view()
+		if err != nil {
+			return n, err
+		}
+		if state == linkCut {
+			continue // lost on the way: wait for the read deadline
+		}
+		if latency > 0 {
+			time.Sleep(latency)
+		}
+		return n, err
+	}
+}
+
+func (c *linkConn) Close() error {
+	c.l.mu.Lock()
+	delete(c.l.conns, c)
+	c.l.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// upLink is one replica's way to the upstreams: an http.RoundTripper that
+// hands each request to the fake in memory, and that faults cut.
+type upLink struct {
+	w     *world
+	mu    sync.Mutex
+	state linkState
+}
+
+func (l *upLink) set(s linkState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.state = s
+}
+
+func (l *upLink) RoundTrip(req *http.Request) (*http.Response, error) {
+	l.mu.Lock()
+	state := l.state
+	l.mu.Unlock()
+	switch state {
+	case linkRefused:
+		return nil, errRefused
+	case linkCut:
+		<-req.Context().Done()
+		return nil, req.Context().Err()
+	}
+	var up int
+	switch req.URL.Host {
+	case rdpHost:
+	case oauthHost:
+		up = 1
+	default:
+		return nil, fmt.Errorf("sim: no upstream at %q", req.URL.Host)
+	}
+	w := l.w
+	w.upstreamCall(up, req.URL.Path)
+	rec := httptest.NewRecorder()
+	w.up[up].ServeHTTP(rec, req)
+	if err := req.Context().Err(); err != nil {
+		return nil, err
+	}
+	resp := rec.Result()
+	resp.Request = req
+	return resp, nil
+}
+
+// upstreamCall records a call that reached upstream up: sign-ons for
+// invariant 4, and the trigger of an armed Redis blip.
+func (w *world) upstreamCall(up int, path string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if path == fakerdp.AuthV2Path || path == fakerdp.OAuth2TokenPath {
+		w.signOns[up] = append(w.signOns[up], time.Now())
+	}
+	if w.blip != nil && (path == upstream.DefaultLivenessPath || path == fakerdp.OAuth2TokenPath) {
+		w.blipUntil = time.Now().Add(w.blip.Arg)
+		w.blip = nil
+	}
+}
+
+// keys are the Redis keys of token i.
+func keys(i int) cache.Keys { return cache.KeysFor(tokenNames[i]) }
