@@ -278,61 +278,125 @@ func (l *redisLink) view() (linkState, time.Duration, <-chan struct{}) {
 	return s, l.latency + slow, l.changed
 }
 
+// dial opens a connection through the link. A cut or refused link fails
+// the dial at once: a dial that waited for its timeout would wait inside
+// go-redis's PubSub lock, and a goroutine waiting for that lock holds a
+// synctest bubble's time still (a partition's dial fails, sooner).
 func (l *redisLink) dial(ctx context.Context, _, _ string) (net.Conn, error) {
-	for {
-		state, _, changed := l.view()
-		switch state {
-		case linkRefused:
-			return nil, errRefused
-		case linkCut:
-			t := time.NewTimer(time.Second) // a blip ends without a change
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil, ctx.Err()
-			case <-changed:
-			case <-t.C:
-			}
-			t.Stop()
-			continue
-		}
-		nc, err := l.w.mini.Dial()
-		if err != nil {
-			return nil, err
-		}
-		c := &linkConn{Conn: nc, l: l}
-		l.mu.Lock()
-		l.conns[c] = struct{}{}
-		l.mu.Unlock()
-		return c, nil
+	if state, _, _ := l.view(); state != linkUp {
+		return nil, errRefused
 	}
+	nc, err := l.w.mini.Dial()
+	if err != nil {
+		return nil, err
+	}
+	c := &linkConn{Conn: nc, l: l}
+	l.mu.Lock()
+	l.conns[c] = struct{}{}
+	l.mu.Unlock()
+	return c, nil
 }
 
 // linkConn is a connection through a redisLink.
 type linkConn struct {
 	net.Conn
 	l *redisLink
+
+	mu      sync.Mutex
+	queue   []delayed // writes on their way, when the link is slow
+	pumping  bool
+	closed   bool
+	answered bool // the handshake is done: faults apply
 }
 
+type delayed struct {
+	due time.Time
+	p   []byte
+}
+
+// Write sends p, late by the link's latency: a command arrives late, and
+// its answer with it. A late write is handed to a goroutine of the
+// connection's that waits, so that the writer never waits for time while
+// it may hold a lock (go-redis's PubSub holds one while it writes), and
+// answers are never held back (miniredis writes answers and published
+// messages under its lock).
 func (c *linkConn) Write(p []byte) (int, error) {
-	if state, _, _ := c.l.view(); state == linkCut {
+	c.mu.Lock()
+	fresh := !c.answered
+	c.mu.Unlock()
+	if fresh {
+		// The handshake of a new connection goes through untouched: go-redis
+		// opens a PubSub's connection holding the PubSub's lock, and a
+		// handshake that waited for time would hold a bubble's time still
+		// (a goroutine waiting for a lock is not durably blocked).
+		return c.Conn.Write(p)
+	}
+	state, latency, _ := c.l.view()
+	if state == linkCut {
 		return len(p), nil // lost on the way
 	}
-	return c.Conn.Write(p)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return 0, net.ErrClosed
+	}
+	if latency <= 0 && len(c.queue) == 0 {
+		c.mu.Unlock()
+		return c.Conn.Write(p)
+	}
+	due := time.Now().Add(latency)
+	if n := len(c.queue); n > 0 && due.Before(c.queue[n-1].due) {
+		due = c.queue[n-1].due
+	}
+	c.queue = append(c.queue, delayed{due: due, p: append([]byte(nil), p...)})
+	if !c.pumping {
+		c.pumping = true
+		go c.pump()
+	}
+	c.mu.Unlock()
+	return len(p), nil
+}
+
+// pump delivers the late writes in order, each when it is due.
+func (c *linkConn) pump() {
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 || c.closed {
+			c.pumping = false
+			c.queue = nil
+			c.mu.Unlock()
+			return
+		}
+		d := c.queue[0]
+		c.mu.Unlock()
+		time.Sleep(time.Until(d.due))
+		if state, _, _ := c.l.view(); state != linkCut {
+			if _, err := c.Conn.Write(d.p); err != nil {
+				c.mu.Lock()
+				c.closed = true
+				c.mu.Unlock()
+			}
+		}
+		c.mu.Lock()
+		if len(c.queue) > 0 {
+			c.queue = c.queue[1:]
+		}
+		c.mu.Unlock()
+	}
 }
 
 func (c *linkConn) Read(p []byte) (int, error) {
 	for {
 		n, err := c.Conn.Read(p)
-		state, latency, _ := c.l.view()
 		if err != nil {
 			return n, err
 		}
-		if state == linkCut {
+		c.mu.Lock()
+		fresh := !c.answered
+		c.answered = true
+		c.mu.Unlock()
+		if state, _, _ := c.l.view(); state == linkCut && !fresh {
 			continue // lost on the way: wait for the read deadline
-		}
-		if latency > 0 {
-			time.Sleep(latency)
 		}
 		return n, err
 	}
@@ -342,6 +406,9 @@ func (c *linkConn) Close() error {
 	c.l.mu.Lock()
 	delete(c.l.conns, c)
 	c.l.mu.Unlock()
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	return c.Conn.Close()
 }
 
