@@ -626,8 +626,18 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	// Redis starts the token's time to live when the script runs, some
 	// way into the round trip: the stored life is cut by the longest
 	// recent round trip, so that no replica reading it dates it later
-	// than it expires.
-	storedTTL := max(ttl-s.rttCut(), time.Millisecond)
+	// than it expires. The client may also send the script again after a
+	// timeout or a broken connection (go-redis retries), with the same
+	// time to live: the write gets no more than the client's read timeout
+	// to be sent, and the stored life is cut by that whole budget.
+	cut := s.rttCut()
+	if s.rttCap > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.rttCap)
+		defer cancel()
+		cut = s.rttCap
+	}
+	storedTTL := max(ttl-cut, time.Millisecond)
 	keys := []string{s.cfg.Keys.Token, s.cfg.Keys.Lock}
 	args := []any{w.LockValue, stored, storedTTL.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
 		s.cfg.Keys.Events, string(event), keyID, s.events.publishCommand(), known}

@@ -362,7 +362,11 @@ type logScan struct {
 	mu    sync.Mutex
 	found []string
 	lines int
+	tail  []string // the last lines, for a failure's report
 }
+
+// tailLines is how many of the last log lines a Result keeps.
+const tailLines = 300
 
 var secretMarks = []string{fakerdp.LivenessPrefix, fakerdp.OAuth2Prefix, "fake-access-", "fake-refresh-"}
 
@@ -393,6 +397,12 @@ func (l *logScan) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	l.lines++
 	l.found = append(l.found, found...)
+	if len(found) == 0 {
+		if len(l.tail) >= 2*tailLines {
+			l.tail = append(l.tail[:0], l.tail[len(l.tail)-tailLines:]...)
+		}
+		l.tail = append(l.tail, strings.TrimSpace(line))
+	}
 	l.mu.Unlock()
 	return len(p), nil
 }

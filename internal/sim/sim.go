@@ -19,6 +19,7 @@ type Result struct {
 	Faults     int           // faults applied
 	Violations []Violation
 	LogLines   int
+	LogTail    []string // the last log lines of the fleet (with no secret in them)
 }
 
 // Failed reports whether an invariant was broken.
@@ -81,6 +82,7 @@ func Run(s Schedule) Result {
 	res.Violations = w.chk.viol
 	logs.mu.Lock()
 	res.LogLines = logs.lines
+	res.LogTail = logs.tail[max(len(logs.tail)-tailLines, 0):]
 	logs.mu.Unlock()
 	return res
 }

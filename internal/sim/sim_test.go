@@ -22,6 +22,7 @@ var (
 	flagSeed  = flag.Uint64("seed", 0, "replay this one seed")
 	flagHours = flag.Float64("hours", 1, "simulated hours per seed")
 	flagPlant = flag.String("plant", "", "plant this known bug (-plant=list lists them)")
+	flagTrace = flag.Bool("trace", false, "on a violation, print the schedule and the fleet's last log lines")
 )
 
 // cpuTime is the process's user and system time.
@@ -90,6 +91,10 @@ func TestSimulation(t *testing.T) {
 		if res.Failed() {
 			violations++
 			v := res.Violations[0]
+			if *flagTrace {
+				t.Logf("schedule: %#v", s)
+				t.Logf("the fleet's last log lines:\n%s", strings.Join(res.LogTail, "\n"))
+			}
 			t.Errorf("seed %d: invariant %s broken at %v: %s\nreplay: %s", seed, v.Invariant, v.At, v.Detail, replay(seed, *flagHours, *flagPlant))
 		}
 	}
@@ -98,8 +103,6 @@ func TestSimulation(t *testing.T) {
 		len(seeds), hours, faults, violations, hours/max(cpu, 1e-9))
 }
 
-var _ = strings.TrimSpace
-
 // quietRedis drops go-redis's own log lines (dial failures during a
 // partition), which say nothing the invariants do not.
 type quietRedis struct{}
@@ -107,3 +110,46 @@ type quietRedis struct{}
 func (quietRedis) Printf(context.Context, string, ...any) {}
 
 func init() { redis.SetLogger(quietRedis{}) }
+
+// plantBound is how many seeds (of an hour each) the simulator may take to
+// find each planted bug: TestPlantedBugsAreFound fails when one is not
+// found within it.
+var plantBound = map[plant.Bug]int{
+	plant.ServeExpired:     20,
+	plant.DatedFromArrival: 20,
+	plant.AdoptOlder:       20,
+	plant.NoReleaseOnStop:  20,
+	plant.BudgetOff:        20,
+	plant.UnsavedForgotten: 20,
+	plant.FenceOff:         20,
+}
+
+// TestPlantedBugsAreFound plants each known bug in turn and sweeps seeds
+// of an hour from seed 1 until an invariant catches it, failing when none
+// does within the bug's bound (plantBound). The sweeps with no bug
+// planted (TestSimulation) find nothing, so what is found here is the
+// bug.
+func TestPlantedBugsAreFound(t *testing.T) {
+	only := *flagPlant
+	for _, bug := range plant.All() {
+		if only != "" && only != "list" && plant.Bug(only) != bug {
+			continue
+		}
+		t.Run(string(bug), func(t *testing.T) {
+			if err := plant.Set(bug, true); err != nil {
+				t.Fatal(err)
+			}
+			defer plant.Set(bug, false)
+			bound := plantBound[bug]
+			for seed := uint64(1); seed <= uint64(bound); seed++ {
+				res := runOne(t, sim.Generate(seed, time.Hour))
+				if res.Failed() {
+					v := res.Violations[0]
+					t.Logf("PLANT %s found by seed %d (%d seeds) after %v: %s", bug, seed, seed, v.At, v)
+					return
+				}
+			}
+			t.Errorf("planted bug %s not found within %d seeds of an hour", bug, bound)
+		})
+	}
+}
