@@ -100,9 +100,9 @@ type checker struct {
 	usable   [2][]issued // in order of issue
 	seen     [2]int      // tokens of each upstream's log read so far
 	last     map[servedKey]int
-	newest   [2]int         // idx of the newest token any replica served
-	newestAt [2]time.Time   // when it was first served
-	lossAt   time.Time      // the last Redis data-loss fault
+	newest   [2]int       // idx of the newest token any replica served
+	newestAt [2]time.Time // when it was first served
+	lossAt   time.Time    // the last Redis data-loss fault
 	handover []pendingHandover
 	viol     []Violation
 	reads    int

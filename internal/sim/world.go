@@ -302,8 +302,8 @@ type linkConn struct {
 	net.Conn
 	l *redisLink
 
-	mu      sync.Mutex
-	queue   []delayed // writes on their way, when the link is slow
+	mu       sync.Mutex
+	queue    []delayed // writes on their way, when the link is slow
 	pumping  bool
 	closed   bool
 	answered bool // the handshake is done: faults apply
