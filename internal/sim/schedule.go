@@ -27,7 +27,7 @@ const (
 
 	// Redis, for the whole fleet.
 	RedisEmpty      Kind = "redis-restart-empty" // every key lost, every connection reset
-	RedisRestoreOld Kind = "redis-restore-old"   // the data set replaced by a snapshot taken Arg ago
+	RedisRestoreOld Kind = "redis-restore-old"   // armed for Dur: right after token Replica%2 is next written, the data set goes back to the last snapshot before that write
 	EvictLock       Kind = "evict-lock"          // every token's lock key deleted
 	EvictToken      Kind = "evict-token"         // every token's token key deleted
 	ScriptFlush     Kind = "script-flush"        // SCRIPT FLUSH
@@ -57,7 +57,7 @@ var allKinds = []struct {
 }{
 	{Crash, 3}, {Stop, 3}, {Restart, 2},
 	{RedisCut, 3}, {RedisRefuse, 2}, {RedisLatency, 2}, {UpCut, 2},
-	{RedisEmpty, 2}, {RedisRestoreOld, 2}, {EvictLock, 2}, {EvictToken, 2}, {ScriptFlush, 2}, {ForeignValue, 2},
+	{RedisEmpty, 2}, {RedisRestoreOld, 3}, {EvictLock, 2}, {EvictToken, 2}, {ScriptFlush, 2}, {ForeignValue, 2},
 	{RedisSlow, 2}, {RedisBlipAtCall, 2},
 	{Up500, 3}, {Up429, 2}, {UpAuth500, 2}, {UpHang, 2}, {UpSlow, 3}, {UpExpired, 2}, {UpMalformd, 2}, {UpSkew, 2}, {UpRevoke, 1},
 	{AdminRefresh, 3},
@@ -141,12 +141,12 @@ func shape(rng *rand.Rand, k Kind) (dur, arg time.Duration) {
 	switch k {
 	case AdminRefresh, UpRevoke, EvictLock, EvictToken, ScriptFlush, ForeignValue, RedisEmpty:
 		return 0, 0
-	case RedisRestoreOld:
-		return 0, sec(30, 900)
 	case Restart:
 		return 0, 0
 	case RedisLatency, RedisSlow:
 		return sec(5, 240), time.Duration(50+rng.IntN(3000)) * time.Millisecond
+	case RedisRestoreOld:
+		return sec(60, 600), 0
 	case RedisBlipAtCall:
 		return sec(60, 300), time.Duration(500+rng.IntN(2500)) * time.Millisecond
 	case Up429:

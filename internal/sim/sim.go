@@ -70,6 +70,7 @@ func Run(s Schedule) Result {
 		if at%(30*time.Second) == 0 {
 			w.snapshot()
 		}
+		w.strikeRestores()
 		w.chk.step()
 		if len(w.chk.viol) > 0 {
 			break
@@ -120,8 +121,10 @@ func (w *world) apply(f Fault) {
 		w.resetConns()
 		w.chk.lossAt = time.Now()
 	case RedisRestoreOld:
-		w.restore(f.Arg)
-		w.chk.lossAt = time.Now()
+		// Armed: it strikes right after the next write of the token, when
+		// the replica Redis fails over to has most likely missed it.
+		ti := f.Replica % 2
+		w.restores = append(w.restores, armedRestore{ti: ti, was: w.mini.HGet(keys(ti).Token, "v"), until: time.Now().Add(f.Dur)})
 	case EvictLock:
 		for i := range tokenNames {
 			w.mini.Del(keys(i).Lock)
@@ -276,8 +279,9 @@ func (w *world) resetConns() {
 // snapshot is Redis's data set at one time, as an RDB file holds it:
 // every key, with its absolute expiry.
 type snapshot struct {
-	at   time.Time
-	cmds [][]any
+	at     time.Time
+	cmds   [][]any
+	tokens [2]string // each token's value then
 }
 
 // snapshot records the data set, keeping twenty minutes of them.
@@ -321,22 +325,52 @@ func (w *world) snapshot() {
 			s.cmds = append(s.cmds, []any{"PEXPIREAT", k, time.Now().Add(pttl).UnixMilli()})
 		}
 	}
+	for i := range tokenNames {
+		s.tokens[i] = w.mini.HGet(keys(i).Token, "v")
+	}
 	w.snapshots = append(w.snapshots, s)
 	if len(w.snapshots) > 40 {
 		w.snapshots = w.snapshots[1:]
 	}
 }
 
-// restore replaces the data set with the newest snapshot taken at least
-// age ago (the oldest kept, when none is that old), and resets every
-// connection, as a Redis restarted from an older RDB file.
-func (w *world) restore(age time.Duration) {
+// armedRestore is a RedisRestoreOld waiting for the next write of its
+// token.
+type armedRestore struct {
+	ti    int
+	was   string
+	until time.Time
+}
+
+// strikeRestores restores an older data set for each armed restore whose
+// token was written since it was armed.
+func (w *world) strikeRestores() {
+	kept := w.restores[:0]
+	for _, a := range w.restores {
+		switch {
+		case w.mini.HGet(keys(a.ti).Token, "v") != a.was:
+			w.restore(a.ti)
+			w.chk.lossAt = time.Now()
+		case time.Now().Before(a.until):
+			kept = append(kept, a)
+		}
+	}
+	w.restores = kept
+}
+
+// restore replaces the data set with an older one, and resets every
+// connection, as a Redis restarted from an older RDB file or a failover
+// to a replica that missed the last writes: the newest snapshot that holds
+// another value of token ti than Redis does now (the write it missed), or
+// the oldest kept.
+func (w *world) restore(ti int) {
 	if len(w.snapshots) == 0 {
 		return
 	}
 	s := w.snapshots[0]
+	cur := w.mini.HGet(keys(ti).Token, "v")
 	for _, x := range w.snapshots {
-		if time.Since(x.at) >= age {
+		if x.tokens[ti] != cur && x.tokens[ti] != "" {
 			s = x
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/redis/go-redis/v9"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -17,12 +18,13 @@ import (
 )
 
 var (
-	flagSeeds = flag.Int("seeds", 2, "how many seeds a sweep runs (seeds 1..N, or from -first)")
-	flagFirst = flag.Uint64("first", 1, "the first seed of a sweep")
-	flagSeed  = flag.Uint64("seed", 0, "replay this one seed")
-	flagHours = flag.Float64("hours", 1, "simulated hours per seed")
-	flagPlant = flag.String("plant", "", "plant this known bug (-plant=list lists them)")
-	flagTrace = flag.Bool("trace", false, "on a violation, print the schedule and the fleet's last log lines")
+	flagSeeds  = flag.Int("seeds", 2, "how many seeds a sweep runs (seeds 1..N, or from -first)")
+	flagFirst  = flag.Uint64("first", 1, "the first seed of a sweep")
+	flagSeed   = flag.Uint64("seed", 0, "replay this one seed")
+	flagHours  = flag.Float64("hours", 1, "simulated hours per seed")
+	flagPlant  = flag.String("plant", "", "plant this known bug (-plant=list lists them)")
+	flagShrink = flag.Bool("shrink", false, "on a violation, shrink the schedule and print the minimal one as a Go literal")
+	flagTrace  = flag.Bool("trace", false, "on a violation, print the schedule and the fleet's last log lines")
 )
 
 // cpuTime is the process's user and system time.
@@ -38,9 +40,14 @@ func cpuTime() time.Duration {
 func runOne(t *testing.T, s sim.Schedule) sim.Result {
 	t.Helper()
 	var res sim.Result
-	t.Run(fmt.Sprintf("seed=%d", s.Seed), func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) { res = sim.Run(s) })
-	})
+	t.Run(fmt.Sprintf("seed=%d", s.Seed), func(t *testing.T) { res = runIn(t, s) })
+	return res
+}
+
+// runIn runs s in a bubble of t's.
+func runIn(t *testing.T, s sim.Schedule) sim.Result {
+	var res sim.Result
+	synctest.Test(t, func(t *testing.T) { res = sim.Run(s) })
 	return res
 }
 
@@ -80,24 +87,43 @@ func TestSimulation(t *testing.T) {
 		}
 	}
 	cpu0 := cpuTime()
-	var hours float64
-	faults, violations := 0, 0
-	for _, seed := range seeds {
-		s := sim.Generate(seed, length)
-		t.Logf("seed %d: %d replicas, %v, %d faults", seed, s.Replicas, s.Length, len(s.Faults))
-		res := runOne(t, s)
-		hours += res.FleetHours
-		faults += res.Faults
-		if res.Failed() {
-			violations++
-			v := res.Violations[0]
-			if *flagTrace {
-				t.Logf("schedule: %#v", s)
-				t.Logf("the fleet's last log lines:\n%s", strings.Join(res.LogTail, "\n"))
-			}
-			t.Errorf("seed %d: invariant %s broken at %v: %s\nreplay: %s", seed, v.Invariant, v.At, v.Detail, replay(seed, *flagHours, *flagPlant))
+	var (
+		mu                 sync.Mutex
+		hours              float64
+		faults, violations int
+	)
+	// The seeds run in parallel (each in a bubble of its own), up to
+	// -test.parallel at once.
+	t.Run("sweep", func(t *testing.T) {
+		for _, seed := range seeds {
+			t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+				t.Parallel()
+				s := sim.Generate(seed, length)
+				t.Logf("seed %d: %d replicas, %v, %d faults", seed, s.Replicas, s.Length, len(s.Faults))
+				res := runIn(t, s)
+				mu.Lock()
+				hours += res.FleetHours
+				faults += res.Faults
+				if res.Failed() {
+					violations++
+				}
+				mu.Unlock()
+				if !res.Failed() {
+					return
+				}
+				v := res.Violations[0]
+				if *flagTrace {
+					t.Logf("schedule: %#v", s)
+					t.Logf("the fleet's last log lines:\n%s", strings.Join(res.LogTail, "\n"))
+				}
+				if *flagShrink {
+					min, mv := sim.Shrink(s, v, func(c sim.Schedule) sim.Result { return runOne(t, c) }, 60)
+					t.Logf("minimal schedule (%s at %v: %s):\n%#v", mv.Invariant, mv.At, mv.Detail, min)
+				}
+				t.Errorf("seed %d: invariant %s broken at %v: %s\nreplay: %s", seed, v.Invariant, v.At, v.Detail, replay(seed, *flagHours, *flagPlant))
+			})
 		}
-	}
+	})
 	cpu := (cpuTime() - cpu0).Seconds()
 	fmt.Printf("FIGURE sim seeds=%d fleet_hours=%.1f faults=%d violations=%d sim_hours_per_cpu_second=%.2f\n",
 		len(seeds), hours, faults, violations, hours/max(cpu, 1e-9))
@@ -122,6 +148,7 @@ var plantBound = map[plant.Bug]int{
 	plant.BudgetOff:        20,
 	plant.UnsavedForgotten: 20,
 	plant.FenceOff:         20,
+	plant.WriteBudgetOff:   20,
 }
 
 // TestPlantedBugsAreFound plants each known bug in turn and sweeps seeds

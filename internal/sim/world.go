@@ -80,6 +80,7 @@ type world struct {
 	blipUntil time.Time     // Redis unreachable for every replica until then
 	signOns   [2][]time.Time
 	snapshots []snapshot
+	restores  []armedRestore
 
 	chk *checker
 }
