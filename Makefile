@@ -7,7 +7,15 @@ GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: bench bench-smoke bench-deps
+.PHONY: bench bench-smoke bench-deps sim
+
+# The long simulation sweep (docs/simulation.md): 700 seeds of 4 simulated
+# hours, 2 to 6 replicas each, at least 10,000 fleet-hours. Its last line
+# is the FIGURE line; a violation fails it with the command that replays
+# the seed. (Run in the package's directory, go test shows the test's
+# output even when it passes.)
+sim:
+	cd internal/sim && $(GO) test -run 'TestSimulation$$' -count=1 -timeout 0 -args -seeds=700 -hours=4
 
 bench: bench-deps
 	cd bench && $(GO) run .

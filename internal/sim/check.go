@@ -177,7 +177,8 @@ func (c *checker) step() {
 				}
 				continue
 			}
-			c.checkServed(r, gen, ti, tok.Value, tok.Deadline, now)
+			// The deadline is a reading of the replica's clock.
+			c.checkServed(r, gen, ti, tok.Value, tok.Deadline.Add(-r.clock.get()), now)
 		}
 	}
 	// Invariant 8: pending handovers.

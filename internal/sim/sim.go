@@ -157,7 +157,9 @@ func (w *world) apply(f Fault) {
 	case UpHang:
 		w.knobs(f, func(k *fakerdp.Knobs) { k.Latency = 2 * UpTimeout })
 	case UpSlow:
-		w.knobs(f, func(k *fakerdp.Knobs) { k.Latency = f.Arg })
+		w.mu.Lock()
+		w.upLate[f.Replica%2] = f.Arg
+		w.mu.Unlock()
 	case UpExpired:
 		w.knobs(f, func(k *fakerdp.Knobs) { k.Expired = true })
 	case UpMalformd:
@@ -210,8 +212,12 @@ func (w *world) heal(f Fault) {
 		w.knobs(f, func(k *fakerdp.Knobs) { k.LivenessStatus, k.RetryAfter = 0, 0 })
 	case UpAuth500:
 		w.up[0].Update(func(k *fakerdp.Knobs) { k.AuthStatus = 0 })
-	case UpHang, UpSlow:
+	case UpHang:
 		w.knobs(f, func(k *fakerdp.Knobs) { k.Latency = 0 })
+	case UpSlow:
+		w.mu.Lock()
+		w.upLate[f.Replica%2] = 0
+		w.mu.Unlock()
 	case UpExpired:
 		w.knobs(f, func(k *fakerdp.Knobs) { k.Expired = false })
 	case UpMalformd:

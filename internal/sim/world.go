@@ -81,6 +81,7 @@ type world struct {
 	signOns   [2][]time.Time
 	snapshots []snapshot
 	restores  []armedRestore
+	upLate    [2]time.Duration // each upstream's answers arrive this late
 
 	chk *checker
 }
@@ -101,6 +102,7 @@ type replica struct {
 	running    bool
 	startedAt  time.Time
 	generation int // how many times it was started
+	clock      *hostClock
 }
 
 func newWorld(s Schedule, logs *logScan) *world {
@@ -116,7 +118,9 @@ func newWorld(s Schedule, logs *logScan) *world {
 	}
 	w.chk = newChecker(w)
 	for i := range s.Replicas {
-		r := &replica{w: w, idx: i, name: fmt.Sprintf("r%d", i)}
+		// Each host's wall clock is off by up to half an hour.
+		r := &replica{w: w, idx: i, name: fmt.Sprintf("r%d", i), clock: &hostClock{}}
+		r.clock.step(time.Duration(w.rng.Int64N(int64(time.Hour))) - 30*time.Minute)
 		w.replicas = append(w.replicas, r)
 	}
 	return w
@@ -161,7 +165,7 @@ func (r *replica) startKeeper() error {
 	cfg := tokenkeeper.Config{
 		Redis: r.rdb, Instance: r.name, LockTTL: LockTTL, PollInterval: PollInterval,
 		RetryMin: RetryMin, RetryMax: RetryMax, AuthPerMinute: AuthPerMinute,
-		ServeMargin: ServeMargin, RefreshBefore: RefreshBefore, Logger: log,
+		ServeMargin: ServeMargin, RefreshBefore: RefreshBefore, Logger: log, Clock: r.clock,
 		Tokens: []tokenkeeper.TokenConfig{
 			{Name: tokenNames[0], RDP: &upstream.Config{
 				BaseURL: "http://" + rdpHost, ClientID: clientID, ClientSecret: clientSecret,
@@ -450,6 +454,18 @@ func (l *upLink) RoundTrip(req *http.Request) (*http.Response, error) {
 	w.upstreamCall(up, req.URL.Path)
 	rec := httptest.NewRecorder()
 	w.up[up].ServeHTTP(rec, req)
+	w.mu.Lock()
+	late := w.upLate[up]
+	w.mu.Unlock()
+	if late > 0 {
+		// The answer is on its way back: the token was issued already.
+		t := time.NewTimer(late)
+		select {
+		case <-t.C:
+		case <-req.Context().Done():
+		}
+		t.Stop()
+	}
 	if err := req.Context().Err(); err != nil {
 		return nil, err
 	}
