@@ -24,6 +24,7 @@ var (
 	flagHours   = flag.Float64("hours", 1, "simulated hours per seed")
 	flagPlant   = flag.String("plant", "", "plant this known bug (-plant=list lists them)")
 	flagReplays = flag.Int("replays", 0, "with -seed: run the seed this many times and count identical outcomes (replay fidelity)")
+	flagPlants  = flag.Bool("plants", false, "run TestPlantedBugsAreFound's sweeps (CI's simulation step does)")
 	flagShrink  = flag.Bool("shrink", false, "on a violation, shrink the schedule and print the minimal one as a Go literal")
 	flagTrace   = flag.Bool("trace", false, "on a violation, print the schedule and the fleet's last log lines")
 )
@@ -161,6 +162,9 @@ var plantBound = map[plant.Bug]int{
 // planted (TestSimulation) find nothing, so what is found here is the
 // bug.
 func TestPlantedBugsAreFound(t *testing.T) {
+	if !*flagPlants {
+		t.Skip("the planted bugs' sweeps take a minute of CPU: they run with -args -plants (CI's simulation step runs them)")
+	}
 	only := *flagPlant
 	for _, bug := range plant.All() {
 		if only != "" && only != "list" && plant.Bug(only) != bug {
