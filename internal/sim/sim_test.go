@@ -21,7 +21,7 @@ var (
 	flagSeeds   = flag.Int("seeds", 2, "how many seeds a sweep runs (seeds 1..N, or from -first)")
 	flagFirst   = flag.Uint64("first", 1, "the first seed of a sweep")
 	flagSeed    = flag.Uint64("seed", 0, "replay this one seed")
-	flagHours   = flag.Float64("hours", 1, "simulated hours per seed")
+	flagHours   = flag.Float64("hours", 0.5, "simulated hours per seed")
 	flagPlant   = flag.String("plant", "", "plant this known bug (-plant=list lists them)")
 	flagReplays = flag.Int("replays", 0, "with -seed: run the seed this many times and count identical outcomes (replay fidelity)")
 	flagPlants  = flag.Bool("plants", false, "run TestPlantedBugsAreFound's sweeps (CI's simulation step does)")
