@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 )
 
 // The invariants, by the names a violation carries.

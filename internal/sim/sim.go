@@ -8,7 +8,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 )
 
 // Result is what one run found.

@@ -18,7 +18,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/fakerdp"
+	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
