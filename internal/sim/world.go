@@ -50,9 +50,9 @@ var tokenNames = []string{"liveness", "oauth"}
 const (
 	clientID     = "sim-client"
 	clientSecret = "sim-client-secret-7f3a9c"
-	readerKey    = "sim-reader-key-51c2e8"
-	adminKey     = "sim-admin-key-a09d44"
-	wrongKey     = "sim-wrong-key-000000"
+	readerKey    = "9c3e71a5f0b2d84c6e19a7f3b5d02c8e"
+	adminKey     = "e4a6c1f3e9b7d5024a3f9c1e7a5b2d80"
+	wrongKey     = "0123456789abcdef0123456789abcdef"
 )
 
 const (
