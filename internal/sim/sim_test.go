@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"github.com/redis/go-redis/v9"
+	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -141,7 +143,14 @@ type quietRedis struct{}
 
 func (quietRedis) Printf(context.Context, string, ...any) {}
 
-func init() { redis.SetLogger(quietRedis{}) }
+func init() {
+	redis.SetLogger(quietRedis{})
+	// The simulated fleet allocates much and keeps little: collecting
+	// garbage less often (the heap stays small) speeds it up by half.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
+}
 
 // plantBound is how many seeds (of an hour each) the simulator may take to
 // find each planted bug: TestPlantedBugsAreFound fails when one is not

@@ -161,7 +161,7 @@ func (r *replica) startKeeper() error {
 	r.ul = &upLink{w: w}
 	r.rdb = redis.NewClient(w.redisOptions(r.rl.dial))
 	hc := &http.Client{Transport: r.ul, Timeout: UpTimeout}
-	log := slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("replica", r.name)
+	log := slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelInfo})).With("replica", r.name)
 	cfg := tokenkeeper.Config{
 		Redis: r.rdb, Instance: r.name, LockTTL: LockTTL, PollInterval: PollInterval,
 		RetryMin: RetryMin, RetryMax: RetryMax, AuthPerMinute: AuthPerMinute,
