@@ -210,7 +210,9 @@ func TestWriteIsFencedAndOrdered(t *testing.T) {
 const writeBudget = time.Second
 
 // got is what tok has left on clk.
-func got(tok cache.Token, clk interface{ Now() time.Time }) time.Duration { return tok.Remaining(clk.Now()) }
+func got(tok cache.Token, clk interface{ Now() time.Time }) time.Duration {
+	return tok.Remaining(clk.Now())
+}
 
 func TestWriteSetsExpiryInRedis(t *testing.T) {
 	f := newFixture(t)

@@ -83,10 +83,9 @@ func (v Violation) String() string { return fmt.Sprintf("%s at %v: %s", v.Invari
 
 // issued is what the oracle knows of a token an upstream issued.
 type issued struct {
-	up       int // 0 rdp, 1 oauth
-	idx      int // order among the usable tokens of its upstream
-	at, exp  time.Time
-	hasValue bool
+	up      int // 0 rdp, 1 oauth
+	idx     int // order among the usable tokens of its upstream
+	at, exp time.Time
 }
 
 type servedKey struct {
