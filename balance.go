@@ -23,6 +23,9 @@ import (
 // so that a replica that died leading none (its heartbeat lives on for up
 // to three heartbeat intervals) is handed few tokens: each comes back to
 // this replica after a lock TTL with no leader, and is served meanwhile.
+// The replica that hands a token over stays out of its election for a
+// lock TTL only (refresher.StepDown): a token handed round the fleet
+// leaves no replica aside when its leader later dies.
 func (k *Keeper) balance(ctx context.Context) error {
 	if k.cfg.single {
 		return nil

@@ -266,10 +266,10 @@ func New(cfg Config, rdb redisClient, store *cache.Store, src Source) (*Refreshe
 }
 
 // StepDown asks this replica, when it leads, to release the lock and stay
-// out of the election for HandoverCooldown, as after a failing upstream: a
-// replica that leads several tokens uses it to spread leadership over the
-// fleet after an election gave it more than its share. It stands again
-// sooner when no other replica takes the lock within a lock TTL. A refresh
+// out of the election for a lock TTL, long enough for a replica standing
+// for it to take it: a replica that leads several tokens uses it to spread
+// leadership over the fleet after an election gave it more than its share.
+// If no other replica takes the lock, it stands again then. A refresh
 // under way finishes first. It does not block; it reports whether this
 // replica led when asked.
 func (r *Refresher) StepDown() bool {
@@ -468,8 +468,16 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 			}
 		}
 	}
-	if reason == endHandedOver || reason == endStepped {
+	switch reason {
+	case endHandedOver:
 		r.setAside(r.cfg.Clock.Now().Add(r.cfg.HandoverCooldown))
+	case endStepped:
+		// Out of the election long enough for the replica it stepped down
+		// for to take the lock (it stands when the release is announced),
+		// and no longer: that replica's lock expires a lock TTL after it
+		// took it at the earliest, so a failover of it never waits for
+		// this aside to end.
+		r.setAside(r.cfg.Clock.Now().Add(r.cfg.LockTTL))
 	}
 	r.log.Info("leadership ended", "reason", reason, "led_for", r.cfg.Clock.Now().Sub(start).Round(time.Millisecond))
 	r.metrics.leadership(changeOf(reason))
@@ -784,7 +792,7 @@ func (r *Refresher) work(ctx context.Context, lockValue string) endReason {
 			r.refuseDuringBackoff(ctx, st)
 			continue
 		case <-r.stepDown:
-			r.log.Info("handing leadership over to spread it across the fleet", "cooldown", r.cfg.HandoverCooldown)
+			r.log.Info("handing leadership over to spread it across the fleet", "aside_for", r.cfg.LockTTL)
 			return endStepped
 		case <-timer.C():
 		}
