@@ -172,8 +172,8 @@ type HTTPConfig struct {
 	// Keys are further keys, each with a role and the tokens it may use.
 	Keys []httpapi.Key
 	// AllowAnonymous lets requests without a key read the tokens. Without
-	// it, ReaderKeys (or Keys of role reader) are required: admin keys
-	// read too, but do not open the read route alone.
+	// it, ReaderKeys (or Keys, or Security.Identities, of role reader) are
+	// required: admin keys read too, but do not open the read route alone.
 	AllowAnonymous bool
 	// AllowWeakKeys accepts reader and admin keys too weak to resist
 	// guessing (httpapi.CheckKeyStrength); without it they are refused.
@@ -342,6 +342,9 @@ func (c *Config) check(needSource bool) []error {
 	readers := len(c.HTTP.ReaderKeys) > 0
 	for _, k := range c.HTTP.Keys {
 		readers = readers || k.Role == httpapi.RoleReader || k.Role == ""
+	}
+	for _, id := range c.HTTP.Security.Identities {
+		readers = readers || id.Role == httpapi.RoleReader || id.Role == ""
 	}
 	if !readers && !c.HTTP.AllowAnonymous {
 		fail("HTTP.ReaderKeys", "is required (or HTTP.AllowAnonymous)")

@@ -106,7 +106,8 @@ type Config struct {
 	// in Status. Default: the host name.
 	Instance string
 	// ReaderKeys may read the token (TOKENKEEPER_API_KEYS). Required
-	// unless AllowAnonymous is set.
+	// unless AllowAnonymous is set, or Keys or Security.Identities hold a
+	// reader.
 	ReaderKeys []string
 	// AdminKeys may read the token, read the status and ask for a refresh
 	// (TOKENKEEPER_ADMIN_KEYS). Without them the admin routes do not exist
@@ -224,8 +225,11 @@ func New(cfg Config, tokens []Token, ctl controller) (*Server, error) {
 		admin = admin || k.Role == RoleAdmin
 		reader = reader || k.Role == RoleReader || k.Role == ""
 	}
+	for _, id := range cfg.Security.Identities {
+		reader = reader || id.Role == RoleReader || id.Role == ""
+	}
 	if !reader && !cfg.AllowAnonymous {
-		return nil, errors.New("httpapi: no reader keys: set TOKENKEEPER_API_KEYS, or allow anonymous reads explicitly")
+		return nil, errors.New("httpapi: no reader keys: set TOKENKEEPER_API_KEYS (or a reader key or identity), or allow anonymous reads explicitly")
 	}
 	if admin && ctl == nil {
 		return nil, errors.New("httpapi: TOKENKEEPER_ADMIN_KEYS is set but there is no Controller for the admin routes")

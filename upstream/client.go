@@ -1,12 +1,14 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -363,7 +365,13 @@ func (c *Client) signOnV2(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	sent := c.cfg.Clock.Now()
-	t, err := c.v2.Token(context.WithValue(ctx, oauth2.HTTPClient, c.http))
+	hc := *c.http
+	capture := &captureTransport{base: hc.Transport, max: v2AnswerBytes}
+	if capture.base == nil {
+		capture.base = http.DefaultTransport
+	}
+	hc.Transport = capture
+	t, err := c.v2.Token(context.WithValue(ctx, oauth2.HTTPClient, &hc))
 	if err != nil {
 		var re *oauth2.RetrieveError
 		switch {
@@ -371,9 +379,17 @@ func (c *Client) signOnV2(ctx context.Context) (string, error) {
 			return "", c.statusError(OpAuth, re.Response, re.Body, c.access, c.refresh)
 		case ctx.Err() != nil || isTransport(err):
 			return "", &Error{Op: OpAuth, Retryable: true, Err: err}
+		case capture.body != nil:
+			// x/oauth2 could not read the 2xx answer (an expires_in of 20.0,
+			// say): read it as auth v1's and the liveness answers are.
+			answer, err := parseAuthAnswer(capture.body)
+			if err != nil {
+				return "", &Error{Op: OpAuth, Retryable: true, Err: err}
+			}
+			c.keep(answer.access, answer.lifetime, sent)
+			return answer.access, nil
 		default:
-			// x/oauth2 could not read the 2xx answer. Its message may quote the
-			// body, so only the class is kept.
+			// Its message may quote the body, so only the class is kept.
 			return "", &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", ErrMalformed)}
 		}
 	}
@@ -459,28 +475,74 @@ func (c *Client) postV1(ctx context.Context, form url.Values) (string, error) {
 		return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: err}
 	}
 
+	answer, err := parseAuthAnswer(body)
+	if err != nil {
+		return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: err}
+	}
+	if answer.refresh != "" {
+		c.refresh = answer.refresh
+	}
+	c.keep(answer.access, answer.lifetime, sent)
+	return answer.access, nil
+}
+
+// authAnswer is what a sign-on answer gives.
+type authAnswer struct {
+	access, refresh string
+	lifetime        time.Duration // 0: not said
+}
+
+// parseAuthAnswer reads a JSON sign-on answer (auth v1 or v2) as
+// tolerantly as the liveness answer: expires_in may be a number, whole or
+// not, or a string holding one.
+func parseAuthAnswer(body []byte) (authAnswer, error) {
 	var answer struct {
 		AccessToken  string          `json:"access_token"`
 		RefreshToken string          `json:"refresh_token"`
 		ExpiresIn    json.RawMessage `json:"expires_in"`
 	}
 	if err := json.Unmarshal(body, &answer); err != nil {
-		return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", ErrMalformed)}
+		return authAnswer{}, fmt.Errorf("%w: unreadable token answer", ErrMalformed)
 	}
 	if checkToken(answer.AccessToken) != nil {
-		return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: fmt.Errorf("%w: access token", ErrMalformed)}
+		return authAnswer{}, fmt.Errorf("%w: access token", ErrMalformed)
 	}
-	var lifetime time.Duration
+	out := authAnswer{access: answer.AccessToken, refresh: answer.RefreshToken}
 	if len(answer.ExpiresIn) > 0 && string(answer.ExpiresIn) != "null" {
-		if lifetime, err = parseSeconds(answer.ExpiresIn); err != nil {
-			return "", &Error{Op: OpAuth, Status: resp.StatusCode, Retryable: true, Err: err}
+		var err error
+		if out.lifetime, err = parseSeconds(answer.ExpiresIn); err != nil {
+			return authAnswer{}, err
 		}
 	}
-	if answer.RefreshToken != "" {
-		c.refresh = answer.RefreshToken
+	return out, nil
+}
+
+// v2AnswerBytes is as much of an auth v2 answer as x/oauth2 reads.
+const v2AnswerBytes = 1 << 20
+
+// captureTransport keeps the body of a successful answer (up to max
+// bytes) for its caller while passing it on unread: x/oauth2 refuses an
+// expires_in that is not a whole number (20.0), and says nothing of the
+// body it could not read.
+type captureTransport struct {
+	base http.RoundTripper
+	max  int64
+	body []byte // of the last 2xx answer
+}
+
+func (t *captureTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err != nil || resp.StatusCode/100 != 2 {
+		return resp, err
 	}
-	c.keep(answer.AccessToken, lifetime, sent)
-	return answer.AccessToken, nil
+	body, rerr := io.ReadAll(io.LimitReader(resp.Body, t.max))
+	resp.Body.Close()
+	if rerr != nil {
+		return nil, rerr
+	}
+	t.body = body
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	return resp, nil
 }
 
 // liveness calls the liveness endpoint with the access token. The Token is

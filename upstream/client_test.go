@@ -178,6 +178,37 @@ func body(status int, b string) http.HandlerFunc {
 	}
 }
 
+// TestSignOnAcceptsFractionalExpiresIn: an auth answer's expires_in may be
+// a number with a fraction or a string holding one, in auth v2 as in v1,
+// as the liveness answer's may.
+func TestSignOnAcceptsFractionalExpiresIn(t *testing.T) {
+	for _, auth := range []upstream.AuthVersion{upstream.AuthV2, upstream.AuthV1} {
+		for _, tt := range []struct {
+			expiresIn string
+			want      time.Duration
+		}{
+			{`20.0`, 20 * time.Second},
+			{`20.5`, 20500 * time.Millisecond},
+			{`"20.0"`, 20 * time.Second},
+			{`20`, 20 * time.Second},
+		} {
+			t.Run(string(auth)+" "+tt.expiresIn, func(t *testing.T) {
+				path := "/auth/oauth2/" + string(auth) + "/token"
+				r := rdptest.New(t, fakerdp.Config{}, map[string]http.HandlerFunc{
+					path: body(200, `{"access_token":"access-abc","token_type":"Bearer","expires_in":`+tt.expiresIn+`}`)})
+				c := r.Client(t, upstream.Config{Auth: auth})
+				tok, err := c.SignOn(context.Background())
+				if err != nil {
+					t.Fatalf("SignOn: %v", err)
+				}
+				if tok.Value != "access-abc" || tok.Lifetime != tt.want {
+					t.Errorf("SignOn = %q for %v, want access-abc for %v", tok.Value, tok.Lifetime, tt.want)
+				}
+			})
+		}
+	}
+}
+
 func TestTokenFailures(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -271,6 +302,18 @@ func TestTokenFailures(t *testing.T) {
 		{name: "v2 absurd expires_in", routes: map[string]http.HandlerFunc{
 			"/auth/oauth2/v2/token": body(200, `{"access_token":"abc","expires_in":100000}`)},
 			wantOp: "auth", wantRe: true, wantIs: upstream.ErrInvalidExpiry},
+		{name: "v2 absurd fractional expires_in", routes: map[string]http.HandlerFunc{
+			"/auth/oauth2/v2/token": body(200, `{"access_token":"abc","expires_in":100000.5}`)},
+			wantOp: "auth", wantRe: true, wantIs: upstream.ErrInvalidExpiry},
+		{name: "v2 negative fractional expires_in", routes: map[string]http.HandlerFunc{
+			"/auth/oauth2/v2/token": body(200, `{"access_token":"abc","expires_in":-1.5}`)},
+			wantOp: "auth", wantRe: true, wantIs: upstream.ErrInvalidExpiry},
+		{name: "v2 expires_in not a number", routes: map[string]http.HandlerFunc{
+			"/auth/oauth2/v2/token": body(200, `{"access_token":"abc","expires_in":"soon"}`)},
+			wantOp: "auth", wantRe: true, wantIs: upstream.ErrMalformed},
+		{name: "v2 fractional expires_in, no access token", routes: map[string]http.HandlerFunc{
+			"/auth/oauth2/v2/token": body(200, `{"expires_in":20.0}`)},
+			wantOp: "auth", wantRe: true, wantIs: upstream.ErrMalformed},
 
 		// Auth v1 failures.
 		{name: "v1 wrong password", auth: "v1", cfg: upstream.Config{Password: "wrong"},

@@ -352,9 +352,6 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 		}
 		c.Catalog = cat
 	}
-	if len(c.APIKeys) == 0 && !c.AllowAnonymous && !catalogFailed && !hasReaders(c.Catalog) {
-		v.fail("TOKENKEEPER_API_KEYS is required (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the token)")
-	}
 	if err := c.LogLevel.UnmarshalText([]byte(v.str("TOKENKEEPER_LOG_LEVEL"))); err != nil {
 		v.fail("TOKENKEEPER_LOG_LEVEL: %q is not debug, info, warn or error", v.str("TOKENKEEPER_LOG_LEVEL"))
 	}
@@ -373,6 +370,15 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	}
 	if c.Catalog != nil {
 		c.Security.Identities = append(c.Security.Identities, c.Catalog.Identities...)
+	}
+	// Readers come from the environment or the catalog, as keys or as
+	// client certificate identities.
+	if len(c.APIKeys) == 0 && !c.AllowAnonymous && !catalogFailed && !hasReaders(c.Catalog) && !readerIdentity(c.Security.Identities) {
+		if c.Catalog != nil {
+			v.fail("no reader: TOKENKEEPER_API_KEYS is empty and the catalog (TOKENKEEPER_CONFIG) has no key or identity of role reader; admin keys read too but do not open the read route alone (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the tokens)")
+		} else {
+			v.fail("TOKENKEEPER_API_KEYS is required (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the token)")
+		}
 	}
 	if len(c.Security.Identities) > 0 && (c.TLS == nil || c.TLS.ClientCAs == nil) {
 		v.fail("TOKENKEEPER_TLS_IDENTITIES (or the catalog's identities) need TOKENKEEPER_TLS_CLIENT_CA and TOKENKEEPER_TLS_CERT: no client certificate is verified without them")
@@ -491,6 +497,16 @@ func checkRules(v *values, c Config) {
 		}
 		v.fail("%s: %s", fieldVars.Replace(fe.Field), fieldVars.Replace(fe.Problem))
 	}
+}
+
+// readerIdentity reports whether one of ids is a reader's.
+func readerIdentity(ids []httpapi.Identity) bool {
+	for _, id := range ids {
+		if id.Role == httpapi.RoleReader || id.Role == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // hasReaders reports whether cat has a reader key: as with the

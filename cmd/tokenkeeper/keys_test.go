@@ -21,6 +21,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
+	"github.com/tokenkeeper/tokenkeeper/internal/tlstest"
 )
 
 // Keys of the tests, strong enough to be accepted (httpapi.CheckKeyStrength).
@@ -175,4 +176,68 @@ func TestRightKeyAfterHundredWrongOnes(t *testing.T) {
 		t.Fatalf("the right key after 100 wrong ones from the same address: %d, %v; want 200", code, err)
 	}
 	t.Logf("100 wrong keys: %d answered 401, %d answered 429; the right key: 200", codes[401], codes[429])
+}
+
+// TestCatalogReadersNeedNoEnvironmentKeys: the readers of a catalog, keys
+// or client certificate identities, are enough for serve: it does not ask
+// for TOKENKEEPER_API_KEYS besides. A catalog with admin keys alone still
+// needs a reader, and the error says where one may come from.
+func TestCatalogReadersNeedNoEnvironmentKeys(t *testing.T) {
+	ca := tlstest.NewCA(t, "tokenkeeper test CA")
+	dir := t.TempDir()
+	certFile, keyFile := ca.Issue(t, tlstest.Options{CommonName: "replica"}).Write(t, dir)
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := redistest.NewMini(t)
+	const tokens = `tokens:
+  - name: liveness
+    source: rdp-liveness
+    rdp:
+      client_id: id
+      client_secret: ${RDP_SECRET}
+`
+	tests := []struct {
+		name, rest string
+		wantErr    string
+	}{
+		{"reader key", "keys:\n  - name: app\n    key: ${APP_KEY}\n", ""},
+		{"reader identity", "identities:\n  - name: mesh\n    subject: CN=mesh-gateway\n", ""},
+		{"reader identity and admin key", "keys:\n  - name: ops\n    role: admin\n    key: ${APP_KEY}\nidentities:\n  - name: mesh\n    subject: spiffe://example.org/ns/prod/sa/backend\n    role: reader\n", ""},
+		{"admin key alone", "keys:\n  - name: ops\n    role: admin\n    key: ${APP_KEY}\n", "the catalog (TOKENKEEPER_CONFIG) has no key or identity of role reader"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(dir, fmt.Sprintf("tokens-%d.yaml", i))
+			if err := os.WriteFile(file, []byte(tokens+tt.rest), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			env := map[string]string{
+				"TOKENKEEPER_CONFIG":        file,
+				"TOKENKEEPER_LISTEN":        "127.0.0.1:0",
+				"TOKENKEEPER_REDIS_URL":     "redis://" + srv.Addr + "/0",
+				"TOKENKEEPER_TLS_CERT":      certFile,
+				"TOKENKEEPER_TLS_KEY":       keyFile,
+				"TOKENKEEPER_TLS_CLIENT_CA": caFile,
+				"RDP_SECRET":                "s3cr3t",
+				"APP_KEY":                   testReaderKey,
+			}
+			cfg, err := parseServe(nil, func(k string) string { return env[k] }, os.ReadFile, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %v, want an error saying %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("serve asks for more than the catalog: %v", err)
+			}
+			p, err := NewProgram(cfg, quiet, nil)
+			if err != nil {
+				t.Fatalf("NewProgram: %v", err)
+			}
+			p.Close()
+		})
+	}
 }
