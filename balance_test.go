@@ -14,7 +14,6 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // hourSource issues tokens of an hour on the bubble's clock.
@@ -23,9 +22,9 @@ type hourSource struct {
 	calls int
 }
 
-func (s *hourSource) Token(context.Context) (upstream.Token, error) {
+func (s *hourSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
 	s.calls++
-	return upstream.Token{Value: fmt.Sprintf("%s-%d", s.name, s.calls), Lifetime: time.Hour, Sent: time.Now()}, nil
+	return tokenkeeper.UpstreamToken{Value: fmt.Sprintf("%s-%d", s.name, s.calls), Lifetime: time.Hour, Sent: time.Now()}, nil
 }
 
 // TestCatalogFailoverWithinLockTTL kills (no release) a replica leading

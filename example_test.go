@@ -44,9 +44,9 @@ func Example() {
 func Example_echo() {
 	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379"})
 	k, err := tokenkeeper.New(tokenkeeper.Config{
-		Redis:  rdb,
-		Source: upstreamSource(),
-		HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{"app-key"}},
+		Redis: rdb,
+		RDP:   &upstream.Config{ClientID: "service-account", ClientSecret: "secret from a file"},
+		HTTP:  tokenkeeper.HTTPConfig{ReaderKeys: []string{"app-key"}},
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -62,12 +62,4 @@ func Example_echo() {
 		return c.JSON(http.StatusOK, map[string]string{"liveness_token": t.Value})
 	})
 	log.Fatal(e.Start(":8080"))
-}
-
-func upstreamSource() tokenkeeper.Source {
-	c, err := upstream.New(upstream.Config{ClientID: "service-account", ClientSecret: "secret from a file"})
-	if err != nil {
-		log.Fatal(err)
-	}
-	return c
 }

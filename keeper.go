@@ -26,20 +26,6 @@ import (
 // (Config.Tokens): the liveness token.
 const Name = httpapi.DefaultName
 
-// Token is a token as a replica holds it; Value is the credential.
-type Token = cache.Token
-
-// UpstreamToken is what a Source returns: the credential, its lifetime and
-// when the request that obtained it was sent.
-type UpstreamToken = upstream.Token
-
-// Source fetches a new token from the upstream. The Keeper calls it from
-// one replica of the fleet at a time (the leader), about once per token
-// lifetime. An error that wraps an *upstream.Error says whether it is
-// worth retrying; any other error is retried with backoff.
-type Source interface {
-	Token(ctx context.Context) (UpstreamToken, error)
-}
 
 // Redis is what a Keeper needs of a go-redis client: *redis.Client fits
 // (redis.UniversalClient does too).
@@ -173,9 +159,9 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 
 // source returns tc's Source: its own, or a client of its upstream with
 // sign-ons capped fleet-wide, on cfg's Clock unless it has its own.
-func source(tc TokenConfig, cfg Config, keys cache.Keys, log *slog.Logger, reg prometheus.Registerer) (Source, error) {
+func source(tc TokenConfig, cfg Config, keys cache.Keys, log *slog.Logger, reg prometheus.Registerer) (refresher.Source, error) {
 	if tc.Source != nil {
-		return tc.Source, nil
+		return ownSource{tc.Source}, nil
 	}
 	budget, err := refresher.NewAuthBudget(cfg.Redis, keys.Auth, tc.AuthPerMinute)
 	if err != nil {
@@ -274,7 +260,8 @@ func (k *Keeper) Current(name string) (Token, bool) {
 	if t == nil {
 		return Token{}, false
 	}
-	return t.store.Current()
+	tok, ok := t.store.Current()
+	return tokenOf(tok), ok
 }
 
 // Token returns the named token, waiting until this replica holds a
@@ -290,7 +277,7 @@ func (k *Keeper) Token(ctx context.Context, name string) (Token, error) {
 	defer tick.Stop()
 	for {
 		if tok, ok := t.store.Current(); ok {
-			return tok, nil
+			return tokenOf(tok), nil
 		}
 		select {
 		case <-ctx.Done():
@@ -312,7 +299,7 @@ func (k *Keeper) Refresh(ctx context.Context, name string) (Token, error) {
 		return Token{}, fmt.Errorf("%w: %q", ErrUnknownToken, name)
 	}
 	tok, err := t.ref.Refresh(ctx)
-	return tok, refreshError(err)
+	return tokenOf(tok), refreshError(err)
 }
 
 // DeviceToken returns the named per-device token's token for device: the
@@ -325,13 +312,13 @@ func (k *Keeper) DeviceToken(ctx context.Context, name, dev string) (Token, erro
 		return Token{}, fmt.Errorf("%w: %q is not a per-device token", ErrUnknownToken, name)
 	}
 	tok, err := t.devices.Token(ctx, dev)
-	return tok, deviceError(err)
+	return tokenOf(tok), deviceError(err)
 }
 
 // accessSource keeps the RDP access token itself, for per-device tokens.
 type accessSource struct{ c *upstream.Client }
 
-func (a accessSource) Token(ctx context.Context) (UpstreamToken, error) { return a.c.SignOn(ctx) }
+func (a accessSource) Token(ctx context.Context) (upstream.Token, error) { return a.c.SignOn(ctx) }
 
 // deviceMinter adapts a device.Minter to the HTTP face.
 type deviceMinter struct{ m *device.Minter }
@@ -457,7 +444,12 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 }
 
 func (c controller) Refresh(ctx context.Context, name string) (cache.Token, error) {
-	t, err := c.k.Refresh(ctx, name)
+	kt := c.k.byName[name]
+	if kt == nil {
+		return cache.Token{}, fmt.Errorf("%w: %q", ErrUnknownToken, name)
+	}
+	t, err := kt.ref.Refresh(ctx)
+	err = refreshError(err)
 	if errors.Is(err, ErrNoLeader) || errors.Is(err, ErrUnavailable) {
 		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
 	}

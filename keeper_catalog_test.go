@@ -36,7 +36,9 @@ type countingSource struct {
 	name     string
 	lifetime time.Duration
 
-	inner tokenkeeper.Source // when set, the tokens come from it (a real upstream client)
+	inner interface { // when set, the tokens come from it (a real upstream client)
+		Token(context.Context) (upstream.Token, error)
+	}
 
 	mu      sync.Mutex
 	calls   int
@@ -46,7 +48,7 @@ type countingSource struct {
 	fleet   func() []tokenkeeper.Token // what the replicas hold, set once they run
 }
 
-func (s *countingSource) Token(context.Context) (upstream.Token, error) {
+func (s *countingSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls++
@@ -60,17 +62,17 @@ func (s *countingSource) Token(context.Context) (upstream.Token, error) {
 		}
 	}
 	if s.failing {
-		return upstream.Token{}, &upstream.Error{Op: upstream.OpToken, Status: 503, Retryable: true}
+		return tokenkeeper.UpstreamToken{}, &upstream.Error{Op: upstream.OpToken, Status: 503, Retryable: true}
 	}
 	if s.inner != nil {
 		tok, err := s.inner.Token(context.Background())
 		if err == nil {
 			s.last = tok.Value
 		}
-		return tok, err
+		return tokenkeeper.UpstreamToken{Value: tok.Value, Lifetime: tok.Lifetime, Sent: tok.Sent}, err
 	}
 	s.last = fmt.Sprintf("%s-%d", s.name, s.calls)
-	return upstream.Token{Value: s.last, Lifetime: s.lifetime, Sent: time.Now()}, nil
+	return tokenkeeper.UpstreamToken{Value: s.last, Lifetime: s.lifetime, Sent: time.Now()}, nil
 }
 
 func (s *countingSource) Last() string {

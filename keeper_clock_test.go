@@ -20,7 +20,6 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // skewedClock is a replica's own clock: off from the fleet's fake time by
@@ -50,7 +49,7 @@ func (s skewedSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) 
 	s.h.mu.Lock()
 	defer s.h.mu.Unlock()
 	s.h.calls++
-	return upstream.Token{Value: fmt.Sprintf("token-%d", s.h.calls), Lifetime: time.Hour, Sent: s.clk.Now()}, nil
+	return tokenkeeper.UpstreamToken{Value: fmt.Sprintf("token-%d", s.h.calls), Lifetime: time.Hour, Sent: s.clk.Now()}, nil
 }
 
 func (h *hourTokens) count() int {

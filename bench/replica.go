@@ -138,7 +138,8 @@ func startReplica(cfg replicaConfig) (*replica, error) {
 // Current returns the token the replica serves.
 func (r *replica) Current() (cache.Token, bool) {
 	if r.keeper != nil {
-		return r.keeper.Current(tokenkeeper.Name)
+		t, ok := r.keeper.Current(tokenkeeper.Name)
+		return cache.Token{Value: t.Value, Deadline: t.Deadline, FetchedAt: t.FetchedAt, Writer: t.Writer, Generation: t.Generation}, ok
 	}
 	return r.store.Current()
 }
@@ -182,7 +183,7 @@ type constSource struct {
 
 func (s *constSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
 	s.calls.Add(1)
-	return upstream.Token{Value: benchToken, Lifetime: s.lifetime, Sent: time.Now()}, nil
+	return tokenkeeper.UpstreamToken{Value: benchToken, Lifetime: s.lifetime, Sent: time.Now()}, nil
 }
 
 // waitFor polls cond every step until it holds or d passes.

@@ -17,7 +17,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
 // scaleResult is figure 11 for one fleet: N in-process replicas keeping a
@@ -65,7 +64,7 @@ type seqSource struct {
 
 func (s *seqSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
 	n := s.seq.Add(1)
-	return upstream.Token{Value: benchToken + "." + s.name + "." + strconv.FormatInt(n, 10), Lifetime: s.lifetime, Sent: time.Now()}, nil
+	return tokenkeeper.UpstreamToken{Value: benchToken + "." + s.name + "." + strconv.FormatInt(n, 10), Lifetime: s.lifetime, Sent: time.Now()}, nil
 }
 
 // scalePoolSize is the Redis pool of each replica of figure 11: go-redis
