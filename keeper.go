@@ -26,7 +26,6 @@ import (
 // (Config.Tokens): the liveness token.
 const Name = httpapi.DefaultName
 
-
 // Redis is what a Keeper needs of a go-redis client: *redis.Client fits
 // (redis.UniversalClient does too).
 type Redis interface {
