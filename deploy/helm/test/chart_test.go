@@ -1,6 +1,7 @@
 package helmtest
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
 	"slices"
@@ -254,7 +255,8 @@ func checkSecretFiles(t *testing.T, d *appsv1.Deployment) {
 	}
 	for name, e := range env {
 		if !strings.HasSuffix(name, "_FILE") && name != "TOKENKEEPER_REDIS_TLS_CA" && name != "TOKENKEEPER_REDIS_TLS_CERT" &&
-			name != "TOKENKEEPER_REDIS_TLS_KEY" && name != "RDP_TLS_CA" && name != "TOKENKEEPER_CONFIG" {
+			name != "TOKENKEEPER_REDIS_TLS_KEY" && name != "RDP_TLS_CA" && name != "TOKENKEEPER_CONFIG" &&
+			name != "TOKENKEEPER_TLS_CERT" && name != "TOKENKEEPER_TLS_KEY" && name != "TOKENKEEPER_TLS_CLIENT_CA" {
 			continue
 		}
 		f, ok := fileAt(spec, c, e.Value)
@@ -273,7 +275,7 @@ func checkSecretFiles(t *testing.T, d *appsv1.Deployment) {
 			if f.Volume.Secret.Optional != nil && *f.Volume.Secret.Optional {
 				t.Errorf("%s: Secret volume %s is optional: a missing key would start the replica without its secret", name, f.Volume.Name)
 			}
-		case f.Volume.ConfigMap != nil && (name == "RDP_TLS_CA" || name == "TOKENKEEPER_CONFIG"):
+		case f.Volume.ConfigMap != nil && (name == "RDP_TLS_CA" || name == "TOKENKEEPER_CONFIG" || name == "TOKENKEEPER_TLS_CLIENT_CA"):
 		default:
 			t.Errorf("%s: volume %s is neither a Secret nor (for a CA or the catalog) a ConfigMap", name, f.Volume.Name)
 		}
@@ -297,14 +299,30 @@ func checkDrain(t *testing.T, d *appsv1.Deployment) {
 	}
 }
 
+// portName is the name of the replica's port: https when it serves TLS
+// (TOKENKEEPER_TLS_CERT is set), http otherwise.
+func portName(t testing.TB, d *appsv1.Deployment) string {
+	t.Helper()
+	if _, ok := envOf(t, container(t, d))["TOKENKEEPER_TLS_CERT"]; ok {
+		return "https"
+	}
+	return "http"
+}
+
 // checkProbes: liveness on /healthz and readiness on /readyz, both on the
-// container's http port, which is the port the replica listens on.
+// container's http (or https) port, which is the port the replica listens
+// on, in the scheme the replica speaks.
 func checkProbes(t *testing.T, d *appsv1.Deployment) {
 	t.Helper()
 	c := container(t, d)
-	port := containerPort(t, c, "http")
+	name := portName(t, d)
+	scheme := corev1.URISchemeHTTP
+	if name == "https" {
+		scheme = corev1.URISchemeHTTPS
+	}
+	port := containerPort(t, c, name)
 	if got := envOf(t, c)["TOKENKEEPER_LISTEN"].Value; got != fmt.Sprintf(":%d", port) {
-		t.Errorf("TOKENKEEPER_LISTEN=%q, but the http port is %d", got, port)
+		t.Errorf("TOKENKEEPER_LISTEN=%q, but the %s port is %d", got, name, port)
 	}
 	for _, p := range []struct {
 		name  string
@@ -316,8 +334,11 @@ func checkProbes(t *testing.T, d *appsv1.Deployment) {
 			continue
 		}
 		g := p.probe.HTTPGet
-		if g.Path != p.path || g.Port != intstr.FromString("http") {
-			t.Errorf("%s probe: GET %s on port %s, want %s on http", p.name, g.Path, g.Port.String(), p.path)
+		if g.Path != p.path || g.Port != intstr.FromString(name) {
+			t.Errorf("%s probe: GET %s on port %s, want %s on %s", p.name, g.Path, g.Port.String(), p.path, name)
+		}
+		if got := cmp.Or(g.Scheme, corev1.URISchemeHTTP); got != scheme {
+			t.Errorf("%s probe: scheme %s, want %s", p.name, got, scheme)
 		}
 		if p.probe.TimeoutSeconds < 1 || p.probe.PeriodSeconds < 1 || p.probe.FailureThreshold < 1 {
 			t.Errorf("%s probe: timings %+v", p.name, p.probe)
@@ -368,8 +389,9 @@ func checkSelectors(t *testing.T, r *rendered, d *appsv1.Deployment) {
 	}
 	svc := only[*corev1.Service](t, r)
 	matchesPods("Service "+svc.Name, labels.SelectorFromSet(svc.Spec.Selector))
-	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].TargetPort != intstr.FromString("http") || svc.Spec.Ports[0].Name != "http" {
-		t.Errorf("Service %s ports %+v: want one port http to the container's http port", svc.Name, svc.Spec.Ports)
+	name := portName(t, d)
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].TargetPort != intstr.FromString(name) || svc.Spec.Ports[0].Name != name {
+		t.Errorf("Service %s ports %+v: want one port %s to the container's %s port", svc.Name, svc.Spec.Ports, name, name)
 	}
 	for _, pdb := range every[*policyv1.PodDisruptionBudget](r) {
 		s, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)

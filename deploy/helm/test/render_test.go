@@ -138,11 +138,19 @@ func parseValues(t testing.TB, valuesYAML string) map[string]any {
 // Its error is Helm's: a schema violation or a template's fail.
 func render(t testing.TB, valuesYAML string) (*rendered, error) {
 	t.Helper()
+	return renderSchema(t, valuesYAML, true)
+}
+
+// renderSchema renders as render does, validating the values against the
+// schema only when schema is true: false is helm install
+// --skip-schema-validation, after which the templates' own checks remain.
+func renderSchema(t testing.TB, valuesYAML string, schema bool) (*rendered, error) {
+	t.Helper()
 	c := loadChart(t)
 	caps := capabilities(t)
-	vals, err := chartutil.ToRenderValues(c, parseValues(t, valuesYAML), chartutil.ReleaseOptions{
+	vals, err := chartutil.ToRenderValuesWithSchemaValidation(c, parseValues(t, valuesYAML), chartutil.ReleaseOptions{
 		Name: releaseName, Namespace: namespace, Revision: 1, IsInstall: true,
-	}, caps)
+	}, caps, !schema)
 	if err != nil {
 		return nil, err
 	}

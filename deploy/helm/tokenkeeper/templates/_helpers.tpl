@@ -77,11 +77,43 @@ URL, every non-empty key of secret.files, and secret.extraKeys.
 {{- end }}
 
 {{/*
-Variables the chart sets itself, and the secret variables: env may not set
-them (the secret ones not with a plain value, the others not at all).
+Variables the chart sets itself, each with the value that sets it: neither
+config nor env may set them (the schema refuses them in config; the checks
+below refuse them in env, and in config when the schema is skipped).
 */}}
+{{- define "tokenkeeper.managedBy" -}}
+{{- dict
+  "TOKENKEEPER_LISTEN" "containerPort"
+  "TOKENKEEPER_CONFIG" "catalog"
+  "TOKENKEEPER_SHUTDOWN_DRAIN" "shutdownDrainSeconds"
+  "TOKENKEEPER_INSTANCE_ID" "the pod's name"
+  "TOKENKEEPER_REDIS_MODE" "redis.mode"
+  "TOKENKEEPER_TRUSTED_PROXIES" "trustedProxies"
+  "TOKENKEEPER_REDIS_URL" "redis.urlSecretKey"
+  "TOKENKEEPER_REDIS_URL_FILE" "redis.urlSecretKey"
+  "TOKENKEEPER_REDIS_TLS_CA" "redis.tls"
+  "TOKENKEEPER_REDIS_TLS_CERT" "redis.tls"
+  "TOKENKEEPER_REDIS_TLS_KEY" "redis.tls"
+  "TOKENKEEPER_REDIS_WAIT_REPLICAS" "redis.wait.replicas"
+  "TOKENKEEPER_REDIS_WAIT_TIMEOUT" "redis.wait.timeout"
+  "TOKENKEEPER_TLS_CERT" "tls.secretName"
+  "TOKENKEEPER_TLS_KEY" "tls.secretName"
+  "TOKENKEEPER_TLS_CLIENT_CA" "tls.clientCA"
+  "TOKENKEEPER_TLS_IDENTITIES" "tls.identities"
+  "TOKENKEEPER_AUDIT_LOG" "audit.enabled"
+  "TOKENKEEPER_AUDIT_READS_PER_MINUTE" "audit.readsPerMinute"
+  "TOKENKEEPER_FLEET_RATE_LIMIT" "fleetRateLimit"
+  "RDP_TLS_CA" "upstreamCA"
+  | toJson }}
+{{- end }}
+
 {{- define "tokenkeeper.managedVars" -}}
-{{- list "TOKENKEEPER_LISTEN" "TOKENKEEPER_CONFIG" "TOKENKEEPER_SHUTDOWN_DRAIN" "TOKENKEEPER_INSTANCE_ID" "TOKENKEEPER_REDIS_MODE" "TOKENKEEPER_TRUSTED_PROXIES" "TOKENKEEPER_REDIS_URL" "TOKENKEEPER_REDIS_URL_FILE" "TOKENKEEPER_REDIS_TLS_CA" "TOKENKEEPER_REDIS_TLS_CERT" "TOKENKEEPER_REDIS_TLS_KEY" "RDP_TLS_CA" | toJson }}
+{{- include "tokenkeeper.managedBy" . | fromJson | keys | sortAlpha | toJson }}
+{{- end }}
+
+{{/* The name of the HTTP port: https when the replicas serve TLS. */}}
+{{- define "tokenkeeper.portName" -}}
+{{- ternary "https" "http" (not (empty .Values.tls.secretName)) }}
 {{- end }}
 
 {{- define "tokenkeeper.secretVars" -}}
@@ -133,8 +165,33 @@ naming the field and never the value.
 {{- if and $tls.secretName (ne (empty $tls.certKey) (empty $tls.keyKey)) }}
 {{- fail "redis.tls.certKey and redis.tls.keyKey go together: set both (a client certificate) or neither" }}
 {{- end }}
+{{- $srv := .Values.tls }}
+{{- if $srv.secretName }}
+{{- if eq $srv.certKey $srv.keyKey }}
+{{- fail (printf "tls.certKey and tls.keyKey are both %q: the certificate and its key are two keys of the Secret %s" $srv.certKey $srv.secretName) }}
+{{- end }}
+{{- end }}
+{{- $clientCA := $srv.clientCA }}
+{{- if and $clientCA.secretName $clientCA.configMapName }}
+{{- fail "tls.clientCA: set secretName or configMapName, not both" }}
+{{- end }}
+{{- if and (or $clientCA.secretName $clientCA.configMapName) (not $srv.secretName) }}
+{{- fail "tls.clientCA needs tls.secretName: client certificates come over TLS, which the replicas serve only with a certificate of their own" }}
+{{- end }}
+{{- if and $srv.identities (not (or $clientCA.secretName $clientCA.configMapName)) }}
+{{- fail "tls.identities need tls.clientCA (and tls.secretName): no client certificate is verified without them" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.tlsConfig (not $srv.secretName) }}
+{{- fail "metrics.serviceMonitor.tlsConfig is for scrapes over https: set tls.secretName, or leave tlsConfig empty" }}
+{{- end }}
 {{- $secretVars := include "tokenkeeper.secretVars" . | fromJsonArray }}
-{{- $managed := include "tokenkeeper.managedVars" . | fromJsonArray }}
+{{- $managedBy := include "tokenkeeper.managedBy" . | fromJson }}
+{{- $managed := keys $managedBy }}
+{{- range $name, $_ := .Values.config }}
+{{- if has $name $managed }}
+{{- fail (printf "config.%s: the chart sets this variable itself; set %s instead (values.yaml)" $name (get $managedBy $name)) }}
+{{- end }}
+{{- end }}
 {{- range $i, $e := .Values.env }}
 {{- if and (has $e.name $secretVars) (hasKey $e "value") }}
 {{- fail (printf "env[%d] %s: a secret is taken by reference only; set secret.files.%s (redis.urlSecretKey for the Redis URL) to a key of the Secret, the chart renders no secret value" $i $e.name $e.name) }}
@@ -146,7 +203,7 @@ naming the field and never the value.
 {{- fail (printf "env[%d] %s: secret.files.%s sets it already; set it in one place" $i $e.name (trimSuffix "_FILE" $e.name)) }}
 {{- end }}
 {{- if has $e.name $managed }}
-{{- fail (printf "env[%d] %s: the chart sets this variable itself (see values.yaml: containerPort, catalog, shutdownDrainSeconds, redis, upstreamCA)" $i $e.name) }}
+{{- fail (printf "env[%d] %s: the chart sets this variable itself; set %s instead (values.yaml)" $i $e.name (get $managedBy $e.name)) }}
 {{- end }}
 {{- if hasKey $.Values.config $e.name }}
 {{- fail (printf "env[%d] %s: already set by config.%s; set it in one place" $i $e.name $e.name) }}
