@@ -719,8 +719,8 @@ func TestOptions(t *testing.T) {
 	if d.Spec.Template.Labels["example.com/cost-center"] != "42" || d.Spec.Template.Annotations["example.com/team"] != "identity" {
 		t.Errorf("pod labels %v, annotations %v", d.Spec.Template.Labels, d.Spec.Template.Annotations)
 	}
-	if len(spec.Volumes) != 5 || len(c.VolumeMounts) != 5 {
-		t.Errorf("volumes %d, want secrets, redis-tls, upstream-ca, catalog and the extra one", len(spec.Volumes))
+	if len(spec.Volumes) != 7 || len(c.VolumeMounts) != 7 {
+		t.Errorf("volumes %d, want secrets, redis-tls, tls, tls-client-ca, upstream-ca, catalog and the extra one", len(spec.Volumes))
 	}
 
 	// Without a client certificate: the CA alone.

@@ -106,7 +106,7 @@ func TestSecretsByReference(t *testing.T) {
 			named[e.ValueFrom.SecretKeyRef.Name] = true
 		}
 	}
-	if want := []string{"billing-oauth2", "redis-client-tls", "tokenkeeper"}; !slices.Equal(sortedKeys(named), want) {
+	if want := []string{"billing-oauth2", "redis-client-tls", "tokenkeeper", "tokenkeeper-client-ca", "tokenkeeper-tls"}; !slices.Equal(sortedKeys(named), want) {
 		t.Errorf("Secrets the pods read: %v, want %v", sortedKeys(named), want)
 	}
 	for _, o := range r.Objects {

@@ -107,6 +107,16 @@ redis:
   mode: cluster
   tls:
     secretName: redis-client-tls
+  wait:
+    replicas: 1
+tls:
+  secretName: tokenkeeper-tls
+  clientCA:
+    secretName: tokenkeeper-client-ca
+  identities: [CN=mesh-gateway;name=mesh;tokens=liveness]
+audit:
+  enabled: true
+fleetRateLimit: 300
 upstreamCA:
   configMapName: corporate-ca
 networkPolicy:
@@ -148,5 +158,6 @@ var valueSets = []struct {
 	{"autoscaling", autoscalingValues},
 	{"monitoring", monitoringValues},
 	{"sentinel", sentinelValues},
+	{"tls", tlsValues},
 	{"everything", everythingValues},
 }
