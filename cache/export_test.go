@@ -8,3 +8,8 @@ var (
 )
 
 const MaxValueBytes = maxValueBytes
+
+// Key and NewKeyring build keyrings in the tests.
+type Key = sealKey
+
+var NewKeyring = newKeyring

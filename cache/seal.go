@@ -18,8 +18,8 @@ var errNoKey = errors.New("cache: token encrypted with an unknown key")
 // it names: the key is wrong or the data was altered.
 var errDecrypt = errors.New("cache: token does not decrypt")
 
-// Key is one AES-256 key of a Keyring.
-type Key struct {
+// sealKey is one AES-256 key of a Keyring.
+type sealKey struct {
 	// ID names the key in what it encrypts, so that keys can rotate. It
 	// must be non-empty and hold no ',' or ':'.
 	ID string
@@ -37,8 +37,8 @@ type Keyring struct {
 	aeads   map[string]cipher.AEAD
 }
 
-// NewKeyring returns a keyring whose first key encrypts.
-func NewKeyring(keys ...Key) (*Keyring, error) {
+// newKeyring returns a keyring whose first key encrypts.
+func newKeyring(keys ...sealKey) (*Keyring, error) {
 	if len(keys) == 0 {
 		return nil, errors.New("cache: a keyring needs at least one key")
 	}
@@ -68,7 +68,7 @@ func NewKeyring(keys ...Key) (*Keyring, error) {
 // ParseKeyring reads "id:base64,id:base64,..." (standard or URL base64 of
 // 32 bytes); the first key encrypts. Error messages never quote a secret.
 func ParseKeyring(spec string) (*Keyring, error) {
-	var keys []Key
+	var keys []sealKey
 	for i, item := range strings.Split(spec, ",") {
 		id, secret, ok := strings.Cut(strings.TrimSpace(item), ":")
 		if !ok {
@@ -78,9 +78,9 @@ func ParseKeyring(spec string) (*Keyring, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cache: encryption key %q: the secret is not base64", id)
 		}
-		keys = append(keys, Key{ID: id, Secret: raw})
+		keys = append(keys, sealKey{ID: id, Secret: raw})
 	}
-	return NewKeyring(keys...)
+	return newKeyring(keys...)
 }
 
 func decodeBase64(s string) ([]byte, error) {

@@ -18,9 +18,9 @@ import (
 // current minute.
 var errAuthBudget = errors.New("refresher: fleet-wide auth budget exhausted")
 
-// AuthBudget limits upstream authentication calls across the whole fleet
+// authBudget limits upstream authentication calls across the whole fleet
 // with a one-minute sliding window kept in Redis, on Redis's clock.
-type AuthBudget struct {
+type authBudget struct {
 	rdb    redis.Scripter
 	key    string
 	limit  int
@@ -30,14 +30,14 @@ type AuthBudget struct {
 // NewAuthBudget returns a budget of perMinute calls shared by every replica
 // that uses the same key. The key should carry the token's hash tag, for
 // example "tokenkeeper:{liveness}:auth".
-func NewAuthBudget(rdb redis.Scripter, key string, perMinute int) (*AuthBudget, error) {
+func NewAuthBudget(rdb redis.Scripter, key string, perMinute int) (*authBudget, error) {
 	if perMinute < 1 {
 		return nil, fmt.Errorf("refresher: auth calls per minute must be at least 1, got %d", perMinute)
 	}
 	if rdb == nil || key == "" {
 		return nil, errors.New("refresher: auth budget needs a Redis client and a key")
 	}
-	return &AuthBudget{rdb: rdb, key: key, limit: perMinute, window: time.Minute}, nil
+	return &authBudget{rdb: rdb, key: key, limit: perMinute, window: time.Minute}, nil
 }
 
 //go:embed lua/budget.lua
@@ -52,7 +52,7 @@ var budgetScript = redis.NewScript(budgetLua)
 // retryable *upstream.Error wrapping errAuthBudget whose RetryAfter says
 // when one frees up. When Redis cannot be reached it fails closed, with a
 // retryable error.
-func (b *AuthBudget) Take(ctx context.Context) error {
+func (b *authBudget) Take(ctx context.Context) error {
 	if plant.On(plant.BudgetOff) {
 		return nil
 	}

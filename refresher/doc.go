@@ -47,7 +47,7 @@
 // Redis has lost the token (restart, FLUSHALL), the leader writes back its
 // own still-valid copy instead of asking the upstream for a new one.
 //
-// AuthBudget caps upstream logins fleet-wide with a sliding window kept in
+// The auth budget caps upstream logins fleet-wide with a sliding window kept in
 // Redis.
 //
 // # Fleet view

@@ -8,3 +8,13 @@ var (
 )
 
 var ErrAuthBudget = errAuthBudget
+
+const (
+	OutcomeSuccess       = outcomeSuccess
+	OutcomeSuperseded    = outcomeSuperseded
+	OutcomeUpstreamError = outcomeUpstreamError
+	OutcomeRedisError    = outcomeRedisError
+	OutcomeFenced        = outcomeFenced
+)
+
+type AuthBudget = authBudget

@@ -30,23 +30,23 @@ import (
 // Outcomes of a refresh attempt: the outcome label of
 // tokenkeeper_refreshes_total and Attempt.Outcome.
 const (
-	// OutcomeSuccess: a new token was fetched and stored.
-	OutcomeSuccess = "success"
-	// OutcomeSuperseded: another leader had stored a later token; it was
+	// outcomeSuccess: a new token was fetched and stored.
+	outcomeSuccess = "success"
+	// outcomeSuperseded: another leader had stored a later token; it was
 	// adopted instead.
-	OutcomeSuperseded = "superseded"
-	// OutcomeUpstreamError: the upstream failed, refused, or answered an
+	outcomeSuperseded = "superseded"
+	// outcomeUpstreamError: the upstream failed, refused, or answered an
 	// unusable token (or the fleet's sign-on budget was spent).
-	OutcomeUpstreamError = "upstream_error"
-	// OutcomeRedisError: the token could not be stored (Redis unreachable
+	outcomeUpstreamError = "upstream_error"
+	// outcomeRedisError: the token could not be stored (Redis unreachable
 	// or failing); it is kept and stored on the next attempt.
-	OutcomeRedisError = "redis_error"
-	// OutcomeFenced: the write was refused because this replica no longer
+	outcomeRedisError = "redis_error"
+	// outcomeFenced: the write was refused because this replica no longer
 	// held the lock; it stepped down.
-	OutcomeFenced = "fenced"
+	outcomeFenced = "fenced"
 )
 
-var outcomes = []string{OutcomeSuccess, OutcomeSuperseded, OutcomeUpstreamError, OutcomeRedisError, OutcomeFenced}
+var outcomes = []string{outcomeSuccess, outcomeSuperseded, outcomeUpstreamError, outcomeRedisError, outcomeFenced}
 
 // outcomeOf classifies an attempt that returned err, having stored its
 // token or not.
@@ -54,15 +54,15 @@ func outcomeOf(err error, stored bool) string {
 	var ue *upstream.Error
 	switch {
 	case err == nil && stored:
-		return OutcomeSuccess
+		return outcomeSuccess
 	case err == nil:
-		return OutcomeSuperseded
+		return outcomeSuperseded
 	case errors.Is(err, cache.ErrFenced):
-		return OutcomeFenced
+		return outcomeFenced
 	case errors.As(err, &ue), errors.Is(err, ErrBadToken):
-		return OutcomeUpstreamError
+		return outcomeUpstreamError
 	default:
-		return OutcomeRedisError
+		return outcomeRedisError
 	}
 }
 

@@ -845,7 +845,7 @@ func (r *Refresher) inherit(ctx context.Context, st *leaderState) {
 	}
 	n := 0
 	for _, a := range atts {
-		if a.Outcome != OutcomeUpstreamError && a.Outcome != OutcomeRedisError {
+		if a.Outcome != outcomeUpstreamError && a.Outcome != outcomeRedisError {
 			break
 		}
 		n++
