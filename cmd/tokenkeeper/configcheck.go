@@ -8,6 +8,9 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 )
 
 // runConfig runs `tokenkeeper config check [--offline] FILE`: it
@@ -15,7 +18,9 @@ import (
 // the catalog it describes (names, sources, timings, keys and their
 // scopes; never a secret). With --offline it checks everything but the
 // secrets' values: a ${VAR} reference or a *_file path is accepted
-// unresolved, and the last line lists them. It starts nothing and
+// unresolved, and the last line lists them. Without --offline, reader and
+// admin keys too weak to resist guessing are refused, as serve refuses
+// them, unless TOKENKEEPER_ALLOW_WEAK_KEYS=true. It starts nothing and
 // connects to nothing.
 func runConfig(_ context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "check" {
@@ -35,6 +40,21 @@ func runConfig(_ context.Context, args []string, getenv func(string) string, std
 	cat, err := parseCatalog(file, getenv, os.ReadFile, *offline, nil)
 	if err != nil {
 		return fmt.Errorf("%s is not valid:\n%w", file, err)
+	}
+	if !*offline && getenv("TOKENKEEPER_ALLOW_WEAK_KEYS") != "true" {
+		// As serve refuses them at start.
+		var weak []error
+		for _, k := range cat.Keys {
+			if k.Role == catalog.RoleMetrics {
+				continue
+			}
+			if err := httpapi.CheckKeyStrength(k.Value); err != nil {
+				weak = append(weak, fmt.Errorf("key %s %w; allow weak keys only for a demo (TOKENKEEPER_ALLOW_WEAK_KEYS=true)", k.Name, err))
+			}
+		}
+		if len(weak) > 0 {
+			return fmt.Errorf("%s is not valid:\n%w", file, errors.Join(weak...))
+		}
 	}
 	if err := cat.Describe(stdout); err != nil {
 		return err

@@ -103,6 +103,20 @@ keys:
 			}
 		})
 	}
+
+	// config check refuses the catalog's weak key as serve does.
+	env := map[string]string{"RDP_SECRET": "s3cr3t", "OPS_KEY": weak}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"config", "check", catalogFile}, func(k string) string { return env[k] }, &stdout, &stderr); code == 0 {
+		t.Errorf("config check passed a catalog with a weak key:\n%s", stdout.String())
+	}
+	if want := "key ops is too weak to resist guessing"; !strings.Contains(stderr.String(), want) || strings.Contains(stderr.String(), weak) {
+		t.Errorf("config check's error does not say %q, or quotes the key:\n%s", want, stderr.String())
+	}
+	env["TOKENKEEPER_ALLOW_WEAK_KEYS"] = "true"
+	if code := run(context.Background(), []string{"config", "check", catalogFile}, func(k string) string { return env[k] }, io.Discard, io.Discard); code != 0 {
+		t.Errorf("config check with TOKENKEEPER_ALLOW_WEAK_KEYS=true: exit %d", code)
+	}
 }
 
 // TestRightKeyAfterHundredWrongOnes: against a replica running for real, a
