@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock"
@@ -22,10 +23,15 @@ import (
 // variables).
 type Config struct {
 	// Redis is the client every replica of the fleet shares a server
-	// with. Required. Its read and write timeouts should be
-	// refresher.RedisTimeout(LockTTL) (half the lock TTL), so that a
-	// renewal as slow as that still lands within the lease. The Keeper
-	// never closes it.
+	// with. Required. New checks the timeouts of a go-redis client
+	// (*redis.Client, failover or not, and *redis.ClusterClient): its
+	// read and write timeouts must not exceed
+	// half of LockTTL, so that a lock renewal as slow as that still lands
+	// within the lease, unless it honours context deadlines
+	// (ContextTimeoutEnabled): the Keeper bounds its lock commands by
+	// context deadlines.
+	// go-redis's defaults pass with the default LockTTL. The Keeper never
+	// closes it.
 	Redis Redis
 	// RedisMode says what Redis stands behind the client: RedisSingle (one
 	// server), RedisSentinel (a failover client following Sentinel) or
@@ -224,8 +230,49 @@ func (c *Config) setDefaults() error {
 	errs := c.check(true)
 	if c.Redis == nil {
 		errs = append(errs, &FieldError{"Redis", "is required"})
+	} else if err := checkRedisTimeouts(c.Redis, c.LockTTL); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// checkRedisTimeouts reports a go-redis client whose commands may outlast
+// a lock renewal's budget, half of lockTTL: read or write timeouts longer
+// than that, or none, without ContextTimeoutEnabled. A client of another
+// kind is trusted.
+func checkRedisTimeouts(rdb Redis, lockTTL time.Duration) error {
+	var read, write time.Duration
+	switch c := rdb.(type) {
+	case interface{ Options() *redis.Options }:
+		o := c.Options()
+		if o.ContextTimeoutEnabled {
+			return nil
+		}
+		read, write = o.ReadTimeout, o.WriteTimeout
+	case interface{ Options() *redis.ClusterOptions }:
+		o := c.Options()
+		if o.ContextTimeoutEnabled {
+			return nil
+		}
+		read, write = o.ReadTimeout, o.WriteTimeout
+	default:
+		return nil
+	}
+	limit := refresher.RedisTimeout(lockTTL)
+	for _, t := range []struct {
+		name string
+		d    time.Duration
+	}{{"ReadTimeout", read}, {"WriteTimeout", write}} {
+		d := t.d // as the client took it: zero or less is none
+		switch {
+		case d <= 0:
+			return &FieldError{"Redis", fmt.Sprintf("%s is off: set it to at most %v (half of LockTTL), or set ContextTimeoutEnabled, so that a lock renewal cannot outlast its lease", t.name, limit)}
+		}
+		if d > limit {
+			return &FieldError{"Redis", fmt.Sprintf("%s %v is longer than half of LockTTL (%v): set it to at most that, or set ContextTimeoutEnabled, so that a lock renewal cannot outlast its lease", t.name, d, limit)}
+		}
+	}
+	return nil
 }
 
 func (c *Config) applyDefaults() {

@@ -6,13 +6,11 @@ import (
 	"net/http"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -21,9 +19,8 @@ import (
 func Example() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	opt := &redis.Options{Addr: "redis:6379"}
-	refresher.TuneRedis(opt, 10*time.Second) // timeouts from the default lock TTL
-	rdb := redis.NewClient(opt)
+	// go-redis's timeouts fit the default lock TTL: New checks them.
+	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379"})
 	defer rdb.Close()
 	k, err := tokenkeeper.New(tokenkeeper.Config{
 		Redis: rdb,
