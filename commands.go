@@ -2,7 +2,6 @@ package tokenkeeper
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -67,11 +66,6 @@ func (k *Keeper) optionalCommands() []redisCommand {
 	}
 	return cmds
 }
-
-// ErrRedisCommand is returned by Run when Redis lacks a command the Keeper
-// needs: renamed (rename-command), disabled by a managed service, or
-// refused to the ACL user.
-var ErrRedisCommand = errors.New("tokenkeeper: Redis lacks a command tokenkeeper needs")
 
 // checkCommands asks Redis which of the commands the Keeper runs it knows,
 // and returns ErrRedisCommand naming the required ones it lacks; it logs

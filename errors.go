@@ -28,6 +28,10 @@ var (
 	// ErrMintBudget means the fleet's mint rate or the device's hourly
 	// cap is spent (DeviceToken); the message says when to try again.
 	ErrMintBudget = errors.New("tokenkeeper: mint budget spent")
+	// ErrRedisCommand is returned by Run when Redis lacks a command the
+	// Keeper needs: renamed (rename-command), disabled by a managed
+	// service, or refused to the ACL user.
+	ErrRedisCommand = errors.New("tokenkeeper: Redis lacks a command tokenkeeper needs")
 )
 
 // refreshError is err, of a refresher, wrapped in the root's error of its

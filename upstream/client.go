@@ -179,8 +179,8 @@ func New(cfg Config) (*Client, error) {
 	if cfg.DefaultLifetime == 0 {
 		cfg.DefaultLifetime = DefaultLifetime
 	}
-	if cfg.DefaultLifetime < 0 || cfg.DefaultLifetime > MaxLifetime {
-		return nil, fmt.Errorf("upstream: TOKENKEEPER_TOKEN_LIFETIME must be in (0, %v], not %v", MaxLifetime, cfg.DefaultLifetime)
+	if cfg.DefaultLifetime < 0 || cfg.DefaultLifetime > maxLifetime {
+		return nil, fmt.Errorf("upstream: TOKENKEEPER_TOKEN_LIFETIME must be in (0, %v], not %v", maxLifetime, cfg.DefaultLifetime)
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
@@ -262,7 +262,7 @@ func New(cfg Config) (*Client, error) {
 //     would spend the sign-on budget. Other liveness 4xx: not Retryable.
 //   - a 2xx answer that is not JSON, is HTML, is over MaxBodyBytes, or holds
 //     an invalid token or expiry: Retryable (Op "liveness" or "auth"; the
-//     cause wraps ErrMalformed, ErrInvalidToken or ErrInvalidExpiry).
+//     cause wraps errMalformed, errInvalidToken or errInvalidExpiry).
 func (c *Client) Token(ctx context.Context) (Token, error) {
 	select {
 	case c.sem <- struct{}{}:
@@ -307,7 +307,7 @@ func (c *Client) SignOn(ctx context.Context) (Token, error) {
 		return Token{}, err
 	}
 	if c.accessLife <= 0 {
-		return Token{}, &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: the sign-on answer names no expires_in", ErrInvalidExpiry)}
+		return Token{}, &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: the sign-on answer names no expires_in", errInvalidExpiry)}
 	}
 	return Token{Value: access, Lifetime: c.accessLife, Sent: c.accessSent}, nil
 }
@@ -390,11 +390,11 @@ func (c *Client) signOnV2(ctx context.Context) (string, error) {
 			return answer.access, nil
 		default:
 			// Its message may quote the body, so only the class is kept.
-			return "", &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", ErrMalformed)}
+			return "", &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: unreadable token answer", errMalformed)}
 		}
 	}
 	if err := checkToken(t.AccessToken); err != nil {
-		return "", &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: access token", ErrMalformed)}
+		return "", &Error{Op: OpAuth, Retryable: true, Err: fmt.Errorf("%w: access token", errMalformed)}
 	}
 	lifetime, err := extraSeconds(t.Extra("expires_in"))
 	if err != nil {
@@ -417,7 +417,7 @@ func extraSeconds(v any) (time.Duration, error) {
 	case string:
 		return parseSeconds(json.RawMessage(strconv.Quote(v)))
 	}
-	return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+	return 0, fmt.Errorf("%w: expires_in is not a number", errMalformed)
 }
 
 // signOnV1 uses the refresh grant while a refresh token is held; a refusal
@@ -502,10 +502,10 @@ func parseAuthAnswer(body []byte) (authAnswer, error) {
 		ExpiresIn    json.RawMessage `json:"expires_in"`
 	}
 	if err := json.Unmarshal(body, &answer); err != nil {
-		return authAnswer{}, fmt.Errorf("%w: unreadable token answer", ErrMalformed)
+		return authAnswer{}, fmt.Errorf("%w: unreadable token answer", errMalformed)
 	}
 	if checkToken(answer.AccessToken) != nil {
-		return authAnswer{}, fmt.Errorf("%w: access token", ErrMalformed)
+		return authAnswer{}, fmt.Errorf("%w: access token", errMalformed)
 	}
 	out := authAnswer{access: answer.AccessToken, refresh: answer.RefreshToken}
 	if len(answer.ExpiresIn) > 0 && string(answer.ExpiresIn) != "null" {

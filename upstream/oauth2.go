@@ -178,8 +178,8 @@ func NewOAuth2(cfg OAuth2Config) (*OAuth2, error) {
 	if cfg.DefaultLifetime == 0 {
 		cfg.DefaultLifetime = DefaultLifetime
 	}
-	if cfg.DefaultLifetime < 0 || cfg.DefaultLifetime > MaxLifetime {
-		bad("DefaultLifetime must be in (0, %v], not %v", MaxLifetime, cfg.DefaultLifetime)
+	if cfg.DefaultLifetime < 0 || cfg.DefaultLifetime > maxLifetime {
+		bad("DefaultLifetime must be in (0, %v], not %v", maxLifetime, cfg.DefaultLifetime)
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
@@ -279,7 +279,7 @@ func isReserved(key string) bool {
 // a partial token; an error from BeforeAuth is returned as is.
 //   - no answer (network error, timeout, ctx done): Retryable.
 //   - 408, 429 and 5xx: Retryable, with RetryAfter from the Retry-After
-//     header (seconds or HTTP date; capped at MaxLifetime, 24h, as the RDP
+//     header (seconds or HTTP date; capped at maxLifetime, 24h, as the RDP
 //     Client's is: the refresher's Backoff caps what it honours at 10m).
 //   - other non-2xx answers (400, 401, 403 with invalid_client,
 //     invalid_grant, unauthorized_client, invalid_scope, access_denied,
@@ -296,7 +296,7 @@ func isReserved(key string) bool {
 //     is empty, over 8 KiB or has a space or control character, or an
 //     expires_in that is not a number, not positive or over 24h:
 //     Retryable, since the endpoint misbehaves; the cause wraps
-//     ErrMalformed, ErrInvalidToken or ErrInvalidExpiry.
+//     errMalformed, errInvalidToken or errInvalidExpiry.
 //
 // No error and no log line carries the client secret or a token; logs name
 // a token by its fingerprint.
@@ -443,14 +443,14 @@ func oauth2Retryable(status int, code string) bool {
 // parseOAuth2Token reads a 2xx token answer (RFC 6749 §5.1): a JSON object,
 // or a form-encoded body when contentType says so (as some endpoints
 // answer, and x/oauth2 accepts). code is the answer's OAuth2 error code when
-// it holds one instead of a token. Errors wrap ErrMalformed, ErrInvalidToken
-// or ErrInvalidExpiry and never contain the body or the token.
+// it holds one instead of a token. Errors wrap errMalformed, errInvalidToken
+// or errInvalidExpiry and never contain the body or the token.
 func parseOAuth2Token(body []byte, contentType string, def time.Duration) (value string, lifetime time.Duration, code string, err error) {
 	var token, expiresIn json.RawMessage // as JSON, nil when absent
 	if mt, _, _ := mime.ParseMediaType(contentType); mt == "application/x-www-form-urlencoded" {
 		vals, err := url.ParseQuery(string(body))
 		if err != nil {
-			return "", 0, "", fmt.Errorf("%w: unreadable form answer", ErrMalformed)
+			return "", 0, "", fmt.Errorf("%w: unreadable form answer", errMalformed)
 		}
 		code = vals.Get("error")
 		if vals.Has("access_token") {
@@ -462,14 +462,14 @@ func parseOAuth2Token(body []byte, contentType string, def time.Duration) (value
 	} else {
 		trimmed := bytes.TrimSpace(body)
 		if len(trimmed) == 0 {
-			return "", 0, "", fmt.Errorf("%w: empty body", ErrMalformed)
+			return "", 0, "", fmt.Errorf("%w: empty body", errMalformed)
 		}
 		if trimmed[0] == '<' {
-			return "", 0, "", fmt.Errorf("%w: HTML instead of JSON", ErrMalformed)
+			return "", 0, "", fmt.Errorf("%w: HTML instead of JSON", errMalformed)
 		}
 		var fields map[string]json.RawMessage
 		if err := json.Unmarshal(trimmed, &fields); err != nil {
-			return "", 0, "", fmt.Errorf("%w: not a JSON object", ErrMalformed)
+			return "", 0, "", fmt.Errorf("%w: not a JSON object", errMalformed)
 		}
 		code = errorCode(trimmed, 0)
 		token, _ = present(fields, "access_token")
@@ -479,13 +479,13 @@ func parseOAuth2Token(body []byte, contentType string, def time.Duration) (value
 	// As x/oauth2 does, an error code in a success answer makes it an error
 	// answer, token or not.
 	if code != "" {
-		return "", 0, code, fmt.Errorf("%w: an error instead of a token", ErrMalformed)
+		return "", 0, code, fmt.Errorf("%w: an error instead of a token", errMalformed)
 	}
 	if token == nil {
-		return "", 0, "", fmt.Errorf("%w: no access_token in the answer", ErrInvalidToken)
+		return "", 0, "", fmt.Errorf("%w: no access_token in the answer", errInvalidToken)
 	}
 	if err := json.Unmarshal(token, &value); err != nil {
-		return "", 0, "", fmt.Errorf("%w: access_token is not a string", ErrMalformed)
+		return "", 0, "", fmt.Errorf("%w: access_token is not a string", errMalformed)
 	}
 	if err := checkToken(value); err != nil {
 		return "", 0, "", err

@@ -17,24 +17,24 @@ import (
 
 // Causes of a rejected answer, found with errors.Is in an [*Error]'s chain.
 var (
-	// ErrMalformed: the answer is not a JSON object of the expected shape
+	// errMalformed: the answer is not a JSON object of the expected shape
 	// (HTML page, truncated JSON, wrong field types, empty or oversized body).
-	ErrMalformed = errors.New("upstream: malformed answer")
-	// ErrInvalidToken: the answer holds no token, or one that is empty, longer
-	// than MaxTokenBytes, or has a byte outside printable ASCII.
-	ErrInvalidToken = errors.New("upstream: invalid token")
-	// ErrInvalidExpiry: the answer's expiry is zero, negative, in the past, or
-	// more than MaxLifetime away (an absolute expiry is measured against the
+	errMalformed = errors.New("upstream: malformed answer")
+	// errInvalidToken: the answer holds no token, or one that is empty, longer
+	// than maxTokenBytes, or has a byte outside printable ASCII.
+	errInvalidToken = errors.New("upstream: invalid token")
+	// errInvalidExpiry: the answer's expiry is zero, negative, in the past, or
+	// more than maxLifetime away (an absolute expiry is measured against the
 	// answer's Date header, see [Token]).
-	ErrInvalidExpiry = errors.New("upstream: invalid expiry")
+	errInvalidExpiry = errors.New("upstream: invalid expiry")
 )
 
 const (
-	// MaxTokenBytes is the longest token accepted.
-	MaxTokenBytes = 8 << 10
-	// MaxLifetime is the longest lifetime accepted for a token; anything
+	// maxTokenBytes is the longest token accepted.
+	maxTokenBytes = 8 << 10
+	// maxLifetime is the longest lifetime accepted for a token; anything
 	// longer is taken for a broken answer.
-	MaxLifetime = 24 * time.Hour
+	maxLifetime = 24 * time.Hour
 	// maxCodeBytes bounds the error code copied from an upstream answer.
 	maxCodeBytes = 64
 )
@@ -45,19 +45,19 @@ const (
 // from sent, is the first present of "expiresIn", "expires_in" (seconds,
 // number or numeric string), "expiresAt", "expires_at" (an RFC 3339 instant
 // on the upstream's clock, see expiryBase), or def when none is present.
-// Errors wrap ErrMalformed, ErrInvalidToken or ErrInvalidExpiry and never
+// Errors wrap errMalformed, errInvalidToken or errInvalidExpiry and never
 // contain the body or the token.
 func parseLiveness(body []byte, date string, sent time.Time, def time.Duration) (string, time.Duration, error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
-		return "", 0, fmt.Errorf("%w: empty body", ErrMalformed)
+		return "", 0, fmt.Errorf("%w: empty body", errMalformed)
 	}
 	if trimmed[0] == '<' {
-		return "", 0, fmt.Errorf("%w: HTML instead of JSON", ErrMalformed)
+		return "", 0, fmt.Errorf("%w: HTML instead of JSON", errMalformed)
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(trimmed, &fields); err != nil {
-		return "", 0, fmt.Errorf("%w: not a JSON object", ErrMalformed)
+		return "", 0, fmt.Errorf("%w: not a JSON object", errMalformed)
 	}
 
 	value, err := pickToken(fields)
@@ -79,28 +79,28 @@ func pickToken(fields map[string]json.RawMessage) (string, error) {
 		}
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return "", fmt.Errorf("%w: %s is not a string", ErrMalformed, key)
+			return "", fmt.Errorf("%w: %s is not a string", errMalformed, key)
 		}
 		if err := checkToken(s); err != nil {
 			return "", err
 		}
 		return s, nil
 	}
-	return "", fmt.Errorf("%w: no token in the answer", ErrInvalidToken)
+	return "", fmt.Errorf("%w: no token in the answer", errInvalidToken)
 }
 
 // checkToken accepts a non-empty token of printable ASCII (0x21 to 0x7e, so
-// no spaces or control characters) of at most MaxTokenBytes.
+// no spaces or control characters) of at most maxTokenBytes.
 func checkToken(s string) error {
 	if s == "" {
-		return fmt.Errorf("%w: empty", ErrInvalidToken)
+		return fmt.Errorf("%w: empty", errInvalidToken)
 	}
-	if len(s) > MaxTokenBytes {
-		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidToken, MaxTokenBytes)
+	if len(s) > maxTokenBytes {
+		return fmt.Errorf("%w: longer than %d bytes", errInvalidToken, maxTokenBytes)
 	}
 	for i := 0; i < len(s); i++ {
 		if s[i] < 0x21 || s[i] > 0x7e {
-			return fmt.Errorf("%w: byte outside printable ASCII", ErrInvalidToken)
+			return fmt.Errorf("%w: byte outside printable ASCII", errInvalidToken)
 		}
 	}
 	return nil
@@ -120,11 +120,11 @@ func pickLifetime(fields map[string]json.RawMessage, date string, sent time.Time
 		if raw, ok := present(fields, key); ok {
 			var s string
 			if err := json.Unmarshal(raw, &s); err != nil {
-				return 0, fmt.Errorf("%w: %s is not a string", ErrMalformed, key)
+				return 0, fmt.Errorf("%w: %s is not a string", errMalformed, key)
 			}
 			at, err := time.Parse(time.RFC3339, s)
 			if err != nil {
-				return 0, fmt.Errorf("%w: %s is not RFC 3339", ErrMalformed, key)
+				return 0, fmt.Errorf("%w: %s is not RFC 3339", errMalformed, key)
 			}
 			return checkLifetime(at.Sub(expiryBase(date, sent)), key)
 		}
@@ -153,21 +153,21 @@ func expiryBase(date string, sent time.Time) time.Time {
 }
 
 // parseSeconds reads a JSON number or a string holding one as a count of
-// seconds in (0, MaxLifetime].
+// seconds in (0, maxLifetime].
 func parseSeconds(raw json.RawMessage) (time.Duration, error) {
 	text := string(raw)
 	if strings.HasPrefix(text, `"`) {
 		if err := json.Unmarshal(raw, &text); err != nil {
-			return 0, fmt.Errorf("%w: expiry is not a number", ErrMalformed)
+			return 0, fmt.Errorf("%w: expiry is not a number", errMalformed)
 		}
 	}
 	// json.Valid keeps out what ParseFloat alone would take: "Inf", "0x10", " 1".
 	f, err := strconv.ParseFloat(text, 64)
 	if err != nil || !json.Valid([]byte(text)) {
-		return 0, fmt.Errorf("%w: expiry is not a number", ErrMalformed)
+		return 0, fmt.Errorf("%w: expiry is not a number", errMalformed)
 	}
-	if !(f > 0) || f > MaxLifetime.Seconds() {
-		return 0, fmt.Errorf("%w: %v seconds", ErrInvalidExpiry, f)
+	if !(f > 0) || f > maxLifetime.Seconds() {
+		return 0, fmt.Errorf("%w: %v seconds", errInvalidExpiry, f)
 	}
 	return time.Duration(f * float64(time.Second)), nil
 }
@@ -175,9 +175,9 @@ func parseSeconds(raw json.RawMessage) (time.Duration, error) {
 func checkLifetime(d time.Duration, key string) (time.Duration, error) {
 	switch {
 	case d <= 0:
-		return 0, fmt.Errorf("%w: %s is in the past", ErrInvalidExpiry, key)
-	case d > MaxLifetime:
-		return 0, fmt.Errorf("%w: %s is more than %v away", ErrInvalidExpiry, key, MaxLifetime)
+		return 0, fmt.Errorf("%w: %s is in the past", errInvalidExpiry, key)
+	case d > maxLifetime:
+		return 0, fmt.Errorf("%w: %s is more than %v away", errInvalidExpiry, key, maxLifetime)
 	}
 	return d, nil
 }
@@ -192,21 +192,21 @@ func present(fields map[string]json.RawMessage, key string) (json.RawMessage, bo
 }
 
 // readBody reads at most max bytes of r. A longer body gives the first max
-// bytes and an ErrMalformed error.
+// bytes and an errMalformed error.
 func readBody(r io.Reader, max int64) ([]byte, error) {
 	body, err := io.ReadAll(io.LimitReader(r, max+1))
 	if err != nil {
 		return nil, err
 	}
 	if int64(len(body)) > max {
-		return body[:max], fmt.Errorf("%w: body over %d bytes", ErrMalformed, max)
+		return body[:max], fmt.Errorf("%w: body over %d bytes", errMalformed, max)
 	}
 	return body, nil
 }
 
 // parseRetryAfter reads a Retry-After header, in seconds or as an HTTP date,
 // relative to now. Missing, unparsable or past values give 0; values are
-// capped at MaxLifetime.
+// capped at maxLifetime.
 func parseRetryAfter(h http.Header, now time.Time) time.Duration {
 	v := strings.TrimSpace(h.Get("Retry-After"))
 	if v == "" {
@@ -214,14 +214,14 @@ func parseRetryAfter(h http.Header, now time.Time) time.Duration {
 	}
 	var d time.Duration
 	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs > int64(MaxLifetime/time.Second) {
-			return MaxLifetime
+		if secs > int64(maxLifetime/time.Second) {
+			return maxLifetime
 		}
 		d = time.Duration(secs) * time.Second
 	} else if at, err := http.ParseTime(v); err == nil {
 		d = at.Sub(now)
 	}
-	return min(max(d, 0), MaxLifetime)
+	return min(max(d, 0), maxLifetime)
 }
 
 // errorCode extracts the error code from an OAuth2 error body

@@ -33,40 +33,40 @@ func TestParseLiveness(t *testing.T) {
 		{"null token falls through", `{"token":null,"access_token":"b"}`, "b", def, nil},
 		{"surrounding space", " \n{\"token\":\"abc\"}\n", "abc", def, nil},
 		{"extra fields", `{"token":"abc","type":"liveness","nested":{"a":[1,2]}}`, "abc", def, nil},
-		{"8 KiB token", `{"token":"` + strings.Repeat("a", MaxTokenBytes) + `"}`, strings.Repeat("a", MaxTokenBytes), def, nil},
+		{"8 KiB token", `{"token":"` + strings.Repeat("a", maxTokenBytes) + `"}`, strings.Repeat("a", maxTokenBytes), def, nil},
 		{"24h", `{"token":"abc","expiresIn":86400}`, "abc", 24 * time.Hour, nil},
 
-		{"empty body", ``, "", 0, ErrMalformed},
-		{"HTML", `<!DOCTYPE html><html></html>`, "", 0, ErrMalformed},
-		{"truncated", `{"token":"abc`, "", 0, ErrMalformed},
-		{"array", `["abc"]`, "", 0, ErrMalformed},
-		{"string", `"abc"`, "", 0, ErrMalformed},
-		{"token not a string", `{"token":123}`, "", 0, ErrMalformed},
-		{"expiresIn not a number", `{"token":"abc","expiresIn":"soon"}`, "", 0, ErrMalformed},
-		{"expiresIn bool", `{"token":"abc","expiresIn":true}`, "", 0, ErrMalformed},
-		{"expiresIn hex string", `{"token":"abc","expiresIn":"0x10"}`, "", 0, ErrMalformed},
-		{"expiresIn Inf string", `{"token":"abc","expiresIn":"Inf"}`, "", 0, ErrMalformed},
-		{"expiresIn padded string", `{"token":"abc","expiresIn":" 300"}`, "", 0, ErrMalformed},
-		{"expiresAt not RFC 3339", `{"token":"abc","expiresAt":"tomorrow"}`, "", 0, ErrMalformed},
-		{"expiresAt a number", `{"token":"abc","expiresAt":1893553445}`, "", 0, ErrMalformed},
-		{"null", `null`, "", 0, ErrInvalidToken},
-		{"no token", `{"expiresIn":3600}`, "", 0, ErrInvalidToken},
-		{"empty token", `{"token":""}`, "", 0, ErrInvalidToken},
-		{"space in token", `{"token":"a b"}`, "", 0, ErrInvalidToken},
-		{"newline in token", `{"token":"ab\n"}`, "", 0, ErrInvalidToken},
-		{"NUL in token", `{"token":"ab\u0000"}`, "", 0, ErrInvalidToken},
-		{"DEL in token", `{"token":"ab\u007f"}`, "", 0, ErrInvalidToken},
-		{"non-ASCII token", `{"token":"abé"}`, "", 0, ErrInvalidToken},
-		{"token over 8 KiB", `{"token":"` + strings.Repeat("a", MaxTokenBytes+1) + `"}`, "", 0, ErrInvalidToken},
-		{"zero expiresIn", `{"token":"abc","expiresIn":0}`, "", 0, ErrInvalidExpiry},
-		{"negative expiresIn", `{"token":"abc","expiresIn":-1}`, "", 0, ErrInvalidExpiry},
-		{"negative zero expires_in string", `{"token":"abc","expires_in":"-0"}`, "", 0, ErrInvalidExpiry},
-		{"absurd expiresIn", `{"token":"abc","expiresIn":86401}`, "", 0, ErrInvalidExpiry},
-		{"huge expiresIn", `{"token":"abc","expiresIn":1e300}`, "", 0, ErrInvalidExpiry},
-		{"overflowing expiresIn", `{"token":"abc","expiresIn":1e400}`, "", 0, ErrMalformed},
-		{"expiresAt in the past", `{"token":"abc","expiresAt":"2030-01-02T03:04:04Z"}`, "", 0, ErrInvalidExpiry},
-		{"expiresAt now", `{"token":"abc","expiresAt":"2030-01-02T03:04:05Z"}`, "", 0, ErrInvalidExpiry},
-		{"expiresAt in two days", `{"token":"abc","expiresAt":"2030-01-04T03:04:05Z"}`, "", 0, ErrInvalidExpiry},
+		{"empty body", ``, "", 0, errMalformed},
+		{"HTML", `<!DOCTYPE html><html></html>`, "", 0, errMalformed},
+		{"truncated", `{"token":"abc`, "", 0, errMalformed},
+		{"array", `["abc"]`, "", 0, errMalformed},
+		{"string", `"abc"`, "", 0, errMalformed},
+		{"token not a string", `{"token":123}`, "", 0, errMalformed},
+		{"expiresIn not a number", `{"token":"abc","expiresIn":"soon"}`, "", 0, errMalformed},
+		{"expiresIn bool", `{"token":"abc","expiresIn":true}`, "", 0, errMalformed},
+		{"expiresIn hex string", `{"token":"abc","expiresIn":"0x10"}`, "", 0, errMalformed},
+		{"expiresIn Inf string", `{"token":"abc","expiresIn":"Inf"}`, "", 0, errMalformed},
+		{"expiresIn padded string", `{"token":"abc","expiresIn":" 300"}`, "", 0, errMalformed},
+		{"expiresAt not RFC 3339", `{"token":"abc","expiresAt":"tomorrow"}`, "", 0, errMalformed},
+		{"expiresAt a number", `{"token":"abc","expiresAt":1893553445}`, "", 0, errMalformed},
+		{"null", `null`, "", 0, errInvalidToken},
+		{"no token", `{"expiresIn":3600}`, "", 0, errInvalidToken},
+		{"empty token", `{"token":""}`, "", 0, errInvalidToken},
+		{"space in token", `{"token":"a b"}`, "", 0, errInvalidToken},
+		{"newline in token", `{"token":"ab\n"}`, "", 0, errInvalidToken},
+		{"NUL in token", `{"token":"ab\u0000"}`, "", 0, errInvalidToken},
+		{"DEL in token", `{"token":"ab\u007f"}`, "", 0, errInvalidToken},
+		{"non-ASCII token", `{"token":"abé"}`, "", 0, errInvalidToken},
+		{"token over 8 KiB", `{"token":"` + strings.Repeat("a", maxTokenBytes+1) + `"}`, "", 0, errInvalidToken},
+		{"zero expiresIn", `{"token":"abc","expiresIn":0}`, "", 0, errInvalidExpiry},
+		{"negative expiresIn", `{"token":"abc","expiresIn":-1}`, "", 0, errInvalidExpiry},
+		{"negative zero expires_in string", `{"token":"abc","expires_in":"-0"}`, "", 0, errInvalidExpiry},
+		{"absurd expiresIn", `{"token":"abc","expiresIn":86401}`, "", 0, errInvalidExpiry},
+		{"huge expiresIn", `{"token":"abc","expiresIn":1e300}`, "", 0, errInvalidExpiry},
+		{"overflowing expiresIn", `{"token":"abc","expiresIn":1e400}`, "", 0, errMalformed},
+		{"expiresAt in the past", `{"token":"abc","expiresAt":"2030-01-02T03:04:04Z"}`, "", 0, errInvalidExpiry},
+		{"expiresAt now", `{"token":"abc","expiresAt":"2030-01-02T03:04:05Z"}`, "", 0, errInvalidExpiry},
+		{"expiresAt in two days", `{"token":"abc","expiresAt":"2030-01-04T03:04:05Z"}`, "", 0, errInvalidExpiry},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -110,10 +110,10 @@ func TestParseLivenessDate(t *testing.T) {
 		{"expiresIn ignores Date", `{"token":"abc","expiresIn":60}`, httpDate(now.Add(time.Hour)), now, time.Minute, nil},
 		{"no expiry ignores Date", `{"token":"abc"}`, httpDate(now.Add(time.Hour)), now, time.Hour, nil},
 
-		{"expiry within Date's second", expiresAt(now.Add(time.Second)), httpDate(now), now, 0, ErrInvalidExpiry},
-		{"expired by the upstream's clock, not by ours", expiresAt(now.Add(-time.Minute)), httpDate(now), now.Add(-time.Hour), 0, ErrInvalidExpiry},
-		{"more than 24h after Date", expiresAt(now.Add(25 * time.Hour)), httpDate(now), now.Add(2 * time.Hour), 0, ErrInvalidExpiry},
-		{"no Date, in the past by our clock", expiresAt(now.Add(-time.Second)), "", now, 0, ErrInvalidExpiry},
+		{"expiry within Date's second", expiresAt(now.Add(time.Second)), httpDate(now), now, 0, errInvalidExpiry},
+		{"expired by the upstream's clock, not by ours", expiresAt(now.Add(-time.Minute)), httpDate(now), now.Add(-time.Hour), 0, errInvalidExpiry},
+		{"more than 24h after Date", expiresAt(now.Add(25 * time.Hour)), httpDate(now), now.Add(2 * time.Hour), 0, errInvalidExpiry},
+		{"no Date, in the past by our clock", expiresAt(now.Add(-time.Second)), "", now, 0, errInvalidExpiry},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -152,7 +152,7 @@ func FuzzParseLiveness(f *testing.F) {
 		if token != token0 && err == nil && err0 == nil {
 			t.Errorf("Date %q changed the token", date)
 		}
-		for _, cause := range []error{ErrMalformed, ErrInvalidToken} {
+		for _, cause := range []error{errMalformed, errInvalidToken} {
 			if errors.Is(err, cause) != errors.Is(err0, cause) {
 				t.Errorf("Date %q changed whether the answer is %v: %v, without it %v", date, cause, err, err0)
 			}
@@ -161,7 +161,7 @@ func FuzzParseLiveness(f *testing.F) {
 			if token != "" || life != 0 {
 				t.Errorf("error %v with token %q, lifetime %v", err, token, life)
 			}
-			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrInvalidToken) && !errors.Is(err, ErrInvalidExpiry) {
+			if !errors.Is(err, errMalformed) && !errors.Is(err, errInvalidToken) && !errors.Is(err, errInvalidExpiry) {
 				t.Errorf("error %v wraps none of the package's causes", err)
 			}
 			return
@@ -169,7 +169,7 @@ func FuzzParseLiveness(f *testing.F) {
 		if checkToken(token) != nil {
 			t.Errorf("accepted token %q", token)
 		}
-		if life <= 0 || life > MaxLifetime {
+		if life <= 0 || life > maxLifetime {
 			t.Errorf("accepted lifetime %v", life)
 		}
 	})
@@ -184,7 +184,7 @@ func TestParseRetryAfter(t *testing.T) {
 		{"seconds", "120", 2 * time.Minute},
 		{"zero", "0", 0},
 		{"negative", "-5", 0},
-		{"huge", "99999999999999999", MaxLifetime},
+		{"huge", "99999999999999999", maxLifetime},
 		{"date", now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
 		{"past date", now.Add(-time.Hour).Format(http.TimeFormat), 0},
 		{"garbage", "soon", 0},
@@ -235,7 +235,7 @@ func TestErrorString(t *testing.T) {
 		want string
 	}{
 		{&Error{Op: "auth", Status: 401, Code: "invalid_client"}, "upstream: auth: status 401: invalid_client"},
-		{&Error{Op: "liveness", Status: 200, Err: ErrMalformed}, "upstream: liveness: status 200: malformed answer"},
+		{&Error{Op: "liveness", Status: 200, Err: errMalformed}, "upstream: liveness: status 200: malformed answer"},
 		{&Error{Op: "liveness", Err: errors.New("dial tcp: refused")}, "upstream: liveness: dial tcp: refused"},
 	}
 	for _, tt := range tests {
