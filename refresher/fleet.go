@@ -38,7 +38,8 @@ type Attempt struct {
 	At time.Time
 	// By is the instance id of the leader that made it.
 	By string
-	// Outcome is "success", "superseded", "upstream_error", "redis_error" or "fenced" (the outcome label of tokenkeeper_refreshes_total).
+	// Outcome is "success", "superseded", "upstream_error", "redis_error"
+	// or "fenced": the outcome label of tokenkeeper_refreshes_total.
 	Outcome string
 	// Took is the whole attempt; Upstream the upstream call alone (0 when
 	// none was made: a token fetched earlier was stored, or the attempt
