@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime"
 	"sync"
 	"time"
 
@@ -314,28 +313,6 @@ func (k *Keeper) DeviceToken(ctx context.Context, name, dev string) (Token, erro
 	return tokenOf(tok), deviceError(err)
 }
 
-// accessSource keeps the RDP access token itself, for per-device tokens.
-type accessSource struct{ c *upstream.Client }
-
-func (a accessSource) Token(ctx context.Context) (upstream.Token, error) { return a.c.SignOn(ctx) }
-
-// deviceMinter adapts a device.Minter to the HTTP face.
-type deviceMinter struct{ m *device.Minter }
-
-func (d deviceMinter) Token(ctx context.Context, dev string) (cache.Token, error) {
-	t, err := d.m.Token(device.WithCaller(ctx, httpapi.CallerFrom(ctx)), dev)
-	var be *device.BudgetError
-	switch {
-	case errors.Is(err, device.ErrBadDevice):
-		return t, fmt.Errorf("%w: %w", httpapi.ErrBadDevice, err)
-	case errors.As(err, &be):
-		return t, &httpapi.LimitError{Reason: be.Error(), RetryAfter: be.RetryAfter}
-	case errors.Is(err, device.ErrUnavailable):
-		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
-	}
-	return t, err
-}
-
 // Status is the fleet as this replica sees it, token by token. The
 // embedded status is the first token's. It never holds a token.
 type Status struct {
@@ -407,86 +384,6 @@ func (k *Keeper) Serve(ctx context.Context, ln net.Listener) error { return k.ap
 // Drain makes /readyz answer 503 while requests are still served, so load
 // balancers stop sending before the server stops.
 func (k *Keeper) Drain() { k.api.Drain() }
-
-// controller adapts the Keeper to the HTTP API's admin routes.
-type controller struct{ k *Keeper }
-
-func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
-	s, err := c.k.Status(ctx)
-	out := httpapi.Status{
-		Instance: s.Instance, Leader: s.Leader, IsLeader: s.IsLeader, Ready: s.Ready,
-		TokenFingerprint: s.TokenFingerprint, Generation: s.Generation, ExpiresAt: s.ExpiresAt,
-		LastRefresh: s.LastRefresh, NextRefresh: s.NextRefresh, LastError: s.LastError,
-		Replicas: apiReplicas(s.Replicas), Refreshes: apiRefreshes(s.Refreshes),
-		Build: &httpapi.Build{Version: c.k.cfg.Version, Commit: c.k.cfg.Commit, GoVersion: runtime.Version()},
-	}
-	if !c.k.cfg.single {
-		for _, t := range s.Tokens {
-			mode := "shared"
-			if t.PerDevice {
-				mode = "per-device"
-			}
-			out.Tokens = append(out.Tokens, httpapi.TokenStatus{
-				Name: t.Name, Mode: mode, MintsLastMinute: t.Mints, MintsPerMinute: t.MintBudget,
-				Required: !t.Optional, Leader: t.Leader, IsLeader: t.IsLeader, Ready: t.Ready,
-				TokenFingerprint: t.TokenFingerprint, Generation: t.Generation, ExpiresAt: t.ExpiresAt,
-				LastRefresh: t.LastRefresh, NextRefresh: t.NextRefresh, LastError: t.LastError,
-				Refreshes: apiRefreshes(t.Refreshes),
-			})
-		}
-	}
-	if err != nil {
-		// The replica's own view is still worth showing without Redis.
-		out.LastError = err.Error()
-	}
-	return out, nil
-}
-
-func (c controller) Refresh(ctx context.Context, name string) (cache.Token, error) {
-	kt := c.k.byName[name]
-	if kt == nil {
-		return cache.Token{}, fmt.Errorf("%w: %q", ErrUnknownToken, name)
-	}
-	t, err := kt.ref.Refresh(ctx)
-	err = refreshError(err)
-	if errors.Is(err, ErrNoLeader) || errors.Is(err, ErrUnavailable) {
-		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
-	}
-	return t, err
-}
-
-// APIFleet turns the fleet as Redis records it (refresher.ReadFleet) into
-// the shape GET /v1/status answers with.
-func APIFleet(f refresher.Fleet) ([]httpapi.Replica, []httpapi.Refresh) {
-	return apiReplicas(f.Replicas), apiRefreshes(f.Refreshes)
-}
-
-// apiReplicas turns the refresher's fleet view into the HTTP API's.
-func apiReplicas(rs []refresher.Replica) []httpapi.Replica {
-	out := make([]httpapi.Replica, 0, len(rs))
-	for _, r := range rs {
-		out = append(out, httpapi.Replica{
-			Instance: r.Instance, Version: r.Version, Ready: r.Ready, Leader: r.Leader,
-			TokenFingerprint: r.Fingerprint, ExpiresAt: r.ExpiresAt,
-			LastEventAt: r.LastEvent, LastEvent: r.LastEventType, SeenAt: r.Seen, Problem: r.Problem,
-			Upstream: r.Upstream, UpstreamError: r.UpstreamError,
-		})
-	}
-	return out
-}
-
-// apiRefreshes turns the refresher's last attempts into the HTTP API's.
-func apiRefreshes(as []refresher.Attempt) []httpapi.Refresh {
-	out := make([]httpapi.Refresh, 0, len(as))
-	for _, a := range as {
-		out = append(out, httpapi.Refresh{
-			At: a.At, By: a.By, Outcome: a.Outcome,
-			DurationSeconds: a.Took.Seconds(), UpstreamSeconds: a.Upstream.Seconds(),
-			TokenFingerprint: a.Fingerprint, ExpiresAt: a.ExpiresAt, Error: a.Error,
-		})
-	}
-	return out
-}
 
 // defaultInstance names a replica after its host and process.
 func defaultInstance() string {
