@@ -1,0 +1,413 @@
+package refresher
+
+// The election: standing for the lock, leading under it, renewing it,
+// and stepping down.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bsm/redislock"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/internal/plant"
+)
+
+// Run takes part in the election until ctx ends, leading whenever it holds
+// the lock. On return it has released the lock if it held it. It returns
+// ctx's error.
+func (r *Refresher) Run(ctx context.Context) error {
+	sub := r.store.Subscribe()
+	defer sub.Close()
+	wake := r.cfg.Clock.NewTimer(0)
+	defer wake.Stop()
+	var freeSince time.Time // while aside: since when the lock has been seen free
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wake.C():
+		case <-sub.Ready():
+			// A released lock is worth trying at once; anything else waits
+			// for the timer.
+			if !drainFor(sub, msgReleased) {
+				continue
+			}
+		}
+		if err := r.store.Unreadable(); err != nil {
+			// Leading would replace the token the rest of the fleet reads.
+			r.log.Debug("not standing for election: the stored token is unreadable here", "error", err)
+			wake.Reset(r.cfg.ElectEvery)
+			continue
+		}
+		held := r.lockHeldFor(ctx)
+		if held > 0 {
+			// Another replica leads: its lock cannot come free before it
+			// expires, unless released, which is announced. Sleeping until
+			// then costs Redis one PTTL per lock period instead of a
+			// failed Obtain every ElectEvery.
+			freeSince = time.Time{}
+			wake.Reset(held)
+			continue
+		}
+		if now := r.cfg.Clock.Now(); now.Before(r.asideTill()) {
+			// Handed over recently: let the others take the lock, and stand
+			// again only when none has for a lock TTL.
+			if freeSince.IsZero() {
+				freeSince = now
+			}
+			if now.Sub(freeSince) < r.cfg.LockTTL {
+				wake.Reset(r.cfg.ElectEvery)
+				continue
+			}
+			r.log.Info("no other replica took the lock; standing for election again")
+		}
+		freeSince = time.Time{}
+		value, err := newLockValue(r.cfg.Instance)
+		if err != nil {
+			return err
+		}
+		sent := r.cfg.Clock.Now()
+		lock, err := r.locker.Obtain(ctx, r.store.Keys().Lock, r.cfg.LockTTL, &redislock.Options{Token: value})
+		switch {
+		case err == nil:
+			r.setAside(time.Time{})
+			r.lead(ctx, lock, sent)
+		case errors.Is(err, redislock.ErrNotObtained), ctx.Err() != nil:
+		default:
+			r.log.Debug("election: cannot reach Redis", "error", err)
+		}
+		wake.Reset(r.cfg.ElectEvery)
+	}
+}
+
+func (r *Refresher) asideTill() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.asideUntil
+}
+
+func (r *Refresher) setAside(until time.Time) {
+	r.mu.Lock()
+	r.asideUntil = until
+	r.mu.Unlock()
+}
+
+// drainFor takes every message waiting in sub and reports whether one was
+// of type typ.
+func drainFor(sub *cache.Subscription, typ string) bool {
+	found := false
+	for m, ok := sub.Next(); ok; m, ok = sub.Next() {
+		found = found || m.Type == typ
+	}
+	return found
+}
+
+// lockHeldFor returns how long the lock has left when another replica
+// holds it (a millisecond more, to wake after it expires; at most the lock
+// TTL), or 0 when it is free or its state is unknown.
+func (r *Refresher) lockHeldFor(ctx context.Context) time.Duration {
+	d, err := r.rdb.PTTL(ctx, r.store.Keys().Lock).Result()
+	if err != nil || d <= 0 { // -2: no lock; -1: no expiry, left to Obtain
+		return 0
+	}
+	return min(d+time.Millisecond, r.cfg.LockTTL)
+}
+
+// endReason says why leadership ended, as logged and counted (changeOf).
+type endReason string
+
+// Why leadership ends.
+const (
+	endFenced     endReason = "fenced"
+	endLost       endReason = "lock lost"
+	endReleased   endReason = "released on shutdown"
+	endHandedOver endReason = "handed over"
+	endMaster     endReason = "Redis master changed"
+	endStepped    endReason = "stepped down to spread leadership"
+)
+
+// lead runs leader-only work under a context that ends when the lock is
+// lost or ctx ends, then releases the lock if ctx ended or this replica
+// hands over. sent is when the Obtain that took the lock was sent.
+func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Time) {
+	start := r.cfg.Clock.Now()
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var master string // the run id of the master the lock was obtained on; "" when not watched or unknown
+	if r.cfg.WatchMaster {
+		var err error
+		if master, err = r.masterID(ctx); err != nil {
+			r.log.Warn("cannot read the Redis master's run id: this term is not watched for a failover", "error", err)
+		}
+		if master != "" && r.notTheMaster(ctx, master) {
+			r.releaseQuietly(ctx, lock)
+			return
+		}
+	}
+	if r.cfg.Replication.Replicas > 0 {
+		if err := r.replicateLock(ctx, lock); errors.Is(err, redislock.ErrNotObtained) {
+			r.log.Warn("the lock was lost right after the election; not leading")
+			return
+		}
+	}
+	r.leading.Store(true)
+	r.log.Info("leadership acquired")
+	r.metrics.leadership(changeAcquired)
+
+	var wg sync.WaitGroup
+	var masterChanged atomic.Bool
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if r.renew(lctx, cancel, lock, sent, master) {
+			masterChanged.Store(true)
+		}
+	}()
+	reason := r.work(lctx, lock.Token()+lock.Metadata())
+	cancel()
+	wg.Wait()
+	r.leading.Store(false)
+	r.metrics.follower()
+	if masterChanged.Load() {
+		reason = endMaster
+	}
+
+	if ctx.Err() != nil && !plant.On(plant.NoReleaseOnStop) || reason == endHandedOver || reason == endStepped || reason == endMaster {
+		// Hand over at once instead of letting the lock expire.
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
+		defer rcancel()
+		if err := lock.Release(rctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
+			r.log.Warn("releasing the lock failed; another replica leads once it expires", "error", err)
+		} else {
+			if err := r.sendMsg(rctx, message{Type: msgReleased}); err != nil {
+				r.log.Debug("announcing the release failed", "error", err)
+			}
+			if reason != endHandedOver && reason != endStepped && reason != endMaster {
+				reason = endReleased
+			}
+		}
+	}
+	switch reason {
+	case endHandedOver:
+		r.setAside(r.cfg.Clock.Now().Add(r.cfg.HandoverCooldown))
+	case endStepped:
+		// Out of the election long enough for the replica it stepped down
+		// for to take the lock (it stands when the release is announced),
+		// and no longer: that replica's lock expires a lock TTL after it
+		// took it at the earliest, so a failover of it never waits for
+		// this aside to end.
+		r.setAside(r.cfg.Clock.Now().Add(r.cfg.LockTTL))
+	}
+	r.log.Info("leadership ended", "reason", reason, "led_for", r.cfg.Clock.Now().Sub(start).Round(time.Millisecond))
+	r.metrics.leadership(changeOf(reason))
+}
+
+// RedisTimeout is the longest a Redis command may take for a replica whose
+// lock lives lockTTL: half of it. A renewal is sent a quarter TTL after the
+// last good one was sent, so one that takes up to half the TTL still lands
+// within the lease, and a leader keeps its lock while Redis's round trips
+// stay under about half the lock TTL; a renewal that times out is retried
+// while the lease lasts. Use it as the client's read and write timeouts
+// when the Redis URL names none.
+func RedisTimeout(lockTTL time.Duration) time.Duration { return lockTTL / 2 }
+
+// TuneRedis sets what the election needs of a Redis client for a lock of
+// lockTTL on opt, leaving alone what opt already sets: read and write
+// timeouts of RedisTimeout(lockTTL); deadlines honoured (a lock renewal
+// must not outlive its lease); three spare connections, so that a renewal
+// retried after a timeout (go-redis drops the connection) does not wait
+// for a dial; and no CLIENT SETINFO, so that a new connection costs one
+// round trip (HELLO) before the command.
+func TuneRedis(opt *redis.Options, lockTTL time.Duration) {
+	if opt.ReadTimeout == 0 {
+		opt.ReadTimeout = RedisTimeout(lockTTL)
+	}
+	if opt.WriteTimeout == 0 {
+		opt.WriteTimeout = RedisTimeout(lockTTL)
+	}
+	opt.ContextTimeoutEnabled = true
+	opt.MinIdleConns = max(opt.MinIdleConns, 3)
+	// A connection opened to retry after a timeout costs HELLO, and one
+	// more round trip for CLIENT SETINFO: spare the second.
+	opt.DisableIdentity = true
+}
+
+// leaseGuard is how long before the lock could expire, by the local clock,
+// leadership ends: room for Redis's clock to run a little faster.
+func (r *Refresher) leaseGuard() time.Duration {
+	return max(r.cfg.LockTTL/10, 10*time.Millisecond)
+}
+
+// renew keeps the lock alive while ctx lasts. The lock lives at least
+// LockTTL from the sending of the last command that set it; renewals are
+// sent every RenewEvery from the sending of the last good one, a renewal
+// that fails or times out is retried at once while that lease lasts, and
+// leadership is cancelled a guard before the lease ends, never after,
+// whether or not a renewal is still in flight (the Redis client need not
+// honour deadlines). A renewal refused because the lock is no longer this
+// replica's ends leadership at once. sent is when the lock was obtained.
+//
+// With master set (Config.WatchMaster), each good renewal is followed by a
+// look at the master's run id: a different one means a failover replaced
+// the server the lock was obtained on, and renew cancels leadership and
+// reports true.
+func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *redislock.Lock, sent time.Time, master string) (masterChanged bool) {
+	guard := r.leaseGuard()
+	leaseEnd := sent.Add(r.cfg.LockTTL - guard)
+	expiry := r.cfg.Clock.NewTimer(leaseEnd.Sub(r.cfg.Clock.Now()))
+	defer expiry.Stop()
+	// The first renewal goes at once: it loads the renewal script into
+	// Redis (EVALSHA, then EVAL) while the lease is young, so that later
+	// renewals on a slow Redis take one round trip.
+	tick := r.cfg.Clock.NewTimer(0)
+	defer tick.Stop()
+	stepDown := func(failed int) {
+		r.log.Warn("lock renewals did not succeed in time; stepping down before the lock can expire", "failed_renewals", failed)
+		r.setErr(fmt.Errorf("lock renewal: %d attempts failed within the lock TTL", failed))
+		cancel()
+	}
+	failed := 0
+	var slowest time.Duration // recent renewals' longest round trip, decaying
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-expiry.C():
+			stepDown(failed)
+			return false
+		case <-tick.C():
+		}
+		sent := r.cfg.Clock.Now()
+		timeout := r.renewTimeout(slowest)
+		until := sent.Add(timeout)
+		if leaseEnd.Before(until) {
+			until = leaseEnd
+		}
+		// A timeout, not a deadline: until is on the Clock, which need
+		// not be the one context deadlines are kept on.
+		rctx, rcancel := context.WithTimeout(ctx, until.Sub(sent))
+		done := make(chan error, 1)
+		go func() { done <- lock.Refresh(rctx, r.cfg.LockTTL, nil) }()
+		var err error
+		select {
+		case err = <-done:
+			rcancel()
+		case <-expiry.C():
+			rcancel()
+			stepDown(failed + 1)
+			return false
+		}
+		switch {
+		case err == nil && r.masterReplaced(ctx, master):
+			cancel()
+			return true
+		case err == nil:
+			failed = 0
+			took := r.cfg.Clock.Now().Sub(sent)
+			slowest = max(took, slowest-slowest/4)
+			r.metrics.renewal(took)
+			leaseEnd = sent.Add(r.cfg.LockTTL - guard)
+			expiry.Reset(leaseEnd.Sub(r.cfg.Clock.Now()))
+			tick.Reset(max(sent.Add(r.cfg.RenewEvery).Sub(r.cfg.Clock.Now()), 0))
+		case ctx.Err() != nil:
+			return false
+		case errors.Is(err, redislock.ErrNotObtained):
+			// The lock is not ours any more. Within the lease it cannot
+			// have expired: its key was removed (evicted, flushed, an empty
+			// restart) or overwritten.
+			if r.cfg.Clock.Now().Before(leaseEnd) {
+				r.store.LockLost()
+			}
+			r.log.Warn("lock renewal refused: the lock is no longer held; stepping down", "error", err)
+			r.setErr(fmt.Errorf("lock renewal: %w", err))
+			cancel()
+			return false
+		default:
+			// Slow or unreachable Redis: try again while the lease lasts,
+			// at once after a timeout, after a pause after a quick refusal
+			// (a server that refuses connections answers at once).
+			failed++
+			if r.cfg.Clock.Now().Sub(sent) >= timeout {
+				// Timed out: Redis may be slow throughout, not for a
+				// spike. The retry may take twice as long, or half the
+				// TTL (renewTimeout).
+				slowest = max(slowest, timeout)
+			}
+			r.log.Warn("lock renewal failed; retrying while the lock lasts", "error", err, "attempt", failed,
+				"lease_left", leaseEnd.Sub(r.cfg.Clock.Now()).Round(time.Millisecond))
+			tick.Reset(max(sent.Add(r.renewRetryPause()).Sub(r.cfg.Clock.Now()), 0))
+		}
+	}
+}
+
+// renewTimeout is how long a renewal may take, given the longest round
+// trip of the recent ones (after a timeout, that timeout): twice that, at
+// least an eighth of the lock TTL, at most RedisTimeout (half the TTL). On
+// a Redis that answers in time a spike costs a quick retry, with most of
+// the lease left for it; on one slow throughout, renewals soon get half
+// the TTL, so the leader keeps its lock while round trips stay under
+// about that.
+func (r *Refresher) renewTimeout(slowest time.Duration) time.Duration {
+	return min(max(2*slowest, r.cfg.LockTTL/8), RedisTimeout(r.cfg.LockTTL))
+}
+
+// renewRetryPause is the least time between the sending of a renewal that
+// failed and of its retry: a twentieth of the lock TTL, between 5ms and
+// 250ms, so that a Redis refusing connections is not asked in a loop.
+func (r *Refresher) renewRetryPause() time.Duration {
+	return min(max(r.cfg.LockTTL/20, 5*time.Millisecond), 250*time.Millisecond)
+}
+
+// masterReplaced reports whether the Redis master is no longer the server
+// with run id master (a failover), logging it. An empty master, or a run
+// id that cannot be read, reports false: the lock's own renewal decides.
+func (r *Refresher) masterReplaced(ctx context.Context, master string) bool {
+	if master == "" {
+		return false
+	}
+	id, err := r.masterID(ctx)
+	if err != nil {
+		return false
+	}
+	if id != master {
+		r.log.Warn("the Redis master changed (a failover): stepping down rather than trusting a lock the new master may have missed; the lock is released so that the next leader is elected at once",
+			"was", master, "now", id)
+		r.setErr(errors.New("the Redis master changed during this term"))
+		return true
+	}
+	return r.notTheMaster(ctx, id)
+}
+
+// notTheMaster reports whether Config.MasterAuthority names another server
+// than the one with run id id as the master, logging it.
+func (r *Refresher) notTheMaster(ctx context.Context, id string) bool {
+	if r.cfg.MasterAuthority == nil {
+		return false
+	}
+	// Bounded well within a renewal's share of the lease.
+	actx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL)/2)
+	defer cancel()
+	want, err := r.cfg.MasterAuthority(actx)
+	if err != nil || want == "" || want == id {
+		return false
+	}
+	r.log.Warn("Sentinel names another Redis master than the one this replica writes to (a healed partition, before Sentinel demotes the old master): not leading on it",
+		"writing_to", id, "sentinel_master", want)
+	r.setErr(errors.New("the Redis server written to is not the master Sentinel names"))
+	return true
+}
+
+// releaseQuietly releases lock, without a leadership to end.
+func (r *Refresher) releaseQuietly(ctx context.Context, lock *redislock.Lock) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
+	defer cancel()
+	if err := lock.Release(rctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
+		r.log.Debug("releasing a lock not to lead on failed", "error", err)
+	}
+}
