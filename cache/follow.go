@@ -1,0 +1,224 @@
+package cache
+
+// Following Redis: the run loop, the poll, and the adoption of a token
+// from its change event.
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/plant"
+)
+
+// tokenEvent is MsgToken as the write script publishes it: the message,
+// and the token as stored, so that a replica can adopt it without a read.
+// Subscribers get the Message alone.
+type tokenEvent struct {
+	Message
+	Tok *eventToken `json:"tok,omitempty"`
+}
+
+// eventToken is the token of a tokenEvent. The writer sets the first
+// fields; the write script appends the last three, which only Redis
+// knows, and closes the JSON object (so Tok must stay the last field).
+type eventToken struct {
+	Value  string `json:"v"` // as stored: sealed when KeyID is set
+	KeyID  string `json:"k,omitempty"`
+	Writer string `json:"w,omitempty"`
+	AgeMS  int64  `json:"age"` // since the writer received it from the upstream
+
+	ExpMS int64 `json:"exp,omitempty"` // when Redis expires it, on Redis's clock (Unix ms)
+	NowMS int64 `json:"now,omitempty"` // Redis's clock when it stored it (Unix ms)
+	Gen   int64 `json:"g,omitempty"`
+}
+
+// Run keeps the copy in memory current until ctx ends: it follows change
+// events on the events channel, and reads Redis every PollInterval and
+// after each (re)subscription. Redis being unreachable is logged, not
+// returned: the copy in memory is kept. Run returns ctx's error.
+func (s *Store) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if s.ownEvents {
+		wg.Go(func() { _ = s.events.Run(ctx) })
+	}
+
+	s.loadLogged(ctx)
+	s.noteReadiness()
+
+	// The catch-up poll runs beside the events: when Redis is slow, a poll
+	// in flight must not hold back the read an event asks for. adopt keeps
+	// their answers in order.
+	wg.Go(func() { s.pollEvery(ctx) })
+
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.route.ready:
+		}
+		for {
+			d, ok := s.route.take()
+			if !ok {
+				break
+			}
+			if d.subscribed {
+				// (Re)subscribed: events may have been missed meanwhile.
+				s.metrics.subscription()
+				s.log.Debug("subscribed to events", "channel", s.cfg.Keys.Events)
+				s.loadLogged(ctx)
+				continue
+			}
+			s.handle(ctx, d.payload)
+		}
+	}
+}
+
+// pollEvery polls every PollInterval until ctx ends. After a failed read,
+// its own or the one an event asked for (readFailed), it also reads again
+// sooner: an eighth of the interval after the failure, then a quarter,
+// then half, the interval's own polls going on meanwhile. On a busy
+// machine an event can arrive too late to be dated safely (adoptEvent)
+// and the read it asks for can time out: waiting for the next poll would
+// serve the previous token a whole interval longer.
+func (s *Store) pollEvery(ctx context.Context) {
+	every := s.cfg.PollInterval
+	poll := s.cfg.Clock.NewTicker(every)
+	defer poll.Stop()
+	retry := s.cfg.Clock.NewTimer(every)
+	retry.Stop()
+	var backoff time.Duration // the last retry's wait; 0 while reads work
+	failed := func() {
+		if next := max(2*backoff, every/8); next < every {
+			backoff = next
+			retry.Reset(next)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.readFailed:
+			if backoff == 0 {
+				failed()
+			}
+			continue
+		case <-poll.C():
+		case <-retry.C():
+		}
+		if err := s.pollLogged(ctx); err != nil && ctx.Err() == nil {
+			failed()
+		} else {
+			backoff = 0
+			retry.Stop()
+		}
+		s.noteReadiness()
+	}
+}
+
+func (s *Store) handle(ctx context.Context, payload string) {
+	var ev tokenEvent
+	if err := json.Unmarshal([]byte(payload), &ev); err != nil {
+		s.log.Warn("ignoring malformed event", "error", err, "bytes", len(payload))
+		return
+	}
+	if ev.Type == MsgToken && !s.adoptEvent(ev.Tok) && s.loadLogged(ctx) != nil {
+		select {
+		case s.readFailed <- struct{}{}:
+		default: // pollEvery knows already
+		}
+	}
+	s.broadcast(ev.Message)
+}
+
+// eventSkew is how far the two datings of a token event may disagree
+// before the store reads Redis instead (adoptEvent).
+const eventSkew = 250 * time.Millisecond
+
+// adoptEvent adopts the token an event carries, without a read, when it
+// can date it safely, and reports whether it did; when it did not, the
+// caller reads Redis.
+//
+// The event holds when Redis expires the token and when it stored it, on
+// Redis's clock; the last full read related Redis's clock to this
+// replica's. Dated by that reading, the deadline is never late while
+// Redis's clock is the one read: the event could not have been written
+// before the reading, and a later token must expire later. Dated by the
+// event's arrival (less the longest recent round trip), it is late by
+// however long the event took to arrive beyond a round trip. The store
+// takes the earlier of the two, and reads Redis instead when they
+// disagree by more than eventSkew (the event was slow, or Redis's clock
+// is another server's or was stepped: a failover), when Redis's clock
+// ran faster than this replica's since the reading, or when the token is
+// within the serve margin of its end. The next poll reads the token in
+// full, which never moves its deadline later.
+func (s *Store) adoptEvent(e *eventToken) bool {
+	ref := s.clockRef.Load()
+	if e == nil || e.Value == "" || e.ExpMS <= e.NowMS || ref == nil {
+		return false
+	}
+	now := s.cfg.Clock.Now()
+	ms := func(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
+	if ms(e.NowMS-ref.ms) > now.Sub(ref.sent)+time.Millisecond {
+		return false // Redis's clock ran ahead of this replica's
+	}
+	// Redis's clock counts whole milliseconds: one more keeps it early.
+	byRef := ref.sent.Add(ms(e.ExpMS-ref.ms) - time.Millisecond)
+	byArrival := now.Add(ms(e.ExpMS-e.NowMS) - s.rttCut())
+	if d := byArrival.Sub(byRef); d > eventSkew || d < -eventSkew {
+		return false
+	}
+	t := Token{
+		Value:      e.Value,
+		Deadline:   byRef,
+		FetchedAt:  ref.sent.Add(ms(e.NowMS - ref.ms - max(e.AgeMS, 0))),
+		Writer:     e.Writer,
+		Generation: uint64(max(e.Gen, 0)),
+	}
+	if byArrival.Before(byRef) {
+		t.Deadline = byArrival
+	}
+	if t.Remaining(now) <= s.cfg.ServeMargin {
+		return false
+	}
+	if e.KeyID != "" {
+		if s.cfg.Keyring == nil {
+			return false
+		}
+		v, err := s.cfg.Keyring.open(e.KeyID, e.Value, s.cfg.Keys.Token)
+		if err != nil {
+			return false
+		}
+		t.Value = v
+	}
+	if old := s.cur.Load(); old != nil && old.Value != t.Value && !plant.On(plant.AdoptOlder) &&
+		(old.Generation > t.Generation || t.Deadline.Before(old.Deadline)) {
+		return false // older than the token held: the read decides
+	}
+	s.inRedis.Store(true)
+	s.sealErr.Store(nil)
+	s.behind.Store(false)
+	s.adopt(t, now)
+	s.polled.Store(nil) // the next poll reads it in full
+	return true
+}
+
+// noteReadiness logs when this replica starts or stops holding a servable
+// token, the moment /readyz changes its answer.
+func (s *Store) noteReadiness() {
+	t, ok := s.Current()
+	if s.servable.Swap(ok) == ok {
+		return
+	}
+	if ok {
+		s.log.Info("ready: holding a servable token", "fingerprint", t.Fingerprint(),
+			"servable_for", (t.Remaining(s.cfg.Clock.Now()) - s.cfg.ServeMargin).Round(time.Millisecond))
+		return
+	}
+	held, _ := s.Held()
+	s.log.Warn("not ready: no servable token held; reads answer 503 until a new token arrives",
+		"held_fingerprint", held.Fingerprint(), "in_redis", s.InRedis())
+}
