@@ -165,3 +165,14 @@ func (l *limits) allowAddr(remoteAddr string) error {
 	}
 	return nil
 }
+
+// SetReplicas tells the server how many replicas share the fleet-wide
+// rate limit now (Security.FleetRateLimit); fewer than one counts as one.
+// Call it from a background read of the fleet, never per request. It is
+// safe for concurrent use, and does nothing without a fleet-wide limit.
+func (s *Server) SetReplicas(n int) {
+	n = max(n, 1)
+	if s.limits.share(n, s.now()) {
+		s.guard.replicas.Set(float64(n))
+	}
+}
