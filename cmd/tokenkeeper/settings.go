@@ -1,8 +1,8 @@
 package main
 
-// The resolver of settings: each one from its flag, its environment
-// variable or the file its _FILE twin names, in that order, with typed
-// reads that record every problem.
+// The resolver of settings: each one from its flag, else from its
+// environment variable or the file its _FILE twin names (not both), else
+// its default; typed reads record every problem.
 
 import (
 	"errors"
