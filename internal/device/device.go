@@ -26,6 +26,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock"
+	"github.com/tokenkeeper/tokenkeeper/internal/plant"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -135,8 +136,9 @@ type Minter struct {
 
 	met *metrics
 
-	mu     sync.Mutex
-	secret []byte // the fleet's digest key, once read
+	mu      sync.Mutex
+	secret  []byte    // the fleet's digest key, once read
+	checked time.Time // when secret was last checked against Redis
 }
 
 // New returns a Minter. It makes no call to Redis.
@@ -222,6 +224,7 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 		if err != nil {
 			return cache.Token{}, fmt.Errorf("%w: claim: %w", ErrUnavailable, err)
 		}
+		won = won || plant.On(plant.DeviceClaimOff)
 		if won {
 			// A replica that held the claim until just now may have stored
 			// the device's token since it was read above.
@@ -289,7 +292,20 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 	if ttl <= m.cfg.ServeMargin {
 		return cache.Token{}, fmt.Errorf("%w: the upstream's token has %v left, not more than the serve margin", ErrUnavailable, ttl.Round(time.Millisecond))
 	}
-	if _, err := storeScript.Run(ctx, m.rdb, []string{key}, ut.Value, ttl.Milliseconds()).Result(); err != nil {
+	// Redis starts the stored life when the script runs, which may be as
+	// late as the client's read timeout (a slow round trip, or go-redis
+	// sending it again): the store gets that long to be sent, and the
+	// stored life is cut by it, so that no replica reading it dates the
+	// token late.
+	sctx, cancel := ctx, context.CancelFunc(func() {})
+	if budget := readTimeout(m.rdb); budget > 0 && !plant.On(plant.DeviceStoreUncut) {
+		sctx, cancel = context.WithTimeout(ctx, budget)
+		ttl -= budget
+	}
+	defer cancel()
+	if ttl <= 0 {
+		// Too short to store: the next ask mints again.
+	} else if _, err := storeScript.Run(sctx, m.rdb, []string{key}, ut.Value, ttl.Milliseconds()).Result(); err != nil {
 		// The token is good; the next ask mints again.
 		m.log.Warn("a device's token could not be stored", "device", digest[:12], "error", err)
 	}
@@ -412,21 +428,47 @@ func (m *Minter) spend(ctx context.Context, key string) error {
 
 // digestKey returns the fleet's digest secret, creating it on first use.
 func (m *Minter) digestKey(ctx context.Context) ([]byte, error) {
+	now := m.cfg.Clock.Now()
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.secret != nil {
-		return m.secret, nil
+	secret, checked := m.secret, m.checked
+	m.mu.Unlock()
+	if secret != nil && now.Sub(checked) < secretCheckEvery {
+		return secret, nil
 	}
-	if _, err := m.rdb.SetNX(ctx, m.cfg.Keys.DeviceKey, rand.Text()+rand.Text(), 0).Result(); err != nil {
+	// A replica that holds the secret writes it back if Redis lost it (a
+	// restart, a flush, an older snapshot), so that a replica started
+	// since does not make a new one: replicas digesting a device with two
+	// secrets would each mint it a token. Whichever secret Redis holds
+	// then is the fleet's. (No lock is held over the round trips.)
+	mine := rand.Text() + rand.Text()
+	if secret != nil {
+		mine = string(secret)
+	}
+	if _, err := m.rdb.SetNX(ctx, m.cfg.Keys.DeviceKey, mine, 0).Result(); err != nil {
+		if secret != nil {
+			return secret, nil // checked again at the next ask
+		}
 		return nil, fmt.Errorf("device key: %w", err)
 	}
 	v, err := m.rdb.Get(ctx, m.cfg.Keys.DeviceKey).Result()
 	if err != nil {
+		if secret != nil {
+			return secret, nil
+		}
 		return nil, fmt.Errorf("device key: %w", err)
 	}
-	m.secret = []byte(v)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.checked.After(now) {
+		return m.secret, nil // a later check won
+	}
+	m.secret, m.checked = []byte(v), now
 	return m.secret, nil
 }
+
+// secretCheckEvery is how often a replica checks the digest secret it
+// holds against Redis's, at most.
+const secretCheckEvery = 10 * time.Second
 
 // callerKey carries who asked, for the mint's audit line.
 type callerKey struct{}
@@ -448,4 +490,25 @@ func digestOf(secret []byte, device string) string {
 	h := hmac.New(sha256.New, secret)
 	h.Write([]byte(device))
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// readTimeout returns the read timeout of rdb, a go-redis client: a
+// command is answered within it or fails. 0 when unknown or unbounded.
+func readTimeout(rdb Redis) time.Duration {
+	var d time.Duration
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		d = c.Options().ReadTimeout
+	case interface{ Options() *redis.Options }:
+		d = c.Options().ReadTimeout
+	default:
+		return 0
+	}
+	switch {
+	case d == 0:
+		return 3 * time.Second // go-redis's default
+	case d < 0:
+		return 0
+	}
+	return d
 }

@@ -46,6 +46,14 @@ const (
 	// again later with the same time to live, so Redis's expiry may pass
 	// the token's (invariant 1; the regression test of that defect).
 	WriteBudgetOff Bug = "write-budget-off"
+	// DeviceStoreUncut: a device's minted token is stored with the life it
+	// had before the store was sent, as before the simulator found that a
+	// slow store makes Redis's expiry pass the token's (invariant 1).
+	DeviceStoreUncut Bug = "device-store-uncut"
+	// DeviceClaimOff: a replica minting for a device does not wait for
+	// another's claim, so two replicas asked at once both mint
+	// (invariant 6).
+	DeviceClaimOff Bug = "device-claim-off"
 )
 
 // All lists every plantable bug.
@@ -55,7 +63,8 @@ func All() []Bug {
 	return b
 }
 
-var bugs = []Bug{ServeExpired, DatedFromArrival, AdoptOlder, NoReleaseOnStop, BudgetOff, UnsavedForgotten, FenceOff, WriteBudgetOff}
+var bugs = []Bug{ServeExpired, DatedFromArrival, AdoptOlder, NoReleaseOnStop, BudgetOff, UnsavedForgotten, FenceOff, WriteBudgetOff,
+	DeviceStoreUncut, DeviceClaimOff}
 
 var on [16]atomic.Bool
 

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -19,6 +20,7 @@ const (
 	InvCalls     = "3-upstream-calls-bounded"
 	InvSignOns   = "4-sign-ons-within-budget"
 	InvLiveness  = "5-serves-after-faults-heal"
+	InvDevices   = "6-one-mint-per-device"
 	InvSecrets   = "7-no-secret-in-logs"
 	InvHandover  = "8-graceful-stop-hands-over"
 )
@@ -96,15 +98,29 @@ type servedKey struct {
 type checker struct {
 	w        *world
 	oracle   map[string]issued
-	usable   [2][]issued // in order of issue
-	seen     [2]int      // tokens of each upstream's log read so far
+	usable   [3][]issued // in order of issue
+	seen     [3]int      // tokens of each upstream's log read so far
 	last     map[servedKey]int
 	newest   [2]int       // idx of the newest token any replica served
 	newestAt [2]time.Time // when it was first served
 	lossAt   time.Time    // the last Redis data-loss fault
+	wipes    []time.Time  // when Redis lost its whole data set (a restart empty, a restore)
 	handover []pendingHandover
 	viol     []Violation
 	reads    int
+	owner    map[string]int            // device token -> the device it was given to
+	devSeen  map[int]map[string]issued // device -> the tokens it got
+	devLast  map[int]issued            // device -> the newest token it got
+	early    int                       // device tokens minted early
+}
+
+// deviceAnswer is a device token a replica handed out.
+type deviceAnswer struct {
+	device   int
+	r        *replica
+	value    string
+	deadline time.Time // on the bubble's clock
+	at       time.Time
 }
 
 type pendingHandover struct {
@@ -114,7 +130,8 @@ type pendingHandover struct {
 }
 
 func newChecker(w *world) *checker {
-	return &checker{w: w, oracle: map[string]issued{}, last: map[servedKey]int{}, newest: [2]int{-1, -1}}
+	return &checker{w: w, oracle: map[string]issued{}, last: map[servedKey]int{}, newest: [2]int{-1, -1},
+		owner: map[string]int{}, devSeen: map[int]map[string]issued{}, devLast: map[int]issued{}}
 }
 
 func (c *checker) fail(inv, format string, args ...any) {
@@ -198,6 +215,7 @@ func (c *checker) step() {
 		}
 	}
 	c.handover = kept
+	c.checkDevices()
 	c.checkSignOns(now)
 	if s := int(w.now() / Step); s%60 == 0 {
 		c.checkCalls(now)
@@ -243,14 +261,96 @@ func (c *checker) checkServed(r *replica, gen, ti int, value string, deadline, n
 	}
 }
 
+// checkDevices checks the device tokens handed out since the last step:
+// invariant 1 for each, and invariant 6: no token is given to two
+// devices, and a device gets a new token only once the last one it got is
+// within the serve margin of its expiry (plus an upstream call's timeout
+// and 5 s), but for one per device after each Redis data loss (the
+// devices' tokens live in Redis).
+func (c *checker) checkDevices() {
+	w := c.w
+	w.devMu.Lock()
+	got := w.devGot
+	w.devGot = nil
+	w.devMu.Unlock()
+	allowed := devices * len(c.wipes)
+	for _, a := range got {
+		is, ok := c.lookup(a.value)
+		switch {
+		case !ok || is.up != 2:
+			c.fail(InvFresh, "%s gave device-%d a token its upstream never issued", a.r.name, a.device)
+			continue
+		case !a.at.Before(is.exp):
+			c.fail(InvFresh, "%s gave device-%d a token expired %v before", a.r.name, a.device, a.at.Sub(is.exp))
+			continue
+		case a.deadline.After(is.exp):
+			c.fail(InvFresh, "%s gave device-%d a token dated %v later than it expires", a.r.name, a.device, a.deadline.Sub(is.exp))
+			continue
+		}
+		if d, ok := c.owner[a.value]; ok && d != a.device {
+			c.fail(InvDevices, "%s gave device-%d the token of device-%d", a.r.name, a.device, d)
+			continue
+		}
+		c.owner[a.value] = a.device
+		seen := c.devSeen[a.device]
+		if seen == nil {
+			seen = map[string]issued{}
+			c.devSeen[a.device] = seen
+		}
+		if _, ok := seen[a.value]; ok {
+			continue
+		}
+		seen[a.value] = is
+		if last, ok := c.devLast[a.device]; ok && last.exp.Sub(a.at) > ServeMargin+UpTimeout+5*time.Second {
+			if c.early++; c.early > allowed {
+				c.fail(InvDevices, "device-%d got a second token from %s while its first had %v left (early mints %d, allowed %d)",
+					a.device, a.r.name, last.exp.Sub(a.at).Round(time.Second), c.early, allowed)
+			}
+		}
+		if last, ok := c.devLast[a.device]; !ok || is.exp.After(last.exp) {
+			c.devLast[a.device] = is
+		}
+	}
+}
+
+// askDevices has, now and then, two replicas asked at once for the token
+// of one device, as two clients of one device would.
+func (w *world) askDevices() {
+	if w.rng.IntN(3) != 0 {
+		return
+	}
+	d := w.rng.IntN(devices)
+	for range 2 {
+		r := w.replicas[w.rng.IntN(len(w.replicas))]
+		k := r.keeper()
+		if k == nil {
+			continue
+		}
+		off := r.clock.get()
+		w.devWG.Add(1)
+		go func() {
+			defer w.devWG.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			tok, err := k.DeviceToken(ctx, deviceToken, fmt.Sprintf("device-%d", d))
+			if err != nil {
+				return
+			}
+			w.devMu.Lock()
+			w.devGot = append(w.devGot, deviceAnswer{device: d, r: r, value: tok.Value, deadline: tok.Deadline.Add(-off), at: time.Now()})
+			w.devMu.Unlock()
+		}()
+	}
+}
+
 // checkSignOns checks invariant 4: sign-ons in any sliding window stay
 // within the budget, plus a budget for each Redis data-loss fault in the
 // window (the budget is kept in Redis).
 func (c *checker) checkSignOns(now time.Time) {
 	w := c.w
 	allowed := AuthPerMinute
-	for _, f := range w.s.Faults {
-		if (f.Kind == RedisEmpty || f.Kind == RedisRestoreOld) && now.Sub(w.start.Add(f.At)) < time.Minute && !w.start.Add(f.At).After(now) {
+	for _, at := range c.wipes {
+		if now.Sub(at) < time.Minute {
 			allowed += AuthPerMinute
 		}
 	}
@@ -262,7 +362,7 @@ func (c *checker) checkSignOns(now time.Time) {
 			n++
 		}
 		if n > allowed {
-			c.fail(InvSignOns, "%d sign-ons at the %s upstream within %v, budget %d", n, tokenNames[up], signOnWindow, allowed)
+			c.fail(InvSignOns, "%d sign-ons at the %s upstream within %v, budget %d", n, append(tokenNames[:2:2], deviceToken)[up], signOnWindow, allowed)
 		}
 		// Forget what no window reaches any more.
 		j := 0
@@ -287,7 +387,7 @@ func (c *checker) checkCalls(now time.Time) {
 	}
 	early := 0
 	var last string
-	for up := range c.usable {
+	for up := range tokenNames { // device tokens are minted on demand
 		toks := c.usable[up]
 		for i := 1; i < len(toks); i++ {
 			newest := toks[i-1].exp

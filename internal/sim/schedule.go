@@ -40,7 +40,7 @@ const (
 	Up429      Kind = "upstream-429"       // 429 with Retry-After Arg
 	UpAuth500  Kind = "upstream-auth-500"  // the RDP sign-on answers 500
 	UpHang     Kind = "upstream-hang"      // answers later than the client's timeout
-	UpSlow     Kind = "upstream-slow"      // answers arrive Arg after the upstream issued them (within the timeout)
+	UpSlow     Kind = "upstream-slow"      // answers arrive Arg (2 to 9.5 s) after the upstream issued them, within the timeout
 	UpExpired  Kind = "upstream-expired"   // tokens already expired
 	UpMalformd Kind = "upstream-malformed" // truncated JSON
 	UpSkew     Kind = "upstream-skew"      // the upstream's clock (Date, expiresAt) off by Arg
@@ -152,7 +152,7 @@ func shape(rng *rand.Rand, k Kind) (dur, arg time.Duration) {
 	case Up429:
 		return sec(5, 300), sec(1, 30)
 	case UpSlow:
-		return sec(5, 300), time.Duration(100+rng.IntN(8000)) * time.Millisecond
+		return sec(5, 300), time.Duration(2000+rng.IntN(7500)) * time.Millisecond
 	case UpSkew:
 		return sec(30, 300), time.Duration(rng.IntN(600)-300) * time.Second
 

@@ -71,6 +71,7 @@ func Run(s Schedule) Result {
 			w.snapshot()
 		}
 		w.strikeRestores()
+		w.askDevices()
 		w.chk.step()
 		if len(w.chk.viol) > 0 {
 			break
@@ -120,6 +121,7 @@ func (w *world) apply(f Fault) {
 		w.mini.FlushAll()
 		w.resetConns()
 		w.chk.lossAt = time.Now()
+		w.chk.wipes = append(w.chk.wipes, time.Now())
 	case RedisRestoreOld:
 		// Armed: it strikes right after the next write of the token, when
 		// the replica Redis fails over to has most likely missed it.
@@ -357,6 +359,7 @@ func (w *world) strikeRestores() {
 		case w.mini.HGet(keys(a.ti).Token, "v") != a.was:
 			w.restore(a.ti)
 			w.chk.lossAt = time.Now()
+			w.chk.wipes = append(w.chk.wipes, time.Now())
 		case time.Now().Before(a.until):
 			kept = append(kept, a)
 		}

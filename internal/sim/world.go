@@ -42,8 +42,14 @@ const (
 )
 
 // The tokens of the catalog: the RDP liveness token, and one of a generic
-// OAuth2 token endpoint.
+// OAuth2 token endpoint, both shared; and per-device RDP tokens, minted
+// for each device with a shared access token from a third upstream.
 var tokenNames = []string{"liveness", "oauth"}
+
+const (
+	deviceToken = "devices"
+	devices     = 12 // device-0 .. device-11
+)
 
 // Secrets that must never appear in a log line (with every token the
 // upstreams issue).
@@ -56,8 +62,9 @@ const (
 )
 
 const (
-	rdpHost   = "rdp.sim.invalid"
-	oauthHost = "oauth.sim.invalid"
+	rdpHost    = "rdp.sim.invalid"
+	oauthHost  = "oauth.sim.invalid"
+	deviceHost = "devices.sim.invalid"
 )
 
 // world is one run: Redis, the upstreams, the replicas and the checker.
@@ -69,7 +76,7 @@ type world struct {
 
 	mini  *miniredis.Miniredis
 	admin *redis.Client
-	up    [2]*fakerdp.Server // by token: rdp, oauth
+	up    [3]*fakerdp.Server // by token: rdp, oauth, the per-device tokens' RDP
 
 	logs *logScan
 
@@ -78,10 +85,14 @@ type world struct {
 	redisSlow time.Duration // added to every replica's Redis answers
 	blip      *Fault        // a RedisBlipAtCall armed, fired by the next upstream call
 	blipUntil time.Time     // Redis unreachable for every replica until then
-	signOns   [2][]time.Time
+	signOns   [3][]time.Time
 	snapshots []snapshot
 	restores  []armedRestore
-	upLate    [2]time.Duration // each upstream's answers arrive this late
+	upLate    [3]time.Duration // each upstream's answers arrive this late
+
+	devMu  sync.Mutex
+	devGot []deviceAnswer // answers to device requests, checked at the next step
+	devWG  sync.WaitGroup // device requests in flight
 
 	chk *checker
 }
@@ -142,11 +153,15 @@ func (w *world) now() time.Duration { return time.Since(w.start) }
 
 // close stops every replica and the servers.
 func (w *world) close() {
+	w.devWG.Wait() // each ends within its timeout, on fake time
 	for _, r := range w.replicas {
 		r.stop(false)
 	}
 	w.admin.Close()
 	w.mini.Close()
+	// Goroutines of the Redis clients that sleep before they notice their
+	// client is closed (a dial's backoff) end within a minute of fake time.
+	time.Sleep(time.Minute)
 }
 
 // start runs the replica's Keeper (again).
@@ -173,6 +188,10 @@ func (r *replica) startKeeper() error {
 			}},
 			{Name: tokenNames[1], OAuth2: &upstream.OAuth2Config{
 				TokenURL: "http://" + oauthHost + fakerdp.OAuth2TokenPath, ClientID: clientID, ClientSecret: clientSecret,
+				HTTPClient: hc, Timeout: UpTimeout, DefaultLifetime: Lifetime,
+			}},
+			{Name: deviceToken, PerDevice: true, Optional: true, RDP: &upstream.Config{
+				BaseURL: "http://" + deviceHost, ClientID: clientID, ClientSecret: clientSecret,
 				HTTPClient: hc, Timeout: UpTimeout, DefaultLifetime: Lifetime,
 			}},
 		},
@@ -447,6 +466,8 @@ func (l *upLink) RoundTrip(req *http.Request) (*http.Response, error) {
 	case rdpHost:
 	case oauthHost:
 		up = 1
+	case deviceHost:
+		up = 2
 	default:
 		return nil, fmt.Errorf("sim: no upstream at %q", req.URL.Host)
 	}
