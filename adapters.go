@@ -42,7 +42,8 @@ func (d deviceMinter) Token(ctx context.Context, dev string) (cache.Token, error
 type controller struct{ k *Keeper }
 
 func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
-	s, err := c.k.Status(ctx)
+	ss, err := c.k.Status(ctx)
+	s := ss[0] // the first token's, at the top level as before the catalog
 	out := httpapi.Status{
 		Instance: s.Instance, Leader: s.Leader, IsLeader: s.IsLeader, Ready: s.Ready,
 		TokenFingerprint: s.TokenFingerprint, Generation: s.Generation, ExpiresAt: s.ExpiresAt,
@@ -51,7 +52,7 @@ func (c controller) Status(ctx context.Context) (httpapi.Status, error) {
 		Build: &httpapi.Build{Version: c.k.cfg.Version, Commit: c.k.cfg.Commit, GoVersion: runtime.Version()},
 	}
 	if !c.k.cfg.single {
-		for _, t := range s.Tokens {
+		for _, t := range ss {
 			mode := "shared"
 			if t.PerDevice {
 				mode = "per-device"
@@ -88,11 +89,12 @@ func (c controller) Refresh(ctx context.Context, name string) (cache.Token, erro
 // APIFleet turns the fleet as Redis records it (refresher.ReadFleet) into
 // the shape GET /v1/status answers with.
 func APIFleet(f refresher.Fleet) ([]httpapi.Replica, []httpapi.Refresh) {
-	return apiReplicas(f.Replicas), apiRefreshes(f.Refreshes)
+	s := statusOf(refresher.Status{Replicas: f.Replicas, Refreshes: f.Refreshes})
+	return apiReplicas(s.Replicas), apiRefreshes(s.Refreshes)
 }
 
 // apiReplicas turns the refresher's fleet view into the HTTP API's.
-func apiReplicas(rs []refresher.Replica) []httpapi.Replica {
+func apiReplicas(rs []Replica) []httpapi.Replica {
 	out := make([]httpapi.Replica, 0, len(rs))
 	for _, r := range rs {
 		out = append(out, httpapi.Replica{
@@ -106,7 +108,7 @@ func apiReplicas(rs []refresher.Replica) []httpapi.Replica {
 }
 
 // apiRefreshes turns the refresher's last attempts into the HTTP API's.
-func apiRefreshes(as []refresher.Attempt) []httpapi.Refresh {
+func apiRefreshes(as []Refresh) []httpapi.Refresh {
 	out := make([]httpapi.Refresh, 0, len(as))
 	for _, a := range as {
 		out = append(out, httpapi.Refresh{

@@ -313,45 +313,27 @@ func (k *Keeper) DeviceToken(ctx context.Context, name, dev string) (Token, erro
 	return tokenOf(tok), deviceError(err)
 }
 
-// Status is the fleet as this replica sees it, token by token. The
-// embedded status is the first token's. It never holds a token.
-type Status struct {
-	refresher.Status
-	Tokens []TokenStatus
-}
-
-// TokenStatus is one token's fleet as this replica sees it.
-type TokenStatus struct {
-	Name     string
-	Optional bool
-	// PerDevice tokens: the Status is the shared access token's, and
-	// Mints the fleet's mints in the last minute against MintBudget a
-	// minute (0: none).
-	PerDevice         bool
-	Mints, MintBudget int
-	refresher.Status
-}
-
-// Status reports the fleet as this replica sees it: for each token, the
-// leader, every replica's heartbeat, the last refreshes. Without Redis it
-// reports this replica's own view, and an error saying why.
-func (k *Keeper) Status(ctx context.Context) (Status, error) {
-	var out Status
+// Status reports the fleet as this replica sees it, token by token, in
+// the catalog's order: the leader, every replica's heartbeat, the last
+// refreshes. Without Redis it reports this replica's own view, and an
+// error saying why.
+func (k *Keeper) Status(ctx context.Context) ([]Status, error) {
+	out := make([]Status, 0, len(k.tokens))
 	var errs []error
 	for _, t := range k.tokens {
 		s, err := t.ref.Status(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", t.cfg.Name, err))
 		}
-		ts := TokenStatus{Name: t.cfg.Name, Optional: t.cfg.Optional, PerDevice: t.devices != nil, Status: s}
+		ts := statusOf(s)
+		ts.Name, ts.Optional, ts.PerDevice = t.cfg.Name, t.cfg.Optional, t.devices != nil
 		if t.devices != nil {
 			if ts.Mints, ts.MintBudget, err = t.devices.MintsLastMinute(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("%s: mint count: %w", t.cfg.Name, err))
 			}
 		}
-		out.Tokens = append(out.Tokens, ts)
+		out = append(out, ts)
 	}
-	out.Status = out.Tokens[0].Status
 	return out, errors.Join(errs...)
 }
 

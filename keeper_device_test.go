@@ -73,7 +73,7 @@ func TestPerDeviceTokensShareOneSignOn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tok := st2.Tokens[0]; !tok.PerDevice || tok.Mints != 200 {
+	if tok := st2[0]; !tok.PerDevice || tok.Mints != 200 {
 		t.Errorf("status: per-device %v, %d mints in the last minute; want true, 200", tok.PerDevice, tok.Mints)
 	}
 

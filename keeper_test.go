@@ -68,18 +68,18 @@ func TestEmbeddedAndServeShareOneFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Leader == "serve-c" {
+	if st[0].Leader == "serve-c" {
 		leaders++
 	}
 	if leaders != 1 {
-		t.Errorf("leaders: got %d (lock held by %q), want 1", leaders, st.Leader)
+		t.Errorf("leaders: got %d (lock held by %q), want 1", leaders, st[0].Leader)
 	}
 	// A replica writes its first heartbeat when it starts, and one every
 	// heartbeat interval (5 s) after: on a busy machine the serve
 	// process's first may still be on its way when the tokens agree.
 	testkit.Eventually(t, 2*5*time.Second, "the fleet view lists the three replicas", func() bool {
 		st, err := keepers[0].Status(context.Background())
-		return err == nil && len(st.Replicas) == 3
+		return err == nil && len(st[0].Replicas) == 3
 	})
 	if got := fleet.RDP.Stats().LivenessCalls; got != 1 {
 		t.Errorf("upstream liveness calls: got %d, want 1", got)

@@ -151,7 +151,7 @@ func TestRedisTLSAndACL(t *testing.T) {
 	started := time.Now()
 	testkit.Eventually(t, 10*time.Second, "heartbeat, history and renewals through the ACL", func() bool {
 		st, err := p.keeper.Status(context.Background())
-		return err == nil && len(st.Replicas) == 1 && st.Replicas[0].Ready && len(st.Refreshes) >= 2 &&
+		return err == nil && len(st[0].Replicas) == 1 && st[0].Replicas[0].Ready && len(st[0].Refreshes) >= 2 &&
 			time.Since(started) > 2*cfg.LockTTL && p.keeper.IsLeader()
 	})
 	if out := logs.String(); strings.Contains(out, "NOPERM") || strings.Contains(out, "can't run this command") {
