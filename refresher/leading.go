@@ -19,9 +19,14 @@ import (
 type leaderState struct {
 	lockValue string
 	sub       *cache.Subscription
-	attempt   int                // failed attempts in a row, fleet-wide
-	failed    int                // failed attempts in a row in this term
-	retryAt   time.Time          // no attempt before this
+	attempt   int       // failed attempts in a row, fleet-wide
+	failed    int       // failed attempts in a row in this term
+	retryAt   time.Time // no attempt before this
+	// calmUntil, after a good attempt, is when the next may come unless
+	// a refresh is asked for: a token that comes back due at once (a
+	// life barely past the serve margin, a clock that jumped) must not
+	// make the leader call the upstream in a loop.
+	calmUntil time.Time
 	pending   []string           // refresh request ids to answer
 	answered  map[string]message // recent answers by request id, for repeated requests
 	order     []string           // ids of answered, oldest first
@@ -191,6 +196,9 @@ func (r *Refresher) due(st *leaderState) time.Time {
 	if at.Before(st.retryAt) {
 		at = st.retryAt
 	}
+	if len(st.pending) == 0 && at.Before(st.calmUntil) {
+		at = st.calmUntil
+	}
 	return at
 }
 
@@ -305,6 +313,7 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 	} else {
 		st.attempt, st.failed = 0, 0
 		st.retryAt = time.Time{}
+		st.calmUntil = r.cfg.Clock.Now().Add(r.cfg.RetryMin)
 		r.mu.Lock()
 		r.lastRefresh = r.cfg.Clock.Now()
 		r.lastErr = ""

@@ -375,3 +375,27 @@ func TestBackoffAndHandoverOnFakeTime(t *testing.T) {
 		}
 	})
 }
+
+// An upstream whose tokens are due again as soon as they are stored (here:
+// a life a millisecond past the serve margin) does not make the leader
+// call it in a loop: after a good attempt, the next waits RetryMin unless
+// a refresh is asked for.
+func TestTokensDueAtOnceDoNotLoop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		src := w.source(hour)
+		w.pair(src)
+		calls := len(src.Calls())
+		src.set(func(s *source) {
+			s.answer = &upstream.Token{Value: "short-lived", Lifetime: serveMargin + time.Millisecond}
+		})
+		// The next refresh falls due within the hour's last 15 minutes.
+		w.tl.Until("a short-lived token fetched", hour, func() bool { return len(src.Calls()) > calls })
+		from := len(src.Calls())
+		const span = 10 * retryMin
+		w.tl.Advance(span)
+		if n := len(src.Calls()) - from; n > int(span/retryMin)+1 {
+			t.Errorf("upstream calls in %v of tokens due at once: %d, want at most one per RetryMin (%v)", span, n, retryMin)
+		}
+	})
+}
