@@ -54,6 +54,11 @@ const (
 	// another's claim, so two replicas asked at once both mint
 	// (invariant 6).
 	DeviceClaimOff Bug = "device-claim-off"
+	// DeviceSecretKept: a replica keeps the device digest secret it read
+	// once, as before the simulator found that a replica started after
+	// Redis lost the secret makes another, so two replicas mint a device
+	// two tokens (invariant 6; the regression test of that defect).
+	DeviceSecretKept Bug = "device-secret-kept"
 )
 
 // All lists every plantable bug.
@@ -64,7 +69,7 @@ func All() []Bug {
 }
 
 var bugs = []Bug{ServeExpired, DatedFromArrival, AdoptOlder, NoReleaseOnStop, BudgetOff, UnsavedForgotten, FenceOff, WriteBudgetOff,
-	DeviceStoreUncut, DeviceClaimOff}
+	DeviceStoreUncut, DeviceClaimOff, DeviceSecretKept}
 
 var on [16]atomic.Bool
 

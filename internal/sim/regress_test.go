@@ -39,3 +39,28 @@ func TestRegressionWriteRetriedLate(t *testing.T) {
 		t.Errorf("without the fix (plant %s): got %v, want invariant %s broken", plant.WriteBudgetOff, res.Violations, sim.InvFresh)
 	}
 }
+
+// deviceSecretLost is the schedule of the second defect the simulator
+// found (seed 103, by hand reduced to its two faults): Redis restarts
+// empty, losing the devices' digest secret, which the running replicas
+// keep in memory; a replica that crashes and starts again makes a new
+// secret, digests every device differently from the others, and mints
+// each device a second token while its first is good (invariant 6).
+// Fixed in device.Minter: a replica holding the secret writes it back
+// when Redis lost it, at most every 10 s.
+var deviceSecretLost = sim.Schedule{Seed: 103, Replicas: 3, Length: 30 * time.Minute, Faults: []sim.Fault{
+	{At: 10 * time.Minute, Kind: sim.RedisEmpty},
+	{At: 12 * time.Minute, Dur: time.Minute, Kind: sim.Crash, Replica: 1},
+}}
+
+func TestRegressionDeviceSecretLost(t *testing.T) {
+	if res := runOne(t, deviceSecretLost); res.Failed() {
+		t.Errorf("with the fix: %v", res.Violations[0])
+	}
+	plant.Set(plant.DeviceSecretKept, true)
+	defer plant.Set(plant.DeviceSecretKept, false)
+	res := runOne(t, deviceSecretLost)
+	if !res.Failed() || res.Violations[0].Invariant != sim.InvDevices {
+		t.Errorf("without the fix (plant %s): got %v, want invariant %s broken", plant.DeviceSecretKept, res.Violations, sim.InvDevices)
+	}
+}
