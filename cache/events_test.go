@@ -135,6 +135,15 @@ func TestGenerationOnlyGrows(t *testing.T) {
 // takes an older one from Redis (Behind says so); one that holds none
 // takes what Redis has; Resync takes it whatever it holds.
 func TestOlderTokenInRedisIsNotAdopted(t *testing.T) {
+	// The older token may come back expiring sooner than the newer one, or
+	// later as it may be dated: the expiries of two tokens fetched close
+	// together are each cut by their own round trips. Its generation tells.
+	for _, restoredLife := range []time.Duration{time.Minute, 3 * time.Minute} {
+		t.Run(restoredLife.String(), func(t *testing.T) { olderTokenInRedisIsNotAdopted(t, restoredLife) })
+	}
+}
+
+func olderTokenInRedisIsNotAdopted(t *testing.T, restoredLife time.Duration) {
 	f := newFixture(t)
 	ctx := t.Context()
 	f.lock(t, "holder")
@@ -162,7 +171,7 @@ func TestOlderTokenInRedisIsNotAdopted(t *testing.T) {
 	if err := f.rdb.HSet(ctx, f.keys.Token, older).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.rdb.PExpire(ctx, f.keys.Token, time.Minute).Err(); err != nil {
+	if err := f.rdb.PExpire(ctx, f.keys.Token, restoredLife).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for name, s := range map[string]*cache.Store{"writer": writer, "reader": reader} {
@@ -172,6 +181,26 @@ func TestOlderTokenInRedisIsNotAdopted(t *testing.T) {
 		if got, _ := s.Current(); got.Value != "tok-new" || !s.Behind() {
 			t.Fatalf("%s after reading the older token: serving %q, behind %v; want tok-new, true", name, got.Value, s.Behind())
 		}
+	}
+	// The leader writes the newer token back from memory, with the
+	// generation it had: Redis takes it, however the two are dated.
+	held, _ := writer.Current()
+	if _, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: held.Value, Deadline: held.Deadline,
+		FetchedAt: held.FetchedAt, Generation: held.Generation}); err != nil {
+		t.Fatalf("writing the newer token back over the older one: %v", err)
+	}
+	if v, _ := f.rdb.HGet(ctx, f.keys.Token, "v").Result(); v != "tok-new" {
+		t.Fatalf("Redis holds %q after the write-back, want tok-new", v)
+	}
+	// Redis goes back to the older token again.
+	if err := f.rdb.Del(ctx, f.keys.Token).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rdb.HSet(ctx, f.keys.Token, older).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rdb.PExpire(ctx, f.keys.Token, restoredLife).Err(); err != nil {
+		t.Fatal(err)
 	}
 	fresh := f.store(t, cache.Config{ServeMargin: time.Second})
 	if _, err := fresh.Load(ctx); err != nil {

@@ -147,14 +147,17 @@ func (s *Store) LockLost() {
 }
 
 // adoptRead adopts t, read from Redis by a command sent at seen, unless
-// the copy in memory is a different token that expires later: Redis then
+// the copy in memory is a different token that expires later or has a
+// higher generation (every write stores one more than any seen before;
+// the expiries of two tokens fetched close together can be dated the
+// wrong way round, each cut by its own round trips): Redis then
 // holds an older token than one this replica has served (a failover to a
 // replica that missed the last write, a restore from a snapshot), which no
 // replica goes back to. Behind reports it, so that the leader writes the
 // newer token back from memory.
 func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
 	if old := s.cur.Load(); !resync && !plant.On(plant.AdoptOlder) && old != nil && old.Value != t.Value && !seen.Before(old.seen) &&
-		t.Deadline.Before(old.Deadline) && old.Remaining(s.cfg.Clock.Now()) > 0 {
+		(t.Deadline.Before(old.Deadline) || t.Generation > 0 && t.Generation < old.Generation) && old.Remaining(s.cfg.Clock.Now()) > 0 {
 		if !s.behind.Swap(true) {
 			s.metrics.anomaly(anomalyTokenOlder)
 			s.log.Warn("Redis holds an older token than this replica: keeping the newer one; the leader writes it back "+

@@ -25,9 +25,11 @@ var writeLua string
 // tokenEvent's JSON without its two closing braces, which the script
 // appends after the token's expiry, Redis's clock and the generation), key
 // id (empty when the token is stored as it is), the publishing command
-// (PUBLISH or SPUBLISH), the highest generation the writer knows.
+// (PUBLISH or SPUBLISH), the highest generation the writer knows, and
+// the generation of a token written back from memory (0: a new token).
 // Returns {1, expiry ms, generation} when stored, {0} when fenced, {-1}
-// when stale. The generation stored is one more than the key's or the
+// when stale (the stored token expires as late or later, and is not older
+// by generation than a token written back). The generation stored is one more than the key's or the
 // writer's, whichever is higher.
 // A token key of another type than a hash is overwritten: only the lock
 // holder gets this far.
@@ -48,10 +50,17 @@ type Write struct {
 	Deadline time.Time
 	// FetchedAt is when the writer received it from the upstream.
 	FetchedAt time.Time
+	// Generation, when the token is written back from memory (a re-seed),
+	// is the generation it was stored with before; 0 for a new token. A
+	// token written back whose generation is higher than the stored one's
+	// replaces it even when it is dated to expire sooner: it is the newer
+	// token, dated earlier by its own round trips.
+	Generation uint64
 }
 
 // Write stores w in Redis if the writer still holds the lock and w expires
-// later than the stored token, then adopts it locally and publishes a
+// later than the stored token (or is a token written back with a higher
+// generation than the stored one's), then adopts it locally and publishes a
 // change event, all in one step. It returns ErrFenced or ErrStale when
 // refused, and wraps Redis errors otherwise.
 func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
@@ -108,7 +117,7 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	storedTTL := max(ttl-cut, time.Millisecond)
 	keys := []string{s.cfg.Keys.Token, s.cfg.Keys.Lock}
 	args := []any{w.LockValue, stored, storedTTL.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
-		s.cfg.Keys.Events, string(event), keyID, s.events.publishCommand(), known}
+		s.cfg.Keys.Events, string(event), keyID, s.events.publishCommand(), known, w.Generation}
 	var res []any
 	script := writeScript
 	if plant.On(plant.FenceOff) {

@@ -38,7 +38,7 @@ const resubscribe = 10 * time.Second
 // token can be refreshed without a master. Empty when the fleet led again
 // in time.
 func slowFailover(f *fleet, old fakeToken, leaderAt time.Time) []window {
-	deadline := old.ExpiresAt.Add(-f.tm.ServeMargin)
+	deadline := f.serveDeadline(old)
 	if leaderAt.Before(deadline.Add(-f.tm.Poll)) {
 		return nil
 	}
@@ -292,7 +292,7 @@ func splitBrain(t *testing.T, minReplicas int) {
 	// The cut-off leader's side has no newer token than tok#1 (or one it
 	// fetched itself): past tok#1's serve deadline it may answer 503 until
 	// it reaches the fleet's token.
-	deadline := t1.ExpiresAt.Add(-f.tm.ServeMargin)
+	deadline := f.serveDeadline(t1)
 	var unready time.Duration
 	for _, s := range res.samples {
 		if s.replica == old.name && s.status == http.StatusServiceUnavailable {
@@ -300,10 +300,11 @@ func splitBrain(t *testing.T, minReplicas int) {
 		}
 	}
 	f.figure("old_side_unready", unready)
-	// A replica dates a token early, never late: by the longest recent
-	// round trip to Redis (at most the client's read timeout, half the
-	// lock TTL), and a partition makes round trips long. So the cut-off
-	// side may stop serving tok#1 up to that much before its deadline.
+	// A replica dates a token early, never late: by the write's budget
+	// (serveDeadline), and by the longest recent round trip to Redis (at
+	// most the client's read timeout, half the lock TTL), which a
+	// partition makes long. So the cut-off side may stop serving tok#1 up
+	// to that much more before its deadline.
 	exp := expect{
 		unready: []window{{replica: old.name, from: deadline.Add(-clockSlack - f.tm.LockTTL/2), to: converged, why: "cut off with the old master, tok#1 past its serve deadline (dated early by up to a Redis timeout)"}},
 		lag: []lagWindow{

@@ -605,6 +605,15 @@ func (f *fleet) poll(timeout time.Duration, what string, cond func() (bool, stri
 
 // sleepUntil waits for a point on the scenario's schedule. Containers run on
 // real clocks, so the schedule is real time.
+// serveDeadline is the earliest a replica may stop serving tok: its
+// expiry less the serve margin and the write's budget. A replica dates a
+// token early, never late: Redis holds it with its life cut by the whole
+// time the write may take to be sent (the client's read timeout, half the
+// lock TTL), since go-redis may send it again.
+func (f *fleet) serveDeadline(tok fakeToken) time.Time {
+	return tok.ExpiresAt.Add(-f.tm.ServeMargin - f.tm.LockTTL/2)
+}
+
 func sleepUntil(at time.Time) {
 	if d := time.Until(at); d > 0 {
 		time.Sleep(d)

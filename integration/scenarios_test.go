@@ -296,7 +296,7 @@ func TestLeaderPartitionedFromRedis(t *testing.T) {
 	if s, err := f.status(leader); err != nil || !s.IsLeader {
 		t.Errorf("status of %s: is_leader=%v err=%v, want the new leader", leader.name, s.IsLeader, err)
 	}
-	unservable := t1.ExpiresAt.Add(-f.tm.ServeMargin)
+	unservable := f.serveDeadline(t1)
 	notReadyAt := f.waitFor(time.Until(unservable)+5*time.Second, cut.name+" not ready", func() (bool, string) {
 		st := f.readyz(cut)
 		return st == http.StatusServiceUnavailable, fmt.Sprintf("/readyz %d", st)
@@ -396,7 +396,7 @@ func TestUpstreamOutagePastExpiry(t *testing.T) {
 	f := newFleet(t, 3, fast)
 	t1 := f.token(1)
 	outFrom := t1.IssuedAt.Add(3 * time.Second)
-	unservable := t1.ExpiresAt.Add(-f.tm.ServeMargin)
+	unservable := f.serveDeadline(t1)
 	outTo := t1.ExpiresAt.Add(5 * time.Second)
 	sleepUntil(outFrom)
 	f.knobs(map[string]any{"liveness_status": 503, "auth_status": 503, "retry_after": "1s"})

@@ -269,7 +269,8 @@ func (r *Refresher) reseed(ctx context.Context, st *leaderState) error {
 	if !ok {
 		return nil
 	}
-	_, err := r.store.Write(ctx, cache.Write{LockValue: st.lockValue, Value: tok.Value, Deadline: tok.Deadline, FetchedAt: tok.FetchedAt})
+	_, err := r.store.Write(ctx, cache.Write{LockValue: st.lockValue, Value: tok.Value, Deadline: tok.Deadline, FetchedAt: tok.FetchedAt,
+		Generation: tok.Generation})
 	switch {
 	case err == nil:
 		r.log.Info("token re-seeded into Redis from memory", "fingerprint", tok.Fingerprint(),
