@@ -205,11 +205,12 @@ func slowRedis(t *testing.T, tm timings, lo, hi time.Duration) {
 	f := newFleet(t, 3, tm, withLatencyProxy())
 	t1 := f.token(1)
 	deadline := t1.ExpiresAt.Add(-f.tm.ServeMargin)
-	// The refresh falls due RefreshBefore before expiry, up to a tenth of it
-	// earlier (jitter). Slow from 2 s before the earliest due until just
-	// past the serve deadline: a fleet that cannot refresh while Redis is
-	// slow runs out of token.
-	onAt := t1.ExpiresAt.Add(-f.tm.RefreshBefore - f.tm.RefreshBefore/10 - 2*time.Second)
+	// The refresh falls due RefreshBefore before expiry as the leader dates
+	// it (early by up to the write's budget, half the lock TTL:
+	// serveDeadline), up to a tenth of it earlier (jitter). Slow from 2 s
+	// before the earliest due until just past the serve deadline: a fleet
+	// that cannot refresh while Redis is slow runs out of token.
+	onAt := t1.ExpiresAt.Add(-f.tm.LockTTL/2 - f.tm.RefreshBefore - f.tm.RefreshBefore/10 - 2*time.Second)
 	offAt := deadline.Add(500 * time.Millisecond)
 	sleepUntil(onAt)
 	f.setRedisLatency(lo, hi)

@@ -158,7 +158,11 @@ func init() {
 var plantBound = map[plant.Bug]int{
 	plant.ServeExpired:     20,
 	plant.DatedFromArrival: 20,
-	plant.AdoptOlder:       20,
+	// Found at seed 6 when the bounds were set; at seed 28 once a restored
+	// older token could date later than the newer one, which the store
+	// now tells apart by generation (a plant that disables the whole
+	// check needs a restore that lands between two close writes).
+	plant.AdoptOlder:       60,
 	plant.NoReleaseOnStop:  20,
 	plant.BudgetOff:        20,
 	plant.UnsavedForgotten: 20,
