@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
@@ -28,7 +29,7 @@ func runAgainst(t *testing.T, opt *redis.Options) (error, string) {
 	k, err := tokenkeeper.New(tokenkeeper.Config{
 		Redis: rdb, Instance: "r0", Source: &hourSource{name: "liveness"},
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
-		HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{"reader"}},
+		HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey}},
 	})
 	if err != nil {
 		t.Fatal(err)
