@@ -7,8 +7,7 @@
 // (github.com/bsm/redislock) named by cache.Keys.Lock; the one that holds it
 // leads. The leader renews the lock every RenewEvery (LockTTL/4 by
 // default), counted from the sending of the last good renewal, which the
-// lock outlives by LockTTL. Each renewal may take twice the recent
-// renewals' round trips, at least LockTTL/8 and at most RedisTimeout
+// lock outlives by LockTTL. Each renewal may take RedisTimeout
 // (LockTTL/2, which TuneRedis makes the client's timeouts), so a leader keeps its lock
 // while Redis's round trips stay under about half the lock TTL; one that
 // fails or times out is retried at once while the lease lasts, and

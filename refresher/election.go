@@ -273,7 +273,6 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		cancel()
 	}
 	failed := 0
-	var slowest time.Duration // recent renewals' longest round trip, decaying
 	for {
 		select {
 		case <-ctx.Done():
@@ -284,8 +283,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		case <-tick.C():
 		}
 		sent := r.cfg.Clock.Now()
-		timeout := r.renewTimeout(slowest)
-		until := sent.Add(timeout)
+		until := sent.Add(RedisTimeout(r.cfg.LockTTL))
 		if leaseEnd.Before(until) {
 			until = leaseEnd
 		}
@@ -309,9 +307,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			return true
 		case err == nil:
 			failed = 0
-			took := r.cfg.Clock.Now().Sub(sent)
-			slowest = max(took, slowest-slowest/4)
-			r.metrics.renewal(took)
+			r.metrics.renewal(r.cfg.Clock.Now().Sub(sent))
 			leaseEnd = sent.Add(r.cfg.LockTTL - guard)
 			expiry.Reset(leaseEnd.Sub(r.cfg.Clock.Now()))
 			tick.Reset(max(sent.Add(r.cfg.RenewEvery).Sub(r.cfg.Clock.Now()), 0))
@@ -333,28 +329,11 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			// at once after a timeout, after a pause after a quick refusal
 			// (a server that refuses connections answers at once).
 			failed++
-			if r.cfg.Clock.Now().Sub(sent) >= timeout {
-				// Timed out: Redis may be slow throughout, not for a
-				// spike. The retry may take twice as long, or half the
-				// TTL (renewTimeout).
-				slowest = max(slowest, timeout)
-			}
 			r.log.Warn("lock renewal failed; retrying while the lock lasts", "error", err, "attempt", failed,
 				"lease_left", leaseEnd.Sub(r.cfg.Clock.Now()).Round(time.Millisecond))
 			tick.Reset(max(sent.Add(r.renewRetryPause()).Sub(r.cfg.Clock.Now()), 0))
 		}
 	}
-}
-
-// renewTimeout is how long a renewal may take, given the longest round
-// trip of the recent ones (after a timeout, that timeout): twice that, at
-// least an eighth of the lock TTL, at most RedisTimeout (half the TTL). On
-// a Redis that answers in time a spike costs a quick retry, with most of
-// the lease left for it; on one slow throughout, renewals soon get half
-// the TTL, so the leader keeps its lock while round trips stay under
-// about that.
-func (r *Refresher) renewTimeout(slowest time.Duration) time.Duration {
-	return min(max(2*slowest, r.cfg.LockTTL/8), RedisTimeout(r.cfg.LockTTL))
 }
 
 // renewRetryPause is the least time between the sending of a renewal that

@@ -153,10 +153,9 @@ func TestSlowRedisKeepsLeader(t *testing.T) {
 	changes := leadershipChanges(t, rs)
 
 	// Round trips of 100ms (a second at the default 10s lock TTL, where a
-	// fixed 1s read timeout lost the leader), with spikes past a renewal's
-	// timeout (twice the recent round trips: 200ms) that last 200ms in
-	// every 800ms: a renewal that meets one times out, and its retry,
-	// within the lease, gets through.
+	// fixed 1s read timeout lost the leader), with spikes of a third of the
+	// lock TTL that last 200ms in every 800ms: renewals that meet one land
+	// within their timeout (half the TTL) and the lease.
 	const (
 		base   = 100 * time.Millisecond
 		spike  = 320 * time.Millisecond
