@@ -158,8 +158,8 @@ func TestBadUpstreamReplica(t *testing.T) {
 // The latency. In production Redis answered in 0.6 to 1.6 s with a 10 s lock
 // TTL; the replicas' fixed 1 s read timeout failed the renewals, a single
 // failed renewal ended leadership, and the fleet went down. Redis timeouts
-// now follow the TTL (read timeout TTL/4 when this was written, TTL/2 now,
-// a renewal's own timeout adapting to the round trips) and renewals are retried within
+// now follow the TTL (read timeout TTL/4 when this was written, TTL/2 now)
+// and renewals are retried within
 // the TTL. The suite's TTL, 3 s, leaves no latency that tells the two apart:
 // the old code fails only when an answer takes longer than its 1 s timeout,
 // which is also TTL/3, the bound of its renewals; TTL/4 is 750 ms, so any
