@@ -172,9 +172,11 @@ func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
 	s.adopt(t, seen)
 }
 
-// readTimeout returns the read timeout of rdb, a go-redis client: a
+// ReadTimeout returns the read timeout of rdb, a go-redis client: a
 // command is answered within it or fails. 0 when unknown or unbounded.
-func readTimeout(rdb redisClient) time.Duration {
+// A write's stored life is cut by it (go-redis may send the write again
+// within it); the device minter cuts its stores the same way.
+func ReadTimeout(rdb any) time.Duration {
 	var d time.Duration
 	switch c := rdb.(type) {
 	case *redis.ClusterClient:

@@ -197,7 +197,7 @@ func New(rdb redisClient, cfg Config) (*Store, error) {
 	if cfg.Replication.Timeout < 0 {
 		return nil, fmt.Errorf("cache: replication timeout %v is negative", cfg.Replication.Timeout)
 	}
-	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[*Subscription]struct{}), rttCap: readTimeout(rdb),
+	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[*Subscription]struct{}), rttCap: ReadTimeout(rdb),
 		readFailed: make(chan struct{}, 1)}
 	s.events, s.ownEvents = cfg.Events, cfg.Events == nil
 	if s.ownEvents {

@@ -298,7 +298,7 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 	// stored life is cut by it, so that no replica reading it dates the
 	// token late.
 	sctx, cancel := ctx, context.CancelFunc(func() {})
-	if budget := readTimeout(m.rdb); budget > 0 && !plant.On(plant.DeviceStoreUncut) {
+	if budget := cache.ReadTimeout(m.rdb); budget > 0 && !plant.On(plant.DeviceStoreUncut) {
 		sctx, cancel = context.WithTimeout(ctx, budget)
 		ttl -= budget
 	}
@@ -490,25 +490,4 @@ func digestOf(secret []byte, device string) string {
 	h := hmac.New(sha256.New, secret)
 	h.Write([]byte(device))
 	return hex.EncodeToString(h.Sum(nil))
-}
-
-// readTimeout returns the read timeout of rdb, a go-redis client: a
-// command is answered within it or fails. 0 when unknown or unbounded.
-func readTimeout(rdb Redis) time.Duration {
-	var d time.Duration
-	switch c := rdb.(type) {
-	case *redis.ClusterClient:
-		d = c.Options().ReadTimeout
-	case interface{ Options() *redis.Options }:
-		d = c.Options().ReadTimeout
-	default:
-		return 0
-	}
-	switch {
-	case d == 0:
-		return 3 * time.Second // go-redis's default
-	case d < 0:
-		return 0
-	}
-	return d
 }
