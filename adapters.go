@@ -12,7 +12,6 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/internal/device"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -84,13 +83,6 @@ func (c controller) Refresh(ctx context.Context, name string) (cache.Token, erro
 		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
 	}
 	return t, err
-}
-
-// APIFleet turns the fleet as Redis records it (refresher.ReadFleet) into
-// the shape GET /v1/status answers with.
-func APIFleet(f refresher.Fleet) ([]httpapi.Replica, []httpapi.Refresh) {
-	s := statusOf(refresher.Status{Replicas: f.Replicas, Refreshes: f.Refreshes})
-	return apiReplicas(s.Replicas), apiRefreshes(s.Refreshes)
 }
 
 // apiReplicas turns the refresher's fleet view into the HTTP API's.

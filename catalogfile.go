@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"os"
 
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
@@ -33,8 +32,8 @@ type CatalogOptions struct {
 // HTTPConfig.Security.Identities.
 type Catalog struct {
 	Tokens     []TokenConfig
-	Keys       []httpapi.Key
-	Identities []httpapi.Identity
+	Keys       []Key
+	Identities []Identity
 	// Unresolved lists, after an Offline load, the references left
 	// unresolved ("$NAME", "file PATH").
 	Unresolved []string
@@ -64,10 +63,10 @@ func LoadCatalog(path string, opt CatalogOptions) (*Catalog, error) {
 		c.Tokens = append(c.Tokens, tokenConfig(t, opt.RootCAs))
 	}
 	for _, k := range f.Keys {
-		c.Keys = append(c.Keys, httpapi.Key{Name: k.Name, Value: k.Value, Role: httpapi.Role(k.Role), Tokens: k.Tokens})
+		c.Keys = append(c.Keys, Key{Name: k.Name, Value: k.Value, Role: Role(k.Role), Tokens: k.Tokens})
 	}
 	for _, id := range f.Identities {
-		c.Identities = append(c.Identities, httpapi.Identity{Name: id.Name, Subject: id.Subject, Role: httpapi.Role(id.Role), Tokens: id.Tokens})
+		c.Identities = append(c.Identities, Identity{Name: id.Name, Subject: id.Subject, Role: Role(id.Role), Tokens: id.Tokens})
 	}
 	return c, nil
 }

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock"
@@ -93,8 +93,13 @@ type Config struct {
 	HandoverAfter    int
 	HandoverCooldown time.Duration
 
-	// Keyring, when set, encrypts the token at rest in Redis.
-	Keyring *cache.Keyring
+	// EncryptionKeys, when set, seal the tokens at rest in Redis with
+	// AES-256-GCM: "id:base64,id:base64,..." (32-byte keys, standard or
+	// URL base64). The first key seals; every key opens what it sealed,
+	// so a key rotates by adding the new one first on every replica, then
+	// dropping the old one once the tokens were refreshed. New's errors
+	// never quote a key. Default: stored in clear.
+	EncryptionKeys string
 	// HTTP configures Handler.
 	HTTP HTTPConfig
 
@@ -176,13 +181,14 @@ type HTTPConfig struct {
 	// MetricsKeys, when set, guard /metrics.
 	ReaderKeys, AdminKeys, MetricsKeys []string
 	// Keys are further keys, each with a role and the tokens it may use.
-	Keys []httpapi.Key
+	Keys []Key
 	// AllowAnonymous lets requests without a key read the tokens. Without
 	// it, ReaderKeys (or Keys, or Security.Identities, of role reader) are
 	// required: admin keys read too, but do not open the read route alone.
 	AllowAnonymous bool
 	// AllowWeakKeys accepts reader and admin keys too weak to resist
-	// guessing (httpapi.CheckKeyStrength); without it they are refused.
+	// guessing (less than 128 bits of estimated randomness); without it
+	// they are refused.
 	// For demos and tests only.
 	AllowWeakKeys bool
 	// RateLimit, when positive, is how many requests per second each key
@@ -194,8 +200,22 @@ type HTTPConfig struct {
 	// throttling of failed authentication, the audit trail and a
 	// fleet-wide rate limit per key, whose share the Keeper keeps current
 	// from the fleet view.
-	Security httpapi.Security
+	Security Security
 }
+
+// Defaults of Config, as its fields document them: the one place they
+// are set, for the building blocks are always given every value.
+const (
+	defaultServeMargin      = time.Minute
+	defaultRefreshBefore    = 15 * time.Minute
+	defaultLockTTL          = 10 * time.Second
+	defaultPollInterval     = 2 * time.Second
+	defaultRetryMin         = time.Second
+	defaultRetryMax         = time.Minute
+	defaultHandoverAfter    = 3
+	defaultHandoverCooldown = time.Minute
+	defaultAuthPerMinute    = 20
+)
 
 // Limits on Config's timings: the packages' own, so that each rule lives
 // in one place.
@@ -236,63 +256,24 @@ func (c *Config) setDefaults() error {
 	return errors.Join(errs...)
 }
 
-// checkRedisTimeouts reports a go-redis client whose commands may outlast
-// a lock renewal's budget, half of lockTTL: read or write timeouts longer
-// than that, or none, without ContextTimeoutEnabled. A client of another
-// kind is trusted.
-func checkRedisTimeouts(rdb Redis, lockTTL time.Duration) error {
-	var read, write time.Duration
-	switch c := rdb.(type) {
-	case interface{ Options() *redis.Options }:
-		o := c.Options()
-		if o.ContextTimeoutEnabled {
-			return nil
-		}
-		read, write = o.ReadTimeout, o.WriteTimeout
-	case interface{ Options() *redis.ClusterOptions }:
-		o := c.Options()
-		if o.ContextTimeoutEnabled {
-			return nil
-		}
-		read, write = o.ReadTimeout, o.WriteTimeout
-	default:
-		return nil
-	}
-	limit := refresher.RedisTimeout(lockTTL)
-	for _, t := range []struct {
-		name string
-		d    time.Duration
-	}{{"ReadTimeout", read}, {"WriteTimeout", write}} {
-		d := t.d // as the client took it: zero or less is none
-		switch {
-		case d <= 0:
-			return &FieldError{"Redis", fmt.Sprintf("%s is off: set it to at most %v (half of LockTTL), or set ContextTimeoutEnabled, so that a lock renewal cannot outlast its lease", t.name, limit)}
-		}
-		if d > limit {
-			return &FieldError{"Redis", fmt.Sprintf("%s %v is longer than half of LockTTL (%v): set it to at most that, or set ContextTimeoutEnabled, so that a lock renewal cannot outlast its lease", t.name, d, limit)}
-		}
-	}
-	return nil
-}
-
 func (c *Config) applyDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
 		}
 	}
-	def(&c.ServeMargin, time.Minute)
-	def(&c.RefreshBefore, 15*time.Minute)
-	def(&c.LockTTL, 10*time.Second)
-	def(&c.PollInterval, 2*time.Second)
-	def(&c.RetryMin, time.Second)
-	def(&c.RetryMax, time.Minute)
-	def(&c.HandoverCooldown, time.Minute)
+	def(&c.ServeMargin, defaultServeMargin)
+	def(&c.RefreshBefore, defaultRefreshBefore)
+	def(&c.LockTTL, defaultLockTTL)
+	def(&c.PollInterval, defaultPollInterval)
+	def(&c.RetryMin, defaultRetryMin)
+	def(&c.RetryMax, defaultRetryMax)
+	def(&c.HandoverCooldown, defaultHandoverCooldown)
 	if c.HandoverAfter == 0 {
-		c.HandoverAfter = 3
+		c.HandoverAfter = defaultHandoverAfter
 	}
 	if c.AuthPerMinute == 0 {
-		c.AuthPerMinute = 20
+		c.AuthPerMinute = defaultAuthPerMinute
 	}
 	if c.Instance == "" {
 		c.Instance = defaultInstance()
@@ -386,15 +367,18 @@ func (c *Config) check(needSource bool) []error {
 		seen[t.Name] = i
 		errs = append(errs, t.check(field, !c.single, needSource)...)
 	}
-	readers := len(c.HTTP.ReaderKeys) > 0
-	for _, k := range c.HTTP.Keys {
-		readers = readers || k.Role == httpapi.RoleReader || k.Role == ""
-	}
-	for _, id := range c.HTTP.Security.Identities {
-		readers = readers || id.Role == httpapi.RoleReader || id.Role == ""
-	}
-	if !readers && !c.HTTP.AllowAnonymous {
+	if !c.HTTP.readers() {
 		fail("HTTP.ReaderKeys", "is required (or HTTP.AllowAnonymous)")
+	}
+	for i, id := range c.HTTP.Security.Identities {
+		if err := apiIdentity(id).Check(); err != nil {
+			fail(fmt.Sprintf("HTTP.Security.Identities[%d]", i), "%v", err)
+		}
+	}
+	if c.EncryptionKeys != "" {
+		if _, err := cache.ParseKeyring(c.EncryptionKeys); err != nil {
+			fail("EncryptionKeys", "%s", strings.TrimPrefix(err.Error(), "cache: "))
+		}
 	}
 	if !c.HTTP.AllowWeakKeys {
 		errs = append(errs, c.HTTP.weakKeys()...)
@@ -418,7 +402,7 @@ func (h HTTPConfig) weakKeys() []error {
 		}
 	}
 	for i, k := range h.Keys {
-		if k.Role == httpapi.RoleMetrics {
+		if k.Role == RoleMetrics {
 			continue
 		}
 		if err := httpapi.CheckKeyStrength(k.Value); err != nil {
@@ -431,6 +415,9 @@ func (h HTTPConfig) weakKeys() []error {
 	}
 	return errs
 }
+
+// nameRule says what validName accepts.
+const nameRule = "1 to 40 of a-z, 0-9 and -, not starting with -"
 
 // validName is the rule for token names: [a-z0-9][a-z0-9-]{0,39}.
 func validName(s string) bool {
@@ -454,7 +441,7 @@ func (t TokenConfig) check(field func(string) string, own, needSource bool) []er
 		errs = append(errs, &FieldError{field(name), fmt.Sprintf(format, args...)})
 	}
 	if !validName(t.Name) {
-		fail("Name", "%q is not a token name: 1 to 40 of a-z, 0-9 and -, not starting with -", t.Name)
+		fail("Name", "%q is not a token name: %s", t.Name, nameRule)
 	}
 	if own {
 		for _, d := range []struct {

@@ -9,10 +9,8 @@ import (
 	"net/http"
 	"os"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
@@ -23,23 +21,7 @@ import (
 
 // Name is the name of the one token a Keeper keeps without a catalog
 // (Config.Tokens): the liveness token.
-const Name = httpapi.DefaultName
-
-// Redis is what a Keeper needs of a go-redis client: *redis.Client fits
-// (redis.UniversalClient does too).
-type Redis interface {
-	redis.Scripter
-	Get(ctx context.Context, key string) *redis.StringCmd
-	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
-	MGet(ctx context.Context, keys ...string) *redis.SliceCmd
-	Pipeline() redis.Pipeliner
-	PTTL(ctx context.Context, key string) *redis.DurationCmd
-	HGet(ctx context.Context, key, field string) *redis.StringCmd
-	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
-	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
-	SPublish(ctx context.Context, channel string, message any) *redis.IntCmd
-	SSubscribe(ctx context.Context, channels ...string) *redis.PubSub
-}
+const Name = "liveness"
 
 // Keeper is one replica of a fleet that shares tokens through Redis: it
 // serves each token of its catalog from memory, takes part in each
@@ -86,14 +68,10 @@ func New(cfg Config) (*Keeper, error) {
 		}
 		served = append(served, st)
 	}
-	h := cfg.HTTP
+	acfg := cfg.HTTP.apiConfig()
+	acfg.Instance, acfg.Logger, acfg.Registerer, acfg.Gatherer, acfg.Clock = cfg.Instance, cfg.Logger, cfg.Registerer, cfg.Gatherer, cfg.Clock
 	var err error
-	k.api, err = httpapi.New(httpapi.Config{
-		Instance: cfg.Instance, ReaderKeys: h.ReaderKeys, AdminKeys: h.AdminKeys, MetricsKeys: h.MetricsKeys,
-		Keys: h.Keys, AllowAnonymous: h.AllowAnonymous, AllowWeakKeys: h.AllowWeakKeys, Logger: cfg.Logger, Registerer: cfg.Registerer, Clock: cfg.Clock,
-		Gatherer: cfg.Gatherer, RateLimit: h.RateLimit, RateBurst: h.RateBurst, Security: h.Security,
-	}, served, controller{k})
-	if err != nil {
+	if k.api, err = httpapi.New(acfg, served, controller{k}); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -112,9 +90,16 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		log = log.With("token", tc.Name)
 	}
 	keys := cache.KeysFor(tc.Name)
+	var keyring *cache.Keyring
+	if cfg.EncryptionKeys != "" {
+		var err error
+		if keyring, err = cache.ParseKeyring(cfg.EncryptionKeys); err != nil {
+			return nil, err
+		}
+	}
 	store, err := cache.New(cfg.Redis, cache.Config{
 		Keys: keys, ServeMargin: tc.ServeMargin, PollInterval: cfg.PollInterval,
-		Instance: cfg.Instance, Logger: log, Keyring: cfg.Keyring, Registerer: reg,
+		Instance: cfg.Instance, Logger: log, Keyring: keyring, Registerer: reg,
 		Events: k.events, Replication: cache.Replication(cfg.RedisWait), Clock: cfg.Clock,
 	})
 	if err != nil {

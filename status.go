@@ -1,8 +1,11 @@
 package tokenkeeper
 
 import (
+	"context"
+	"fmt"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
@@ -89,4 +92,65 @@ func statusOf(s refresher.Status) Status {
 			Fingerprint: a.Fingerprint, ExpiresAt: a.ExpiresAt, Error: a.Error, RetryAfter: a.RetryAfter})
 	}
 	return out
+}
+
+// ReadStatus reads the named token's fleet as Redis records it, with no
+// Keeper running: the leader, the replicas whose heartbeat is fresh and
+// the last refresh attempts, dated on this machine's clock. ExpiresAt is
+// when the token stored in Redis expires (zero when none is), and
+// TokenFingerprint names it when a heartbeat or an attempt names a token
+// of that expiry (the token is never read: it may be sealed). The
+// fields of one replica's own view are empty. A name no token may have is
+// a *FieldError, found before Redis is asked.
+func ReadStatus(ctx context.Context, rdb Redis, name string) (Status, error) {
+	if !validName(name) {
+		return Status{}, &FieldError{"Name", fmt.Sprintf("%q is not a token name: %s", name, nameRule)}
+	}
+	keys := cache.KeysFor(name)
+	f, err := refresher.ReadFleet(ctx, rdb, keys, time.Now())
+	if err != nil {
+		return Status{}, err
+	}
+	s := statusOf(refresher.Status{Leader: f.Leader, Replicas: f.Replicas, Refreshes: f.Refreshes})
+	s.Name = name
+	sent := time.Now()
+	ttl, err := rdb.PTTL(ctx, keys.Token).Result()
+	if err != nil {
+		return s, fmt.Errorf("tokenkeeper: read the token's expiry: %w", err)
+	}
+	// PTTL answers -2 (no key) or -1 (no expiry, which the fenced write
+	// never leaves) as nanoseconds: no token.
+	if ttl > 0 {
+		s.ExpiresAt = sent.Add(ttl)
+		s.TokenFingerprint = storedFingerprint(s, s.ExpiresAt)
+	}
+	return s, nil
+}
+
+// fingerprintSlack is how far apart two readings of one token's expiry
+// may be (a heartbeat's or an attempt's, and the stored key's time to
+// live) for ReadStatus to take them as the same token.
+const fingerprintSlack = 2 * time.Second
+
+// storedFingerprint names the stored token, which expires at exp: the
+// fingerprint of the heartbeat or refresh attempt whose token expires
+// closest to it, within fingerprintSlack; "" when none does.
+func storedFingerprint(s Status, exp time.Time) string {
+	best, bestOff := "", fingerprintSlack+1
+	consider := func(fp string, at time.Time) {
+		if fp == "" || at.IsZero() {
+			return
+		}
+		off := at.Sub(exp).Abs()
+		if off <= fingerprintSlack && off < bestOff {
+			best, bestOff = fp, off
+		}
+	}
+	for _, r := range s.Replicas {
+		consider(r.Fingerprint, r.ExpiresAt)
+	}
+	for _, a := range s.Refreshes {
+		consider(a.Fingerprint, a.ExpiresAt)
+	}
+	return best
 }

@@ -7,22 +7,7 @@ import (
 	"fmt"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
 )
-
-// hasReaders reports whether cat has a reader key: as with the
-// environment's keys, admin keys alone do not open the read route.
-func hasReaders(cat *tokenkeeper.Catalog) bool {
-	if cat == nil {
-		return false
-	}
-	for _, k := range cat.Keys {
-		if k.Role == httpapi.RoleReader || k.Role == "" {
-			return true
-		}
-	}
-	return false
-}
 
 // loadCatalog reads and checks the catalog file at path, secrets coming
 // from the environment and from files.

@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -17,8 +18,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -94,15 +93,15 @@ type Config struct {
 	AllowWeakKeys  bool
 	AdminKeys      []string
 	MetricsKeys    []string
-	Keyring        *cache.Keyring
+	// EncryptionKeys seal the tokens at rest (Config.EncryptionKeys of
+	// the front door, which checks them).
+	EncryptionKeys string
 	RateLimit      float64
 	RateBurst      int
-	// FleetRateLimit and the rest of Security are the HTTP face's second
-	// line of defence (httpapi.Security); the audit logger is opened by
-	// NewProgram from AuditLog.
-	FleetRateLimit float64
-	Security       httpapi.Security
-	AuditLog       string
+	// Security is the HTTP face's second line of defence; the audit
+	// logger is opened by NewProgram from AuditLog.
+	Security tokenkeeper.Security
+	AuditLog string
 	// TLS, when set, serves HTTPS.
 	TLS           *TLSConfig
 	Instance      string
@@ -183,13 +182,7 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	}
 	parseRedis(v, &c, readFile)
 	parseRedisWait(v, &c)
-	if spec := v.m["TOKENKEEPER_ENCRYPTION_KEYS"]; strings.TrimSpace(spec) != "" {
-		kr, err := cache.ParseKeyring(spec)
-		if err != nil {
-			v.fail("TOKENKEEPER_ENCRYPTION_KEYS: %v", strings.TrimPrefix(err.Error(), "cache: "))
-		}
-		c.Keyring = kr
-	}
+	c.EncryptionKeys = strings.TrimSpace(v.m["TOKENKEEPER_ENCRYPTION_KEYS"])
 	if rate, err := strconv.ParseFloat(v.str("TOKENKEEPER_RATE_LIMIT"), 64); err != nil || rate < 0 || math.IsInf(rate, 0) || math.IsNaN(rate) {
 		v.fail("TOKENKEEPER_RATE_LIMIT: %q is not a number of requests per second (0 turns limiting off)", v.str("TOKENKEEPER_RATE_LIMIT"))
 	} else {
@@ -227,23 +220,15 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	if c.HandoverAfter < 1 {
 		v.fail("TOKENKEEPER_HANDOVER_AFTER: %d must be at least 1", c.HandoverAfter)
 	}
+	envIdentities := len(c.Security.Identities)
 	if c.Catalog != nil {
 		c.Security.Identities = append(c.Security.Identities, c.Catalog.Identities...)
-	}
-	// Readers come from the environment or the catalog, as keys or as
-	// client certificate identities.
-	if len(c.APIKeys) == 0 && !c.AllowAnonymous && !catalogFailed && !hasReaders(c.Catalog) && !readerIdentity(c.Security.Identities) {
-		if c.Catalog != nil {
-			v.fail("no reader: TOKENKEEPER_API_KEYS is empty and the catalog (TOKENKEEPER_CONFIG) has no key or identity of role reader; admin keys read too but do not open the read route alone (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the tokens)")
-		} else {
-			v.fail("TOKENKEEPER_API_KEYS is required (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the token)")
-		}
 	}
 	if len(c.Security.Identities) > 0 && (c.TLS == nil || c.TLS.ClientCAs == nil) {
 		v.fail("TOKENKEEPER_TLS_IDENTITIES (or the catalog's identities) need TOKENKEEPER_TLS_CLIENT_CA and TOKENKEEPER_TLS_CERT: no client certificate is verified without them")
 	}
 	if !catalogFailed {
-		checkRules(v, c)
+		checkRules(v, c, envIdentities)
 	}
 	if c.Catalog == nil && !catalogFailed && (c.RDP.Auth == "v1" || c.RDP.Auth == "v2") {
 		if _, err := upstream.New(c.upstreamConfig()); err != nil {
@@ -332,13 +317,20 @@ var fieldVars = strings.NewReplacer(
 	"HandoverAfter", "TOKENKEEPER_HANDOVER_AFTER",
 	"HandoverCooldown", "TOKENKEEPER_HANDOVER_COOLDOWN",
 	"AuthPerMinute", "TOKENKEEPER_AUTH_CALLS_PER_MINUTE",
+	"EncryptionKeys", "TOKENKEEPER_ENCRYPTION_KEYS",
 )
 
+// identityField is the field of the front door's problems with one
+// identity: those of TOKENKEEPER_TLS_IDENTITIES come first, then the
+// catalog's.
+var identityField = regexp.MustCompile(`^HTTP\.Security\.Identities\[(\d+)\]$`)
+
 // checkRules applies tokenkeeper.Config's rules to c, reporting each
-// problem under the variables concerned. A setting that failed to parse
-// is zero here, which the rules take as its default, so one mistake is
-// reported once.
-func checkRules(v *values, c Config) {
+// problem under the variables concerned; the first envIdentities
+// identities are TOKENKEEPER_TLS_IDENTITIES's. A setting that failed to
+// parse is zero here, which the rules take as its default, so one
+// mistake is reported once.
+func checkRules(v *values, c Config, envIdentities int) {
 	err := c.keeperConfig().Validate()
 	if err == nil {
 		return
@@ -350,22 +342,29 @@ func checkRules(v *values, c Config) {
 			continue
 		}
 		switch {
-		case fe.Field == "HTTP.ReaderKeys" && strings.HasPrefix(fe.Problem, "is required"),
-			fe.Field == "AuthPerMinute", fe.Field == "HandoverAfter", fe.Field == "RedisMode", fe.Field == "RedisWait.Replicas":
+		case fe.Field == "HTTP.ReaderKeys" && strings.HasPrefix(fe.Problem, "is required"):
+			// Readers come from the environment or the catalog, as keys
+			// or as client certificate identities.
+			if c.Catalog != nil {
+				v.fail("no reader: TOKENKEEPER_API_KEYS is empty and the catalog (TOKENKEEPER_CONFIG) has no key or identity of role reader; admin keys read too but do not open the read route alone (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the tokens)")
+			} else {
+				v.fail("TOKENKEEPER_API_KEYS is required (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the token)")
+			}
+			continue
+		case fe.Field == "AuthPerMinute", fe.Field == "HandoverAfter", fe.Field == "RedisMode", fe.Field == "RedisWait.Replicas":
 			continue // checked above, in the variable's own words
+		}
+		if m := identityField.FindStringSubmatch(fe.Field); m != nil {
+			i, _ := strconv.Atoi(m[1])
+			if i < envIdentities {
+				v.fail("TOKENKEEPER_TLS_IDENTITIES: item %d: %s", i+1, fe.Problem)
+			} else {
+				v.fail("TOKENKEEPER_CONFIG: identities[%d]: %s", i-envIdentities, fe.Problem)
+			}
+			continue
 		}
 		v.fail("%s: %s", fieldVars.Replace(fe.Field), fieldVars.Replace(fe.Problem))
 	}
-}
-
-// readerIdentity reports whether one of ids is a reader's.
-func readerIdentity(ids []httpapi.Identity) bool {
-	for _, id := range ids {
-		if id.Role == httpapi.RoleReader || id.Role == "" {
-			return true
-		}
-	}
-	return false
 }
 
 // keeperConfig is c as the front door takes it, without what only a
@@ -373,7 +372,7 @@ func readerIdentity(ids []httpapi.Identity) bool {
 func (c Config) keeperConfig() tokenkeeper.Config {
 	ucfg := c.upstreamConfig()
 	var tokens []tokenkeeper.TokenConfig
-	var keys []httpapi.Key
+	var keys []tokenkeeper.Key
 	if c.Catalog != nil {
 		tokens, keys = c.Catalog.Tokens, c.Catalog.Keys
 	}
@@ -383,7 +382,7 @@ func (c Config) keeperConfig() tokenkeeper.Config {
 		Instance: c.Instance, Version: buildVersion(), Commit: buildCommit(),
 		ServeMargin: c.ServeMargin, RefreshBefore: c.RefreshBefore, LockTTL: c.LockTTL, PollInterval: c.PollInterval,
 		RetryMin: c.RetryMin, RetryMax: c.RetryMax, HandoverAfter: c.HandoverAfter, HandoverCooldown: c.HandoverCooldown,
-		Keyring: c.Keyring, RedisMode: c.RedisMode, RedisWait: c.RedisWait,
+		EncryptionKeys: c.EncryptionKeys, RedisMode: c.RedisMode, RedisWait: c.RedisWait,
 		HTTP: tokenkeeper.HTTPConfig{
 			ReaderKeys: c.APIKeys, AdminKeys: c.AdminKeys, MetricsKeys: c.MetricsKeys,
 			Keys: keys, AllowAnonymous: c.AllowAnonymous, AllowWeakKeys: c.AllowWeakKeys, RateLimit: c.RateLimit, RateBurst: c.RateBurst,

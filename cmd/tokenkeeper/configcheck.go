@@ -9,8 +9,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
-	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
+	"github.com/tokenkeeper/tokenkeeper"
 )
 
 // runConfig runs `tokenkeeper config check [--offline] FILE`: it
@@ -41,20 +40,27 @@ func runConfig(_ context.Context, args []string, getenv func(string) string, std
 	if err != nil {
 		return fmt.Errorf("%s is not valid:\n%w", file, err)
 	}
-	if !*offline && getenv("TOKENKEEPER_ALLOW_WEAK_KEYS") != "true" {
-		// As serve refuses them at start.
-		var weak []error
-		for _, k := range cat.Keys {
-			if k.Role == catalog.RoleMetrics {
-				continue
-			}
-			if err := httpapi.CheckKeyStrength(k.Value); err != nil {
-				weak = append(weak, fmt.Errorf("key %s %w; allow weak keys only for a demo (TOKENKEEPER_ALLOW_WEAK_KEYS=true)", k.Name, err))
+	// The front door's rules beyond the file's own, as serve applies
+	// them at start: reader and admin keys too weak to resist guessing
+	// are refused, unless offline (their values are unknown) or allowed.
+	cfg := tokenkeeper.Config{Tokens: cat.Tokens, HTTP: tokenkeeper.HTTPConfig{
+		Keys: cat.Keys, Security: tokenkeeper.Security{Identities: cat.Identities}, AllowAnonymous: true,
+		AllowWeakKeys: *offline || getenv("TOKENKEEPER_ALLOW_WEAK_KEYS") == "true",
+	}}
+	if err := cfg.Validate(); err != nil {
+		var problems []error
+		for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+			var fe *tokenkeeper.FieldError
+			switch {
+			case !errors.As(e, &fe):
+				problems = append(problems, e)
+			case fe.Field == "HTTP.Keys":
+				problems = append(problems, errors.New(fieldVars.Replace(fe.Problem)))
+			default:
+				problems = append(problems, fmt.Errorf("%s: %s", fe.Field, fe.Problem))
 			}
 		}
-		if len(weak) > 0 {
-			return fmt.Errorf("%s is not valid:\n%w", file, errors.Join(weak...))
-		}
+		return fmt.Errorf("%s is not valid:\n%w", file, errors.Join(problems...))
 	}
 	if err := cat.Describe(stdout); err != nil {
 		return err

@@ -17,14 +17,13 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/internal/tlstest"
 )
 
-// Keys of the tests, strong enough to be accepted (httpapi.CheckKeyStrength).
+// Keys of the tests, strong enough to be accepted (the front door refuses weaker ones).
 const (
 	testReaderKey = "reader-key-5b9e2c7f1a3d8e4b6c0f"
 	testAdminKey  = "admin-key-7d3f1b9e5c2a8f4d6e0b"
@@ -137,7 +136,7 @@ func TestRightKeyAfterHundredWrongOnes(t *testing.T) {
 		RDP: RDPConfig{BaseURL: rdp.URL, Auth: "v2", ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret, Timeout: 5 * time.Second},
 		// Short delays keep the burst short on a loaded machine; the
 		// defaults are the same rule at another scale.
-		Security: httpapi.Security{AuthFailureMaxDelay: 200 * time.Millisecond},
+		Security: tokenkeeper.Security{AuthFailureMaxDelay: 200 * time.Millisecond},
 	}
 	p, err := NewProgram(cfg, quiet, nil)
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // parseRedis reads TOKENKEEPER_REDIS_MODE and TOKENKEEPER_REDIS_URL (with
@@ -67,7 +66,7 @@ func parseRedisWait(v *values, c *Config) {
 }
 
 // newRedis returns the client of c's topology, with its timeouts and spare
-// connections following from the lock TTL (refresher.TuneRedis) where the
+// connections following from the lock TTL (tokenkeeper.TuneRedis) where the
 // URL sets none, and the hooks of newRegistry to come. maxRetries, when
 // not zero, replaces the URL's.
 func (c Config) newRedis(maxRetries int) redis.UniversalClient {
@@ -75,7 +74,7 @@ func (c Config) newRedis(maxRetries int) redis.UniversalClient {
 	// and carried over to the other topologies' options.
 	tune := func(read, write *time.Duration, dial *time.Duration, ctxTimeout *bool, idle *int, noIdentity *bool, retries *int) {
 		o := redis.Options{ReadTimeout: *read, WriteTimeout: *write, MinIdleConns: *idle}
-		refresher.TuneRedis(&o, c.LockTTL)
+		tokenkeeper.TuneRedis(&o, c.LockTTL)
 		*read, *write, *ctxTimeout, *idle, *noIdentity = o.ReadTimeout, o.WriteTimeout, o.ContextTimeoutEnabled, o.MinIdleConns, o.DisableIdentity
 		*dial = max(*dial, 2*time.Second)
 		if maxRetries != 0 {
@@ -136,7 +135,10 @@ func (c Config) sentinelMaster() (func(context.Context) (string, error), func() 
 		return nil, nil
 	}
 	fo := c.RedisFailover
-	timeout := refresher.RedisTimeout(c.LockTTL)
+	// The bounds of the Keeper's own Redis commands.
+	var tuned redis.Options
+	tokenkeeper.TuneRedis(&tuned, c.LockTTL)
+	timeout := tuned.ReadTimeout
 	clients := make([]*redis.SentinelClient, len(fo.SentinelAddrs))
 	for i, addr := range fo.SentinelAddrs {
 		clients[i] = redis.NewSentinelClient(&redis.Options{

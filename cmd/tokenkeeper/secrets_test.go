@@ -15,7 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
@@ -86,7 +86,7 @@ func TestNoSecretInLogs(t *testing.T) {
 			RDP: RDPConfig{BaseURL: rdpSrv.URL, Auth: "v2", ClientID: fakerdp.ClientID, ClientSecret: clientSecret, Timeout: 250 * time.Millisecond},
 			// The audit trail is checked as the logs are, with failed
 			// authentications throttled early so that it says so.
-			AuditLog: auditPath, Security: httpapi.Security{AuthFailures: 2},
+			AuditLog: auditPath, Security: tokenkeeper.Security{AuthFailures: 2},
 		}
 		p, err := NewProgram(cfg, log.With("replica", name), nil)
 		if err != nil {

@@ -13,7 +13,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/internal/certreload"
 )
 
@@ -101,16 +101,16 @@ func (c *Config) parseSecurity(v *values, readFile func(string) ([]byte, error))
 }
 
 // parseIdentities reads TOKENKEEPER_TLS_IDENTITIES: comma-separated
-// items SUBJECT[;name=NAME][;role=ROLE][;tokens=A+B]. The subject is
-// checked by the HTTP face, which names the item.
-func parseIdentities(v *values, spec string) []httpapi.Identity {
+// items SUBJECT[;name=NAME][;role=ROLE][;tokens=A+B]. The subject and
+// the role are checked by the front door (checkRules names the item).
+func parseIdentities(v *values, spec string) []tokenkeeper.Identity {
 	if strings.TrimSpace(spec) == "" {
 		return nil
 	}
-	var out []httpapi.Identity
+	var out []tokenkeeper.Identity
 	for i, item := range strings.Split(spec, ",") {
 		fields := strings.Split(strings.TrimSpace(item), ";")
-		id := httpapi.Identity{Subject: strings.TrimSpace(fields[0])}
+		id := tokenkeeper.Identity{Subject: strings.TrimSpace(fields[0])}
 		if id.Subject == "" {
 			v.fail("TOKENKEEPER_TLS_IDENTITIES: item %d has no subject", i+1)
 			continue
@@ -123,15 +123,12 @@ func parseIdentities(v *values, spec string) []httpapi.Identity {
 			case k == "name":
 				id.Name = val
 			case k == "role":
-				id.Role = httpapi.Role(val)
+				id.Role = tokenkeeper.Role(val)
 			case k == "tokens":
 				id.Tokens = strings.Split(val, "+")
 			default:
 				v.fail("TOKENKEEPER_TLS_IDENTITIES: item %d: unknown field %q (name, role or tokens)", i+1, k)
 			}
-		}
-		if err := id.Check(); err != nil {
-			v.fail("TOKENKEEPER_TLS_IDENTITIES: item %d: %v", i+1, err)
 		}
 		out = append(out, id)
 	}
@@ -193,16 +190,8 @@ func auditConfiguration(audit *slog.Logger, cfg Config, addr string) {
 		}
 		ids = append(ids, fmt.Sprintf("%s=%s:%s:%s", id.Name, id.Subject, r, scopeText(id.Tokens)))
 	}
-	failures, window := cfg.Security.AuthFailures, cfg.Security.AuthFailureWindow
-	switch {
-	case failures == 0:
-		failures = httpapi.DefaultAuthFailures
-	case failures < 0:
-		failures = 0
-	}
-	if window == 0 {
-		window = httpapi.DefaultAuthFailureWindow
-	}
+	// parseSecurity sets both, from variables with defaults; -1 is off.
+	failures, window := max(cfg.Security.AuthFailures, 0), cfg.Security.AuthFailureWindow
 	var proxies []string
 	for _, p := range cfg.Security.TrustedProxies {
 		proxies = append(proxies, p.String())
@@ -212,7 +201,7 @@ func auditConfiguration(audit *slog.Logger, cfg Config, addr string) {
 		"tokens", tokens, "keys", keys, "identities", ids, "anonymous_reads", cfg.AllowAnonymous, "weak_keys_allowed", cfg.AllowWeakKeys,
 		"rate_limit", cfg.RateLimit, "fleet_rate_limit", cfg.Security.FleetRateLimit,
 		"trusted_proxies", proxies, "auth_failures", failures, "auth_failure_window", window,
-		"encryption_at_rest", cfg.Keyring != nil, "redis_tls", cfg.Redis != nil && cfg.Redis.TLSConfig != nil)
+		"encryption_at_rest", cfg.EncryptionKeys != "", "redis_tls", cfg.Redis != nil && cfg.Redis.TLSConfig != nil)
 }
 
 func scopeText(tokens []string) string {

@@ -17,10 +17,6 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
-	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // statusEnvs are the settings of `tokenkeeper status`: those of serve that
@@ -31,62 +27,12 @@ var statusEnvs = []string{"TOKENKEEPER_CONFIG", "TOKENKEEPER_REDIS_URL", "TOKENK
 // token when there are several; --json shows them all.
 const statusRefreshRows = 5
 
-// fingerprintSlack is how far apart two readings of one token's expiry
-// may be (a heartbeat's or an attempt's, and the stored key's time to
-// live) for status to take them as the same token.
-const fingerprintSlack = 2 * time.Second
-
-// fleetJSON is what `tokenkeeper status --json` prints for the liveness
-// token alone (no catalog, no --token): the fields of GET /v1/status that
-// Redis knows, in the same shapes. It is the shape of the versions before
-// the catalog, kept as it was for the scripts that read it.
-type fleetJSON struct {
-	Leader      string            `json:"leader"`
-	Replicas    []httpapi.Replica `json:"replicas"`
-	Refreshes   []httpapi.Refresh `json:"refreshes"`
-	GeneratedAt time.Time         `json:"generated_at"`
-}
-
-// tokensJSON is what `tokenkeeper status --json` prints with a catalog
-// (TOKENKEEPER_CONFIG) or --token: every token, in the file's or the
-// flags' order.
-type tokensJSON struct {
-	Tokens      []tokenJSON `json:"tokens"`
-	GeneratedAt time.Time   `json:"generated_at"`
-}
-
-// tokenJSON is one token in tokensJSON: its fleet as fleetJSON shows it,
-// and the token stored in Redis. The last refresh attempt is the first of
-// Refreshes.
-type tokenJSON struct {
-	Name   string `json:"name"`
-	Leader string `json:"leader"`
-	// TokenFingerprint names the token stored in Redis, as the replicas'
-	// heartbeats or the refresh that stored it name it; empty when there
-	// is none or no replica or attempt names it.
-	TokenFingerprint string `json:"token_fingerprint,omitempty"`
-	// ExpiresAt is when the stored token expires (its key's time to live,
-	// on this machine's clock); ExpiresIn the whole seconds left then.
-	ExpiresAt time.Time         `json:"expires_at,omitzero"`
-	ExpiresIn int64             `json:"expires_in"`
-	Replicas  []httpapi.Replica `json:"replicas"`
-	Refreshes []httpapi.Refresh `json:"refreshes"`
-	// Error says why this token could not be read; the other fields are
-	// then empty.
-	Error string `json:"error,omitempty"`
-}
-
-// tokenView is one token as Redis records it.
+// tokenView is one token as Redis records it (tokenkeeper.ReadStatus), or
+// why it could not be read.
 type tokenView struct {
-	name  string
-	fleet refresher.Fleet
-	// expiresAt is when the stored token expires, on this machine's
-	// clock; zero when none is stored.
-	expiresAt time.Time
-	// fingerprint names the stored token, when a heartbeat or an attempt
-	// names a token of that expiry.
-	fingerprint string
-	err         error
+	name string
+	st   tokenkeeper.Status
+	err  error
 }
 
 // runStatus prints the fleet view from Redis: the leader, the replicas
@@ -167,18 +113,17 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	if catalogMode {
 		return statusTokens(ctx, rdb, names, asJSON, stdout)
 	}
-	f, err := refresher.ReadFleet(ctx, rdb, cache.KeysFor(httpapi.DefaultName), time.Now())
+	st, err := tokenkeeper.ReadStatus(ctx, rdb, tokenkeeper.Name)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
 	now := time.Now()
 	if asJSON {
-		replicas, refreshes := tokenkeeper.APIFleet(f)
-		out := fleetJSON{Leader: f.Leader, Replicas: replicas, Refreshes: refreshes, GeneratedAt: utcMillis(now)}
-		utcFleet(out.Replicas, out.Refreshes)
+		out := fleetJSON{Leader: st.Leader, GeneratedAt: utcMillis(now)}
+		out.Replicas, out.Refreshes = fleetOf(st)
 		return writeJSON(stdout, out)
 	}
-	printFleet(stdout, f, now)
+	printFleet(stdout, st, now)
 	return nil
 }
 
@@ -189,31 +134,33 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// utcFleet puts the fleet's times in UTC to the millisecond.
-func utcFleet(replicas []httpapi.Replica, refreshes []httpapi.Refresh) {
-	for i := range replicas {
-		r := &replicas[i]
-		r.ExpiresAt, r.LastEventAt, r.SeenAt = utcMillis(r.ExpiresAt), utcMillis(r.LastEventAt), utcMillis(r.SeenAt)
-	}
-	for i := range refreshes {
-		r := &refreshes[i]
-		r.At, r.ExpiresAt = utcMillis(r.At), utcMillis(r.ExpiresAt)
-	}
-}
-
 // checkTokenNames refuses names no token may have (which could also reach
 // other keys than a token's) and drops repeated ones.
 func checkTokenNames(names []string) ([]string, error) {
 	var out []string
 	for _, n := range names {
-		if !catalog.ValidName(n) {
-			return nil, fmt.Errorf("status: --token %q: a token name is 1 to 40 of a-z, 0-9 and -, starting with a letter or digit", n)
-		}
 		if !slices.Contains(out, n) {
 			out = append(out, n)
 		}
 	}
+	if err := checkNames(out); err != nil {
+		var fe *tokenkeeper.FieldError
+		if errors.As(err, &fe) {
+			return nil, fmt.Errorf("status: --token: %s", fe.Problem)
+		}
+		return nil, fmt.Errorf("status: --token: %w", err)
+	}
 	return out, nil
+}
+
+// checkNames checks token names as the front door checks a catalog's:
+// each valid, none twice.
+func checkNames(names []string) error {
+	cfg := tokenkeeper.Config{HTTP: tokenkeeper.HTTPConfig{AllowAnonymous: true}}
+	for _, n := range names {
+		cfg.Tokens = append(cfg.Tokens, tokenkeeper.TokenConfig{Name: n})
+	}
+	return cfg.Validate()
 }
 
 // catalogNames returns the names of the tokens of the catalog file at
@@ -231,13 +178,9 @@ func catalogNames(path string, getenv func(string) string, readFile func(string)
 		}
 		return names, nil
 	}
-	var ce *catalog.Error
-	if !errors.As(err, &ce) {
-		return nil, fmt.Errorf("status: %w", err) // the file itself cannot be read
-	}
 	data, rerr := readFile(path)
 	if rerr != nil {
-		return nil, fmt.Errorf("status: TOKENKEEPER_CONFIG: %w", rerr)
+		return nil, fmt.Errorf("status: TOKENKEEPER_CONFIG: %w", rerr) // the file itself cannot be read
 	}
 	names, ok := tokenNames(data)
 	if !ok {
@@ -265,12 +208,9 @@ func tokenNames(data []byte) (names []string, ok bool) {
 		return nil, false
 	}
 	for _, t := range file.Tokens {
-		if !catalog.ValidName(t.Name) || slices.Contains(names, t.Name) {
-			return nil, false
-		}
 		names = append(names, t.Name)
 	}
-	return names, true
+	return names, checkNames(names) == nil
 }
 
 // statusTokens prints the fleet of each named token. A token that cannot
@@ -315,68 +255,23 @@ func statusTokens(ctx context.Context, rdb redis.UniversalClient, names []string
 // readToken reads one token's fleet and the expiry of the token stored
 // under its keys. It never reads the token itself.
 func readToken(ctx context.Context, rdb redis.UniversalClient, name string) tokenView {
-	tv := tokenView{name: name}
-	keys := cache.KeysFor(name)
-	if tv.fleet, tv.err = refresher.ReadFleet(ctx, rdb, keys, time.Now()); tv.err != nil {
-		return tv
-	}
-	sent := time.Now()
-	ttl, err := rdb.PTTL(ctx, keys.Token).Result()
-	if err != nil {
-		tv.err = fmt.Errorf("read the token's expiry: %w", err)
-		return tv
-	}
-	// PTTL answers -2 (no key) or -1 (no expiry, which the fenced write
-	// never leaves) as nanoseconds: no token.
-	if ttl > 0 {
-		tv.expiresAt = sent.Add(ttl)
-		tv.fingerprint = storedFingerprint(tv.fleet, tv.expiresAt)
-	}
-	return tv
-}
-
-// storedFingerprint names the stored token, which expires at exp: the
-// fingerprint of the heartbeat or refresh attempt whose token expires
-// closest to it, within fingerprintSlack; "" when none does. The
-// fingerprint cannot be computed from Redis: the token may be sealed
-// there, and status never reads it.
-func storedFingerprint(f refresher.Fleet, exp time.Time) string {
-	best, bestOff := "", fingerprintSlack+1
-	consider := func(fp string, at time.Time) {
-		if fp == "" || at.IsZero() {
-			return
-		}
-		off := at.Sub(exp)
-		if off < 0 {
-			off = -off
-		}
-		if off <= fingerprintSlack && off < bestOff {
-			best, bestOff = fp, off
-		}
-	}
-	for _, r := range f.Replicas {
-		consider(r.Fingerprint, r.ExpiresAt)
-	}
-	for _, a := range f.Refreshes {
-		consider(a.Fingerprint, a.ExpiresAt)
-	}
-	return best
+	st, err := tokenkeeper.ReadStatus(ctx, rdb, name)
+	return tokenView{name: name, st: st, err: err}
 }
 
 // json is tv as tokensJSON shows it, at now.
 func (tv tokenView) json(now time.Time) tokenJSON {
-	out := tokenJSON{Name: tv.name, Replicas: []httpapi.Replica{}, Refreshes: []httpapi.Refresh{}}
+	out := tokenJSON{Name: tv.name, Replicas: []replicaJSON{}, Refreshes: []refreshJSON{}}
 	if tv.err != nil {
 		out.Error = tv.err.Error()
 		return out
 	}
-	out.Leader = tv.fleet.Leader
-	out.Replicas, out.Refreshes = tokenkeeper.APIFleet(tv.fleet)
-	utcFleet(out.Replicas, out.Refreshes)
-	if !tv.expiresAt.IsZero() {
-		out.TokenFingerprint = tv.fingerprint
-		out.ExpiresAt = utcMillis(tv.expiresAt)
-		out.ExpiresIn = int64(max(tv.expiresAt.Sub(now), 0) / time.Second)
+	out.Leader = tv.st.Leader
+	out.Replicas, out.Refreshes = fleetOf(tv.st)
+	if exp := tv.st.ExpiresAt; !exp.IsZero() {
+		out.TokenFingerprint = tv.st.TokenFingerprint
+		out.ExpiresAt = utcMillis(exp)
+		out.ExpiresIn = int64(max(exp.Sub(now), 0) / time.Second)
 	}
 	return out
 }
@@ -389,27 +284,27 @@ func printToken(w io.Writer, tv tokenView, now time.Time) {
 		return
 	}
 	fmt.Fprintln(w, tokenHeader(tv, now))
-	printFleetBody(w, tv.fleet, now, statusRefreshRows)
+	printFleetBody(w, tv.st, now, statusRefreshRows)
 }
 
 // tokenHeader is the line that opens a token in the tables: its name,
 // leader, stored token and its expiry, and the last refresh attempt.
 func tokenHeader(tv tokenView, now time.Time) string {
 	leader := "leader NONE"
-	if tv.fleet.Leader != "" {
-		leader = "leader " + tv.fleet.Leader
+	if tv.st.Leader != "" {
+		leader = "leader " + tv.st.Leader
 	}
 	token := "no token in Redis"
-	if !tv.expiresAt.IsZero() {
-		fp := tv.fingerprint
+	if !tv.st.ExpiresAt.IsZero() {
+		fp := tv.st.TokenFingerprint
 		if fp == "" {
 			fp = "(fingerprint unknown)"
 		}
-		token = "token " + fp + " expires in " + short(tv.expiresAt.Sub(now))
+		token = "token " + fp + " expires in " + short(tv.st.ExpiresAt.Sub(now))
 	}
 	last := "no refresh recorded"
-	if len(tv.fleet.Refreshes) > 0 {
-		a := tv.fleet.Refreshes[0]
+	if len(tv.st.Refreshes) > 0 {
+		a := tv.st.Refreshes[0]
 		last = "last refresh " + a.Outcome + " " + short(now.Sub(a.At)) + " ago"
 	}
 	return "token " + tv.name + ": " + leader + ", " + token + ", " + last
@@ -417,7 +312,7 @@ func tokenHeader(tv tokenView, now time.Time) string {
 
 // printFleet writes the fleet view as tables, with times as durations from
 // now.
-func printFleet(w io.Writer, f refresher.Fleet, now time.Time) {
+func printFleet(w io.Writer, f tokenkeeper.Status, now time.Time) {
 	leader := f.Leader
 	if leader == "" {
 		leader = "NONE: no replica holds the lock"
@@ -428,7 +323,7 @@ func printFleet(w io.Writer, f refresher.Fleet, now time.Time) {
 
 // printFleetBody writes the replicas of f and its last refresh attempts
 // (at most maxRefreshes of them) as tables.
-func printFleetBody(w io.Writer, f refresher.Fleet, now time.Time, maxRefreshes int) {
+func printFleetBody(w io.Writer, f tokenkeeper.Status, now time.Time, maxRefreshes int) {
 	ready := 0
 	for _, r := range f.Replicas {
 		if r.Ready {

@@ -17,12 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // tokenRows returns the cells of each row of the page's tokens table, as
@@ -76,7 +76,7 @@ func TestStatusPageCatalogInBrowser(t *testing.T) {
 			if !okA || !okB || a.keeper.Leads(name) == b.keeper.Leads(name) {
 				return false
 			}
-			f, err := refresher.ReadFleet(context.Background(), rdb, cache.KeysFor(name), time.Now())
+			f, err := tokenkeeper.ReadStatus(context.Background(), rdb, name)
 			if err != nil || len(f.Refreshes) == 0 || len(f.Replicas) != 2 || !f.Replicas[0].Ready || !f.Replicas[1].Ready {
 				return false
 			}

@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
 // TestStatusCommand runs `tokenkeeper status` against the Redis of two
@@ -457,34 +457,28 @@ func TestStatusCatalogNames(t *testing.T) {
 	}
 }
 
-// TestStatusStoredFingerprint: the stored token is named by the heartbeat
-// or attempt whose token expires when the stored one does, or not at all.
-func TestStatusStoredFingerprint(t *testing.T) {
+// TestStatusTokenHeader: the line that opens a token names its leader,
+// the stored token and its expiry, and the last attempt.
+func TestStatusTokenHeader(t *testing.T) {
 	now := time.Now()
 	exp := now.Add(time.Hour)
-	f := refresher.Fleet{
-		Replicas: []refresher.Replica{
-			{Instance: "old", Fingerprint: "sha256:old", ExpiresAt: exp.Add(-15 * time.Minute)},
-			{Instance: "new", Fingerprint: "sha256:new", ExpiresAt: exp.Add(30 * time.Millisecond)},
-			{Instance: "none"},
-		},
-		Refreshes: []refresher.Attempt{
+	st := tokenkeeper.Status{
+		TokenFingerprint: "sha256:new", ExpiresAt: exp,
+		Refreshes: []tokenkeeper.Refresh{
 			{At: now.Add(-time.Minute), Outcome: "upstream_error"},
 			{At: now.Add(-2 * time.Minute), Outcome: "success", Fingerprint: "sha256:new", ExpiresAt: exp.Add(-10 * time.Millisecond)},
 		},
 	}
-	if got := storedFingerprint(f, exp); got != "sha256:new" {
-		t.Errorf("storedFingerprint = %q, want sha256:new", got)
-	}
-	if got := storedFingerprint(f, exp.Add(5*time.Minute)); got != "" {
-		t.Errorf("storedFingerprint of a token no replica holds = %q, want none", got)
-	}
-	tv := tokenView{name: "x", fleet: f, expiresAt: exp, fingerprint: "sha256:new"}
+	tv := tokenView{name: "x", st: st}
 	if h := tokenHeader(tv, now); h != "token x: leader NONE, token sha256:new expires in 1h0m0s, last refresh upstream_error 1m0s ago" {
 		t.Errorf("header = %q", h)
 	}
-	tv.fleet.Leader, tv.fingerprint = "r1", storedFingerprint(f, exp.Add(5*time.Minute))
+	tv.st.Leader, tv.st.TokenFingerprint = "r1", ""
 	if h := tokenHeader(tv, now); h != "token x: leader r1, token (fingerprint unknown) expires in 1h0m0s, last refresh upstream_error 1m0s ago" {
+		t.Errorf("header = %q", h)
+	}
+	tv.st.ExpiresAt, tv.st.Refreshes = time.Time{}, nil
+	if h := tokenHeader(tv, now); h != "token x: leader r1, no token in Redis, no refresh recorded" {
 		t.Errorf("header = %q", h)
 	}
 }

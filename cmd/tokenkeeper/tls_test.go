@@ -16,7 +16,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
@@ -205,7 +204,7 @@ func TestSecuritySettings(t *testing.T) {
 		}}, check: func(t *testing.T, c Config) {
 			s := c.Security
 			if c.TLS == nil || c.TLS.ClientCAs == nil || len(s.Identities) != 2 || s.Identities[0].Name != "mesh" ||
-				s.Identities[1].Role != httpapi.RoleAdmin || len(s.TrustedProxies) != 2 || s.TrustedProxies[1].String() != "192.0.2.7/32" ||
+				s.Identities[1].Role != tokenkeeper.RoleAdmin || len(s.TrustedProxies) != 2 || s.TrustedProxies[1].String() != "192.0.2.7/32" ||
 				s.AuthFailures != -1 || s.FleetRateLimit != 500 || c.AuditLog != "stderr" || s.AuditReadsPerMinute != 5 {
 				t.Errorf("got TLS %+v, security %+v", c.TLS, s)
 			}
