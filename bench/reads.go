@@ -22,7 +22,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
-	"github.com/tokenkeeper/tokenkeeper/httpapi"
 )
 
 // The three handlers of figure 1, each served by its own helper process
@@ -68,11 +67,12 @@ func serveBare(ctx context.Context, ln net.Listener, h http.Handler) error {
 }
 
 // serveSame serves h on ln until ctx ends with the limits httpapi's Serve
-// applies, for the harness's fake upstreams.
+// applies (an answer within the refresh timeout, 30s, + 10s), for the
+// harness's fake upstreams.
 func serveSame(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{
 		Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: httpapi.DefaultRefreshTimeout + 10*time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
+		WriteTimeout: 40 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -100,7 +100,7 @@ func startReplica(cfg replicaConfig) (*replica, error) {
 		if err != nil {
 			return fail(err)
 		}
-		api, err := httpapi.New(httpapi.Config{Instance: cfg.Instance, ReaderKeys: []string{benchKey}, Logger: log, RateLimit: cfg.RateLimit}, httpapi.Single(store), nil)
+		api, err := httpapi.New(httpapi.Config{Instance: cfg.Instance, ReaderKeys: []string{benchKey}, Logger: log, RateLimit: cfg.RateLimit}, []httpapi.Token{{Name: tokenkeeper.Name, Source: store}}, nil)
 		if err != nil {
 			return fail(err)
 		}

@@ -39,7 +39,7 @@ type readers struct {
 func newAuditTrail(log *slog.Logger, perMinute int, s *Server, g *guard) *auditTrail {
 	switch {
 	case perMinute == 0:
-		perMinute = DefaultAuditReadsPerMinute
+		perMinute = defaultAuditReadsPerMinute
 	case perMinute < 0:
 		perMinute = 0
 	}

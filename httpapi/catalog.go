@@ -47,12 +47,8 @@ type LimitError struct {
 
 func (e *LimitError) Error() string { return "httpapi: limited: " + e.Reason }
 
-// DefaultName is the name of the one token of a fleet without a catalog.
-const DefaultName = "liveness"
-
-// Single is the catalog of a fleet that keeps one token, the liveness
-// token, from t.
-func Single(t tokenSource) []Token { return []Token{{Name: DefaultName, Source: t}} }
+// defaultName is the name of the one token of a fleet without a catalog.
+const defaultName = "liveness"
 
 // served is one token as the server serves it.
 type served struct {

@@ -104,14 +104,14 @@ func (g *guard) failed(r *http.Request, w *who) error {
 }
 
 // delay is how long the latest failure counted in f waits:
-// AuthFailureBaseDelay for the first past g.failLimit, doubling with
+// authFailureBaseDelay for the first past g.failLimit, doubling with
 // each further one up to g.maxDelay.
 func (g *guard) delay(f *failures) time.Duration {
 	past := f.count - g.failLimit
 	if past <= 0 {
 		return 0
 	}
-	d := AuthFailureBaseDelay
+	d := authFailureBaseDelay
 	for i := 1; i < past && d < g.maxDelay; i++ {
 		d *= 2
 	}

@@ -37,24 +37,24 @@ type Security struct {
 	// AuthFailures is how many failed authentications from one client
 	// address, or with one presented key, are answered 401 at once; the
 	// ones that follow are answered 401 only after a delay that starts at
-	// AuthFailureBaseDelay and doubles with each, up to
+	// authFailureBaseDelay and doubles with each, up to
 	// AuthFailureMaxDelay. The count starts again after an
 	// AuthFailureWindow without failures. A request with a valid key is
 	// never delayed nor refused for anyone's failures. Default
-	// DefaultAuthFailures; negative turns the delays off (failures are
+	// defaultAuthFailures; negative turns the delays off (failures are
 	// still counted in the metrics).
 	AuthFailures int
 	// AuthFailureWindow is how long failures are remembered after the
-	// last one. Default DefaultAuthFailureWindow.
+	// last one. Default defaultAuthFailureWindow.
 	AuthFailureWindow time.Duration
 	// AuthFailureMaxDelay is the longest delay of a failed
-	// authentication. Default DefaultAuthFailureMaxDelay.
+	// authentication. Default defaultAuthFailureMaxDelay.
 	AuthFailureMaxDelay time.Duration
 	// AuthFailuresInFlight is how many delayed failed authentications of
 	// one client address, or with one key, may wait at once; past it the
 	// failing request is answered 429 with Retry-After at once, so that a
 	// client cannot hold the replica's connections with wrong keys.
-	// Default DefaultAuthFailuresInFlight.
+	// Default defaultAuthFailuresInFlight.
 	AuthFailuresInFlight int
 	// Audit receives the audit trail: tokens handed out, admin actions,
 	// throttled clients. Default: none.
@@ -62,7 +62,7 @@ type Security struct {
 	// AuditReadsPerMinute is how many token reads of one key (or identity)
 	// and token are written one line each in a minute; the reads past it
 	// are counted and written as one line when the minute is over.
-	// Default DefaultAuditReadsPerMinute; negative: every read is counted
+	// Default defaultAuditReadsPerMinute; negative: every read is counted
 	// into the minute's line, none written alone.
 	AuditReadsPerMinute int
 	// FleetRateLimit, when positive, is how many requests per second each
@@ -76,14 +76,14 @@ type Security struct {
 
 // Defaults of Security.
 const (
-	DefaultAuthFailures         = 10
-	DefaultAuthFailureWindow    = time.Minute
-	DefaultAuthFailureMaxDelay  = 5 * time.Second
-	DefaultAuthFailuresInFlight = 4
-	DefaultAuditReadsPerMinute  = 60
-	// AuthFailureBaseDelay is the delay of the first failed
+	defaultAuthFailures         = 10
+	defaultAuthFailureWindow    = time.Minute
+	defaultAuthFailureMaxDelay  = 5 * time.Second
+	defaultAuthFailuresInFlight = 4
+	defaultAuditReadsPerMinute  = 60
+	// authFailureBaseDelay is the delay of the first failed
 	// authentication past Security.AuthFailures.
-	AuthFailureBaseDelay = 100 * time.Millisecond
+	authFailureBaseDelay = 100 * time.Millisecond
 )
 
 // guard is Security as the server applies it.
@@ -119,7 +119,7 @@ func newGuard(cfg Config, s *Server, reg prometheus.Registerer) (*guard, error) 
 		maxDelay: sec.AuthFailureMaxDelay, inFlight: sec.AuthFailuresInFlight}
 	switch {
 	case g.failLimit == 0:
-		g.failLimit = DefaultAuthFailures
+		g.failLimit = defaultAuthFailures
 	case g.failLimit < 0:
 		g.failLimit = -1
 	}
@@ -127,7 +127,7 @@ func newGuard(cfg Config, s *Server, reg prometheus.Registerer) (*guard, error) 
 		name string
 		v    *time.Duration
 		def  time.Duration
-	}{{"AuthFailureWindow", &g.window, DefaultAuthFailureWindow}, {"AuthFailureMaxDelay", &g.maxDelay, DefaultAuthFailureMaxDelay}} {
+	}{{"AuthFailureWindow", &g.window, defaultAuthFailureWindow}, {"AuthFailureMaxDelay", &g.maxDelay, defaultAuthFailureMaxDelay}} {
 		switch {
 		case *d.v < 0:
 			return nil, fmt.Errorf("httpapi: %s %v is negative", d.name, *d.v)
@@ -139,7 +139,7 @@ func newGuard(cfg Config, s *Server, reg prometheus.Registerer) (*guard, error) 
 	case g.inFlight < 0:
 		return nil, fmt.Errorf("httpapi: AuthFailuresInFlight %d is negative", g.inFlight)
 	case g.inFlight == 0:
-		g.inFlight = DefaultAuthFailuresInFlight
+		g.inFlight = defaultAuthFailuresInFlight
 	}
 	g.addrs = make(map[string]*failures)
 	g.keys = make(map[[sha256.Size]byte]*failures)

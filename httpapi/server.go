@@ -164,9 +164,9 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultRefreshTimeout  = 30 * time.Second
-	DefaultRetryAfter      = 5 * time.Second
-	DefaultShutdownTimeout = 10 * time.Second
+	defaultRefreshTimeout  = 30 * time.Second
+	defaultRetryAfter      = 5 * time.Second
+	defaultShutdownTimeout = 10 * time.Second
 )
 
 // Limits Serve applies to every connection.
@@ -278,20 +278,20 @@ func New(cfg Config, tokens []Token, ctl controller) (*Server, error) {
 	case s.refreshTimeout < 0:
 		return nil, fmt.Errorf("httpapi: RefreshTimeout %v is negative", s.refreshTimeout)
 	case s.refreshTimeout == 0:
-		s.refreshTimeout = DefaultRefreshTimeout
+		s.refreshTimeout = defaultRefreshTimeout
 	}
 	switch {
 	case s.shutdownTimeout < 0:
 		return nil, fmt.Errorf("httpapi: ShutdownTimeout %v is negative", s.shutdownTimeout)
 	case s.shutdownTimeout == 0:
-		s.shutdownTimeout = DefaultShutdownTimeout
+		s.shutdownTimeout = defaultShutdownTimeout
 	}
 	retryAfter := cfg.RetryAfter
 	switch {
 	case retryAfter < 0:
 		return nil, fmt.Errorf("httpapi: RetryAfter %v is negative", retryAfter)
 	case retryAfter == 0:
-		retryAfter = DefaultRetryAfter
+		retryAfter = defaultRetryAfter
 	}
 	secs := int64((retryAfter + time.Second - 1) / time.Second)
 	s.retryAfterValue = []string{strconv.FormatInt(secs, 10)}[:1:1]

@@ -197,7 +197,7 @@ func TestStatusPageHostileTokensInBrowser(t *testing.T) {
 		Refreshes: first.Refreshes, Tokens: toks,
 	}
 	s, err := httpapi.New(httpapi.Config{Instance: "page-test", ReaderKeys: []string{testReaderKey}, AdminKeys: []string{key}},
-		httpapi.Single(statusPageTokens{}), statusPageController{st})
+		[]httpapi.Token{{Name: tokenkeeper.Name, Source: statusPageTokens{}}}, statusPageController{st})
 	if err != nil {
 		t.Fatal(err)
 	}
