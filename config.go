@@ -1,6 +1,9 @@
 package tokenkeeper
 
 import (
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"errors"
 	"fmt"
@@ -120,6 +123,16 @@ type Config struct {
 	// /metrics serves the HTTP face's own with the Go collectors.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// TracerProvider receives the Keeper's OpenTelemetry spans: each
+	// election won and refresh attempt, with its upstream calls, its
+	// fenced write and WAIT; each adoption of a token by a replica, in the
+	// trace of the write; each refresh request and device mint. When it
+	// makes real spans (an SDK's, whatever its sampler), every HTTP request
+	// also gets a server span; otherwise, the read path has nothing added.
+	// Spans hold names, counts, outcomes and fingerprints, never a token,
+	// key, secret or device id. Default: the global one
+	// (otel.GetTracerProvider) as it is when New runs.
+	TracerProvider trace.TracerProvider
 
 	// single is set by applyDefaults when Tokens was empty: the catalog is
 	// the one token of the fields above, and errors name those fields.
@@ -289,6 +302,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
 	}
 	if c.Clock == nil {
 		c.Clock = clock.Real()

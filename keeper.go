@@ -1,6 +1,9 @@
 package tokenkeeper
 
 import (
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"errors"
 	"fmt"
@@ -71,6 +74,7 @@ func New(cfg Config) (*Keeper, error) {
 	acfg := cfg.HTTP.apiConfig()
 	acfg.Instance, acfg.Logger, acfg.Registerer, acfg.Gatherer, acfg.Clock = cfg.Instance, cfg.Logger, cfg.Registerer, cfg.Gatherer, cfg.Clock
 	var err error
+	acfg.TracerProvider = serverTracing(cfg.TracerProvider)
 	if k.api, err = httpapi.New(acfg, served, controller{k}); err != nil {
 		return nil, err
 	}
@@ -101,6 +105,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		Keys: keys, ServeMargin: tc.ServeMargin, PollInterval: cfg.PollInterval,
 		Instance: cfg.Instance, Logger: log, Keyring: keyring, Registerer: reg,
 		Events: k.events, Replication: cache.Replication(cfg.RedisWait), Clock: cfg.Clock,
+		TracerProvider: cfg.TracerProvider,
 	})
 	if err != nil {
 		return nil, err
@@ -120,7 +125,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 			Keys: keys, ServeMargin: tc.ServeMargin, Access: store.Current, Mint: client.Mint,
 			RenewAccess: func(ctx context.Context) error { _, err := k.Refresh(ctx, tc.Name); return err },
 			Rate:        float64(tc.MintsPerMinute) / 60, PerDevice: tc.MintsPerDeviceHour,
-			Logger: log, Registerer: reg, Clock: cfg.Clock,
+			Logger: log, Registerer: reg, Clock: cfg.Clock, TracerProvider: cfg.TracerProvider,
 		})
 		if err != nil {
 			return nil, err
@@ -132,7 +137,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		HandoverAfter: cfg.HandoverAfter, HandoverCooldown: cfg.HandoverCooldown,
 		Version: cfg.Version, Registerer: reg,
 		Replication: cache.Replication(cfg.RedisWait), WatchMaster: cfg.RedisMode != RedisSingle,
-		MasterAuthority: cfg.SentinelMaster, Clock: cfg.Clock,
+		MasterAuthority: cfg.SentinelMaster, Clock: cfg.Clock, TracerProvider: cfg.TracerProvider,
 	}, cfg.Redis, store, src)
 	if err != nil {
 		return nil, err
@@ -162,6 +167,9 @@ func source(tc TokenConfig, cfg Config, keys cache.Keys, log *slog.Logger, reg p
 		if ocfg.Clock == nil {
 			ocfg.Clock = cfg.Clock
 		}
+		if ocfg.TracerProvider == nil {
+			ocfg.TracerProvider = cfg.TracerProvider
+		}
 		return upstream.NewOAuth2(ocfg)
 	}
 	ucfg := *tc.RDP
@@ -174,6 +182,9 @@ func source(tc TokenConfig, cfg Config, keys cache.Keys, log *slog.Logger, reg p
 	}
 	if ucfg.Clock == nil {
 		ucfg.Clock = cfg.Clock
+	}
+	if ucfg.TracerProvider == nil {
+		ucfg.TracerProvider = cfg.TracerProvider
 	}
 	return upstream.New(ucfg)
 }
@@ -356,4 +367,14 @@ func (k *Keeper) Drain() { k.api.Drain() }
 func defaultInstance() string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s-%d", host, os.Getpid())
+}
+
+// serverTracing returns tp when it makes real spans, for the HTTP face's
+// server spans, and nil otherwise: with tracing off the read path has no
+// middleware at all.
+func serverTracing(tp trace.TracerProvider) trace.TracerProvider {
+	if tracing.Enabled(tp) {
+		return tp
+	}
+	return nil
 }

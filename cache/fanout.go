@@ -25,6 +25,9 @@ type Message struct {
 	Fingerprint string `json:"fp,omitempty"`
 	// Body is a control message's own content, opaque to the store.
 	Body json.RawMessage `json:"body,omitempty"`
+	// Trace is the W3C traceparent of the span that sent it, when traced:
+	// for MsgToken, the fenced write's.
+	Trace string `json:"tp,omitempty"`
 }
 
 // MsgToken is the type of the message the write script publishes when it

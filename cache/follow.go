@@ -10,7 +10,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tokenkeeper/tokenkeeper/internal/plant"
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
 )
 
 // tokenEvent is MsgToken as the write script publishes it: the message,
@@ -125,7 +128,7 @@ func (s *Store) handle(ctx context.Context, payload string) {
 		s.log.Warn("ignoring malformed event", "error", err, "bytes", len(payload))
 		return
 	}
-	if ev.Type == MsgToken && !s.adoptEvent(ev.Tok) && s.loadLogged(ctx) != nil {
+	if ev.Type == MsgToken && !s.adoptEvent(ev.Tok, ev.Trace) && s.loadLogged(ctx) != nil {
 		select {
 		case s.readFailed <- struct{}{}:
 		default: // pollEvery knows already
@@ -155,7 +158,7 @@ const eventSkew = 250 * time.Millisecond
 // ran faster than this replica's since the reading, or when the token is
 // within the serve margin of its end. The next poll reads the token in
 // full, which never moves its deadline later.
-func (s *Store) adoptEvent(e *eventToken) bool {
+func (s *Store) adoptEvent(e *eventToken, tp string) bool {
 	ref := s.clockRef.Load()
 	if e == nil || e.Value == "" || e.ExpMS <= e.NowMS || ref == nil {
 		return false
@@ -201,8 +204,15 @@ func (s *Store) adoptEvent(e *eventToken) bool {
 	s.inRedis.Store(true)
 	s.sealErr.Store(nil)
 	s.behind.Store(false)
+	old := s.cur.Load()
 	s.adopt(t, now)
 	s.polled.Store(nil) // the next poll reads it in full
+	if t.Writer != s.cfg.Instance && (old == nil || old.Value != t.Value) {
+		// Redis stored it at NowMS on its clock: that instant on this
+		// replica's clock, by the last reading of Redis's.
+		stored := ref.sent.Add(ms(e.NowMS - ref.ms))
+		s.traceAdoption(tp, t, max(now.Sub(stored), 0), now)
+	}
 	return true
 }
 
@@ -221,4 +231,19 @@ func (s *Store) noteReadiness() {
 	held, _ := s.Held()
 	s.log.Warn("not ready: no servable token held; reads answer 503 until a new token arrives",
 		"held_fingerprint", held.Fingerprint(), "in_redis", s.InRedis())
+}
+
+// traceAdoption records the adoption of t from its change event: a span in
+// the trace of the write that published it (traceparent tp), with the time
+// from Redis storing it to this replica adopting it.
+func (s *Store) traceAdoption(tp string, t Token, delay time.Duration, at time.Time) {
+	ctx := context.Background()
+	if sc := tracing.Extract(tp); sc.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+	}
+	_, span := s.tracer.Start(ctx, "tokenkeeper.adopt", trace.WithTimestamp(at), trace.WithAttributes(
+		tracing.Token.String(s.name), tracing.Instance.String(s.cfg.Instance), tracing.Writer.String(t.Writer),
+		tracing.Fingerprint.String(t.Fingerprint()), tracing.Generation.Int64(int64(t.Generation)),
+		tracing.Delay.Float64(float64(delay.Microseconds())/1000)))
+	span.End(trace.WithTimestamp(s.cfg.Clock.Now()))
 }

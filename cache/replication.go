@@ -7,6 +7,10 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
 )
 
 // errReplication means that fewer replicas than asked acknowledged a write
@@ -20,7 +24,17 @@ var errReplication = errors.New("cache: the write reached fewer replicas than as
 // slot's master. It returns the pipeline's first error, or errReplication
 // when too few replicas acknowledged; the queued commands hold their own
 // results.
-func Replicated(ctx context.Context, rdb any, key string, rep Replication, queue func(redis.Pipeliner)) error {
+//
+// Under a span of the caller's that records, it makes a span of its own,
+// "redis WAIT", with the replicas asked for and those that acknowledged.
+func Replicated(ctx context.Context, rdb any, key string, rep Replication, queue func(redis.Pipeliner)) (err error) {
+	ctx, span := tracing.Child(ctx, "redis WAIT", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
+		tracing.DBSystem.String("redis"), tracing.DBOperation.String("WAIT"),
+		attribute.Int("tokenkeeper.replicas_wanted", rep.Replicas), attribute.Int64("tokenkeeper.wait_timeout_ms", rep.Timeout.Milliseconds())))
+	defer func() {
+		tracing.Fail(span, err)
+		span.End()
+	}()
 	var pipe redis.Pipeliner
 	switch c := rdb.(type) {
 	case *redis.ClusterClient:
@@ -43,6 +57,7 @@ func Replicated(ctx context.Context, rdb any, key string, rep Replication, queue
 	if err != nil {
 		return fmt.Errorf("cache: WAIT: %w", err)
 	}
+	span.SetAttributes(attribute.Int64("tokenkeeper.replicas_acked", acked))
 	if acked < int64(rep.Replicas) {
 		return fmt.Errorf("%w: %d of %d within %v", errReplication, acked, rep.Replicas, rep.Timeout)
 	}

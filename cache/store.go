@@ -1,6 +1,9 @@
 package cache
 
 import (
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"errors"
 	"fmt"
@@ -105,6 +108,11 @@ type Config struct {
 	// that many replicas of the Redis master have it (WAIT), so that a
 	// replica promoted by a failover holds it. Default: no wait.
 	Replication Replication
+	// TracerProvider receives a span for each token adopted from a change
+	// event, in the trace of the write that published it; the fenced
+	// write's own span is made only under a span of the caller's (a
+	// refresh attempt). Default: the global one.
+	TracerProvider trace.TracerProvider
 }
 
 // Replication is how many replicas a write waits for, and how long.
@@ -130,9 +138,11 @@ const MinPollInterval = 10 * time.Millisecond
 // Store is one replica's view of the shared token. Create it with New and
 // keep it current with Run. All methods are safe for concurrent use.
 type Store struct {
-	rdb redisClient
-	cfg Config
-	log *slog.Logger
+	rdb    redisClient
+	cfg    Config
+	log    *slog.Logger
+	tracer trace.Tracer
+	name   string // the token's name, in spans
 
 	cur     atomic.Pointer[held]
 	inRedis atomic.Bool
@@ -197,7 +207,8 @@ func New(rdb redisClient, cfg Config) (*Store, error) {
 	if cfg.Replication.Timeout < 0 {
 		return nil, fmt.Errorf("cache: replication timeout %v is negative", cfg.Replication.Timeout)
 	}
-	s := &Store{rdb: rdb, cfg: cfg, log: cfg.Logger, subs: make(map[*Subscription]struct{}), rttCap: ReadTimeout(rdb),
+	s := &Store{rdb: rdb, cfg: cfg, log: tracing.Logger(cfg.Logger), tracer: tracing.Tracer(cfg.TracerProvider),
+		name: tracing.TokenName(cfg.Keys.Token), subs: make(map[*Subscription]struct{}), rttCap: ReadTimeout(rdb),
 		readFailed: make(chan struct{}, 1)}
 	s.events, s.ownEvents = cfg.Events, cfg.Events == nil
 	if s.ownEvents {

@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/plant"
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
 )
 
 //go:embed lua/write.lua
@@ -63,8 +65,26 @@ type Write struct {
 // generation than the stored one's), then adopts it locally and publishes a
 // change event, all in one step. It returns ErrFenced or ErrStale when
 // refused, and wraps Redis errors otherwise.
+//
+// Under a span of the caller's that records, the write gets a span of its
+// own (db.operation.name EVALSHA, and a child for WAIT), whose trace the
+// change event carries to the replicas that adopt the token.
 func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 	defer func() { s.metrics.write(err) }()
+	op := "EVALSHA"
+	if s.cfg.Replication.Replicas > 0 {
+		op = "EVALSHA WAIT"
+	}
+	ctx, span := tracing.Child(ctx, "tokenkeeper.store.write", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(tracing.DBSystem.String("redis"), tracing.DBOperation.String(op), tracing.Token.String(s.name)))
+	var gen uint64
+	defer func() {
+		if gen > 0 {
+			span.SetAttributes(tracing.Generation.Int64(int64(gen)))
+		}
+		tracing.Fail(span, err)
+		span.End()
+	}()
 	now := s.cfg.Clock.Now()
 	ttl := w.Deadline.Sub(now)
 	if err := checkValue(w.Value); err != nil {
@@ -86,7 +106,7 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 		}
 	}
 	event, err := json.Marshal(tokenEvent{
-		Message: Message{Type: MsgToken, From: s.cfg.Instance, Fingerprint: t.Fingerprint()},
+		Message: Message{Type: MsgToken, From: s.cfg.Instance, Fingerprint: t.Fingerprint(), Trace: tracing.Inject(ctx)},
 		Tok:     &eventToken{Value: stored, KeyID: keyID, Writer: s.cfg.Instance, AgeMS: age.Milliseconds()},
 	})
 	if err == nil && !bytes.HasSuffix(event, []byte("}}")) {
@@ -151,6 +171,7 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 		// Seen when the answer came: a read sent before then either ran
 		// before the write (older news) or shows this token.
 		s.adopt(t, s.cfg.Clock.Now())
+		gen = t.Generation
 		return t, nil
 	case 0:
 		return Token{}, ErrFenced

@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"errors"
 	"fmt"
@@ -160,6 +162,10 @@ type Config struct {
 	// throttling of failed authentication, the audit trail and the
 	// fleet-wide rate limit (guard.go).
 	Security Security
+	// TracerProvider, when set, receives a server span of every request
+	// (tracing.go), in the trace its traceparent header names. Nil: no
+	// spans, and nothing is added to the path of a request.
+	TracerProvider trace.TracerProvider
 }
 
 // Defaults of Config.
@@ -323,6 +329,9 @@ func New(cfg Config, tokens []Token, ctl controller) (*Server, error) {
 
 	s.echo = s.routes(admin)
 	s.handler = http.HandlerFunc(s.serveHTTP)
+	if cfg.TracerProvider != nil {
+		s.handler = traced(cfg.TracerProvider, s.handler)
+	}
 	return s, nil
 }
 

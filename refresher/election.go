@@ -13,6 +13,8 @@ import (
 
 	"github.com/bsm/redislock"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/plant"
@@ -77,7 +79,9 @@ func (r *Refresher) Run(ctx context.Context) error {
 		switch {
 		case err == nil:
 			r.setAside(time.Time{})
-			r.lead(ctx, lock, sent)
+			ectx, span := r.startSpan(ctx, spanElection, trace.WithNewRoot(), trace.WithTimestamp(sent))
+			span.AddEvent(eventLockWon, trace.WithAttributes(attribute.Int64("tokenkeeper.lock_ttl_ms", r.cfg.LockTTL.Milliseconds())))
+			r.lead(ectx, lock, sent, span)
 		case errors.Is(err, redislock.ErrNotObtained), ctx.Err() != nil:
 		default:
 			r.log.Debug("election: cannot reach Redis", "error", err)
@@ -135,9 +139,15 @@ const (
 // lead runs leader-only work under a context that ends when the lock is
 // lost or ctx ends, then releases the lock if ctx ended or this replica
 // hands over. sent is when the Obtain that took the lock was sent.
-func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Time) {
+//
+// election is the span of the election won: it ends when leadership
+// begins, or when this replica does not lead after all. The refresh
+// loop runs outside it (a term lasts hours), its first attempt under it.
+func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Time, election trace.Span) {
 	start := r.cfg.Clock.Now()
-	lctx, cancel := context.WithCancel(ctx)
+	defer election.End()
+	term := election.SpanContext()
+	lctx, cancel := context.WithCancel(trace.ContextWithSpanContext(ctx, trace.SpanContext{}))
 	defer cancel()
 	var master string // the run id of the master the lock was obtained on; "" when not watched or unknown
 	if r.cfg.WatchMaster {
@@ -146,18 +156,24 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 			r.log.Warn("cannot read the Redis master's run id: this term is not watched for a failover", "error", err)
 		}
 		if master != "" && r.notTheMaster(ctx, master) {
+			election.SetAttributes(attribute.Bool("tokenkeeper.led", false))
+			election.AddEvent(eventLockReleased)
 			r.releaseQuietly(ctx, lock)
 			return
 		}
 	}
 	if r.cfg.Replication.Replicas > 0 {
 		if err := r.replicateLock(ctx, lock); errors.Is(err, redislock.ErrNotObtained) {
-			r.log.Warn("the lock was lost right after the election; not leading")
+			election.SetAttributes(attribute.Bool("tokenkeeper.led", false))
+			election.AddEvent(eventLockLost)
+			r.log.WarnContext(ctx, "the lock was lost right after the election; not leading")
 			return
 		}
 	}
 	r.leading.Store(true)
-	r.log.Info("leadership acquired")
+	r.log.InfoContext(ctx, "leadership acquired")
+	election.SetAttributes(attribute.Bool("tokenkeeper.led", true))
+	election.End()
 	r.metrics.leadership(changeAcquired)
 
 	var wg sync.WaitGroup
@@ -169,7 +185,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 			masterChanged.Store(true)
 		}
 	}()
-	reason := r.work(lctx, lock.Token()+lock.Metadata())
+	reason := r.work(lctx, lock.Token()+lock.Metadata(), term)
 	cancel()
 	wg.Wait()
 	r.leading.Store(false)
@@ -204,7 +220,9 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		// this aside to end.
 		r.setAside(r.cfg.Clock.Now().Add(r.cfg.LockTTL))
 	}
-	r.log.Info("leadership ended", "reason", reason, "led_for", r.cfg.Clock.Now().Sub(start).Round(time.Millisecond))
+	ledFor := r.cfg.Clock.Now().Sub(start)
+	r.endTerm(context.WithoutCancel(ctx), term, reason, ledFor)
+	r.log.Info("leadership ended", "reason", reason, "led_for", ledFor.Round(time.Millisecond))
 	r.metrics.leadership(changeOf(reason))
 }
 
@@ -308,6 +326,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 		case err == nil:
 			failed = 0
 			r.metrics.renewal(r.cfg.Clock.Now().Sub(sent))
+			r.lockEvent(eventLockRenewed, attribute.Int64("tokenkeeper.round_trip_ms", r.cfg.Clock.Now().Sub(sent).Milliseconds()))
 			leaseEnd = sent.Add(r.cfg.LockTTL - guard)
 			expiry.Reset(leaseEnd.Sub(r.cfg.Clock.Now()))
 			tick.Reset(max(sent.Add(r.cfg.RenewEvery).Sub(r.cfg.Clock.Now()), 0))
@@ -329,6 +348,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			// at once after a timeout, after a pause after a quick refusal
 			// (a server that refuses connections answers at once).
 			failed++
+			r.lockEvent(eventRenewalFailed, attribute.Int("tokenkeeper.failed_renewals", failed))
 			r.log.Warn("lock renewal failed; retrying while the lock lasts", "error", err, "attempt", failed,
 				"lease_left", leaseEnd.Sub(r.cfg.Clock.Now()).Round(time.Millisecond))
 			tick.Reset(max(sent.Add(r.renewRetryPause()).Sub(r.cfg.Clock.Now()), 0))

@@ -1,6 +1,8 @@
 package refresher
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"crypto/rand"
 	_ "embed"
@@ -380,9 +382,9 @@ func (f *fleetState) event() (time.Time, string) {
 
 // recordAttempt keeps a refresh attempt in memory and in Redis, and in the
 // metrics. inARow is the failures in a row after it.
-func (r *Refresher) recordAttempt(ctx context.Context, a Attempt, inARow int) {
+func (r *Refresher) recordAttempt(ctx context.Context, a Attempt, inARow int, sc trace.SpanContext) {
 	r.fleet.remember(a)
-	r.metrics.attempt(a, inARow)
+	r.metrics.attempt(a, inARow, sc)
 	w := attemptWire{
 		By: a.By, Outcome: a.Outcome, Took: a.Took.Seconds(), Upstream: a.Upstream.Seconds(),
 		Fingerprint: a.Fingerprint, Error: a.Error, RetryAfter: a.RetryAfter.Seconds(),

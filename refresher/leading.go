@@ -10,8 +10,12 @@ import (
 	mrand "math/rand/v2"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/plant"
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -32,10 +36,14 @@ type leaderState struct {
 	order     []string           // ids of answered, oldest first
 	jitter    map[string]float64 // per token value: fraction of Jitter
 	upstream  time.Duration      // time of the last attempt's upstream call; 0 if none
+
+	term     trace.SpanContext            // the span of the election that began this term
+	attempts int                          // attempts made in this term
+	asked    map[string]trace.SpanContext // the span of each pending request, by id
 }
 
 // work is the leader's loop. It returns why leadership ended.
-func (r *Refresher) work(ctx context.Context, lockValue string) endReason {
+func (r *Refresher) work(ctx context.Context, lockValue string, term trace.SpanContext) endReason {
 	sub := r.store.Subscribe()
 	defer sub.Close()
 	check := r.cfg.Clock.NewTicker(r.cfg.CheckEvery)
@@ -47,7 +55,8 @@ func (r *Refresher) work(ctx context.Context, lockValue string) endReason {
 	case <-r.stepDown: // asked during an earlier term
 	default:
 	}
-	st := &leaderState{lockValue: lockValue, sub: sub, answered: make(map[string]message), jitter: make(map[string]float64)}
+	st := &leaderState{lockValue: lockValue, sub: sub, answered: make(map[string]message), jitter: make(map[string]float64),
+		term: term, asked: make(map[string]trace.SpanContext)}
 	defer r.abandon(ctx, st)
 	if _, err := r.store.Load(ctx); err != nil && ctx.Err() == nil {
 		r.log.Warn("leader cannot read Redis", "error", err)
@@ -269,17 +278,20 @@ func (r *Refresher) reseed(ctx context.Context, st *leaderState) error {
 	if !ok {
 		return nil
 	}
-	_, err := r.store.Write(ctx, cache.Write{LockValue: st.lockValue, Value: tok.Value, Deadline: tok.Deadline, FetchedAt: tok.FetchedAt,
+	ctx, span := r.startAttempt(ctx, st, reasonReseed)
+	written, err := r.store.Write(ctx, cache.Write{LockValue: st.lockValue, Value: tok.Value, Deadline: tok.Deadline, FetchedAt: tok.FetchedAt,
 		Generation: tok.Generation})
 	switch {
 	case err == nil:
-		r.log.Info("token re-seeded into Redis from memory", "fingerprint", tok.Fingerprint(),
+		r.log.InfoContext(ctx, "token re-seeded into Redis from memory", "fingerprint", tok.Fingerprint(),
 			"expires_in", tok.Remaining(r.cfg.Clock.Now()).Round(time.Second))
 	case errors.Is(err, cache.ErrStale):
 		_, _ = r.store.Resync(ctx)
 	case ctx.Err() == nil:
-		r.log.Debug("re-seeding failed", "error", err)
+		r.log.DebugContext(ctx, "re-seeding failed", "error", err)
 	}
+	span.SetAttributes(tracing.Fingerprint.String(tok.Fingerprint()))
+	r.endAttempt(span, outcomeOf(err, err == nil), written.Generation, err)
 	return err
 }
 
@@ -288,13 +300,20 @@ func (r *Refresher) reseed(ctx context.Context, st *leaderState) error {
 // pending, and those that arrived during its upstream call: they join it.
 func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 	start := r.cfg.Clock.Now()
+	ctx, span := r.startAttempt(ctx, st, r.reasonOf(st))
 	tok, stored, err := r.fetchAndStore(ctx, st)
 	if ctx.Err() != nil && !errors.Is(err, cache.ErrFenced) {
+		r.endAttempt(span, "abandoned", 0, ctx.Err())
 		return ctx.Err()
 	}
 	took := r.cfg.Clock.Now().Sub(start)
 	outcome := outcomeOf(err, stored)
-	reply := message{Type: msgRefreshed}
+	span.SetAttributes(attribute.Int64("tokenkeeper.upstream_ms", st.upstream.Milliseconds()))
+	if err == nil {
+		span.SetAttributes(tracing.Fingerprint.String(tok.Fingerprint()))
+	}
+	r.endAttempt(span, outcome, tok.Generation, err)
+	reply := message{Type: msgRefreshed, Trace: tracing.Inject(ctx)}
 	var retryAfter time.Duration
 	if err != nil {
 		st.attempt++
@@ -307,7 +326,7 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		st.retryAt = r.cfg.Clock.Now().Add(wait)
 		r.setErr(err)
 		held, servable := r.store.Current()
-		r.log.Warn("refresh failed", "outcome", outcome, "error", err, "attempt", st.attempt, "retry_in", wait.Round(time.Millisecond),
+		r.log.WarnContext(ctx, "refresh failed", "outcome", outcome, "error", err, "attempt", st.attempt, "retry_in", wait.Round(time.Millisecond),
 			"took", took.Round(time.Millisecond), "upstream_took", st.upstream.Round(time.Millisecond),
 			"serving", servable, "fingerprint", held.Fingerprint())
 		reply.Error = err.Error()
@@ -320,10 +339,10 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		r.lastErr = ""
 		r.mu.Unlock()
 		if stored {
-			r.log.Info("token refreshed", "outcome", outcome, "fingerprint", tok.Fingerprint(), "took", took.Round(time.Millisecond),
+			r.log.InfoContext(ctx, "token refreshed", "outcome", outcome, "fingerprint", tok.Fingerprint(), "took", took.Round(time.Millisecond),
 				"upstream_took", st.upstream.Round(time.Millisecond), "expires_in", tok.Remaining(r.cfg.Clock.Now()).Round(time.Second))
 		} else {
-			r.log.Info("refresh superseded: another leader stored a later token", "outcome", outcome,
+			r.log.InfoContext(ctx, "refresh superseded: another leader stored a later token", "outcome", outcome,
 				"fingerprint", tok.Fingerprint(), "took", took.Round(time.Millisecond), "expires_in", tok.Remaining(r.cfg.Clock.Now()).Round(time.Second))
 		}
 		reply.Fingerprint = tok.Fingerprint()
@@ -333,7 +352,7 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 	if err == nil {
 		a.Fingerprint, a.ExpiresAt = tok.Fingerprint(), r.cfg.Clock.Now().Add(tok.Remaining(r.cfg.Clock.Now())).Round(0)
 	}
-	r.recordAttempt(ctx, a, st.attempt)
+	r.recordAttempt(ctx, a, st.attempt, span.SpanContext())
 	var later []message
 	if err == nil && stored {
 		later = r.joinQueued(ctx, st, tok.Fingerprint())
@@ -373,7 +392,7 @@ func (r *Refresher) noteUpstream(err error) {
 func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.Token, bool, error) {
 	st.upstream = 0
 	if r.unsavedNewer() {
-		r.log.Info("storing the token fetched earlier instead of fetching another", "fingerprint", cache.Fingerprint(r.unsaved.Value))
+		r.log.InfoContext(ctx, "storing the token fetched earlier instead of fetching another", "fingerprint", cache.Fingerprint(r.unsaved.Value))
 	} else {
 		began := r.cfg.Clock.Now()
 		up, err := r.src.Token(ctx)

@@ -1,6 +1,8 @@
 package refresher
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"errors"
 	"fmt"
 	"time"
@@ -177,12 +179,18 @@ func (m *metrics) leadership(change string) {
 }
 
 // attempt records a refresh attempt and the failures in a row so far.
-func (m *metrics) attempt(a Attempt, inARow int) {
+// When the attempt's span sc was sampled, its duration carries the trace
+// id as an exemplar (served in the OpenMetrics format).
+func (m *metrics) attempt(a Attempt, inARow int, sc trace.SpanContext) {
 	if m == nil {
 		return
 	}
 	m.refreshes.WithLabelValues(a.Outcome).Inc()
-	m.duration.Observe(a.Took.Seconds())
+	if eo, ok := m.duration.(prometheus.ExemplarObserver); ok && sc.IsSampled() {
+		eo.ObserveWithExemplar(a.Took.Seconds(), prometheus.Labels{"trace_id": sc.TraceID().String()})
+	} else {
+		m.duration.Observe(a.Took.Seconds())
+	}
 	m.failures.Set(float64(inARow))
 }
 

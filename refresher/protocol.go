@@ -32,12 +32,15 @@ type message struct {
 	Fingerprint string `json:"fp,omitempty"`
 	Error       string `json:"error,omitempty"`
 	Retry       bool   `json:"retry,omitempty"`
+	// Trace is a W3C traceparent: a request's, the span that asked; an
+	// answer's, the attempt that answered it. Each side links to the other.
+	Trace string `json:"tp,omitempty"`
 }
 
 // decode reads the refresher's content of m; other messages (the store's
 // MsgToken) keep their type and fingerprint.
 func decode(m cache.Message) message {
-	out := message{Type: m.Type, From: m.From, Fingerprint: m.Fingerprint}
+	out := message{Type: m.Type, From: m.From, Fingerprint: m.Fingerprint, Trace: m.Trace}
 	if len(m.Body) > 0 {
 		_ = json.Unmarshal(m.Body, &out) // a malformed body reads as empty
 		out.Type, out.From = m.Type, m.From

@@ -12,9 +12,11 @@ import (
 	"github.com/bsm/redislock"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock"
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -123,6 +125,9 @@ type Config struct {
 	// and its side must not lead meanwhile. An error or an empty answer
 	// (no sentinel reachable) decides nothing. Default: none.
 	MasterAuthority func(ctx context.Context) (string, error)
+	// TracerProvider receives the spans of the election and of each
+	// refresh attempt (tracing.go). Default: the global one.
+	TracerProvider trace.TracerProvider
 }
 
 // MinLockTTL is the shortest lock TTL: a renewal gets half of it, a round
@@ -139,6 +144,8 @@ type Refresher struct {
 	src    Source
 	locker *redislock.Client
 	log    *slog.Logger
+	tracer trace.Tracer
+	name   string // the token's name, in spans
 
 	leading atomic.Bool
 	// stepDown asks the leader's loop to hand over (StepDown); one slot,
@@ -157,6 +164,9 @@ type Refresher struct {
 	upstreamState string    // "", upstreamOK or upstreamFailing: this replica's last try
 	upstreamErr   string    // the error of the last failing try
 	asideUntil    time.Time // having handed over, out of elections until then
+
+	spanMu sync.Mutex // guards span
+	span   trace.Span // the attempt running now, for lock events; nil when none
 
 	reqMu sync.Mutex   // guards req
 	req   *refreshCall // the refresh request this replica has in flight
@@ -251,7 +261,9 @@ func New(cfg Config, rdb redisClient, store *cache.Store, src Source) (*Refreshe
 		store:    store,
 		src:      src,
 		locker:   redislock.New(rdb),
-		log:      cfg.Logger.With("instance", cfg.Instance),
+		log:      tracing.Logger(cfg.Logger).With("instance", cfg.Instance),
+		tracer:   tracing.Tracer(cfg.TracerProvider),
+		name:     tracing.TokenName(store.Keys().Token),
 	}
 	var err error
 	if r.metrics, err = newMetrics(cfg.Registerer, r); err != nil {

@@ -11,7 +11,11 @@ import (
 	"slices"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
 )
 
 // maxAnswered bounds the answers a leader keeps for repeated requests.
@@ -27,8 +31,13 @@ func (r *Refresher) request(ctx context.Context, st *leaderState, m message) {
 		return
 	}
 	if !slices.Contains(st.pending, m.ID) {
-		r.log.Info("refresh requested", "by", m.From)
+		r.log.InfoContext(ctx, "refresh requested", "by", m.From)
 		st.pending = append(st.pending, m.ID)
+		if sc := tracing.Extract(m.Trace); sc.IsValid() {
+			st.asked[m.ID] = sc
+			// A request that arrives during an attempt joins it.
+			trace.SpanFromContext(ctx).AddLink(requestLink(sc))
+		}
 	}
 }
 
@@ -52,6 +61,7 @@ func (r *Refresher) answer(ctx context.Context, st *leaderState, reply message) 
 		st.answered[id] = reply
 	}
 	st.pending = st.pending[:0]
+	clear(st.asked)
 	for len(st.order) > maxAnswered {
 		delete(st.answered, st.order[0])
 		st.order = st.order[1:]
@@ -107,6 +117,7 @@ type refreshCall struct {
 	cancel  context.CancelFunc
 	waiters int // guarded by Refresher.reqMu
 	tok     cache.Token
+	by      trace.SpanContext // the leader's attempt that answered, when its answer said
 	err     error
 }
 
@@ -123,21 +134,35 @@ type refreshCall struct {
 // error. A lost message costs a resend, not the answer: the request is
 // sent again every half lock TTL and whenever leadership changes, and a
 // token fetched after the request counts as its answer.
+//
+// The request is traced: a span of its own under the caller's (the first
+// caller's, when calls share a request), carried to the leader, whose
+// attempt links to it; the answer carries the attempt's span, and every
+// caller's span links to the attempt that answered it.
 func (r *Refresher) Refresh(ctx context.Context) (cache.Token, error) {
 	r.reqMu.Lock()
 	c := r.req
 	if c == nil {
 		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		rctx, span := r.startSpan(rctx, spanAsk)
 		c = &refreshCall{done: make(chan struct{}), cancel: cancel}
 		r.req = c
 		go func() {
 			defer cancel()
-			tok, err := r.ask(rctx)
+			tok, by, err := r.ask(rctx)
+			if by.IsValid() {
+				span.AddLink(trace.Link{SpanContext: by, Attributes: []attribute.KeyValue{attribute.String("tokenkeeper.link", "answered by")}})
+			}
+			if err == nil {
+				span.SetAttributes(tracing.Fingerprint.String(tok.Fingerprint()), tracing.Generation.Int64(int64(tok.Generation)))
+			}
+			tracing.Fail(span, err)
+			span.End()
 			r.reqMu.Lock()
 			if r.req == c {
 				r.req = nil
 			}
-			c.tok, c.err = tok, err
+			c.tok, c.err, c.by = tok, err, by
 			r.reqMu.Unlock()
 			close(c.done)
 		}()
@@ -147,6 +172,10 @@ func (r *Refresher) Refresh(ctx context.Context) (cache.Token, error) {
 
 	select {
 	case <-c.done:
+		if c.by.IsValid() {
+			trace.SpanFromContext(ctx).AddLink(trace.Link{SpanContext: c.by,
+				Attributes: []attribute.KeyValue{attribute.String("tokenkeeper.link", "answered by")}})
+		}
 		return c.tok, c.err
 	case <-ctx.Done():
 		r.reqMu.Lock()
@@ -162,15 +191,18 @@ func (r *Refresher) Refresh(ctx context.Context) (cache.Token, error) {
 	}
 }
 
-// ask sends one refresh request and waits for its answer; see Refresh.
-func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
+// ask sends one refresh request and waits for its answer; see Refresh. It
+// also returns the span of the leader's attempt that answered, when the
+// answer named one.
+func (r *Refresher) ask(ctx context.Context) (tok cache.Token, by trace.SpanContext, err error) {
 	asked := r.cfg.Clock.Now()
 	before, _ := r.store.Held()
 	var raw [8]byte
 	if _, err := rand.Read(raw[:]); err != nil {
-		return cache.Token{}, err
+		return cache.Token{}, by, err
 	}
 	id := hex.EncodeToString(raw[:])
+	tp := tracing.Inject(ctx)
 	sub := r.store.Subscribe()
 	defer sub.Close()
 
@@ -186,10 +218,10 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 	for {
 		select {
 		case <-ctx.Done():
-			return cache.Token{}, ctx.Err()
+			return cache.Token{}, by, ctx.Err()
 		case <-resend.C():
 			now := r.cfg.Clock.Now()
-			leader, err := r.send(ctx, id)
+			leader, err := r.send(ctx, id, tp)
 			if err == nil {
 				askedOf = leader
 				troubleSince = time.Time{}
@@ -197,13 +229,13 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 				continue
 			}
 			if ctx.Err() != nil {
-				return cache.Token{}, ctx.Err()
+				return cache.Token{}, by, ctx.Err()
 			}
 			if troubleSince.IsZero() {
 				troubleSince = now
 			}
 			if now.Sub(troubleSince) >= grace {
-				return cache.Token{}, err
+				return cache.Token{}, by, err
 			}
 			resend.Reset(r.cfg.ElectEvery)
 		case <-sub.Ready():
@@ -220,16 +252,20 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 						// over: the one asked last answers instead.
 						continue
 					}
+					by = tracing.Extract(m.Trace)
 					if m.Error != "" {
-						return cache.Token{}, fmt.Errorf("%w: %s", ErrRefreshFailed, m.Error)
+						return cache.Token{}, by, fmt.Errorf("%w: %s", ErrRefreshFailed, m.Error)
 					}
-					return r.answered(ctx, m.Fingerprint)
+					tok, err := r.answered(ctx, m.Fingerprint)
+					return tok, by, err
 				case m.Type == cache.MsgToken:
 					// A token fetched since the request answers it, even if
 					// the leader's answer was lost.
 					tok, ok := r.store.Held()
 					if ok && tok.Fingerprint() == m.Fingerprint && tok.Value != before.Value && tok.FetchedAt.After(asked) {
-						return tok, nil
+						// The event names the write of the attempt that
+						// stored it.
+						return tok, tracing.Extract(m.Trace), nil
 					}
 				}
 			}
@@ -239,7 +275,7 @@ func (r *Refresher) ask(ctx context.Context) (cache.Token, error) {
 
 // send publishes the refresh request id to the leader, if there is one.
 // It returns the leader it asked.
-func (r *Refresher) send(ctx context.Context, id string) (string, error) {
+func (r *Refresher) send(ctx context.Context, id, tp string) (string, error) {
 	sctx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL))
 	defer cancel()
 	leader, err := r.Leader(sctx)
@@ -249,7 +285,7 @@ func (r *Refresher) send(ctx context.Context, id string) (string, error) {
 	if leader == "" {
 		return "", ErrNoLeader
 	}
-	if err := r.sendMsg(sctx, message{Type: msgRefresh, ID: id}); err != nil {
+	if err := r.sendMsg(sctx, message{Type: msgRefresh, ID: id, Trace: tp}); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return leader, nil

@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -106,6 +108,11 @@ type Config struct {
 	// time of every HTTP call, recorded by a wrapper around HTTPClient's
 	// transport (HTTPClient itself is left unchanged). Default: none.
 	Registerer prometheus.Registerer
+	// TracerProvider receives a client span of every HTTP call (sign-on and
+	// liveness), under the caller's span; the calls carry the W3C trace
+	// context to the upstream. No header or body is recorded. Default: the
+	// global one.
+	TracerProvider trace.TracerProvider
 }
 
 // Client obtains liveness tokens from RDP. It is safe for concurrent use;
@@ -229,6 +236,7 @@ func New(cfg Config) (*Client, error) {
 			return nil, err
 		}
 	}
+	c.http = traced(cfg.TracerProvider, c.http, map[string]string{c.v1URL: endpointAuthV1, cfg.BaseURL + authV2Path: endpointAuthV2, c.livenessURL: endpointLiveness})
 	return c, nil
 }
 

@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"bytes"
 	"context"
 	"crypto/x509"
@@ -90,6 +92,9 @@ type OAuth2Config struct {
 	// recorded by a wrapper around HTTPClient's transport (HTTPClient itself
 	// is left unchanged). Default: none.
 	Registerer prometheus.Registerer
+	// TracerProvider receives a client span of every grant, as Config's.
+	// Default: the global one.
+	TracerProvider trace.TracerProvider
 }
 
 // OAuth2 is a token source for a generic OAuth2 token endpoint: every Token
@@ -233,6 +238,7 @@ func NewOAuth2(cfg OAuth2Config) (*OAuth2, error) {
 			return nil, err
 		}
 	}
+	o.http = traced(cfg.TracerProvider, o.http, map[string]string{endpoint: endpointToken})
 	return o, nil
 }
 

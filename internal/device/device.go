@@ -9,6 +9,9 @@
 package device
 
 import (
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -125,14 +128,19 @@ type Config struct {
 	// Logger receives one line per mint (device digest, token
 	// fingerprint). Default: slog.Default().
 	Logger *slog.Logger
+	// TracerProvider receives a span of each mint (the device by its
+	// digest's first 12 characters, never its id). Default: the global
+	// one.
+	TracerProvider trace.TracerProvider
 }
 
 // Minter hands out per-device tokens. Its methods are safe for concurrent
 // use.
 type Minter struct {
-	rdb Redis
-	cfg Config
-	log *slog.Logger
+	rdb    Redis
+	cfg    Config
+	log    *slog.Logger
+	tracer trace.Tracer
 
 	met *metrics
 
@@ -175,7 +183,7 @@ func New(rdb Redis, cfg Config) (*Minter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Minter{rdb: rdb, cfg: cfg, log: cfg.Logger, met: met}, nil
+	return &Minter{rdb: rdb, cfg: cfg, log: tracing.Logger(cfg.Logger), met: met, tracer: tracing.Tracer(cfg.TracerProvider)}, nil
 }
 
 //go:embed read.lua
@@ -264,7 +272,13 @@ func (m *Minter) stored(ctx context.Context, key string) (cache.Token, bool, err
 // mint asks the upstream for the device's token with the shared access
 // token, once more after renewing it if the upstream refuses it, and
 // stores the token for its lifetime.
-func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, error) {
+func (m *Minter) mint(ctx context.Context, key, digest string) (_ cache.Token, err error) {
+	ctx, span := m.tracer.Start(ctx, "tokenkeeper.device.mint", trace.WithAttributes(
+		tracing.Token.String(tracing.TokenName(m.cfg.Keys.Token)), tracing.Device.String(digest[:12])))
+	defer func() {
+		tracing.Fail(span, err)
+		span.End()
+	}()
 	access, ok := m.cfg.Access()
 	if !ok {
 		return cache.Token{}, fmt.Errorf("%w: the fleet holds no access token", ErrUnavailable)
@@ -288,6 +302,7 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 	m.met.mints.WithLabelValues("ok").Inc()
 	m.countMint(ctx)
 	tok := cache.Token{Value: ut.Value, Deadline: ut.Sent.Add(ut.Lifetime), FetchedAt: ut.Sent}
+	span.SetAttributes(tracing.Fingerprint.String(tok.Fingerprint()))
 	ttl := tok.Deadline.Sub(m.cfg.Clock.Now())
 	if ttl <= m.cfg.ServeMargin {
 		return cache.Token{}, fmt.Errorf("%w: the upstream's token has %v left, not more than the serve margin", ErrUnavailable, ttl.Round(time.Millisecond))
@@ -305,11 +320,11 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (cache.Token, err
 	defer cancel()
 	if ttl <= 0 {
 		// Too short to store: the next ask mints again.
-	} else if _, err := storeScript.Run(sctx, m.rdb, []string{key}, ut.Value, ttl.Milliseconds()).Result(); err != nil {
+	} else if err := m.store(sctx, key, ut.Value, ttl); err != nil {
 		// The token is good; the next ask mints again.
-		m.log.Warn("a device's token could not be stored", "device", digest[:12], "error", err)
+		m.log.WarnContext(ctx, "a device's token could not be stored", "device", digest[:12], "error", err)
 	}
-	m.log.Info("device token minted", "device", digest[:12], "caller", CallerFrom(ctx),
+	m.log.InfoContext(ctx, "device token minted", "device", digest[:12], "caller", CallerFrom(ctx),
 		"fingerprint", tok.Fingerprint(), "expires_in", ttl.Round(time.Second))
 	return tok, nil
 }
@@ -490,4 +505,15 @@ func digestOf(secret []byte, device string) string {
 	h := hmac.New(sha256.New, secret)
 	h.Write([]byte(device))
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// store keeps a device's token for ttl, with a span under the mint's.
+func (m *Minter) store(ctx context.Context, key, value string, ttl time.Duration) (err error) {
+	ctx, span := tracing.Child(ctx, "tokenkeeper.device.store", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(tracing.DBSystem.String("redis"), tracing.DBOperation.String("EVALSHA")))
+	defer func() {
+		tracing.Fail(span, err)
+		span.End()
+	}()
+	return storeScript.Run(ctx, m.rdb, []string{key}, value, ttl.Milliseconds()).Err()
 }
