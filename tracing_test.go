@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -309,7 +308,7 @@ func TestTracesCarryNoSecret(t *testing.T) {
 	}
 	attrs := func(span tracetest.SpanStub, where string, kvs []attribute.KeyValue) {
 		for _, kv := range kvs {
-			check(span, where+" "+string(kv.Key), string(kv.Key)+"="+kv.Value.Emit())
+			check(span, where+" "+string(kv.Key), string(kv.Key)+"="+kv.Value.String())
 		}
 	}
 	for _, span := range spans {
@@ -430,7 +429,7 @@ func TestTracesCarryNoSecret(t *testing.T) {
 			who, _ := attr(s, "tokenkeeper.instance")
 			adopters[who.AsString()] = true
 			if d, ok := attr(s, "tokenkeeper.propagation_delay_ms"); !ok || d.AsFloat64() < 0 {
-				t.Errorf("adoption by %s: propagation delay %v", who.AsString(), d.Emit())
+				t.Errorf("adoption by %s: propagation delay %v", who.AsString(), d.String())
 			}
 		}
 	}
@@ -466,7 +465,7 @@ func TestTracesCarryNoSecret(t *testing.T) {
 	}
 	if t.Failed() {
 		for _, s := range spans {
-			t.Log(fmt.Sprintf("%s %s parent %s %v", s.Name, s.SpanContext.SpanID(), s.Parent.SpanID(), s.Attributes))
+			t.Logf("%s %s parent %s %v", s.Name, s.SpanContext.SpanID(), s.Parent.SpanID(), s.Attributes)
 		}
 	}
 }
