@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // digestPrefix marks a configured key given as the SHA-256 of the key
@@ -185,23 +186,24 @@ func digestOf(key string) [sha256.Size]byte {
 // or errForbidden when the key is a reader or admin key that is not enough
 // here; over the rate, errRateLimited. anonymous admits requests that
 // present no key at all, limited per client address.
-func (s *Server) authorize(r *http.Request, need grant, anonymous bool) error {
+func (s *Server) authorize(r *http.Request, need grant, anonymous bool, now time.Time) error {
 	w := s.authenticate(r.Header, need|grantReader|grantAdmin)
-	return s.admit(r, &w, need, anonymous)
+	return s.admit(r, &w, need, anonymous, now)
 }
 
 // admit decides on a request whose key, if any, is w. Without a key, a
 // verified client certificate of a configured identity stands for one.
 // A valid key is decided on its own: nobody's failed authentications
 // delay or refuse it. An unknown key is a failed authentication, answered
-// by the guard (after a delay, or 429, when its client fails often).
-func (s *Server) admit(r *http.Request, w *who, need grant, anonymous bool) error {
+// by the guard (after a delay, or 429, when its client fails often). now is
+// the request's time, which the key's rate limit is counted at.
+func (s *Server) admit(r *http.Request, w *who, need grant, anonymous bool, now time.Time) error {
 	if !w.presented && r.TLS != nil {
 		s.guard.identify(r.TLS, w)
 	}
 	switch {
 	case w.g&need != 0:
-		return s.limits.allowKey(&w.digest, s.now())
+		return s.limits.allowKey(&w.digest, now)
 	case !w.presented && anonymous:
 		return s.limits.allowAddr(s.guard.clientAddr(r))
 	case w.g != 0:
@@ -218,9 +220,9 @@ func (s *Server) admit(r *http.Request, w *who, need grant, anonymous bool) erro
 // name that does not exist, so that a key cannot learn the names of
 // tokens outside its scope. The key is checked before the name: without a
 // valid key no name can be told from another. It returns who the key is.
-func (s *Server) authorizeWho(r *http.Request, need grant, anonymous bool, t *served) (who, error) {
+func (s *Server) authorizeWho(r *http.Request, need grant, anonymous bool, t *served, now time.Time) (who, error) {
 	w := s.authenticate(r.Header, need|grantReader|grantAdmin)
-	if err := s.admit(r, &w, need, anonymous); err != nil {
+	if err := s.admit(r, &w, need, anonymous, now); err != nil {
 		return w, err
 	}
 	if t == nil || (w.g&need != 0 && !w.allows(need, t.index)) {

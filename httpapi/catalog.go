@@ -53,8 +53,8 @@ const defaultName = "liveness"
 // served is one token as the server serves it.
 type served struct {
 	Token
-	index   int                          // position in the catalog, for key scopes
-	encoded atomic.Pointer[encodedToken] // the last answer's fixed part
+	index  int                    // position in the catalog, for key scopes
+	answer atomic.Pointer[answer] // the token route's answer for the last token served
 }
 
 // current returns the token if it may be handed out at now. Source

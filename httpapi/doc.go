@@ -40,7 +40,15 @@
 //
 // # Performance
 //
-// The token route writes its JSON by hand into a pooled buffer, registers
-// no per-request middleware closures and sets headers from shared,
-// preallocated values, so a read costs no heap allocation of its own.
+// A plain token read (GET /v1/tokens/{name}, no escaped path, no body)
+// is answered without echo's router and context, by the same handler code
+// and with the same checks, metrics and answers as echo's route, which
+// serves every other token read. Each token's answer is rendered once,
+// by the first read that serves it, and written as it is by the reads
+// that follow, with expires_in counted down per read (never more than the
+// whole seconds left). Headers are set from shared, preallocated values
+// under their canonical keys, so a read costs no heap allocation of its
+// own; what net/http does per answer (copying the header map, writing each
+// header) is the rest of the cost. On a Serve connection, the write
+// deadline net/http moves on every request is kept coarse (earlyConn).
 package httpapi

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -62,37 +63,66 @@ type earlyConn struct {
 	net.Conn
 	s *Server
 
-	mu            sync.Mutex
-	writeDeadline time.Time // guarded by mu: the write deadline in force
+	mu    sync.Mutex // guards armed and asked, and applying clear
+	armed time.Time  // the write deadline the connection has; zero: none
+	asked time.Time  // the last write deadline asked for that was not zero
+	// clear is set when no deadline was asked for while the connection
+	// still has one: it is cleared before the next write.
+	clear atomic.Bool
 }
 
 // writeDeadlineSlack is how much later than net/http asks a connection's
 // write deadline may fall.
 const writeDeadlineSlack = time.Second
 
-// SetWriteDeadline sets the write deadline to t, or leaves the one in
-// force when it falls no more than writeDeadlineSlack after t. net/http
-// moves the deadline on every request (WriteTimeout from the request's
-// arrival), and arming the connection's timer costs a few percent of a
-// token read; a new deadline is set writeDeadlineSlack late, so that the
-// requests of the next second leave it alone. A slow reader is still cut
-// off at most writeDeadlineSlack after the server's WriteTimeout. No
-// deadline (zero) and deadlines in the past go through as they are.
+// SetWriteDeadline sets the write deadline to t, coarsely. net/http clears
+// the deadline after every answer (t zero) and sets it again, WriteTimeout
+// from the request's arrival, when the next request comes; arming and
+// disarming the connection's timer twice costs a few percent of a token
+// read. So:
+//
+//   - no deadline is applied lazily, just before the next write, unless a
+//     deadline is asked for first (as net/http does before any write);
+//   - a deadline is set writeDeadlineSlack late, and a later ask that
+//     falls no later than the deadline in force, and within the slack of
+//     it, leaves that deadline alone: the requests of the next second do
+//     not touch the timer;
+//   - a deadline earlier than the last one asked for, a deadline in the
+//     past (a way to interrupt a write) and SetDeadline are applied at
+//     once, exactly.
+//
+// A slow reader is still cut off at most writeDeadlineSlack after the
+// server's WriteTimeout.
 func (c *earlyConn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !t.IsZero() && !c.writeDeadline.IsZero() && !c.writeDeadline.Before(t) && c.writeDeadline.Sub(t) <= writeDeadlineSlack {
+	if t.IsZero() {
+		if !c.armed.IsZero() {
+			c.clear.Store(true)
+		}
+		return nil
+	}
+	if !c.armed.IsZero() && !t.Before(c.asked) && !c.armed.Before(t) && c.armed.Sub(t) <= writeDeadlineSlack {
+		c.asked = t
+		c.clear.Store(false)
 		return nil
 	}
 	set := t
-	if !t.IsZero() && time.Until(t) > 0 {
+	if time.Until(t) > 0 {
 		set = t.Add(writeDeadlineSlack)
 	}
+	return c.setWriteDeadline(set, t)
+}
+
+// setWriteDeadline gives the connection the write deadline set, asked for
+// as t; c.mu is held.
+func (c *earlyConn) setWriteDeadline(set, t time.Time) error {
+	c.clear.Store(false)
 	if err := c.Conn.SetWriteDeadline(set); err != nil {
-		c.writeDeadline = time.Time{}
+		c.armed, c.asked = time.Time{}, time.Time{}
 		return err
 	}
-	c.writeDeadline = set
+	c.armed, c.asked = set, t
 	return nil
 }
 
@@ -100,12 +130,28 @@ func (c *earlyConn) SetWriteDeadline(t time.Time) error {
 func (c *earlyConn) SetDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.writeDeadline = t
+	c.clear.Store(false)
+	c.armed, c.asked = t, t
 	return c.Conn.SetDeadline(t)
+}
+
+// clearWriteDeadline applies a pending clear (see SetWriteDeadline).
+func (c *earlyConn) clearWriteDeadline() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.clear.Load() {
+		return nil
+	}
+	return c.setWriteDeadline(time.Time{}, time.Time{})
 }
 
 // Write sends p, or the JSON answer in place of net/http's plain-text one.
 func (c *earlyConn) Write(p []byte) (int, error) {
+	if c.clear.Load() {
+		if err := c.clearWriteDeadline(); err != nil {
+			return 0, err
+		}
+	}
 	status, detail, ok := parseEarlyAnswer(p)
 	if !ok {
 		return c.Conn.Write(p)

@@ -43,10 +43,11 @@ func TestParseEarlyAnswer(t *testing.T) {
 	}
 }
 
-// deadlineConn records the write deadlines set on it.
+// deadlineConn records the write deadlines set on it, and swallows writes.
 type deadlineConn struct {
-	net.Conn // nil: only the deadline methods are called
+	net.Conn // nil: only the deadline methods and Write are called
 	set      []time.Time
+	writes   int
 }
 
 func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
@@ -56,31 +57,50 @@ func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
 
 func (c *deadlineConn) SetDeadline(t time.Time) error { return c.SetWriteDeadline(t) }
 
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	c.writes++
+	return len(p), nil
+}
+
 // TestCoarseWriteDeadline checks that a write deadline is set
-// writeDeadlineSlack late and left alone by the requests that follow within
-// the slack, and that no deadline and a past one (net/http's way to
-// interrupt a write) go through at once.
+// writeDeadlineSlack late and left alone by the asks that follow within
+// the slack; that no deadline is applied before the next write, unless a
+// deadline is asked for first; and that an earlier deadline and a past one
+// (a way to interrupt a write) go through at once.
 func TestCoarseWriteDeadline(t *testing.T) {
 	base := time.Now().Add(time.Minute) // in the future, as WriteTimeout's deadlines are
 	past := time.Unix(1, 0)
+	write := time.Time{}.Add(1) // a step that writes instead of asking for a deadline
 	steps := []struct {
 		name string
-		call time.Time
+		call time.Time   // the deadline asked for, or write
 		want []time.Time // the deadlines the connection got, all along
 	}{
 		{"first", base, []time.Time{base.Add(writeDeadlineSlack)}},
 		{"within the slack", base.Add(writeDeadlineSlack / 2), []time.Time{base.Add(writeDeadlineSlack)}},
 		{"at the end of the slack", base.Add(writeDeadlineSlack), []time.Time{base.Add(writeDeadlineSlack)}},
 		{"past the slack", base.Add(writeDeadlineSlack + 1), []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1)}},
-		{"earlier than in force by more than the slack", base, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(writeDeadlineSlack)}},
-		{"none", time.Time{}, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(writeDeadlineSlack), {}}},
-		{"after none", base, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(writeDeadlineSlack), {}, base.Add(writeDeadlineSlack)}},
-		{"in the past", past, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(writeDeadlineSlack), {}, base.Add(writeDeadlineSlack), past}},
+		{"earlier than the last asked", base.Add(writeDeadlineSlack), []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(2 * writeDeadlineSlack)}},
+		{"none, not yet applied", time.Time{}, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(2 * writeDeadlineSlack)}},
+		{"a write applies none", write, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(2 * writeDeadlineSlack), {}}},
+		{"after none", base.Add(2 * writeDeadlineSlack), []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(2 * writeDeadlineSlack), {}, base.Add(3 * writeDeadlineSlack)}},
+		{"none again", time.Time{}, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(2 * writeDeadlineSlack), {}, base.Add(3 * writeDeadlineSlack)}},
+		{"a deadline within the slack before any write", base.Add(2*writeDeadlineSlack + writeDeadlineSlack/2), []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(2 * writeDeadlineSlack), {}, base.Add(3 * writeDeadlineSlack)}},
+		{"so a write keeps it", write, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(2 * writeDeadlineSlack), {}, base.Add(3 * writeDeadlineSlack)}},
+		{"in the past", past, []time.Time{base.Add(writeDeadlineSlack), base.Add(2*writeDeadlineSlack + 1), base.Add(2 * writeDeadlineSlack), {}, base.Add(3 * writeDeadlineSlack), past}},
 	}
 	inner := &deadlineConn{}
 	c := &earlyConn{Conn: inner}
+	writes := 0
 	for _, st := range steps {
-		if err := c.SetWriteDeadline(st.call); err != nil {
+		if st.call.Equal(write) {
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatalf("%s: Write: %v", st.name, err)
+			}
+			if writes++; inner.writes != writes {
+				t.Fatalf("%s: the connection got %d writes, want %d", st.name, inner.writes, writes)
+			}
+		} else if err := c.SetWriteDeadline(st.call); err != nil {
 			t.Fatalf("%s: SetWriteDeadline: %v", st.name, err)
 		}
 		if !slices.EqualFunc(inner.set, st.want, time.Time.Equal) {
@@ -92,10 +112,10 @@ func TestCoarseWriteDeadline(t *testing.T) {
 	if err := c.SetDeadline(exact); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.SetWriteDeadline(exact.Add(-writeDeadlineSlack / 2)); err != nil {
+	if err := c.SetWriteDeadline(exact); err != nil {
 		t.Fatal(err)
 	}
 	if got := inner.set[len(inner.set)-1]; !got.Equal(exact) || len(inner.set) != len(steps[len(steps)-1].want)+1 {
-		t.Errorf("after SetDeadline(%v) and a write deadline within the slack: deadlines set %v", exact, inner.set)
+		t.Errorf("after SetDeadline(%v) and the same write deadline: deadlines set %v", exact, inner.set)
 	}
 }

@@ -133,13 +133,18 @@ func statusCode(status int) string {
 
 // writeError answers err as JSON, unless an answer has already begun.
 func (s *Server) writeError(c echo.Context, err error) {
-	res := c.Response()
-	if res.Committed {
+	if c.Response().Committed {
 		s.log.Debug("httpapi: error after the answer began", "path", c.Path(), "err", err)
 		return
 	}
+	s.writeErrorTo(c.Response(), c.Path(), err)
+}
+
+// writeErrorTo answers err as JSON on w, which has not begun an answer, for
+// the route with the path pattern route, and returns the answer's status.
+func (s *Server) writeErrorTo(w http.ResponseWriter, route string, err error) int {
 	ae := s.toAPIError(err)
-	h := res.Header()
+	h := w.Header()
 	switch {
 	case ae.status == http.StatusUnauthorized:
 		h["Www-Authenticate"] = wwwAuthenticateValue
@@ -154,9 +159,10 @@ func (s *Server) writeError(c echo.Context, err error) {
 	b = append(b, `,"message":`...)
 	b = appendJSONString(b, ae.message)
 	b = append(b, "}}\n"...)
-	s.writeJSON(c, ae.status, b)
+	s.writeJSONTo(w, route, ae.status, b)
 	*bp = b
 	putBuf(bp)
+	return ae.status
 }
 
 // routerError is the echo HTTPErrorHandler. The route handlers answer their

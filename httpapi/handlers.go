@@ -13,46 +13,20 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/tokenkeeper/tokenkeeper/cache"
 )
 
-// getToken answers GET /v1/tokens/:name. The key is checked before the
-// name, so that without a key no name can be told from another.
+// getToken answers GET /v1/tokens/:name on echo's route, for the token
+// reads readToken leaves to echo (an escaped path, a body).
 func (s *Server) getToken(c echo.Context, now time.Time) error {
-	t := s.catalog.byName[c.Param("name")]
-	w, err := s.authorizeWho(c.Request(), grantReader|grantAdmin, s.anonymous, t)
-	if err != nil {
-		return err
-	}
-	if t.Devices != nil {
-		return errPerDevice
-	}
-	tok, ok := t.current(now)
-	if !ok {
-		return errNoToken
-	}
-	e := t.encode(tok)
-	if e.generation != nil {
-		c.Response().Header()[generationHeader] = e.generation
-	}
-	bp := getBuf()
-	b := append((*bp)[:0], e.head...)
-	b = strconv.AppendInt(b, expiresIn(tok.Deadline, now), 10)
-	b = append(b, "}\n"...)
-	s.writeJSON(c, http.StatusOK, b)
-	*bp = b
-	putBuf(bp)
-	s.metrics.reads.Inc()
-	s.guard.audit.read(s.guard, c.Request(), w.name, t, tok, false, now)
-	return nil
+	var status int
+	return s.serveToken(c.Response(), c.Request(), c.Param("name"), now, &status)
 }
 
 // getDeviceToken answers GET /v1/tokens/:name/devices/*:
 // {"name","device","token","expires_at","expires_in"} for the device.
 func (s *Server) getDeviceToken(c echo.Context, now time.Time) error {
 	t := s.catalog.byName[c.Param("name")]
-	w, err := s.authorizeWho(c.Request(), grantReader|grantAdmin, s.anonymous, t)
+	w, err := s.authorizeWho(c.Request(), grantReader|grantAdmin, s.anonymous, t, now)
 	if err != nil {
 		return err
 	}
@@ -95,38 +69,6 @@ func (s *Server) getDeviceToken(c echo.Context, now time.Time) error {
 	return nil
 }
 
-// generationHeader names the generation of the token served
-// (cache.Token.Generation): it only grows, so a client that sees it go
-// down has been handed an older token than before.
-const generationHeader = "X-Tokenkeeper-Generation"
-
-// encodedToken is the token route's answer for one token up to
-// expires_in's value, which is all of it that changes between reads, and
-// its generation header.
-type encodedToken struct {
-	value      string
-	deadline   time.Time
-	gen        uint64
-	head       []byte   // read-only once stored
-	generation []string // the header's value, read-only; nil when unknown
-}
-
-// encode returns the token route's answer for tok up to expires_in's
-// value. A token changes about once a lifetime, so it is encoded once and
-// shared by the reads that follow.
-func (t *served) encode(tok cache.Token) *encodedToken {
-	if e := t.encoded.Load(); e != nil && e.value == tok.Value && e.deadline.Equal(tok.Deadline) && e.gen == tok.Generation {
-		return e
-	}
-	e := &encodedToken{value: tok.Value, deadline: tok.Deadline, gen: tok.Generation}
-	e.head = appendTokenJSON(nil, t.Name, tok.Value, tok.Deadline)
-	if tok.Generation > 0 {
-		e.generation = []string{strconv.FormatUint(tok.Generation, 10)}
-	}
-	t.encoded.Store(e) // a racing store is harmless: each read uses the answer it checked or built
-	return e
-}
-
 // listed is one token in GET /v1/tokens: never its value.
 type listed struct {
 	Name      string    `json:"name"`
@@ -140,7 +82,7 @@ type listed struct {
 // whether this replica may serve each now and until when; never a value.
 func (s *Server) listTokens(c echo.Context, now time.Time) error {
 	w := s.authenticate(c.Request().Header, grantReader|grantAdmin)
-	if err := s.admit(c.Request(), &w, grantReader|grantAdmin, s.anonymous); err != nil {
+	if err := s.admit(c.Request(), &w, grantReader|grantAdmin, s.anonymous, now); err != nil {
 		return err
 	}
 	out := struct {
@@ -204,9 +146,9 @@ func (s *Server) metricsHandler() handlerFunc {
 		ErrorHandling: promhttp.ContinueOnError,
 	})
 	open := len(s.metricsKeys.digests) == 0
-	return func(c echo.Context, _ time.Time) error {
+	return func(c echo.Context, now time.Time) error {
 		if !open {
-			if err := s.authorize(c.Request(), grantMetrics|grantAdmin, false); err != nil {
+			if err := s.authorize(c.Request(), grantMetrics|grantAdmin, false, now); err != nil {
 				return err
 			}
 		}
@@ -223,9 +165,9 @@ func (l promLogger) Println(v ...any) {
 }
 
 // getStatus answers GET /v1/status (admin key).
-func (s *Server) getStatus(c echo.Context, _ time.Time) error {
+func (s *Server) getStatus(c echo.Context, now time.Time) error {
 	w := s.authenticate(c.Request().Header, grantAdmin|grantReader)
-	if err := s.admit(c.Request(), &w, grantAdmin, false); err != nil {
+	if err := s.admit(c.Request(), &w, grantAdmin, false, now); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), s.refreshTimeout)
@@ -247,7 +189,7 @@ func (s *Server) getStatus(c echo.Context, _ time.Time) error {
 	st.LastRefresh = utc(st.LastRefresh)
 	st.NextRefresh = utc(st.NextRefresh)
 	st.fleetUTC()
-	now := s.now()
+	now = s.now() // after the Controller answered
 	st.tokensUTC(now)
 	st.GeneratedAt = utc(now)
 	body, err := json.Marshal(st)
@@ -270,9 +212,9 @@ func utc(t time.Time) time.Time {
 // postRefresh answers POST /v1/tokens/:name/refresh (admin key): it asks the
 // leader for a new token and waits for it up to RefreshTimeout. The answer
 // names the new token's expiry and fingerprint, never the token.
-func (s *Server) postRefresh(c echo.Context, _ time.Time) error {
+func (s *Server) postRefresh(c echo.Context, now time.Time) error {
 	t := s.catalog.byName[c.Param("name")]
-	w, err := s.authorizeWho(c.Request(), grantAdmin, false, t)
+	w, err := s.authorizeWho(c.Request(), grantAdmin, false, t, now)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"net/http"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -38,11 +39,16 @@ func putBuf(bp *[]byte) {
 // writeJSON sends body, which is JSON, with status. A failed write means the
 // client went away; there is no one left to tell.
 func (s *Server) writeJSON(c echo.Context, status int, body []byte) {
-	res := c.Response()
-	res.Header()["Content-Type"] = jsonContentType
-	res.WriteHeader(status)
-	if _, err := res.Write(body); err != nil {
-		s.log.Debug("httpapi: write answer", "path", c.Path(), "err", err)
+	s.writeJSONTo(c.Response(), c.Path(), status, body)
+}
+
+// writeJSONTo is writeJSON for a route outside echo, named by its path
+// pattern in the log.
+func (s *Server) writeJSONTo(w http.ResponseWriter, route string, status int, body []byte) {
+	w.Header()["Content-Type"] = jsonContentType
+	w.WriteHeader(status)
+	if _, err := w.Write(body); err != nil {
+		s.log.Debug("httpapi: write answer", "path", route, "err", err)
 	}
 }
 

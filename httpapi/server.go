@@ -211,6 +211,7 @@ type Server struct {
 	retryAfterValue []string
 	instanceValue   []string
 	metrics         *metrics
+	tokenMetrics    *routeMetrics // the token route's, for readToken
 	gatherer        prometheus.Gatherer
 	echo            *echo.Echo
 	handler         http.Handler
@@ -328,6 +329,7 @@ func New(cfg Config, tokens []Token, ctl controller) (*Server, error) {
 	}
 
 	s.echo = s.routes(admin)
+	s.tokenMetrics = s.metrics.route(tokenRoute)
 	s.handler = http.HandlerFunc(s.serveHTTP)
 	if cfg.TracerProvider != nil {
 		s.handler = traced(cfg.TracerProvider, s.handler)
@@ -402,7 +404,7 @@ func (s *Server) routes(admin bool) *echo.Echo {
 		e.Add(method, pattern, limit(s.instrument(pattern, h)))
 	}
 	add(http.MethodGet, "/v1/tokens", s.listTokens)
-	add(http.MethodGet, "/v1/tokens/:name", s.getToken)
+	add(http.MethodGet, tokenRoute, s.getToken) // plain reads take readToken's way
 	// The device is the rest of the path, so that an id holding a slash is
 	// refused as an id (400), not as a route that does not exist.
 	add(http.MethodGet, "/v1/tokens/:name/devices/*", s.getDeviceToken)
@@ -470,7 +472,8 @@ func (s *Server) Drain() { s.draining.Store(true) }
 // run their own http.Server.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// serveHTTP sets the headers every answer carries and hands over to echo.
+// serveHTTP sets the headers every answer carries, answers plain token
+// reads itself (readToken) and hands every other request to echo.
 // earlyAnswer writes the same headers into the answers net/http gives
 // before any handler runs: keep the two in step.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -480,6 +483,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	h["X-Frame-Options"] = frameDenyValue
 	h["Referrer-Policy"] = noReferrerValue
 	h["Cache-Control"] = noStoreValue
+	if name, ok := tokenReadName(r); ok {
+		s.readToken(w, r, name)
+		return
+	}
 	s.echo.ServeHTTP(w, r)
 }
 
