@@ -1,7 +1,8 @@
 // Command bench measures tokenkeeper against the targets of its
 // benchmark issue, in one run on one machine, and writes the results
-// table (RESULTS.md), the read path's profile (profile-reads.txt) and plots
-// (throughput.png, propagation.png, redis-load.png).
+// table (RESULTS.md), the read path's profile (profile-reads.txt, and the
+// CPU profiles themselves in profiles/) and plots (throughput.png,
+// propagation.png, redis-load.png).
 //
 //	go run ./bench            the full run (about twenty minutes); writes bench/RESULTS.md
 //	go run ./bench -smoke     a short run that proves the harness works
@@ -380,6 +381,9 @@ func run(ctx context.Context, args []string) int {
 				errs = append(errs, err)
 			}
 		}
+		if err := keepProfiles(rep.reads.ProfileFiles, filepath.Join(*outDir, "profiles")); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(rep.scale) > 0 {
 		machine := "; " + rep.started.Format("2006-01-02") + ", " + shortMachine()
@@ -402,4 +406,25 @@ func run(ctx context.Context, args []string) int {
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
+}
+
+// keepProfiles copies the profiles in files (by the name to keep each
+// under) into dir.
+func keepProfiles(files map[string]string, dir string) error {
+	if len(files) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, src := range files {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -189,6 +189,10 @@ type readsResult struct {
 	CPUPerRead map[string][]time.Duration
 	// Profile is the CPU and allocation profile of the read path (text).
 	Profile string
+	// ProfileFiles are the CPU profiles behind Profile (pprof's gzipped
+	// protobuf, in the work folder), by the name they are kept under in
+	// bench/profiles.
+	ProfileFiles map[string]string
 	// Figure 2: Redis commands per read of tokenkeeper, background
 	// (measured at rest) subtracted, and of the naive handler.
 	CmdsPerRead, NaiveCmdsPerRead float64
@@ -399,7 +403,7 @@ func measureReads(ctx context.Context, work, self string, cfg readsConfig, say f
 	res.TKCommandMix = tkMix.String()
 	if cfg.ProfileDuration > 0 {
 		say("  profiling the read path (%v under wrk, %d connections)", cfg.ProfileDuration, top)
-		if res.Profile, err = profileReads(ctx, work, self, urls, pprofURLs, top, cfg.ProfileDuration, header); err != nil {
+		if res.Profile, res.ProfileFiles, err = profileReads(ctx, work, self, urls, pprofURLs, top, cfg.ProfileDuration, header); err != nil {
 			return nil, err
 		}
 	}
@@ -490,17 +494,22 @@ func cpuTime(pid int) (time.Duration, error) {
 
 // profileReads profiles tokenkeeper's helper (CPU, then allocations) and
 // the static baseline's (CPU) while wrk loads each with conns
-// connections for d, and returns the top functions of each as text.
-func profileReads(ctx context.Context, work, self string, urls, pprofURLs map[string]string, conns int, d time.Duration, header string) (string, error) {
+// connections for d, and returns the top functions of each as text, and
+// the CPU profiles' files by the name they are kept under.
+func profileReads(ctx context.Context, work, self string, urls, pprofURLs map[string]string, conns int, d time.Duration, header string) (string, map[string]string, error) {
 	var out strings.Builder
+	files := map[string]string{}
 	secs := int(d / time.Second)
-	for _, p := range []struct{ kind, profile, flags, what string }{
-		{kindTokenkeeper, "profile", "-top -nodecount=40", "CPU, flat"},
-		{kindTokenkeeper, "profile", "-top -cum -nodecount=60", "CPU, cumulative"},
-		{kindTokenkeeper, "allocs", "-top -sample_index=alloc_objects -nodecount=25", "allocations (objects)"},
-		{kindStatic, "profile", "-top -cum -nodecount=40", "CPU, cumulative"},
+	for _, p := range []struct{ kind, profile, flags, what, keep string }{
+		{kindTokenkeeper, "profile", "-top -nodecount=40", "CPU, flat", "reads-tokenkeeper.cpu.pb.gz"},
+		{kindTokenkeeper, "profile", "-top -cum -nodecount=60", "CPU, cumulative", ""},
+		{kindTokenkeeper, "allocs", "-top -sample_index=alloc_objects -nodecount=25", "allocations (objects)", ""},
+		{kindStatic, "profile", "-top -cum -nodecount=40", "CPU, cumulative", "reads-static-echo.cpu.pb.gz"},
 	} {
 		file := filepath.Join(work, "profile-"+p.kind+"-"+p.profile+".pb.gz")
+		if p.keep != "" {
+			files[p.keep] = file
+		}
 		wrkDone := make(chan error, 1)
 		go func() {
 			_, err := runWrk(ctx, urls[p.kind], conns, d+time.Second, header)
@@ -512,17 +521,17 @@ func profileReads(ctx context.Context, work, self string, urls, pprofURLs map[st
 			err = werr
 		}
 		if err != nil {
-			return "", fmt.Errorf("profile of %s: %w", p.kind, err)
+			return "", nil, fmt.Errorf("profile of %s: %w", p.kind, err)
 		}
 		args := append([]string{"tool", "pprof"}, strings.Fields(p.flags)...)
 		cmd := exec.CommandContext(ctx, "go", append(args, self, file)...)
 		top, err := cmd.Output()
 		if err != nil {
-			return "", fmt.Errorf("go tool pprof %s: %w", p.flags, err)
+			return "", nil, fmt.Errorf("go tool pprof %s: %w", p.flags, err)
 		}
 		fmt.Fprintf(&out, "=== %s: %s (go tool pprof %s), %d s under wrk -c %d\n\n%s\n", kindLabel(p.kind), p.what, p.flags, secs, conns, trimPprof(string(top)))
 	}
-	return out.String(), nil
+	return out.String(), files, nil
 }
 
 // trimPprof drops the lines of a pprof report that name the local files.
