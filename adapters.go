@@ -25,14 +25,8 @@ type deviceMinter struct{ m *device.Minter }
 
 func (d deviceMinter) Token(ctx context.Context, dev string) (cache.Token, error) {
 	t, err := d.m.Token(device.WithCaller(ctx, httpapi.CallerFrom(ctx)), dev)
-	var be *device.BudgetError
-	switch {
-	case errors.Is(err, device.ErrBadDevice):
-		return t, fmt.Errorf("%w: %w", httpapi.ErrBadDevice, err)
-	case errors.As(err, &be):
+	if be := (*device.BudgetError)(nil); errors.As(err, &be) {
 		return t, &httpapi.LimitError{Reason: be.Error(), RetryAfter: be.RetryAfter}
-	case errors.Is(err, device.ErrUnavailable):
-		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
 	}
 	return t, err
 }
@@ -77,12 +71,7 @@ func (c controller) Refresh(ctx context.Context, name string) (cache.Token, erro
 	if kt == nil {
 		return cache.Token{}, fmt.Errorf("%w: %q", ErrUnknownToken, name)
 	}
-	t, err := kt.ref.Refresh(ctx)
-	err = refreshError(err)
-	if errors.Is(err, ErrNoLeader) || errors.Is(err, ErrUnavailable) {
-		return t, fmt.Errorf("%w: %w", httpapi.ErrUnavailable, err)
-	}
-	return t, err
+	return kt.ref.Refresh(ctx)
 }
 
 // apiReplicas turns the refresher's fleet view into the HTTP API's.

@@ -293,7 +293,7 @@ func (k *Keeper) Refresh(ctx context.Context, name string) (Token, error) {
 		return Token{}, fmt.Errorf("%w: %q", ErrUnknownToken, name)
 	}
 	tok, err := t.ref.Refresh(ctx)
-	return tokenOf(tok), refreshError(err)
+	return tokenOf(tok), err
 }
 
 // DeviceToken returns the named per-device token's token for device: the
@@ -306,7 +306,7 @@ func (k *Keeper) DeviceToken(ctx context.Context, name, dev string) (Token, erro
 		return Token{}, fmt.Errorf("%w: %q is not a per-device token", ErrUnknownToken, name)
 	}
 	tok, err := t.devices.Token(ctx, dev)
-	return tokenOf(tok), deviceError(err)
+	return tokenOf(tok), err
 }
 
 // Status reports the fleet as this replica sees it, token by token, in

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -26,15 +25,12 @@ type Token struct {
 	Devices deviceMinter
 }
 
-// deviceMinter mints per-device tokens. Errors wrapping ErrBadDevice answer
-// 400, ErrUnavailable 503 with Retry-After; their messages are shown to
-// the caller, so they must not hold secrets or the device id.
+// deviceMinter mints per-device tokens. Errors wrapping fault.ErrBadDevice
+// answer 400, fault.ErrUnavailable 503 with Retry-After; their messages
+// are shown to the caller, so they must not hold secrets or the device id.
 type deviceMinter interface {
 	Token(ctx context.Context, device string) (cache.Token, error)
 }
-
-// ErrBadDevice is what Devices wraps for a device id it refuses.
-var ErrBadDevice = errors.New("httpapi: invalid device id")
 
 // LimitError is what Devices returns when a budget refuses a mint: the
 // answer is 429 with Retry-After.

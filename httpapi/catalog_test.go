@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/fault"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -297,7 +299,7 @@ func TestDeviceRoute(t *testing.T) {
 	}
 	checkError(t, do(h, "/v1/tokens/shared/devices/phone-1"), 404, "not_found")
 
-	refusing := newServer(fakeDevices{err: fmt.Errorf("%w: byte 2 is not allowed", httpapi.ErrBadDevice)})
+	refusing := newServer(fakeDevices{err: fmt.Errorf("%w: byte 2 is not allowed", fault.ErrBadDevice)})
 	w = do(refusing, "/v1/tokens/liveness/devices/a%20b")
 	checkError(t, w, 400, "bad_device")
 	limited := newServer(fakeDevices{err: &httpapi.LimitError{Reason: "the fleet's mint rate", RetryAfter: 1500 * time.Millisecond}})

@@ -8,11 +8,10 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
-// ErrUnavailable is what a Controller wraps (with %w) to say that the
-// control plane cannot act now but may soon: no leader, Redis unreachable.
-// The refresh and status routes answer it with 503 and Retry-After; other
-// refresh failures answer 502.
-var ErrUnavailable = errors.New("httpapi: control plane unavailable")
+// A controller wraps fault.ErrUnavailable or fault.ErrNoLeader (with %w)
+// to say that the control plane cannot act now but may soon: the refresh
+// and status routes answer them with 503 and Retry-After; other refresh
+// failures answer 502.
 
 // apiError is an error answer: its status, its machine-readable code and a
 // message for people. Messages never repeat request input.

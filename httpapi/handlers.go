@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/fault"
+
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -45,8 +47,8 @@ func (s *Server) getDeviceToken(c echo.Context, now time.Time) error {
 		secs := int64((limited.RetryAfter + time.Second - 1) / time.Second)
 		return &apiError{status: http.StatusTooManyRequests, code: "rate_limited", message: limited.Reason,
 			retryAfter: true, retryAfterValue: []string{strconv.FormatInt(max(secs, 1), 10)}}
-	case errors.Is(err, ErrBadDevice):
-		return &apiError{status: http.StatusBadRequest, code: "bad_device", message: strings.TrimPrefix(err.Error(), ErrBadDevice.Error()+": ")}
+	case errors.Is(err, fault.ErrBadDevice):
+		return &apiError{status: http.StatusBadRequest, code: "bad_device", message: strings.TrimPrefix(err.Error(), fault.ErrBadDevice.Error()+": ")}
 	case c.Request().Context().Err() != nil:
 		return errShuttingDown
 	case err != nil:
@@ -255,7 +257,7 @@ func (s *Server) controlError(reqCtx, ctx context.Context, op string, err error)
 			status: http.StatusGatewayTimeout, code: "timeout",
 			message: op + " did not finish within " + s.refreshTimeout.String() + "; it may still complete",
 		}
-	case errors.Is(err, ErrUnavailable):
+	case errors.Is(err, fault.ErrUnavailable), errors.Is(err, fault.ErrNoLeader):
 		s.log.Warn("httpapi: "+op+" unavailable", "err", err)
 		return &apiError{status: http.StatusServiceUnavailable, code: "unavailable", message: err.Error(), retryAfter: true}
 	case op == "status":

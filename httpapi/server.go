@@ -37,13 +37,15 @@ type tokenSource interface {
 // methods must be safe for concurrent use.
 type controller interface {
 	// Status describes the fleet as this replica sees it. Errors wrapping
-	// ErrUnavailable answer 503 with Retry-After (Config.RetryAfter),
-	// others 500; admins see their message.
+	// fault.ErrUnavailable or fault.ErrNoLeader answer 503 with
+	// Retry-After (Config.RetryAfter), others 500; admins see their
+	// message.
 	Status(ctx context.Context) (Status, error)
 	// Refresh asks the leader of the named token (whichever replica it is)
 	// to fetch a new one now and blocks until it is stored or ctx ends.
-	// Returns the new token. Errors wrapping ErrUnavailable answer 503 with Retry-After
-	// (Config.RetryAfter), others 502; once ctx's deadline
+	// Returns the new token. Errors wrapping fault.ErrUnavailable or
+	// fault.ErrNoLeader answer 503 with Retry-After (Config.RetryAfter),
+	// others 502; once ctx's deadline
 	// (Config.RefreshTimeout) has passed, 504. Admins see the message, so it
 	// must not hold secrets.
 	Refresh(ctx context.Context, name string) (cache.Token, error)

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/fault"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -462,7 +464,7 @@ func TestStatus(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"unavailable", fmt.Errorf("no leader: %w", httpapi.ErrUnavailable), 503, "unavailable"},
+		{"unavailable", fmt.Errorf("no leader: %w", fault.ErrUnavailable), 503, "unavailable"},
 		{"failed", errors.New("boom"), 500, "status_failed"},
 	}
 	for _, tt := range errTests {
@@ -495,7 +497,7 @@ func TestRefresh(t *testing.T) {
 			return cache.Token{}, errors.New("upstream: 500 from RDP")
 		}, 502, "refresh_failed", false},
 		{"no leader", func(ctx context.Context) (cache.Token, error) {
-			return cache.Token{}, fmt.Errorf("no leader elected: %w", httpapi.ErrUnavailable)
+			return cache.Token{}, fmt.Errorf("no leader elected: %w", fault.ErrUnavailable)
 		}, 503, "unavailable", true},
 	}
 	for _, tt := range tests {

@@ -119,7 +119,7 @@ func (r *Refresher) handOver(st *leaderState, err error) bool {
 // or refused call, or an answer that must not be stored.
 func isUpstreamFailure(err error) bool {
 	var ue *upstream.Error
-	return errors.As(err, &ue) || errors.Is(err, ErrBadToken)
+	return errors.As(err, &ue) || errors.Is(err, errBadToken)
 }
 
 // inherit goes on from the fleet's failures: the attempts in a row that
@@ -440,7 +440,7 @@ func (r *Refresher) fetchAndStore(ctx context.Context, st *leaderState) (cache.T
 		return held, false, nil
 	case errors.Is(err, cache.ErrInvalid):
 		r.unsaved = nil
-		return cache.Token{}, false, fmt.Errorf("%w: %w", ErrBadToken, err)
+		return cache.Token{}, false, fmt.Errorf("%w: %w", errBadToken, err)
 	default:
 		if plant.On(plant.UnsavedForgotten) {
 			r.unsaved = nil

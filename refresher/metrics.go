@@ -61,7 +61,7 @@ func outcomeOf(err error, stored bool) string {
 		return outcomeSuperseded
 	case errors.Is(err, cache.ErrFenced):
 		return outcomeFenced
-	case errors.As(err, &ue), errors.Is(err, ErrBadToken):
+	case errors.As(err, &ue), errors.Is(err, errBadToken):
 		return outcomeUpstreamError
 	default:
 		return outcomeRedisError

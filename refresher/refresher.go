@@ -20,19 +20,14 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
-// Errors of Refresh. Check them with errors.Is.
-var (
-	// ErrNoLeader means no replica holds the lock at the moment.
-	ErrNoLeader = errors.New("refresher: no leader")
-	// ErrRefreshFailed means the leader tried and failed; the wrapped
-	// message says why.
-	ErrRefreshFailed = errors.New("refresher: refresh failed")
-	// ErrBadToken means the upstream answered a token that must not be
-	// stored.
-	ErrBadToken = errors.New("refresher: unusable token")
-	// ErrUnavailable means Redis could not be reached to ask the leader.
-	ErrUnavailable = errors.New("refresher: Redis unavailable")
-)
+// Refresh's errors wrap fault.ErrNoLeader (no replica holds the lock at
+// the moment), fault.ErrRefreshFailed (the leader tried and failed; the
+// message says why) or fault.ErrUnavailable (Redis could not be reached
+// to ask the leader).
+
+// errBadToken means the upstream answered a token that must not be
+// stored.
+var errBadToken = errors.New("refresher: unusable token")
 
 // Source fetches a new token from the upstream.
 type Source interface {

@@ -13,6 +13,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/fault"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -748,8 +750,8 @@ func TestRefreshThroughAnyReplica(t *testing.T) {
 
 		src.set(func(s *source) { s.fail = &upstream.Error{Op: "auth", Status: 401, Code: "invalid_client"} })
 		res, _ = w.await("Refresh with a failing upstream answered", time.Minute, follower.refresh(t.Context()))
-		if !errors.Is(res.err, refresher.ErrRefreshFailed) {
-			t.Fatalf("Refresh with a failing upstream: got %v, want ErrRefreshFailed", res.err)
+		if !errors.Is(res.err, fault.ErrRefreshFailed) {
+			t.Fatalf("Refresh with a failing upstream: got %v, want fault.ErrRefreshFailed", res.err)
 		}
 		if !follower.holds(got.Value) {
 			t.Fatal("a failed refresh lost the current token")
@@ -777,8 +779,8 @@ func TestRefreshWithoutLeader(t *testing.T) {
 			ch <- result{tok, err}
 		}()
 		res, took := w.await("Refresh answered", 5*time.Minute, ch)
-		if !errors.Is(res.err, refresher.ErrNoLeader) {
-			t.Fatalf("got %v, want ErrNoLeader", res.err)
+		if !errors.Is(res.err, fault.ErrNoLeader) {
+			t.Fatalf("got %v, want fault.ErrNoLeader", res.err)
 		}
 		if took < 2*lockTTL || took > 2*lockTTL+electEvery {
 			t.Fatalf("answered after %v of fake time, want two lock TTLs (%v), give or take an election period", took, 2*lockTTL)

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/internal/fault"
 	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
 )
 
@@ -127,10 +128,10 @@ type refreshCall struct {
 // requests that arrive while an attempt runs join it, so a burst of calls
 // costs one upstream call.
 //
-// Every call gets an answer: the token; ErrRefreshFailed when the
+// Every call gets an answer: the token; fault.ErrRefreshFailed when the
 // leader's attempt failed (or a recent one did and the leader is backing
-// off); ErrNoLeader when no replica has led for two lock TTLs;
-// ErrUnavailable when Redis has failed for as long; or ctx's
+// off); fault.ErrNoLeader when no replica has led for two lock TTLs;
+// fault.ErrUnavailable when Redis has failed for as long; or ctx's
 // error. A lost message costs a resend, not the answer: the request is
 // sent again every half lock TTL and whenever leadership changes, and a
 // token fetched after the request counts as its answer.
@@ -254,7 +255,7 @@ func (r *Refresher) ask(ctx context.Context) (tok cache.Token, by trace.SpanCont
 					}
 					by = tracing.Extract(m.Trace)
 					if m.Error != "" {
-						return cache.Token{}, by, fmt.Errorf("%w: %s", ErrRefreshFailed, m.Error)
+						return cache.Token{}, by, fmt.Errorf("%w: %s", fault.ErrRefreshFailed, m.Error)
 					}
 					tok, err := r.answered(ctx, m.Fingerprint)
 					return tok, by, err
@@ -280,13 +281,13 @@ func (r *Refresher) send(ctx context.Context, id, tp string) (string, error) {
 	defer cancel()
 	leader, err := r.Leader(sctx)
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return "", fmt.Errorf("%w: %w", fault.ErrUnavailable, err)
 	}
 	if leader == "" {
-		return "", ErrNoLeader
+		return "", fault.ErrNoLeader
 	}
 	if err := r.sendMsg(sctx, message{Type: msgRefresh, ID: id, Trace: tp}); err != nil {
-		return "", fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return "", fmt.Errorf("%w: %w", fault.ErrUnavailable, err)
 	}
 	return leader, nil
 }
@@ -298,7 +299,7 @@ func (r *Refresher) answered(ctx context.Context, fingerprint string) (cache.Tok
 		return tok, nil
 	}
 	if _, err := r.store.Load(ctx); err != nil {
-		return cache.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return cache.Token{}, fmt.Errorf("%w: %w", fault.ErrUnavailable, err)
 	}
 	tok, _ := r.store.Held()
 	return tok, nil

@@ -12,6 +12,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/fault"
+
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -286,7 +288,7 @@ func TestRequestBeforeTheWriteJoinsTheFetch(t *testing.T) {
 }
 
 // A refresh asked with Redis unreachable (its network partitioned: every
-// command times out) is answered with ErrUnavailable (503 with Retry-After
+// command times out) is answered with fault.ErrUnavailable (503 with Retry-After
 // over HTTP) once it has been unreachable for two lock TTLs, not a generic
 // failure, nor only when the caller gives up.
 func TestRefreshWithoutRedis(t *testing.T) {
@@ -300,8 +302,8 @@ func TestRefreshWithoutRedis(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 		defer cancel()
 		res, took := w.await("Refresh answered", 5*time.Minute, a.refresh(ctx))
-		if !errors.Is(res.err, refresher.ErrUnavailable) {
-			t.Fatalf("Refresh with Redis cut off: got %v, want ErrUnavailable", res.err)
+		if !errors.Is(res.err, fault.ErrUnavailable) {
+			t.Fatalf("Refresh with Redis cut off: got %v, want fault.ErrUnavailable", res.err)
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("Refresh answered only when its context ended (%v of fake time)", took)

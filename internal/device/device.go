@@ -24,6 +24,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/fault"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -33,20 +35,14 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
-// Errors of Minter.Token. Check them with errors.Is.
-var (
-	// ErrBadDevice means the device id is not 1 to 128 of [A-Za-z0-9._:-].
-	ErrBadDevice = errors.New("device: invalid device id")
-	// ErrUnavailable means no token can be minted now: the fleet holds no
-	// access token, or the upstream failed; a device that holds a token
-	// still gets it.
-	ErrUnavailable = errors.New("device: no token can be minted now")
-	// ErrBudget means a mint budget is spent: the fleet's rate or the
-	// device's cap. The error is a *BudgetError, which says until when.
-	ErrBudget = errors.New("device: mint budget spent")
-)
+// Minter.Token's errors wrap fault.ErrBadDevice (the device id is not 1
+// to 128 of [A-Za-z0-9._:-]), fault.ErrUnavailable (no token can be
+// minted now: the fleet holds no access token, or the upstream failed; a
+// device that holds a token still gets it) or fault.ErrMintBudget (a mint
+// budget is spent: the fleet's rate or the device's cap; the error is a
+// *BudgetError, which says until when).
 
-// BudgetError is a mint refused by a budget. It wraps ErrBudget.
+// BudgetError is a mint refused by a budget. It wraps fault.ErrMintBudget.
 type BudgetError struct {
 	// Fleet is true for the fleet-wide rate, false for the device's cap.
 	Fleet bool
@@ -59,27 +55,27 @@ func (e *BudgetError) Error() string {
 	if e.Fleet {
 		which = "the fleet's mint rate"
 	}
-	return fmt.Sprintf("%v: %s; retry in %v", ErrBudget, which, e.RetryAfter.Round(time.Millisecond))
+	return fmt.Sprintf("%v: %s; retry in %v", fault.ErrMintBudget, which, e.RetryAfter.Round(time.Millisecond))
 }
 
-func (e *BudgetError) Unwrap() error { return ErrBudget }
+func (e *BudgetError) Unwrap() error { return fault.ErrMintBudget }
 
 // MaxIDLen is the longest device id.
 const MaxIDLen = 128
 
-// CheckID returns ErrBadDevice, saying why, unless id is 1 to MaxIDLen of
+// CheckID returns fault.ErrBadDevice, saying why, unless id is 1 to MaxIDLen of
 // [A-Za-z0-9._:-]. The id itself is never repeated.
 func CheckID(id string) error {
 	switch {
 	case id == "":
-		return fmt.Errorf("%w: empty", ErrBadDevice)
+		return fmt.Errorf("%w: empty", fault.ErrBadDevice)
 	case len(id) > MaxIDLen:
-		return fmt.Errorf("%w: %d bytes, at most %d", ErrBadDevice, len(id), MaxIDLen)
+		return fmt.Errorf("%w: %d bytes, at most %d", fault.ErrBadDevice, len(id), MaxIDLen)
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != ':' && c != '-' {
-			return fmt.Errorf("%w: byte %d is not one of A-Z a-z 0-9 . _ : -", ErrBadDevice, i+1)
+			return fmt.Errorf("%w: byte %d is not one of A-Z a-z 0-9 . _ : -", fault.ErrBadDevice, i+1)
 		}
 	}
 	return nil
@@ -214,7 +210,7 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 	}
 	secret, err := m.digestKey(ctx)
 	if err != nil {
-		return cache.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return cache.Token{}, fmt.Errorf("%w: %w", fault.ErrUnavailable, err)
 	}
 	digest := digestOf(secret, device)
 	key := m.cfg.Keys.Devices + digest
@@ -230,7 +226,7 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 		owner := rand.Text()
 		won, err := m.rdb.SetNX(ctx, claim, owner, m.cfg.Claim).Result()
 		if err != nil {
-			return cache.Token{}, fmt.Errorf("%w: claim: %w", ErrUnavailable, err)
+			return cache.Token{}, fmt.Errorf("%w: claim: %w", fault.ErrUnavailable, err)
 		}
 		won = won || plant.On(plant.DeviceClaimOff)
 		if won {
@@ -245,7 +241,7 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 		}
 		// Another replica is minting for this device: wait for its token.
 		if !m.cfg.Clock.Now().Before(deadline) {
-			return cache.Token{}, fmt.Errorf("%w: another replica's mint for this device did not finish within %v", ErrUnavailable, m.cfg.Claim)
+			return cache.Token{}, fmt.Errorf("%w: another replica's mint for this device did not finish within %v", fault.ErrUnavailable, m.cfg.Claim)
 		}
 		if err := m.pause(ctx); err != nil {
 			return cache.Token{}, err
@@ -261,7 +257,7 @@ func (m *Minter) stored(ctx context.Context, key string) (cache.Token, bool, err
 		return cache.Token{}, false, nil
 	}
 	if err != nil {
-		return cache.Token{}, false, fmt.Errorf("%w: read: %w", ErrUnavailable, err)
+		return cache.Token{}, false, fmt.Errorf("%w: read: %w", fault.ErrUnavailable, err)
 	}
 	value, _ := res[0].(string)
 	pttl, _ := res[1].(int64)
@@ -281,7 +277,7 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (_ cache.Token, e
 	}()
 	access, ok := m.cfg.Access()
 	if !ok {
-		return cache.Token{}, fmt.Errorf("%w: the fleet holds no access token", ErrUnavailable)
+		return cache.Token{}, fmt.Errorf("%w: the fleet holds no access token", fault.ErrUnavailable)
 	}
 	if err := m.spend(ctx, key); err != nil {
 		return cache.Token{}, err
@@ -297,7 +293,7 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (_ cache.Token, e
 	}
 	if err != nil {
 		m.met.mints.WithLabelValues("error").Inc()
-		return cache.Token{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return cache.Token{}, fmt.Errorf("%w: %w", fault.ErrUnavailable, err)
 	}
 	m.met.mints.WithLabelValues("ok").Inc()
 	m.countMint(ctx)
@@ -305,7 +301,7 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (_ cache.Token, e
 	span.SetAttributes(tracing.Fingerprint.String(tok.Fingerprint()))
 	ttl := tok.Deadline.Sub(m.cfg.Clock.Now())
 	if ttl <= m.cfg.ServeMargin {
-		return cache.Token{}, fmt.Errorf("%w: the upstream's token has %v left, not more than the serve margin", ErrUnavailable, ttl.Round(time.Millisecond))
+		return cache.Token{}, fmt.Errorf("%w: the upstream's token has %v left, not more than the serve margin", fault.ErrUnavailable, ttl.Round(time.Millisecond))
 	}
 	// Redis starts the stored life when the script runs, which may be as
 	// late as the client's read timeout (a slow round trip, or go-redis
@@ -344,22 +340,22 @@ func (m *Minter) renew(ctx context.Context, refused cache.Token) (cache.Token, e
 		owner := rand.Text()
 		won, err := m.rdb.SetNX(ctx, claim, owner, m.cfg.Claim).Result()
 		if err != nil {
-			return cache.Token{}, fmt.Errorf("%w: renewing the access token: %w", ErrUnavailable, err)
+			return cache.Token{}, fmt.Errorf("%w: renewing the access token: %w", fault.ErrUnavailable, err)
 		}
 		if won {
 			m.log.Info("the upstream refused the shared access token; asking the leader for a new one", "access", refused.Fingerprint())
 			err := m.cfg.RenewAccess(ctx)
 			releaseScript.Run(context.WithoutCancel(ctx), m.rdb, []string{claim}, owner)
 			if err != nil {
-				return cache.Token{}, fmt.Errorf("%w: renewing the access token: %w", ErrUnavailable, err)
+				return cache.Token{}, fmt.Errorf("%w: renewing the access token: %w", fault.ErrUnavailable, err)
 			}
 			if cur, ok := m.cfg.Access(); ok && cur.Value != refused.Value {
 				return cur, nil
 			}
-			return cache.Token{}, fmt.Errorf("%w: the fleet holds no new access token", ErrUnavailable)
+			return cache.Token{}, fmt.Errorf("%w: the fleet holds no new access token", fault.ErrUnavailable)
 		}
 		if !m.cfg.Clock.Now().Before(deadline) {
-			return cache.Token{}, fmt.Errorf("%w: the access token was not renewed within %v", ErrUnavailable, m.cfg.Claim)
+			return cache.Token{}, fmt.Errorf("%w: the access token was not renewed within %v", fault.ErrUnavailable, m.cfg.Claim)
 		}
 		if err := m.pause(ctx); err != nil {
 			return cache.Token{}, err
@@ -430,7 +426,7 @@ func (m *Minter) spend(ctx context.Context, key string) error {
 	res, err := budgetScript.Run(ctx, m.rdb, []string{m.cfg.Keys.Devices + "rate", key + ":mints"},
 		interval.Milliseconds(), tolerance.Milliseconds(), m.cfg.PerDevice, m.cfg.Window.Milliseconds()).Slice()
 	if err != nil {
-		return fmt.Errorf("%w: budget: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: budget: %w", fault.ErrUnavailable, err)
 	}
 	if ok, _ := res[0].(int64); ok == 1 {
 		return nil

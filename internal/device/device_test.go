@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/internal/fault"
+
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
@@ -244,8 +246,8 @@ func TestWithoutAccessOnlyKnownDevicesAreServed(t *testing.T) {
 	if tok, err := m.Token(ctx, "known"); err != nil || tok.Value != known.Value {
 		t.Errorf("a device with a token, without access: %v, %v", tok.Value, err)
 	}
-	if _, err := m.Token(ctx, "new"); !errors.Is(err, device.ErrUnavailable) {
-		t.Errorf("a new device without access: %v, want ErrUnavailable", err)
+	if _, err := m.Token(ctx, "new"); !errors.Is(err, fault.ErrUnavailable) {
+		t.Errorf("a new device without access: %v, want fault.ErrUnavailable", err)
 	}
 }
 
@@ -254,8 +256,8 @@ func TestBadDeviceIDsStoreNothing(t *testing.T) {
 	m := f.minter(t)
 	for _, id := range []string{"", strings.Repeat("a", 129), "a/b", "..%2F..%2Fetc", "télé", "nul\x00", "sp ace"} {
 		_, err := m.Token(context.Background(), id)
-		if !errors.Is(err, device.ErrBadDevice) {
-			t.Errorf("%q: %v, want ErrBadDevice", id, err)
+		if !errors.Is(err, fault.ErrBadDevice) {
+			t.Errorf("%q: %v, want fault.ErrBadDevice", id, err)
 		}
 		if id != "" && strings.Contains(err.Error(), id) {
 			t.Errorf("%q: the error repeats the id: %v", id, err)
