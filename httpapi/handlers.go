@@ -143,9 +143,13 @@ func (s *Server) getReady(c echo.Context, now time.Time) error {
 // metricsHandler answers GET /metrics with the Gatherer's metrics, behind a
 // metrics or admin key when metrics keys are configured.
 func (s *Server) metricsHandler() handlerFunc {
+	// OpenMetrics when the scraper asks for it (Prometheus does): the
+	// format that carries exemplars, the trace ids of
+	// tokenkeeper_refresh_duration_seconds.
 	h := promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{
-		ErrorLog:      promLogger{s.log},
-		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:          promLogger{s.log},
+		ErrorHandling:     promhttp.ContinueOnError,
+		EnableOpenMetrics: true,
 	})
 	open := len(s.metricsKeys.digests) == 0
 	return func(c echo.Context, now time.Time) error {

@@ -286,6 +286,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 	tick := r.cfg.Clock.NewTimer(0)
 	defer tick.Stop()
 	stepDown := func(failed int) {
+		r.lockEvent(eventLockLost, attribute.Int("tokenkeeper.failed_renewals", failed))
 		r.log.Warn("lock renewals did not succeed in time; stepping down before the lock can expire", "failed_renewals", failed)
 		r.setErr(fmt.Errorf("lock renewal: %d attempts failed within the lock TTL", failed))
 		cancel()
@@ -339,6 +340,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			if r.cfg.Clock.Now().Before(leaseEnd) {
 				r.store.LockLost()
 			}
+			r.lockEvent(eventLockLost)
 			r.log.Warn("lock renewal refused: the lock is no longer held; stepping down", "error", err)
 			r.setErr(fmt.Errorf("lock renewal: %w", err))
 			cancel()

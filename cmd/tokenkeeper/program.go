@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/tokenkeeper/tokenkeeper"
 )
@@ -25,6 +26,7 @@ type Program struct {
 	keeper         *tokenkeeper.Keeper
 	ln             net.Listener
 	audit          io.Closer
+	traces         *sdktrace.TracerProvider // nil when tracing is off
 }
 
 // NewProgram builds a replica and opens its listener, so Addr is known
@@ -47,7 +49,21 @@ func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program,
 		auditFile.Close()
 	}
 	reg := newRegistry(cfg, rdb)
+	traces, err := newTracerProvider(context.Background(), cfg.Instance)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	if traces != nil {
+		closeAll = func(close func()) func() {
+			return func() { close(); shutdownTraces(traces) }
+		}(closeAll)
+		log.Info("tracing on: spans go to the exporter the OTEL_* variables name")
+	}
 	kcfg := cfg.keeperConfig()
+	if traces != nil {
+		kcfg.TracerProvider = traces
+	}
 	kcfg.HTTP.Security.Audit = audit
 	kcfg.Redis, kcfg.Logger, kcfg.Registerer, kcfg.Gatherer = rdb, log, reg, reg
 	kcfg.SentinelMaster = sentinelMaster
@@ -72,7 +88,7 @@ func NewProgram(cfg Config, log *slog.Logger, src tokenkeeper.Source) (*Program,
 	}
 	ln = tln
 	auditConfiguration(audit, cfg, ln.Addr().String())
-	return &Program{cfg: cfg, log: log, rdb: rdb, closeSentinels: closeSentinels, keeper: k, ln: ln, audit: auditFile}, nil
+	return &Program{cfg: cfg, log: log, rdb: rdb, closeSentinels: closeSentinels, keeper: k, ln: ln, audit: auditFile, traces: traces}, nil
 }
 
 // Addr is the address the HTTP API listens on.
@@ -139,5 +155,15 @@ func (p *Program) Close() error {
 	if p.closeSentinels != nil {
 		err = errors.Join(err, p.closeSentinels())
 	}
+	if p.traces != nil {
+		shutdownTraces(p.traces)
+	}
 	return err
+}
+
+// shutdownTraces sends the spans still batched, for 5 seconds at most.
+func shutdownTraces(tp *sdktrace.TracerProvider) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = tp.Shutdown(ctx)
 }
