@@ -114,7 +114,7 @@ func TestTracesCarryNoSecret(t *testing.T) {
 			return &upstream.Config{BaseURL: rdp.URL, ClientID: fakerdp.ClientID, ClientSecret: fakerdp.ClientSecret, Timeout: time.Second}
 		}
 		k, err := tokenkeeper.New(tokenkeeper.Config{
-			Redis: rdb, Instance: name, LockTTL: lockTTL, PollInterval: 100 * time.Millisecond,
+			Redis: rdb, Instance: name, LockTTL: lockTTL, PollInterval: 5 * time.Second, // no poll to adopt before the events
 			RetryMin: 50 * time.Millisecond, RetryMax: 100 * time.Millisecond, HandoverCooldown: 200 * time.Millisecond,
 			Tokens: []tokenkeeper.TokenConfig{
 				{Name: "liveness", RDP: rdpCfg()},

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/plant"
@@ -128,11 +129,19 @@ func (s *Store) handle(ctx context.Context, payload string) {
 		s.log.Warn("ignoring malformed event", "error", err, "bytes", len(payload))
 		return
 	}
-	if ev.Type == MsgToken && !s.adoptEvent(ev.Tok, ev.Trace) && s.loadLogged(ctx) != nil {
-		select {
-		case s.readFailed <- struct{}{}:
-		default: // pollEvery knows already
+	if ev.Type == MsgToken {
+		old := s.cur.Load()
+		how := "event"
+		if !s.adoptEvent(ev.Tok) {
+			how = "read"
+			if s.loadLogged(ctx) != nil {
+				select {
+				case s.readFailed <- struct{}{}:
+				default: // pollEvery knows already
+				}
+			}
 		}
+		s.traceAdoption(ev, old, how)
 	}
 	s.broadcast(ev.Message)
 }
@@ -158,7 +167,7 @@ const eventSkew = 250 * time.Millisecond
 // ran faster than this replica's since the reading, or when the token is
 // within the serve margin of its end. The next poll reads the token in
 // full, which never moves its deadline later.
-func (s *Store) adoptEvent(e *eventToken, tp string) bool {
+func (s *Store) adoptEvent(e *eventToken) bool {
 	ref := s.clockRef.Load()
 	if e == nil || e.Value == "" || e.ExpMS <= e.NowMS || ref == nil {
 		return false
@@ -204,15 +213,8 @@ func (s *Store) adoptEvent(e *eventToken, tp string) bool {
 	s.inRedis.Store(true)
 	s.sealErr.Store(nil)
 	s.behind.Store(false)
-	old := s.cur.Load()
 	s.adopt(t, now)
 	s.polled.Store(nil) // the next poll reads it in full
-	if t.Writer != s.cfg.Instance && (old == nil || old.Value != t.Value) {
-		// Redis stored it at NowMS on its clock: that instant on this
-		// replica's clock, by the last reading of Redis's.
-		stored := ref.sent.Add(ms(e.NowMS - ref.ms))
-		s.traceAdoption(tp, t, max(now.Sub(stored), 0), now)
-	}
 	return true
 }
 
@@ -233,17 +235,35 @@ func (s *Store) noteReadiness() {
 		"held_fingerprint", held.Fingerprint(), "in_redis", s.InRedis())
 }
 
-// traceAdoption records the adoption of t from its change event: a span in
-// the trace of the write that published it (traceparent tp), with the time
-// from Redis storing it to this replica adopting it.
-func (s *Store) traceAdoption(tp string, t Token, delay time.Duration, at time.Time) {
+// traceAdoption records, after the change event ev was handled, the
+// adoption of the token it announced when the token held changed from old
+// to it: a span in the trace of the write that published it (the event's
+// traceparent), with the time from Redis storing it to this replica
+// holding it, and how (from the event, or by the read it asked for). A
+// token this replica wrote, or adopted already (a poll came first), has
+// none.
+func (s *Store) traceAdoption(ev tokenEvent, old *held, how string) {
+	cur := s.cur.Load()
+	if cur == nil || cur == old || (old != nil && old.Value == cur.Value) || cur.Writer == s.cfg.Instance ||
+		cur.Fingerprint() != ev.Fingerprint {
+		return
+	}
+	now := s.cfg.Clock.Now()
 	ctx := context.Background()
-	if sc := tracing.Extract(tp); sc.IsValid() {
+	if sc := tracing.Extract(ev.Trace); sc.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
 	}
-	_, span := s.tracer.Start(ctx, "tokenkeeper.adopt", trace.WithTimestamp(at), trace.WithAttributes(
-		tracing.Token.String(s.name), tracing.Instance.String(s.cfg.Instance), tracing.Writer.String(t.Writer),
-		tracing.Fingerprint.String(t.Fingerprint()), tracing.Generation.Int64(int64(t.Generation)),
-		tracing.Delay.Float64(float64(delay.Microseconds())/1000)))
-	span.End(trace.WithTimestamp(s.cfg.Clock.Now()))
+	attrs := []attribute.KeyValue{
+		tracing.Token.String(s.name), tracing.Instance.String(s.cfg.Instance), tracing.Writer.String(cur.Writer),
+		tracing.Fingerprint.String(ev.Fingerprint), tracing.Generation.Int64(int64(cur.Generation)),
+		attribute.String("tokenkeeper.adopted_by", how),
+	}
+	if ref := s.clockRef.Load(); ref != nil && ev.Tok != nil && ev.Tok.NowMS > 0 {
+		// Redis stored it at NowMS on its clock: that instant on this
+		// replica's clock, by the last reading of Redis's.
+		stored := ref.sent.Add(time.Duration(ev.Tok.NowMS-ref.ms) * time.Millisecond)
+		attrs = append(attrs, tracing.Delay.Float64(float64(max(now.Sub(stored), 0).Microseconds())/1000))
+	}
+	_, span := s.tracer.Start(ctx, "tokenkeeper.adopt", trace.WithTimestamp(now), trace.WithAttributes(attrs...))
+	span.End(trace.WithTimestamp(now))
 }
