@@ -126,7 +126,7 @@ func run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	smokeMode := fs.Bool("smoke", false, "short run with small fleets: proves the harness works, judges nothing")
 	outDir := fs.String("out", "", "where RESULTS.md and throughput.png go (default bench/, or a temporary folder with -smoke)")
-	only := fs.String("only", "", "comma-separated figures to run (1-12), for working on the harness; default all")
+	only := fs.String("only", "", "comma-separated figures to run (1-13), for working on the harness; default all")
 	scaleN := fs.String("scale-n", "", "comma-separated fleet sizes of figure 11, instead of the mode's")
 	scaleT := fs.String("scale-t", "", "comma-separated catalog sizes of figure 11, instead of the mode's")
 	cpuProfile := fs.String("cpuprofile", "", "write the harness process's CPU profile to this file (figures run in process: 3, 5, 6, 8 to 12)")
@@ -342,6 +342,16 @@ func run(ctx context.Context, args []string) int {
 			say("  mint p50 %s p99 %s (overhead p50 %s p99 %s); repeat reads %.0f/s p99 %s; budget: %d minted, %.0f allowed (%.2f×), %d refused",
 				fmtDur(d.MintP50), fmtDur(d.MintP99), fmtDur(d.OverheadP50), fmtDur(d.OverheadP99), d.ReadRPS, fmtDur(d.ReadP99),
 				d.Minted, d.Allowed, d.Accuracy, d.Refused)
+		}
+	}
+	if runs("13") {
+		say("figure 13: reads with tracing off and at 1%%, against (a)")
+		if rep.tracing, err = measureTracing(ctx, work, self, cfg.reads, say); err != nil {
+			fail("13", err)
+		} else {
+			for i, c := range rep.tracing.Conc {
+				say("  c=%d: tracing off %.2f× (a), at 1%% %.2f× (a)", c, rep.tracing.RatioOff[i], rep.tracing.Ratio1[i])
+			}
 		}
 	}
 	if runs("11") {

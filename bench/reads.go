@@ -107,6 +107,7 @@ func runServeHandler(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
 	redisAddr := fs.String("redis", "", "redis-server address")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address")
+	traced := fs.Bool("traced", false, "tokenkeeper: trace with the SDK, its sampler from OTEL_TRACES_SAMPLER (figure 13)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -131,7 +132,7 @@ func runServeHandler(ctx context.Context, args []string) error {
 		r, err := startReplica(replicaConfig{
 			Redis: &redis.Options{Addr: *redisAddr}, Instance: "bench",
 			Source: &constSource{lifetime: time.Hour}, RateLimit: limit, Log: log,
-		})
+		}.traced(*traced))
 		if err != nil {
 			return err
 		}

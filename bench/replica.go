@@ -1,6 +1,8 @@
 package main
 
 import (
+	"go.opentelemetry.io/otel/trace"
+
 	"cmp"
 	"context"
 	"fmt"
@@ -47,6 +49,17 @@ type replicaConfig struct {
 	HTTP                      bool    // serve the HTTP API on 127.0.0.1:0
 	RateLimit                 float64 // per key; 0: none
 	Log                       *slog.Logger
+	// TracerProvider, when set, traces the replica (figure 13).
+	TracerProvider trace.TracerProvider
+}
+
+// traced returns cfg with an SDK TracerProvider (benchTracerProvider) when
+// on is set.
+func (cfg replicaConfig) traced(on bool) replicaConfig {
+	if on {
+		cfg.TracerProvider = benchTracerProvider()
+	}
+	return cfg
 }
 
 // replica is one tokenkeeper replica in the harness's process: a
@@ -86,7 +99,8 @@ func startReplica(cfg replicaConfig) (*replica, error) {
 			Redis: rdb, Source: cfg.Source, RDP: cfg.RDP, Instance: cfg.Instance,
 			ServeMargin: cfg.ServeMargin, RefreshBefore: cfg.RefreshBefore, LockTTL: cfg.LockTTL, PollInterval: cfg.PollInterval,
 			RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax, Logger: log,
-			HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{benchKey}, RateLimit: cfg.RateLimit},
+			HTTP:           tokenkeeper.HTTPConfig{ReaderKeys: []string{benchKey}, RateLimit: cfg.RateLimit},
+			TracerProvider: cfg.TracerProvider,
 		})
 		if err != nil {
 			return fail(err)

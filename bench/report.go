@@ -28,6 +28,7 @@ type report struct {
 	devCost  *deviceCostResult
 	memory   *memoryResult
 	allocs   *allocsResult
+	tracing  *tracingResult
 	errors   []string
 }
 
@@ -215,6 +216,24 @@ func (r *report) rows() []row {
 			ratio:  fmt.Sprintf("%.3f× the %.0f allowed (burst + rate × time)", d.Accuracy, d.Allowed),
 			met:    d.Accuracy >= 0.9 && d.Accuracy <= 1.0+1/d.Allowed, judged: true,
 		})
+	}
+	if t := r.tracing; t != nil {
+		for i, c := range t.Conc {
+			a, off, on := t.Cells[kindStatic][i], t.Cells[kindTracedOff][i], t.Cells[kindTraced1][i]
+			out = append(out, row{
+				fig: "13", what: fmt.Sprintf("reads with tracing off (the default), %d connections", c),
+				value:  fmt.Sprintf("%s req/s, p99 %s", fmtRPS(off.RPS), fmtDur(off.P99)),
+				target: "as figure 1: ≥ 0.95× (a)",
+				ratio:  fmt.Sprintf("%.2f× (a) %s req/s", t.RatioOff[i], fmtRPS(a.RPS)),
+				met:    t.RatioOff[i] >= 0.95, judged: true,
+			})
+			out = append(out, row{
+				fig: "13", what: fmt.Sprintf("reads with tracing at 1%% (server spans, SDK sampler), %d connections", c),
+				value:  fmt.Sprintf("%s req/s, p99 %s", fmtRPS(on.RPS), fmtDur(on.P99)),
+				target: "— (the cost, stated)",
+				ratio:  fmt.Sprintf("%.2f× (a); %.2f× tracing off", t.Ratio1[i], t.Ratio1[i]/t.RatioOff[i]),
+			})
+		}
 	}
 	if r.cfg.smoke {
 		for i := range out {
