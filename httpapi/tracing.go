@@ -13,7 +13,8 @@ import (
 
 // traced wraps next so that every request gets a server span, a child of
 // the span its traceparent header names (W3C trace context), sampled as
-// the provider's sampler says. The span holds the method, the route (its
+// the provider's sampler says; a request not sampled costs the sampler's
+// decision and nothing more. The span holds the method, the route (its
 // pattern: a device id or token name in the path is never recorded), the
 // status code and the instance; no header, query or body.
 func traced(tp trace.TracerProvider, next http.Handler) http.Handler {
@@ -22,12 +23,20 @@ func traced(tp trace.TracerProvider, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		route := routeOf(r.URL.Path)
 		ctx := prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-		ctx, span := tracer.Start(ctx, r.Method+" "+route, trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithAttributes(
-				attribute.String("http.request.method", r.Method),
-				attribute.String("http.route", route),
-			))
+		ctx, span := tracer.Start(ctx, route, trace.WithSpanKind(trace.SpanKindServer))
+		if !span.IsRecording() {
+			// Not sampled: the request goes on as it came, with nothing
+			// allocated for it (what its handler calls starts traces of
+			// its own, sampled on their own).
+			next.ServeHTTP(w, r)
+			return
+		}
 		defer span.End()
+		span.SetName(r.Method + " " + route)
+		span.SetAttributes(
+			attribute.String("http.request.method", r.Method),
+			attribute.String("http.route", route),
+		)
 		status := http.StatusOK
 		w = httpsnoop.Wrap(w, httpsnoop.Hooks{
 			WriteHeader: func(next httpsnoop.WriteHeaderFunc) httpsnoop.WriteHeaderFunc {
