@@ -16,7 +16,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/clock"
 	"github.com/tokenkeeper/tokenkeeper/httpapi"
-	"github.com/tokenkeeper/tokenkeeper/refresher"
+	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -230,11 +230,13 @@ const (
 	defaultAuthPerMinute    = 20
 )
 
-// Limits on Config's timings: the packages' own, so that each rule lives
-// in one place.
+// Limits on Config's timings.
 const (
-	minLockTTL      = refresher.MinLockTTL
-	minPollInterval = cache.MinPollInterval
+	// minLockTTL: a renewal gets half of the TTL, a round trip to Redis
+	// and a retry included.
+	minLockTTL = 300 * time.Millisecond
+	// minPollInterval keeps the catch-up reads from loading Redis.
+	minPollInterval = 10 * time.Millisecond
 )
 
 // FieldError is one problem of a Config, naming the field it concerns
@@ -432,22 +434,6 @@ func (h HTTPConfig) weakKeys() []error {
 	return errs
 }
 
-// nameRule says what validName accepts.
-const nameRule = "1 to 40 of a-z, 0-9 and -, not starting with -"
-
-// validName is the rule for token names: [a-z0-9][a-z0-9-]{0,39}.
-func validName(s string) bool {
-	if s == "" || len(s) > 40 || s[0] == '-' {
-		return false
-	}
-	for _, r := range s {
-		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '-' {
-			return false
-		}
-	}
-	return true
-}
-
 // check returns every problem of one token, each naming its field as
 // field names it. own is false when its timings are Config's, checked
 // there; needSource asks for a Source or RDP.
@@ -456,8 +442,8 @@ func (t TokenConfig) check(field func(string) string, own, needSource bool) []er
 	fail := func(name, format string, args ...any) {
 		errs = append(errs, &FieldError{field(name), fmt.Sprintf(format, args...)})
 	}
-	if !validName(t.Name) {
-		fail("Name", "%q is not a token name: %s", t.Name, nameRule)
+	if !catalog.ValidName(t.Name) {
+		fail("Name", "%q is not a token name: %s", t.Name, catalog.NameRule)
 	}
 	if own {
 		for _, d := range []struct {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/internal/catalog"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
@@ -103,8 +104,8 @@ func statusOf(s refresher.Status) Status {
 // fields of one replica's own view are empty. A name no token may have is
 // a *FieldError, found before Redis is asked.
 func ReadStatus(ctx context.Context, rdb Redis, name string) (Status, error) {
-	if !validName(name) {
-		return Status{}, &FieldError{"Name", fmt.Sprintf("%q is not a token name: %s", name, nameRule)}
+	if !catalog.ValidName(name) {
+		return Status{}, &FieldError{"Name", fmt.Sprintf("%q is not a token name: %s", name, catalog.NameRule)}
 	}
 	keys := cache.KeysFor(name)
 	f, err := refresher.ReadFleet(ctx, rdb, keys, time.Now())

@@ -132,9 +132,6 @@ type redisClock struct {
 	ms   int64
 }
 
-// MinPollInterval is the shortest poll interval.
-const MinPollInterval = 10 * time.Millisecond
-
 // Store is one replica's view of the shared token. Create it with New and
 // keep it current with Run. All methods are safe for concurrent use.
 type Store struct {
@@ -188,9 +185,6 @@ func New(rdb redisClient, cfg Config) (*Store, error) {
 	}
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 2 * time.Second
-	}
-	if cfg.PollInterval < MinPollInterval {
-		return nil, fmt.Errorf("cache: poll interval %v is shorter than %v", cfg.PollInterval, MinPollInterval)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()

@@ -103,15 +103,14 @@ type Build struct {
 	GoVersion string `json:"go_version"`
 }
 
-// Config configures a Server. The zero value of each field but the keys is
-// usable: at least ReaderKeys or AllowAnonymous must be set.
+// Config configures a Server. The zero value of each field is usable;
+// without ReaderKeys, a reader of Keys or Security.Identities, or
+// AllowAnonymous, no one may read.
 type Config struct {
 	// Instance names this replica in the X-Tokenkeeper-Instance header and
 	// in Status. Default: the host name.
 	Instance string
-	// ReaderKeys may read the token (TOKENKEEPER_API_KEYS). Required
-	// unless AllowAnonymous is set, or Keys or Security.Identities hold a
-	// reader.
+	// ReaderKeys may read the token (TOKENKEEPER_API_KEYS).
 	ReaderKeys []string
 	// AdminKeys may read the token, read the status and ask for a refresh
 	// (TOKENKEEPER_ADMIN_KEYS). Without them the admin routes do not exist
@@ -220,25 +219,19 @@ type Server struct {
 }
 
 // New builds a Server that serves tokens and asks ctl for the admin
-// routes. ctl may be nil when cfg has no admin keys. It rejects a
-// configuration with no reader key and no explicit anonymous reads, and
-// keys no client could present (empty, padded with white space).
+// routes. ctl may be nil when cfg has no admin keys. It rejects keys no
+// client could present (empty, padded with white space).
 func New(cfg Config, tokens []Token, ctl controller) (*Server, error) {
 	cat, err := newCatalog(tokens)
 	if err != nil {
 		return nil, err
 	}
+	// Whether anyone may read (reader keys or identities, or anonymous
+	// reads) is the front door's rule (tokenkeeper.Config); a Server
+	// without readers answers every read 401.
 	admin := len(cfg.AdminKeys) > 0
-	reader := len(cfg.ReaderKeys) > 0
 	for _, k := range cfg.Keys {
 		admin = admin || k.Role == RoleAdmin
-		reader = reader || k.Role == RoleReader || k.Role == ""
-	}
-	for _, id := range cfg.Security.Identities {
-		reader = reader || id.Role == RoleReader || id.Role == ""
-	}
-	if !reader && !cfg.AllowAnonymous {
-		return nil, errors.New("httpapi: no reader keys: set TOKENKEEPER_API_KEYS (or a reader key or identity), or allow anonymous reads explicitly")
 	}
 	if admin && ctl == nil {
 		return nil, errors.New("httpapi: TOKENKEEPER_ADMIN_KEYS is set but there is no Controller for the admin routes")

@@ -742,8 +742,6 @@ func TestNew(t *testing.T) {
 	}{
 		{"reader keys", httpapi.Config{ReaderKeys: []string{readerKey}}, tokens, ctl, ""},
 		{"anonymous", httpapi.Config{AllowAnonymous: true}, tokens, ctl, ""},
-		{"no reader keys", httpapi.Config{}, tokens, ctl, "TOKENKEEPER_API_KEYS"},
-		{"only admin keys", httpapi.Config{AdminKeys: []string{adminKey}}, tokens, ctl, "TOKENKEEPER_API_KEYS"},
 		{"empty reader key", httpapi.Config{ReaderKeys: []string{readerKey, ""}}, tokens, ctl, "TOKENKEEPER_API_KEYS: key 2 of 2 is empty"},
 		{"padded reader key", httpapi.Config{ReaderKeys: []string{" a"}}, tokens, ctl, "TOKENKEEPER_API_KEYS: key 1 of 1 has leading or trailing white space"},
 		{"control char in key", httpapi.Config{ReaderKeys: []string{"a\nb"}}, tokens, ctl, "TOKENKEEPER_API_KEYS: key 1 of 1 contains a control character"},

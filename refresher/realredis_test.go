@@ -84,7 +84,7 @@ func startRealWith(t *testing.T, log *slog.Logger, name string, opt *redis.Optio
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := refresher.New(rcfg, rdb, store, src)
+	ref, err := refresher.New(withDefaults(rcfg), rdb, store, src)
 	if err != nil {
 		t.Fatal(err)
 	}

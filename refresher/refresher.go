@@ -41,12 +41,16 @@ type redisClient interface {
 	PTTL(ctx context.Context, key string) *redis.DurationCmd
 }
 
-// Config tunes a Refresher. Only Instance is required; zero values take
+// Config tunes a Refresher. Instance, LockTTL, RefreshBefore, RetryMin,
+// RetryMax, HandoverAfter and HandoverCooldown are required: the front
+// door (tokenkeeper.Config) owns their defaults and rules, and New trusts
+// them, panicking on a value no Config can give. Other zero values take
 // the defaults below.
 type Config struct {
 	// Instance names this replica in the lock, logs and status. Required.
 	Instance string
-	// LockTTL is the leader lock's time to live. Default: 10s.
+	// LockTTL is the leader lock's time to live: at least 300ms, so that
+	// a renewal (given half of it) holds a round trip and a retry.
 	LockTTL time.Duration
 	// RenewEvery is how often the leader renews the lock. It must be
 	// shorter than half of LockTTL. Default: LockTTL/4.
@@ -61,13 +65,13 @@ type Config struct {
 	// Default: 1s, or LockTTL/3 if shorter.
 	CheckEvery time.Duration
 	// RefreshBefore is the advisory window: the leader refreshes when this
-	// much of the token's life remains. Default: 15m.
+	// much of the token's life remains.
 	RefreshBefore time.Duration
 	// Jitter is the most by which a refresh is moved earlier at random.
 	// Default: RefreshBefore/10. Negative disables it.
 	Jitter time.Duration
-	// RetryMin and RetryMax bound the backoff between failed attempts.
-	// Defaults: 1s and 60s. The backoff is the fleet's: a new leader goes on
+	// RetryMin and RetryMax bound the backoff between failed attempts,
+	// 0 < RetryMin <= RetryMax. The backoff is the fleet's: a new leader goes on
 	// from the failures its predecessors recorded in Redis.
 	RetryMin, RetryMax time.Duration
 	// HandoverAfter is how many refresh attempts in a row may fail (the
@@ -75,12 +79,12 @@ type Config struct {
 	// hands leadership over: it releases the lock so that another replica,
 	// which may reach the upstream, tries. An attempt refused for good
 	// (400, 401 or 403 on sign-on: this replica's credentials) hands over
-	// at once. Default: 3.
+	// at once. At least 1.
 	HandoverAfter int
 	// HandoverCooldown is how long a replica that handed over stays out of
 	// elections, so that it is not re-elected ahead of one that has not
 	// failed; it stands again sooner when the lock stays free for a lock
-	// TTL (no other replica wants it). Default: 1m.
+	// TTL (no other replica wants it).
 	HandoverCooldown time.Duration
 	// Clock is the time the election, the refresh loop and the heartbeat
 	// run on: dates and every timer. Default: clock.Real(). The timeouts
@@ -124,10 +128,6 @@ type Config struct {
 	// refresh attempt (tracing.go). Default: the global one.
 	TracerProvider trace.TracerProvider
 }
-
-// MinLockTTL is the shortest lock TTL: a renewal gets half of it, a round
-// trip to Redis and a retry included.
-const MinLockTTL = 300 * time.Millisecond
 
 // Refresher runs the election and, while leading, the refresh loop.
 // Create it with New and start it with Run; its other methods are safe to
@@ -175,14 +175,9 @@ func New(cfg Config, rdb redisClient, store *cache.Store, src Source) (*Refreshe
 	if rdb == nil || store == nil || src == nil {
 		return nil, errors.New("refresher: Redis client, store and source are required")
 	}
-	if cfg.Instance == "" {
-		return nil, errors.New("refresher: instance id is required")
-	}
-	if cfg.LockTTL == 0 {
-		cfg.LockTTL = 10 * time.Second
-	}
-	if cfg.LockTTL < MinLockTTL {
-		return nil, fmt.Errorf("refresher: lock TTL %v is shorter than %v", cfg.LockTTL, MinLockTTL)
+	if cfg.Instance == "" || cfg.LockTTL <= 0 || cfg.RefreshBefore <= 0 || cfg.RetryMin <= 0 || cfg.RetryMax < cfg.RetryMin ||
+		cfg.HandoverAfter < 1 || cfg.HandoverCooldown <= 0 {
+		panic("refresher: Config lacks what the front door sets: Instance, LockTTL, RefreshBefore, 0 < RetryMin <= RetryMax, HandoverAfter, HandoverCooldown")
 	}
 	if cfg.RenewEvery == 0 {
 		cfg.RenewEvery = cfg.LockTTL / 4
@@ -202,38 +197,11 @@ func New(cfg Config, rdb redisClient, store *cache.Store, src Source) (*Refreshe
 	if cfg.CheckEvery < 0 {
 		return nil, fmt.Errorf("refresher: check interval %v is negative", cfg.CheckEvery)
 	}
-	if cfg.RefreshBefore == 0 {
-		cfg.RefreshBefore = 15 * time.Minute
-	}
-	if cfg.RefreshBefore < 0 {
-		return nil, fmt.Errorf("refresher: refresh window %v is negative", cfg.RefreshBefore)
-	}
 	if cfg.Jitter == 0 {
 		cfg.Jitter = cfg.RefreshBefore / 10
 	}
 	if cfg.Jitter < 0 {
 		cfg.Jitter = 0
-	}
-	if cfg.RetryMin == 0 {
-		cfg.RetryMin = time.Second
-	}
-	if cfg.RetryMax == 0 {
-		cfg.RetryMax = time.Minute
-	}
-	if cfg.RetryMin <= 0 || cfg.RetryMax < cfg.RetryMin {
-		return nil, fmt.Errorf("refresher: retry backoff must satisfy 0 < min (%v) <= max (%v)", cfg.RetryMin, cfg.RetryMax)
-	}
-	if cfg.HandoverAfter == 0 {
-		cfg.HandoverAfter = 3
-	}
-	if cfg.HandoverAfter < 0 {
-		return nil, fmt.Errorf("refresher: handover after %d failures must be at least 1", cfg.HandoverAfter)
-	}
-	if cfg.HandoverCooldown == 0 {
-		cfg.HandoverCooldown = time.Minute
-	}
-	if cfg.HandoverCooldown < 0 {
-		return nil, fmt.Errorf("refresher: handover cooldown %v is negative", cfg.HandoverCooldown)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()

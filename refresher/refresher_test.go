@@ -194,10 +194,10 @@ func (w *world) startReplica(name string, src refresher.Source, tm timings, hear
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := refresher.New(refresher.Config{
+	ref, err := refresher.New(withDefaults(refresher.Config{
 		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, HandoverAfter: tm.handoverAfter,
 		Clock: w.tl.Clock, Logger: quiet.With("r", name), Version: "v-test", Registerer: reg,
-	}, rdb, store, src)
+	}), rdb, store, src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,27 +315,62 @@ func TestNewRejectsImpossibleSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := &source{lifetime: time.Minute}
-	tests := []struct {
+	// Its own settings it checks, with an error.
+	for _, tt := range []struct {
 		name string
 		cfg  refresher.Config
 	}{
-		{"no instance", refresher.Config{}},
 		{"renewal as long as TTL", refresher.Config{Instance: "a", LockTTL: time.Second, RenewEvery: time.Second}},
 		{"renewal over half TTL", refresher.Config{Instance: "a", LockTTL: time.Second, RenewEvery: 600 * time.Millisecond}},
-		{"tiny TTL", refresher.Config{Instance: "a", LockTTL: time.Millisecond}},
-		{"retry max below min", refresher.Config{Instance: "a", RetryMin: time.Second, RetryMax: time.Millisecond}},
-		{"negative window", refresher.Config{Instance: "a", RefreshBefore: -time.Second}},
-	}
-	for _, tt := range tests {
+	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := refresher.New(tt.cfg, rdb, store, src); err == nil {
+			if _, err := refresher.New(withDefaults(tt.cfg), rdb, store, src); err == nil {
 				t.Fatal("got nil error, want one")
 			}
 		})
 	}
-	if _, err := refresher.New(refresher.Config{Instance: "a"}, rdb, store, src); err != nil {
+	// What the front door sets and checks it trusts: a Config without
+	// them is a programming error.
+	for _, tt := range []struct {
+		name string
+		cfg  refresher.Config
+	}{
+		{"no instance", withDefaults(refresher.Config{})},
+		{"no TTL", refresher.Config{Instance: "a", RefreshBefore: time.Minute, RetryMin: time.Second, RetryMax: time.Second, HandoverAfter: 1, HandoverCooldown: time.Second}},
+		{"retry max below min", withDefaults(refresher.Config{Instance: "a", RetryMin: time.Second, RetryMax: time.Millisecond})},
+		{"negative window", withDefaults(refresher.Config{Instance: "a", RefreshBefore: -time.Second})},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			defer func() {
+				if recover() == nil {
+					t.Fatal("New did not panic")
+				}
+			}()
+			refresher.New(tt.cfg, rdb, store, src)
+		})
+	}
+	if _, err := refresher.New(withDefaults(refresher.Config{Instance: "a"}), rdb, store, src); err != nil {
 		t.Fatalf("defaults: %v", err)
 	}
+}
+
+// withDefaults is cfg with the front door's defaults where it has none,
+// as tokenkeeper.New gives them.
+func withDefaults(cfg refresher.Config) refresher.Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&cfg.LockTTL, 10*time.Second)
+	def(&cfg.RefreshBefore, 15*time.Minute)
+	def(&cfg.RetryMin, time.Second)
+	def(&cfg.RetryMax, time.Minute)
+	def(&cfg.HandoverCooldown, time.Minute)
+	if cfg.HandoverAfter == 0 {
+		cfg.HandoverAfter = 3
+	}
+	return cfg
 }
 
 func TestNextRefresh(t *testing.T) {
@@ -769,7 +804,7 @@ func TestRefreshWithoutLeader(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ref, err := refresher.New(refresher.Config{Instance: "a", Clock: w.tl.Clock, Logger: quiet}, rdb, store, w.source(hour))
+		ref, err := refresher.New(withDefaults(refresher.Config{Instance: "a", Clock: w.tl.Clock, Logger: quiet}), rdb, store, w.source(hour))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -337,7 +337,7 @@ func TestBackoffAndHandoverOnFakeTime(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The defaults: lock TTL 10s, backoff from 1s to 1m, hand over after 3.
-		ref, err := refresher.New(refresher.Config{Instance: "a", Logger: quiet, Clock: w.tl.Clock}, rdb, store, src)
+		ref, err := refresher.New(withDefaults(refresher.Config{Instance: "a", Logger: quiet, Clock: w.tl.Clock}), rdb, store, src)
 		if err != nil {
 			t.Fatal(err)
 		}

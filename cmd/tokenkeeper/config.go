@@ -158,8 +158,8 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 		PollInterval:     v.duration("TOKENKEEPER_POLL_INTERVAL"),
 		RetryMin:         v.duration("TOKENKEEPER_RETRY_MIN"),
 		RetryMax:         v.duration("TOKENKEEPER_RETRY_MAX"),
-		AuthPerMinute:    v.integer("TOKENKEEPER_AUTH_CALLS_PER_MINUTE"),
-		HandoverAfter:    v.integer("TOKENKEEPER_HANDOVER_AFTER"),
+		AuthPerMinute:    v.atLeastOne("TOKENKEEPER_AUTH_CALLS_PER_MINUTE"),
+		HandoverAfter:    v.atLeastOne("TOKENKEEPER_HANDOVER_AFTER"),
 		HandoverCooldown: v.duration("TOKENKEEPER_HANDOVER_COOLDOWN"),
 		ShutdownDrain:    v.nonNegative("TOKENKEEPER_SHUTDOWN_DRAIN"),
 		LogFormat:        v.str("TOKENKEEPER_LOG_FORMAT"),
@@ -212,13 +212,6 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	}
 	if c.RDP.Auth != "v1" && c.RDP.Auth != "v2" {
 		v.fail("RDP_AUTH: %q is not v1 or v2", c.RDP.Auth)
-	}
-	// Zero is the library's "default"; written in a variable, it is a mistake.
-	if c.AuthPerMinute < 1 {
-		v.fail("TOKENKEEPER_AUTH_CALLS_PER_MINUTE: %d must be at least 1", c.AuthPerMinute)
-	}
-	if c.HandoverAfter < 1 {
-		v.fail("TOKENKEEPER_HANDOVER_AFTER: %d must be at least 1", c.HandoverAfter)
 	}
 	envIdentities := len(c.Security.Identities)
 	if c.Catalog != nil {
@@ -351,8 +344,6 @@ func checkRules(v *values, c Config, envIdentities int) {
 				v.fail("TOKENKEEPER_API_KEYS is required (or set TOKENKEEPER_ALLOW_ANONYMOUS=true to let anyone read the token)")
 			}
 			continue
-		case fe.Field == "AuthPerMinute", fe.Field == "HandoverAfter", fe.Field == "RedisMode", fe.Field == "RedisWait.Replicas":
-			continue // checked above, in the variable's own words
 		}
 		if m := identityField.FindStringSubmatch(fe.Field); m != nil {
 			i, _ := strconv.Atoi(m[1])

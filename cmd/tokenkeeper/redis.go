@@ -44,8 +44,7 @@ func parseRedis(v *values, c *Config, readFile func(string) ([]byte, error)) {
 			tlsConf = c.RedisCluster.TLSConfig
 		}
 	default:
-		v.fail("TOKENKEEPER_REDIS_MODE: %q is not single, sentinel or cluster", c.RedisMode)
-		return
+		return // the front door names the modes (RedisMode)
 	}
 	if err != nil {
 		v.fail("TOKENKEEPER_REDIS_URL: not a valid redis:// or rediss:// URL for %s mode", c.RedisMode)
@@ -59,9 +58,6 @@ func parseRedisWait(v *values, c *Config) {
 	c.RedisWait = tokenkeeper.RedisWait{
 		Replicas: v.integer("TOKENKEEPER_REDIS_WAIT_REPLICAS"),
 		Timeout:  v.duration("TOKENKEEPER_REDIS_WAIT_TIMEOUT"),
-	}
-	if c.RedisWait.Replicas < 0 {
-		v.fail("TOKENKEEPER_REDIS_WAIT_REPLICAS: %d must not be negative", c.RedisWait.Replicas)
 	}
 }
 

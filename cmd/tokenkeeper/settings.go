@@ -125,6 +125,22 @@ func (v *values) integer(env string) int {
 	return n
 }
 
+// atLeastOne is a count of at least one. Zero is the front door's
+// "default", so written in a variable it is a mistake; a refused value
+// reads as zero, which the front door takes as its default, so the
+// mistake is reported once.
+func (v *values) atLeastOne(env string) int {
+	parsed := len(v.errs)
+	n := v.integer(env)
+	if n >= 1 {
+		return n
+	}
+	if len(v.errs) == parsed {
+		v.fail("%s: %d must be at least 1", env, n)
+	}
+	return 0
+}
+
 func (v *values) boolean(env string) bool {
 	s := v.str(env)
 	b, err := strconv.ParseBool(s)

@@ -92,6 +92,8 @@ func runStatus(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	rc := Config{LockTTL: timeout}
 	parseRedis(v, &rc, os.ReadFile)
+	// The front door's rule of the mode (serve applies all of them).
+	checkRules(v, Config{RedisMode: rc.RedisMode, AllowAnonymous: true}, 0)
 	if err := v.err(); err != nil {
 		return configError(err)
 	}

@@ -241,8 +241,12 @@ func (c *Catalog) Token(name string) (Token, bool) {
 	return Token{}, false
 }
 
+// NameRule says, for people, what ValidName accepts.
+const NameRule = "1 to 40 of a-z, 0-9 and -, not starting with -"
+
 // ValidName reports whether s is a valid token or key name:
-// [a-z0-9][a-z0-9-]{0,39}.
+// [a-z0-9][a-z0-9-]{0,39}. The front door checks its token names with it
+// too: the rule lives here alone.
 func ValidName(s string) bool {
 	if s == "" || len(s) > 40 || s[0] == '-' {
 		return false

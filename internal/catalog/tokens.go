@@ -77,8 +77,7 @@ func (p *parser) name(b *block) string {
 	p.require(b, "", "name")
 	s, ok := p.text(b, "name", "", false)
 	if ok && !ValidName(s) {
-		p.add(b.lineOf("name"), b.at("name"), "%q is not a valid name: 1 to 40 of a-z, 0-9 and -, "+
-			"not starting with -", s)
+		p.add(b.lineOf("name"), b.at("name"), "%q is not a valid name: %s", s, NameRule)
 	}
 	return s
 }
