@@ -81,8 +81,23 @@ func TestEmbeddedAndServeShareOneFleet(t *testing.T) {
 		st, err := keepers[0].Status(context.Background())
 		return err == nil && len(st[0].Replicas) == 3
 	})
-	if got := fleet.RDP.Stats().LivenessCalls; got != 1 {
-		t.Errorf("upstream liveness calls: got %d, want 1", got)
+	// One upstream call per token lifetime: on a busy machine the waits
+	// above can outlast the first token's refresh window (a refresh falls
+	// due Before, and up to a tenth of it more, ahead of expiry), and then
+	// the leader rightly fetches the next. What the fleet promises is no
+	// second call for one token: each token issued when the one before had
+	// at most that window left, and what the leader's dating may run
+	// early by (the token is dated from the call's send, and its stored
+	// life cut by a Redis command's timeout): an upstream call's timeout
+	// and half the lock TTL.
+	st2 := fleet.RDP.Stats()
+	if st2.LivenessCalls != len(st2.Tokens) {
+		t.Errorf("upstream liveness calls: %d for %d tokens: a call was wasted", st2.LivenessCalls, len(st2.Tokens))
+	}
+	for i := 1; i < len(st2.Tokens); i++ {
+		if left := st2.Tokens[i-1].ExpiresAt.Sub(st2.Tokens[i].IssuedAt); left > keepertest.Before+keepertest.Before/10+keepertest.RDPTimeout+keepertest.LockTTL/2 {
+			t.Errorf("token %d issued with %v left on the one before: more than one call per lifetime", i+1, left.Round(time.Millisecond))
+		}
 	}
 	if tok, ok := keepers[1].Current(tokenkeeper.Name); !ok || tok.Value != token {
 		t.Errorf("Current on embedded-b: got %v, want the token served over HTTP", ok)

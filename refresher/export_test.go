@@ -1,10 +1,14 @@
 package refresher
 
+import (
+	mrand "math/rand/v2"
+	"time"
+)
+
 // Exported for the tests of package refresher_test.
 var (
 	NextRefresh = nextRefreshAt
 	HolderOf    = holderOf
-	Backoff     = backoff
 )
 
 var ErrAuthBudget = errAuthBudget
@@ -18,3 +22,8 @@ const (
 )
 
 type AuthBudget = authBudget
+
+// Backoff is backoff on the process's generator.
+func Backoff(n int, minWait, maxWait, retryAfter time.Duration) time.Duration {
+	return backoff(mrand.New(processRand{}), n, minWait, maxWait, retryAfter)
+}

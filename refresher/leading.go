@@ -147,7 +147,7 @@ func (r *Refresher) inherit(ctx context.Context, st *leaderState) {
 	}
 	last := atts[0]
 	st.attempt = n
-	st.retryAt = last.At.Add(backoff(n, r.cfg.RetryMin, r.cfg.RetryMax, last.RetryAfter))
+	st.retryAt = last.At.Add(backoff(r.rand, n, r.cfg.RetryMin, r.cfg.RetryMax, last.RetryAfter))
 	r.log.Info("going on from the fleet's failed refreshes", "failures_in_a_row", n, "last_by", last.By,
 		"retry_in", max(st.retryAt.Sub(r.cfg.Clock.Now()), 0).Round(time.Millisecond))
 }
@@ -197,7 +197,7 @@ func (r *Refresher) due(st *leaderState) time.Time {
 		f, seen := st.jitter[tok.Value]
 		if !seen {
 			clear(st.jitter) // keep one entry: the current token
-			f = mrand.Float64()
+			f = r.rand.Float64()
 			st.jitter[tok.Value] = f
 		}
 		at = nextRefreshAt(tok, r.cfg.RefreshBefore, time.Duration(f*float64(r.cfg.Jitter)), r.store.ServeMargin())
@@ -248,9 +248,9 @@ func nextRefreshAt(tok cache.Token, refreshBefore, jitter, margin time.Duration)
 }
 
 // backoff returns the wait after the n-th failure in a row (n >= 1): a
-// random duration in [min, min(max, min*2^(n-1))], and never less than
-// retryAfter (capped at 10 minutes).
-func backoff(n int, minWait, maxWait, retryAfter time.Duration) time.Duration {
+// random duration in [min, min(max, min*2^(n-1))], drawn from rnd, and
+// never less than retryAfter (capped at 10 minutes).
+func backoff(rnd *mrand.Rand, n int, minWait, maxWait, retryAfter time.Duration) time.Duration {
 	ceiling := maxWait
 	if n < 31 {
 		if c := minWait << (n - 1); c > 0 && c < maxWait {
@@ -259,7 +259,7 @@ func backoff(n int, minWait, maxWait, retryAfter time.Duration) time.Duration {
 	}
 	d := minWait
 	if ceiling > minWait {
-		d += mrand.N(ceiling - minWait + 1)
+		d += time.Duration(rnd.Int64N(int64(ceiling - minWait + 1)))
 	}
 	return max(d, min(retryAfter, 10*time.Minute))
 }
@@ -319,7 +319,7 @@ func (r *Refresher) attempt(ctx context.Context, st *leaderState) error {
 		st.attempt++
 		st.failed++
 		retryAfter = upstream.RetryAfter(err)
-		wait := backoff(st.attempt, r.cfg.RetryMin, r.cfg.RetryMax, retryAfter)
+		wait := backoff(r.rand, st.attempt, r.cfg.RetryMin, r.cfg.RetryMax, retryAfter)
 		if !upstream.IsRetryable(err) && !errors.Is(err, cache.ErrFenced) {
 			wait = max(wait, r.cfg.RetryMax)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,7 +93,11 @@ type Config struct {
 	// timers, through context.WithTimeout: they bound I/O against the
 	// Redis client's own socket timeouts, which no Clock moves, and date
 	// nothing. A lock renewal's timeout is the lease left as the Clock
-	// counts it.
+	// counts it. A Clock that also has a method Rand() *rand.Rand
+	// (math/rand/v2, safe for concurrent use) is the source of the
+	// refresher's random choices too (the refresh jitter, the backoff), so
+	// that a simulated host's run follows its seed; any other Clock leaves
+	// them to the process's generator.
 	Clock clock.Clock
 	// Logger receives leadership and refresh logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -140,7 +145,8 @@ type Refresher struct {
 	locker *redislock.Client
 	log    *slog.Logger
 	tracer trace.Tracer
-	name   string // the token's name, in spans
+	name   string      // the token's name, in spans
+	rand   *mrand.Rand // the refresh jitter and the backoff (Config.Clock)
 
 	leading atomic.Bool
 	// stepDown asks the leader's loop to hand over (StepDown); one slot,
@@ -227,6 +233,10 @@ func New(cfg Config, rdb redisClient, store *cache.Store, src Source) (*Refreshe
 		log:      tracing.Logger(cfg.Logger).With("instance", cfg.Instance),
 		tracer:   tracing.Tracer(cfg.TracerProvider),
 		name:     tracing.TokenName(store.Keys().Token),
+		rand:     mrand.New(processRand{}),
+	}
+	if c, ok := cfg.Clock.(interface{ Rand() *mrand.Rand }); ok {
+		r.rand = c.Rand()
 	}
 	var err error
 	if r.metrics, err = newMetrics(cfg.Registerer, r); err != nil {
@@ -234,6 +244,12 @@ func New(cfg Config, rdb redisClient, store *cache.Store, src Source) (*Refreshe
 	}
 	return r, nil
 }
+
+// processRand is the process's generator (math/rand/v2's top-level
+// functions) as a Source.
+type processRand struct{}
+
+func (processRand) Uint64() uint64 { return mrand.Uint64() }
 
 // StepDown asks this replica, when it leads, to release the lock and stay
 // out of the election for a lock TTL, long enough for a replica standing

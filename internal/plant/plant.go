@@ -39,7 +39,8 @@ const (
 	// that moment) is forgotten, so another is fetched (invariant 3).
 	UnsavedForgotten Bug = "unsaved-forgotten"
 	// FenceOff: the token write does not check that the writer still
-	// holds the lock (invariant 2 or 3, when a deposed leader writes).
+	// holds the lock, so a deposed leader's late write is stored
+	// (invariant 9, the fence: found once a frozen leader resumes).
 	FenceOff Bug = "fence-off"
 	// WriteBudgetOff: the token write is cut by the longest recent round
 	// trip only, as before the simulator found that go-redis may send it

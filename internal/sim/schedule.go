@@ -15,9 +15,11 @@ type Kind string
 // those that name a replica act on Fault.Replica.
 const (
 	// Replicas.
-	Crash   Kind = "crash"   // the replica dies without a word (its locks are not released), restarts after Dur
-	Stop    Kind = "stop"    // graceful stop (locks released), restart after Dur
-	Restart Kind = "restart" // graceful stop and immediate restart
+	Crash   Kind = "crash"       // the replica dies without a word (its locks are not released), restarts after Dur
+	Stop    Kind = "stop"        // graceful stop (locks released), restart after Dur
+	Restart Kind = "restart"     // graceful stop and immediate restart
+	Drift   Kind = "clock-drift" // the replica's clock runs fast or slow by Arg an hour (up to 3.6 s: 1000 ppm), its timers with it, for Dur
+	Freeze  Kind = "freeze"      // a GC pause or SIGSTOP for Dur: its timers and I/O stall, then its queued writes go out late (within their deadlines)
 
 	// Links of one replica.
 	RedisCut     Kind = "redis-cut"     // replica↔Redis partition: nothing arrives, commands time out
@@ -26,14 +28,17 @@ const (
 	UpCut        Kind = "upstream-cut"  // replica↔upstreams partition: calls hang until their timeout
 
 	// Redis, for the whole fleet.
-	RedisEmpty      Kind = "redis-restart-empty" // every key lost, every connection reset
-	RedisRestoreOld Kind = "redis-restore-old"   // armed for Dur: right after token Replica%2 is next written, the data set goes back to the last snapshot before that write
-	EvictLock       Kind = "evict-lock"          // every token's lock key deleted
-	EvictToken      Kind = "evict-token"         // every token's token key deleted
-	ScriptFlush     Kind = "script-flush"        // SCRIPT FLUSH
-	ForeignValue    Kind = "foreign-value"       // a string where a token's hash is
-	RedisSlow       Kind = "redis-slow"          // every replica's answers late by Arg
-	RedisBlipAtCall Kind = "redis-blip-at-call"  // Redis unreachable for the whole fleet for Arg from the next upstream call
+	RedisEmpty         Kind = "redis-restart-empty"   // every key lost, every connection reset
+	RedisRestoreOld    Kind = "redis-restore-old"     // armed for Dur: right after token Replica%2 is next written, the data set goes back to the last snapshot before that write
+	EvictLock          Kind = "evict-lock"            // every token's lock key deleted
+	EvictToken         Kind = "evict-token"           // every token's token key deleted
+	ScriptFlush        Kind = "script-flush"          // SCRIPT FLUSH
+	ForeignValue       Kind = "foreign-value"         // a string where a token's hash is
+	RedisSlow          Kind = "redis-slow"            // every replica's answers late by Arg
+	RedisBlipAtCall    Kind = "redis-blip-at-call"    // Redis unreachable for the whole fleet for Arg from the next upstream call
+	RedisRestoreAtCall Kind = "redis-restore-at-call" // armed for Dur: a second after the next call to upstream Replica%2, Redis restarts from its last snapshot, older than the token that call fetched
+	RedisFailover      Kind = "redis-failover"        // armed for Dur: Arg after token Replica%2 is next written, Redis fails over to a replica that missed that write (and the others since)
+	ClientPause        Kind = "client-pause-write"    // CLIENT PAUSE WRITE for Dur: every write (and every EVAL, EVALSHA, PUBLISH) waits
 
 	// Upstreams (Replica picks which: even the RDP fake, odd the OAuth2 one).
 	Up500      Kind = "upstream-500"       // 500 to every token call
@@ -55,10 +60,10 @@ var allKinds = []struct {
 	k Kind
 	w int
 }{
-	{Crash, 3}, {Stop, 3}, {Restart, 2},
+	{Crash, 3}, {Stop, 3}, {Restart, 2}, {Freeze, 4}, {Drift, 2},
 	{RedisCut, 3}, {RedisRefuse, 2}, {RedisLatency, 2}, {UpCut, 2},
 	{RedisEmpty, 2}, {RedisRestoreOld, 3}, {EvictLock, 2}, {EvictToken, 2}, {ScriptFlush, 2}, {ForeignValue, 2},
-	{RedisSlow, 2}, {RedisBlipAtCall, 2},
+	{RedisSlow, 2}, {RedisBlipAtCall, 2}, {RedisRestoreAtCall, 2}, {RedisFailover, 2}, {ClientPause, 2},
 	{Up500, 3}, {Up429, 2}, {UpAuth500, 2}, {UpHang, 2}, {UpSlow, 3}, {UpExpired, 2}, {UpMalformd, 2}, {UpSkew, 2}, {UpRevoke, 1},
 	{AdminRefresh, 3},
 }
@@ -145,8 +150,17 @@ func shape(rng *rand.Rand, k Kind) (dur, arg time.Duration) {
 		return 0, 0
 	case RedisLatency, RedisSlow:
 		return sec(5, 240), time.Duration(50+rng.IntN(3000)) * time.Millisecond
-	case RedisRestoreOld:
-		return sec(60, 600), 0
+	case RedisRestoreOld, RedisRestoreAtCall:
+		return sec(60, 300), 0
+	case RedisFailover:
+		return sec(60, 300), time.Duration(rng.IntN(3000)) * time.Millisecond
+	case Drift:
+		return sec(60, 300), time.Duration(rng.IntN(7201)-3600) * time.Millisecond
+	case Freeze:
+		// From a long GC pause to a stop of several lock TTLs.
+		return time.Duration(200+rng.IntN(40000)) * time.Millisecond, 0
+	case ClientPause:
+		return time.Duration(100+rng.IntN(15000)) * time.Millisecond, 0
 	case RedisBlipAtCall:
 		return sec(60, 300), time.Duration(500+rng.IntN(2500)) * time.Millisecond
 	case Up429:

@@ -71,6 +71,7 @@ func Run(s Schedule) Result {
 			w.snapshot()
 		}
 		w.strikeRestores()
+		w.strikeRestoreAtCall()
 		w.askDevices()
 		w.chk.step()
 		if len(w.chk.viol) > 0 {
@@ -105,6 +106,30 @@ func (w *world) apply(f Fault) {
 		if f.Kind == Restart {
 			r.startKeeper()
 		}
+	case Freeze:
+		// Thawed after Dur exactly, not at the next step.
+		if r.keeper() != nil {
+			r.clock.freeze()
+			time.AfterFunc(f.Dur, r.clock.thaw)
+		}
+	case Drift:
+		// Arg an hour: 3.6 ms an hour is one part per million.
+		r.clock.setDrift(int64(f.Arg / (3600 * time.Microsecond)))
+	case ClientPause:
+		w.mu.Lock()
+		if w.paused == nil {
+			p := make(chan struct{})
+			w.paused = p
+			time.AfterFunc(f.Dur, func() {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				if w.paused == p {
+					close(p)
+					w.paused = nil
+				}
+			})
+		}
+		w.mu.Unlock()
 	case RedisCut, RedisRefuse:
 		if l := r.redis(); l != nil {
 			l.set(map[Kind]linkState{RedisCut: linkCut, RedisRefuse: linkRefused}[f.Kind])
@@ -127,6 +152,15 @@ func (w *world) apply(f Fault) {
 		// the replica Redis fails over to has most likely missed it.
 		ti := f.Replica % 2
 		w.restores = append(w.restores, armedRestore{ti: ti, was: w.mini.HGet(keys(ti).Token, "v"), until: time.Now().Add(f.Dur)})
+	case RedisFailover:
+		// Armed likewise; the replica it fails over to has every write but
+		// those of the last Arg.
+		ti := f.Replica % 2
+		w.restores = append(w.restores, armedRestore{ti: ti, was: w.mini.HGet(keys(ti).Token, "v"), until: time.Now().Add(f.Dur), lag: f.Arg, fresh: true})
+	case RedisRestoreAtCall:
+		w.mu.Lock()
+		w.restoreAt = &armedRestore{ti: f.Replica % 2, until: time.Now().Add(f.Dur)}
+		w.mu.Unlock()
 	case EvictLock:
 		for i := range tokenNames {
 			w.mini.Del(keys(i).Lock)
@@ -188,6 +222,8 @@ func (w *world) apply(f Fault) {
 func (w *world) heal(f Fault) {
 	r := w.replicas[f.Replica%len(w.replicas)]
 	switch f.Kind {
+	case Drift:
+		r.clock.setDrift(0)
 	case Crash, Stop:
 		r.startKeeper()
 	case RedisCut, RedisRefuse:
@@ -348,23 +384,62 @@ type armedRestore struct {
 	ti    int
 	was   string
 	until time.Time
+	lag   time.Duration // strikes this long after the write
+	fresh bool          // snapshots are taken every step while it is armed
+	at    time.Time     // when it strikes, once the write happened
+	taken int           // RedisRestoreAtCall: how many snapshots there were at the call
 }
 
 // strikeRestores restores an older data set for each armed restore whose
 // token was written since it was armed.
 func (w *world) strikeRestores() {
 	kept := w.restores[:0]
+	fresh := false
+	now := time.Now()
 	for _, a := range w.restores {
 		switch {
-		case w.mini.HGet(keys(a.ti).Token, "v") != a.was:
+		case a.at.IsZero() && w.mini.HGet(keys(a.ti).Token, "v") != a.was:
+			a.at = now.Add(a.lag)
+			fallthrough
+		case !a.at.IsZero():
+			if now.Before(a.at) {
+				kept = append(kept, a)
+				continue
+			}
 			w.restore(a.ti)
-			w.chk.lossAt = time.Now()
-			w.chk.wipes = append(w.chk.wipes, time.Now())
-		case time.Now().Before(a.until):
+			w.chk.lossAt = now
+			w.chk.wipes = append(w.chk.wipes, now)
+		case now.Before(a.until):
 			kept = append(kept, a)
+			fresh = fresh || a.fresh
 		}
 	}
 	w.restores = kept
+	if fresh {
+		w.snapshot()
+	}
+}
+
+// strikeRestoreAtCall restores, a second after the upstream call an
+// armed RedisRestoreAtCall waited for, the newest snapshot taken before
+// that call.
+func (w *world) strikeRestoreAtCall() {
+	w.mu.Lock()
+	a := w.restoreAt
+	if a == nil || a.at.IsZero() && time.Now().Before(a.until) || !a.at.IsZero() && time.Now().Before(a.at) {
+		w.mu.Unlock()
+		return
+	}
+	w.restoreAt = nil
+	taken := a.taken
+	struck := !a.at.IsZero()
+	w.mu.Unlock()
+	if !struck {
+		return // no call while it was armed
+	}
+	w.restoreFrom(taken)
+	w.chk.lossAt = time.Now()
+	w.chk.wipes = append(w.chk.wipes, time.Now())
 }
 
 // restore replaces the data set with an older one, and resets every
@@ -383,6 +458,20 @@ func (w *world) restore(ti int) {
 			s = x
 		}
 	}
+	w.load(s)
+}
+
+// restoreFrom restores the newest of the first n snapshots (those taken
+// before some moment), or the oldest kept.
+func (w *world) restoreFrom(n int) {
+	if len(w.snapshots) == 0 {
+		return
+	}
+	w.load(w.snapshots[max(min(n, len(w.snapshots))-1, 0)])
+}
+
+// load replaces the data set with s and resets every connection.
+func (w *world) load(s snapshot) {
 	ctx := context.Background()
 	w.mini.FlushAll()
 	now := time.Now().UnixMilli()

@@ -9,10 +9,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/alicebob/miniredis/v2/server"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 
@@ -89,6 +91,12 @@ type world struct {
 	snapshots []snapshot
 	restores  []armedRestore
 	upLate    [3]time.Duration // each upstream's answers arrive this late
+	paused    chan struct{}    // closed when CLIENT PAUSE WRITE ends; nil when writes run
+	restoreAt *armedRestore    // a RedisRestoreAtCall armed (until zero) or striking (at set)
+
+	hookMu   sync.Mutex            // guards bypass and breaches
+	bypass   map[*server.Peer]bool // commands the hook dispatches itself
+	breaches []string              // token writes stored from a replica without the lock (invariant 9)
 
 	devMu  sync.Mutex
 	devGot []deviceAnswer // answers to device requests, checked at the next step
@@ -120,7 +128,15 @@ func newWorld(s Schedule, logs *logScan) *world {
 	w := &world{s: s, rng: rand.New(rand.NewPCG(s.Seed, 0xc11e)), start: time.Now(), logs: logs}
 	w.mini = miniredis.NewMiniRedis()
 	w.mini.ClockTTL(true)
-	w.admin = redis.NewClient(w.redisOptions(func(context.Context, string, string) (net.Conn, error) { return w.mini.Dial() }))
+	// The first dial starts the server in memory; then the hook goes in.
+	if c, err := w.mini.Dial(); err == nil {
+		c.Close()
+	}
+	w.bypass = map[*server.Peer]bool{}
+	w.mini.Server().SetPreHook(w.hook)
+	admin := w.redisOptions(func(context.Context, string, string) (net.Conn, error) { return w.mini.Dial() })
+	admin.ClientName = adminName
+	w.admin = redis.NewClient(admin)
 	for i := range w.up {
 		w.up[i] = fakerdp.New(fakerdp.Config{
 			ClientID: clientID, ClientSecret: clientSecret,
@@ -130,7 +146,7 @@ func newWorld(s Schedule, logs *logScan) *world {
 	w.chk = newChecker(w)
 	for i := range s.Replicas {
 		// Each host's wall clock is off by up to half an hour.
-		r := &replica{w: w, idx: i, name: fmt.Sprintf("r%d", i), clock: &hostClock{}}
+		r := &replica{w: w, idx: i, name: fmt.Sprintf("r%d", i), clock: newHostClock(s.Seed, i)}
 		r.clock.step(time.Duration(w.rng.Int64N(int64(time.Hour))) - 30*time.Minute)
 		w.replicas = append(w.replicas, r)
 	}
@@ -172,8 +188,8 @@ func (r *replica) startKeeper() error {
 		return nil
 	}
 	w := r.w
-	r.rl = &redisLink{w: w, changed: make(chan struct{}), conns: map[*linkConn]struct{}{}}
-	r.ul = &upLink{w: w}
+	r.rl = &redisLink{w: w, host: r.clock, changed: make(chan struct{}), conns: map[*linkConn]struct{}{}}
+	r.ul = &upLink{w: w, host: r.clock}
 	r.rdb = redis.NewClient(w.redisOptions(r.rl.dial))
 	hc := &http.Client{Transport: r.ul, Timeout: UpTimeout}
 	log := slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelInfo})).With("replica", r.name)
@@ -223,6 +239,8 @@ func (r *replica) stop(crash bool) error {
 		r.rl.set(linkRefused)
 		r.ul.set(linkRefused)
 	}
+	// A frozen process is killed or stopped as it resumes.
+	r.clock.thaw()
 	r.cancel()
 	err := <-r.done
 	r.rdb.Close()
@@ -252,6 +270,7 @@ var errRefused = errors.New("sim: connection refused")
 // slow down.
 type redisLink struct {
 	w       *world
+	host    *hostClock // frozen: writes wait, answers are held
 	mu      sync.Mutex
 	state   linkState
 	latency time.Duration
@@ -327,15 +346,31 @@ type linkConn struct {
 	l *redisLink
 
 	mu       sync.Mutex
-	queue    []delayed // writes on their way, when the link is slow
+	queue    []delayed // writes on their way, when the link is slow or the replica frozen
 	pumping  bool
 	closed   bool
-	answered bool // the handshake is done: faults apply
+	answered bool      // the handshake is done: faults apply
+	wdl      time.Time // the write deadline
 }
 
 type delayed struct {
 	due time.Time
 	p   []byte
+	wdl time.Time // the write deadline when it was written
+}
+
+func (c *linkConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.wdl = t
+	c.mu.Unlock()
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *linkConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.wdl = t
+	c.mu.Unlock()
+	return c.Conn.SetWriteDeadline(t)
 }
 
 // Write sends p, late by the link's latency: a command arrives late, and
@@ -364,7 +399,8 @@ func (c *linkConn) Write(p []byte) (int, error) {
 		c.mu.Unlock()
 		return 0, net.ErrClosed
 	}
-	if latency <= 0 && len(c.queue) == 0 {
+	frozen := c.l.host.isFrozen()
+	if latency <= 0 && len(c.queue) == 0 && !frozen {
 		c.mu.Unlock()
 		return c.Conn.Write(p)
 	}
@@ -372,7 +408,7 @@ func (c *linkConn) Write(p []byte) (int, error) {
 	if n := len(c.queue); n > 0 && due.Before(c.queue[n-1].due) {
 		due = c.queue[n-1].due
 	}
-	c.queue = append(c.queue, delayed{due: due, p: append([]byte(nil), p...)})
+	c.queue = append(c.queue, delayed{due: due, p: append([]byte(nil), p...), wdl: c.wdl})
 	if !c.pumping {
 		c.pumping = true
 		go c.pump()
@@ -394,6 +430,22 @@ func (c *linkConn) pump() {
 		d := c.queue[0]
 		c.mu.Unlock()
 		time.Sleep(time.Until(d.due))
+		// A frozen replica sends nothing until it runs again, and then
+		// only what its deadline still allows (the write fails, and
+		// with it the connection, as a socket's write past its deadline
+		// does).
+		if c.l.host.isFrozen() {
+			<-c.l.host.thawed()
+			if !d.wdl.IsZero() && !time.Now().Before(d.wdl) {
+				c.mu.Lock()
+				c.closed = true
+				c.queue = nil
+				c.pumping = false
+				c.mu.Unlock()
+				c.Conn.Close()
+				return
+			}
+		}
 		if state, _, _ := c.l.view(); state != linkCut {
 			if _, err := c.Conn.Write(d.p); err != nil {
 				c.mu.Lock()
@@ -422,6 +474,7 @@ func (c *linkConn) Read(p []byte) (int, error) {
 		if state, _, _ := c.l.view(); state == linkCut && !fresh {
 			continue // lost on the way: wait for the read deadline
 		}
+		<-c.l.host.thawed() // a frozen replica reads nothing
 		return n, err
 	}
 }
@@ -440,6 +493,7 @@ func (c *linkConn) Close() error {
 // hands each request to the fake in memory, and that faults cut.
 type upLink struct {
 	w     *world
+	host  *hostClock // frozen: calls wait, answers are held
 	mu    sync.Mutex
 	state linkState
 }
@@ -451,6 +505,7 @@ func (l *upLink) set(s linkState) {
 }
 
 func (l *upLink) RoundTrip(req *http.Request) (*http.Response, error) {
+	<-l.host.thawed() // a frozen replica calls nobody
 	l.mu.Lock()
 	state := l.state
 	l.mu.Unlock()
@@ -487,6 +542,7 @@ func (l *upLink) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		t.Stop()
 	}
+	<-l.host.thawed() // nor reads an answer
 	if err := req.Context().Err(); err != nil {
 		return nil, err
 	}
@@ -503,6 +559,10 @@ func (w *world) upstreamCall(up int, path string) {
 	if path == fakerdp.AuthV2Path || path == fakerdp.OAuth2TokenPath {
 		w.signOns[up] = append(w.signOns[up], time.Now())
 	}
+	if a := w.restoreAt; a != nil && a.at.IsZero() && up == a.ti && (path == upstream.DefaultLivenessPath || path == fakerdp.OAuth2TokenPath) {
+		a.at = time.Now().Add(time.Second)
+		a.taken = len(w.snapshots)
+	}
 	if w.blip != nil && (path == upstream.DefaultLivenessPath || path == fakerdp.OAuth2TokenPath) {
 		w.blipUntil = time.Now().Add(w.blip.Arg)
 		w.blip = nil
@@ -511,3 +571,99 @@ func (w *world) upstreamCall(up int, path string) {
 
 // keys are the Redis keys of token i.
 func keys(i int) cache.Keys { return cache.KeysFor(tokenNames[i]) }
+
+// adminName is the Redis client name of the simulator's own client, which
+// no fault of Redis's holds back.
+const adminName = "sim-admin"
+
+// writeArgs is how many arguments the token's write script takes
+// (cache/lua/write.lua).
+const writeArgs = 11
+
+// hook runs before every command Redis serves: it holds back writes
+// while CLIENT PAUSE WRITE is in force, and checks that a token write is
+// stored only from the replica holding the token's lock (invariant 9).
+func (w *world) hook(c *server.Peer, cmd string, args ...string) bool {
+	if cmd == "HELLO" {
+		// miniredis ignores HELLO's SETNAME, which go-redis sends.
+		for i := 0; i+1 < len(args); i++ {
+			if strings.EqualFold(args[i], "SETNAME") {
+				c.ClientName = args[i+1]
+			}
+		}
+		return false
+	}
+	w.hookMu.Lock()
+	bypass := w.bypass[c]
+	w.hookMu.Unlock()
+	if bypass || c.ClientName == adminName {
+		return false
+	}
+	if w.pausesWrite(cmd) {
+		w.mu.Lock()
+		p := w.paused
+		w.mu.Unlock()
+		if p != nil {
+			<-p
+		}
+	}
+	if cmd != "EVALSHA" && cmd != "EVAL" || len(args) != 4+writeArgs || args[1] != "2" {
+		return false
+	}
+	ti := -1
+	for i := range tokenNames {
+		if k := keys(i); args[2] == k.Token && args[3] == k.Lock {
+			ti = i
+		}
+	}
+	if ti < 0 {
+		return false
+	}
+	k, lockValue := keys(ti), args[4]
+	if held, _ := w.mini.Get(k.Lock); held == lockValue {
+		return false
+	}
+	// The writer does not hold the lock: the write must be refused.
+	before := w.mini.HGet(k.Token, "g")
+	w.hookMu.Lock()
+	w.bypass[c] = true
+	w.hookMu.Unlock()
+	w.mini.Server().Dispatch(c, append([]string{cmd}, args...))
+	w.hookMu.Lock()
+	delete(w.bypass, c)
+	w.hookMu.Unlock()
+	held, _ := w.mini.Get(k.Lock)
+	// (Another replica's write between the two readings would change the
+	// generation too, but not store this value.)
+	if after := w.mini.HGet(k.Token, "g"); after != before && held != lockValue && w.mini.HGet(k.Token, "v") == args[5] {
+		w.hookMu.Lock()
+		w.breaches = append(w.breaches, fmt.Sprintf("a write of %s by %s was stored while %s held its lock",
+			tokenNames[ti], holder(lockValue), holder(held)))
+		w.hookMu.Unlock()
+	}
+	return true
+}
+
+// holder names the replica a lock value belongs to (the value ends with
+// its instance), or "nobody".
+func holder(lockValue string) string {
+	if lockValue == "" {
+		return "nobody"
+	}
+	return lockValue[strings.LastIndexByte(lockValue, ':')+1:]
+}
+
+// pausesWrite reports whether CLIENT PAUSE WRITE holds cmd back: every
+// command that writes, and EVAL, EVALSHA, PUBLISH and PFCOUNT whatever
+// they do, as Redis does.
+func (w *world) pausesWrite(cmd string) bool {
+	switch cmd {
+	case "EVAL", "EVALSHA", "PUBLISH", "SPUBLISH", "PFCOUNT":
+		return true
+	case "PING", "HELLO", "AUTH", "SELECT", "CLIENT", "SUBSCRIBE", "SSUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE",
+		"SUNSUBSCRIBE", "PUNSUBSCRIBE", "INFO", "SCRIPT", "TIME", "ECHO", "QUIT", "COMMAND", "ROLE", "WAIT",
+		"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "READONLY", "DBSIZE", "CONFIG", "CLUSTER":
+		return false
+	}
+	return !w.mini.Server().IsReadOnlyCommand(cmd)
+}
