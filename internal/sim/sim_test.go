@@ -109,6 +109,7 @@ func TestSimulation(t *testing.T) {
 				s := sim.Generate(seed, length)
 				t.Logf("seed %d: %d replicas, %v, %d faults", seed, s.Replicas, s.Length, len(s.Faults))
 				res := runIn(t, s)
+				t.Logf("seed %d: %.1f fleet-hours, %d faults, %d violations", seed, res.FleetHours, res.Faults, len(res.Violations))
 				mu.Lock()
 				hours += res.FleetHours
 				faults += res.Faults
