@@ -236,39 +236,7 @@ func New(cfg Config, tokens []Token, ctl controller) (*Server, error) {
 	if admin && ctl == nil {
 		return nil, errors.New("httpapi: TOKENKEEPER_ADMIN_KEYS is set but there is no Controller for the admin routes")
 	}
-	s := &Server{
-		instance:        cfg.Instance,
-		catalog:         cat,
-		ctl:             ctl,
-		clock:           cfg.Clock,
-		log:             cfg.Logger,
-		anonymous:       cfg.AllowAnonymous,
-		refreshTimeout:  cfg.RefreshTimeout,
-		shutdownTimeout: cfg.ShutdownTimeout,
-		gatherer:        cfg.Gatherer,
-	}
-	if err := s.keys(cfg); err != nil {
-		return nil, err
-	}
-	switch {
-	case cfg.RateLimit < 0:
-		return nil, fmt.Errorf("httpapi: RateLimit %v is negative", cfg.RateLimit)
-	case cfg.RateBurst < 0:
-		return nil, fmt.Errorf("httpapi: RateBurst %d is negative", cfg.RateBurst)
-	}
-	if cfg.RateBurst == 0 {
-		cfg.RateBurst = max(1, int(2*cfg.RateLimit))
-	}
-	s.limits = newLimits(cfg.RateLimit, cfg.RateBurst, s.readerKeys, s.adminKeys, s.metricsKeys)
-	if s.instance == "" {
-		if s.instance, err = os.Hostname(); err != nil || s.instance == "" {
-			s.instance = "tokenkeeper"
-		}
-	}
-	if strings.ContainsFunc(s.instance, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return nil, errors.New("httpapi: the instance id contains a control character")
-	}
-	s.instanceValue = []string{s.instance}[:1:1]
+	s := &Server{catalog: cat, ctl: ctl, anonymous: cfg.AllowAnonymous, clock: cfg.Clock, log: cfg.Logger}
 	if s.clock == nil {
 		s.clock = clock.Real()
 	}
@@ -276,29 +244,98 @@ func New(cfg Config, tokens []Token, ctl controller) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	switch {
-	case s.refreshTimeout < 0:
-		return nil, fmt.Errorf("httpapi: RefreshTimeout %v is negative", s.refreshTimeout)
-	case s.refreshTimeout == 0:
-		s.refreshTimeout = defaultRefreshTimeout
+	if err := s.keys(cfg); err != nil {
+		return nil, err
 	}
-	switch {
-	case s.shutdownTimeout < 0:
-		return nil, fmt.Errorf("httpapi: ShutdownTimeout %v is negative", s.shutdownTimeout)
-	case s.shutdownTimeout == 0:
-		s.shutdownTimeout = defaultShutdownTimeout
+	if err := s.setLimits(cfg); err != nil {
+		return nil, err
 	}
-	retryAfter := cfg.RetryAfter
+	if err := s.setAnswers(cfg); err != nil {
+		return nil, err
+	}
+	reg, err := s.registry(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if s.metrics, err = newMetrics(reg); err != nil {
+		return nil, err
+	}
+	if s.guard, err = newGuard(cfg, s, reg); err != nil {
+		return nil, err
+	}
+
+	s.echo = s.routes(admin)
+	s.tokenMetrics = s.metrics.route(tokenRoute)
+	s.handler = http.HandlerFunc(s.serveHTTP)
+	if cfg.TracerProvider != nil {
+		s.handler = traced(cfg.TracerProvider, s.handler)
+	}
+	return s, nil
+}
+
+// setLimits sets the per-replica rate limits of cfg on s, whose keys are
+// digested.
+func (s *Server) setLimits(cfg Config) error {
 	switch {
-	case retryAfter < 0:
-		return nil, fmt.Errorf("httpapi: RetryAfter %v is negative", retryAfter)
-	case retryAfter == 0:
-		retryAfter = defaultRetryAfter
+	case cfg.RateLimit < 0:
+		return fmt.Errorf("httpapi: RateLimit %v is negative", cfg.RateLimit)
+	case cfg.RateBurst < 0:
+		return fmt.Errorf("httpapi: RateBurst %d is negative", cfg.RateBurst)
+	}
+	burst := cfg.RateBurst
+	if burst == 0 {
+		burst = max(1, int(2*cfg.RateLimit))
+	}
+	s.limits = newLimits(cfg.RateLimit, burst, s.readerKeys, s.adminKeys, s.metricsKeys)
+	return nil
+}
+
+// setAnswers sets what every answer or Serve takes from cfg: the
+// instance header, the timeouts and the Retry-After of a 503.
+func (s *Server) setAnswers(cfg Config) error {
+	s.instance = cfg.Instance
+	if s.instance == "" {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			s.instance = h
+		} else {
+			s.instance = "tokenkeeper"
+		}
+	}
+	if strings.ContainsFunc(s.instance, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return errors.New("httpapi: the instance id contains a control character")
+	}
+	s.instanceValue = []string{s.instance}[:1:1]
+	var retryAfter time.Duration
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+		def  time.Duration
+		to   *time.Duration
+	}{
+		{"RefreshTimeout", cfg.RefreshTimeout, defaultRefreshTimeout, &s.refreshTimeout},
+		{"ShutdownTimeout", cfg.ShutdownTimeout, defaultShutdownTimeout, &s.shutdownTimeout},
+		{"RetryAfter", cfg.RetryAfter, defaultRetryAfter, &retryAfter},
+	} {
+		switch {
+		case d.v < 0:
+			return fmt.Errorf("httpapi: %s %v is negative", d.name, d.v)
+		case d.v == 0:
+			*d.to = d.def
+		default:
+			*d.to = d.v
+		}
 	}
 	secs := int64((retryAfter + time.Second - 1) / time.Second)
 	s.retryAfterValue = []string{strconv.FormatInt(secs, 10)}[:1:1]
+	return nil
+}
 
+// registry returns where s registers its metrics, and sets what /metrics
+// serves: without a Registerer, a private registry with the Go and
+// process collectors, served alone or beside Config.Gatherer.
+func (s *Server) registry(cfg Config) (prometheus.Registerer, error) {
 	reg := cfg.Registerer
+	s.gatherer = cfg.Gatherer
 	if reg == nil {
 		private := prometheus.NewRegistry()
 		private.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -316,20 +353,7 @@ func New(cfg Config, tokens []Token, ctl controller) (*Server, error) {
 		}
 		s.gatherer = g
 	}
-	if s.metrics, err = newMetrics(reg); err != nil {
-		return nil, err
-	}
-	if s.guard, err = newGuard(cfg, s, reg); err != nil {
-		return nil, err
-	}
-
-	s.echo = s.routes(admin)
-	s.tokenMetrics = s.metrics.route(tokenRoute)
-	s.handler = http.HandlerFunc(s.serveHTTP)
-	if cfg.TracerProvider != nil {
-		s.handler = traced(cfg.TracerProvider, s.handler)
-	}
-	return s, nil
+	return reg, nil
 }
 
 // keys digests cfg's keys into the server's key sets, with their scopes.

@@ -136,19 +136,60 @@ type RDPConfig struct {
 }
 
 // parseServe builds a Config, or one error that names every missing or
-// invalid setting.
+// invalid setting: each part read where its settings are, then the front
+// door's rules applied to the whole (checkRules).
 func parseServe(args []string, getenv func(string) string, readFile func(string) ([]byte, error), stderr io.Writer) (Config, error) {
 	v, err := load("serve", serveSettings, args, getenv, readFile, stderr)
 	if err != nil {
 		return Config{}, err
 	}
-	c := Config{
+	c := readServe(v)
+	parseRedis(v, &c, readFile)
+	parseRedisWait(v, &c)
+	c.parseHTTP(v)
+	c.parseSecurity(v, readFile)
+	c.parseLogging(v)
+	if ca := v.str("RDP_TLS_CA"); ca != "" {
+		c.RDP.RootCAs = certPool(v, "RDP_TLS_CA", ca, readFile)
+	}
+	if c.RDP.Auth != "v1" && c.RDP.Auth != "v2" {
+		v.fail("RDP_AUTH: %q is not v1 or v2", c.RDP.Auth)
+	}
+	catalogOK := c.parseCatalog(v, getenv, readFile)
+	envIdentities := len(c.Security.Identities)
+	if c.Catalog != nil {
+		c.Security.Identities = append(c.Security.Identities, c.Catalog.Identities...)
+	}
+	if len(c.Security.Identities) > 0 && (c.TLS == nil || c.TLS.ClientCAs == nil) {
+		v.fail("TOKENKEEPER_TLS_IDENTITIES (or the catalog's identities) need TOKENKEEPER_TLS_CLIENT_CA and TOKENKEEPER_TLS_CERT: no client certificate is verified without them")
+	}
+	if catalogOK {
+		checkRules(v, c, envIdentities)
+	}
+	if c.Catalog == nil && catalogOK && (c.RDP.Auth == "v1" || c.RDP.Auth == "v2") {
+		if _, err := upstream.New(c.upstreamConfig()); err != nil {
+			v.errs = append(v.errs, err)
+		}
+	}
+	if c.Instance == "" {
+		// The front door's default, needed before it is built: the
+		// metrics' and traces' labels name the replica.
+		host, _ := os.Hostname()
+		c.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	return c, v.err()
+}
+
+// readServe reads the settings that are one value each.
+func readServe(v *values) Config {
+	return Config{
 		Listen:           v.str("TOKENKEEPER_LISTEN"),
 		APIKeys:          v.list("TOKENKEEPER_API_KEYS"),
 		AllowAnonymous:   v.boolean("TOKENKEEPER_ALLOW_ANONYMOUS"),
 		AllowWeakKeys:    v.boolean("TOKENKEEPER_ALLOW_WEAK_KEYS"),
 		AdminKeys:        v.list("TOKENKEEPER_ADMIN_KEYS"),
 		MetricsKeys:      v.list("TOKENKEEPER_METRICS_KEYS"),
+		EncryptionKeys:   strings.TrimSpace(v.m["TOKENKEEPER_ENCRYPTION_KEYS"]),
 		RateBurst:        v.integer("TOKENKEEPER_RATE_BURST"),
 		Instance:         v.str("TOKENKEEPER_INSTANCE_ID"),
 		RefreshBefore:    v.duration("TOKENKEEPER_REFRESH_BEFORE"),
@@ -176,13 +217,14 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 			Timeout:        v.duration("RDP_TIMEOUT"),
 		},
 	}
+}
 
+// parseHTTP checks the listen address and reads the per-replica rate
+// limit into c.
+func (c *Config) parseHTTP(v *values) {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		v.fail("TOKENKEEPER_LISTEN: %q is not host:port (example :8080)", c.Listen)
 	}
-	parseRedis(v, &c, readFile)
-	parseRedisWait(v, &c)
-	c.EncryptionKeys = strings.TrimSpace(v.m["TOKENKEEPER_ENCRYPTION_KEYS"])
 	if rate, err := strconv.ParseFloat(v.str("TOKENKEEPER_RATE_LIMIT"), 64); err != nil || rate < 0 || math.IsInf(rate, 0) || math.IsNaN(rate) {
 		v.fail("TOKENKEEPER_RATE_LIMIT: %q is not a number of requests per second (0 turns limiting off)", v.str("TOKENKEEPER_RATE_LIMIT"))
 	} else {
@@ -191,48 +233,33 @@ func parseServe(args []string, getenv func(string) string, readFile func(string)
 	if c.RateBurst < 0 {
 		v.fail("TOKENKEEPER_RATE_BURST: %d must not be negative", c.RateBurst)
 	}
-	c.parseSecurity(v, readFile)
-	if ca := v.str("RDP_TLS_CA"); ca != "" {
-		c.RDP.RootCAs = certPool(v, "RDP_TLS_CA", ca, readFile)
-	}
-	catalogFailed := false
-	if path := v.str("TOKENKEEPER_CONFIG"); path != "" {
-		cat, err := loadCatalog(path, getenv, readFile, c.RDP.RootCAs)
-		if err != nil {
-			v.errs = append(v.errs, err)
-			catalogFailed = true
-		}
-		c.Catalog = cat
-	}
+}
+
+// parseLogging reads the log level and format into c.
+func (c *Config) parseLogging(v *values) {
 	if err := c.LogLevel.UnmarshalText([]byte(v.str("TOKENKEEPER_LOG_LEVEL"))); err != nil {
 		v.fail("TOKENKEEPER_LOG_LEVEL: %q is not debug, info, warn or error", v.str("TOKENKEEPER_LOG_LEVEL"))
 	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		v.fail("TOKENKEEPER_LOG_FORMAT: %q is not json or text", c.LogFormat)
 	}
-	if c.RDP.Auth != "v1" && c.RDP.Auth != "v2" {
-		v.fail("RDP_AUTH: %q is not v1 or v2", c.RDP.Auth)
+}
+
+// parseCatalog loads the catalog file TOKENKEEPER_CONFIG names, if any,
+// into c. It reports false when the file is there and not valid: the
+// rules that concern the whole then wait for it to be fixed.
+func (c *Config) parseCatalog(v *values, getenv func(string) string, readFile func(string) ([]byte, error)) bool {
+	path := v.str("TOKENKEEPER_CONFIG")
+	if path == "" {
+		return true
 	}
-	envIdentities := len(c.Security.Identities)
-	if c.Catalog != nil {
-		c.Security.Identities = append(c.Security.Identities, c.Catalog.Identities...)
+	cat, err := loadCatalog(path, getenv, readFile, c.RDP.RootCAs)
+	if err != nil {
+		v.errs = append(v.errs, err)
+		return false
 	}
-	if len(c.Security.Identities) > 0 && (c.TLS == nil || c.TLS.ClientCAs == nil) {
-		v.fail("TOKENKEEPER_TLS_IDENTITIES (or the catalog's identities) need TOKENKEEPER_TLS_CLIENT_CA and TOKENKEEPER_TLS_CERT: no client certificate is verified without them")
-	}
-	if !catalogFailed {
-		checkRules(v, c, envIdentities)
-	}
-	if c.Catalog == nil && !catalogFailed && (c.RDP.Auth == "v1" || c.RDP.Auth == "v2") {
-		if _, err := upstream.New(c.upstreamConfig()); err != nil {
-			v.errs = append(v.errs, err)
-		}
-	}
-	if c.Instance == "" {
-		host, _ := os.Hostname()
-		c.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
-	}
-	return c, v.err()
+	c.Catalog = cat
+	return true
 }
 
 // redisTLS adds a custom CA and a client certificate to a rediss:// URL's
