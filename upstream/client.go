@@ -137,69 +137,11 @@ type Client struct {
 // New validates cfg, fills in its defaults, and returns a Client. It makes
 // no network call.
 func New(cfg Config) (*Client, error) {
-	if cfg.BaseURL == "" {
-		cfg.BaseURL = DefaultBaseURL
+	if err := cfg.settleEndpoints(); err != nil {
+		return nil, err
 	}
-	base, err := url.Parse(cfg.BaseURL)
-	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" ||
-		base.RawQuery != "" || base.Fragment != "" || base.User != nil {
-		// The value is not echoed: a URL may carry credentials.
-		return nil, errors.New("upstream: RDP_BASE_URL must be an absolute http or https URL without user, query or fragment")
-	}
-	cfg.BaseURL = strings.TrimSuffix(base.String(), "/")
-
-	switch cfg.Auth {
-	case "":
-		cfg.Auth = AuthV2
-	case AuthV1, AuthV2:
-	default:
-		return nil, fmt.Errorf("upstream: RDP_AUTH must be \"v1\" or \"v2\", not %q", cfg.Auth)
-	}
-	if cfg.ClientID == "" {
-		return nil, fmt.Errorf("upstream: RDP_CLIENT_ID is required for auth %s", cfg.Auth)
-	}
-	if cfg.Auth == AuthV2 && cfg.ClientSecret == "" {
-		return nil, errors.New("upstream: RDP_CLIENT_SECRET is required for auth v2")
-	}
-	if cfg.Auth == AuthV1 && cfg.Username == "" {
-		return nil, errors.New("upstream: RDP_USERNAME is required for auth v1")
-	}
-	if cfg.Auth == AuthV1 && cfg.Password == "" {
-		return nil, errors.New("upstream: RDP_PASSWORD is required for auth v1")
-	}
-	if cfg.Scope == "" {
-		cfg.Scope = DefaultScope
-	}
-	if cfg.LivenessPath == "" {
-		cfg.LivenessPath = DefaultLivenessPath
-	}
-	if !strings.HasPrefix(cfg.LivenessPath, "/") {
-		return nil, fmt.Errorf("upstream: RDP_LIVENESS_PATH must start with /, not %q", cfg.LivenessPath)
-	}
-	switch cfg.LivenessMethod = strings.ToUpper(cfg.LivenessMethod); cfg.LivenessMethod {
-	case "":
-		cfg.LivenessMethod = http.MethodPost
-	case http.MethodPost, http.MethodGet:
-	default:
-		return nil, fmt.Errorf("upstream: RDP_LIVENESS_METHOD must be POST or GET, not %q", cfg.LivenessMethod)
-	}
-	if cfg.DefaultLifetime == 0 {
-		cfg.DefaultLifetime = DefaultLifetime
-	}
-	if cfg.DefaultLifetime < 0 || cfg.DefaultLifetime > maxLifetime {
-		return nil, fmt.Errorf("upstream: TOKENKEEPER_TOKEN_LIFETIME must be in (0, %v], not %v", maxLifetime, cfg.DefaultLifetime)
-	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = DefaultTimeout
-	}
-	if cfg.Timeout < 0 {
-		return nil, fmt.Errorf("upstream: Timeout must be positive, not %v", cfg.Timeout)
-	}
-	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = DefaultMaxBodyBytes
-	}
-	if cfg.MaxBodyBytes < 0 {
-		return nil, fmt.Errorf("upstream: MaxBodyBytes must be positive, not %d", cfg.MaxBodyBytes)
+	if err := cfg.settleLimits(); err != nil {
+		return nil, err
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = defaultHTTPClient(cfg.Timeout, cfg.RootCAs)
@@ -232,12 +174,89 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.Registerer != nil {
 		endpoints := map[string]string{c.v1URL: endpointAuthV1, cfg.BaseURL + authV2Path: endpointAuthV2, c.livenessURL: endpointLiveness}
+		var err error
 		if c.http, err = instrumented(cfg.Registerer, c.http, endpoints); err != nil {
 			return nil, err
 		}
 	}
 	c.http = traced(cfg.TracerProvider, c.http, map[string]string{c.v1URL: endpointAuthV1, cfg.BaseURL + authV2Path: endpointAuthV2, c.livenessURL: endpointLiveness})
 	return c, nil
+}
+
+// settleEndpoints checks where cfg signs on and asks for the token, and
+// with which credentials, filling in the defaults.
+func (cfg *Config) settleEndpoints() error {
+	if cfg.BaseURL == "" {
+		cfg.BaseURL = DefaultBaseURL
+	}
+	base, err := url.Parse(cfg.BaseURL)
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" ||
+		base.RawQuery != "" || base.Fragment != "" || base.User != nil {
+		// The value is not echoed: a URL may carry credentials.
+		return errors.New("upstream: RDP_BASE_URL must be an absolute http or https URL without user, query or fragment")
+	}
+	cfg.BaseURL = strings.TrimSuffix(base.String(), "/")
+
+	switch cfg.Auth {
+	case "":
+		cfg.Auth = AuthV2
+	case AuthV1, AuthV2:
+	default:
+		return fmt.Errorf("upstream: RDP_AUTH must be \"v1\" or \"v2\", not %q", cfg.Auth)
+	}
+	if cfg.ClientID == "" {
+		return fmt.Errorf("upstream: RDP_CLIENT_ID is required for auth %s", cfg.Auth)
+	}
+	if cfg.Auth == AuthV2 && cfg.ClientSecret == "" {
+		return errors.New("upstream: RDP_CLIENT_SECRET is required for auth v2")
+	}
+	if cfg.Auth == AuthV1 && cfg.Username == "" {
+		return errors.New("upstream: RDP_USERNAME is required for auth v1")
+	}
+	if cfg.Auth == AuthV1 && cfg.Password == "" {
+		return errors.New("upstream: RDP_PASSWORD is required for auth v1")
+	}
+	if cfg.Scope == "" {
+		cfg.Scope = DefaultScope
+	}
+	if cfg.LivenessPath == "" {
+		cfg.LivenessPath = DefaultLivenessPath
+	}
+	if !strings.HasPrefix(cfg.LivenessPath, "/") {
+		return fmt.Errorf("upstream: RDP_LIVENESS_PATH must start with /, not %q", cfg.LivenessPath)
+	}
+	switch cfg.LivenessMethod = strings.ToUpper(cfg.LivenessMethod); cfg.LivenessMethod {
+	case "":
+		cfg.LivenessMethod = http.MethodPost
+	case http.MethodPost, http.MethodGet:
+	default:
+		return fmt.Errorf("upstream: RDP_LIVENESS_METHOD must be POST or GET, not %q", cfg.LivenessMethod)
+	}
+	return nil
+}
+
+// settleLimits checks cfg's lifetime, timeout and body limit, filling in
+// the defaults.
+func (cfg *Config) settleLimits() error {
+	if cfg.DefaultLifetime == 0 {
+		cfg.DefaultLifetime = DefaultLifetime
+	}
+	if cfg.DefaultLifetime < 0 || cfg.DefaultLifetime > maxLifetime {
+		return fmt.Errorf("upstream: TOKENKEEPER_TOKEN_LIFETIME must be in (0, %v], not %v", maxLifetime, cfg.DefaultLifetime)
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Timeout < 0 {
+		return fmt.Errorf("upstream: Timeout must be positive, not %v", cfg.Timeout)
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.MaxBodyBytes < 0 {
+		return fmt.Errorf("upstream: MaxBodyBytes must be positive, not %d", cfg.MaxBodyBytes)
+	}
+	return nil
 }
 
 // Token asks the upstream for a new liveness token; every call does (keeping

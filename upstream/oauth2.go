@@ -137,12 +137,54 @@ var oauth2Reserved = []string{"grant_type", "scope", "client_id", "client_secret
 // makes no network call. Its error names every field that is wrong (joined
 // with errors.Join), and never repeats the secret or the URL.
 func NewOAuth2(cfg OAuth2Config) (*OAuth2, error) {
+	endpoint, err := cfg.settle()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = defaultHTTPClient(cfg.Timeout, cfg.RootCAs)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+
+	form := url.Values{"grant_type": {"client_credentials"}}
+	if len(cfg.Scopes) > 0 {
+		form.Set("scope", strings.Join(cfg.Scopes, " "))
+	}
+	for k, vs := range cfg.EndpointParams {
+		form[k] = append([]string(nil), vs...)
+	}
+	o := &OAuth2{
+		cfg:      cfg,
+		form:     form,
+		basic:    base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(cfg.ClientID) + ":" + url.QueryEscape(cfg.ClientSecret))),
+		endpoint: endpoint,
+		http:     cfg.HTTPClient,
+		log:      cfg.Logger.With("component", "upstream", "token_url", endpoint),
+		style:    cfg.AuthStyle,
+	}
+	if cfg.Registerer != nil {
+		// The transport sees the URL without its query, as endpoint is.
+		if o.http, err = instrumented(cfg.Registerer, o.http, map[string]string{endpoint: endpointToken}); err != nil {
+			return nil, err
+		}
+	}
+	o.http = traced(cfg.TracerProvider, o.http, map[string]string{endpoint: endpointToken})
+	return o, nil
+}
+
+// settle checks every field of cfg at once, filling in the defaults, and
+// returns the token endpoint without its query (what the metrics and
+// logs name).
+func (cfg *OAuth2Config) settle() (endpoint string, err error) {
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("upstream: OAuth2Config."+format, args...))
 	}
-
-	endpoint := ""
 	if cfg.TokenURL == "" {
 		bad("TokenURL is required")
 	} else if u, err := url.Parse(cfg.TokenURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") ||
@@ -201,45 +243,7 @@ func NewOAuth2(cfg OAuth2Config) (*OAuth2, error) {
 	if cfg.HTTPClient != nil && cfg.RootCAs != nil {
 		bad("RootCAs applies to the default HTTPClient only; set it on HTTPClient's transport instead")
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = defaultHTTPClient(cfg.Timeout, cfg.RootCAs)
-	}
-	if cfg.Clock == nil {
-		cfg.Clock = clock.Real()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-
-	form := url.Values{"grant_type": {"client_credentials"}}
-	if len(cfg.Scopes) > 0 {
-		form.Set("scope", strings.Join(cfg.Scopes, " "))
-	}
-	for k, vs := range cfg.EndpointParams {
-		form[k] = append([]string(nil), vs...)
-	}
-	o := &OAuth2{
-		cfg:      cfg,
-		form:     form,
-		basic:    base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(cfg.ClientID) + ":" + url.QueryEscape(cfg.ClientSecret))),
-		endpoint: endpoint,
-		http:     cfg.HTTPClient,
-		log:      cfg.Logger.With("component", "upstream", "token_url", endpoint),
-		style:    style,
-	}
-	if cfg.Registerer != nil {
-		// The transport sees the URL without its query, as endpoint is.
-		var err error
-		if o.http, err = instrumented(cfg.Registerer, o.http, map[string]string{endpoint: endpointToken}); err != nil {
-			return nil, err
-		}
-	}
-	o.http = traced(cfg.TracerProvider, o.http, map[string]string{endpoint: endpointToken})
-	return o, nil
+	return endpoint, errors.Join(errs...)
 }
 
 // isScopeToken reports whether s is an RFC 6749 scope-token:
