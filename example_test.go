@@ -19,8 +19,11 @@ import (
 func Example() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	// go-redis's timeouts fit the default lock TTL: New checks them.
-	rdb := redis.NewClient(&redis.Options{Addr: "redis:6379"})
+	// TuneRedis sets the timeouts and spare connections the default lock
+	// TTL needs (go-redis's own fit it too: New checks them).
+	opt := &redis.Options{Addr: "redis:6379"}
+	tokenkeeper.TuneRedis(opt, 0)
+	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	k, err := tokenkeeper.New(tokenkeeper.Config{
 		Redis: rdb,
