@@ -258,6 +258,13 @@ func (c Config) Validate() error {
 	return errors.Join(c.check(false)...)
 }
 
+// WithDefaults returns c with the default of every field it leaves
+// unset, as New takes it: what a command line shows as its defaults.
+func (c Config) WithDefaults() Config {
+	c.applyDefaults()
+	return c
+}
+
 // setDefaults fills in the defaults and returns every problem of cfg at
 // once, each naming its field.
 func (c *Config) setDefaults() error {

@@ -21,6 +21,22 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
+// defaults are the front door's, which the settings show and take when
+// none is given: they are set there alone.
+var defaults = tokenkeeper.Config{}.WithDefaults()
+
+// durationText is d as a setting's default is written: 15m, not 15m0s.
+func durationText(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
 var serveSettings = []setting{
 	{env: "TOKENKEEPER_LISTEN", def: ":8080", usage: "HTTP listen address"},
 	{env: "TOKENKEEPER_CONFIG", usage: "YAML file of the token catalog and its keys (none: the environment describes the one liveness token)"},
@@ -52,16 +68,16 @@ var serveSettings = []setting{
 	{env: "TOKENKEEPER_AUDIT_LOG", usage: "audit trail destination: stderr, stdout or a file path, JSON lines (none: no audit trail)"},
 	{env: "TOKENKEEPER_AUDIT_READS_PER_MINUTE", def: "60", usage: "token reads per key and token written one line each a minute; the rest are counted into one line"},
 	{env: "TOKENKEEPER_INSTANCE_ID", usage: "name of this replica (default hostname-pid)"},
-	{env: "TOKENKEEPER_REFRESH_BEFORE", def: "15m", usage: "advisory refresh window"},
-	{env: "TOKENKEEPER_LOCK_TTL", def: "10s", usage: "leader lock TTL"},
-	{env: "TOKENKEEPER_TOKEN_LIFETIME", def: "60m", usage: "lifetime assumed when the upstream names none"},
-	{env: "TOKENKEEPER_SERVE_MARGIN", def: "1m", usage: "stop serving a token this long before it expires; longer than RDP_TIMEOUT"},
-	{env: "TOKENKEEPER_POLL_INTERVAL", def: "2s", usage: "how often a replica reads Redis to catch up"},
-	{env: "TOKENKEEPER_RETRY_MIN", def: "1s", usage: "shortest backoff after an upstream failure"},
-	{env: "TOKENKEEPER_RETRY_MAX", def: "60s", usage: "longest backoff after an upstream failure"},
-	{env: "TOKENKEEPER_AUTH_CALLS_PER_MINUTE", def: "20", usage: "fleet-wide cap on upstream sign-ons"},
-	{env: "TOKENKEEPER_HANDOVER_AFTER", def: "3", usage: "a leader whose refreshes fail this many times in a row hands leadership over (an auth refusal: at once)"},
-	{env: "TOKENKEEPER_HANDOVER_COOLDOWN", def: "1m", usage: "how long a replica that handed over stays out of elections (sooner if no other replica takes the lock)"},
+	{env: "TOKENKEEPER_REFRESH_BEFORE", def: durationText(defaults.RefreshBefore), usage: "advisory refresh window"},
+	{env: "TOKENKEEPER_LOCK_TTL", def: durationText(defaults.LockTTL), usage: "leader lock TTL"},
+	{env: "TOKENKEEPER_TOKEN_LIFETIME", def: durationText(upstream.DefaultLifetime), usage: "lifetime assumed when the upstream names none"},
+	{env: "TOKENKEEPER_SERVE_MARGIN", def: durationText(defaults.ServeMargin), usage: "stop serving a token this long before it expires; longer than RDP_TIMEOUT"},
+	{env: "TOKENKEEPER_POLL_INTERVAL", def: durationText(defaults.PollInterval), usage: "how often a replica reads Redis to catch up"},
+	{env: "TOKENKEEPER_RETRY_MIN", def: durationText(defaults.RetryMin), usage: "shortest backoff after an upstream failure"},
+	{env: "TOKENKEEPER_RETRY_MAX", def: durationText(defaults.RetryMax), usage: "longest backoff after an upstream failure"},
+	{env: "TOKENKEEPER_AUTH_CALLS_PER_MINUTE", def: strconv.Itoa(defaults.AuthPerMinute), usage: "fleet-wide cap on upstream sign-ons"},
+	{env: "TOKENKEEPER_HANDOVER_AFTER", def: strconv.Itoa(defaults.HandoverAfter), usage: "a leader whose refreshes fail this many times in a row hands leadership over (an auth refusal: at once)"},
+	{env: "TOKENKEEPER_HANDOVER_COOLDOWN", def: durationText(defaults.HandoverCooldown), usage: "how long a replica that handed over stays out of elections (sooner if no other replica takes the lock)"},
 	{env: "TOKENKEEPER_SHUTDOWN_DRAIN", def: "0s", usage: "on SIGTERM, keep serving this long with /readyz answering 503 (set it to your load balancer's health-check interval or more)"},
 	{env: "TOKENKEEPER_LOG_LEVEL", def: "info", usage: "debug, info, warn or error"},
 	{env: "TOKENKEEPER_LOG_FORMAT", def: "json", usage: "json or text"},
@@ -74,7 +90,7 @@ var serveSettings = []setting{
 	{env: "RDP_SCOPE", def: "trapi", usage: "OAuth2 scope"},
 	{env: "RDP_LIVENESS_PATH", def: "/verification/v1/liveness/token", usage: "liveness token endpoint"},
 	{env: "RDP_LIVENESS_METHOD", def: "POST", usage: "POST or GET"},
-	{env: "RDP_TIMEOUT", def: "10s", usage: "time limit of each upstream call"},
+	{env: "RDP_TIMEOUT", def: durationText(upstream.DefaultTimeout), usage: "time limit of each upstream call"},
 	{env: "RDP_TLS_CA", usage: "PEM file of an extra CA to trust for the upstream (verification stays on)"},
 }
 
