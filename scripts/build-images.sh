@@ -19,23 +19,33 @@
 #   tokenkeeper/latencyproxy:dev
 #                               FROM scratch around integration/latencyproxy, a
 #                               TCP proxy the suite slows Redis down with
+#   tokenkeeper/jaeger:1.75.0   only when named (`jaeger`): FROM scratch around
+#                               Jaeger v1.75.0's all-in-one program (v2,
+#                               cmd/jaeger; spans in memory), built from the Go
+#                               module proxy in a throw-away module; the profile
+#                               `tracing` of docker-compose.yml runs it. The
+#                               official image of that release is
+#                               jaegertracing/jaeger:2.12.0. The first build
+#                               compiles several hundred packages: minutes.
 #
 # Elsewhere, with a registry, the official images do the same job
 # (redis:7-alpine, haproxy:2.9-alpine) and `docker compose build` builds the
 # app from the multi-stage Dockerfile.
 #
-# Usage: scripts/build-images.sh [-f|--force] [app|redis|haproxy|latencyproxy]...
-#   With no names, builds all four. The app and proxy images are rebuilt
+# Usage: scripts/build-images.sh [-f|--force] [app|redis|haproxy|latencyproxy|jaeger]...
+#   With no names, builds the first four. The app and proxy images are rebuilt
 #   every time (the Go build cache and Docker's layer cache make that quick).
 #   The Redis and HAProxy images are skipped when they exist and were made
 #   from the Debian package version installed now, unless forced (--force or
-#   FORCE=1).
+#   FORCE=1); so is the Jaeger image when it was built from JAEGER_VERSION.
 #
 # Needs: docker, go, and for the Debian images the packages redis-server and
 # haproxy (apt-get install -y redis-server haproxy).
 #
 # Environment: TOKENKEEPER_IMAGE (default tokenkeeper:dev) names the app image,
-# LATENCYPROXY_IMAGE (default tokenkeeper/latencyproxy:dev) the proxy's;
+# LATENCYPROXY_IMAGE (default tokenkeeper/latencyproxy:dev) the proxy's,
+# JAEGER_IMAGE (default tokenkeeper/jaeger:1.75.0) Jaeger's, from the module
+# github.com/jaegertracing/jaeger at JAEGER_VERSION (default v1.75.0);
 # BUILD_DIR (default .build) holds the binary and, while they are imported,
 # the staged root filesystems. VERSION and COMMIT (default: from git, see
 # stamp below) are stamped into the app's binary (`tokenkeeper version`) and
@@ -49,6 +59,8 @@ app_image=${TOKENKEEPER_IMAGE:-tokenkeeper:dev}
 redis_image=tokenkeeper/redis:debian
 haproxy_image=tokenkeeper/haproxy:debian
 latencyproxy_image=${LATENCYPROXY_IMAGE:-tokenkeeper/latencyproxy:dev}
+jaeger_version=${JAEGER_VERSION:-v1.75.0}
+jaeger_image=${JAEGER_IMAGE:-tokenkeeper/jaeger:${jaeger_version#v}}
 build_dir=${BUILD_DIR:-$repo/.build}
 force=${FORCE:-0}
 nonroot_uid=65532
@@ -74,7 +86,7 @@ targets=()
 for arg in "$@"; do
 	case $arg in
 	-f | --force) force=1 ;;
-	app | redis | haproxy | latencyproxy) targets+=("$arg") ;;
+	app | redis | haproxy | latencyproxy | jaeger) targets+=("$arg") ;;
 	-h | --help)
 		sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
 		exit 0
@@ -287,6 +299,43 @@ build_haproxy() {
 	drop_replaced "$haproxy_image" "$old"
 }
 
+# build_jaeger builds Jaeger's all-in-one program (cmd/jaeger: the
+# OpenTelemetry Collector with Jaeger's memory storage, query API and UI)
+# from the Go module proxy as a tool of a throw-away module, static, and
+# wraps it as the official image does: listening on every interface
+# (JAEGER_LISTEN_HOST), OTLP on 4317 and 4318, the UI and query API on 16686.
+build_jaeger() {
+	local mod=$build_dir/jaeger-module root=$build_dir/rootfs-jaeger label cid old
+	label="github.com/jaegertracing/jaeger/cmd/jaeger@$jaeger_version"
+	if [[ $force != 1 && $(image_label "$jaeger_image") == "$label" ]]; then
+		log "$jaeger_image exists (from $label): skipped (--force rebuilds)"
+		return
+	fi
+	log "$jaeger_image from $label (go get -tool, then a static build)"
+	mkdir -p "$mod"
+	printf 'module tokenkeeper.local/jaeger-build\n\ngo 1.26\n' >"$mod/go.mod"
+	rm -f "$mod/go.sum"
+	(cd "$mod" && go get -tool "$label") || die "go get -tool $label failed"
+	go_static github.com/jaegertracing/jaeger/cmd/jaeger "$build_dir/jaeger" "$mod"
+	new_rootfs "$root"
+	install -D -m 0755 "$build_dir/jaeger" "$root/usr/local/bin/jaeger"
+	old=$(image_id "$jaeger_image")
+	import_rootfs "$root" "$jaeger_image" \
+		"LABEL org.tokenkeeper.debian-package=\"$label\"" \
+		"ENV JAEGER_LISTEN_HOST=0.0.0.0" \
+		"USER $nonroot_uid:$nonroot_uid" \
+		"EXPOSE 4317 4318 16686 13133" \
+		'ENTRYPOINT ["/usr/local/bin/jaeger"]'
+	log "checking $jaeger_image: starts and says it is ready"
+	cid=$(docker run -d --rm "$jaeger_image")
+	if ! wait_log "$cid" "Everything is ready" 60; then
+		docker rm -f "$cid" >/dev/null
+		die "$jaeger_image does not start"
+	fi
+	docker rm -f "$cid" >/dev/null
+	drop_replaced "$jaeger_image" "$old"
+}
+
 for t in "${targets[@]}"; do
 	"build_$t"
 done
@@ -302,4 +351,5 @@ export TOKENKEEPER_IMAGE=$app_image
 export REDIS_IMAGE=$redis_image
 export HAPROXY_IMAGE=$haproxy_image
 export LATENCYPROXY_IMAGE=$latencyproxy_image
+export JAEGER_IMAGE=$jaeger_image
 EOF

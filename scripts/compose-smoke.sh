@@ -22,16 +22,25 @@
 # Redis fails over, and the forced refresh afterwards reaches every replica;
 # the failover may cost one upstream fetch more (3 tokens at most).
 #
+# With the profile tracing the replicas send their spans to the profile's
+# Jaeger (deploy/compose/tracing.env) and the steps are the default ones; at
+# the end, Jaeger's query API (/api/traces) must hold a trace with the new
+# leader's refresh (after the kill) and, under it, its upstream calls (POST
+# auth_v2, POST liveness) and its fenced write in Redis; the trace's spans
+# and their attributes are printed.
+#
 # It prints the figures (requests, failures, failover, mark-down and switch
 # times, upstream calls) and exits non-zero on any broken promise. `down -v`
 # runs at the end, always, also on failure or interrupt.
 #
-# Usage: scripts/compose-smoke.sh [sentinel|cluster]
+# Usage: scripts/compose-smoke.sh [sentinel|cluster|tracing]
 #   Needs docker, docker-compose (or `docker compose`), curl, python3, and the
 #   images: by default the local ones of scripts/build-images.sh
 #   (TOKENKEEPER_IMAGE=tokenkeeper:dev, REDIS_IMAGE=tokenkeeper/redis:debian,
-#   HAPROXY_IMAGE=tokenkeeper/haproxy:debian); set those variables to use
-#   others, e.g. the official redis:7-alpine and haproxy:2.9-alpine.
+#   HAPROXY_IMAGE=tokenkeeper/haproxy:debian, and for tracing
+#   JAEGER_IMAGE=tokenkeeper/jaeger:1.75.0); set those variables to use
+#   others, e.g. the official redis:7-alpine, haproxy:2.9-alpine and
+#   jaegertracing/jaeger:2.12.0.
 #
 # Environment:
 #   COMPOSE                 compose command (default: docker-compose if
@@ -42,6 +51,9 @@
 #   SMOKE_SWITCH_LIMIT_MS   longest accepted time, after the refresh answered,
 #                           for every replica to serve the new token (default
 #                           100: the design's promise for pub/sub)
+#   SMOKE_TRACE_SCREENSHOT with the profile tracing, a file for a screenshot
+#                           (headless Chromium) of the trace found, drawn
+#                           from Jaeger's query API
 #   SMOKE_KEEP=1            leave the stack running (for debugging; then run
 #                           `docker-compose -p <project> down -v`)
 set -euo pipefail
@@ -51,9 +63,9 @@ cd "$repo"
 
 profile=${1:-}
 case $profile in
-"" | sentinel | cluster) ;;
+"" | sentinel | cluster | tracing) ;;
 *)
-	printf 'compose-smoke: unknown profile %s (sentinel or cluster)\n' "$profile" >&2
+	printf 'compose-smoke: unknown profile %s (sentinel, cluster or tracing)\n' "$profile" >&2
 	exit 2
 	;;
 esac
@@ -62,6 +74,7 @@ esac
 tokenkeeper_image=${TOKENKEEPER_IMAGE:-tokenkeeper:dev}
 redis_image=${REDIS_IMAGE:-tokenkeeper/redis:debian}
 haproxy_image=${HAPROXY_IMAGE:-tokenkeeper/haproxy:debian}
+jaeger_image=${JAEGER_IMAGE:-tokenkeeper/jaeger:1.75.0}
 # Every other variable of docker-compose.yml takes the stack's default (fake
 # RDP, demo keys, default timings), whatever the shell says; a local .env is
 # ignored too (see compose below).
@@ -70,6 +83,10 @@ while read -r v; do
 done < <(grep -o '[$]{[A-Z_][A-Z0-9_]*' docker-compose.yml | cut -c3- | sort -u)
 export COMPOSE_PROJECT_NAME=${SMOKE_PROJECT:-tksmoke$(date +%s)$$}
 export TOKENKEEPER_IMAGE=$tokenkeeper_image REDIS_IMAGE=$redis_image HAPROXY_IMAGE=$haproxy_image
+export JAEGER_IMAGE=$jaeger_image
+# redis_profile is the replicated Redis a profile runs, if any.
+redis_profile=
+[[ $profile == tracing ]] || redis_profile=$profile
 # The stack keeps the catalog of deploy/catalog/tokens.yaml: the liveness
 # token and an oauth2 token, partner.
 export TOKENKEEPER_CONFIG=/etc/tokenkeeper/tokens.yaml
@@ -86,8 +103,8 @@ admin_key=demo-admin-3e7b1d9f5a2c8e4b0d6f1a7c
 lock_ttl_s=10
 switch_limit_ms=${SMOKE_SWITCH_LIMIT_MS:-100}
 reads=200
-# A profile's smoke is about the Redis failover: fewer plain reads.
-[[ -z $profile ]] || reads=50
+# A Redis profile's smoke is about the Redis failover: fewer plain reads.
+[[ -z $redis_profile ]] || reads=50
 
 if [[ -n ${COMPOSE:-} ]]; then
 	read -r -a compose_cmd <<<"$COMPOSE"
@@ -149,12 +166,15 @@ for c in docker curl python3; do
 	command -v "$c" >/dev/null || die "$c is not installed"
 done
 "${compose_cmd[@]}" version >/dev/null 2>&1 || die "${compose_cmd[*]} does not run"
-for img in "$TOKENKEEPER_IMAGE" "$REDIS_IMAGE" "$HAPROXY_IMAGE"; do
+images=("$TOKENKEEPER_IMAGE" "$REDIS_IMAGE" "$HAPROXY_IMAGE")
+[[ $profile != tracing ]] || images+=("$JAEGER_IMAGE")
+for img in "${images[@]}"; do
 	docker image inspect "$img" >/dev/null 2>&1 ||
 		die "image $img is missing: run scripts/build-images.sh (no registry) or pull it"
 done
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export TOKENKEEPER_BIND=127.0.0.1 TOKENKEEPER_PORT=$port
+export JAEGER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 lb=http://127.0.0.1:$port
 
 # --- helpers ---------------------------------------------------------------------
@@ -330,7 +350,7 @@ redis_master() {
 }
 
 kill_reqs=0 kill_fail=0 kill_max=0 scale_reqs=0 scale_fail=0 scale_inst=- scale_ms=- markdown_ms='' failover_ms=''
-if [[ -n $profile ]]; then
+if [[ -n $redis_profile ]]; then
 	# --- 2. kill the Redis master ------------------------------------------------
 	log "2. SIGKILL the Redis master ($profile) while a client keeps reading"
 	old_master=$(redis_master)
@@ -535,12 +555,136 @@ live_calls=$(printf '%s' "$stats" | json liveness_calls)
 live_ok=$(printf '%s' "$stats" | json liveness_ok)
 auth_calls=$(printf '%s' "$stats" | json auth_calls.v2)
 log "fake RDP: ${live_calls:-?} liveness calls (${live_ok:-?} tokens issued), ${auth_calls:-?} auth calls"
-if [[ -z $profile ]]; then
+if [[ -z $redis_profile ]]; then
 	[[ $live_ok == 2 ]] ||
 		broken "upstream: ${live_ok:-unknown} liveness tokens issued, want 2 (the first and the forced refresh)"
 else
 	[[ $live_ok == 2 || $live_ok == 3 ]] ||
 		broken "upstream: ${live_ok:-unknown} liveness tokens issued, want 2 (the first and the forced refresh), 3 at most with the failover"
+fi
+
+# --- traces (profile tracing) -------------------------------------------------------
+# The new leader's forced refresh, as Jaeger's query API returns it: the
+# attempt with its upstream calls and its fenced write as children, in a
+# trace that also holds the election it won after the kill when it was the
+# term's first attempt, and the other replicas' adoptions of the token.
+trace_result=-
+if [[ $profile == tracing ]]; then
+	log "traces: the new leader's refresh in Jaeger (service tokenkeeper)"
+	jaeger_ip=$(service_ip jaeger)
+	[[ -n $jaeger_ip ]] || die "no jaeger container"
+	python3 - "http://$jaeger_ip:16686" "${old_leader:-}" "${t_kill:-0}" "$tmp/trace.html" >"$tmp/traces.out" <<'PY' || true
+import html, json, sys, time, urllib.request
+
+# The leader's refresh after the kill: by another replica than the one
+# killed (the new leader, or one it handed the token over to since, as
+# leadership spreads over the fleet), begun after the kill.
+base, killed, t_kill, page = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+def tags(s):
+    return {t["key"]: t["value"] for t in s.get("tags", [])}
+
+def find():
+    url = base + "/api/traces?service=tokenkeeper&operation=tokenkeeper.refresh&limit=100&lookback=1h"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        data = json.load(r)["data"] or []
+    for tr in data:
+        spans = tr["spans"]
+        for s in spans:
+            t = tags(s)
+            if (s["operationName"] != "tokenkeeper.refresh" or t.get("tokenkeeper.instance") in ("", killed, None)
+                    or t.get("tokenkeeper.reason") != "requested" or s["startTime"] // 1000 < t_kill):
+                continue
+            kids = [k["operationName"] for k in spans
+                    if any(r["refType"] == "CHILD_OF" and r["spanID"] == s["spanID"] for r in k.get("references", []))]
+            if "POST liveness" in kids and "tokenkeeper.store.write" in kids:
+                return tr, s, kids
+    return None, None, None
+
+deadline = time.monotonic() + 30
+tr = None
+while time.monotonic() < deadline:
+    try:
+        tr, attempt, kids = find()
+    except (OSError, ValueError, KeyError, TypeError):
+        tr = None
+    if tr:
+        break
+    time.sleep(1)
+if not tr:
+    print("result none")
+    sys.exit(0)
+print("result", tr["traceID"], " ".join(sorted(set(kids))))
+byid = {s["spanID"]: s for s in tr["spans"]}
+def depth(s):
+    d = 0
+    while True:
+        ps = [r["spanID"] for r in s.get("references", []) if r["refType"] == "CHILD_OF" and r["spanID"] in byid]
+        if not ps:
+            return d
+        s, d = byid[ps[0]], d + 1
+procs = tr.get("processes", {})
+def instance(s):
+    t = tags(s)
+    return t.get("tokenkeeper.instance") or {x["key"]: x["value"] for x in procs.get(s.get("processID"), {}).get("tags", [])}.get("service.instance.id", "")
+spans = sorted(tr["spans"], key=lambda s: s["startTime"])
+rows = []
+for s in spans:
+    t = tags(s)
+    keep = {k: v for k, v in t.items() if not k.startswith(("otel.", "internal.")) and k != "span.kind"}
+    events = [f["fields"][0]["value"] for f in s.get("logs", []) if f.get("fields")]
+    print("span", "  " * depth(s) + s["operationName"], f'{s["duration"] / 1000:.1f}ms',
+          json.dumps(keep, sort_keys=True), ("events " + ", ".join(events)) if events else "")
+    rows.append((s, depth(s), keep, events))
+# The trace as a waterfall page (the README's screenshot): Jaeger built from
+# the module proxy has no web UI, which is a separate JavaScript build.
+# The bars are drawn over the refresh and what follows it; a span that
+# began earlier (the election, seconds before) starts at the left edge.
+t0 = spans[0]["startTime"]
+t1 = max(s["startTime"] + s["duration"] for s in spans)
+w0 = attempt["startTime"]
+scale = 100 / max(t1 - w0, 1)
+out = ['<!doctype html><meta charset="utf-8"><title>trace</title><style>',
+       'body{font:13px system-ui,sans-serif;margin:16px;color:#222}h1{font-size:16px;margin:0 0 4px}',
+       '.sub{color:#666;margin-bottom:12px}table{border-collapse:collapse;width:100%}',
+       'td{padding:3px 6px;border-bottom:1px solid #eee;vertical-align:top;white-space:nowrap}',
+       '.bar{position:relative;height:14px;background:#f4f6f8;width:420px}',
+       '.bar i{position:absolute;top:0;height:14px;background:#4a90d9;min-width:2px}',
+       '.ev{color:#a05a00}.at{color:#555;font-size:11px;white-space:normal}</style>',
+       f'<h1>Trace {tr["traceID"]}</h1><div class="sub">as Jaeger\'s query API returns it '
+       f'(/api/traces, service tokenkeeper): {len(spans)} spans over {(t1 - t0) / 1000:.1f} ms; '
+       f'the bars span the refresh and what follows it ({(t1 - w0) / 1000:.1f} ms)</div><table>'
+       '<tr><td><b>span</b></td><td><b>replica</b></td><td><b>start</b></td><td><b>duration</b></td><td></td><td><b>attributes</b></td></tr>']
+for s, d, keep, events in rows:
+    left = max(s["startTime"] - w0, 0) * scale
+    width = max(min(s["startTime"] + s["duration"], t1) - max(s["startTime"], w0), 0) * scale
+    at = ", ".join(f"{k}={v}" for k, v in sorted(keep.items()) if k.startswith(("tokenkeeper.", "http.", "db.")) and k not in ("tokenkeeper.token",))
+    ev = ("<span class=ev> ◆ " + html.escape(", ".join(events)) + "</span>") if events else ""
+    out.append(f'<tr><td style="padding-left:{6 + 18 * d}px">{html.escape(s["operationName"])}{ev}</td>'
+               f'<td>{html.escape(instance(s))}</td><td>+{(s["startTime"] - t0) / 1000:.1f} ms</td><td>{s["duration"] / 1000:.2f} ms</td>'
+               f'<td><div class=bar><i style="left:{left * 4.2:.1f}px;width:{width * 4.2:.1f}px"></i></div></td>'
+               f'<td class=at>{html.escape(at)}</td></tr>')
+out.append("</table>")
+open(page, "w").write("\n".join(out))
+PY
+	read -r _ trace_result trace_kids < <(grep '^result ' "$tmp/traces.out" || echo "result none")
+	grep '^span ' "$tmp/traces.out" | cut -c6- >&2 || true
+	if [[ $trace_result == none ]]; then
+		broken "traces: Jaeger holds no trace with a refresh after the leader's kill, by another replica than ${old_leader:-?}, with its upstream and Redis children"
+	else
+		log "   trace $trace_result: the new leader's refresh, with children $trace_kids"
+		# SMOKE_TRACE_SCREENSHOT=FILE: the trace as a waterfall, in headless
+		# Chromium (the README's docs/jaeger-trace.png).
+		if [[ -n ${SMOKE_TRACE_SCREENSHOT:-} ]]; then
+			chromium=$(command -v chromium || command -v chromium-browser || true)
+			[[ -n $chromium ]] || die "SMOKE_TRACE_SCREENSHOT needs chromium (apt-get install -y chromium)"
+			"$chromium" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --hide-scrollbars \
+				--no-first-run --user-data-dir="$tmp/chromium" --window-size=1400,600 \
+				--screenshot="$SMOKE_TRACE_SCREENSHOT" "file://$tmp/trace.html" >/dev/null 2>&1 ||
+				broken "traces: chromium could not take the screenshot"
+			log "   screenshot of the trace: $SMOKE_TRACE_SCREENSHOT"
+		fi
+	fi
 fi
 
 # --- figures -----------------------------------------------------------------------
@@ -549,11 +693,11 @@ failed=$((reads - ok + kill_fail + scale_fail))
 cat <<EOF
 
 compose smoke test ($COMPOSE_PROJECT_NAME, ${compose_cmd[*]}${profile:+ --profile $profile}, $TOKENKEEPER_IMAGE, $REDIS_IMAGE, $HAPROXY_IMAGE)
-  requests through HAProxy        $total ($reads reads, $kill_reqs during the ${profile:+redis master }kill, $scale_reqs after scaling)
+  requests through HAProxy        $total ($reads reads, $kill_reqs during the ${redis_profile:+redis master }kill, $scale_reqs after scaling)
   failed requests                 $failed
   100 wrong keys, then the right  ${wrong_ms} ms ($wrong_401 x 401, $wrong_429 x 429); right key $right_code
   replicas seen (3, then 5)       $instances, $scale_inst
-$(if [[ -n $profile ]]; then
+$(if [[ -n $redis_profile ]]; then
 	printf '  redis master kill: failover   %s ms\n  redis master kill: slowest    %s ms' "${redis_failover_ms:-never}" "$kill_max"
 else
 	printf '  leader kill: HAProxy mark-down  %s ms\n  leader kill: new leader         %s ms (lock TTL %s s)\n' "${markdown_ms:-never}" "${failover_ms:-never}" "$lock_ttl_s"
@@ -561,6 +705,7 @@ else
 fi)
   refresh: every replica switched ${switch_ms} ms after the answer (${switch_req_ms} ms after the request)
   upstream liveness calls         ${live_calls:-?} (${live_ok:-?} tokens issued; want 2), auth calls ${auth_calls:-?}
+$([[ $profile != tracing ]] || printf '  traces: the new leader'"'"'s refresh  trace %s in Jaeger' "$trace_result")
 EOF
 if [[ ${#failures[@]} -gt 0 ]]; then
 	printf '\nFAILED: %d broken promise(s):\n' "${#failures[@]}"
