@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -96,6 +97,34 @@ func TestTokenReadBothWays(t *testing.T) {
 				t.Errorf("%s = %q, want %q", httpapi.GenerationHeader, got, wantGen)
 			}
 		})
+	}
+}
+
+func TestTokenAnswerBytes(t *testing.T) {
+	// The answer, to the byte, and its whole header set, as the token
+	// route has always written them.
+	ev := newEnv(t, nil)
+	ev.tokens.set(cache.Token{Value: "v.a\"l", Deadline: t0.Add(59*time.Minute + 30*time.Second + 500*time.Millisecond), Generation: 42}, true)
+	const wantBody = `{"name":"liveness","token":"v.a\"l","expires_at":"2026-03-04T06:05:37Z","expires_in":3570}` + "\n"
+	wantHeader := http.Header{
+		"Cache-Control":            {"no-store"},
+		"Content-Type":             {"application/json"},
+		"Referrer-Policy":          {"no-referrer"},
+		"X-Content-Type-Options":   {"nosniff"},
+		"X-Frame-Options":          {"DENY"},
+		"X-Tokenkeeper-Generation": {"42"},
+		"X-Tokenkeeper-Instance":   {"replica-1"},
+	}
+	for _, viaEcho := range []bool{false, true} {
+		for range 2 { // the answer as rendered, then as shared
+			w := ev.doWay(t, req{path: "/v1/tokens/liveness", header: bearer(readerKey)}, viaEcho)
+			if w.Code != 200 || w.Body.String() != wantBody {
+				t.Errorf("through echo %v: %d %q, want 200 %q", viaEcho, w.Code, w.Body, wantBody)
+			}
+			if got := w.Result().Header; !reflect.DeepEqual(got, wantHeader) {
+				t.Errorf("through echo %v: headers %v, want %v", viaEcho, got, wantHeader)
+			}
+		}
 	}
 }
 
