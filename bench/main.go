@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -391,7 +392,7 @@ func run(ctx context.Context, args []string) int {
 				errs = append(errs, err)
 			}
 		}
-		if err := keepProfiles(rep.reads.ProfileFiles, filepath.Join(*outDir, "profiles")); err != nil {
+		if err := keepProfiles(rep.reads.ProfileFiles, filepath.Join(*outDir, "profiles"), profilesReadme(rep)); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -419,8 +420,8 @@ func firstLine(s string) string {
 }
 
 // keepProfiles copies the profiles in files (by the name to keep each
-// under) into dir.
-func keepProfiles(files map[string]string, dir string) error {
+// under) into dir, with readme as its README.md.
+func keepProfiles(files map[string]string, dir, readme string) error {
 	if len(files) == 0 {
 		return nil
 	}
@@ -436,5 +437,35 @@ func keepProfiles(files map[string]string, dir string) error {
 			return err
 		}
 	}
-	return nil
+	return os.WriteFile(filepath.Join(dir, "README.md"), []byte(readme), 0o644)
+}
+
+// profilesReadme describes the read path's CPU profiles of the run: when,
+// where, under which load, and the read ratios they go with.
+func profilesReadme(rep *report) string {
+	rd := rep.reads
+	var b strings.Builder
+	b.WriteString("# Read path CPU profiles\n\n")
+	fmt.Fprintf(&b, "Taken %s on %s, after figure 1's rounds, each for %v under wrk with %d connections: "+
+		"`reads-tokenkeeper.cpu.pb.gz` is the tokenkeeper helper (the server `tokenkeeper serve` runs), "+
+		"`reads-static-echo.cpu.pb.gz` the bare echo handler (a) it is measured against.\n\n",
+		rep.started.Format("2006-01-02 15:04 MST"), rep.machine, rep.cfg.reads.ProfileDuration, slices.Max(rd.Conc))
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		f := strings.Fields(string(la))
+		if len(f) >= 3 {
+			fmt.Fprintf(&b, "Load average when they were written: %s %s %s (on a shared machine, other work runs beside the benchmark).\n\n", f[0], f[1], f[2])
+		}
+	}
+	b.WriteString("The same run's read throughput against (a):")
+	for i, c := range rd.Conc {
+		sep := ","
+		if i == 0 {
+			sep = ""
+		}
+		fmt.Fprintf(&b, "%s %.2f× at %d connections", sep, rd.RatioA[i], c)
+	}
+	b.WriteString(".\n\nRegenerate them with `make bench` (every figure, with RESULTS.md), or figure 1 alone with " +
+		"`cd bench && go run . -only 1 -out DIR`, which writes them to DIR/profiles. Read them with " +
+		"`go tool pprof -top reads-tokenkeeper.cpu.pb.gz` (or `-peek`, `-http=:0`): they carry their symbols.\n")
+	return b.String()
 }
