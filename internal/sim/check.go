@@ -78,7 +78,7 @@ const (
 // the token it could not store and stores it when Redis is back.
 func earlyAllowance(k Kind) int {
 	switch k {
-	case AdminRefresh, Crash, Stop, Restart, Freeze, RedisCut, RedisRefuse, RedisLatency, RedisSlow,
+	case AdminRefresh, Crash, Stop, Restart, Freeze, FreezeAtCall, RedisCut, RedisRefuse, RedisLatency, RedisSlow,
 		RedisEmpty, RedisRestoreOld, RedisRestoreAtCall, RedisFailover, ClientPause, EvictLock, EvictToken, ForeignValue:
 		return 1
 	}

@@ -112,6 +112,10 @@ func (w *world) apply(f Fault) {
 			r.clock.freeze()
 			time.AfterFunc(f.Dur, r.clock.thaw)
 		}
+	case FreezeAtCall:
+		w.mu.Lock()
+		w.freezeAt = &f
+		w.mu.Unlock()
 	case Drift:
 		// Arg an hour: 3.6 ms an hour is one part per million.
 		r.clock.setDrift(int64(f.Arg / (3600 * time.Microsecond)))
@@ -245,6 +249,10 @@ func (w *world) heal(f Fault) {
 	case RedisBlipAtCall:
 		w.mu.Lock()
 		w.blip = nil
+		w.mu.Unlock()
+	case FreezeAtCall:
+		w.mu.Lock()
+		w.freezeAt = nil
 		w.mu.Unlock()
 	case Up500, Up429:
 		w.knobs(f, func(k *fakerdp.Knobs) { k.LivenessStatus, k.RetryAfter = 0, 0 })

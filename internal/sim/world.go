@@ -86,6 +86,7 @@ type world struct {
 	replicas  []*replica
 	redisSlow time.Duration // added to every replica's Redis answers
 	blip      *Fault        // a RedisBlipAtCall armed, fired by the next upstream call
+	freezeAt  *Fault        // a FreezeAtCall armed, fired by the next call to its upstream
 	blipUntil time.Time     // Redis unreachable for every replica until then
 	signOns   [3][]time.Time
 	snapshots []snapshot
@@ -474,7 +475,12 @@ func (c *linkConn) Read(p []byte) (int, error) {
 		if state, _, _ := c.l.view(); state == linkCut && !fresh {
 			continue // lost on the way: wait for the read deadline
 		}
-		<-c.l.host.thawed() // a frozen replica reads nothing
+		// A frozen replica's answers are read as they arrive, as its
+		// kernel would buffer them: holding them here would stop the pipe,
+		// and miniredis, which writes published messages under its lock,
+		// with it, and with that the bubble's time. The frozen replica
+		// acts on them only with a goroutine whose timers and writes are
+		// stalled anyway, and answers nobody meanwhile.
 		return n, err
 	}
 }
@@ -528,6 +534,12 @@ func (l *upLink) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	w := l.w
 	w.upstreamCall(up, req.URL.Path)
+	if d := w.freezeCaller(up, req.URL.Path); d > 0 {
+		// Frozen while the call is in flight: the upstream answers, and
+		// the answer waits for the replica to run again.
+		l.host.freeze()
+		time.AfterFunc(d, l.host.thaw)
+	}
 	rec := httptest.NewRecorder()
 	w.up[up].ServeHTTP(rec, req)
 	w.mu.Lock()
@@ -567,6 +579,19 @@ func (w *world) upstreamCall(up int, path string) {
 		w.blipUntil = time.Now().Add(w.blip.Arg)
 		w.blip = nil
 	}
+}
+
+// freezeCaller returns how long the caller freezes when an armed
+// FreezeAtCall fires on this call (disarming it), else 0.
+func (w *world) freezeCaller(up int, path string) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f := w.freezeAt
+	if f == nil || up != f.Replica%2 || path != upstream.DefaultLivenessPath && path != fakerdp.OAuth2TokenPath {
+		return 0
+	}
+	w.freezeAt = nil
+	return f.Arg
 }
 
 // keys are the Redis keys of token i.
