@@ -219,15 +219,18 @@ type HTTPConfig struct {
 // Defaults of Config, as its fields document them: the one place they
 // are set, for the building blocks are always given every value.
 const (
-	defaultServeMargin      = time.Minute
-	defaultRefreshBefore    = 15 * time.Minute
+	// A token's own defaults are the catalog file's: one value whether
+	// the token comes from a file or from a Config.
+	defaultServeMargin   = catalog.DefaultServeMargin
+	defaultRefreshBefore = catalog.DefaultRefreshBefore
+	defaultAuthPerMinute = catalog.DefaultAuthPerMinute
+
 	defaultLockTTL          = 10 * time.Second
 	defaultPollInterval     = 2 * time.Second
 	defaultRetryMin         = time.Second
 	defaultRetryMax         = time.Minute
 	defaultHandoverAfter    = 3
 	defaultHandoverCooldown = time.Minute
-	defaultAuthPerMinute    = 20
 )
 
 // Limits on Config's timings.

@@ -58,6 +58,11 @@ const (
 	DefaultMintsPerMinute     = 600
 	DefaultMintsPerDeviceHour = 10
 
+	// DefaultServeMargin, DefaultRefreshBefore and DefaultAuthPerMinute
+	// are also the front door's (tokenkeeper.Config): they are set here
+	// alone. The lifetime and timeout are the upstream clients' (its
+	// DefaultLifetime and DefaultTimeout), copied so that this package,
+	// which the chart's tests use, imports nothing of the module.
 	DefaultServeMargin   = time.Minute
 	DefaultRefreshBefore = 15 * time.Minute
 	DefaultLifetime      = 60 * time.Minute
