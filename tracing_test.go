@@ -452,6 +452,19 @@ func TestTracesCarryNoSecret(t *testing.T) {
 			t.Errorf("no %s among the spans: %v", want, count)
 		}
 	}
+	// A handover: an election links to the step-down whose release it
+	// answered.
+	handedOver := false
+	for _, s := range spans {
+		for _, l := range s.Links {
+			if sd, ok := byID[l.SpanContext.SpanID()]; ok && s.Name == "tokenkeeper.election" && sd.Name == "tokenkeeper.step_down" {
+				handedOver = true
+			}
+		}
+	}
+	if !handedOver {
+		t.Error("no election links to the step-down of the leader that released the lock")
+	}
 	failed := false
 	for _, s := range spans {
 		if s.Name == "tokenkeeper.refresh" && s.Status.Code.String() == "Error" {

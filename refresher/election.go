@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/plant"
+	"github.com/tokenkeeper/tokenkeeper/internal/tracing"
 )
 
 // Run takes part in the election until ctx ends, leading whenever it holds
@@ -28,7 +29,8 @@ func (r *Refresher) Run(ctx context.Context) error {
 	defer sub.Close()
 	wake := r.cfg.Clock.NewTimer(0)
 	defer wake.Stop()
-	var freeSince time.Time // while aside: since when the lock has been seen free
+	var freeSince time.Time          // while aside: since when the lock has been seen free
+	var releasedBy trace.SpanContext // the step-down span of the last release announced
 	for {
 		select {
 		case <-ctx.Done():
@@ -37,9 +39,11 @@ func (r *Refresher) Run(ctx context.Context) error {
 		case <-sub.Ready():
 			// A released lock is worth trying at once; anything else waits
 			// for the timer.
-			if !drainFor(sub, msgReleased) {
+			found, sc := drainReleased(sub)
+			if !found {
 				continue
 			}
+			releasedBy = sc
 		}
 		if err := r.store.Unreadable(); err != nil {
 			// Leading would replace the token the rest of the fleet reads.
@@ -79,7 +83,14 @@ func (r *Refresher) Run(ctx context.Context) error {
 		switch {
 		case err == nil:
 			r.setAside(time.Time{})
-			ectx, span := r.startSpan(ctx, spanElection, trace.WithNewRoot(), trace.WithTimestamp(sent))
+			opts := []trace.SpanStartOption{trace.WithNewRoot(), trace.WithTimestamp(sent)}
+			if releasedBy.IsValid() {
+				// A handover: the step-down of the leader that released.
+				opts = append(opts, trace.WithLinks(trace.Link{SpanContext: releasedBy,
+					Attributes: []attribute.KeyValue{attribute.String("tokenkeeper.link", "released by")}}))
+			}
+			releasedBy = trace.SpanContext{}
+			ectx, span := r.startSpan(ctx, spanElection, opts...)
 			span.AddEvent(eventLockWon, trace.WithAttributes(attribute.Int64("tokenkeeper.lock_ttl_ms", r.cfg.LockTTL.Milliseconds())))
 			r.lead(ectx, lock, sent, span)
 		case errors.Is(err, redislock.ErrNotObtained), ctx.Err() != nil:
@@ -102,14 +113,20 @@ func (r *Refresher) setAside(until time.Time) {
 	r.mu.Unlock()
 }
 
-// drainFor takes every message waiting in sub and reports whether one was
-// of type typ.
-func drainFor(sub *cache.Subscription, typ string) bool {
-	found := false
+// drainReleased takes every message waiting in sub and reports whether
+// one announced a released lock, with the span of the step-down that sent
+// it (invalid when untraced).
+func drainReleased(sub *cache.Subscription) (bool, trace.SpanContext) {
+	found, sc := false, trace.SpanContext{}
 	for m, ok := sub.Next(); ok; m, ok = sub.Next() {
-		found = found || m.Type == typ
+		if m.Type == msgReleased {
+			found = true
+			if s := tracing.Extract(decode(m).Trace); s.IsValid() {
+				sc = s
+			}
+		}
 	}
-	return found
+	return found, sc
 }
 
 // lockHeldFor returns how long the lock has left when another replica
@@ -194,6 +211,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		reason = endMaster
 	}
 
+	sdCtx, stepDown := r.startStepDown(context.WithoutCancel(ctx), term)
 	if ctx.Err() != nil && !plant.On(plant.NoReleaseOnStop) || reason == endHandedOver || reason == endStepped || reason == endMaster {
 		// Hand over at once instead of letting the lock expire.
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
@@ -201,7 +219,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		if err := lock.Release(rctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
 			r.log.Warn("releasing the lock failed; another replica leads once it expires", "error", err)
 		} else {
-			if err := r.sendMsg(rctx, message{Type: msgReleased}); err != nil {
+			if err := r.sendMsg(rctx, message{Type: msgReleased, Trace: tracing.Inject(sdCtx)}); err != nil {
 				r.log.Debug("announcing the release failed", "error", err)
 			}
 			if reason != endHandedOver && reason != endStepped && reason != endMaster {
@@ -221,7 +239,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		r.setAside(r.cfg.Clock.Now().Add(r.cfg.LockTTL))
 	}
 	ledFor := r.cfg.Clock.Now().Sub(start)
-	r.endTerm(context.WithoutCancel(ctx), term, reason, ledFor)
+	r.endTerm(stepDown, reason, ledFor)
 	r.log.Info("leadership ended", "reason", reason, "led_for", ledFor.Round(time.Millisecond))
 	r.metrics.leadership(changeOf(reason))
 }

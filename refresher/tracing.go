@@ -122,9 +122,20 @@ func requestLink(sc trace.SpanContext) trace.Link {
 	return trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{attribute.String("tokenkeeper.link", "refresh request")}}
 }
 
-// endTerm records the end of a term of leadership: a short span linked to
-// the election's, with the lock event of how it ended.
-func (r *Refresher) endTerm(ctx context.Context, term trace.SpanContext, reason endReason, ledFor time.Duration) {
+// startStepDown starts the span of a term's end, linked to the election's:
+// the release announced to the fleet carries it, and the next leader's
+// election links to it.
+func (r *Refresher) startStepDown(ctx context.Context, term trace.SpanContext) (context.Context, trace.Span) {
+	opts := []trace.SpanStartOption{trace.WithNewRoot()}
+	if term.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: term}))
+	}
+	return r.startSpan(ctx, spanStepDown, opts...)
+}
+
+// endTerm ends the step-down span with how the term ended: its reason and
+// the lock event.
+func (r *Refresher) endTerm(span trace.Span, reason endReason, ledFor time.Duration) {
 	event := eventLockLost
 	switch reason {
 	case endHandedOver, endStepped, endMaster:
@@ -133,12 +144,7 @@ func (r *Refresher) endTerm(ctx context.Context, term trace.SpanContext, reason 
 		event = eventLockReleased
 	}
 	r.lockEvent(event)
-	opts := []trace.SpanStartOption{trace.WithNewRoot(), trace.WithAttributes(
-		attribute.String("tokenkeeper.end_reason", string(reason)), attribute.Int64("tokenkeeper.led_for_ms", ledFor.Milliseconds()))}
-	if term.IsValid() {
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: term}))
-	}
-	_, span := r.startSpan(ctx, spanStepDown, opts...)
+	span.SetAttributes(attribute.String("tokenkeeper.end_reason", string(reason)), attribute.Int64("tokenkeeper.led_for_ms", ledFor.Milliseconds()))
 	span.AddEvent(event)
 	span.End()
 }
