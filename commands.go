@@ -29,6 +29,7 @@ func (k *Keeper) requiredCommands() []redisCommand {
 		{"get", "reading the lock's holder"},
 		{"pttl", "reading how long the lock has left"},
 		{"hget", "polling the token's expiry"},
+		{"mget", "polling every token's expiry stamp at once"},
 		{"ping", "checking connections"},
 	}
 	if k.cfg.RedisMode == RedisCluster {

@@ -85,9 +85,18 @@ type Config struct {
 	RefreshBefore time.Duration
 	// LockTTL is the leader lock's time to live. Default: 10s; at least 300ms.
 	LockTTL time.Duration
-	// PollInterval is how often a replica reads Redis to catch up on
-	// missed events. Default: 2s.
+	// PollInterval bounds how long a replica can miss a new token whose
+	// event was lost: every token written is served by every replica
+	// within PollInterval and a round trip. A replica PINGs its events
+	// connection every 5/8 of it; while those PINGs are answered no event
+	// can be lost and it polls every RestPollInterval, otherwise every
+	// PollInterval. Default: 2s.
 	PollInterval time.Duration
+	// RestPollInterval is how often a replica reads Redis while its
+	// events connection is proven alive: insurance against what no PING
+	// shows (a key evicted or flushed). Default: 5m; never shorter than
+	// PollInterval.
+	RestPollInterval time.Duration
 	// RetryMin and RetryMax bound the backoff after a failed refresh.
 	// Defaults: 1s and 60s.
 	RetryMin, RetryMax time.Duration
@@ -291,6 +300,7 @@ func (c *Config) applyDefaults() {
 	def(&c.RefreshBefore, defaultRefreshBefore)
 	def(&c.LockTTL, defaultLockTTL)
 	def(&c.PollInterval, defaultPollInterval)
+	def(&c.RestPollInterval, cache.DefaultRestPollInterval)
 	def(&c.RetryMin, defaultRetryMin)
 	def(&c.RetryMax, defaultRetryMax)
 	def(&c.HandoverCooldown, defaultHandoverCooldown)
@@ -348,7 +358,7 @@ func (c *Config) check(needSource bool) []error {
 		v    time.Duration
 	}{
 		{"ServeMargin", c.ServeMargin}, {"RefreshBefore", c.RefreshBefore}, {"LockTTL", c.LockTTL},
-		{"PollInterval", c.PollInterval}, {"RetryMin", c.RetryMin}, {"RetryMax", c.RetryMax},
+		{"PollInterval", c.PollInterval}, {"RestPollInterval", c.RestPollInterval}, {"RetryMin", c.RetryMin}, {"RetryMax", c.RetryMax},
 		{"HandoverCooldown", c.HandoverCooldown},
 	} {
 		if d.v < 0 {

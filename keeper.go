@@ -102,7 +102,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		}
 	}
 	store, err := cache.New(cfg.Redis, cache.Config{
-		Keys: keys, ServeMargin: tc.ServeMargin, PollInterval: cfg.PollInterval,
+		Keys: keys, ServeMargin: tc.ServeMargin, PollInterval: cfg.PollInterval, RestPollInterval: cfg.RestPollInterval,
 		Instance: cfg.Instance, Logger: log, Keyring: keyring, Registerer: reg,
 		Events: k.events, Replication: cache.Replication(cfg.RedisWait), Clock: cfg.Clock,
 		TracerProvider: cfg.TracerProvider,

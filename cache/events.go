@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,8 @@ type Events struct {
 	// again ends the subscriptions in use (Resubscribe) so that Run makes
 	// new ones; replaced each time. Guarded by mu.
 	again chan struct{}
+	// kick wakes the poll loop at once: a subscription is in doubt.
+	kick chan struct{}
 }
 
 // Resubscribe ends the subscriptions in use; Run subscribes again at once,
@@ -93,7 +96,7 @@ func NewEvents(rdb redisClient, cfg EventsConfig) *Events {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
 	}
-	e := &Events{rdb: rdb, log: cfg.Logger, clock: cfg.Clock, routes: make(map[string]*route)}
+	e := &Events{rdb: rdb, log: cfg.Logger, clock: cfg.Clock, routes: make(map[string]*route), kick: make(chan struct{}, 1)}
 	e.sharded.Store(cfg.Sharded)
 	return e
 }
@@ -109,12 +112,27 @@ type delivery struct {
 	subscribed bool
 }
 
-// route queues one channel's deliveries for its store.
+// route queues one channel's deliveries for its store, and keeps what the
+// poll needs to know of its subscription (poll.go).
 type route struct {
+	store *Store
 	ready chan struct{} // holds one token while the queue may be non-empty
+	// failed tells the poll that a read the store made for an event
+	// failed, so that it reads again soon.
+	failed atomic.Bool
 
 	mu    sync.Mutex
 	queue []delivery // guarded by mu
+	// proof is when the last PING answered through the route's
+	// subscription was sent: every message published before then has
+	// been delivered. Zero when none since the subscription was
+	// (re)made. lost is when the proof was last withdrawn (a broken
+	// connection). Both guarded by mu.
+	proof, lost time.Time
+
+	// Owned by the poll loop.
+	lastPoll, retryAt time.Time
+	backoff           time.Duration
 }
 
 func (r *route) put(d delivery) {
@@ -139,8 +157,9 @@ func (r *route) take() (delivery, bool) {
 	return d, true
 }
 
-// join registers channel. It must come before Run.
-func (e *Events) join(channel string) (*route, error) {
+// join registers channel, whose messages go to s. It must come before
+// Run.
+func (e *Events) join(channel string, s *Store) (*route, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.running {
@@ -149,7 +168,7 @@ func (e *Events) join(channel string) (*route, error) {
 	if _, dup := e.routes[channel]; dup {
 		return nil, errors.New("cache: two stores share the events channel " + channel)
 	}
-	r := &route{ready: make(chan struct{}, 1)}
+	r := &route{store: s, ready: make(chan struct{}, 1)}
 	e.routes[channel] = r
 	return r, nil
 }
@@ -186,13 +205,16 @@ func (e *Events) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return ctx.Err()
 	}
+	var polls sync.WaitGroup
+	defer polls.Wait()
+	polls.Go(func() { e.pollLoop(ctx) })
 	if e.sharded.Load() && !e.shardedWorks(ctx, channels[0]) {
 		e.sharded.Store(false)
 	}
 	if !e.sharded.Load() {
 		for ctx.Err() == nil {
 			sctx, cancel := e.resubscribed(ctx)
-			e.follow(sctx, e.rdb.Subscribe(sctx, channels...))
+			e.follow(sctx, e.rdb.Subscribe(sctx, channels...), channels...)
 			cancel()
 		}
 		return ctx.Err()
@@ -239,7 +261,7 @@ func (e *Events) followShard(ctx context.Context, channel string) {
 			}()
 		}
 	}
-	e.follow(fctx, e.rdb.SSubscribe(fctx, channel))
+	e.follow(fctx, e.rdb.SSubscribe(fctx, channel), channel)
 }
 
 // shardOf returns the address of the master of channel's slot, as the
@@ -276,20 +298,104 @@ func (e *Events) shardedWorks(ctx context.Context, channel string) bool {
 	return true
 }
 
-// follow hands ps's messages to their routes until ctx ends or the server
-// ends a sharded subscription; it closes ps.
-func (e *Events) follow(ctx context.Context, ps *redis.PubSub) {
-	defer ps.Close()
-	msgs := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(5 * time.Second))
+// follow hands ps's messages to their routes until ctx ends, the server
+// ends a sharded subscription, or the connection stops answering; it
+// closes ps.
+//
+// It also proves the connection alive: every pingEvery it sends a PING
+// through it, and a PONG that comes back shows that every message
+// published before Redis ran that PING has been handed on (Redis answers
+// a connection in order). The routes' polls go slow while that proof is
+// fresh (poll.go). A connection that leaves its PINGs unanswered for
+// deadPings of them is closed and subscribed again: on a network that
+// drops packets silently, a connection can otherwise look open for many
+// minutes.
+func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...string) {
+	routes := e.routesOf(channels)
+	every := pingEvery(routes)
+	fctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		ps.Close()
+		for _, r := range routes {
+			r.doubt(e.clock.Now())
+		}
+		e.kickPoll()
+	}()
+	type received struct {
+		msg any
+		err error
+	}
+	in := make(chan received)
+	go func() {
+		for {
+			m, err := ps.Receive(fctx)
+			if fctx.Err() != nil {
+				return
+			}
+			select {
+			case in <- received{m, err}:
+			case <-fctx.Done():
+				return
+			}
+			if err != nil {
+				// Redis unreachable: go-redis dials again at the next
+				// Receive; not in a tight loop.
+				t := e.clock.NewTimer(100 * time.Millisecond)
+				select {
+				case <-t.C():
+				case <-fctx.Done():
+				}
+				t.Stop()
+			}
+		}
+	}()
+	ping := e.clock.NewTicker(every)
+	defer ping.Stop()
+	var seq uint64
+	sent := map[uint64]time.Time{} // PINGs awaiting their PONG, by payload
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case m, ok := <-msgs:
-			if !ok {
+		case <-ping.C():
+			now := e.clock.Now()
+			if oldest, ok := oldestPing(sent); ok && now.Sub(oldest) >= deadPings*every {
+				e.log.Warn("the events connection answers no PING; subscribing again", "unanswered_for", now.Sub(oldest).Round(time.Millisecond))
 				return
 			}
-			switch m := m.(type) {
+			seq++
+			pctx, pcancel := context.WithTimeout(fctx, every)
+			if err := ps.Ping(pctx, strconv.FormatUint(seq, 10)); err == nil {
+				sent[seq] = now
+			}
+			pcancel()
+		case r := <-in:
+			if r.err != nil {
+				// The connection broke: events may be lost until go-redis
+				// has subscribed again, which the stores then catch up on.
+				for _, rt := range routes {
+					rt.doubt(e.clock.Now())
+				}
+				clear(sent)
+				e.kickPoll()
+				continue
+			}
+			switch m := r.msg.(type) {
+			case *redis.Pong:
+				n, err := strconv.ParseUint(m.Payload, 10, 64)
+				at, ok := sent[n]
+				if err != nil || !ok {
+					continue
+				}
+				for k := range sent {
+					if k <= n {
+						delete(sent, k)
+					}
+				}
+				for _, rt := range routes {
+					rt.prove(at)
+				}
 			case *redis.Subscription:
 				switch m.Kind {
 				case "subscribe", "ssubscribe":
@@ -303,6 +409,34 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub) {
 			}
 		}
 	}
+}
+
+// deadPings is how many PING intervals a connection may leave a PING
+// unanswered before follow closes it and subscribes again.
+const deadPings = 4
+
+// oldestPing returns the send time of the oldest PING awaiting its PONG.
+func oldestPing(sent map[uint64]time.Time) (time.Time, bool) {
+	var oldest time.Time
+	for _, at := range sent {
+		if oldest.IsZero() || at.Before(oldest) {
+			oldest = at
+		}
+	}
+	return oldest, !oldest.IsZero()
+}
+
+// routesOf returns the routes of channels.
+func (e *Events) routesOf(channels []string) []*route {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]*route, 0, len(channels))
+	for _, ch := range channels {
+		if r := e.routes[ch]; r != nil {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (e *Events) deliver(channel string, d delivery) {

@@ -40,9 +40,10 @@ type eventToken struct {
 }
 
 // Run keeps the copy in memory current until ctx ends: it follows change
-// events on the events channel, and reads Redis every PollInterval and
-// after each (re)subscription. Redis being unreachable is logged, not
-// returned: the copy in memory is kept. Run returns ctx's error.
+// events on the events channel, and reads Redis as it starts and after
+// each (re)subscription; the events' poll (poll.go) catches up on what the
+// events missed. Redis being unreachable is logged, not returned: the
+// copy in memory is kept. Run returns ctx's error.
 func (s *Store) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -52,11 +53,6 @@ func (s *Store) Run(ctx context.Context) error {
 
 	s.loadLogged(ctx)
 	s.noteReadiness()
-
-	// The catch-up poll runs beside the events: when Redis is slow, a poll
-	// in flight must not hold back the read an event asks for. adopt keeps
-	// their answers in order.
-	wg.Go(func() { s.pollEvery(ctx) })
 
 	for {
 		select {
@@ -81,48 +77,6 @@ func (s *Store) Run(ctx context.Context) error {
 	}
 }
 
-// pollEvery polls every PollInterval until ctx ends. After a failed read,
-// its own or the one an event asked for (readFailed), it also reads again
-// sooner: an eighth of the interval after the failure, then a quarter,
-// then half, the interval's own polls going on meanwhile. On a busy
-// machine an event can arrive too late to be dated safely (adoptEvent)
-// and the read it asks for can time out: waiting for the next poll would
-// serve the previous token a whole interval longer.
-func (s *Store) pollEvery(ctx context.Context) {
-	every := s.cfg.PollInterval
-	poll := s.cfg.Clock.NewTicker(every)
-	defer poll.Stop()
-	retry := s.cfg.Clock.NewTimer(every)
-	retry.Stop()
-	var backoff time.Duration // the last retry's wait; 0 while reads work
-	failed := func() {
-		if next := max(2*backoff, every/8); next < every {
-			backoff = next
-			retry.Reset(next)
-		}
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.readFailed:
-			if backoff == 0 {
-				failed()
-			}
-			continue
-		case <-poll.C():
-		case <-retry.C():
-		}
-		if err := s.pollLogged(ctx); err != nil && ctx.Err() == nil {
-			failed()
-		} else {
-			backoff = 0
-			retry.Stop()
-		}
-		s.noteReadiness()
-	}
-}
-
 func (s *Store) handle(ctx context.Context, payload string) {
 	var ev tokenEvent
 	if err := json.Unmarshal([]byte(payload), &ev); err != nil {
@@ -135,10 +89,8 @@ func (s *Store) handle(ctx context.Context, payload string) {
 		if !s.adoptEvent(ev.Tok) {
 			how = "read"
 			if s.loadLogged(ctx) != nil {
-				select {
-				case s.readFailed <- struct{}{}:
-				default: // pollEvery knows already
-				}
+				s.route.failed.Store(true) // the poll reads again soon
+				s.events.kickPoll()
 			}
 		}
 		s.traceAdoption(ev, old, how)

@@ -266,20 +266,30 @@ func (s *Store) adopt(t Token, seen time.Time) {
 // when that expiry differs from the one seen before the last successful
 // Load, or Redis holds no token. Every write of a new token stores a later
 // expiry, so an unchanged expiry means an unchanged token. It reports
-// whether Redis held a token.
+// whether Redis held a token. (The events' poll reads the stamps of every
+// store of a replica at once instead.)
 func (s *Store) Poll(ctx context.Context) (bool, error) {
 	sent := s.cfg.Clock.Now()
 	exp, err := s.rdb.HGet(ctx, s.cfg.Keys.Token, "exp").Result()
 	switch {
 	case err == nil:
-		s.noteRTT(sent)
-	case errors.Is(err, redis.Nil):
-		s.noteRTT(sent)
-		exp = ""
-	case isWrongType(err):
-		exp = "" // Load says what the key holds
-	case err != nil:
+		return s.pollAnswer(ctx, exp, true, sent, nil)
+	case errors.Is(err, redis.Nil), isWrongType(err):
+		return s.pollAnswer(ctx, "", false, sent, nil)
+	}
+	return s.pollAnswer(ctx, "", false, sent, err)
+}
+
+// pollAnswer acts on a poll sent at sent that found the stored expiry exp
+// (found false: none), or failed with err: a full Load when the expiry
+// is not the one seen before the last successful Load.
+func (s *Store) pollAnswer(ctx context.Context, exp string, found bool, sent time.Time, err error) (bool, error) {
+	if err != nil {
 		return false, fmt.Errorf("cache: poll token: %w", err)
+	}
+	s.noteRTT(sent)
+	if !found {
+		exp = ""
 	}
 	if seen := s.polled.Load(); exp != "" && seen != nil && *seen == exp && s.inRedis.Load() && s.sealErr.Load() == nil {
 		return true, nil

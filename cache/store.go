@@ -40,7 +40,11 @@ var (
 // named. All carry the same hash tag so a script touches one slot in Redis
 // Cluster.
 type Keys struct {
-	Token     string // hash holding the token
+	Token string // hash holding the token
+	// Stamp is a string holding the stored token's expiry (Redis ms),
+	// written with the token and expiring with it: the replicas' polls
+	// read every token's stamp in one MGET.
+	Stamp     string
 	Lock      string // leader lock (github.com/bsm/redislock)
 	Events    string // pub/sub channel
 	Replicas  string // hash of heartbeats, a field per replica
@@ -54,11 +58,11 @@ type Keys struct {
 }
 
 // KeysFor returns the keys of the token called name:
-// tokenkeeper:{name}:token, :lock, :events, :replicas, :refreshes, :auth,
-// :device:<digest> (per-device tokens) and :device-key.
+// tokenkeeper:{name}:token, :exp (the stamp), :lock, :events, :replicas,
+// :refreshes, :auth, :device:<digest> (per-device tokens) and :device-key.
 func KeysFor(name string) Keys {
 	p := "tokenkeeper:{" + name + "}:"
-	return Keys{Token: p + "token", Lock: p + "lock", Events: p + "events",
+	return Keys{Token: p + "token", Stamp: p + "exp", Lock: p + "lock", Events: p + "events",
 		Replicas: p + "replicas", Refreshes: p + "refreshes", Auth: p + "auth",
 		Devices: p + "device:", DeviceKey: p + "device-key"}
 }
@@ -68,6 +72,7 @@ func KeysFor(name string) Keys {
 type redisClient interface {
 	redis.Scripter
 	HGet(ctx context.Context, key, field string) *redis.StringCmd
+	Pipeline() redis.Pipeliner
 	Publish(ctx context.Context, channel string, message any) *redis.IntCmd
 	Subscribe(ctx context.Context, channels ...string) *redis.PubSub
 	SPublish(ctx context.Context, channel string, message any) *redis.IntCmd
@@ -81,9 +86,16 @@ type Config struct {
 	// ServeMargin is how long before its deadline a token stops being
 	// served. Default: 1 minute.
 	ServeMargin time.Duration
-	// PollInterval is how often Run reads Redis to catch up on missed
-	// events. Default: 2 seconds.
+	// PollInterval bounds how long a lost event goes unnoticed: while
+	// the events' subscription is in doubt the store is polled this
+	// often, and its PINGs (5/8 of it apart) prove it alive otherwise
+	// (poll.go). Default: 2 seconds.
 	PollInterval time.Duration
+	// RestPollInterval is how often the store is polled while its events
+	// are proven alive: insurance against what no PING shows (a key
+	// evicted or flushed). Default: 5 minutes; never shorter than
+	// PollInterval.
+	RestPollInterval time.Duration
 	// Instance names this replica in the events it publishes.
 	Instance string
 	// Clock dates reads (deadlines) and runs the poll. Default:
@@ -132,6 +144,9 @@ type redisClock struct {
 	ms   int64
 }
 
+// DefaultRestPollInterval is Config.RestPollInterval's default.
+const DefaultRestPollInterval = 5 * time.Minute
+
 // Store is one replica's view of the shared token. Create it with New and
 // keep it current with Run. All methods are safe for concurrent use.
 type Store struct {
@@ -152,15 +167,13 @@ type Store struct {
 	noRO     atomic.Bool // the server lacks EVALSHA_RO
 
 	events    *Events
-	ownEvents bool   // the store runs its events itself
-	route     *route // the events channel's deliveries
-	// readFailed tells pollEvery that the read an event asked for failed;
-	// one slot: a second failure before it looks is the same news.
-	readFailed chan struct{}
-	behind     atomic.Bool                // Redis holds an older token than the copy in memory
-	rtt        atomic.Int64               // recent longest round trip to Redis, in ns (noteRTT)
-	clockRef   atomic.Pointer[redisClock] // Redis's clock as the last full read found it
-	rttCap     time.Duration              // the client's read timeout: no answer comes later; 0 when unknown
+	ownEvents bool                       // the store runs its events itself
+	route     *route                     // the events channel's deliveries
+	often     atomic.Bool                // polled every PollInterval whatever the events prove (PollOften)
+	behind    atomic.Bool                // Redis holds an older token than the copy in memory
+	rtt       atomic.Int64               // recent longest round trip to Redis, in ns (noteRTT)
+	clockRef  atomic.Pointer[redisClock] // Redis's clock as the last full read found it
+	rttCap    time.Duration              // the client's read timeout: no answer comes later; 0 when unknown
 
 	mu   sync.Mutex
 	subs map[*Subscription]struct{} // guarded by mu
@@ -174,7 +187,7 @@ func New(rdb redisClient, cfg Config) (*Store, error) {
 	if cfg.Keys == (Keys{}) {
 		cfg.Keys = KeysFor("liveness")
 	}
-	if cfg.Keys.Token == "" || cfg.Keys.Lock == "" || cfg.Keys.Events == "" {
+	if cfg.Keys.Token == "" || cfg.Keys.Stamp == "" || cfg.Keys.Lock == "" || cfg.Keys.Events == "" {
 		return nil, errors.New("cache: every key must be named")
 	}
 	if cfg.ServeMargin == 0 {
@@ -185,6 +198,9 @@ func New(rdb redisClient, cfg Config) (*Store, error) {
 	}
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 2 * time.Second
+	}
+	if cfg.RestPollInterval == 0 {
+		cfg.RestPollInterval = DefaultRestPollInterval
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
@@ -202,14 +218,13 @@ func New(rdb redisClient, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("cache: replication timeout %v is negative", cfg.Replication.Timeout)
 	}
 	s := &Store{rdb: rdb, cfg: cfg, log: tracing.Logger(cfg.Logger), tracer: tracing.Tracer(cfg.TracerProvider),
-		name: tracing.TokenName(cfg.Keys.Token), subs: make(map[*Subscription]struct{}), rttCap: ReadTimeout(rdb),
-		readFailed: make(chan struct{}, 1)}
+		name: tracing.TokenName(cfg.Keys.Token), subs: make(map[*Subscription]struct{}), rttCap: ReadTimeout(rdb)}
 	s.events, s.ownEvents = cfg.Events, cfg.Events == nil
 	if s.ownEvents {
-		s.events = NewEvents(rdb, EventsConfig{Logger: cfg.Logger})
+		s.events = NewEvents(rdb, EventsConfig{Logger: cfg.Logger, Clock: cfg.Clock})
 	}
 	var err error
-	if s.route, err = s.events.join(cfg.Keys.Events); err != nil {
+	if s.route, err = s.events.join(cfg.Keys.Events, s); err != nil {
 		return nil, err
 	}
 	if s.metrics, err = newStoreMetrics(cfg.Registerer, s); err != nil {

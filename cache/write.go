@@ -135,7 +135,7 @@ func (s *Store) Write(ctx context.Context, w Write) (_ Token, err error) {
 		cut = s.rttCap
 	}
 	storedTTL := max(ttl-cut, time.Millisecond)
-	keys := []string{s.cfg.Keys.Token, s.cfg.Keys.Lock}
+	keys := []string{s.cfg.Keys.Token, s.cfg.Keys.Lock, s.cfg.Keys.Stamp}
 	args := []any{w.LockValue, stored, storedTTL.Milliseconds(), age.Milliseconds(), s.cfg.Instance,
 		s.cfg.Keys.Events, string(event), keyID, s.events.publishCommand(), known, w.Generation}
 	var res []any

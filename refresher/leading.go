@@ -58,6 +58,10 @@ func (r *Refresher) work(ctx context.Context, lockValue string, term trace.SpanC
 	st := &leaderState{lockValue: lockValue, sub: sub, answered: make(map[string]message), jitter: make(map[string]float64),
 		term: term, asked: make(map[string]trace.SpanContext)}
 	defer r.abandon(ctx, st)
+	// The leader must see within a poll interval that Redis lost the
+	// token (an eviction publishes nothing), whatever the events prove.
+	r.store.PollOften(true)
+	defer r.store.PollOften(false)
 	if _, err := r.store.Load(ctx); err != nil && ctx.Err() == nil {
 		r.log.Warn("leader cannot read Redis", "error", err)
 	}

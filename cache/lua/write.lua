@@ -1,5 +1,6 @@
 -- write.lua: the fenced write of a new token (Store.Write, the leader only).
--- KEYS[1]: the token's hash; KEYS[2]: the token's lock.
+-- KEYS[1]: the token's hash; KEYS[2]: the token's lock; KEYS[3]: the
+--   token's expiry stamp (a string the replicas' polls read with MGET).
 -- ARGV[1]: the writer's lock value; ARGV[2]: the token (sealed when a key
 --   id is given); ARGV[3]: its remaining life in ms; ARGV[4]: its age in ms;
 --   ARGV[5]: the writer's instance; ARGV[6]: the events channel; ARGV[7]:
@@ -14,8 +15,8 @@
 --   then the stored token is the older one (a restore, a failover to a
 --   replica that missed the write), whatever the datings of the two say.
 -- Atomic: the lock check, the expiry order, the write with its generation
--- (one more than the key's or the writer's), PEXPIREAT on Redis's clock and
--- the event's publication are one step: no other write falls in between,
+-- (one more than the key's or the writer's), PEXPIREAT on Redis's clock, the
+-- expiry stamp and the event's publication are one step: no other write falls in between,
 -- and no reader sees the token before its expiry is set.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0} end
 local t = redis.call('TIME')
@@ -30,5 +31,6 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'exp', exp, 'at', now - tonumber(ARGV[4]), 'w', ARGV[5], 'g', gen)
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'k', ARGV[8]) end
 redis.call('PEXPIREAT', KEYS[1], exp)
+redis.call('SET', KEYS[3], exp, 'PX', exp - now)
 redis.call(ARGV[9], ARGV[6], ARGV[7] .. string.format(',"exp":%d,"now":%d,"g":%d}}', exp, now, gen))
 return {1, exp, gen}

@@ -72,7 +72,8 @@ var serveSettings = []setting{
 	{env: "TOKENKEEPER_LOCK_TTL", def: durationText(defaults.LockTTL), usage: "leader lock TTL"},
 	{env: "TOKENKEEPER_TOKEN_LIFETIME", def: durationText(upstream.DefaultLifetime), usage: "lifetime assumed when the upstream names none"},
 	{env: "TOKENKEEPER_SERVE_MARGIN", def: durationText(defaults.ServeMargin), usage: "stop serving a token this long before it expires; longer than RDP_TIMEOUT"},
-	{env: "TOKENKEEPER_POLL_INTERVAL", def: durationText(defaults.PollInterval), usage: "how often a replica reads Redis to catch up"},
+	{env: "TOKENKEEPER_POLL_INTERVAL", def: durationText(defaults.PollInterval), usage: "the longest a replica misses a new token whose event was lost; how often it reads Redis while its events connection is in doubt"},
+	{env: "TOKENKEEPER_REST_POLL_INTERVAL", def: durationText(defaults.RestPollInterval), usage: "how often a replica reads Redis while its events connection is proven alive"},
 	{env: "TOKENKEEPER_RETRY_MIN", def: durationText(defaults.RetryMin), usage: "shortest backoff after an upstream failure"},
 	{env: "TOKENKEEPER_RETRY_MAX", def: durationText(defaults.RetryMax), usage: "longest backoff after an upstream failure"},
 	{env: "TOKENKEEPER_AUTH_CALLS_PER_MINUTE", def: strconv.Itoa(defaults.AuthPerMinute), usage: "fleet-wide cap on upstream sign-ons"},
@@ -126,9 +127,11 @@ type Config struct {
 	TokenLifetime time.Duration
 	ServeMargin   time.Duration
 	PollInterval  time.Duration
-	RetryMin      time.Duration
-	RetryMax      time.Duration
-	AuthPerMinute int
+	// RestPollInterval is tokenkeeper.Config's.
+	RestPollInterval time.Duration
+	RetryMin         time.Duration
+	RetryMax         time.Duration
+	AuthPerMinute    int
 	// HandoverAfter and HandoverCooldown are the leadership policy
 	// (refresher.Config).
 	HandoverAfter    int
@@ -213,6 +216,7 @@ func readServe(v *values) Config {
 		TokenLifetime:    v.duration("TOKENKEEPER_TOKEN_LIFETIME"),
 		ServeMargin:      v.duration("TOKENKEEPER_SERVE_MARGIN"),
 		PollInterval:     v.duration("TOKENKEEPER_POLL_INTERVAL"),
+		RestPollInterval: v.duration("TOKENKEEPER_REST_POLL_INTERVAL"),
 		RetryMin:         v.duration("TOKENKEEPER_RETRY_MIN"),
 		RetryMax:         v.duration("TOKENKEEPER_RETRY_MAX"),
 		AuthPerMinute:    v.atLeastOne("TOKENKEEPER_AUTH_CALLS_PER_MINUTE"),
@@ -348,6 +352,7 @@ var fieldVars = strings.NewReplacer(
 	"RefreshBefore", "TOKENKEEPER_REFRESH_BEFORE",
 	"LockTTL", "TOKENKEEPER_LOCK_TTL",
 	"PollInterval", "TOKENKEEPER_POLL_INTERVAL",
+	"RestPollInterval", "TOKENKEEPER_REST_POLL_INTERVAL",
 	"RetryMin", "TOKENKEEPER_RETRY_MIN",
 	"RetryMax", "TOKENKEEPER_RETRY_MAX",
 	"HandoverAfter", "TOKENKEEPER_HANDOVER_AFTER",
@@ -414,7 +419,7 @@ func (c Config) keeperConfig() tokenkeeper.Config {
 		Tokens: tokens,
 		RDP:    &ucfg, AuthPerMinute: c.AuthPerMinute,
 		Instance: c.Instance, Version: buildVersion(), Commit: buildCommit(),
-		ServeMargin: c.ServeMargin, RefreshBefore: c.RefreshBefore, LockTTL: c.LockTTL, PollInterval: c.PollInterval,
+		ServeMargin: c.ServeMargin, RefreshBefore: c.RefreshBefore, LockTTL: c.LockTTL, PollInterval: c.PollInterval, RestPollInterval: c.RestPollInterval,
 		RetryMin: c.RetryMin, RetryMax: c.RetryMax, HandoverAfter: c.HandoverAfter, HandoverCooldown: c.HandoverCooldown,
 		EncryptionKeys: c.EncryptionKeys, RedisMode: c.RedisMode, RedisWait: c.RedisWait,
 		HTTP: tokenkeeper.HTTPConfig{

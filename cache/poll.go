@@ -1,0 +1,276 @@
+package cache
+
+// The poll: the fallback that catches up a store whose events were lost.
+// One loop per Events reads every due store's stamp in one round trip
+// (one MGET per hash tag, pipelined: in Redis Cluster each group goes to
+// its slot's master), and a store whose stamp changed reads its token in
+// full.
+//
+// How often a store is polled depends on what its subscription proves.
+// While a PING sent through the subscription at most
+// provenFor(PollInterval) ago has been answered, every message published
+// before it was sent has reached the store, so a lost event is not to be
+// feared: the store is polled every RestPollInterval (minutes), as
+// insurance against what no PING shows (a key evicted or flushed, a bug).
+// When the proof lapses (a PING unanswered, a broken connection, a
+// resubscription) the store is polled at once, then every PollInterval.
+//
+// The bound: a token written at w is served by every replica by
+// w + PollInterval + a round trip, lost event or not. The last PING
+// answered before the write was sent at p > w - pingEvery; if its
+// successor's PONG is missing, the proof lapses at p + provenFor, which
+// the loop sees within pollStep, and polls: p + provenFor + pollStep =
+// p + pingEvery + PollInterval/4 + PollInterval/8 <= w + PollInterval.
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// pingEvery is how often a subscription carrying a store polled every
+// poll is PINGed: 5/8 of it, so that with a PONG late by up to a quarter
+// of it and the loop's step of an eighth, a lost event is caught within
+// one poll interval.
+func pingEvery(routes []*route) time.Duration {
+	every := 2 * time.Second
+	for i, r := range routes {
+		if d := r.store.cfg.PollInterval * 5 / 8; i == 0 || d < every {
+			every = d
+		}
+	}
+	return every
+}
+
+// provenFor is how long an answered PING proves a subscription alive:
+// its interval, and a quarter of the poll interval for its PONG to come.
+func provenFor(poll time.Duration) time.Duration { return poll*5/8 + poll/4 }
+
+// pollStep is how often the poll loop looks at its stores: an eighth of
+// the shortest poll interval.
+func (e *Events) pollStep() time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	step := time.Duration(0)
+	for _, r := range e.routes {
+		if d := r.store.cfg.PollInterval / 8; step == 0 || d < step {
+			step = d
+		}
+	}
+	return max(step, time.Millisecond)
+}
+
+// prove records that a PING sent at at was answered.
+func (r *route) prove(at time.Time) {
+	r.mu.Lock()
+	if at.After(r.proof) {
+		r.proof = at
+	}
+	r.mu.Unlock()
+}
+
+// doubt withdraws the route's proof at now: its connection broke or was
+// replaced.
+func (r *route) doubt(now time.Time) {
+	r.mu.Lock()
+	if !r.proof.IsZero() {
+		r.proof, r.lost = time.Time{}, now
+	}
+	r.mu.Unlock()
+}
+
+// proven reports whether the route's events are proven alive at now, and
+// otherwise since when they are in doubt (zero: never proven).
+func (r *route) proven(now time.Time) (bool, time.Time) {
+	r.mu.Lock()
+	proof, lost := r.proof, r.lost
+	r.mu.Unlock()
+	if proof.IsZero() {
+		return false, lost
+	}
+	lapse := proof.Add(provenFor(r.store.cfg.PollInterval))
+	return now.Before(lapse), lapse
+}
+
+// EventsProven reports whether the store's events are proven alive now:
+// a PING through its subscription was answered recently enough that no
+// event can have been lost. While they are, the store is polled every
+// RestPollInterval instead of every PollInterval.
+func (s *Store) EventsProven() bool {
+	ok, _ := s.route.proven(s.cfg.Clock.Now())
+	return ok
+}
+
+// PollOften keeps the store polled every PollInterval, whatever its
+// events prove, while on is true: the leader of a token must notice
+// within seconds that Redis lost it (an eviction publishes nothing), and
+// reads the token's hash itself rather than its stamp.
+func (s *Store) PollOften(on bool) {
+	s.often.Store(on)
+	s.events.kickPoll()
+}
+
+// kickPoll wakes the poll loop.
+func (e *Events) kickPoll() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+// due reports whether r is to be polled at now.
+func (r *route) due(now time.Time) bool {
+	s := r.store
+	if r.failed.Swap(false) && r.backoff == 0 {
+		r.retryLater(now)
+	}
+	if !r.retryAt.IsZero() && !now.Before(r.retryAt) {
+		return true
+	}
+	interval := s.cfg.PollInterval
+	ok, since := r.proven(now)
+	if ok && !s.often.Load() {
+		interval = max(s.cfg.RestPollInterval, s.cfg.PollInterval)
+	}
+	if now.Sub(r.lastPoll) >= interval {
+		return true
+	}
+	// In doubt since a moment after the last poll: at once.
+	return !ok && !since.IsZero() && r.lastPoll.Before(since) && !now.Before(since)
+}
+
+// retryLater schedules the next read after a failed one: an eighth of
+// the poll interval after the first failure, then a quarter, then half,
+// the interval's own polls going on meanwhile. On a busy machine an event
+// can arrive too late to be dated safely (adoptEvent) and the read it
+// asks for can time out: waiting for the next poll would serve the
+// previous token a whole interval longer.
+func (r *route) retryLater(now time.Time) {
+	every := r.store.cfg.PollInterval
+	if next := max(2*r.backoff, every/8); next < every {
+		r.backoff = next
+		r.retryAt = now.Add(next)
+		return
+	}
+	r.retryAt = time.Time{}
+}
+
+// pollLoop polls the stores as they fall due until ctx ends.
+func (e *Events) pollLoop(ctx context.Context) {
+	e.mu.Lock()
+	routes := make([]*route, 0, len(e.routes))
+	for _, r := range e.routes {
+		routes = append(routes, r)
+	}
+	e.mu.Unlock()
+	start := e.clock.Now()
+	for _, r := range routes {
+		r.lastPoll = start // each store reads Redis as it starts
+	}
+	tick := e.clock.NewTicker(e.pollStep())
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C():
+		case <-e.kick:
+		}
+		now := e.clock.Now()
+		var due []*route
+		for _, r := range routes {
+			if r.due(now) {
+				due = append(due, r)
+			}
+		}
+		if len(due) > 0 {
+			e.poll(ctx, due)
+		}
+	}
+}
+
+// poll reads the stamps of routes in one round trip (the hashes' expiry
+// for the stores polled often) and lets each store act on its answer. It
+// goes over the first store's client: a replica's stores share one.
+func (e *Events) poll(ctx context.Context, routes []*route) {
+	sent := e.clock.Now()
+	pipe := routes[0].store.rdb.Pipeline()
+	groups := map[string][]int{} // hash tag -> indexes of routes
+	var order []string
+	hgets := make([]*redis.StringCmd, len(routes))
+	for i, r := range routes {
+		if r.store.often.Load() {
+			hgets[i] = pipe.HGet(ctx, r.store.cfg.Keys.Token, "exp")
+			continue
+		}
+		tag := hashTag(r.store.cfg.Keys.Stamp)
+		if _, ok := groups[tag]; !ok {
+			order = append(order, tag)
+		}
+		groups[tag] = append(groups[tag], i)
+	}
+	stamps := make([]string, len(routes))
+	found := make([]bool, len(routes))
+	mgets := make([]*redis.SliceCmd, len(order))
+	for g, tag := range order {
+		keys := make([]string, len(groups[tag]))
+		for j, i := range groups[tag] {
+			keys[j] = routes[i].store.cfg.Keys.Stamp
+		}
+		mgets[g] = pipe.MGet(ctx, keys...)
+	}
+	_, _ = pipe.Exec(ctx) // each command's error is its own
+	errs := make([]error, len(routes))
+	for g, tag := range order {
+		vals, err := mgets[g].Result()
+		for j, i := range groups[tag] {
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			if j < len(vals) {
+				stamps[i], found[i] = vals[j].(string)
+			}
+		}
+	}
+	for i, c := range hgets {
+		if c == nil {
+			continue
+		}
+		v, err := c.Result()
+		switch {
+		case err == nil:
+			stamps[i], found[i] = v, true
+		case errors.Is(err, redis.Nil), isWrongType(err):
+		default:
+			errs[i] = err
+		}
+	}
+	now := e.clock.Now()
+	for i, r := range routes {
+		r.lastPoll = now
+		err := r.store.logRead(ctx, func(ctx context.Context) (bool, error) {
+			return r.store.pollAnswer(ctx, stamps[i], found[i], sent, errs[i])
+		})
+		if err != nil && ctx.Err() == nil {
+			r.retryLater(now)
+		} else {
+			r.backoff, r.retryAt = 0, time.Time{}
+		}
+		r.store.noteReadiness()
+	}
+}
+
+// hashTag returns the hash tag of key (what stands between its first {
+// and the next }), or key when it has none: keys of one tag share a slot.
+func hashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
+}
