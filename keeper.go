@@ -225,6 +225,11 @@ func (k *Keeper) Run(ctx context.Context) error {
 		part(lead, prefix+"refresher", t.ref.Run)
 		part(lead, prefix+"heartbeat", t.ref.Heartbeat)
 	}
+	part(lead, "beat", func(ctx context.Context) error {
+		return refresher.Beat(ctx, k.cfg.Redis, cache.FleetKey, refresher.BeatConfig{
+			Instance: k.cfg.Instance, Version: k.cfg.Version, Clock: k.cfg.Clock, Logger: k.cfg.Logger,
+			Timeout: refresher.RedisTimeout(k.cfg.LockTTL)})
+	})
 	part(lead, "replica count", k.countReplicas)
 	part(lead, "balance", k.balance)
 	var err error

@@ -17,12 +17,12 @@ var replicaCountEvery = 5 * time.Second
 // fresh and that hold a servable token (those a balancer sends requests
 // to), reading Redis once. It counts at least one, this replica.
 func (k *Keeper) LiveReplicas(ctx context.Context) (int, error) {
-	f, err := refresher.ReadFleet(ctx, k.cfg.Redis, k.tokens[0].store.Keys(), k.cfg.Clock.Now())
+	reps, err := refresher.ReadReplicas(ctx, k.cfg.Redis, k.tokens[0].store.Keys())
 	if err != nil {
 		return 0, err
 	}
 	n := 0
-	for _, r := range f.Replicas {
+	for _, r := range reps {
 		if r.Ready {
 			n++
 		}

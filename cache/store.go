@@ -44,10 +44,14 @@ type Keys struct {
 	// Stamp is a string holding the stored token's expiry (Redis ms),
 	// written with the token and expiring with it: the replicas' polls
 	// read every token's stamp in one MGET.
-	Stamp     string
-	Lock      string // leader lock (github.com/bsm/redislock)
-	Events    string // pub/sub channel
-	Replicas  string // hash of heartbeats, a field per replica
+	Stamp    string
+	Lock     string // leader lock (github.com/bsm/redislock)
+	Events   string // pub/sub channel
+	Replicas string // hash of each replica's state for this token, a field per replica
+	// Fleet is the hash of the replicas alive, a field per replica, shared
+	// by every token (so it carries no hash tag): each replica beats there
+	// once per period, whatever the number of tokens it keeps.
+	Fleet     string
 	Refreshes string // list of the last refresh attempts
 	Auth      string // sorted set of the fleet's recent sign-ons
 	// Devices prefixes the keys of per-device tokens: a hash per device,
@@ -59,13 +63,17 @@ type Keys struct {
 
 // KeysFor returns the keys of the token called name:
 // tokenkeeper:{name}:token, :exp (the stamp), :lock, :events, :replicas,
-// :refreshes, :auth, :device:<digest> (per-device tokens) and :device-key.
+// :refreshes, :auth, :device:<digest> (per-device tokens) and :device-key,
+// and the fleet's tokenkeeper:replicas.
 func KeysFor(name string) Keys {
 	p := "tokenkeeper:{" + name + "}:"
 	return Keys{Token: p + "token", Stamp: p + "exp", Lock: p + "lock", Events: p + "events",
-		Replicas: p + "replicas", Refreshes: p + "refreshes", Auth: p + "auth",
+		Replicas: p + "replicas", Fleet: FleetKey, Refreshes: p + "refreshes", Auth: p + "auth",
 		Devices: p + "device:", DeviceKey: p + "device-key"}
 }
+
+// FleetKey is the hash of the replicas alive (Keys.Fleet).
+const FleetKey = "tokenkeeper:replicas"
 
 // redisClient is what the store needs of a go-redis client
 // (*redis.Client, *redis.ClusterClient and redis.UniversalClient fit).

@@ -140,6 +140,7 @@ func TestKeysCarryOneHashTag(t *testing.T) {
 		Lock:      "tokenkeeper:{liveness}:lock",
 		Events:    "tokenkeeper:{liveness}:events",
 		Replicas:  "tokenkeeper:{liveness}:replicas",
+		Fleet:     "tokenkeeper:replicas",
 		Refreshes: "tokenkeeper:{liveness}:refreshes",
 		Auth:      "tokenkeeper:{liveness}:auth",
 		Devices:   "tokenkeeper:{liveness}:device:",

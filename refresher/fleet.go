@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,14 +20,19 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/clock"
 )
 
-// The fleet view: every replica writes a heartbeat into one Redis hash
-// (tokenkeeper:{name}:replicas, a field per instance), and the leader
-// pushes each refresh attempt onto a short list (tokenkeeper:{name}:refreshes).
-// Both carry the token's hash tag, and both are dated on Redis's clock:
-// readers turn those dates into ages, then into their own local times, so
-// no two wall clocks are ever compared.
+// The fleet view: every replica beats once per period into the fleet's
+// hash of live replicas (tokenkeeper:replicas, a field per instance,
+// Beat), whatever the number of tokens it keeps; it writes its state for
+// each token (ready, leader, fingerprint...) into that token's hash
+// (tokenkeeper:{name}:replicas, a field per instance, Heartbeat) when the
+// state changes, not periodically; and the leader pushes each refresh
+// attempt onto a short list (tokenkeeper:{name}:refreshes). A replica's
+// state for a token counts while its beat is fresh. Everything is dated on
+// Redis's clock: readers turn those dates into ages, then into their own
+// local times, so no two wall clocks are ever compared.
 
 // historySize is how many refresh attempts are kept, in memory and in Redis.
 const historySize = 20
@@ -117,7 +123,7 @@ func ReadFleet(ctx context.Context, rdb fleetReader, keys cache.Keys, now time.T
 	if f.Leader, err = readLeader(ctx, rdb, keys.Lock); err != nil {
 		return f, err
 	}
-	if f.Replicas, err = readReplicas(ctx, rdb, keys.Replicas, now); err != nil {
+	if f.Replicas, err = readReplicas(ctx, rdb, keys, now); err != nil {
 		return f, err
 	}
 	if f.Refreshes, err = readAttempts(ctx, rdb, keys.Refreshes, now); err != nil {
@@ -126,10 +132,10 @@ func ReadFleet(ctx context.Context, rdb fleetReader, keys cache.Keys, now time.T
 	return f, nil
 }
 
-// ReadReplicas reads the replicas whose heartbeat for the token of keys
-// has not expired, as ReadFleet does, without the leader and the attempts.
+// ReadReplicas reads the replicas whose beat is fresh and that keep the
+// token of keys, as ReadFleet does, without the leader and the attempts.
 func ReadReplicas(ctx context.Context, rdb redis.Scripter, keys cache.Keys) ([]Replica, error) {
-	return readReplicas(ctx, rdb, keys.Replicas, time.Now())
+	return readReplicas(ctx, rdb, keys, time.Now())
 }
 
 // readLeader returns the instance id in the lock's value, or "".
@@ -183,6 +189,13 @@ var beatLua string
 // json. The field's value is "<written ms> <ttl ms> <json>".
 var beatScript = redis.NewScript(beatLua)
 
+//go:embed lua/alive.lua
+var aliveLua string
+
+// aliveScript writes one beat into the fleet's hash. KEYS: hash. ARGV:
+// instance, ttl ms, json.
+var aliveScript = redis.NewScript(aliveLua)
+
 //go:embed lua/replicas.lua
 var replicasLua string
 
@@ -223,6 +236,16 @@ type heartbeat struct {
 	Upstream      string `json:"upstream,omitempty"`
 	UpstreamError string `json:"upstream_error,omitempty"`
 	AsideForMS    int64  `json:"aside_for_ms,omitempty"`
+	// Fleet marks a state written on change, which counts while the
+	// replica's beat in the fleet's hash is fresh; without it (replicas of
+	// earlier versions) an entry counts while its own ttl runs.
+	Fleet bool `json:"fleet,omitempty"`
+}
+
+// beatWire is a replica's beat in the fleet's hash.
+type beatWire struct {
+	Instance string `json:"instance"`
+	Version  string `json:"version,omitempty"`
 }
 
 // attemptWire is an Attempt on the wire.
@@ -274,10 +297,27 @@ func fromMS(n int64) time.Duration { return time.Duration(n) * time.Millisecond 
 
 func fromSeconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-// readReplicas reads the heartbeats and dates them on the reader's clock,
-// whose time is local when the read is sent.
-func readReplicas(ctx context.Context, rdb redis.Scripter, key string, local time.Time) ([]Replica, error) {
-	now, vals, err := scriptList(ctx, rdb, replicasScript, key)
+// readReplicas reads the fleet's beats and the replicas' states for the
+// token of keys, and dates them on the reader's clock, whose time is local
+// when the reads are sent: the replicas whose beat is fresh and that keep
+// the token (and those of earlier versions whose state has not expired).
+func readReplicas(ctx context.Context, rdb redis.Scripter, keys cache.Keys, local time.Time) ([]Replica, error) {
+	beats := map[string]time.Time{}
+	if keys.Fleet != "" {
+		now, vals, err := scriptList(ctx, rdb, replicasScript, keys.Fleet)
+		if err != nil {
+			return nil, fmt.Errorf("refresher: read beats: %w", err)
+		}
+		for _, v := range vals {
+			at, body, ok := splitStamped(v, true)
+			var b beatWire
+			if !ok || json.Unmarshal([]byte(body), &b) != nil || b.Instance == "" {
+				continue
+			}
+			beats[b.Instance] = local.Add(-fromMS(now - at))
+		}
+	}
+	now, vals, err := scriptList(ctx, rdb, replicasScript, keys.Replicas)
 	if err != nil {
 		return nil, fmt.Errorf("refresher: read heartbeats: %w", err)
 	}
@@ -288,8 +328,16 @@ func readReplicas(ctx context.Context, rdb redis.Scripter, key string, local tim
 		if !ok || json.Unmarshal([]byte(body), &hb) != nil {
 			continue
 		}
-		seen := local.Add(-fromMS(now - at))
-		r := hb.replica(seen)
+		written := local.Add(-fromMS(now - at))
+		r := hb.replica(written)
+		if hb.Fleet {
+			seen, alive := beats[hb.Instance]
+			if !alive {
+				continue
+			}
+			r.Seen = seen
+			r.AsideFor = max(r.AsideFor-local.Sub(written), 0)
+		}
 		out = append(out, r)
 	}
 	sortReplicas(out)
@@ -439,36 +487,47 @@ func (r *Refresher) selfReplica() Replica {
 	return r.self().replica(r.cfg.Clock.Now().Round(0))
 }
 
-// Heartbeat writes this replica's heartbeat into Redis every
-// Config.HeartbeatEvery until ctx ends, then removes it, so that the fleet
-// view lists the replicas alive. A heartbeat expires unread after three
-// intervals. Redis being unreachable is counted and logged at Debug, not
-// returned. It returns ctx's error.
+// stateTTL is how long a replica's state for a token lives in Redis
+// unless written again; Heartbeat writes it again after half of it even
+// when nothing changed. It counts meanwhile only while the replica's beat
+// is fresh (Beat).
+const stateTTL = 24 * time.Hour
+
+// Heartbeat writes this replica's state for the token into Redis (the
+// token's replicas hash) when it changes, checking five times a second in
+// memory, and at least every half stateTTL, until ctx ends, then removes
+// it. The state counts in the fleet view while the replica's beat (Beat)
+// is fresh: at rest it costs Redis nothing. Redis being unreachable is
+// counted and logged at Debug, and the write retried after
+// HeartbeatEvery, not returned. It returns ctx's error.
 func (r *Refresher) Heartbeat(ctx context.Context) error {
 	sub := r.store.Subscribe()
 	defer sub.Close()
-	tick := r.cfg.Clock.NewTicker(r.cfg.HeartbeatEvery)
-	defer tick.Stop()
 	watch := r.cfg.Clock.NewTicker(min(r.cfg.HeartbeatEvery, 200*time.Millisecond))
 	defer watch.Stop()
 	replicasKey := r.store.Keys().Replicas
-	ttl := 3 * r.cfg.HeartbeatEvery
 	var sent heartbeat
+	var sentAt, retryAt time.Time
+	events := 0 // events seen since the last write
 	beat := func() {
-		sent = r.self()
+		now := r.cfg.Clock.Now()
+		sent, sentAt, events = r.self(), now, 0
+		sent.Fleet = true
 		b, err := json.Marshal(sent)
 		if err != nil {
 			return
 		}
-		bctx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatEvery)
+		bctx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL))
 		defer cancel()
-		err = beatScript.Run(bctx, r.rdb, []string{replicasKey}, r.cfg.Instance, ttl.Milliseconds(), string(b)).Err()
+		err = beatScript.Run(bctx, r.rdb, []string{replicasKey}, r.cfg.Instance, stateTTL.Milliseconds(), string(b)).Err()
 		if ctx.Err() != nil {
 			return
 		}
 		r.metrics.heartbeat(err)
+		retryAt = time.Time{}
 		if err != nil {
-			r.log.Debug("heartbeat failed", "error", err)
+			r.log.Debug("writing this replica's state failed", "error", err)
+			retryAt = now.Add(r.cfg.HeartbeatEvery)
 		}
 	}
 	beat()
@@ -478,22 +537,99 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			defer cancel()
 			if err := forgetScript.Run(dctx, r.rdb, []string{replicasKey}, r.cfg.Instance).Err(); err != nil {
-				r.log.Debug("removing the heartbeat failed; it expires by itself", "error", err)
+				r.log.Debug("removing this replica's state failed; it expires by itself", "error", err)
 			}
 			return ctx.Err()
 		case <-sub.Ready():
 			for m, ok := sub.Next(); ok; m, ok = sub.Next() {
 				r.fleet.sawEvent(r.cfg.Clock.Now(), m.Type)
+				events++
 			}
 		case <-watch.C():
-			// Beat at once when readiness or leadership changed, so the
-			// fleet view does not lag a whole interval behind. Looking
-			// costs nothing: both are known in memory.
-			if now := r.self(); now.Ready != sent.Ready || now.Leader != sent.Leader || now.Upstream != sent.Upstream {
+			// Looking costs nothing: the state is known in memory.
+			now := r.cfg.Clock.Now()
+			switch {
+			case !retryAt.IsZero():
+				if !now.Before(retryAt) {
+					beat()
+				}
+			case events > 0, r.self().differs(sent), now.Sub(sentAt) >= stateTTL/2:
 				beat()
 			}
+		}
+	}
+}
+
+// differs reports whether hb says something else than was: its ages
+// aside, which readers date from the write.
+func (hb heartbeat) differs(was heartbeat) bool {
+	return hb.Ready != was.Ready || hb.Leader != was.Leader || hb.Fingerprint != was.Fingerprint ||
+		hb.Problem != was.Problem || hb.Upstream != was.Upstream || hb.UpstreamError != was.UpstreamError ||
+		(hb.AsideForMS > 0) != (was.AsideForMS > 0) || hb.Version != was.Version
+}
+
+// BeatConfig tunes Beat.
+type BeatConfig struct {
+	// Instance and Version name the replica and its build.
+	Instance, Version string
+	// Every is how often the replica beats; a beat expires after three.
+	// Default: DefaultBeatEvery.
+	Every time.Duration
+	// Clock paces the beats. Default: clock.Real().
+	Clock clock.Clock
+	// Logger receives the logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Timeout bounds each write. Default: Every.
+	Timeout time.Duration
+}
+
+// DefaultBeatEvery is how often a replica beats by default. Each beat is
+// one script (EVALSHA, TIME, HSET: three commands as Redis counts them),
+// so it sets the load a replica puts on Redis at rest: 0.075 commands a
+// second.
+const DefaultBeatEvery = 40 * time.Second
+
+// Beat writes this replica's beat into the fleet's hash of live replicas
+// (key, cache.FleetKey) every cfg.Every until ctx ends, then removes it:
+// one write per replica per period, whatever the number of tokens it
+// keeps. A beat expires after three periods. Redis being unreachable is
+// logged at Debug, not returned. It returns ctx's error.
+func Beat(ctx context.Context, rdb redis.Scripter, key string, cfg BeatConfig) error {
+	if cfg.Every <= 0 {
+		cfg.Every = DefaultBeatEvery
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = cfg.Every
+	}
+	b, err := json.Marshal(beatWire{Instance: cfg.Instance, Version: cfg.Version})
+	if err != nil {
+		return err
+	}
+	ttl := 3 * cfg.Every
+	tick := cfg.Clock.NewTicker(cfg.Every)
+	defer tick.Stop()
+	for {
+		bctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		err := aliveScript.Run(bctx, rdb, []string{key}, cfg.Instance, ttl.Milliseconds(), string(b)).Err()
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			cfg.Logger.Debug("beat failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			defer cancel()
+			if err := forgetScript.Run(dctx, rdb, []string{key}, cfg.Instance).Err(); err != nil {
+				cfg.Logger.Debug("removing the beat failed; it expires by itself", "error", err)
+			}
+			return ctx.Err()
 		case <-tick.C():
-			beat()
 		}
 	}
 }
@@ -502,11 +638,11 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 // this replica's own view and its own attempts. tryRedis false skips
 // Redis, already known to be unreachable.
 func (r *Refresher) fleetStatus(ctx context.Context, s *Status, tryRedis bool) error {
-	replicasKey, refreshesKey := r.store.Keys().Replicas, r.store.Keys().Refreshes
+	refreshesKey := r.store.Keys().Refreshes
 	var reps []Replica
 	var err error
 	if tryRedis {
-		reps, err = readReplicas(ctx, r.rdb, replicasKey, r.cfg.Clock.Now())
+		reps, err = readReplicas(ctx, r.rdb, r.store.Keys(), r.cfg.Clock.Now())
 	}
 	if tryRedis && err == nil {
 		var atts []Attempt

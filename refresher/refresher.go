@@ -103,8 +103,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Version names the build in this replica's heartbeat (fleet.go).
 	Version string
-	// HeartbeatEvery is how often Heartbeat writes this replica's
-	// heartbeat; one expires after three intervals. Default: 5s.
+	// HeartbeatEvery is how long Heartbeat waits before writing this
+	// replica's state again after a failed write. Default: 5s.
 	HeartbeatEvery time.Duration
 	// Registerer receives the refresher's metrics (metrics.go). Default:
 	// none, no metrics are kept.
@@ -216,8 +216,6 @@ func New(cfg Config, rdb redisClient, store *cache.Store, src Source) (*Refreshe
 		cfg.Logger = slog.Default()
 	}
 	if cfg.HeartbeatEvery == 0 {
-		// Every replica beats, so this sets the fleet's Redis load at rest:
-		// one script (EVALSHA, TIME, HSET, PEXPIRE) per beat.
 		cfg.HeartbeatEvery = 5 * time.Second
 	}
 	if cfg.HeartbeatEvery < 10*time.Millisecond {

@@ -206,7 +206,10 @@ func (w *world) startReplica(name string, src refresher.Source, tm timings, hear
 		cancel: cancel, done: make(chan struct{})}
 	parts := []func(context.Context) error{store.Run, ref.Run}
 	if heartbeat {
-		parts = append(parts, ref.Heartbeat)
+		parts = append(parts, ref.Heartbeat, func(ctx context.Context) error {
+			return refresher.Beat(ctx, rdb, w.keys.Fleet, refresher.BeatConfig{Instance: name, Version: "v-test",
+				Every: heartbeatEvery, Clock: w.tl.Clock, Logger: quiet})
+		})
 	}
 	var wg sync.WaitGroup
 	for _, run := range parts {

@@ -30,15 +30,15 @@ func catalogACL(names ...string) string {
 		keys = append(keys, "~tokenkeeper:{"+n+"}:*")
 		channels = append(channels, "&tokenkeeper:{"+n+"}:events")
 	}
-	return "user tokenkeeper on >tk-redis-password resetkeys " + strings.Join(keys, " ") +
+	return "user tokenkeeper on >tk-redis-password resetkeys " + strings.Join(keys, " ") + " ~tokenkeeper:replicas" +
 		" resetchannels " + strings.Join(channels, " ") + " -@all " +
 		"+ping +hello +auth +client|setname +select +command|info " +
 		"+eval +evalsha +eval_ro +evalsha_ro +script|load " +
-		"+get +set +del +getrange +pexpire +pttl +time " +
+		"+get +mget +set +del +getrange +pexpire +pttl +time " +
 		"+hget +hmget +hset +pexpireat " +
 		"+zadd +zcard +zrange +zremrangebyscore +hgetall +hdel +lpush +ltrim +lrange " +
 		"+publish +subscribe +unsubscribe " +
-		"+mget +incr +expire" // per-device tokens: the device cache and the mint counts
+		"+incr +expire" // per-device tokens: the mint counts
 }
 
 // A catalog of a shared token and a per-device one runs through the ACL

@@ -32,12 +32,12 @@ import (
 )
 
 // minimalACL is the least a replica needs, as documented in the README:
-// its own keys and channel, and the commands it and its scripts run.
-const minimalACL = "user tokenkeeper on >tk-redis-password resetkeys ~tokenkeeper:{liveness}:* " +
+// its own keys and channel, the fleet's hash of live replicas, and the commands it and its scripts run.
+const minimalACL = "user tokenkeeper on >tk-redis-password resetkeys ~tokenkeeper:{liveness}:* ~tokenkeeper:replicas " +
 	"resetchannels &tokenkeeper:{liveness}:events -@all " +
 	"+ping +hello +auth +client|setname +select +command|info " +
 	"+eval +evalsha +eval_ro +evalsha_ro +script|load " +
-	"+get +set +del +getrange +pexpire +pttl +time " +
+	"+get +mget +set +del +getrange +pexpire +pttl +time " +
 	"+hget +hmget +hset +pexpireat " +
 	"+zadd +zcard +zrange +zremrangebyscore +hgetall +hdel +lpush +ltrim +lrange " +
 	"+publish +subscribe +unsubscribe"
