@@ -305,8 +305,6 @@ func (s *Store) pollAnswer(ctx context.Context, exp string, found bool, sent tim
 
 func (s *Store) loadLogged(ctx context.Context) error { return s.logRead(ctx, s.Load) }
 
-func (s *Store) pollLogged(ctx context.Context) error { return s.logRead(ctx, s.Poll) }
-
 // logRead runs read, logs its failure and returns it.
 func (s *Store) logRead(ctx context.Context, read func(context.Context) (bool, error)) error {
 	_, err := read(ctx)
