@@ -307,7 +307,7 @@ func (e *Events) shardedWorks(ctx context.Context, channel string) bool {
 // published before Redis ran that PING has been handed on (Redis answers
 // a connection in order). The routes' polls go slow while that proof is
 // fresh (poll.go). A connection that leaves its PINGs unanswered for
-// deadPings of them is closed and subscribed again: on a network that
+// deadPings intervals is closed and subscribed again: on a network that
 // drops packets silently, a connection can otherwise look open for many
 // minutes.
 func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...string) {
@@ -412,8 +412,12 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 }
 
 // deadPings is how many PING intervals a connection may leave a PING
-// unanswered before follow closes it and subscribes again.
-const deadPings = 4
+// unanswered before follow closes it and subscribes again (30 s at the
+// default poll interval). It is long on purpose: the polls keep the
+// staleness bound meanwhile, and a replica too busy to read its PONGs in
+// time would only add a resubscription, and a read of every token, to
+// its load.
+const deadPings = 24
 
 // oldestPing returns the send time of the oldest PING awaiting its PONG.
 func oldestPing(sent map[uint64]time.Time) (time.Time, bool) {

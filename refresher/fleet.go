@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -507,11 +508,11 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 	defer watch.Stop()
 	replicasKey := r.store.Keys().Replicas
 	var sent heartbeat
-	var sentAt, retryAt time.Time
+	var sentAt, retryAt, lazyAt time.Time
 	events := 0 // events seen since the last write
 	beat := func() {
 		now := r.cfg.Clock.Now()
-		sent, sentAt, events = r.self(), now, 0
+		sent, sentAt, events, lazyAt = r.self(), now, 0, time.Time{}
 		sent.Fleet = true
 		b, err := json.Marshal(sent)
 		if err != nil {
@@ -548,22 +549,35 @@ func (r *Refresher) Heartbeat(ctx context.Context) error {
 		case <-watch.C():
 			// Looking costs nothing: the state is known in memory.
 			now := r.cfg.Clock.Now()
+			cur := r.self()
 			switch {
 			case !retryAt.IsZero():
 				if !now.Before(retryAt) {
 					beat()
 				}
-			case events > 0, r.self().differs(sent), now.Sub(sentAt) >= stateTTL/2:
+			case cur.differs(sent), now.Sub(sentAt) >= stateTTL/2:
 				beat()
+			case events > 0 || cur.Fingerprint != sent.Fingerprint:
+				// A new token or an event reaches every replica at once:
+				// their writes are spread over HeartbeatEvery rather than
+				// sent to Redis together with the fan-out.
+				if lazyAt.IsZero() {
+					lazyAt = now.Add(mrand.N(r.cfg.HeartbeatEvery))
+				}
+				if !now.Before(lazyAt) {
+					beat()
+				}
 			}
 		}
 	}
 }
 
-// differs reports whether hb says something else than was: its ages
-// aside, which readers date from the write.
+// differs reports whether hb says something else than was that the fleet
+// must see at once (readiness, leadership, trouble): not its ages, which
+// readers date from the write, nor its token, which Heartbeat writes
+// lazily.
 func (hb heartbeat) differs(was heartbeat) bool {
-	return hb.Ready != was.Ready || hb.Leader != was.Leader || hb.Fingerprint != was.Fingerprint ||
+	return hb.Ready != was.Ready || hb.Leader != was.Leader ||
 		hb.Problem != was.Problem || hb.Upstream != was.Upstream || hb.UpstreamError != was.UpstreamError ||
 		(hb.AsideForMS > 0) != (was.AsideForMS > 0) || hb.Version != was.Version
 }
