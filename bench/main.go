@@ -84,7 +84,7 @@ var full = config{
 	devN: []int{1, 3, 10}, devices: 200, devAsks: 3, devAccessLifetime: 6 * time.Second, devD: 24 * time.Second,
 	devCost: deviceCostConfig{Replicas: 3, UpstreamLatency: 20 * time.Millisecond, Mints: 200, Readers: 32, ReadD: 5 * time.Second,
 		Hammers: 8, MintsPerMinute: 600, HammerD: 20 * time.Second},
-	scaleN: []int{10, 100, 1000}, scaleT: []int{1, 10, 100}, scaleWrites: 10, scaleRestD: 40 * time.Second,
+	scaleN: []int{10, 100, 1000}, scaleT: []int{1, 10, 100}, scaleWrites: 10, scaleRestD: 30 * time.Second,
 	benchtime: "1s",
 }
 

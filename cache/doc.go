@@ -14,8 +14,10 @@
 //     kept inside Redis (PEXPIREAT on Redis's own clock), and the script
 //     publishes a change event in the same step.
 //   - Every replica's copy follows a change within milliseconds through
-//     pub/sub, and a periodic poll catches up a replica that missed an event
-//     or reconnected.
+//     pub/sub, and within the poll interval of the write if the event is
+//     lost: Events PINGs each subscription, and polls every store at once,
+//     rarely while the PINGs are answered (no event can have been lost),
+//     every poll interval while they are not (poll.go).
 //   - A replica's deadline for a token is the remaining lifetime Redis
 //     reported plus the local monotonic clock at the moment the request was
 //     sent; wall clocks are never compared, so clock skew between replicas,

@@ -51,10 +51,12 @@
 //
 // # Fleet view
 //
-// Heartbeat writes this replica's state (instance, version, ready, leader,
-// token fingerprint and expiry, last event seen) into one Redis hash every
-// HeartbeatEvery; an entry older than three intervals is dropped by its
-// readers, and a replica that stops removes its own. The leader pushes
+// Beat writes one beat per replica per period (40 s) into the fleet's hash
+// of live replicas, whatever the number of tokens; Heartbeat writes this
+// replica's state for one token (version, ready, leader, token
+// fingerprint and expiry, last event seen) into the token's hash when it
+// changes. A state counts while its replica's beat is fresh (three
+// periods); a replica that stops removes both. The leader pushes
 // every refresh attempt (outcome, upstream latency, fingerprint, error)
 // onto a short list beside it, and keeps the same in memory. Status and
 // ReadFleet report both; entries are dated on Redis's clock, so readers

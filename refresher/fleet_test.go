@@ -307,3 +307,60 @@ func TestHolderOf(t *testing.T) {
 		})
 	}
 }
+
+// TestStatesAtRest: at rest a replica writes its beat into the fleet's
+// hash once per period and nothing per token, yet the fleet view goes on
+// listing it for every token, dated by its beat.
+func TestStatesAtRest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		ctx := t.Context()
+		src := w.source(hour)
+		rs := []*replica{w.startObserved("a", src, timings{lifetime: hour}), w.startObserved("b", src, timings{lifetime: hour})}
+		oneLeader(t, rs, time.Minute)
+		w.tl.Until("both replicas ready in the fleet view", time.Minute, func() bool {
+			f, err := refresher.ReadFleet(ctx, w.admin, w.keys, time.Now())
+			return err == nil && len(f.Replicas) == 2 && f.Replicas[0].Ready && f.Replicas[1].Ready
+		})
+		w.tl.Advance(heartbeatEvery) // any lazy write done
+		states, err := w.admin.HGetAll(ctx, w.keys.Replicas).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		beats, err := w.admin.HGetAll(ctx, w.keys.Fleet).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.tl.Advance(10 * heartbeatEvery)
+		after, err := w.admin.HGetAll(ctx, w.keys.Replicas).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, v := range states {
+			if after[name] != v {
+				t.Errorf("%s's state for the token was written again at rest:\n was %s\n now %s", name, v, after[name])
+			}
+		}
+		beatsAfter, err := w.admin.HGetAll(ctx, w.keys.Fleet).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"a", "b"} {
+			if beats[name] == "" || beatsAfter[name] == beats[name] {
+				t.Errorf("%s's beat was not renewed: was %q, now %q", name, beats[name], beatsAfter[name])
+			}
+		}
+		f, err := refresher.ReadFleet(ctx, w.admin, w.keys, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := replicaNames(f.Replicas); got != "a,b" {
+			t.Fatalf("after %v at rest the fleet view lists %q, want a,b", 10*heartbeatEvery, got)
+		}
+		for _, r := range f.Replicas {
+			if age := w.tl.Now().Sub(r.Seen); age < 0 || age > heartbeatEvery {
+				t.Errorf("%s seen %v ago, want within a beat period (%v)", r.Instance, age, heartbeatEvery)
+			}
+		}
+	})
+}
