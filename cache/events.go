@@ -130,9 +130,10 @@ type route struct {
 	// connection). Both guarded by mu.
 	proof, lost time.Time
 
-	// Owned by the poll loop.
-	lastPoll, retryAt time.Time
-	backoff           time.Duration
+	// Owned by the poll loop: the last poll, and the last that succeeded
+	// (when it was sent); when the route was last seen in doubt.
+	lastPoll, retryAt, goodPoll, doubted time.Time
+	backoff                              time.Duration
 }
 
 func (r *route) put(d delivery) {

@@ -13,7 +13,9 @@ package cache
 // feared: the store is polled every RestPollInterval (minutes), as
 // insurance against what no PING shows (a key evicted or flushed, a bug).
 // When the proof lapses (a PING unanswered, a broken connection, a
-// resubscription) the store is polled at once, then every PollInterval.
+// resubscription) the store is polled at once, then every PollInterval,
+// until a poll sent after the doubt succeeds and a PING proves the
+// subscription again.
 //
 // The bound: a token written at w is served by every replica by
 // w + PollInterval + a round trip, lost event or not. The last PING
@@ -132,7 +134,14 @@ func (r *route) due(now time.Time) bool {
 	}
 	interval := s.cfg.PollInterval
 	ok, since := r.proven(now)
-	if ok && !s.often.Load() {
+	if !ok {
+		r.doubted = now
+	}
+	// A proof counts once a poll sent after the last doubt succeeded:
+	// what was published while in doubt may be lost for good (a
+	// connection replaced, or a network that dropped it), and a PONG
+	// proves only what came after.
+	if ok && r.goodPoll.After(r.doubted) && !s.often.Load() {
 		interval = max(s.cfg.RestPollInterval, s.cfg.PollInterval)
 	}
 	if now.Sub(r.lastPoll) >= interval {
@@ -168,7 +177,7 @@ func (e *Events) pollLoop(ctx context.Context) {
 	e.mu.Unlock()
 	start := e.clock.Now()
 	for _, r := range routes {
-		r.lastPoll = start // each store reads Redis as it starts
+		r.lastPoll, r.doubted = start, start // each store reads Redis as it starts
 	}
 	tick := e.clock.NewTicker(e.pollStep())
 	defer tick.Stop()
@@ -259,6 +268,7 @@ func (e *Events) poll(ctx context.Context, routes []*route) {
 			r.retryLater(now)
 		} else {
 			r.backoff, r.retryAt = 0, time.Time{}
+			r.goodPoll = sent
 		}
 		r.store.noteReadiness()
 	}
