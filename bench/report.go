@@ -567,8 +567,8 @@ func (r *report) scaleMarkdown(b *strings.Builder) {
 		"write answered; the request's own way to the leader, over the events channel, is given apart as *answered*); the " +
 		"refreshes go round the tokens. *At rest*: INFO " +
 		"commandstats over a quiet interval once every token has a leader (Redis counts the commands a script runs as well as the " +
-		"EVALSHA), per replica and split: *PINGs* through the events connections; *leaders*, the leaders' lock renewals and polls of " +
-		"their tokens' hashes (GET, 2 × PEXPIRE, HGET); *lock checks*, the followers' PTTL of each followed token's lock once a lock " +
+		"EVALSHA), per replica and split: *PINGs* through the events connections; *leaders*, the leaders' lock renewals, polls of " +
+		"their tokens' hashes and balancing reads of the fleet view (GET, 2 × PEXPIRE, HGET, 3 × HGETALL, HDEL); *lock checks*, the followers' PTTL of each followed token's lock once a lock " +
 		"period; *beats and polls*, the rest (the fleet beat, the polls' MGET). *Memory*: INFO used_memory at rest. *Leaders*: the replicas leading at least one token, and the most tokens one " +
 		"replica leads. *CPU per refresh*: the harness process's CPU time during the refreshes divided by refreshes and N (each " +
 		"replica's share of the fan-out, the polling included), and redis-server's per refresh. *RSS per replica*: the harness's resident set grown by the fleet, divided by N (one `tokenkeeper serve` " +

@@ -256,7 +256,7 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	res.PerReplica = res.RestPerSec / float64(n)
 	res.PerReplicaToken = res.PerReplica / float64(t)
 	perReplica := func(c int64) float64 { return float64(c) / res.RestSeconds / float64(n) }
-	leaders := delta["get"] + 2*delta["pexpire"] + delta["hget"]
+	leaders := delta["get"] + 2*delta["pexpire"] + delta["hget"] + 3*delta["hgetall"] + delta["hdel"]
 	res.PingPerReplica = perReplica(delta["ping"])
 	res.LeadersPerReplica = perReplica(leaders)
 	res.LockChecksPerReplica = perReplica(delta["pttl"])
