@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 )
 
@@ -67,11 +68,15 @@ func (k *Keeper) overLed(ctx context.Context) *kept {
 	}
 	leads := map[string]int{} // instance -> tokens it leads, by its heartbeats
 	standing := make([][]string, len(k.tokens))
+	keys := make([]cache.Keys, len(k.tokens))
 	for i, t := range k.tokens {
-		reps, err := refresher.ReadReplicas(ctx, k.cfg.Redis, t.store.Keys())
-		if err != nil {
-			return nil
-		}
+		keys[i] = t.store.Keys()
+	}
+	views, err := refresher.ReadReplicasOf(ctx, k.cfg.Redis, keys)
+	if err != nil {
+		return nil
+	}
+	for i, reps := range views {
 		for _, r := range reps {
 			if r.Instance == k.cfg.Instance {
 				continue

@@ -298,27 +298,65 @@ func fromMS(n int64) time.Duration { return time.Duration(n) * time.Millisecond 
 
 func fromSeconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
+// ReadReplicasOf reads, for each token of keys, the replicas whose beat is
+// fresh and that keep it, as ReadReplicas does, reading the fleet's beats
+// once (every keys must share one Fleet).
+func ReadReplicasOf(ctx context.Context, rdb redis.Scripter, keys []cache.Keys) ([][]Replica, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	local := time.Now()
+	beats, err := readBeats(ctx, rdb, keys[0].Fleet, local)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]Replica, len(keys))
+	for i, k := range keys {
+		if out[i], err = readStates(ctx, rdb, k.Replicas, beats, local); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// readBeats reads the fleet's beats: when each live replica last beat, on
+// the reader's clock, whose time is local when the read is sent.
+func readBeats(ctx context.Context, rdb redis.Scripter, fleet string, local time.Time) (map[string]time.Time, error) {
+	beats := map[string]time.Time{}
+	if fleet == "" {
+		return beats, nil
+	}
+	now, vals, err := scriptList(ctx, rdb, replicasScript, fleet)
+	if err != nil {
+		return nil, fmt.Errorf("refresher: read beats: %w", err)
+	}
+	for _, v := range vals {
+		at, body, ok := splitStamped(v, true)
+		var b beatWire
+		if !ok || json.Unmarshal([]byte(body), &b) != nil || b.Instance == "" {
+			continue
+		}
+		beats[b.Instance] = local.Add(-fromMS(now - at))
+	}
+	return beats, nil
+}
+
 // readReplicas reads the fleet's beats and the replicas' states for the
 // token of keys, and dates them on the reader's clock, whose time is local
 // when the reads are sent: the replicas whose beat is fresh and that keep
 // the token (and those of earlier versions whose state has not expired).
 func readReplicas(ctx context.Context, rdb redis.Scripter, keys cache.Keys, local time.Time) ([]Replica, error) {
-	beats := map[string]time.Time{}
-	if keys.Fleet != "" {
-		now, vals, err := scriptList(ctx, rdb, replicasScript, keys.Fleet)
-		if err != nil {
-			return nil, fmt.Errorf("refresher: read beats: %w", err)
-		}
-		for _, v := range vals {
-			at, body, ok := splitStamped(v, true)
-			var b beatWire
-			if !ok || json.Unmarshal([]byte(body), &b) != nil || b.Instance == "" {
-				continue
-			}
-			beats[b.Instance] = local.Add(-fromMS(now - at))
-		}
+	beats, err := readBeats(ctx, rdb, keys.Fleet, local)
+	if err != nil {
+		return nil, err
 	}
-	now, vals, err := scriptList(ctx, rdb, replicasScript, keys.Replicas)
+	return readStates(ctx, rdb, keys.Replicas, beats, local)
+}
+
+// readStates reads the replicas' states in the hash key, keeping those
+// whose replica beat (beats) or, from earlier versions, whose own ttl runs.
+func readStates(ctx context.Context, rdb redis.Scripter, key string, beats map[string]time.Time, local time.Time) ([]Replica, error) {
+	now, vals, err := scriptList(ctx, rdb, replicasScript, key)
 	if err != nil {
 		return nil, fmt.Errorf("refresher: read heartbeats: %w", err)
 	}
