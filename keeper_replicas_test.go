@@ -40,8 +40,11 @@ func sharedAmong(k *tokenkeeper.Keeper) string {
 // over them: the fleet admits about L per second, not 3L. What the design
 // guarantees is the upper bound: each replica's bucket admits its share
 // of L per second plus a burst of one second's share, so the fleet admits
-// at most L·(D+1) in D seconds once every replica counts three. The lower
-// bound holds while each replica is offered more than its share.
+// at most L·(D+1) in D seconds once every replica counts three. That each
+// bucket then admits its whole share is TestFleetRateLimitShare's, on a
+// fake clock: here, on wall-clock time, a busy machine can starve the
+// load of CPU for longer than a bucket's burst, so what this test asks of
+// the lower side is the count it rests on, three throughout the run.
 func TestFleetWideLimitHoldsAcrossReplicas(t *testing.T) {
 	t.Cleanup(tokenkeeper.SetReplicaCountEvery(100 * time.Millisecond)) // after the replicas stop
 	fleet := keepertest.New(t, redistest.NewMini(t))
@@ -65,6 +68,22 @@ func TestFleetWideLimitHoldsAcrossReplicas(t *testing.T) {
 	var admitted, offered atomic.Int64
 	var wg sync.WaitGroup
 	begin := time.Now()
+	counts := make(chan string, 1)
+	go func() {
+		// The gauge, sampled while the load runs.
+		sample := time.NewTicker(50 * time.Millisecond)
+		defer sample.Stop()
+		miscount := ""
+		for time.Since(begin) < warmUp+d {
+			for _, k := range keepers {
+				if n := sharedAmong(k); n != "3" && miscount == "" {
+					miscount = n
+				}
+			}
+			<-sample.C
+		}
+		counts <- miscount
+	}()
 	start := begin.Add(warmUp)
 	for w := range 6 {
 		wg.Go(func() {
@@ -94,8 +113,7 @@ func TestFleetWideLimitHoldsAcrossReplicas(t *testing.T) {
 	if max := limit * (elapsed + 1); float64(admitted.Load()) > max {
 		t.Errorf("admitted %d reads in %.2fs, more than L·(D+1) = %.0f", admitted.Load(), elapsed, max)
 	}
-	if perReplica := float64(offered.Load()) / 3 / elapsed; perReplica > limit/3*2 && float64(admitted.Load()) < limit*elapsed*0.8 {
-		t.Errorf("each replica was offered %.0f/s, over its share %.0f/s, yet the fleet admitted only %d (under 0.8·L·D)",
-			perReplica, limit/3, admitted.Load())
+	if n := <-counts; n != "" {
+		t.Errorf("a replica counted %q replicas during the run, want 3 throughout", n)
 	}
 }
