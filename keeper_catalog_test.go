@@ -54,9 +54,16 @@ func (s *countingSource) Token(context.Context) (tokenkeeper.UpstreamToken, erro
 	s.calls++
 	if s.fleet != nil && s.calls > 1 {
 		for _, held := range s.fleet() {
-			// The refresh falls due RefreshBefore before expiry, up to a
-			// tenth of it earlier (jitter); 200ms of slack for scheduling.
-			if left := time.Until(held.Deadline); left > catBefore+catBefore/10+200*time.Millisecond {
+			// The refresh falls due RefreshBefore before the leader's
+			// deadline, up to a tenth of it earlier (jitter). Another
+			// replica may date the same token up to 250 ms later than
+			// the leader did: a follower dates an event by its last
+			// reading of Redis's clock and reads Redis instead only when
+			// that and the event's arrival disagree by more (README,
+			// Propagation). Time spent between the leader's decision and
+			// this call only shortens what is left: no slack is due to
+			// scheduling.
+			if left := time.Until(held.Deadline); left > catBefore+catBefore/10+250*time.Millisecond {
 				s.early = append(s.early, fmt.Sprintf("call %d with %v left", s.calls, left.Round(time.Millisecond)))
 			}
 		}
