@@ -95,9 +95,12 @@ func (r *testReplica) stop() {
 
 // sample is one answer a client saw.
 type sample struct {
-	at     time.Time
-	status int
-	token  string
+	// at is when the request was sent and done when its answer came: the
+	// replica answered between the two. A check that the replica answered
+	// too late reads at; one that it answered too early reads done.
+	at, done time.Time
+	status   int
+	token    string
 }
 
 // reader reads the token from one replica until stopped, as an app would.
@@ -122,6 +125,7 @@ func (rd *reader) run(ctx context.Context, url string) {
 			resp.Body.Close()
 			s.status, s.token = resp.StatusCode, body.Token
 		}
+		s.done = time.Now()
 		if ctx.Err() != nil {
 			return
 		}
