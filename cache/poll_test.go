@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
+	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 )
 
 // The polling promises of poll.go, on fake time: while a PING through the
@@ -22,6 +24,19 @@ const (
 
 // missedWrite writes a token whose event the reader cannot see (it is
 // published on another channel), as an event lost on the way.
+// silentWriter is a store of keys that publishes its writes where no
+// reader listens: a reader learns of them only by polling.
+func silentWriter(t *testing.T, tl *testkit.Timeline, srv *redistest.Server, keys cache.Keys) *cache.Store {
+	t.Helper()
+	silent := keys
+	silent.Events += ":elsewhere"
+	w, err := cache.New(srv.Client(t), cache.Config{Keys: silent, ServeMargin: time.Second, Clock: tl.Clock, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 func missedWrite(t *testing.T, w *cache.Store, value string, deadline time.Time) {
 	t.Helper()
 	if _, err := w.Write(t.Context(), cache.Write{LockValue: "holder", Value: value, Deadline: deadline}); err != nil {
@@ -33,12 +48,7 @@ func TestEventsAliveMeansSlowPoll(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tl, srv := onFakeTime(t)
 		keys := cache.KeysFor("liveness")
-		silent := keys
-		silent.Events += ":elsewhere"
-		writer, err := cache.New(srv.Client(t), cache.Config{Keys: silent, ServeMargin: time.Second, Clock: tl.Clock, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
+		writer := silentWriter(t, tl, srv, keys)
 		reader, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: testPoll,
 			RestPollInterval: testRest, Clock: tl.Clock, Logger: quiet})
 		if err != nil {
@@ -74,12 +84,7 @@ func TestEventsInDoubtMeansShortPoll(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tl, srv := onFakeTime(t)
 		keys := cache.KeysFor("liveness")
-		silent := keys
-		silent.Events += ":elsewhere"
-		writer, err := cache.New(srv.Client(t), cache.Config{Keys: silent, ServeMargin: time.Second, Clock: tl.Clock, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
+		writer := silentWriter(t, tl, srv, keys)
 		// The events' subscription goes over a link the test cuts; the
 		// store's reads go straight to Redis.
 		link := srv.NewLink(t)
