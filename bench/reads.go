@@ -256,18 +256,8 @@ func measureReads(ctx context.Context, work, self string, cfg readsConfig, say f
 		pids[k] = p.Pid()
 		url := "http://" + addr + "/v1/tokens/liveness"
 		urls[k] = url
-		ok := func() bool {
-			req, _ := http.NewRequest(http.MethodGet, url, nil)
-			req.Header.Set("Authorization", "Bearer "+benchKey)
-			res, err := client.Do(req)
-			if err != nil {
-				return false
-			}
-			res.Body.Close()
-			return res.StatusCode == http.StatusOK
-		}
-		if err := waitFor(ctx, 20*time.Second, 50*time.Millisecond, k+" handler serving", ok); err != nil {
-			return nil, fmt.Errorf("%w\n%s", err, p.Tail())
+		if err := waitServing(ctx, client, url, k, p); err != nil {
+			return nil, err
 		}
 	}
 
@@ -572,4 +562,23 @@ func fetchTo(ctx context.Context, url, file string, timeout time.Duration) error
 		return err
 	}
 	return f.Close()
+}
+
+// waitServing waits until the handler p started, kind k, answers a token
+// read at url with 200.
+func waitServing(ctx context.Context, client *http.Client, url, k string, p *proc) error {
+	ok := func() bool {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.Header.Set("Authorization", "Bearer "+benchKey)
+		res, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	}
+	if err := waitFor(ctx, 20*time.Second, 50*time.Millisecond, k+" handler serving", ok); err != nil {
+		return fmt.Errorf("%w\n%s", err, p.Tail())
+	}
+	return nil
 }

@@ -90,18 +90,8 @@ func measureTracing(ctx context.Context, work, self string, cfg readsConfig, say
 		helpers = append(helpers, p)
 		url := "http://" + addr + "/v1/tokens/liveness"
 		urls[k] = url
-		ok := func() bool {
-			req, _ := http.NewRequest(http.MethodGet, url, nil)
-			req.Header.Set("Authorization", "Bearer "+benchKey)
-			res, err := client.Do(req)
-			if err != nil {
-				return false
-			}
-			res.Body.Close()
-			return res.StatusCode == http.StatusOK
-		}
-		if err := waitFor(ctx, 20*time.Second, 50*time.Millisecond, k+" handler serving", ok); err != nil {
-			return nil, fmt.Errorf("%w\n%s", err, p.Tail())
+		if err := waitServing(ctx, client, url, k, p); err != nil {
+			return nil, err
 		}
 	}
 	header := "Authorization: Bearer " + benchKey
