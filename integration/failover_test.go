@@ -325,11 +325,8 @@ func splitBrain(t *testing.T, minReplicas int) {
 		// before then, it fetches, and the old master refuses the write.
 		// Tokens are dated early by half the lock TTL (the write's
 		// budget), so at these timings the refresh falls due about four
-		// seconds after the partition, within that lease. That one
-		// wasted fetch counts twice when it comes just before the new
-		// leader's: the check counts a token never served, and the next
-		// one as early against it.
-		exp.extraFetches = 2
+		// seconds after the partition, within that lease.
+		exp.extraFetches = 1
 	}
 	if minReplicas == 0 {
 		// Two leaders until the old master is demoted: each side serves its
