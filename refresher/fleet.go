@@ -441,6 +441,21 @@ type fleetState struct {
 	history       []Attempt // newest first, at most historySize
 	lastEvent     time.Time
 	lastEventType string
+
+	// The fingerprint of the token held last, so that Heartbeat, which
+	// looks at this replica's state five times a second, hashes each
+	// token once.
+	fpOf, fp string
+}
+
+// fingerprint is tok's fingerprint, remembered for the last token.
+func (f *fleetState) fingerprint(tok cache.Token) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if tok.Value != f.fpOf {
+		f.fpOf, f.fp = tok.Value, tok.Fingerprint()
+	}
+	return f.fp
 }
 
 func (f *fleetState) remember(a Attempt) {
@@ -500,7 +515,7 @@ func (r *Refresher) self() heartbeat {
 	hb := heartbeat{Instance: r.cfg.Instance, Version: r.cfg.Version, Leader: r.IsLeader(), LastEventAgo: -1}
 	_, hb.Ready = r.store.Current()
 	if tok, ok := r.store.Held(); ok {
-		hb.Fingerprint = tok.Fingerprint()
+		hb.Fingerprint = r.fleet.fingerprint(tok)
 		hb.ExpiresInMS = max(ms(tok.Remaining(now)), 1)
 	}
 	if at, typ := r.fleet.event(); typ != "" {

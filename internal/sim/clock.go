@@ -212,21 +212,25 @@ type hostTicker struct {
 
 func (t *hostTicker) C() <-chan time.Time { return t.ch }
 
-// arm schedules the next tick; t.mu held.
+// arm schedules the first tick; t.mu held. Each tick schedules the next
+// on the same timer (one tick is in flight at a time).
 func (t *hostTicker) arm() {
-	t.t = time.AfterFunc(t.c.real(t.d), func() {
-		<-t.c.thawed()
-		t.mu.Lock()
-		defer t.mu.Unlock()
-		if t.stopped {
-			return
-		}
-		select {
-		case t.ch <- t.c.Now():
-		default:
-		}
-		t.arm()
-	})
+	t.t = time.AfterFunc(t.c.real(t.d), t.tick)
+}
+
+// tick delivers a tick, once the replica runs, and schedules the next.
+func (t *hostTicker) tick() {
+	<-t.c.thawed()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return
+	}
+	select {
+	case t.ch <- t.c.Now():
+	default:
+	}
+	t.t.Reset(t.c.real(t.d))
 }
 
 func (t *hostTicker) Stop() {
