@@ -20,13 +20,18 @@
 #                               FROM scratch around integration/latencyproxy, a
 #                               TCP proxy the suite slows Redis down with
 #   tokenkeeper/jaeger:1.75.0   only when named (`jaeger`): FROM scratch around
-#                               Jaeger v1.75.0's all-in-one program (v2,
-#                               cmd/jaeger; spans in memory), built from the Go
-#                               module proxy in a throw-away module; the profile
-#                               `tracing` of docker-compose.yml runs it. The
-#                               official image of that release is
-#                               jaegertracing/jaeger:2.12.0. The first build
-#                               compiles several hundred packages: minutes.
+#                               a slim Jaeger v2 (an OpenTelemetry Collector
+#                               distribution) built from Jaeger v1.75.0's own
+#                               packages: OTLP in, the batch processor, spans
+#                               in memory, the query API (deploy/jaeger: the
+#                               module's source from the Go module proxy, with
+#                               our main and a memory-only storage extension
+#                               in place of upstream's). About 800 packages
+#                               instead of the full program's 2,300. The
+#                               profile `tracing` of docker-compose.yml runs
+#                               it; the official image of that release, with
+#                               every component and the UI, is
+#                               jaegertracing/jaeger:2.12.0.
 #
 # Elsewhere, with a registry, the official images do the same job
 # (redis:7-alpine, haproxy:2.9-alpine) and `docker compose build` builds the
@@ -37,15 +42,18 @@
 #   every time (the Go build cache and Docker's layer cache make that quick).
 #   The Redis and HAProxy images are skipped when they exist and were made
 #   from the Debian package version installed now, unless forced (--force or
-#   FORCE=1); so is the Jaeger image when it was built from JAEGER_VERSION.
+#   FORCE=1); so is the Jaeger image when it was built from JAEGER_VERSION and
+#   the files of deploy/jaeger as they are now.
 #
-# Needs: docker, go, and for the Debian images the packages redis-server and
-# haproxy (apt-get install -y redis-server haproxy).
+# Needs: docker, go, patch (for jaeger), and for the Debian images the
+# packages redis-server and haproxy (apt-get install -y redis-server haproxy).
 #
 # Environment: TOKENKEEPER_IMAGE (default tokenkeeper:dev) names the app image,
 # LATENCYPROXY_IMAGE (default tokenkeeper/latencyproxy:dev) the proxy's,
 # JAEGER_IMAGE (default tokenkeeper/jaeger:1.75.0) Jaeger's, from the module
-# github.com/jaegertracing/jaeger at JAEGER_VERSION (default v1.75.0);
+# github.com/jaegertracing/jaeger at JAEGER_VERSION (default v1.75.0; the
+# changes of deploy/jaeger are made for that release and the build stops if
+# they do not apply to another);
 # BUILD_DIR (default .build) holds the binary and, while they are imported,
 # the staged root filesystems. VERSION and COMMIT (default: from git, see
 # stamp below) are stamped into the app's binary (`tokenkeeper version`) and
@@ -299,24 +307,41 @@ build_haproxy() {
 	drop_replaced "$haproxy_image" "$old"
 }
 
-# build_jaeger builds Jaeger's all-in-one program (cmd/jaeger: the
-# OpenTelemetry Collector with Jaeger's memory storage, query API and UI)
-# from the Go module proxy as a tool of a throw-away module, static, and
-# wraps it as the official image does: listening on every interface
-# (JAEGER_LISTEN_HOST), OTLP on 4317 and 4318, the UI and query API on 16686.
+# build_jaeger builds a slim Jaeger v2 and wraps it as the official image is
+# wrapped: listening on every interface (JAEGER_LISTEN_HOST), OTLP on 4317 and
+# 4318, the query API on 16686 (gRPC 16685). Jaeger's components live under
+# its module's internal directories, which no other module may import, so
+# the build takes the module's source from the Go module proxy (go mod
+# download), lays deploy/jaeger/_overlay over it (our main.go for cmd/jaeger,
+# and jaeger_storage with the memory backend only), applies
+# deploy/jaeger/*.patch (the query service's flags without the v1 storage
+# factory, which links every backend), and builds ./cmd/jaeger inside it
+# with the module's own go.mod and go.sum. See deploy/jaeger/README.md.
 build_jaeger() {
-	local mod=$build_dir/jaeger-module root=$build_dir/rootfs-jaeger label cid old
-	label="github.com/jaegertracing/jaeger/cmd/jaeger@$jaeger_version"
+	local src=$build_dir/jaeger-src root=$build_dir/rootfs-jaeger mod=github.com/jaegertracing/jaeger
+	local recipe label dir p cid old
+	recipe=$(cd deploy/jaeger && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum)
+	label="$mod/cmd/jaeger@$jaeger_version slim ${recipe:0:12}"
 	if [[ $force != 1 && $(image_label "$jaeger_image") == "$label" ]]; then
 		log "$jaeger_image exists (from $label): skipped (--force rebuilds)"
 		return
 	fi
-	log "$jaeger_image from $label (go get -tool, then a static build)"
-	mkdir -p "$mod"
-	printf 'module tokenkeeper.local/jaeger-build\n\ngo 1.26\n' >"$mod/go.mod"
-	rm -f "$mod/go.sum"
-	(cd "$mod" && go get -tool "$label") || die "go get -tool $label failed"
-	go_static github.com/jaegertracing/jaeger/cmd/jaeger "$build_dir/jaeger" "$mod"
+	command -v patch >/dev/null || die "patch is not installed: apt-get install -y patch"
+	log "$jaeger_image from $label (deploy/jaeger over $mod@$jaeger_version)"
+	dir=$(cd / && go mod download -json "$mod@$jaeger_version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+	[[ -n $dir && -d $dir ]] || die "go mod download $mod@$jaeger_version failed"
+	rm -rf "$src"
+	mkdir -p "$build_dir"
+	cp -R "$dir" "$src"
+	chmod -R u+w "$src"
+	cp -R deploy/jaeger/_overlay/. "$src/"
+	for p in deploy/jaeger/*.patch; do
+		patch -s -p1 -d "$src" --no-backup-if-mismatch <"$p" ||
+			die "deploy/jaeger: $p does not apply to $mod@$jaeger_version"
+	done
+	LDFLAGS="-X $mod/internal/version.latestVersion=$jaeger_version" \
+		go_static ./cmd/jaeger "$build_dir/jaeger" "$src"
+	rm -rf "$src"
 	new_rootfs "$root"
 	install -D -m 0755 "$build_dir/jaeger" "$root/usr/local/bin/jaeger"
 	old=$(image_id "$jaeger_image")
@@ -324,7 +349,7 @@ build_jaeger() {
 		"LABEL org.tokenkeeper.debian-package=\"$label\"" \
 		"ENV JAEGER_LISTEN_HOST=0.0.0.0" \
 		"USER $nonroot_uid:$nonroot_uid" \
-		"EXPOSE 4317 4318 16686 13133" \
+		"EXPOSE 4317 4318 16685 16686" \
 		'ENTRYPOINT ["/usr/local/bin/jaeger"]'
 	log "checking $jaeger_image: starts and says it is ready"
 	cid=$(docker run -d --rm "$jaeger_image")
@@ -342,8 +367,8 @@ done
 
 log "images:"
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' |
-	awk -v a="$app_image" -v r="$redis_image" -v h="$haproxy_image" -v l="$latencyproxy_image" \
-		'$1 == a || $1 == r || $1 == h || $1 == l { printf "    %-28s %s\n", $1, $2 }' >&2
+	awk -v a="$app_image" -v r="$redis_image" -v h="$haproxy_image" -v l="$latencyproxy_image" -v j="$jaeger_image" \
+		'$1 == a || $1 == r || $1 == h || $1 == l || $1 == j { printf "    %-28s %s\n", $1, $2 }' >&2
 
 cat <<EOF
 # Use the local images (integration suite, compose, smoke test):
