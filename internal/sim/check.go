@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tokenkeeper/tokenkeeper"
 	"github.com/tokenkeeper/tokenkeeper/internal/fakerdp"
 )
 
@@ -25,6 +26,7 @@ const (
 	InvHandover  = "8-graceful-stop-hands-over"
 	InvFenced    = "9-writes-fenced"
 	InvPropagate = "10-followers-catch-up"
+	InvRoll      = "11-a-rolling-change-serves-the-new-catalog"
 )
 
 // Bounds of the invariants, from the documented promises and the fleet's
@@ -66,6 +68,16 @@ const (
 	// this left: the leader's reckoning of the expiry runs early by up to
 	// an upstream call and a Redis round trip.
 	earlySlack = UpTimeout + 5*time.Second
+
+	// NewTokenBound (invariant 11): a replica started with a token added to
+	// the catalog serves it this long after it started, while nothing
+	// else is wrong: an election interval (a tenth of the lock TTL, at
+	// most a second) for the first replica to take the new token's lock,
+	// a sign-on and a token call (each within UpTimeout), and a poll and a
+	// step for the replicas that did not fetch it. TestRollingCatalogChange
+	// waited for this on the wall clock (5 s each); here it is checked on
+	// fake time.
+	NewTokenBound = LockTTL/10 + 2*UpTimeout + PollInterval + Step
 )
 
 // earlyAllowance (invariant 3) is how many early upstream calls (see
@@ -78,7 +90,7 @@ const (
 // the token it could not store and stores it when Redis is back.
 func earlyAllowance(k Kind) int {
 	switch k {
-	case AdminRefresh, Crash, Stop, Restart, Freeze, FreezeAtCall, RedisCut, RedisRefuse, RedisLatency, RedisSlow,
+	case AdminRefresh, Crash, Stop, Restart, Freeze, FreezeAtCall, HeldWrite, RedisCut, RedisRefuse, RedisLatency, RedisSlow,
 		RedisEmpty, RedisRestoreOld, RedisRestoreAtCall, RedisFailover, ClientPause, EvictLock, EvictToken, ForeignValue:
 		return 1
 	}
@@ -109,8 +121,8 @@ type servedKey struct {
 type checker struct {
 	w        *world
 	oracle   map[string]issued
-	usable   [3][]issued // in order of issue
-	seen     [3]int      // tokens of each upstream's log read so far
+	usable   [4][]issued // in order of issue
+	seen     [4]int      // tokens of each upstream's log read so far
 	last     map[servedKey]int
 	newest   [2]int       // idx of the newest token any replica served
 	newestAt [2]time.Time // when it was first served
@@ -185,18 +197,24 @@ func (c *checker) lookup(v string) (issued, bool) {
 func (c *checker) step() {
 	now := time.Now()
 	w := c.w
-	quiet := true // no fault active for HealBound
+	// quiet: no fault active for HealBound. A rolling catalog change is
+	// not a fault the fleet may break its promises under: the fleet keeps
+	// serving (invariants 5, 10 and 11) while it rolls.
+	quiet := true
 	for _, f := range w.s.Faults {
-		if w.start.Add(f.At).Before(now) && now.Sub(w.start.Add(f.End())) < HealBound {
+		if f.Kind != RollCatalog && w.start.Add(f.At).Before(now) && now.Sub(w.start.Add(f.End())) < HealBound {
 			quiet = false
 		}
 	}
 	for _, r := range w.replicas {
 		r.mu.Lock()
-		k, gen, started := r.k, r.generation, r.startedAt
+		k, gen, started, catalog := r.k, r.generation, r.startedAt, r.catalog
 		r.mu.Unlock()
 		if k == nil || r.clock.isFrozen() {
 			continue // a frozen replica answers nobody
+		}
+		if catalog == 1 {
+			c.checkAdded(r, k.Current, gen, started, now, quiet)
 		}
 		for ti, name := range tokenNames {
 			tok, ok := k.Current(name)
@@ -249,6 +267,41 @@ func (c *checker) step() {
 	}
 }
 
+// checkAdded checks the token a RollingCatalog added, at a replica that
+// runs the catalog with it: invariants 1 and 2 as for the other tokens,
+// 5, and 11: while nothing else is wrong, it serves the token
+// NewTokenBound after it started.
+func (c *checker) checkAdded(r *replica, current func(string) (tokenkeeper.Token, bool), gen int, started, now time.Time, quiet bool) {
+	tok, ok := current(addedToken)
+	if !ok {
+		switch {
+		case quiet && now.Sub(started) >= HealBound:
+			c.fail(InvLiveness, "%s does not serve %s %v after every fault healed and %v after it started", r.name, addedToken, HealBound, now.Sub(started).Round(time.Second))
+		case quiet && now.Sub(started) >= NewTokenBound:
+			c.fail(InvRoll, "%s started with %s added to its catalog and does not serve it %v later", r.name, addedToken, now.Sub(started).Round(time.Second))
+		}
+		return
+	}
+	deadline := tok.Deadline.Add(-r.clock.get())
+	is, known := c.lookup(tok.Value)
+	switch {
+	case !known || is.up != addedUp:
+		c.fail(InvFresh, "%s serves as %s a token its upstream never issued", r.name, addedToken)
+		return
+	case !now.Before(is.exp):
+		c.fail(InvFresh, "%s serves %s #%d, expired %v ago", r.name, addedToken, is.idx, now.Sub(is.exp))
+		return
+	case deadline.After(is.exp.Add(r.clock.driftedSince(is.at.Add(-UpTimeout)))):
+		c.fail(InvFresh, "%s serves %s #%d as expiring %v later than it does%s", r.name, addedToken, is.idx, deadline.Sub(is.exp), drifted(r, is))
+		return
+	}
+	key := servedKey{r.idx, gen, addedUp}
+	if prev, had := c.last[key]; had && is.idx < prev {
+		c.fail(InvBackwards, "%s went back from %s #%d to #%d", r.name, addedToken, prev, is.idx)
+	}
+	c.last[key] = is.idx
+}
+
 // checkServed checks a token a replica serves: invariants 1 and 2.
 func (c *checker) checkServed(r *replica, gen, ti int, value string, deadline, now time.Time) {
 	name := tokenNames[ti]
@@ -263,8 +316,8 @@ func (c *checker) checkServed(r *replica, gen, ti int, value string, deadline, n
 	case !now.Before(is.exp):
 		c.fail(InvFresh, "%s serves %s #%d, expired %v ago", r.name, name, is.idx, now.Sub(is.exp))
 		return
-	case deadline.After(is.exp):
-		c.fail(InvFresh, "%s serves %s #%d as expiring %v later than it does", r.name, name, is.idx, deadline.Sub(is.exp))
+	case deadline.After(is.exp.Add(r.clock.driftedSince(is.at.Add(-UpTimeout)))):
+		c.fail(InvFresh, "%s serves %s #%d as expiring %v later than it does%s", r.name, name, is.idx, deadline.Sub(is.exp), drifted(r, is))
 		return
 	}
 	key := servedKey{r.idx, gen, ti}
@@ -280,6 +333,15 @@ func (c *checker) checkServed(r *replica, gen, ti int, value string, deadline, n
 	if is.idx > c.newest[ti] {
 		c.newest[ti], c.newestAt[ti] = is.idx, now
 	}
+}
+
+// drifted says, for a violation's detail, how far r's clock drifted
+// since it could have dated is (the tolerance allowed), when it did.
+func drifted(r *replica, is issued) string {
+	if d := r.clock.driftedSince(is.at.Add(-UpTimeout)); d > 0 {
+		return fmt.Sprintf(" (beyond the %v its clock drifted since)", d)
+	}
+	return ""
 }
 
 // checkPropagation checks invariant 10: while no fault has been active
@@ -333,8 +395,8 @@ func (c *checker) checkDevices() {
 		case !a.at.Before(is.exp):
 			c.fail(InvFresh, "%s gave device-%d a token expired %v before", a.r.name, a.device, a.at.Sub(is.exp))
 			continue
-		case a.deadline.After(is.exp):
-			c.fail(InvFresh, "%s gave device-%d a token dated %v later than it expires", a.r.name, a.device, a.deadline.Sub(is.exp))
+		case a.deadline.After(is.exp.Add(a.r.clock.driftedSince(is.at.Add(-UpTimeout)))):
+			c.fail(InvFresh, "%s gave device-%d a token dated %v later than it expires%s", a.r.name, a.device, a.deadline.Sub(is.exp), drifted(a.r, is))
 			continue
 		}
 		if d, ok := c.owner[a.value]; ok && d != a.device {
@@ -412,7 +474,7 @@ func (c *checker) checkSignOns(now time.Time) {
 			n++
 		}
 		if n > allowed {
-			c.fail(InvSignOns, "%d sign-ons at the %s upstream within %v, budget %d", n, append(tokenNames[:2:2], deviceToken)[up], signOnWindow, allowed)
+			c.fail(InvSignOns, "%d sign-ons at the %s upstream within %v, budget %d", n, upNames[up], signOnWindow, allowed)
 		}
 		// Forget what no window reaches any more.
 		j := 0
@@ -500,7 +562,7 @@ func (c *checker) httpRead(now time.Time) {
 		c.fail(InvFresh, "%s answered a read of %s with a token its upstream never issued", r.name, tokenNames[ti])
 	case !now.Before(is.exp):
 		c.fail(InvFresh, "%s answered a read of %s with #%d, expired %v ago", r.name, tokenNames[ti], is.idx, now.Sub(is.exp))
-	case time.Duration(ans.ExpiresIn)*time.Second > is.exp.Sub(now):
+	case time.Duration(ans.ExpiresIn)*time.Second > is.exp.Sub(now)+r.clock.driftedSince(is.at.Add(-UpTimeout)):
 		c.fail(InvFresh, "%s answered %s #%d with expires_in %ds, but it has %v left", r.name, tokenNames[ti], is.idx, ans.ExpiresIn, is.exp.Sub(now))
 	}
 }

@@ -25,6 +25,7 @@ type hostClock struct {
 	mu         sync.Mutex
 	frozen     chan struct{} // closed when the replica thaws; nil when it runs
 	driftSince time.Time     // since when it drifts
+	spans      []driftSpan   // every drift so far, in order
 
 	rnd *rand.Rand
 }
@@ -62,6 +63,44 @@ func (c *hostClock) setDrift(ppm int64) {
 	c.offset.Store(int64(c.getLocked()))
 	c.driftSince = time.Now()
 	c.drift.Store(ppm)
+	c.spans = append(c.spans, driftSpan{from: c.driftSince, ppm: ppm})
+}
+
+// driftSpan is a stretch of the bubble's time from which the clock ran
+// ppm parts per million fast (negative: slow), until the next span.
+type driftSpan struct {
+	from time.Time
+	ppm  int64
+}
+
+// driftedSince is how far the clock can have moved against the bubble's
+// time since t: the drift, in absolute value, summed over the time since
+// t (rounded up to the microsecond). A deadline the replica set on its
+// clock at t or later, converted to the bubble's time with the clock's
+// offset now, is off by at most this much, either way; without a drift
+// since t, it is exact.
+func (c *hostClock) driftedSince(t time.Time) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	var sum float64 // ns × ppm
+	for i, sp := range c.spans {
+		end := now
+		if i+1 < len(c.spans) {
+			end = c.spans[i+1].from
+		}
+		from := sp.from
+		if from.Before(t) {
+			from = t
+		}
+		if d := end.Sub(from); d > 0 && sp.ppm != 0 {
+			sum += float64(d) * math.Abs(float64(sp.ppm))
+		}
+	}
+	if sum == 0 {
+		return 0
+	}
+	return time.Duration(math.Ceil(sum/1e6/1e3)) * time.Microsecond
 }
 
 // real is how long d of the host's time lasts in the bubble's, rounded

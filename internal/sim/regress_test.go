@@ -81,11 +81,55 @@ var frozenLeader = sim.Schedule{Seed: 4242, Replicas: 3, Length: 16 * time.Minut
 // expired or older is served, the followers catch up, and the fleet makes
 // at most the one extra upstream call the freeze allows. Whether the
 // resumed leader's write or its failed renewal goes first is up to Go's
-// scheduler, so with the fence off this schedule finds the bug in about
-// one run of three; the sweeps of TestPlantedBugsAreFound give that plant
-// its teeth (fence-off).
+// scheduler, so with the fence off this schedule finds the bug only now
+// and then; writeAtTakeover below, which delivers the deposed leader's
+// write right after the takeover, finds it in every run.
 func TestFrozenLeaderIsFencedOnFakeTime(t *testing.T) {
 	if res := runOne(t, frozenLeader); res.Failed() {
 		t.Errorf("%v", res.Violations[0])
+	}
+}
+
+// writeAtTakeover is the schedule that shows plant.FenceOff: the leader
+// of the liveness token freezes as its token write reaches Redis, the
+// lock expires, another replica takes it, and the write runs right then,
+// before the new leader writes (the HeldWrite fault). With the fence the
+// write is refused; without it (cache/lua/write.lua not checking the
+// lock) it is stored, and invariant 9 names it.
+var writeAtTakeover = sim.Schedule{Seed: 5, Replicas: 3, Length: 10 * time.Minute, Faults: []sim.Fault{
+	{At: 2 * time.Minute, Dur: 5 * time.Minute, Kind: sim.HeldWrite, Replica: 0, Arg: 15 * time.Second},
+}}
+
+func TestRegressionWriteAtTakeover(t *testing.T) {
+	if res := runOne(t, writeAtTakeover); res.Failed() {
+		t.Errorf("with the fence: %v", res.Violations[0])
+	}
+	plant.Set(plant.FenceOff, true)
+	defer plant.Set(plant.FenceOff, false)
+	res := runOne(t, writeAtTakeover)
+	found := false
+	for _, v := range res.Violations {
+		found = found || v.Invariant == sim.InvFenced
+	}
+	if !found {
+		t.Errorf("without the fence (plant %s): got %v, want invariant %s broken", plant.FenceOff, res.Violations, sim.InvFenced)
+	}
+}
+
+// rollingCatalog is TestRollingCatalogChange's promise on fake time:
+// three replicas are restarted one by one, 10 s apart, with a token added
+// to their catalog, and later again with it removed. Through both rolls
+// every replica keeps serving the shared tokens it served (invariants 5
+// and 10 hold during a roll), neither is fetched before it is due
+// (invariant 3: a roll allows no early call), and each replica started
+// with the added token serves it within NewTokenBound (invariant 11).
+var rollingCatalog = sim.Schedule{Seed: 7, Replicas: 3, Length: 40 * time.Minute, Faults: []sim.Fault{
+	{At: 5 * time.Minute, Dur: time.Minute, Kind: sim.RollCatalog, Arg: 10 * time.Second},
+	{At: 25 * time.Minute, Dur: time.Minute, Kind: sim.RollCatalog, Arg: 10 * time.Second},
+}}
+
+func TestRollingCatalogChangeOnFakeTime(t *testing.T) {
+	if res := runOne(t, rollingCatalog); res.Failed() {
+		t.Errorf("%v", res.Violations)
 	}
 }

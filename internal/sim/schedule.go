@@ -15,12 +15,14 @@ type Kind string
 // those that name a replica act on Fault.Replica.
 const (
 	// Replicas.
-	Crash        Kind = "crash"          // the replica dies without a word (its locks are not released), restarts after Dur
-	Stop         Kind = "stop"           // graceful stop (locks released), restart after Dur
-	Restart      Kind = "restart"        // graceful stop and immediate restart
-	FreezeAtCall Kind = "freeze-at-call" // armed for Dur: the replica making the next token call to upstream Replica%2 (the leader) freezes for Arg (5 to 12 s) while the call is in flight
-	Drift        Kind = "clock-drift"    // the replica's clock runs fast or slow by Arg an hour (up to 3.6 s: 1000 ppm), its timers with it, for Dur
-	Freeze       Kind = "freeze"         // a GC pause or SIGSTOP for Dur: its timers and I/O stall, then its queued writes go out late (within their deadlines)
+	Crash        Kind = "crash"                  // the replica dies without a word (its locks are not released), restarts after Dur
+	Stop         Kind = "stop"                   // graceful stop (locks released), restart after Dur
+	Restart      Kind = "restart"                // graceful stop and immediate restart
+	RollCatalog  Kind = "rolling-catalog-change" // every replica in turn, Arg apart, stopped gracefully and started with a changed catalog: a token added (or, the next time, removed again)
+	FreezeAtCall Kind = "freeze-at-call"         // armed for Dur: the replica making the next token call to upstream Replica%2 (the leader) freezes for Arg (5 to 12 s) while the call is in flight
+	Drift        Kind = "clock-drift"            // the replica's clock runs fast or slow by Arg an hour (up to 3.6 s: 1000 ppm), its timers with it, for Dur
+	Freeze       Kind = "freeze"                 // a GC pause or SIGSTOP for Dur: its timers and I/O stall, then its queued writes go out late (within their deadlines)
+	HeldWrite    Kind = "write-at-takeover"      // armed for Dur: the next write of token Replica%2 by its lock's holder reaches Redis and waits there while the writer freezes for Arg (12 to 25 s); it runs right after another replica takes the lock (or as the writer resumes)
 
 	// Links of one replica.
 	RedisCut     Kind = "redis-cut"     // replica↔Redis partition: nothing arrives, commands time out
@@ -61,7 +63,7 @@ var allKinds = []struct {
 	k Kind
 	w int
 }{
-	{Crash, 3}, {Stop, 3}, {Restart, 2}, {Freeze, 4}, {FreezeAtCall, 3}, {Drift, 2},
+	{Crash, 3}, {Stop, 3}, {Restart, 2}, {RollCatalog, 2}, {Freeze, 4}, {FreezeAtCall, 3}, {HeldWrite, 3}, {Drift, 2},
 	{RedisCut, 3}, {RedisRefuse, 2}, {RedisLatency, 2}, {UpCut, 2},
 	{RedisEmpty, 2}, {RedisRestoreOld, 3}, {EvictLock, 2}, {EvictToken, 2}, {ScriptFlush, 2}, {ForeignValue, 2},
 	{RedisSlow, 2}, {RedisBlipAtCall, 2}, {RedisRestoreAtCall, 2}, {RedisFailover, 2}, {ClientPause, 2},
@@ -161,6 +163,15 @@ func shape(rng *rand.Rand, k Kind) (dur, arg time.Duration) {
 		// within the lock's life changes nothing; in between, the replica
 		// resumes with its answer, deposed.
 		return sec(60, 300), time.Duration(5000+rng.IntN(7000)) * time.Millisecond
+	case RollCatalog:
+		// Each restart after the last one's handover (HandoverBound);
+		// the roll of six replicas heals within Window/4.
+		arg = sec(8, 40)
+		return 6 * arg, arg
+	case HeldWrite:
+		// Longer than the lock's life (10 s) and an election: the lock
+		// changes hands while the write waits.
+		return sec(60, 300), time.Duration(12000+rng.IntN(13000)) * time.Millisecond
 	case Drift:
 		return sec(60, 300), time.Duration(rng.IntN(7201)-3600) * time.Millisecond
 	case Freeze:

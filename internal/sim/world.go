@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -53,6 +54,16 @@ const (
 	devices     = 12 // device-0 .. device-11
 )
 
+// addedToken is the shared RDP token a RollingCatalog adds to the catalog
+// (and the next one removes), from an upstream of its own (w.up[addedUp]).
+const (
+	addedToken = "added"
+	addedUp    = 3
+)
+
+// upNames names the upstreams by index.
+var upNames = []string{tokenNames[0], tokenNames[1], deviceToken, addedToken}
+
 // Secrets that must never appear in a log line (with every token the
 // upstreams issue).
 const (
@@ -67,6 +78,7 @@ const (
 	rdpHost    = "rdp.sim.invalid"
 	oauthHost  = "oauth.sim.invalid"
 	deviceHost = "devices.sim.invalid"
+	addedHost  = "added.sim.invalid"
 )
 
 // world is one run: Redis, the upstreams, the replicas and the checker.
@@ -78,7 +90,7 @@ type world struct {
 
 	mini  *miniredis.Miniredis
 	admin *redis.Client
-	up    [3]*fakerdp.Server // by token: rdp, oauth, the per-device tokens' RDP
+	up    [4]*fakerdp.Server // by token: rdp, oauth, the per-device tokens' RDP, the added token's RDP
 
 	logs *logScan
 
@@ -88,16 +100,21 @@ type world struct {
 	blip      *Fault        // a RedisBlipAtCall armed, fired by the next upstream call
 	freezeAt  *Fault        // a FreezeAtCall armed, fired by the next call to its upstream
 	blipUntil time.Time     // Redis unreachable for every replica until then
-	signOns   [3][]time.Time
+	signOns   [4][]time.Time
 	snapshots []snapshot
 	restores  []armedRestore
-	upLate    [3]time.Duration // each upstream's answers arrive this late
+	upLate    [4]time.Duration // each upstream's answers arrive this late
+	catalog   int              // the catalog replicas start with: 1 with addedToken, 0 without
+	rolls     []rollStep       // the restarts of a RollingCatalog to come
 	paused    chan struct{}    // closed when CLIENT PAUSE WRITE ends; nil when writes run
 	restoreAt *armedRestore    // a RedisRestoreAtCall armed (until zero) or striking (at set)
 
-	hookMu   sync.Mutex            // guards bypass and breaches
-	bypass   map[*server.Peer]bool // commands the hook dispatches itself
-	breaches []string              // token writes stored from a replica without the lock (invariant 9)
+	hookMu     sync.Mutex            // guards bypass, breaches, holdArmed and held
+	bypass     map[*server.Peer]bool // commands the hook dispatches itself
+	breaches   []string              // token writes stored from a replica without the lock (invariant 9)
+	holdArmed  *Fault                // a HeldWrite armed, fired by the next write of its token by the lock's holder
+	held       *heldWrite            // the write it holds
+	writesSeen int                   // token writes the hook recognised (a run that stores tokens must see some)
 
 	devMu  sync.Mutex
 	devGot []deviceAnswer // answers to device requests, checked at the next step
@@ -122,6 +139,7 @@ type replica struct {
 	running    bool
 	startedAt  time.Time
 	generation int // how many times it was started
+	catalog    int // the catalog it runs (world.catalog when it started)
 	clock      *hostClock
 }
 
@@ -191,6 +209,9 @@ func (r *replica) startKeeper() error {
 	w := r.w
 	r.rl = &redisLink{w: w, host: r.clock, changed: make(chan struct{}), conns: map[*linkConn]struct{}{}}
 	r.ul = &upLink{w: w, host: r.clock}
+	w.mu.Lock()
+	r.catalog = w.catalog
+	w.mu.Unlock()
 	r.rdb = redis.NewClient(w.redisOptions(r.rl.dial))
 	hc := &http.Client{Transport: r.ul, Timeout: UpTimeout}
 	log := slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelInfo})).With("replica", r.name)
@@ -213,6 +234,12 @@ func (r *replica) startKeeper() error {
 			}},
 		},
 		HTTP: tokenkeeper.HTTPConfig{ReaderKeys: []string{readerKey}, AdminKeys: []string{adminKey}},
+	}
+	if r.catalog == 1 {
+		cfg.Tokens = append(cfg.Tokens, tokenkeeper.TokenConfig{Name: addedToken, RDP: &upstream.Config{
+			BaseURL: "http://" + addedHost, ClientID: clientID, ClientSecret: clientSecret,
+			HTTPClient: hc, Timeout: UpTimeout, DefaultLifetime: Lifetime,
+		}})
 	}
 	k, err := tokenkeeper.New(cfg)
 	if err != nil {
@@ -334,17 +361,77 @@ func (l *redisLink) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &linkConn{Conn: nc, l: l}
+	near, far := net.Pipe()
+	c := &linkConn{Conn: nc, l: l, rd: near}
+	go buffer(nc, far)
 	l.mu.Lock()
 	l.conns[c] = struct{}{}
 	l.mu.Unlock()
 	return c, nil
 }
 
-// linkConn is a connection through a redisLink.
+// buffer hands what Redis sends on nc to far, the far end of the pipe
+// the client reads, keeping whatever the client has not read yet, as a
+// socket's buffers do: Redis's writes never wait for the client. (A
+// write to a net.Pipe waits for the reader; miniredis writes under a
+// connection's lock, which its pub/sub goroutines wait for, and a
+// goroutine waiting for a lock holds a synctest bubble's time still: a
+// client that read only after a timer, such as the events' connection
+// after an error, would stop the simulation for good.)
+func buffer(nc, far net.Conn) {
+	var (
+		mu     sync.Mutex
+		queue  [][]byte
+		closed bool
+		more   = make(chan struct{}, 1)
+	)
+	go func() {
+		defer far.Close()
+		for {
+			mu.Lock()
+			q, done := queue, closed && len(queue) == 0
+			queue = nil
+			mu.Unlock()
+			if done {
+				return
+			}
+			if len(q) == 0 {
+				<-more
+				continue
+			}
+			for _, p := range q {
+				if _, err := far.Write(p); err != nil {
+					nc.Close() // the client closed its end
+					return
+				}
+			}
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := nc.Read(buf)
+		mu.Lock()
+		if n > 0 {
+			queue = append(queue, append([]byte(nil), buf[:n]...))
+		}
+		closed = err != nil
+		mu.Unlock()
+		select {
+		case more <- struct{}{}:
+		default:
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// linkConn is a connection through a redisLink: writes go to Redis's end
+// (Conn), answers come through rd (see buffer).
 type linkConn struct {
 	net.Conn
-	l *redisLink
+	l  *redisLink
+	rd net.Conn
 
 	mu       sync.Mutex
 	queue    []delayed // writes on their way, when the link is slow or the replica frozen
@@ -364,8 +451,11 @@ func (c *linkConn) SetDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.wdl = t
 	c.mu.Unlock()
-	return c.Conn.SetDeadline(t)
+	c.rd.SetReadDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
 }
+
+func (c *linkConn) SetReadDeadline(t time.Time) error { return c.rd.SetReadDeadline(t) }
 
 func (c *linkConn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
@@ -464,7 +554,7 @@ func (c *linkConn) pump() {
 
 func (c *linkConn) Read(p []byte) (int, error) {
 	for {
-		n, err := c.Conn.Read(p)
+		n, err := c.rd.Read(p)
 		if err != nil {
 			return n, err
 		}
@@ -476,11 +566,10 @@ func (c *linkConn) Read(p []byte) (int, error) {
 			continue // lost on the way: wait for the read deadline
 		}
 		// A frozen replica's answers are read as they arrive, as its
-		// kernel would buffer them: holding them here would stop the pipe,
-		// and miniredis, which writes published messages under its lock,
-		// with it, and with that the bubble's time. The frozen replica
-		// acts on them only with a goroutine whose timers and writes are
-		// stalled anyway, and answers nobody meanwhile.
+		// kernel would buffer them (and buffer keeps those not read yet).
+		// The frozen replica acts on them only with a goroutine whose
+		// timers and writes are stalled anyway, and answers nobody
+		// meanwhile.
 		return n, err
 	}
 }
@@ -492,6 +581,7 @@ func (c *linkConn) Close() error {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
+	c.rd.Close()
 	return c.Conn.Close()
 }
 
@@ -529,6 +619,8 @@ func (l *upLink) RoundTrip(req *http.Request) (*http.Response, error) {
 		up = 1
 	case deviceHost:
 		up = 2
+	case addedHost:
+		up = addedUp
 	default:
 		return nil, fmt.Errorf("sim: no upstream at %q", req.URL.Host)
 	}
@@ -602,8 +694,27 @@ func keys(i int) cache.Keys { return cache.KeysFor(tokenNames[i]) }
 const adminName = "sim-admin"
 
 // writeArgs is how many arguments the token's write script takes
-// (cache/lua/write.lua).
+// (cache/lua/write.lua), whose first two keys are the token's hash and
+// its lock.
 const writeArgs = 11
+
+// tokenWrite returns which token cmd (with its arguments) writes with the
+// write script, and the script's arguments (ARGV), or -1.
+func tokenWrite(cmd string, args []string) (int, []string) {
+	if cmd != "EVALSHA" && cmd != "EVAL" || len(args) < 2 {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil || n < 2 || len(args) != 2+n+writeArgs {
+		return -1, nil
+	}
+	for i := range tokenNames {
+		if k := keys(i); args[2] == k.Token && args[3] == k.Lock {
+			return i, args[2+n:]
+		}
+	}
+	return -1, nil
+}
 
 // hook runs before every command Redis serves: it holds back writes
 // while CLIENT PAUSE WRITE is in force, and checks that a token write is
@@ -632,21 +743,24 @@ func (w *world) hook(c *server.Peer, cmd string, args ...string) bool {
 			<-p
 		}
 	}
-	if cmd != "EVALSHA" && cmd != "EVAL" || len(args) != 4+writeArgs || args[1] != "2" {
-		return false
-	}
-	ti := -1
-	for i := range tokenNames {
-		if k := keys(i); args[2] == k.Token && args[3] == k.Lock {
-			ti = i
-		}
-	}
+	ti, argv := tokenWrite(cmd, args)
 	if ti < 0 {
-		return false
+		return w.takeover(c, cmd, args)
 	}
-	k, lockValue := keys(ti), args[4]
+	w.hookMu.Lock()
+	w.writesSeen++
+	w.hookMu.Unlock()
+	k, lockValue := keys(ti), argv[0]
 	if held, _ := w.mini.Get(k.Lock); held == lockValue {
-		return false
+		if h := w.hold(c, ti, lockValue); h != nil {
+			// Held until another replica took the lock (or the writer
+			// resumed); then the write runs, checked below.
+			defer close(h.done)
+			<-h.release
+		}
+		if held, _ := w.mini.Get(k.Lock); held == lockValue {
+			return false
+		}
 	}
 	// The writer does not hold the lock: the write must be refused.
 	before := w.mini.HGet(k.Token, "g")
@@ -660,11 +774,101 @@ func (w *world) hook(c *server.Peer, cmd string, args ...string) bool {
 	held, _ := w.mini.Get(k.Lock)
 	// (Another replica's write between the two readings would change the
 	// generation too, but not store this value.)
-	if after := w.mini.HGet(k.Token, "g"); after != before && held != lockValue && w.mini.HGet(k.Token, "v") == args[5] {
+	if after := w.mini.HGet(k.Token, "g"); after != before && held != lockValue && w.mini.HGet(k.Token, "v") == argv[1] {
 		w.hookMu.Lock()
 		w.breaches = append(w.breaches, fmt.Sprintf("a write of %s by %s was stored while %s held its lock",
 			tokenNames[ti], holder(lockValue), holder(held)))
 		w.hookMu.Unlock()
+	}
+	return true
+}
+
+// heldWrite is a token write a HeldWrite holds at Redis: the writer held
+// the lock as it arrived, and froze.
+type heldWrite struct {
+	peer      *server.Peer
+	ti        int
+	lockValue string
+	release   chan struct{} // closed to let the write run
+	once      sync.Once
+	done      chan struct{} // closed once it ran
+}
+
+func (h *heldWrite) let() { h.once.Do(func() { close(h.release) }) }
+
+// hold arms a held write when a HeldWrite waits for this write of token
+// ti by the lock's holder, freezing the writer for the fault's Arg; it
+// returns nil when the write goes on.
+func (w *world) hold(c *server.Peer, ti int, lockValue string) *heldWrite {
+	w.hookMu.Lock()
+	defer w.hookMu.Unlock()
+	f := w.holdArmed
+	if f == nil || f.Replica%2 != ti || w.held != nil {
+		return nil
+	}
+	var writer *replica
+	for _, r := range w.replicas {
+		if r.name == holder(lockValue) {
+			writer = r
+		}
+	}
+	if writer == nil {
+		return nil
+	}
+	w.holdArmed = nil
+	h := &heldWrite{peer: c, ti: ti, lockValue: lockValue, release: make(chan struct{}), done: make(chan struct{})}
+	w.held = h
+	writer.clock.freeze()
+	time.AfterFunc(f.Arg, func() {
+		// The writer resumes; its write, if still waiting, goes on
+		// (Redis answers it, late, whoever holds the lock then).
+		writer.clock.thaw()
+		w.releaseHeld(h)
+	})
+	return h
+}
+
+// releaseHeld lets h run and waits until it did.
+func (w *world) releaseHeld(h *heldWrite) {
+	w.hookMu.Lock()
+	if w.held == h {
+		w.held = nil
+	}
+	w.hookMu.Unlock()
+	h.let()
+	<-h.done
+}
+
+// takeover runs a script that may take a held write's lock (any EVAL or
+// EVALSHA naming the lock, from another connection) and, when the lock
+// then holds another replica's value, lets the held write run before
+// the script's answer goes back: the deposed leader's write arrives
+// right after another replica took the lock and before it could write.
+// It reports whether it ran the command.
+func (w *world) takeover(c *server.Peer, cmd string, args []string) bool {
+	w.hookMu.Lock()
+	h := w.held
+	w.hookMu.Unlock()
+	if h == nil || c == h.peer || cmd != "EVALSHA" && cmd != "EVAL" {
+		return false
+	}
+	lock := keys(h.ti).Lock
+	names := false
+	for _, a := range args {
+		names = names || a == lock
+	}
+	if !names {
+		return false
+	}
+	w.hookMu.Lock()
+	w.bypass[c] = true
+	w.hookMu.Unlock()
+	w.mini.Server().Dispatch(c, append([]string{cmd}, args...))
+	w.hookMu.Lock()
+	delete(w.bypass, c)
+	w.hookMu.Unlock()
+	if now, _ := w.mini.Get(lock); now != "" && now != h.lockValue {
+		w.releaseHeld(h)
 	}
 	return true
 }
