@@ -45,7 +45,7 @@
 #   FORCE=1); so is the Jaeger image when it was built from JAEGER_VERSION and
 #   the files of deploy/jaeger as they are now.
 #
-# Needs: docker, go, patch (for jaeger), and for the Debian images the
+# Needs: docker, go, and for the Debian images the
 # packages redis-server and haproxy (apt-get install -y redis-server haproxy).
 #
 # Environment: TOKENKEEPER_IMAGE (default tokenkeeper:dev) names the app image,
@@ -307,26 +307,49 @@ build_haproxy() {
 	drop_replaced "$haproxy_image" "$old"
 }
 
+# trim_query_flags cuts from Jaeger's cmd/query/app/flags.go the method
+# BuildQueryServiceOptions and its type InitArchiveStorageFn, which only
+# Jaeger v1's programs call, and the four imports only they use: through
+# the v1 storage factory they link every storage backend. It fails when
+# the file no longer has that shape (another JAEGER_VERSION), rather than
+# build a different program.
+trim_query_flags() {
+	local f=$1
+	grep -q '^func (qOpts \*QueryOptions) BuildQueryServiceOptions(' "$f" ||
+		die "$f: no BuildQueryServiceOptions to cut (JAEGER_VERSION $jaeger_version)"
+	sed -i \
+		-e '/^type InitArchiveStorageFn /d' \
+		-e '/^\/\/ BuildQueryServiceOptions /d' \
+		-e '/^func (qOpts \*QueryOptions) BuildQueryServiceOptions(/,/^}$/d' \
+		-e '\#^\t"github.com/jaegertracing/jaeger/cmd/query/app/querysvc"$#d' \
+		-e '\#^\tv2querysvc "github.com/jaegertracing/jaeger/cmd/query/app/querysvc/v2/querysvc"$#d' \
+		-e '\#^\tstorage "github.com/jaegertracing/jaeger/internal/storage/v1/factory"$#d' \
+		-e '\#^\t"github.com/jaegertracing/jaeger/internal/storage/v2/v1adapter"$#d' \
+		"$f"
+	gofmt -w "$f"
+	! grep -q 'BuildQueryServiceOptions\|InitArchiveStorageFn\|storage/v1/factory' "$f" ||
+		die "$f: could not cut the v1 storage factory (JAEGER_VERSION $jaeger_version)"
+}
+
 # build_jaeger builds a slim Jaeger v2 and wraps it as the official image is
 # wrapped: listening on every interface (JAEGER_LISTEN_HOST), OTLP on 4317 and
 # 4318, the query API on 16686 (gRPC 16685). Jaeger's components live under
 # its module's internal directories, which no other module may import, so
 # the build takes the module's source from the Go module proxy (go mod
 # download), lays deploy/jaeger/_overlay over it (our main.go for cmd/jaeger,
-# and jaeger_storage with the memory backend only), applies
-# deploy/jaeger/*.patch (the query service's flags without the v1 storage
-# factory, which links every backend), and builds ./cmd/jaeger inside it
+# and jaeger_storage with the memory backend only), cuts from the query
+# service's flags the one function that links the v1 storage factory, and
+# through it every backend (trim_query_flags), and builds ./cmd/jaeger inside it
 # with the module's own go.mod and go.sum. See deploy/jaeger/README.md.
 build_jaeger() {
 	local src=$build_dir/jaeger-src root=$build_dir/rootfs-jaeger mod=github.com/jaegertracing/jaeger
-	local recipe label dir p cid old
+	local recipe label dir cid old
 	recipe=$(cd deploy/jaeger && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum)
 	label="$mod/cmd/jaeger@$jaeger_version slim ${recipe:0:12}"
 	if [[ $force != 1 && $(image_label "$jaeger_image") == "$label" ]]; then
 		log "$jaeger_image exists (from $label): skipped (--force rebuilds)"
 		return
 	fi
-	command -v patch >/dev/null || die "patch is not installed: apt-get install -y patch"
 	log "$jaeger_image from $label (deploy/jaeger over $mod@$jaeger_version)"
 	dir=$(cd / && go mod download -json "$mod@$jaeger_version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
 	[[ -n $dir && -d $dir ]] || die "go mod download $mod@$jaeger_version failed"
@@ -335,10 +358,7 @@ build_jaeger() {
 	cp -R "$dir" "$src"
 	chmod -R u+w "$src"
 	cp -R deploy/jaeger/_overlay/. "$src/"
-	for p in deploy/jaeger/*.patch; do
-		patch -s -p1 -d "$src" --no-backup-if-mismatch <"$p" ||
-			die "deploy/jaeger: $p does not apply to $mod@$jaeger_version"
-	done
+	trim_query_flags "$src/cmd/query/app/flags.go"
 	LDFLAGS="-X $mod/internal/version.latestVersion=$jaeger_version" \
 		go_static ./cmd/jaeger "$build_dir/jaeger" "$src"
 	rm -rf "$src"

@@ -1,10 +1,19 @@
-// Copyright (c) 2023 The Jaeger Authors.
-// SPDX-License-Identifier: Apache-2.0
-
-// This file replaces, at build time (go build -overlay), the file of the same
-// name in Jaeger v1.75.0's cmd/jaeger/internal/extension/jaegerstorage: the
-// same extension and functions, with the memory backend only (config.go).
-
+// Package jaegerstorage, as tokenkeeper's slim Jaeger builds it: this file
+// stands in, at build time, for the package's extension.go, and an empty
+// config.go for its config.go, so that the program links Jaeger's memory
+// store alone. It keeps what the rest of the build calls: the Config the
+// package's factory.go makes, newStorageExt, GetTraceStoreFactory for the
+// storage exporter and the query extension, and GetMetricStorageFactory,
+// which the query extension calls only when metrics storage is configured
+// (never in the slim build's configuration).
+//
+// Configuration, as in the full program, but memory only:
+//
+//	jaeger_storage:
+//	  backends:
+//	    NAME:
+//	      memory:
+//	        max_traces: 100000
 package jaegerstorage
 
 import (
@@ -12,160 +21,117 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 
 	"go.opentelemetry.io/collector/component"
-	"go.opentelemetry.io/collector/extension"
 
-	"github.com/jaegertracing/jaeger/internal/metrics"
-	"github.com/jaegertracing/jaeger/internal/storage/v1"
+	storage "github.com/jaegertracing/jaeger/internal/storage/v1"
+	memoryconfig "github.com/jaegertracing/jaeger/internal/storage/v1/memory"
 	"github.com/jaegertracing/jaeger/internal/storage/v2/api/tracestore"
 	"github.com/jaegertracing/jaeger/internal/storage/v2/memory"
 	"github.com/jaegertracing/jaeger/internal/telemetry"
 )
 
-var _ Extension = (*storageExt)(nil)
-
-// Extension is the jaeger_storage extension: the storage factories by name.
-type Extension interface {
-	extension.Extension
-	TraceStorageFactory(name string) (tracestore.Factory, bool)
-	MetricStorageFactory(name string) (storage.MetricStoreFactory, bool)
+// Config names the stores other components refer to by name.
+type Config struct {
+	Backends map[string]Backend `mapstructure:"backends"`
 }
 
-type storageExt struct {
-	config    *Config
-	telset    component.TelemetrySettings
-	factories map[string]tracestore.Factory
+// Backend is one store. Memory is the only kind this build has.
+type Backend struct {
+	Memory *memoryconfig.Configuration `mapstructure:"memory"`
 }
 
-// getStorageFactory locates the extension in Host and retrieves
-// a trace storage factory from it with the given name.
-func getStorageFactory(name string, host component.Host) (tracestore.Factory, error) {
-	ext, err := findExtension(host)
-	if err != nil {
-		return nil, err
+// Validate refuses a configuration naming no store, or a store with no
+// memory section (another backend, which this build leaves out).
+func (c *Config) Validate() error {
+	if len(c.Backends) == 0 {
+		return errors.New("jaeger_storage: no backends configured")
 	}
-	f, ok := ext.TraceStorageFactory(name)
-	if !ok {
-		return nil, fmt.Errorf(
-			"cannot find definition of storage '%s' in the configuration for extension '%s'",
-			name, componentType,
-		)
-	}
-	return f, nil
-}
-
-// GetMetricStorageFactory fails: this build has no metric storage.
-func GetMetricStorageFactory(name string, host component.Host) (storage.MetricStoreFactory, error) {
-	if _, err := findExtension(host); err != nil {
-		return nil, err
-	}
-	return nil, fmt.Errorf(
-		"cannot find metric storage '%s' declared by '%s' extension (this build has none)",
-		name, componentType,
-	)
-}
-
-// GetTraceStoreFactory returns the trace storage factory named name.
-func GetTraceStoreFactory(name string, host component.Host) (tracestore.Factory, error) {
-	return getStorageFactory(name, host)
-}
-
-// GetSamplingStoreFactory returns the storage named name as a sampling store.
-func GetSamplingStoreFactory(name string, host component.Host) (storage.SamplingStoreFactory, error) {
-	f, err := getStorageFactory(name, host)
-	if err != nil {
-		return nil, err
-	}
-	ssf, ok := f.(storage.SamplingStoreFactory)
-	if !ok {
-		return nil, fmt.Errorf("storage '%s' does not support sampling store", name)
-	}
-	return ssf, nil
-}
-
-// GetPurger returns the storage named name as a purger.
-func GetPurger(name string, host component.Host) (storage.Purger, error) {
-	f, err := getStorageFactory(name, host)
-	if err != nil {
-		return nil, err
-	}
-	purger, ok := f.(storage.Purger)
-	if !ok {
-		return nil, fmt.Errorf("storage '%s' does not support purging", name)
-	}
-	return purger, nil
-}
-
-func findExtension(host component.Host) (Extension, error) {
-	var id component.ID
-	var comp component.Component
-	for i, ext := range host.GetExtensions() {
-		if i.Type() == componentType {
-			id, comp = i, ext
-			break
+	for _, name := range sortedNames(c.Backends) {
+		if c.Backends[name].Memory == nil {
+			return fmt.Errorf("jaeger_storage: backend %q: this build keeps spans in memory only (a memory: section)", name)
 		}
-	}
-	if comp == nil {
-		return nil, fmt.Errorf(
-			"cannot find extension '%s' (make sure it's defined earlier in the config)",
-			componentType,
-		)
-	}
-	ext, ok := comp.(Extension)
-	if !ok {
-		return nil, fmt.Errorf("extension '%s' is not of expected type '%s'", id, componentType)
-	}
-	return ext, nil
-}
-
-func newStorageExt(cfg *Config, telset component.TelemetrySettings) *storageExt {
-	return &storageExt{
-		config:    cfg,
-		telset:    telset,
-		factories: make(map[string]tracestore.Factory),
-	}
-}
-
-func (s *storageExt) Start(_ context.Context, host component.Host) error {
-	telset := telemetry.FromOtelComponent(s.telset, host)
-	telset.Metrics = telset.Metrics.Namespace(metrics.NSOptions{Name: "jaeger"})
-	for storageName, cfg := range s.config.TraceBackends {
-		s.telset.Logger.Sugar().Infof("Initializing storage '%s'", storageName)
-		if cfg.Memory == nil {
-			return fmt.Errorf("failed to initialize storage '%s': empty configuration", storageName)
-		}
-		memTelset := telset
-		memTelset.Metrics = telset.Metrics.Namespace(metrics.NSOptions{
-			Name: "storage",
-			Tags: map[string]string{"name": storageName, "kind": "memory", "role": "tracestore"},
-		})
-		factory, err := memory.NewFactory(*cfg.Memory, memTelset)
-		if err != nil {
-			return fmt.Errorf("failed to initialize storage '%s': %w", storageName, err)
-		}
-		s.factories[storageName] = factory
 	}
 	return nil
 }
 
-func (s *storageExt) Shutdown(context.Context) error {
+// stores is the running extension: one memory store per configured name.
+type stores struct {
+	cfg    *Config
+	telset component.TelemetrySettings
+	byName map[string]*memory.Factory
+}
+
+func newStorageExt(cfg *Config, telset component.TelemetrySettings) *stores {
+	return &stores{cfg: cfg, telset: telset, byName: map[string]*memory.Factory{}}
+}
+
+// Start makes the stores.
+func (s *stores) Start(_ context.Context, host component.Host) error {
+	settings := telemetry.FromOtelComponent(s.telset, host)
+	for _, name := range sortedNames(s.cfg.Backends) {
+		f, err := memory.NewFactory(*s.cfg.Backends[name].Memory, settings)
+		if err != nil {
+			return fmt.Errorf("jaeger_storage: backend %q: %w", name, err)
+		}
+		s.byName[name] = f
+	}
+	return nil
+}
+
+// Shutdown closes the stores that can be closed.
+func (s *stores) Shutdown(context.Context) error {
 	var errs []error
-	for _, factory := range s.factories {
-		if closer, ok := factory.(io.Closer); ok {
-			if err := closer.Close(); err != nil {
-				errs = append(errs, err)
-			}
+	for _, f := range s.byName {
+		if c, ok := any(f).(io.Closer); ok {
+			errs = append(errs, c.Close())
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (s *storageExt) TraceStorageFactory(name string) (tracestore.Factory, bool) {
-	f, ok := s.factories[name]
-	return f, ok
+// GetTraceStoreFactory returns the store called name, of the jaeger_storage
+// extension running in host.
+func GetTraceStoreFactory(name string, host component.Host) (tracestore.Factory, error) {
+	s, err := running(host)
+	if err != nil {
+		return nil, err
+	}
+	f, ok := s.byName[name]
+	if !ok {
+		return nil, fmt.Errorf("jaeger_storage: no backend %q (configured: %v)", name, sortedNames(s.cfg.Backends))
+	}
+	return f, nil
 }
 
-func (*storageExt) MetricStorageFactory(string) (storage.MetricStoreFactory, bool) {
-	return nil, false
+// GetMetricStorageFactory fails: this build stores no metrics.
+func GetMetricStorageFactory(name string, host component.Host) (storage.MetricStoreFactory, error) {
+	if _, err := running(host); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("jaeger_storage: no metrics backend %q: this build stores spans only", name)
+}
+
+// running finds the jaeger_storage extension among host's.
+func running(host component.Host) (*stores, error) {
+	for id, ext := range host.GetExtensions() {
+		if id.Type() != componentType {
+			continue
+		}
+		if s, ok := ext.(*stores); ok {
+			return s, nil
+		}
+		return nil, fmt.Errorf("jaeger_storage: extension %v is of an unexpected type %T", id, ext)
+	}
+	return nil, errors.New("jaeger_storage: the extension is not running (list it under service.extensions, before jaeger_query)")
+}
+
+func sortedNames(m map[string]Backend) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
