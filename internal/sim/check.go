@@ -144,7 +144,8 @@ type deviceAnswer struct {
 	device   int
 	r        *replica
 	value    string
-	deadline time.Time // on the bubble's clock
+	deadline time.Time // on the bubble's clock, converted with the offset at asked
+	asked    time.Time
 	at       time.Time
 }
 
@@ -335,6 +336,16 @@ func (c *checker) checkServed(r *replica, gen, ti int, value string, deadline, n
 	}
 }
 
+// since is when a's deadline could have been dated from, at the
+// earliest: the token's issue less an upstream call's timeout, or the
+// request, if that was earlier (its offset converted the deadline).
+func (a deviceAnswer) since(is issued) time.Time {
+	if t := is.at.Add(-UpTimeout); t.Before(a.asked) {
+		return t
+	}
+	return a.asked
+}
+
 // drifted says, for a violation's detail, how far r's clock drifted
 // since it could have dated is (the tolerance allowed), when it did.
 func drifted(r *replica, is issued) string {
@@ -395,8 +406,11 @@ func (c *checker) checkDevices() {
 		case !a.at.Before(is.exp):
 			c.fail(InvFresh, "%s gave device-%d a token expired %v before", a.r.name, a.device, a.at.Sub(is.exp))
 			continue
-		case a.deadline.After(is.exp.Add(a.r.clock.driftedSince(is.at.Add(-UpTimeout)))):
-			c.fail(InvFresh, "%s gave device-%d a token dated %v later than it expires%s", a.r.name, a.device, a.deadline.Sub(is.exp), drifted(a.r, is))
+		case a.deadline.After(is.exp.Add(a.r.clock.driftedSince(a.since(is)))):
+			// (Converted with the offset when it was asked for, which
+			// may be before the token was issued: the drift counts from
+			// the earlier of the two.)
+			c.fail(InvFresh, "%s gave device-%d a token dated %v later than it expires (beyond the %v its clock drifted since)", a.r.name, a.device, a.deadline.Sub(is.exp), a.r.clock.driftedSince(a.since(is)))
 			continue
 		}
 		if d, ok := c.owner[a.value]; ok && d != a.device {
@@ -438,7 +452,7 @@ func (w *world) askDevices() {
 		if k == nil || r.clock.isFrozen() {
 			continue
 		}
-		off := r.clock.get()
+		off, asked := r.clock.get(), time.Now()
 		w.devWG.Add(1)
 		go func() {
 			defer w.devWG.Done()
@@ -449,7 +463,7 @@ func (w *world) askDevices() {
 				return
 			}
 			w.devMu.Lock()
-			w.devGot = append(w.devGot, deviceAnswer{device: d, r: r, value: tok.Value, deadline: tok.Deadline.Add(-off), at: time.Now()})
+			w.devGot = append(w.devGot, deviceAnswer{device: d, r: r, value: tok.Value, deadline: tok.Deadline.Add(-off), asked: asked, at: time.Now()})
 			w.devMu.Unlock()
 		}()
 	}
