@@ -52,6 +52,12 @@ type Events struct {
 	again chan struct{}
 	// kick wakes the poll loop at once: a subscription is in doubt.
 	kick chan struct{}
+
+	// leaseMu guards the routes' leaseUntil. beating holds a token while
+	// a beat is made and published (beat.go): a channel, not a mutex, so
+	// that waiting for it is a durable block in a synctest bubble.
+	leaseMu sync.Mutex
+	beating chan struct{}
 }
 
 // Resubscribe ends the subscriptions in use; Run subscribes again at once,
@@ -96,7 +102,8 @@ func NewEvents(rdb redisClient, cfg EventsConfig) *Events {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
 	}
-	e := &Events{rdb: rdb, log: cfg.Logger, clock: cfg.Clock, routes: make(map[string]*route), kick: make(chan struct{}, 1)}
+	e := &Events{rdb: rdb, log: cfg.Logger, clock: cfg.Clock, routes: make(map[string]*route), kick: make(chan struct{}, 1),
+		beating: make(chan struct{}, 1)}
 	e.sharded.Store(cfg.Sharded)
 	return e
 }
@@ -134,6 +141,15 @@ type route struct {
 	// (when it was sent); when the route was last seen in doubt.
 	lastPoll, retryAt, goodPoll, doubted time.Time
 	backoff                              time.Duration
+
+	// leaseUntil is when this replica's lease of the token's lock ends,
+	// as Store.Lead last announced it; zero when it does not lead.
+	// Guarded by the Events' leaseMu.
+	leaseUntil time.Time
+	// hintFrom and hintUntil are the last lease a leader's beat
+	// announced (LockHint). Guarded by mu.
+	hintFrom  string
+	hintUntil time.Time
 }
 
 func (r *route) put(d delivery) {
@@ -209,6 +225,7 @@ func (e *Events) Run(ctx context.Context) error {
 	var polls sync.WaitGroup
 	defer polls.Wait()
 	polls.Go(func() { e.pollLoop(ctx) })
+	polls.Go(func() { e.beatLoop(ctx) })
 	if e.sharded.Load() && !e.shardedWorks(ctx, channels[0]) {
 		e.sharded.Store(false)
 	}
@@ -303,14 +320,17 @@ func (e *Events) shardedWorks(ctx context.Context, channel string) bool {
 // ends a sharded subscription, or the connection stops answering; it
 // closes ps.
 //
-// It also proves the connection alive: every pingEvery it sends a PING
-// through it, and a PONG that comes back shows that every message
-// published before Redis ran that PING has been handed on (Redis answers
-// a connection in order). The routes' polls go slow while that proof is
-// fresh (poll.go). A connection that leaves its PINGs unanswered for
-// deadPings intervals is closed and subscribed again: on a network that
-// drops packets silently, a connection can otherwise look open for many
-// minutes.
+// It also proves the connection alive. A leader's beat that arrives
+// through it shows that every message published before the beat has been
+// handed on (Redis delivers a connection's messages in the order it ran
+// their PUBLISH; beat.go); so does a PONG, for the messages published
+// before Redis ran its PING (Redis answers a connection in order). When
+// pingEvery has passed since the last proof and the last PING without a
+// beat, follow sends a PING through it: a fleet with leaders PINGs
+// nothing. The routes' polls go slow while the proof is fresh (poll.go).
+// A connection that leaves its PINGs unanswered for deadPings intervals
+// is closed and subscribed again: on a network that drops packets
+// silently, a connection can otherwise look open for many minutes.
 func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...string) {
 	routes := e.routesOf(channels)
 	every := pingEvery(routes)
@@ -351,10 +371,11 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 			}
 		}
 	}()
-	ping := e.clock.NewTicker(every)
+	ping := e.clock.NewTimer(every)
 	defer ping.Stop()
 	var seq uint64
 	sent := map[uint64]time.Time{} // PINGs awaiting their PONG, by payload
+	lastPing := e.clock.Now()      // when the last PING was sent, or the subscription made
 	for {
 		select {
 		case <-ctx.Done():
@@ -365,12 +386,20 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 				e.log.Warn("the events connection answers no PING; subscribing again", "unanswered_for", now.Sub(oldest).Round(time.Millisecond))
 				return
 			}
+			// A beat since proves the connection: PING only when none came
+			// within pingEvery of the last proof.
+			if due := later(lastProof(routes), lastPing).Add(every); now.Before(due) {
+				ping.Reset(due.Sub(now))
+				continue
+			}
 			seq++
 			pctx, pcancel := context.WithTimeout(fctx, every)
 			if err := ps.Ping(pctx, strconv.FormatUint(seq, 10)); err == nil {
 				sent[seq] = now
 			}
 			pcancel()
+			lastPing = now
+			ping.Reset(every)
 		case r := <-in:
 			if r.err != nil {
 				// The connection broke: events may be lost until go-redis
@@ -406,6 +435,9 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 					return
 				}
 			case *redis.Message:
+				if e.takeBeat(m.Payload, e.routeOf(m.Channel), routes, e.clock.Now()) {
+					continue
+				}
 				e.deliver(m.Channel, delivery{payload: m.Payload})
 			}
 		}
@@ -444,11 +476,33 @@ func (e *Events) routesOf(channels []string) []*route {
 	return out
 }
 
-func (e *Events) deliver(channel string, d delivery) {
+// lastProof returns the latest proof of routes; zero when none holds one.
+func lastProof(routes []*route) time.Time {
+	var last time.Time
+	for _, r := range routes {
+		r.mu.Lock()
+		last = later(last, r.proof)
+		r.mu.Unlock()
+	}
+	return last
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// routeOf returns the route of channel, or nil.
+func (e *Events) routeOf(channel string) *route {
 	e.mu.Lock()
-	r := e.routes[channel]
-	e.mu.Unlock()
-	if r != nil {
+	defer e.mu.Unlock()
+	return e.routes[channel]
+}
+
+func (e *Events) deliver(channel string, d delivery) {
+	if r := e.routeOf(channel); r != nil {
 		r.put(d)
 	}
 }

@@ -2,27 +2,35 @@ package cache
 
 // The poll: the fallback that catches up a store whose events were lost.
 // One loop per Events reads every due store's stamp in one round trip
-// (one MGET per hash tag, pipelined: in Redis Cluster each group goes to
+// (one MGET; in Redis Cluster one per hash tag, pipelined, each going to
 // its slot's master), and a store whose stamp changed reads its token in
 // full.
 //
 // How often a store is polled depends on what its subscription proves.
-// While a PING sent through the subscription at most
-// provenFor(PollInterval) ago has been answered, every message published
-// before it was sent has reached the store, so a lost event is not to be
-// feared: the store is polled every RestPollInterval (minutes), as
-// insurance against what no PING shows (a key evicted or flushed, a bug).
-// When the proof lapses (a PING unanswered, a broken connection, a
+// A proof is a moment before which every message published has reached
+// the store: the sending of a PING whose PONG came back through the
+// subscription, or the arrival of a leader's beat through it less the
+// longest recent round trip (a message reaches a subscriber within one
+// after Redis ran its PUBLISH; beat.go). While the last proof is at most
+// provenFor(PollInterval) old, a lost event is not to be feared: the
+// store is polled every RestPollInterval (minutes), as insurance against
+// what no proof shows (a key evicted or flushed, a bug). When the proof
+// lapses (no beat and a PING unanswered, a broken connection, a
 // resubscription) the store is polled at once, then every PollInterval,
-// until a poll sent after the doubt succeeds and a PING proves the
-// subscription again.
+// until a poll sent after the doubt succeeds and a beat or a PING proves
+// the subscription again.
 //
 // The bound: a token written at w is served by every replica by
-// w + PollInterval + a round trip, lost event or not. The last PING
-// answered before the write was sent at p > w - pingEvery; if its
-// successor's PONG is missing, the proof lapses at p + provenFor, which
-// the loop sees within pollStep, and polls: p + provenFor + pollStep =
+// w + PollInterval + a round trip, lost event or not. The last proof
+// before the write is some p <= w; a beat or a PING follows it within
+// pingEvery (a PING goes when no beat came for that long), and if that
+// one proves nothing, the proof lapses at p + provenFor, which the loop
+// sees within pollStep, and polls: p + provenFor + pollStep =
 // p + pingEvery + PollInterval/4 + PollInterval/8 <= w + PollInterval.
+// A beat dated at its arrival less a round trip keeps p <= w while
+// Redis's deliveries to this replica take no longer than its round
+// trips; a replica whose own backlog holds them longer is late by that
+// backlog, beyond which its events are late too.
 
 import (
 	"context"
@@ -206,8 +214,10 @@ func (e *Events) pollLoop(ctx context.Context) {
 // goes over the first store's client: a replica's stores share one.
 func (e *Events) poll(ctx context.Context, routes []*route) {
 	sent := e.clock.Now()
-	pipe := routes[0].store.rdb.Pipeline()
-	groups := map[string][]int{} // hash tag -> indexes of routes
+	rdb := routes[0].store.rdb
+	_, cluster := rdb.(*redis.ClusterClient)
+	pipe := rdb.Pipeline()
+	groups := map[string][]int{} // hash tag ("" outside a cluster) -> indexes of routes
 	var order []string
 	hgets := make([]*redis.StringCmd, len(routes))
 	for i, r := range routes {
@@ -215,7 +225,10 @@ func (e *Events) poll(ctx context.Context, routes []*route) {
 			hgets[i] = pipe.HGet(ctx, r.store.cfg.Keys.Token, "exp")
 			continue
 		}
-		tag := hashTag(r.store.cfg.Keys.Stamp)
+		tag := ""
+		if cluster {
+			tag = hashTag(r.store.cfg.Keys.Stamp)
+		}
 		if _, ok := groups[tag]; !ok {
 			order = append(order, tag)
 		}

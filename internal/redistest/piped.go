@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,7 +57,13 @@ type Link struct {
 	state   linkState
 	changed chan struct{}          // closed and replaced when state changes
 	conns   map[*linkConn]struct{} // open connections
+
+	writes atomic.Int64 // writes that went through
 }
+
+// Writes returns how many writes the link's clients sent through it: a
+// command, or a pipeline of them, is one.
+func (l *Link) Writes() int64 { return l.writes.Load() }
 
 type linkState int
 
@@ -162,6 +169,7 @@ func (c *linkConn) Write(p []byte) (int, error) {
 	if state, _ := c.l.now(); state == linkCut {
 		return len(p), nil // lost on the way
 	}
+	c.l.writes.Add(1)
 	return c.Conn.Write(p)
 }
 

@@ -1,0 +1,209 @@
+package cache
+
+// The leaders' beats: a replica that leads tokens tells the fleet so, over
+// the events channels the fleet already follows, so that a follower at
+// rest need ask Redis nothing.
+//
+// Every beatEvery (half the poll interval) a replica that leads tokens
+// publishes one beat per subscription that carries them: one over plain
+// pub/sub, where every channel shares a connection, naming every token it
+// leads; one per led token over sharded pub/sub, where each channel has
+// its own. A beat names each token with how long its lock's lease has
+// left, as the leader counts it (Store.Lead).
+//
+// A follower takes a beat for two things. It proves the subscription it
+// came on alive, as a PONG does (follow): Redis hands a connection its
+// messages in the order it ran their PUBLISH, so every message published
+// before the beat has been delivered when it arrives. And it tells the
+// follower's election that the lock cannot come free before the lease
+// named ends (LockHint): a hint, never an authority; the lock in Redis
+// decides, and the fenced write is unchanged.
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"time"
+)
+
+// MsgBeat is the type of a leader's beat on the events channel. Replicas
+// that predate it hand it to their subscribers like any control message
+// of another type, which ignore it.
+const MsgBeat = "beat"
+
+// beatPrefix starts every beat as json.Marshal writes a Message: follow
+// tells a beat from the other messages by it without decoding them.
+const beatPrefix = `{"type":"` + MsgBeat + `"`
+
+// beatBody is a beat's Body: the tokens the sender leads, by name, with
+// the milliseconds their locks' leases have left when it was sent.
+type beatBody struct {
+	Leases map[string]int64 `json:"l"`
+}
+
+// beatEvery is how often a leader beats: half the shortest poll interval,
+// so that a beat reaches each follower before the follower would PING
+// (pingEvery after its last proof: an eighth of the interval later).
+func beatEvery(routes []*route) time.Duration {
+	every := time.Second
+	for i, r := range routes {
+		if d := r.store.cfg.PollInterval / 2; i == 0 || d < every {
+			every = d
+		}
+	}
+	return max(every, time.Millisecond)
+}
+
+// Lead announces in this replica's beats that it holds the token's lock
+// until until, by its own lease accounting; call it again at each
+// renewal. The zero time stops the announcements: it returns once no
+// beat naming the token can be published any more, so that a lock
+// released after it is never announced as held.
+func (s *Store) Lead(until time.Time) {
+	e := s.events
+	e.leaseMu.Lock()
+	s.route.leaseUntil = until
+	e.leaseMu.Unlock()
+	if until.IsZero() {
+		e.beating <- struct{}{} // waits for a beat in flight
+		<-e.beating
+	}
+}
+
+// LockHint returns the replica that last announced leading the token in a
+// beat, and until when, on this replica's clock, its lease may last (the
+// beat's arrival and the lease it named): before then the lock cannot
+// come free unless released, which is announced. Empty when no beat
+// announced one since ForgetLockHint.
+func (s *Store) LockHint() (holder string, until time.Time) {
+	r := s.route
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hintFrom, r.hintUntil
+}
+
+// ForgetLockHint drops the hint LockHint returns: the lock was released.
+func (s *Store) ForgetLockHint() {
+	r := s.route
+	r.mu.Lock()
+	r.hintFrom, r.hintUntil = "", time.Time{}
+	r.mu.Unlock()
+}
+
+// hint records that from announced holding the route's lock for left
+// from at.
+func (r *route) hint(from string, at time.Time, left time.Duration) {
+	r.mu.Lock()
+	r.hintFrom, r.hintUntil = from, at.Add(left)
+	r.mu.Unlock()
+}
+
+// beatLoop publishes this replica's beats until ctx ends.
+func (e *Events) beatLoop(ctx context.Context) {
+	e.mu.Lock()
+	routes := make([]*route, 0, len(e.routes))
+	for _, r := range e.routes {
+		routes = append(routes, r)
+	}
+	e.mu.Unlock()
+	if len(routes) == 0 {
+		return
+	}
+	slices.SortFunc(routes, func(a, b *route) int { return strings.Compare(a.store.cfg.Keys.Events, b.store.cfg.Keys.Events) })
+	every := beatEvery(routes)
+	tick := e.clock.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C():
+		}
+		e.beat(ctx, routes, every)
+	}
+}
+
+// beat publishes one beat per subscription naming the tokens of routes
+// this replica leads, if any, in one round trip, each within timeout.
+func (e *Events) beat(ctx context.Context, routes []*route, timeout time.Duration) {
+	e.beating <- struct{}{}
+	defer func() { <-e.beating }()
+	now := e.clock.Now()
+	var led []*route
+	e.leaseMu.Lock()
+	leases := make(map[*route]int64)
+	for _, r := range routes {
+		if left := r.leaseUntil.Sub(now); left > 0 {
+			led = append(led, r)
+			leases[r] = left.Milliseconds()
+		}
+	}
+	e.leaseMu.Unlock()
+	if len(led) == 0 {
+		return
+	}
+	groups := [][]*route{led} // plain pub/sub: one connection carries every channel
+	if e.sharded.Load() {
+		groups = groups[:0]
+		for _, r := range led {
+			groups = append(groups, []*route{r})
+		}
+	}
+	bctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	pipe := led[0].store.rdb.Pipeline()
+	for _, g := range groups {
+		body := beatBody{Leases: make(map[string]int64, len(g))}
+		for _, r := range g {
+			body.Leases[r.store.name] = leases[r]
+		}
+		b, err := json.Marshal(body)
+		if err != nil {
+			return
+		}
+		m, err := json.Marshal(Message{Type: MsgBeat, From: g[0].store.cfg.Instance, Body: b})
+		if err != nil {
+			return
+		}
+		if e.sharded.Load() {
+			pipe.SPublish(bctx, g[0].store.cfg.Keys.Events, m)
+		} else {
+			pipe.Publish(bctx, g[0].store.cfg.Keys.Events, m)
+		}
+	}
+	if _, err := pipe.Exec(bctx); err != nil && ctx.Err() == nil {
+		e.log.Debug("publishing this replica's beat failed; the followers PING meanwhile", "error", err)
+	}
+}
+
+// takeBeat acts on a beat that arrived at at on the subscription of
+// routes, through the route of its channel: it proves routes alive, and
+// hints the leases it names to their stores. It reports false when the
+// payload is no beat.
+func (e *Events) takeBeat(payload string, via *route, routes []*route, at time.Time) bool {
+	if !strings.HasPrefix(payload, beatPrefix) {
+		return false
+	}
+	var m Message
+	var body beatBody
+	if json.Unmarshal([]byte(payload), &m) != nil || m.Type != MsgBeat || json.Unmarshal(m.Body, &body) != nil {
+		return true // a malformed beat proves nothing
+	}
+	// Published before it arrived, by up to the time a message takes from
+	// Redis to here, which a round trip bounds: dated that much earlier,
+	// the proof claims no message published after the beat.
+	proof := at
+	if via != nil {
+		proof = at.Add(-via.store.rttCut())
+	}
+	for _, r := range routes {
+		r.prove(proof)
+	}
+	for _, r := range routes {
+		if ms, ok := body.Leases[r.store.name]; ok && ms > 0 {
+			r.hint(m.From, at, time.Duration(ms)*time.Millisecond)
+		}
+	}
+	return true
+}
