@@ -44,6 +44,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 				continue
 			}
 			releasedBy = sc
+			r.store.ForgetLockHint() // announced before the release
 		}
 		if err := r.store.Unreadable(); err != nil {
 			// Leading would replace the token the rest of the fleet reads.
@@ -51,12 +52,16 @@ func (r *Refresher) Run(ctx context.Context) error {
 			wake.Reset(r.cfg.ElectEvery)
 			continue
 		}
-		held := r.lockHeldFor(ctx)
+		held := r.hintedHold()
+		if held == 0 {
+			held = r.lockHeldFor(ctx)
+		}
 		if held > 0 {
 			// Another replica leads: its lock cannot come free before it
 			// expires, unless released, which is announced. Sleeping until
-			// then costs Redis one PTTL per lock period instead of a
-			// failed Obtain every ElectEvery.
+			// then costs Redis nothing while the leader's beats announce its
+			// lease, and one PTTL per lock period when none comes, instead
+			// of a failed Obtain every ElectEvery.
 			freeSince = time.Time{}
 			wake.Reset(held)
 			continue
@@ -129,6 +134,22 @@ func drainReleased(sub *cache.Subscription) (bool, trace.SpanContext) {
 	return found, sc
 }
 
+// hintedHold returns how long the lock has left by the last beat of
+// another replica that leads the token (a millisecond more, at most the
+// lock TTL), or 0 when no beat announced a lease that lasts beyond now.
+// A beat is a hint: when its lease has run out, lockHeldFor asks Redis.
+func (r *Refresher) hintedHold() time.Duration {
+	holder, until := r.store.LockHint()
+	if holder == "" || holder == r.cfg.Instance {
+		return 0
+	}
+	d := until.Sub(r.cfg.Clock.Now())
+	if d <= 0 {
+		return 0
+	}
+	return min(d+time.Millisecond, r.cfg.LockTTL)
+}
+
 // lockHeldFor returns how long the lock has left when another replica
 // holds it (a millisecond more, to wake after it expires; at most the lock
 // TTL), or 0 when it is free or its state is unknown.
@@ -188,6 +209,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		}
 	}
 	r.leading.Store(true)
+	r.store.Lead(sent.Add(r.cfg.LockTTL))
 	r.log.InfoContext(ctx, "leadership acquired")
 	election.SetAttributes(attribute.Bool("tokenkeeper.led", true))
 	election.End()
@@ -205,6 +227,7 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 	reason := r.work(lctx, lock.Token()+lock.Metadata(), term)
 	cancel()
 	wg.Wait()
+	r.store.Lead(time.Time{}) // no beat announces the lock from here on
 	r.leading.Store(false)
 	r.metrics.follower()
 	if masterChanged.Load() {
@@ -347,6 +370,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			r.metrics.renewal(r.cfg.Clock.Now().Sub(sent))
 			r.lockEvent(eventLockRenewed, attribute.Int64("tokenkeeper.round_trip_ms", r.cfg.Clock.Now().Sub(sent).Milliseconds()))
 			leaseEnd = sent.Add(r.cfg.LockTTL - guard)
+			r.store.Lead(sent.Add(r.cfg.LockTTL))
 			expiry.Reset(leaseEnd.Sub(r.cfg.Clock.Now()))
 			tick.Reset(max(sent.Add(r.cfg.RenewEvery).Sub(r.cfg.Clock.Now()), 0))
 		case ctx.Err() != nil:
@@ -358,6 +382,7 @@ func (r *Refresher) renew(ctx context.Context, cancel context.CancelFunc, lock *
 			if r.cfg.Clock.Now().Before(leaseEnd) {
 				r.store.LockLost()
 			}
+			r.store.Lead(time.Time{})
 			r.lockEvent(eventLockLost)
 			r.log.Warn("lock renewal refused: the lock is no longer held; stepping down", "error", err)
 			r.setErr(fmt.Errorf("lock renewal: %w", err))

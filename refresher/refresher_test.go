@@ -930,3 +930,31 @@ func TestRefreshOutlivesTheLeader(t *testing.T) {
 		}
 	})
 }
+
+// TestFollowerAtRestAsksNothing: while the leader's beats announce its
+// lease, a follower's election asks Redis nothing (no PTTL every lock
+// period): at rest it reads only its store's rest polls.
+func TestFollowerAtRestAsksNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		rs := w.pairHolding(w.source(hour))
+		var follower *replica
+		for _, r := range rs {
+			if !r.ref.IsLeader() {
+				follower = r
+			}
+		}
+		w.tl.Advance(time.Minute)
+		sent := follower.link.Writes()
+		const rest = 30 * time.Minute
+		w.tl.Advance(rest)
+		// One MGET per rest poll (cache.DefaultRestPollInterval), and
+		// nothing else.
+		if got, most := follower.link.Writes()-sent, int64(rest/cache.DefaultRestPollInterval)+1; got > most {
+			t.Fatalf("a follower at rest sent Redis %d writes in %v, want at most %d (its rest polls)", got, rest, most)
+		}
+		if len(leaders(rs)) != 1 || follower.ref.IsLeader() {
+			t.Fatal("leadership changed at rest")
+		}
+	})
+}
