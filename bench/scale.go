@@ -40,14 +40,17 @@ type scaleResult struct {
 	RestPerSec      float64 // commands per second, whole fleet
 	PerReplica      float64 // commands per second per replica
 	PerReplicaToken float64 // commands per second per replica per token
-	// The at-rest load split, per replica per second: the PINGs through
-	// the events connections, the leaders' work (lock renewals: EVALSHA,
-	// GET, PEXPIRE; their polls of the hash: HGET), the followers' lock
-	// checks (PTTL, one per followed token per lock period), and the rest
-	// (beats, polls), which the target judges.
-	PingPerReplica, LeadersPerReplica, LockChecksPerReplica, OthersPerReplica float64
-	Mix                                                                       string
-	Scans                                                                     int64 // KEYS, SCAN and the like, since redis-server started
+	// The at-rest load split, per replica per second. What every replica
+	// sends as a follower, which the target judges: the PINGs through the
+	// events connections, the lock checks (PTTL of a followed token's
+	// lock), and the rest (the replica beat, the polls' MGET), summed in
+	// Followers. Then the leaders' work (lock renewals: EVALSHA, GET,
+	// PEXPIRE; their polls of the hash: HGET; balancing reads), and the
+	// leaders' beats on the events channels (PUBLISH, SPUBLISH).
+	PingPerReplica, LockChecksPerReplica, OthersPerReplica, FollowersPerReplica float64
+	LeadersPerReplica, BeatsPerReplica                                          float64
+	Mix                                                                         string
+	Scans                                                                       int64 // KEYS, SCAN and the like, since redis-server started
 
 	UsedMemory int64 // bytes, INFO memory used_memory, at rest
 	Clients    int64 // INFO clients connected_clients, at rest
@@ -257,10 +260,13 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	res.PerReplicaToken = res.PerReplica / float64(t)
 	perReplica := func(c int64) float64 { return float64(c) / res.RestSeconds / float64(n) }
 	leaders := delta["get"] + 2*delta["pexpire"] + delta["hget"] + 3*delta["hgetall"] + delta["hdel"]
+	beats := delta["publish"] + delta["spublish"]
 	res.PingPerReplica = perReplica(delta["ping"])
 	res.LeadersPerReplica = perReplica(leaders)
+	res.BeatsPerReplica = perReplica(beats)
 	res.LockChecksPerReplica = perReplica(delta["pttl"])
-	res.OthersPerReplica = perReplica(res.RestTotal - delta["ping"] - leaders - delta["pttl"])
+	res.OthersPerReplica = perReplica(res.RestTotal - delta["ping"] - leaders - beats - delta["pttl"])
+	res.FollowersPerReplica = res.PingPerReplica + res.LockChecksPerReplica + res.OthersPerReplica
 	res.Mix = delta.String()
 	if res.UsedMemory, err = rs.infoInt(ctx, "memory", "used_memory"); err != nil {
 		return nil, err
@@ -268,8 +274,9 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	if res.Clients, err = rs.infoInt(ctx, "clients", "connected_clients"); err != nil {
 		return nil, err
 	}
-	say("  N=%d T=%d: at rest %.0f commands/s (%.3f per replica: PINGs %.3f, leaders' work %.3f, lock checks %.3f, beats and polls %.3f), used_memory %s, %d clients; %d replicas lead, at most %d tokens each",
-		n, t, res.RestPerSec, res.PerReplica, res.PingPerReplica, res.LeadersPerReplica, res.LockChecksPerReplica, res.OthersPerReplica,
+	say("  N=%d T=%d: at rest %.0f commands/s (%.3f per replica: as followers %.3f (PINGs %.3f, lock checks %.3f, replica beats and polls %.3f); leaders' work %.3f, leaders' beats %.3f), used_memory %s, %d clients; %d replicas lead, at most %d tokens each",
+		n, t, res.RestPerSec, res.PerReplica, res.FollowersPerReplica, res.PingPerReplica, res.LockChecksPerReplica, res.OthersPerReplica,
+		res.LeadersPerReplica, res.BeatsPerReplica,
 		fmtMiB(res.UsedMemory/1024), res.Clients, res.Leaders, res.MostLed)
 
 	// Propagation: a refresh on the token's leader, every replica polled
