@@ -101,12 +101,7 @@ func (r *route) hint(from string, at time.Time, left time.Duration) {
 
 // beatLoop publishes this replica's beats until ctx ends.
 func (e *Events) beatLoop(ctx context.Context) {
-	e.mu.Lock()
-	routes := make([]*route, 0, len(e.routes))
-	for _, r := range e.routes {
-		routes = append(routes, r)
-	}
-	e.mu.Unlock()
+	routes := e.routeList()
 	if len(routes) == 0 {
 		return
 	}

@@ -175,14 +175,20 @@ func (r *route) retryLater(now time.Time) {
 	r.retryAt = time.Time{}
 }
 
-// pollLoop polls the stores as they fall due until ctx ends.
-func (e *Events) pollLoop(ctx context.Context) {
+// routeList returns the routes of every store following e, in no order.
+func (e *Events) routeList() []*route {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	routes := make([]*route, 0, len(e.routes))
 	for _, r := range e.routes {
 		routes = append(routes, r)
 	}
-	e.mu.Unlock()
+	return routes
+}
+
+// pollLoop polls the stores as they fall due until ctx ends.
+func (e *Events) pollLoop(ctx context.Context) {
+	routes := e.routeList()
 	start := e.clock.Now()
 	for _, r := range routes {
 		r.lastPoll, r.doubted = start, start // each store reads Redis as it starts

@@ -716,6 +716,19 @@ func tokenWrite(cmd string, args []string) (int, []string) {
 	return -1, nil
 }
 
+// dispatchUnhooked runs a command for c as Redis would, past the hook
+// (which is running it: the command's own turn through the hook is this
+// one).
+func (w *world) dispatchUnhooked(c *server.Peer, cmd string, args []string) {
+	w.hookMu.Lock()
+	w.bypass[c] = true
+	w.hookMu.Unlock()
+	w.mini.Server().Dispatch(c, append([]string{cmd}, args...))
+	w.hookMu.Lock()
+	delete(w.bypass, c)
+	w.hookMu.Unlock()
+}
+
 // hook runs before every command Redis serves: it holds back writes
 // while CLIENT PAUSE WRITE is in force, and checks that a token write is
 // stored only from the replica holding the token's lock (invariant 9).
@@ -764,13 +777,7 @@ func (w *world) hook(c *server.Peer, cmd string, args ...string) bool {
 	}
 	// The writer does not hold the lock: the write must be refused.
 	before := w.mini.HGet(k.Token, "g")
-	w.hookMu.Lock()
-	w.bypass[c] = true
-	w.hookMu.Unlock()
-	w.mini.Server().Dispatch(c, append([]string{cmd}, args...))
-	w.hookMu.Lock()
-	delete(w.bypass, c)
-	w.hookMu.Unlock()
+	w.dispatchUnhooked(c, cmd, args)
 	held, _ := w.mini.Get(k.Lock)
 	// (Another replica's write between the two readings would change the
 	// generation too, but not store this value.)
@@ -860,13 +867,7 @@ func (w *world) takeover(c *server.Peer, cmd string, args []string) bool {
 	if !names {
 		return false
 	}
-	w.hookMu.Lock()
-	w.bypass[c] = true
-	w.hookMu.Unlock()
-	w.mini.Server().Dispatch(c, append([]string{cmd}, args...))
-	w.hookMu.Lock()
-	delete(w.bypass, c)
-	w.hookMu.Unlock()
+	w.dispatchUnhooked(c, cmd, args)
 	if now, _ := w.mini.Get(lock); now != "" && now != h.lockValue {
 		w.releaseHeld(h)
 	}
