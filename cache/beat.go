@@ -115,13 +115,19 @@ func (e *Events) beatLoop(ctx context.Context) {
 			return
 		case <-tick.C():
 		}
-		e.beat(ctx, routes, every)
+		e.beat(ctx, routes)
 	}
 }
 
 // beat publishes one beat per subscription naming the tokens of routes
-// this replica leads, if any, in one round trip, each within timeout.
-func (e *Events) beat(ctx context.Context, routes []*route, timeout time.Duration) {
+// this replica leads, if any, in one round trip. The round trip gets the
+// client's own timeouts (half the lock TTL in a Keeper), as every other
+// command does, not the beat's period: a beat cut short leaves its
+// connection broken, and beats failing every period on a slow Redis would
+// burn the pool's connections, so that the lock's renewal had to dial
+// (three round trips) and could miss its lease. A slow beat delays the
+// next (ticks meanwhile are dropped); the followers PING meanwhile.
+func (e *Events) beat(ctx context.Context, routes []*route) {
 	e.beating <- struct{}{}
 	defer func() { <-e.beating }()
 	now := e.clock.Now()
@@ -145,8 +151,6 @@ func (e *Events) beat(ctx context.Context, routes []*route, timeout time.Duratio
 			groups = append(groups, []*route{r})
 		}
 	}
-	bctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	pipe := led[0].store.rdb.Pipeline()
 	for _, g := range groups {
 		body := beatBody{Leases: make(map[string]int64, len(g))}
@@ -162,12 +166,12 @@ func (e *Events) beat(ctx context.Context, routes []*route, timeout time.Duratio
 			return
 		}
 		if e.sharded.Load() {
-			pipe.SPublish(bctx, g[0].store.cfg.Keys.Events, m)
+			pipe.SPublish(ctx, g[0].store.cfg.Keys.Events, m)
 		} else {
-			pipe.Publish(bctx, g[0].store.cfg.Keys.Events, m)
+			pipe.Publish(ctx, g[0].store.cfg.Keys.Events, m)
 		}
 	}
-	if _, err := pipe.Exec(bctx); err != nil && ctx.Err() == nil {
+	if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
 		e.log.Debug("publishing this replica's beat failed; the followers PING meanwhile", "error", err)
 	}
 }
