@@ -73,9 +73,16 @@ func (e *Events) pollStep() time.Duration {
 	return max(step, time.Millisecond)
 }
 
-// prove records that a PING sent at at was answered.
+// prove records a proof dated at: a PING sent at at was answered, or a
+// beat arrived (dated its arrival less a round trip).
 func (r *route) prove(at time.Time) {
 	r.mu.Lock()
+	if r.proof.IsZero() && !r.lost.IsZero() {
+		// The first proof since a doubt: the new subscription stands
+		// now, and only a poll sent from now on covers what was
+		// published before it stood (due).
+		r.lost = r.store.cfg.Clock.Now()
+	}
 	if at.After(r.proof) {
 		r.proof = at
 	}
@@ -103,6 +110,15 @@ func (r *route) proven(now time.Time) (bool, time.Time) {
 	}
 	lapse := proof.Add(provenFor(r.store.cfg.PollInterval))
 	return now.Before(lapse), lapse
+}
+
+// lostAt returns when the route's events were last proven again after a
+// doubt (its connection broke or was replaced), or, until they are, when
+// the doubt began; zero if never.
+func (r *route) lostAt() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lost
 }
 
 // EventsProven reports whether the store's events are proven alive now:
@@ -142,6 +158,13 @@ func (r *route) due(now time.Time) bool {
 	}
 	interval := s.cfg.PollInterval
 	ok, since := r.proven(now)
+	if lost := r.lostAt(); ok && r.goodPoll.Before(lost) {
+		// Proven again since its connection was replaced (a leader's
+		// beat can come before this loop saw the doubt), but what was
+		// published before the new subscription stood may be lost for
+		// good: in doubt until a poll sent after it stood succeeds.
+		ok, since = false, lost
+	}
 	if !ok {
 		r.doubted = now
 	}
