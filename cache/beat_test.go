@@ -134,23 +134,9 @@ func TestBeatsLapseWithTheSubscription(t *testing.T) {
 		tl, srv := onFakeTime(t)
 		keys := cache.KeysFor("liveness")
 		writer := silentWriter(t, tl, srv, keys)
-		leaderEvents := cache.NewEvents(srv.Client(t), cache.EventsConfig{Clock: tl.Clock, Logger: quiet})
-		leader, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: testPoll,
-			RestPollInterval: testRest, Instance: "leader", Clock: tl.Clock, Logger: quiet, Events: leaderEvents})
-		if err != nil {
-			t.Fatal(err)
-		}
+		leader := followingStore(t, tl, srv.Client(t), srv.Client(t), keys, "leader")
 		link := srv.NewLink(t)
-		events := cache.NewEvents(link.Client(t), cache.EventsConfig{Clock: tl.Clock, Logger: quiet})
-		reader, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: testPoll,
-			RestPollInterval: testRest, Clock: tl.Clock, Logger: quiet, Events: events})
-		if err != nil {
-			t.Fatal(err)
-		}
-		runEvents(t, leaderEvents)
-		runEvents(t, events)
-		run(t, leader)
-		run(t, reader)
+		reader := followingStore(t, tl, srv.Client(t), link.Client(t), keys, "")
 		leader.Lead(tl.Now().Add(time.Hour))
 		tl.Advance(2 * testPoll)
 		if !reader.EventsProven() {

@@ -6,6 +6,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
@@ -88,14 +90,7 @@ func TestEventsInDoubtMeansShortPoll(t *testing.T) {
 		// The events' subscription goes over a link the test cuts; the
 		// store's reads go straight to Redis.
 		link := srv.NewLink(t)
-		events := cache.NewEvents(link.Client(t), cache.EventsConfig{Clock: tl.Clock, Logger: quiet})
-		reader, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: testPoll,
-			RestPollInterval: testRest, Clock: tl.Clock, Logger: quiet, Events: events})
-		if err != nil {
-			t.Fatal(err)
-		}
-		runEvents(t, events)
-		run(t, reader)
+		reader := followingStore(t, tl, srv.Client(t), link.Client(t), keys, "")
 		tl.Advance(testPoll)
 		if !reader.EventsProven() {
 			t.Fatal("the events are not proven alive a poll interval after subscribing")
@@ -159,6 +154,22 @@ func TestPollOftenNoticesALostToken(t *testing.T) {
 			t.Fatal("a store polled often did not notice within a poll interval that its token left Redis")
 		}
 	})
+}
+
+// followingStore makes a store of keys for instance on tl's clock, with
+// the poll tests' intervals, reading Redis through rdb and following its
+// events through eventsRdb, and runs both until the test ends.
+func followingStore(t *testing.T, tl *testkit.Timeline, rdb, eventsRdb *redis.Client, keys cache.Keys, instance string) *cache.Store {
+	t.Helper()
+	events := cache.NewEvents(eventsRdb, cache.EventsConfig{Clock: tl.Clock, Logger: quiet})
+	s, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: testPoll,
+		RestPollInterval: testRest, Instance: instance, Clock: tl.Clock, Logger: quiet, Events: events})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runEvents(t, events)
+	run(t, s)
+	return s
 }
 
 func runEvents(t *testing.T, e *cache.Events) {
