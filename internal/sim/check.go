@@ -289,11 +289,7 @@ func (c *checker) checkAdded(r *replica, current func(string) (tokenkeeper.Token
 	case !known || is.up != addedUp:
 		c.fail(InvFresh, "%s serves as %s a token its upstream never issued", r.name, addedToken)
 		return
-	case !now.Before(is.exp):
-		c.fail(InvFresh, "%s serves %s #%d, expired %v ago", r.name, addedToken, is.idx, now.Sub(is.exp))
-		return
-	case deadline.After(is.exp.Add(r.clock.driftedSince(is.at.Add(-UpTimeout)))):
-		c.fail(InvFresh, "%s serves %s #%d as expiring %v later than it does%s", r.name, addedToken, is.idx, deadline.Sub(is.exp), drifted(r, is))
+	case !c.fresh(r, addedToken, is, deadline, now):
 		return
 	}
 	key := servedKey{r.idx, gen, addedUp}
@@ -301,6 +297,21 @@ func (c *checker) checkAdded(r *replica, current func(string) (tokenkeeper.Token
 		c.fail(InvBackwards, "%s went back from %s #%d to #%d", r.name, addedToken, prev, is.idx)
 	}
 	c.last[key] = is.idx
+}
+
+// fresh checks invariant 1 for the token is that r serves as name, dated
+// to expire at deadline: not expired, and its expiry not overstated by
+// more than r's clock drifted since it could have dated it.
+func (c *checker) fresh(r *replica, name string, is issued, deadline, now time.Time) bool {
+	switch {
+	case !now.Before(is.exp):
+		c.fail(InvFresh, "%s serves %s #%d, expired %v ago", r.name, name, is.idx, now.Sub(is.exp))
+		return false
+	case deadline.After(is.exp.Add(r.clock.driftedSince(is.at.Add(-UpTimeout)))):
+		c.fail(InvFresh, "%s serves %s #%d as expiring %v later than it does%s", r.name, name, is.idx, deadline.Sub(is.exp), drifted(r, is))
+		return false
+	}
+	return true
 }
 
 // checkServed checks a token a replica serves: invariants 1 and 2.
@@ -314,11 +325,7 @@ func (c *checker) checkServed(r *replica, gen, ti int, value string, deadline, n
 	case is.up != ti:
 		c.fail(InvFresh, "%s serves as %s a token of the other upstream", r.name, name)
 		return
-	case !now.Before(is.exp):
-		c.fail(InvFresh, "%s serves %s #%d, expired %v ago", r.name, name, is.idx, now.Sub(is.exp))
-		return
-	case deadline.After(is.exp.Add(r.clock.driftedSince(is.at.Add(-UpTimeout)))):
-		c.fail(InvFresh, "%s serves %s #%d as expiring %v later than it does%s", r.name, name, is.idx, deadline.Sub(is.exp), drifted(r, is))
+	case !c.fresh(r, name, is, deadline, now):
 		return
 	}
 	key := servedKey{r.idx, gen, ti}
