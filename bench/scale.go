@@ -185,7 +185,7 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	defer stopFleet()
 	startFleet := func() error {
 		for i := range n {
-			k, stop, err := catalogKeeperOf(ctx, rs, fmt.Sprintf("replica-%d", i), tokens, 10*time.Second,
+			k, stop, err := catalogKeeperOf(ctx, rs, fmt.Sprintf("replica-%d", i), tokens, scaleLockTTL,
 				func(o *redis.Options) { o.PoolSize = scalePoolSize })
 			if err != nil {
 				return err
@@ -228,15 +228,30 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	}); err != nil {
 		return nil, err
 	}
+	// At rest is after the fleet settled, not while it still spreads
+	// leadership or writes what it adopted: a replica hands one token over
+	// at most every lock TTL and then waits two more (balance.go), so
+	// leadership unchanged for three lock TTLs is settled; and a replica
+	// spreads the state writes of a token it adopted over 30 s
+	// (refresher's lazyWindow), counted from the first start.
+	leadership := func() []int {
+		ls := make([]int, t)
+		for i, name := range names {
+			ls[i] = leaderOf(keepers, name)
+		}
+		return ls
+	}
+	if err := settle(ctx, scaleLockTTL, t0.Add(scaleLazyWindow), leadership); err != nil {
+		return nil, err
+	}
 	led := map[int]int{}
-	for _, name := range names {
-		led[leaderOf(keepers, name)]++
+	for _, l := range leadership() {
+		led[l]++
 	}
 	res.Leaders = len(led)
 	for _, c := range led {
 		res.MostLed = max(res.MostLed, c)
 	}
-	time.Sleep(min(restD/2, 3*time.Second))
 	runtime.GC()
 	if rss1, err := rssKiB(os.Getpid()); err == nil {
 		res.RSSPerReplica = max(rss1-rss0, 0) / int64(n)
@@ -388,4 +403,31 @@ func leaderOf(keepers []*tokenkeeper.Keeper, name string) int {
 		}
 	}
 	return -1
+}
+
+// scaleLockTTL is figure 11's lock TTL, and scaleLazyWindow the time over
+// which a replica spreads the state writes of a token it adopted
+// (refresher's lazyWindow).
+const (
+	scaleLockTTL    = 10 * time.Second
+	scaleLazyWindow = 30 * time.Second
+)
+
+// settle waits until leaders (each token's leader) has not changed for
+// three lock TTLs, and until not before notBefore, or until five minutes
+// have passed, when the fleet is taken as settled as it gets.
+func settle(ctx context.Context, lockTTL time.Duration, notBefore time.Time, leaders func() []int) error {
+	give := time.Now().Add(5 * time.Minute)
+	prev, since := leaders(), time.Now()
+	for time.Now().Before(give) && (time.Since(since) < 3*lockTTL || time.Now().Before(notBefore)) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		if cur := leaders(); !slices.Equal(cur, prev) {
+			prev, since = cur, time.Now()
+		}
+	}
+	return nil
 }

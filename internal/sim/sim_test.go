@@ -2,11 +2,10 @@ package sim_test
 
 import (
 	"context"
-
 	"flag"
 	"fmt"
-	"github.com/redis/go-redis/v9"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -14,6 +13,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/plant"
 	"github.com/tokenkeeper/tokenkeeper/internal/sim"
@@ -212,13 +213,29 @@ func TestPlantedBugsAreFound(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer plant.Set(bug, false)
-			bound := plantBound[bug]
-			for seed := uint64(1); seed <= uint64(bound); seed++ {
-				res := runOne(t, sim.Generate(seed, time.Hour))
-				if res.Failed() {
-					v := res.Violations[0]
-					t.Logf("PLANT %s found by seed %d (%d seeds) after %v: %s", bug, seed, seed, v.At, v)
-					return
+			bound := uint64(plantBound[bug])
+			// The seeds run in batches of -test.parallel, each in a
+			// bubble of its own; the first seed (in order) that finds
+			// the bug is the figure, whatever order the batch ended in.
+			batch := uint64(max(1, runtime.GOMAXPROCS(0)))
+			for first := uint64(1); first <= bound; first += batch {
+				last := min(first+batch-1, bound)
+				res := make([]sim.Result, last-first+1)
+				t.Run(fmt.Sprintf("seeds=%d-%d", first, last), func(t *testing.T) {
+					for i := range res {
+						seed := first + uint64(i)
+						t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+							t.Parallel()
+							res[i] = runIn(t, sim.Generate(seed, time.Hour))
+						})
+					}
+				})
+				for i, r := range res {
+					if r.Failed() {
+						seed, v := first+uint64(i), r.Violations[0]
+						t.Logf("PLANT %s found by seed %d (%d seeds) after %v: %s", bug, seed, seed, v.At, v)
+						return
+					}
 				}
 			}
 			t.Errorf("planted bug %s not found within %d seeds of an hour", bug, bound)
