@@ -239,10 +239,13 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 		// Hand over at once instead of letting the lock expire.
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), max(RedisTimeout(r.cfg.LockTTL), time.Second))
 		defer rcancel()
-		if err := lock.Release(rctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
+		if err := onLiveConn(rctx, lock.Release); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
 			r.log.Warn("releasing the lock failed; another replica leads once it expires", "error", err)
 		} else {
-			if err := r.sendMsg(rctx, message{Type: msgReleased, Trace: tracing.Inject(sdCtx)}); err != nil {
+			announce := func(ctx context.Context) error {
+				return r.sendMsg(ctx, message{Type: msgReleased, Trace: tracing.Inject(sdCtx)})
+			}
+			if err := onLiveConn(rctx, announce); err != nil {
 				r.log.Debug("announcing the release failed", "error", err)
 			}
 			if reason != endHandedOver && reason != endStepped && reason != endMaster {
@@ -265,6 +268,28 @@ func (r *Refresher) lead(ctx context.Context, lock *redislock.Lock, sent time.Ti
 	r.endTerm(stepDown, reason, ledFor)
 	r.log.Info("leadership ended", "reason", reason, "led_for", ledFor.Round(time.Millisecond))
 	r.metrics.leadership(changeOf(reason))
+}
+
+// onLiveConn runs f, and again, up to three more times, while it fails
+// on its connection at once. A pooled connection that outlived its server
+// (Redis restarted, or a connection reset) fails its next command with a
+// closed pipe or a reset, which go-redis does not retry but drops the
+// connection for, so the next try takes another. The hand-over on a stop
+// is one release and one announcement that no later loop repeats: without
+// this, a stale connection costs the fleet the lock's expiry. The release
+// is a compare-and-delete, and the announcement is idempotent, so a try
+// that reached Redis and lost its answer does no harm when repeated. An
+// answer from Redis (an error reply) and the end of ctx are final.
+func onLiveConn(ctx context.Context, f func(context.Context) error) error {
+	err := f(ctx)
+	for range 3 {
+		var reply redis.Error
+		if err == nil || errors.As(err, &reply) || errors.Is(err, redislock.ErrLockNotHeld) || ctx.Err() != nil {
+			break
+		}
+		err = f(ctx)
+	}
+	return err
 }
 
 // RedisTimeout is the longest a Redis command may take for a replica whose

@@ -9,6 +9,7 @@ import (
 var (
 	NextRefresh = nextRefreshAt
 	HolderOf    = holderOf
+	OnLiveConn  = onLiveConn
 )
 
 var ErrAuthBudget = errAuthBudget

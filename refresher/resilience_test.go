@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/tokenkeeper/tokenkeeper/internal/fault"
 
+	"github.com/bsm/redislock"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -411,3 +413,50 @@ func TestTokensDueAtOnceDoNotLoop(t *testing.T) {
 		}
 	})
 }
+
+// A graceful stop's release and its announcement are one command each
+// that no loop repeats: one sent on a pooled connection that outlived
+// its server is tried again on another, while the error is the
+// connection's. An answer from Redis, a lock no longer held and the end
+// of the stop's time are final.
+func TestHandOverTriesAnotherConnection(t *testing.T) {
+	closed := fmt.Errorf("write: %w", io.ErrClosedPipe)
+	for _, tc := range []struct {
+		name  string
+		errs  []error // what each try returns; the last repeats
+		tries int
+		want  error
+	}{
+		{"first try", []error{nil}, 1, nil},
+		{"two stale connections", []error{closed, closed, nil}, 3, nil},
+		{"never a live one", []error{closed}, 4, io.ErrClosedPipe},
+		{"the lock moved on", []error{closed, redislock.ErrLockNotHeld}, 2, redislock.ErrLockNotHeld},
+		{"a reply from Redis", []error{errorReply("NOPERM no permissions"), nil}, 1, errorReply("NOPERM no permissions")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tries := 0
+			err := refresher.OnLiveConn(t.Context(), func(context.Context) error {
+				tries++
+				return tc.errs[min(tries, len(tc.errs))-1]
+			})
+			if tries != tc.tries || !errors.Is(err, tc.want) {
+				t.Errorf("%d tries ending in %v, want %d ending in %v", tries, err, tc.tries, tc.want)
+			}
+		})
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	tries := 0
+	refresher.OnLiveConn(ctx, func(context.Context) error { tries++; return closed })
+	if tries != 1 {
+		t.Errorf("%d tries after the stop's time ended, want 1", tries)
+	}
+}
+
+// errorReply is an error Redis answered with, as go-redis returns one.
+type errorReply string
+
+func (e errorReply) Error() string { return string(e) }
+func (errorReply) RedisError()     {}
+
+var _ redis.Error = errorReply("")
