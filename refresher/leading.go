@@ -189,7 +189,12 @@ func (r *Refresher) abandon(ctx context.Context, st *leaderState) {
 func (r *Refresher) due(st *leaderState) time.Time {
 	now := r.cfg.Clock.Now()
 	if r.unsavedNewer() {
-		// Storing it needs no upstream call: no backoff applies.
+		// Storing it needs no upstream call, but a store that failed
+		// waits for its backoff: a Redis that refuses at once would
+		// otherwise be asked again and again, as fast as it refuses.
+		if now.Before(st.retryAt) {
+			return st.retryAt
+		}
 		return now
 	}
 	var at time.Time

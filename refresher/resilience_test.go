@@ -460,3 +460,74 @@ func (e errorReply) Error() string { return string(e) }
 func (errorReply) RedisError()     {}
 
 var _ redis.Error = errorReply("")
+
+// A leader holding a token it could not store tries to store it again
+// after its backoff, not at once: a Redis that refuses at once (a
+// connection refused, a closed pipe) would otherwise be asked in a loop
+// as fast as it refuses, and the log filled as fast. (The long simulation
+// sweep found that loop: on fake time it held the bubble's clock still.)
+func TestUnsavedTokenStoreBacksOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		src := w.source(hour)
+		a := w.start("a", src, timings{lifetime: hour})
+		w.tl.Until("first token", time.Minute, func() bool { _, ok := a.store.Current(); return ok })
+		w.tl.Advance(5 * time.Minute)
+
+		// Token writes fail at once; past a thousand in a row, the hook
+		// lets them through, so that a loop ends and the test reports it.
+		var mu sync.Mutex
+		refuse, writes := true, 0
+		a.rdb.AddHook(refuseWrites{keys: w.keys, refuse: func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			writes++
+			return refuse && writes < 1000
+		}})
+		count := func() int { mu.Lock(); defer mu.Unlock(); return writes }
+		a.refresh(t.Context())
+		w.tl.Until("the fetched token's write refused", time.Minute, func() bool { return count() > 0 })
+		from := count()
+		const span = 10 * retryMin
+		w.tl.Advance(span)
+		if n := count() - from; n > int(span/retryMin)+1 {
+			t.Errorf("writes of the unsaved token in %v: %d, want at most one per RetryMin (%v)", span, n, retryMin)
+		}
+		mu.Lock()
+		refuse = false
+		mu.Unlock()
+		w.tl.Until("the unsaved token stored", retryMax+time.Minute, func() bool {
+			v, err := w.admin.HGet(t.Context(), w.keys.Token, "v").Result()
+			return err == nil && v == "token-2"
+		})
+		if n := len(src.Calls()); n != 2 {
+			t.Errorf("upstream calls: %d, want 2 (the unsaved token stored, not fetched again)", n)
+		}
+	})
+}
+
+// refuseWrites fails, at once and as a broken connection would, every
+// token write (a script on the token and lock keys) while refuse says so.
+type refuseWrites struct {
+	keys   cache.Keys
+	refuse func() bool
+}
+
+func (refuseWrites) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h refuseWrites) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		name := strings.ToLower(cmd.Name())
+		if (name == "evalsha" || name == "eval") && len(args) > 4 && args[3] == h.keys.Token && args[4] == h.keys.Lock && h.refuse() {
+			err := fmt.Errorf("write: %w", io.ErrClosedPipe)
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (refuseWrites) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
