@@ -59,6 +59,10 @@ const (
 )
 
 // allKinds are the kinds Generate draws from, with their weights.
+// redis-blip-at-call weighs most: it is the one fault that leaves a leader
+// holding a token it could not store (the unsaved-token memory), and it
+// strikes only when an upstream call falls within its arming; at the
+// weight of the others, the planted unsaved-forgotten took 116 seeds.
 var allKinds = []struct {
 	k Kind
 	w int
@@ -66,7 +70,7 @@ var allKinds = []struct {
 	{Crash, 3}, {Stop, 3}, {Restart, 2}, {RollCatalog, 2}, {Freeze, 4}, {FreezeAtCall, 3}, {HeldWrite, 3}, {Drift, 2},
 	{RedisCut, 3}, {RedisRefuse, 2}, {RedisLatency, 2}, {UpCut, 2},
 	{RedisEmpty, 2}, {RedisRestoreOld, 3}, {EvictLock, 2}, {EvictToken, 2}, {ScriptFlush, 2}, {ForeignValue, 2},
-	{RedisSlow, 2}, {RedisBlipAtCall, 2}, {RedisRestoreAtCall, 2}, {RedisFailover, 2}, {ClientPause, 2},
+	{RedisSlow, 2}, {RedisBlipAtCall, 8}, {RedisRestoreAtCall, 2}, {RedisFailover, 2}, {ClientPause, 2},
 	{Up500, 3}, {Up429, 2}, {UpAuth500, 2}, {UpHang, 2}, {UpSlow, 3}, {UpExpired, 2}, {UpMalformd, 2}, {UpSkew, 2}, {UpRevoke, 1},
 	{AdminRefresh, 3},
 }
