@@ -36,7 +36,13 @@ type event struct {
 // stopping at the first violation. It must be called inside a
 // testing/synctest bubble (synctest.Test): every clock of the fleet is the
 // bubble's.
-func Run(s Schedule) Result {
+func Run(s Schedule) Result { return RunObserved(s, nil) }
+
+// RunObserved is Run that tells progress, when not nil, the simulated time
+// of each Step as it reaches it: a watchdog outside the bubble sees from it
+// whether the bubble's time still moves (a goroutine that never blocks
+// holds it still for good).
+func RunObserved(s Schedule, progress func(time.Duration)) Result {
 	logs := &logScan{}
 	w := newWorld(s, logs)
 	defer w.close()
@@ -57,6 +63,9 @@ func Run(s Schedule) Result {
 	sort.SliceStable(evs, func(i, j int) bool { return evs[i].at < evs[j].at })
 	var at time.Duration
 	for ; at < s.Length; at += Step {
+		if progress != nil {
+			progress(at)
+		}
 		for len(evs) > 0 && evs[0].at <= at {
 			e := evs[0]
 			evs = evs[1:]

@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -49,11 +50,84 @@ func runOne(t *testing.T, s sim.Schedule) sim.Result {
 	return res
 }
 
-// runIn runs s in a bubble of t's.
+// runIn runs s in a bubble of t's, under a watchdog.
 func runIn(t *testing.T, s sim.Schedule) sim.Result {
 	var res sim.Result
-	synctest.Test(t, func(t *testing.T) { res = sim.Run(s) })
+	progress, stop := watch(s, stallAfter, stalled)
+	defer stop()
+	synctest.Test(t, func(t *testing.T) { res = sim.RunObserved(s, progress) })
 	return res
+}
+
+// stallAfter is how long of wall time a run may go without its simulated
+// time moving on before the watchdog ends the test process. A Step costs
+// milliseconds of CPU; a run whose simulated time stands still has a
+// goroutine that never blocks (defect 6 of docs/simulation.md: the sweep
+// stalled, and grew to 24 GB), which no timeout of the sweep's would
+// report while the machine's memory lasted.
+const stallAfter = 3 * time.Minute
+
+// stalled ends the test process with why, and every goroutine's stack: a
+// bubble whose time stands still cannot be stopped from outside.
+func stalled(why string) {
+	debug.SetTraceback("all")
+	panic(why)
+}
+
+// watch starts a watchdog of a run of s, outside its bubble: when the
+// simulated time that progress is told has not changed for after of wall
+// time, it calls onStall with the seed, the time and the replay command,
+// once. stop ends the watchdog.
+func watch(s sim.Schedule, after time.Duration, onStall func(string)) (progress func(time.Duration), stop func()) {
+	var at atomic.Int64
+	at.Store(-1)
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(after / 12)
+		defer tick.Stop()
+		last, since := at.Load(), time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			if now := at.Load(); now != last {
+				last, since = now, time.Now()
+				continue
+			}
+			if time.Since(since) >= after {
+				var planted []string
+				for _, b := range plant.All() {
+					if plant.On(b) {
+						planted = append(planted, string(b))
+					}
+				}
+				onStall(fmt.Sprintf("seed %d: simulated time stood still at %v for %v of wall time: a goroutine never blocks\nreplay: %s",
+					s.Seed, time.Duration(max(last, 0)), after, replay(s.Seed, s.Length.Hours(), strings.Join(planted, ","))))
+				return
+			}
+		}
+	}()
+	return func(d time.Duration) { at.Store(int64(d)) }, sync.OnceFunc(func() { close(done) })
+}
+
+// The watchdog names a run whose simulated time stopped, with its replay
+// command.
+func TestWatchdogNamesAStalledRun(t *testing.T) {
+	s := sim.Schedule{Seed: 42, Replicas: 2, Length: 2 * time.Hour}
+	why := make(chan string, 1)
+	progress, stop := watch(s, 60*time.Millisecond, func(w string) { why <- w })
+	defer stop()
+	progress(90 * time.Second)
+	// A wait for the event, not a bound: the watchdog reports after at
+	// least 60 ms of standing still, however busy the machine.
+	got := <-why
+	for _, want := range []string{"seed 42", "stood still at 1m30s", "-seed=42 -hours=2"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("the watchdog said %q, want %q in it", got, want)
+		}
+	}
 }
 
 // replay is the command that replays seed.
