@@ -438,7 +438,30 @@ type linkConn struct {
 	pumping  bool
 	closed   bool
 	answered bool      // the handshake is done: faults apply
+	lost     bool      // bytes were lost in a cut: the connection fails once the cut ends
 	wdl      time.Time // the write deadline
+}
+
+// errLost is what a connection that lost bytes in a partition fails with
+// once the partition ends. TCP never loses bytes from a connection that
+// lives on: it delivers them late, or the connection fails. A cut drops
+// them, so the connection that lost some must not carry on as if nothing
+// was missing (a SUBSCRIBE lost while its connection's PINGs are answered
+// later is a subscription no real client could lose); it fails, as one
+// whose retransmissions ran out does.
+var errLost = errors.New("sim: connection reset after a partition (bytes were lost in it)")
+
+// failIfLost reports errLost when c lost bytes in a cut that has ended,
+// closing c.
+func (c *linkConn) failIfLost(state linkState) error {
+	c.mu.Lock()
+	lost := c.lost
+	c.mu.Unlock()
+	if !lost || state == linkCut {
+		return nil
+	}
+	c.Close()
+	return errLost
 }
 
 type delayed struct {
@@ -483,7 +506,13 @@ func (c *linkConn) Write(p []byte) (int, error) {
 	}
 	state, latency, _ := c.l.view()
 	if state == linkCut {
+		c.mu.Lock()
+		c.lost = true
+		c.mu.Unlock()
 		return len(p), nil // lost on the way
+	}
+	if err := c.failIfLost(state); err != nil {
+		return 0, err
 	}
 	c.mu.Lock()
 	if c.closed {
@@ -543,6 +572,10 @@ func (c *linkConn) pump() {
 				c.closed = true
 				c.mu.Unlock()
 			}
+		} else {
+			c.mu.Lock()
+			c.lost = true
+			c.mu.Unlock()
 		}
 		c.mu.Lock()
 		if len(c.queue) > 0 {
@@ -562,8 +595,15 @@ func (c *linkConn) Read(p []byte) (int, error) {
 		fresh := !c.answered
 		c.answered = true
 		c.mu.Unlock()
-		if state, _, _ := c.l.view(); state == linkCut && !fresh {
+		state, _, _ := c.l.view()
+		if state == linkCut && !fresh {
+			c.mu.Lock()
+			c.lost = true
+			c.mu.Unlock()
 			continue // lost on the way: wait for the read deadline
+		}
+		if err := c.failIfLost(state); err != nil && !fresh {
+			return 0, err
 		}
 		// A frozen replica's answers are read as they arrive, as its
 		// kernel would buffer them (and buffer keeps those not read yet).
