@@ -451,6 +451,13 @@ type linkConn struct {
 // whose retransmissions ran out does.
 var errLost = errors.New("sim: connection reset after a partition (bytes were lost in it)")
 
+// lose records that bytes of c were lost in a cut.
+func (c *linkConn) lose() {
+	c.mu.Lock()
+	c.lost = true
+	c.mu.Unlock()
+}
+
 // failIfLost reports errLost when c lost bytes in a cut that has ended,
 // closing c.
 func (c *linkConn) failIfLost(state linkState) error {
@@ -506,9 +513,7 @@ func (c *linkConn) Write(p []byte) (int, error) {
 	}
 	state, latency, _ := c.l.view()
 	if state == linkCut {
-		c.mu.Lock()
-		c.lost = true
-		c.mu.Unlock()
+		c.lose()
 		return len(p), nil // lost on the way
 	}
 	if err := c.failIfLost(state); err != nil {
@@ -573,9 +578,7 @@ func (c *linkConn) pump() {
 				c.mu.Unlock()
 			}
 		} else {
-			c.mu.Lock()
-			c.lost = true
-			c.mu.Unlock()
+			c.lose()
 		}
 		c.mu.Lock()
 		if len(c.queue) > 0 {
@@ -597,12 +600,10 @@ func (c *linkConn) Read(p []byte) (int, error) {
 		c.mu.Unlock()
 		state, _, _ := c.l.view()
 		if state == linkCut && !fresh {
-			c.mu.Lock()
-			c.lost = true
-			c.mu.Unlock()
+			c.lose()
 			continue // lost on the way: wait for the read deadline
 		}
-		if err := c.failIfLost(state); err != nil && !fresh {
+		if err := c.failIfLost(state); err != nil {
 			return 0, err
 		}
 		// A frozen replica's answers are read as they arrive, as its
