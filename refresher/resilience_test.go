@@ -137,9 +137,7 @@ func TestUnsavedTokenOutlivesTheTerm(t *testing.T) {
 		w := newWorld(t)
 		ctx := t.Context()
 		src := w.source(hour)
-		a := w.start("a", src, timings{lifetime: hour})
-		w.tl.Until("first token", time.Minute, func() bool { _, ok := a.store.Current(); return ok })
-		w.tl.Advance(5 * time.Minute)
+		a := w.soloLeader(src)
 
 		block := make(chan struct{})
 		unblock := sync.OnceFunc(func() { close(block) })
@@ -307,9 +305,7 @@ func TestRefreshWithoutRedis(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		w := newWorld(t)
 		src := w.source(hour)
-		a := w.start("a", src, timings{lifetime: hour})
-		w.tl.Until("first token", time.Minute, func() bool { _, ok := a.store.Current(); return ok })
-		w.tl.Advance(5 * time.Minute)
+		a := w.soloLeader(src)
 		a.link.Cut()
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 		defer cancel()
@@ -470,9 +466,7 @@ func TestUnsavedTokenStoreBacksOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		w := newWorld(t)
 		src := w.source(hour)
-		a := w.start("a", src, timings{lifetime: hour})
-		w.tl.Until("first token", time.Minute, func() bool { _, ok := a.store.Current(); return ok })
-		w.tl.Advance(5 * time.Minute)
+		a := w.soloLeader(src)
 
 		// Token writes fail at once; past a thousand in a row, the hook
 		// lets them through, so that a loop ends and the test reports it.
@@ -530,4 +524,15 @@ func (h refuseWrites) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 
 func (refuseWrites) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
+}
+
+// soloLeader starts one replica, a, on src (tokens of an hour), and moves
+// the time five minutes past its first token: a leads, holding a token
+// that is not due.
+func (w *world) soloLeader(src *source) *replica {
+	w.t.Helper()
+	a := w.start("a", src, timings{lifetime: hour})
+	w.tl.Until("first token", time.Minute, func() bool { _, ok := a.store.Current(); return ok })
+	w.tl.Advance(5 * time.Minute)
+	return a
 }
