@@ -35,14 +35,11 @@ type event struct {
 // Run runs the fleet through s and checks every invariant at every Step,
 // stopping at the first violation. It must be called inside a
 // testing/synctest bubble (synctest.Test): every clock of the fleet is the
-// bubble's.
-func Run(s Schedule) Result { return RunObserved(s, nil) }
-
-// RunObserved is Run that tells progress, when not nil, the simulated time
-// of each Step as it reaches it: a watchdog outside the bubble sees from it
+// bubble's. progress, when not nil, is told the simulated time of each
+// Step as Run reaches it: a watchdog outside the bubble sees from it
 // whether the bubble's time still moves (a goroutine that never blocks
 // holds it still for good).
-func RunObserved(s Schedule, progress func(time.Duration)) Result {
+func Run(s Schedule, progress func(time.Duration)) Result {
 	logs := &logScan{}
 	w := newWorld(s, logs)
 	defer w.close()

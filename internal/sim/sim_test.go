@@ -55,7 +55,7 @@ func runIn(t *testing.T, s sim.Schedule) sim.Result {
 	var res sim.Result
 	progress, stop := watch(s, stallAfter, stalled)
 	defer stop()
-	synctest.Test(t, func(t *testing.T) { res = sim.RunObserved(s, progress) })
+	synctest.Test(t, func(t *testing.T) { res = sim.Run(s, progress) })
 	return res
 }
 
