@@ -241,8 +241,12 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		}
 		return ls
 	}
-	if err := settle(ctx, scaleLockTTL, t0.Add(scaleLazyWindow), leadership); err != nil {
+	settled, err := settle(ctx, scaleLockTTL, t0.Add(scaleLazyWindow), leadership)
+	if err != nil {
 		return nil, err
+	}
+	if !settled {
+		say("  N=%d T=%d: leadership still moving after %v; measuring at rest anyway", n, t, settleCap)
 	}
 	led := map[int]int{}
 	for _, l := range leadership() {
@@ -413,21 +417,27 @@ const (
 	scaleLazyWindow = 30 * time.Second
 )
 
+// settleCap is how long settle waits at most.
+const settleCap = 5 * time.Minute
+
 // settle waits until leaders (each token's leader) has not changed for
-// three lock TTLs, and until not before notBefore, or until five minutes
-// have passed, when the fleet is taken as settled as it gets.
-func settle(ctx context.Context, lockTTL time.Duration, notBefore time.Time, leaders func() []int) error {
-	give := time.Now().Add(5 * time.Minute)
+// three lock TTLs, and not before notBefore, for settleCap at most; it
+// reports whether leadership settled.
+func settle(ctx context.Context, lockTTL time.Duration, notBefore time.Time, leaders func() []int) (bool, error) {
+	give := time.Now().Add(settleCap)
 	prev, since := leaders(), time.Now()
-	for time.Now().Before(give) && (time.Since(since) < 3*lockTTL || time.Now().Before(notBefore)) {
+	for time.Since(since) < 3*lockTTL || time.Now().Before(notBefore) {
+		if !time.Now().Before(give) {
+			return false, nil
+		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		case <-time.After(time.Second):
 		}
 		if cur := leaders(); !slices.Equal(cur, prev) {
 			prev, since = cur, time.Now()
 		}
 	}
-	return nil
+	return true, nil
 }
