@@ -2,6 +2,7 @@ package tokenkeeper
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
@@ -11,59 +12,77 @@ import (
 // Leadership over a catalog spreads after the election, not during it. A
 // replica that sees a token's lock free takes it at once, so that a
 // failover costs the lock's expiry and no more, whatever the number of
-// tokens; then, every lock TTL, a replica that leads more tokens than
-// another replica that stands for one of them by two or more hands that
-// token over (refresher.StepDown): it releases the lock, the other takes
-// it within milliseconds, and no token goes unserved meanwhile. The counts
-// come from the heartbeats, which a replica rewrites within a fifth of a
-// second of gaining or losing a lock.
+// tokens. Then, every lock TTL, a replica hands over in one go
+// (refresher.StepDown) each token it leads to which a replica leading at
+// least two fewer stands, counting those it hands over as it goes, up to
+// its surplus over its share of the catalog (the tokens over the
+// replicas, rounded up; one at least). It releases their locks, and the others take them within
+// milliseconds, the replica leading fewest first (refresher's
+// Config.Leading); no token goes unserved meanwhile. The counts come from
+// the heartbeats, which a replica rewrites within a fifth of a second of
+// gaining or losing a lock. A fleet started one replica after another,
+// the first taking every lock, spreads in a round or two, not one token
+// per round.
 
 // balance spreads leadership every lock TTL until ctx ends. A fleet of one
 // token returns at once. After a hand-over it waits two lock TTLs before
-// handing another token over, so that the heartbeats show who took it, and
-// so that a replica that died leading none (its heartbeat lives on for up
+// handing more over, so that the heartbeats show who took them, and so
+// that a replica that died leading none (its heartbeat lives on for up
 // to three heartbeat intervals) is handed few tokens: each comes back to
-// this replica after a lock TTL with no leader, and is served meanwhile.
-// The replica that hands a token over stays out of its election for a
-// lock TTL only (refresher.StepDown): a token handed round the fleet
+// a live replica after a lock TTL with no leader, and is served
+// meanwhile. The replica that hands a token over stays out of its election
+// for a lock TTL only (refresher.StepDown): a token handed round the fleet
 // leaves no replica aside when its leader later dies.
 func (k *Keeper) balance(ctx context.Context) error {
 	if k.cfg.single {
 		return nil
 	}
-	tick := time.NewTicker(k.cfg.LockTTL)
+	tick := k.cfg.Clock.NewTicker(k.cfg.LockTTL)
 	defer tick.Stop()
 	var quietUntil time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-tick.C:
+		case <-tick.C():
 		}
-		if time.Now().Before(quietUntil) {
+		if k.cfg.Clock.Now().Before(quietUntil) {
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, k.cfg.LockTTL)
-		t := k.overLed(rctx)
+		surplus := k.overLed(rctx)
 		cancel()
-		if t != nil && t.ref.StepDown() {
-			quietUntil = time.Now().Add(2 * k.cfg.LockTTL)
+		stepped := false
+		for _, t := range surplus {
+			if t.ref.StepDown() {
+				stepped = true
+			}
+		}
+		if stepped {
+			quietUntil = k.cfg.Clock.Now().Add(2 * k.cfg.LockTTL)
 		}
 	}
 }
 
-// overLed returns a token this replica should hand over, or nil: one it
-// leads while a replica that leads at least two fewer tokens stands for
-// it (its heartbeat fresh, ready, not leading it, not out of the election
-// after handing over). A failed read decides nothing.
-func (k *Keeper) overLed(ctx context.Context) *kept {
-	var led []*kept
+// leading returns how many tokens this replica leads now.
+func (k *Keeper) leading() int {
+	n := 0
 	for _, t := range k.tokens {
 		if t.ref.IsLeader() {
-			led = append(led, t)
+			n++
 		}
 	}
-	if len(led) < 2 {
+	return n
+}
+
+// overLed returns the tokens this replica should hand over, or none: each
+// token it leads to which a replica leading at least two fewer stands (its
+// heartbeat fresh, ready, not leading it, not out of the election after
+// handing over), that replica counted as leading one more for the next,
+// up to its surplus. A failed read decides nothing.
+func (k *Keeper) overLed(ctx context.Context) []*kept {
+	led := k.leading()
+	if led < 2 {
 		return nil
 	}
 	leads := map[string]int{} // instance -> tokens it leads, by its heartbeats
@@ -89,16 +108,27 @@ func (k *Keeper) overLed(ctx context.Context) *kept {
 			}
 		}
 	}
+	// At most the surplus over this replica's share (the catalog over the
+	// replicas, rounded up), or one: replicas shedding at once must not
+	// swamp the one that leads fewest.
+	share := (len(k.tokens) + len(leads)) / (len(leads) + 1)
+	budget := max(led-share, 1)
+	var out []*kept
 	for i, t := range k.tokens {
-		if !t.ref.IsLeader() {
+		if len(out) == budget {
+			break
+		}
+		if !t.ref.IsLeader() || len(standing[i]) == 0 {
 			continue
 		}
-		for _, other := range standing[i] {
-			if leads[other]+2 <= len(led) {
-				k.log.Info("handing a token over to spread leadership", "token", t.cfg.Name, "to_replica_leading", leads[other], "leading", len(led))
-				return t
-			}
+		to := slices.MinFunc(standing[i], func(a, b string) int { return leads[a] - leads[b] })
+		if leads[to]+2 > led {
+			continue
 		}
+		k.log.Info("handing a token over to spread leadership", "token", t.cfg.Name, "to_replica_leading", leads[to], "leading", led)
+		out = append(out, t)
+		leads[to]++
+		led--
 	}
-	return nil
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -114,6 +115,88 @@ func TestCatalogFailoverWithinLockTTL(t *testing.T) {
 		t.Logf("every token led again %v after the kill", took)
 		if limit := lockTTL + time.Second; took > limit {
 			t.Errorf("every token led again %v after the leader died, want within the lock TTL plus a second (%v)", took, limit)
+		}
+	})
+}
+
+// TestLeadershipSpreadsInRounds starts a replica alone with a catalog of
+// twelve tokens, so that it takes every lock, then three more: within
+// four balancing rounds (a round is three lock TTLs: balance.go) no
+// replica leads more than one token more than another, where handing one
+// token over per round would take nine. Every replica serves every token
+// throughout.
+func TestLeadershipSpreadsInRounds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const lockTTL = 10 * time.Second
+		srv := redistest.NewPiped(t)
+		var names []string
+		for i := range 12 {
+			names = append(names, fmt.Sprintf("token-%02d", i))
+		}
+		var keepers []*tokenkeeper.Keeper
+		start := func(i int) {
+			opt := srv.NewLink(t).Options()
+			refresher.TuneRedis(opt, lockTTL)
+			rdb := redis.NewClient(opt)
+			t.Cleanup(func() { rdb.Close() })
+			var tokens []tokenkeeper.TokenConfig
+			for _, n := range names {
+				tokens = append(tokens, tokenkeeper.TokenConfig{Name: n, Source: &hourSource{name: n}})
+			}
+			k, err := tokenkeeper.New(tokenkeeper.Config{
+				Redis: rdb, Instance: fmt.Sprintf("r%d", i), Tokens: tokens, LockTTL: lockTTL,
+				Logger: slog.New(slog.DiscardHandler),
+				HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- k.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+			keepers = append(keepers, k)
+		}
+		counts := func() []int {
+			c := make([]int, len(keepers))
+			for i, k := range keepers {
+				for _, n := range names {
+					if k.Leads(n) {
+						c[i]++
+					}
+				}
+			}
+			return c
+		}
+		start(0)
+		for counts()[0] < len(names) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		for i := 1; i < 4; i++ {
+			start(i)
+		}
+		began := time.Now()
+		for {
+			time.Sleep(100 * time.Millisecond)
+			for i, k := range keepers {
+				for _, n := range names {
+					if _, ok := k.Current(n); !ok && time.Since(began) > lockTTL {
+						t.Fatalf("replica %d does not serve %s %v after the others started", i, n, time.Since(began))
+					}
+				}
+			}
+			c := counts()
+			total := 0
+			for _, n := range c {
+				total += n
+			}
+			if total == len(names) && slices.Max(c)-slices.Min(c) <= 1 {
+				t.Logf("leadership %v, %v after three replicas joined one leading every token", c, time.Since(began))
+				return
+			}
+			if limit := 4 * 3 * lockTTL; time.Since(began) > limit {
+				t.Fatalf("leadership %v, %v after three replicas joined one leading every token: not spread within four rounds (%v)", c, time.Since(began), limit)
+			}
 		}
 	})
 }

@@ -138,6 +138,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		Version: cfg.Version, Registerer: reg,
 		Replication: cache.Replication(cfg.RedisWait), WatchMaster: cfg.RedisMode != RedisSingle,
 		MasterAuthority: cfg.SentinelMaster, Clock: cfg.Clock, TracerProvider: cfg.TracerProvider,
+		Leading: k.leading,
 	}, cfg.Redis, store, src)
 	if err != nil {
 		return nil, err

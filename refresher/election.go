@@ -45,6 +45,12 @@ func (r *Refresher) Run(ctx context.Context) error {
 			}
 			releasedBy = sc
 			r.store.ForgetLockHint() // announced before the release
+			if d := r.releasedYield(); d > 0 {
+				// Let a replica that leads fewer tokens take it first;
+				// then a PTTL tells whether one did.
+				wake.Reset(d)
+				continue
+			}
 		}
 		if err := r.store.Unreadable(); err != nil {
 			// Leading would replace the token the rest of the fleet reads.
@@ -104,6 +110,22 @@ func (r *Refresher) Run(ctx context.Context) error {
 		}
 		wake.Reset(r.cfg.ElectEvery)
 	}
+}
+
+// releasedYield is how long this replica waits before trying a lock just
+// released: ElectEvery/20 for each token it leads, at most ElectEvery/2,
+// so that a replica leading fewer tokens wins the lock (Config.Leading).
+// Half ElectEvery is within what a follower already waits for a lock it
+// cannot see come free.
+func (r *Refresher) releasedYield() time.Duration {
+	if r.cfg.Leading == nil {
+		return 0
+	}
+	n := min(r.cfg.Leading(), 10)
+	if n <= 0 {
+		return 0
+	}
+	return time.Duration(n) * r.cfg.ElectEvery / 20
 }
 
 func (r *Refresher) asideTill() time.Time {

@@ -132,6 +132,13 @@ type Config struct {
 	// TracerProvider receives the spans of the election and of each
 	// refresh attempt (tracing.go). Default: the global one.
 	TracerProvider trace.TracerProvider
+	// Leading, when set, tells how many tokens this replica leads (a
+	// catalog's Keeper counts its refreshers). A lock released on purpose
+	// (a hand-over, a stop) is tried at once by a replica that leads none,
+	// and later the more it leads (releasedYield), so that the least busy
+	// replica takes it and leadership over a catalog spreads as it moves.
+	// An expired lock is tried as soon as ever. Default: none, no delay.
+	Leading func() int
 }
 
 // Refresher runs the election and, while leading, the refresh loop.

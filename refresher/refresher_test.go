@@ -115,6 +115,9 @@ func (s *source) Calls() []time.Time {
 type timings struct {
 	lifetime, margin, before, lockTTL time.Duration
 	handoverAfter                     int // 0: the default
+	// leading is Config.Leading: how many tokens the replica's Keeper
+	// would say it leads; nil for none.
+	leading func() int
 }
 
 type replica struct {
@@ -197,6 +200,7 @@ func (w *world) startReplica(name string, src refresher.Source, tm timings, hear
 	ref, err := refresher.New(withDefaults(refresher.Config{
 		Instance: name, LockTTL: tm.lockTTL, RefreshBefore: tm.before, HandoverAfter: tm.handoverAfter,
 		Clock: w.tl.Clock, Logger: quiet.With("r", name), Version: "v-test", Registerer: reg,
+		Leading: tm.leading,
 	}), rdb, store, src)
 	if err != nil {
 		t.Fatal(err)
@@ -955,6 +959,46 @@ func TestFollowerAtRestAsksNothing(t *testing.T) {
 		}
 		if len(leaders(rs)) != 1 || follower.ref.IsLeader() {
 			t.Fatal("leadership changed at rest")
+		}
+	})
+}
+
+// TestReleasedLockGoesToTheLeastBusy steps a leader down with two
+// followers standing, one whose Keeper leads ten other tokens and one
+// leading none: the idle one takes the lock, the busy one yielding
+// (Config.Leading). Then the busy one is the only one standing, and takes
+// the next release within its yield.
+func TestReleasedLockGoesToTheLeastBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		src := w.source(hour)
+		a := w.start("a", src, timings{lifetime: hour})
+		oneLeader(t, []*replica{a}, time.Minute)
+		busy := w.start("busy", src, timings{lifetime: hour, leading: func() int { return 10 }})
+		idle := w.start("idle", src, timings{lifetime: hour, leading: func() int { return 0 }})
+		rs := []*replica{a, busy, idle}
+		w.tl.Until("every replica holds the token", time.Minute, func() bool {
+			for _, r := range rs {
+				if _, ok := r.store.Current(); !ok {
+					return false
+				}
+			}
+			return true
+		})
+		a.ref.StepDown()
+		w.tl.Until("a stepped down", time.Minute, func() bool { return !a.ref.IsLeader() })
+		if l := oneLeader(t, rs, lockTTL); l != idle {
+			t.Fatalf("%s took the released lock, want idle: busy leads ten other tokens", l.name)
+		}
+		idle.stop()
+		released := time.Now()
+		if l := oneLeader(t, rs[:2], lockTTL); l != busy {
+			t.Fatalf("%s took the released lock, want busy: a stands aside", l.name)
+		}
+		// Within its yield, ElectEvery/2, and the round trips of a PTTL and
+		// an Obtain.
+		if took, limit := time.Since(released), electEvery/2+time.Second; took > limit {
+			t.Errorf("busy took the lock %v after its release, want within its yield and round trips (%v)", took, limit)
 		}
 	})
 }
