@@ -24,8 +24,10 @@ import (
 // the first taking every lock, spreads in a round or two, not one token
 // per round.
 
-// balance spreads leadership every lock TTL until ctx ends. A fleet of one
-// token returns at once. After a hand-over it waits two lock TTLs before
+// balance spreads leadership every lock TTL until ctx ends, looking less
+// often (up to every balanceIdleMax lock TTLs) while it finds nothing to
+// hand over and its own leadership does not change. A fleet of one token
+// returns at once. After a hand-over it waits two lock TTLs before
 // handing more over, so that the heartbeats show who took them, and so
 // that a replica that died leading none (its heartbeat lives on for up
 // to three heartbeat intervals) is handed few tokens: each comes back to
@@ -39,14 +41,20 @@ func (k *Keeper) balance(ctx context.Context) error {
 	}
 	tick := k.cfg.Clock.NewTicker(k.cfg.LockTTL)
 	defer tick.Stop()
-	var quietUntil time.Time
+	var quietUntil, idleUntil time.Time
+	var idle time.Duration
+	lastLed := -1
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C():
 		}
-		if k.cfg.Clock.Now().Before(quietUntil) {
+		now := k.cfg.Clock.Now()
+		if led := k.leading(); led != lastLed {
+			lastLed, idle, idleUntil = led, 0, time.Time{}
+		}
+		if now.Before(quietUntil) || now.Before(idleUntil) {
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, k.cfg.LockTTL)
@@ -60,9 +68,23 @@ func (k *Keeper) balance(ctx context.Context) error {
 		}
 		if stepped {
 			quietUntil = k.cfg.Clock.Now().Add(2 * k.cfg.LockTTL)
+			continue
 		}
+		// Nothing to hand over: look again later and later while this
+		// replica's leadership stays as it is, so that a fleet at rest does
+		// not read every token's fleet view every lock TTL.
+		idle = min(max(2*idle, k.cfg.LockTTL), balanceIdleMax*k.cfg.LockTTL)
+		idleUntil = now.Add(idle)
 	}
 }
+
+// balanceIdleMax is, in lock TTLs, the longest a replica goes without
+// looking at the fleet's leadership while its own stays as it is (5
+// minutes at the default lock TTL): the delay before a replica leading two
+// tokens or more notices replicas that joined since, leading none. A
+// replica that gains or loses a lock looks again within a lock TTL, and a
+// lock released on a stop goes to the least busy replica without it.
+const balanceIdleMax = 30
 
 // leading returns how many tokens this replica leads now.
 func (k *Keeper) leading() int {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -119,12 +121,46 @@ func TestCatalogFailoverWithinLockTTL(t *testing.T) {
 	})
 }
 
+// viewReads counts the reads of a token's fleet view (a script on its
+// replicas hash, tokenkeeper:{NAME}:replicas) a client sends: at rest,
+// only the balancer sends them (a replica writes its own state there only
+// when it changes).
+type viewReads struct{ n atomic.Int64 }
+
+func (h *viewReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *viewReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *viewReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			h.count(c)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (h *viewReads) count(cmd redis.Cmder) {
+	args := cmd.Args()
+	if name := cmd.Name(); (name == "evalsha" || name == "eval") && len(args) > 3 {
+		if key, _ := args[3].(string); strings.HasSuffix(key, "}:replicas") {
+			h.n.Add(1)
+		}
+	}
+}
+
 // TestLeadershipSpreadsInRounds starts a replica alone with a catalog of
 // twelve tokens, so that it takes every lock, then three more: within
 // four balancing rounds (a round is three lock TTLs: balance.go) no
 // replica leads more than one token more than another, where handing one
 // token over per round would take nine. Every replica serves every token
-// throughout.
+// throughout. Then, at rest, a replica reads the fleet view at most once
+// every balanceIdleMax (30) lock TTLs.
 func TestLeadershipSpreadsInRounds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const lockTTL = 10 * time.Second
@@ -134,10 +170,14 @@ func TestLeadershipSpreadsInRounds(t *testing.T) {
 			names = append(names, fmt.Sprintf("token-%02d", i))
 		}
 		var keepers []*tokenkeeper.Keeper
+		var reads []*viewReads
 		start := func(i int) {
 			opt := srv.NewLink(t).Options()
 			refresher.TuneRedis(opt, lockTTL)
 			rdb := redis.NewClient(opt)
+			h := &viewReads{}
+			rdb.AddHook(h)
+			reads = append(reads, h)
 			t.Cleanup(func() { rdb.Close() })
 			var tokens []tokenkeeper.TokenConfig
 			for _, n := range names {
@@ -192,10 +232,30 @@ func TestLeadershipSpreadsInRounds(t *testing.T) {
 			}
 			if total == len(names) && slices.Max(c)-slices.Min(c) <= 1 {
 				t.Logf("leadership %v, %v after three replicas joined one leading every token", c, time.Since(began))
-				return
+				break
 			}
 			if limit := 4 * 3 * lockTTL; time.Since(began) > limit {
 				t.Fatalf("leadership %v, %v after three replicas joined one leading every token: not spread within four rounds (%v)", c, time.Since(began), limit)
+			}
+		}
+
+		// At rest: past the balancer's first looks (1, 2, 4, ... lock
+		// TTLs), each replica reads its twelve tokens' views at most once
+		// per 30 lock TTLs, and once more for the window's edge.
+		spread := counts()
+		time.Sleep(120 * lockTTL)
+		const window = 60 * lockTTL
+		before := make([]int64, len(reads))
+		for i, h := range reads {
+			before[i] = h.n.Load()
+		}
+		time.Sleep(window)
+		if c := counts(); !slices.Equal(c, spread) {
+			t.Fatalf("leadership moved at rest: %v, then %v", spread, c)
+		}
+		for i, h := range reads {
+			if n, limit := h.n.Load()-before[i], int64(len(names)*int(window/(30*lockTTL)+1)); n > limit {
+				t.Errorf("replica %d read the fleet view of a token %d times in %v at rest, want at most %d", i, n, window, limit)
 			}
 		}
 	})
