@@ -66,7 +66,11 @@ type config struct {
 
 	scaleN, scaleT []int
 	scaleWrites    int
-	scaleRestD     time.Duration
+	// scaleRestD is figure 11's window at rest: in the full run two
+	// periods of the replica beat (refresher.DefaultBeatEvery, 40 s), so
+	// that it holds two beats of every replica whatever their phase (a 30 s
+	// window held one or none, as the fleet's replicas beat in step).
+	scaleRestD time.Duration
 
 	benchtime string
 }
@@ -84,7 +88,7 @@ var full = config{
 	devN: []int{1, 3, 10}, devices: 200, devAsks: 3, devAccessLifetime: 6 * time.Second, devD: 24 * time.Second,
 	devCost: deviceCostConfig{Replicas: 3, UpstreamLatency: 20 * time.Millisecond, Mints: 200, Readers: 32, ReadD: 5 * time.Second,
 		Hammers: 8, MintsPerMinute: 600, HammerD: 20 * time.Second},
-	scaleN: []int{10, 100, 1000}, scaleT: []int{1, 10, 100}, scaleWrites: 10, scaleRestD: 30 * time.Second,
+	scaleN: []int{10, 100, 1000}, scaleT: []int{1, 10, 100}, scaleWrites: 10, scaleRestD: 80 * time.Second,
 	benchtime: "1s",
 }
 
