@@ -156,3 +156,27 @@ func TestBeatsLapseWithTheSubscription(t *testing.T) {
 		}
 	})
 }
+
+// TestStaleRoundTripStopsCostingPings gives the follower a round trip of
+// 1.5 s, as in a busy moment, longer than the gap a beat's proof may be
+// dated back and still hold off a PING (5/8 of the poll interval, the
+// PING's period, less half of it, the beats'): its PINGs' PONGs, round
+// trips of their own, bring the cut down, and within a minute the leader's
+// beats alone prove its events again: it sends nothing more.
+func TestStaleRoundTripStopsCostingPings(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tl, srv := onFakeTime(t)
+		f := newBeatFleet(t, tl, srv, 3, time.Hour)
+		f.lead(tl.Now().Add(2 * time.Hour))
+		tl.Advance(2 * testPoll)
+		for _, s := range f.follower {
+			cache.SetRTT(s, 1500*time.Millisecond)
+		}
+		tl.Advance(time.Minute)
+		sent := f.link.Writes()
+		tl.Advance(10 * time.Minute)
+		if got := f.link.Writes() - sent; got != 0 {
+			t.Fatalf("the follower sent Redis %d writes in 10 minutes with a leader beating, a minute after a round trip of 1.5 s, want none", got)
+		}
+	})
+}

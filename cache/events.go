@@ -423,7 +423,14 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 						delete(sent, k)
 					}
 				}
+				// A PONG is a round trip through this connection, behind
+				// the messages Redis queued on it: the delay a beat's proof
+				// is dated back by (rttCut). Without it a round trip
+				// measured in a busy moment (a fleet starting) stayed the
+				// cut for as long as the store read nothing, every beat's
+				// proof came too old, and the follower PINGed at rest.
 				for _, rt := range routes {
+					rt.store.noteRTT(at)
 					rt.prove(at)
 				}
 			case *redis.Subscription:
