@@ -204,7 +204,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 	follow, stopFollowing := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopFollowing()
 	var wg sync.WaitGroup
-	errs := make(chan error, 3*len(k.tokens)+1)
+	errs := make(chan error, 2*len(k.tokens)+8)
 	part := func(ctx context.Context, name string, f func(context.Context) error) {
 		wg.Go(func() {
 			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -224,8 +224,12 @@ func (k *Keeper) Run(ctx context.Context) error {
 		}
 		part(follow, prefix+"cache", t.store.Run)
 		part(lead, prefix+"refresher", t.ref.Run)
-		part(lead, prefix+"heartbeat", t.ref.Heartbeat)
 	}
+	refs := make([]*refresher.Refresher, len(k.tokens))
+	for i, t := range k.tokens {
+		refs[i] = t.ref
+	}
+	part(lead, "heartbeat", func(ctx context.Context) error { return refresher.Heartbeats(ctx, refs) })
 	part(lead, "beat", func(ctx context.Context) error {
 		return refresher.Beat(ctx, k.cfg.Redis, cache.FleetKey, refresher.BeatConfig{
 			Instance: k.cfg.Instance, Version: k.cfg.Version, Clock: k.cfg.Clock, Logger: k.cfg.Logger,

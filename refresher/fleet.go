@@ -554,79 +554,150 @@ const lazyWindow = 30 * time.Second
 const stateTTL = 24 * time.Hour
 
 // Heartbeat writes this replica's state for the token into Redis (the
-// token's replicas hash) when it changes, checking five times a second in
-// memory, and at least every half stateTTL, until ctx ends, then removes
-// it. The state counts in the fleet view while the replica's beat (Beat)
-// is fresh: at rest it costs Redis nothing. Redis being unreachable is
-// counted and logged at Debug, and the write retried after
-// HeartbeatEvery, not returned. It returns ctx's error.
+// token's replicas hash) as Heartbeats does for several tokens, until ctx
+// ends, then removes it. It returns ctx's error.
 func (r *Refresher) Heartbeat(ctx context.Context) error {
-	sub := r.store.Subscribe()
-	defer sub.Close()
-	watch := r.cfg.Clock.NewTicker(min(r.cfg.HeartbeatEvery, 200*time.Millisecond))
-	defer watch.Stop()
-	replicasKey := r.store.Keys().Replicas
-	var sent heartbeat
-	var sentAt, retryAt, lazyAt time.Time
-	events := 0 // events seen since the last write
-	beat := func() {
-		now := r.cfg.Clock.Now()
-		sent, sentAt, events, lazyAt = r.self(), now, 0, time.Time{}
-		sent.Fleet = true
-		b, err := json.Marshal(sent)
-		if err != nil {
-			return
-		}
-		bctx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL))
-		defer cancel()
-		err = beatScript.Run(bctx, r.rdb, []string{replicasKey}, r.cfg.Instance, stateTTL.Milliseconds(), string(b)).Err()
-		if ctx.Err() != nil {
-			return
-		}
-		r.metrics.heartbeat(err)
-		retryAt = time.Time{}
-		if err != nil {
-			r.log.Debug("writing this replica's state failed", "error", err)
-			retryAt = now.Add(r.cfg.HeartbeatEvery)
-		}
+	return Heartbeats(ctx, []*Refresher{r})
+}
+
+// heartbeatState is what Heartbeats keeps of one token's state in the
+// fleet view. Owned by Heartbeats' loop.
+type heartbeatState struct {
+	r       *Refresher
+	sub     *cache.Subscription
+	sent    heartbeat // the last state written, or being written
+	sentAt  time.Time
+	retryAt time.Time // after a failed write: when to write again
+	lazyAt  time.Time // when to write a new token or event seen
+	events  int       // events seen since the last write
+	writing bool      // a write is in flight
+}
+
+// heartbeatWritten is the end of one state write.
+type heartbeatWritten struct {
+	st  *heartbeatState
+	at  time.Time
+	err error
+}
+
+// Heartbeats writes this replica's state for each token of refs into Redis
+// (each token's replicas hash) when it changes, looking five times a
+// second in memory, and at least every half stateTTL, until ctx ends, then
+// removes it. The state counts in the fleet view while the replica's beat
+// (Beat) is fresh: at rest it costs Redis nothing. One loop looks at every
+// token, so that a replica keeping many tokens wakes five times a second,
+// not five times per token; each write goes on its own, so a slow Redis
+// delays no other token's. Redis being unreachable is counted and logged
+// at Debug, and the write retried after HeartbeatEvery, not returned. refs
+// share one Clock. It returns ctx's error.
+func Heartbeats(ctx context.Context, refs []*Refresher) error {
+	if len(refs) == 0 {
+		<-ctx.Done()
+		return ctx.Err()
 	}
-	beat()
+	clk := refs[0].cfg.Clock
+	every := 200 * time.Millisecond
+	states := make([]*heartbeatState, len(refs))
+	for i, r := range refs {
+		every = min(every, r.cfg.HeartbeatEvery)
+		states[i] = &heartbeatState{r: r, sub: r.store.Subscribe()}
+		defer states[i].sub.Close()
+	}
+	written := make(chan heartbeatWritten, len(states)) // one write in flight per state at most
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
+	write := func(st *heartbeatState) {
+		now := clk.Now()
+		st.sent, st.sentAt, st.events, st.lazyAt, st.writing = st.r.self(), now, 0, time.Time{}, true
+		hb := st.sent
+		inflight.Go(func() { written <- heartbeatWritten{st, now, st.r.writeState(ctx, hb)} })
+	}
+	for _, st := range states {
+		write(st)
+	}
+	watch := clk.NewTicker(every)
+	defer watch.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			defer cancel()
-			if err := forgetScript.Run(dctx, r.rdb, []string{replicasKey}, r.cfg.Instance).Err(); err != nil {
-				r.log.Debug("removing this replica's state failed; it expires by itself", "error", err)
+			inflight.Wait()
+			var forgot sync.WaitGroup
+			for _, st := range states {
+				forgot.Go(st.r.forgetState(ctx))
 			}
+			forgot.Wait()
 			return ctx.Err()
-		case <-sub.Ready():
-			for m, ok := sub.Next(); ok; m, ok = sub.Next() {
-				r.fleet.sawEvent(r.cfg.Clock.Now(), m.Type)
-				events++
+		case w := <-written:
+			w.st.writing, w.st.retryAt = false, time.Time{}
+			if w.err != nil && ctx.Err() == nil {
+				w.st.retryAt = w.at.Add(w.st.r.cfg.HeartbeatEvery)
 			}
 		case <-watch.C():
 			// Looking costs nothing: the state is known in memory.
-			now := r.cfg.Clock.Now()
-			cur := r.self()
-			switch {
-			case !retryAt.IsZero():
-				if !now.Before(retryAt) {
-					beat()
+			now := clk.Now()
+			for _, st := range states {
+				for m, ok := st.sub.Next(); ok; m, ok = st.sub.Next() {
+					st.r.fleet.sawEvent(now, m.Type)
+					st.events++
 				}
-			case cur.differs(sent), now.Sub(sentAt) >= stateTTL/2:
-				beat()
-			case events > 0 || cur.Fingerprint != sent.Fingerprint:
-				// A new token or an event reaches every replica at once:
-				// their writes are spread over lazyWindow rather than
-				// sent to Redis together with the fan-out.
-				if lazyAt.IsZero() {
-					lazyAt = now.Add(mrand.N(max(lazyWindow, r.cfg.HeartbeatEvery)))
-				}
-				if !now.Before(lazyAt) {
-					beat()
+				if !st.writing && st.due(now) {
+					write(st)
 				}
 			}
+		}
+	}
+}
+
+// due reports whether st's state is to be written at now.
+func (st *heartbeatState) due(now time.Time) bool {
+	cur := st.r.self()
+	switch {
+	case !st.retryAt.IsZero():
+		return !now.Before(st.retryAt)
+	case cur.differs(st.sent), now.Sub(st.sentAt) >= stateTTL/2:
+		return true
+	case st.events > 0 || cur.Fingerprint != st.sent.Fingerprint:
+		// A new token or an event reaches every replica at once: their
+		// writes are spread over lazyWindow rather than sent to Redis
+		// together with the fan-out.
+		if st.lazyAt.IsZero() {
+			st.lazyAt = now.Add(mrand.N(max(lazyWindow, st.r.cfg.HeartbeatEvery)))
+		}
+		return !now.Before(st.lazyAt)
+	}
+	return false
+}
+
+// writeState writes hb, this replica's state for the token, into the
+// token's replicas hash, and counts the write; it returns the write's
+// error.
+func (r *Refresher) writeState(ctx context.Context, hb heartbeat) error {
+	hb.Fleet = true
+	b, err := json.Marshal(hb)
+	if err != nil {
+		return err
+	}
+	bctx, cancel := context.WithTimeout(ctx, RedisTimeout(r.cfg.LockTTL))
+	defer cancel()
+	err = beatScript.Run(bctx, r.rdb, []string{r.store.Keys().Replicas}, r.cfg.Instance, stateTTL.Milliseconds(), string(b)).Err()
+	if ctx.Err() != nil {
+		return err
+	}
+	r.metrics.heartbeat(err)
+	if err != nil {
+		r.log.Debug("writing this replica's state failed", "error", err)
+	}
+	return err
+}
+
+// forgetState returns a function that removes this replica's state for
+// the token from the fleet view, within a second of ctx's end.
+func (r *Refresher) forgetState(ctx context.Context) func() {
+	return func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		if err := forgetScript.Run(dctx, r.rdb, []string{r.store.Keys().Replicas}, r.cfg.Instance).Err(); err != nil {
+			r.log.Debug("removing this replica's state failed; it expires by itself", "error", err)
 		}
 	}
 }

@@ -1,6 +1,8 @@
 package refresher_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -361,6 +363,48 @@ func TestStatesAtRest(t *testing.T) {
 			if age := w.tl.Now().Sub(r.Seen); age < 0 || age > heartbeatEvery {
 				t.Errorf("%s seen %v ago, want within a beat period (%v)", r.Instance, age, heartbeatEvery)
 			}
+		}
+	})
+}
+
+// TestHeartbeatsWriteEachTokenOnItsOwn runs one heartbeat loop for a
+// replica keeping two tokens, the first over a link that answers nothing:
+// its write hangs until its timeout, and the second token's state is in
+// the fleet view meanwhile, within a look (a fifth of a second) and the
+// round trip. One loop looks at every token; no token's write waits for
+// another's.
+func TestHeartbeatsWriteEachTokenOnItsOwn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		stuck := newWorld(t)
+		w := stuck.other()
+		src := w.source(hour)
+		a := stuck.start("a", src, timings{lifetime: hour})
+		b := w.start("a", src, timings{lifetime: hour})
+		oneLeader(t, []*replica{a}, time.Minute)
+		oneLeader(t, []*replica{b}, time.Minute)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go refresher.Beat(ctx, w.admin, w.keys.Fleet, refresher.BeatConfig{Instance: "a", Version: "v-test",
+			Every: heartbeatEvery, Clock: w.tl.Clock, Logger: quiet})
+		a.link.Cut()
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- refresher.Heartbeats(ctx, []*refresher.Refresher{a.ref, b.ref}) }()
+		var reps []refresher.Replica
+		w.tl.Until("the second token's state in the fleet view", time.Minute, func() bool {
+			var err error
+			reps, err = refresher.ReadReplicas(ctx, w.admin, w.keys)
+			return err == nil && len(reps) == 1 && reps[0].Leader
+		})
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("the second token's state written %v after the loop started, want within a second: the first token's stuck write (up to %v) held it", took, refresher.RedisTimeout(lockTTL))
+		}
+		if got, _ := refresher.ReadReplicas(ctx, w.admin, stuck.keys); len(got) != 0 {
+			t.Errorf("the first token's state was written over a link that answers nothing: %+v", got)
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Heartbeats returned %v, want context.Canceled", err)
 		}
 	})
 }
