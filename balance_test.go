@@ -30,6 +30,46 @@ func (s *hourSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
 	return tokenkeeper.UpstreamToken{Value: fmt.Sprintf("%s-%d", s.name, s.calls), Lifetime: time.Hour, Sent: time.Now()}, nil
 }
 
+// catalogReplica is a Keeper of names over a link of srv, each token with a
+// source of its own (the sources' counts are not what these tests check),
+// running until stop or the test's end.
+type catalogReplica struct {
+	k    *tokenkeeper.Keeper
+	link *redistest.Link
+	stop context.CancelFunc
+}
+
+// startCatalogReplica starts instance over srv with the given lock TTL,
+// hooks added to its Redis client.
+func startCatalogReplica(t *testing.T, srv *redistest.Server, instance string, names []string, lockTTL time.Duration, hooks ...redis.Hook) *catalogReplica {
+	t.Helper()
+	link := srv.NewLink(t)
+	opt := link.Options()
+	refresher.TuneRedis(opt, lockTTL)
+	rdb := redis.NewClient(opt)
+	for _, h := range hooks {
+		rdb.AddHook(h)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	var tokens []tokenkeeper.TokenConfig
+	for _, n := range names {
+		tokens = append(tokens, tokenkeeper.TokenConfig{Name: n, Source: &hourSource{name: n}})
+	}
+	k, err := tokenkeeper.New(tokenkeeper.Config{
+		Redis: rdb, Instance: instance, Tokens: tokens, LockTTL: lockTTL,
+		Logger: slog.New(slog.DiscardHandler),
+		HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- k.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &catalogReplica{k: k, link: link, stop: cancel}
+}
+
 // TestCatalogFailoverWithinLockTTL kills (no release) a replica leading
 // tokens of a catalog, at the default lock TTL, on fake time: every token
 // has a leader again within the lock TTL plus a second, the README's
@@ -40,40 +80,11 @@ func TestCatalogFailoverWithinLockTTL(t *testing.T) {
 		const lockTTL = 10 * time.Second // the default
 		srv := redistest.NewPiped(t)
 		names := []string{"token-a", "token-b", "token-c"}
-		type replica struct {
-			k    *tokenkeeper.Keeper
-			link *redistest.Link
-			stop context.CancelFunc
-			done chan error
-		}
-		var rs []*replica
+		var rs []*catalogReplica
 		for i := range 3 {
-			link := srv.NewLink(t)
-			opt := link.Options()
-			refresher.TuneRedis(opt, lockTTL)
-			rdb := redis.NewClient(opt)
-			t.Cleanup(func() { rdb.Close() })
-			var tokens []tokenkeeper.TokenConfig
-			for _, n := range names {
-				// Each replica has its own source: the sources' counts
-				// are not what this test checks.
-				tokens = append(tokens, tokenkeeper.TokenConfig{Name: n, Source: &hourSource{name: n}})
-			}
-			k, err := tokenkeeper.New(tokenkeeper.Config{
-				Redis: rdb, Instance: fmt.Sprintf("r%d", i), Tokens: tokens, LockTTL: lockTTL,
-				Logger: slog.New(slog.DiscardHandler),
-				HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey}},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			r := &replica{k: k, link: link, stop: cancel, done: make(chan error, 1)}
-			go func() { r.done <- k.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-r.done })
-			rs = append(rs, r)
+			rs = append(rs, startCatalogReplica(t, srv, fmt.Sprintf("r%d", i), names, lockTTL))
 		}
-		leaders := func(of []*replica) map[string]int {
+		leaders := func(of []*catalogReplica) map[string]int {
 			out := map[string]int{}
 			for i, r := range of {
 				for _, n := range names {
@@ -172,30 +183,9 @@ func TestLeadershipSpreadsInRounds(t *testing.T) {
 		var keepers []*tokenkeeper.Keeper
 		var reads []*viewReads
 		start := func(i int) {
-			opt := srv.NewLink(t).Options()
-			refresher.TuneRedis(opt, lockTTL)
-			rdb := redis.NewClient(opt)
 			h := &viewReads{}
-			rdb.AddHook(h)
 			reads = append(reads, h)
-			t.Cleanup(func() { rdb.Close() })
-			var tokens []tokenkeeper.TokenConfig
-			for _, n := range names {
-				tokens = append(tokens, tokenkeeper.TokenConfig{Name: n, Source: &hourSource{name: n}})
-			}
-			k, err := tokenkeeper.New(tokenkeeper.Config{
-				Redis: rdb, Instance: fmt.Sprintf("r%d", i), Tokens: tokens, LockTTL: lockTTL,
-				Logger: slog.New(slog.DiscardHandler),
-				HTTP:   tokenkeeper.HTTPConfig{ReaderKeys: []string{keepertest.ReaderKey}},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- k.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
-			keepers = append(keepers, k)
+			keepers = append(keepers, startCatalogReplica(t, srv, fmt.Sprintf("r%d", i), names, lockTTL, h).k)
 		}
 		counts := func() []int {
 			c := make([]int, len(keepers))
