@@ -16,9 +16,9 @@ import (
 // (refresher.StepDown) each token it leads to which a replica leading at
 // least two fewer stands, counting those it hands over as it goes, up to
 // its surplus over its share of the catalog (the tokens over the
-// replicas, rounded up; one at least). It releases their locks, and the others take them within
-// milliseconds, the replica leading fewest first (refresher's
-// Config.Leading); no token goes unserved meanwhile. The counts come from
+// replicas, rounded up; one at least). It releases their locks, and the
+// others take them within milliseconds, the replica leading fewest first
+// (refresher's Config.Leading); no token goes unserved meanwhile. The counts come from
 // the heartbeats, which a replica rewrites within a fifth of a second of
 // gaining or losing a lock. A fleet started one replica after another,
 // the first taking every lock, spreads in a round or two, not one token

@@ -605,7 +605,6 @@ func Heartbeats(ctx context.Context, refs []*Refresher) error {
 	}
 	written := make(chan heartbeatWritten, len(states)) // one write in flight per state at most
 	var inflight sync.WaitGroup
-	defer inflight.Wait()
 	write := func(st *heartbeatState) {
 		now := clk.Now()
 		st.sent, st.sentAt, st.events, st.lazyAt, st.writing = st.r.self(), now, 0, time.Time{}, true
@@ -623,7 +622,11 @@ func Heartbeats(ctx context.Context, refs []*Refresher) error {
 			inflight.Wait()
 			var forgot sync.WaitGroup
 			for _, st := range states {
-				forgot.Go(st.r.forgetState(ctx))
+				forgot.Go(func() {
+					if err := forget(ctx, st.r.rdb, st.r.store.Keys().Replicas, st.r.cfg.Instance); err != nil {
+						st.r.log.Debug("removing this replica's state failed; it expires by itself", "error", err)
+					}
+				})
 			}
 			forgot.Wait()
 			return ctx.Err()
@@ -690,16 +693,12 @@ func (r *Refresher) writeState(ctx context.Context, hb heartbeat) error {
 	return err
 }
 
-// forgetState returns a function that removes this replica's state for
-// the token from the fleet view, within a second of ctx's end.
-func (r *Refresher) forgetState(ctx context.Context) func() {
-	return func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		if err := forgetScript.Run(dctx, r.rdb, []string{r.store.Keys().Replicas}, r.cfg.Instance).Err(); err != nil {
-			r.log.Debug("removing this replica's state failed; it expires by itself", "error", err)
-		}
-	}
+// forget removes instance's field from the hash key, given a second
+// after ctx ended: a replica's beat or its state for a token, as it stops.
+func forget(ctx context.Context, rdb redis.Scripter, key, instance string) error {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	return forgetScript.Run(dctx, rdb, []string{key}, instance).Err()
 }
 
 // differs reports whether hb says something else than was that the fleet
@@ -767,9 +766,7 @@ func Beat(ctx context.Context, rdb redis.Scripter, key string, cfg BeatConfig) e
 		}
 		select {
 		case <-ctx.Done():
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			defer cancel()
-			if err := forgetScript.Run(dctx, rdb, []string{key}, cfg.Instance).Err(); err != nil {
+			if err := forget(ctx, rdb, key, cfg.Instance); err != nil {
 				cfg.Logger.Debug("removing the beat failed; it expires by itself", "error", err)
 			}
 			return ctx.Err()
