@@ -9,6 +9,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
@@ -215,6 +216,74 @@ func olderTokenInRedisIsNotAdopted(t *testing.T, restoredLife time.Duration) {
 	if got, _ := reader.Current(); got.Value != "tok-old" || reader.Behind() {
 		t.Fatalf("after Resync: serving %q, behind %v; want tok-old, false", got.Value, reader.Behind())
 	}
+}
+
+// TestReadAsOldAsTheWriteIsNoNews reads Redis, restored to an older token,
+// at the very instant the newer token's write was answered: a read sent
+// no later than that may have been served before the write, so it is no
+// sign that Redis went back, and counts no episode. A read sent later is.
+// (On fake time both happen in one instant; a coarse clock can do the
+// same. Counted, the instant's read made one restore two episodes.)
+func TestReadAsOldAsTheWriteIsNoNews(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tl, srv := onFakeTime(t)
+		ctx := t.Context()
+		keys := cache.KeysFor("liveness")
+		srv.Mini.Set(keys.Lock, "holder")
+		reg := testkit.NewMetrics()
+		s, err := cache.New(srv.Client(t), cache.Config{Keys: keys, ServeMargin: time.Second, Clock: tl.Clock,
+			Logger: quiet, Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := tl.Now()
+		if _, err := s.Write(ctx, cache.Write{LockValue: "holder", Value: "tok-old", Deadline: now.Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		older, err := srv.Client(t).HGetAll(ctx, keys.Token).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tl.Advance(time.Second)
+		if _, err := s.Write(ctx, cache.Write{LockValue: "holder", Value: "tok-new", Deadline: now.Add(2 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		restore := func() {
+			t.Helper()
+			if _, err := srv.Client(t).TxPipelined(ctx, func(p redis.Pipeliner) error {
+				p.HSet(ctx, keys.Token, older)
+				p.PExpire(ctx, keys.Token, time.Minute)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		anomalies := func() float64 {
+			t.Helper()
+			v, err := reg.Value("tokenkeeper_redis_anomalies_total", "kind", "token_older")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+
+		restore()
+		if _, err := s.Load(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.Current(); got.Value != "tok-new" || s.Behind() || anomalies() != 0 {
+			t.Fatalf("read in the write's instant: serving %q, behind %v, token_older %v; want tok-new, false, 0",
+				got.Value, s.Behind(), anomalies())
+		}
+		tl.Advance(time.Millisecond)
+		if _, err := s.Load(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.Current(); got.Value != "tok-new" || !s.Behind() || anomalies() != 1 {
+			t.Fatalf("read a millisecond later: serving %q, behind %v, token_older %v; want tok-new, true, 1",
+				got.Value, s.Behind(), anomalies())
+		}
+	})
 }
 
 // eventPair returns a writer holding the lock ("holder") and a running

@@ -156,8 +156,13 @@ func (s *Store) LockLost() {
 // replica goes back to. Behind reports it, so that the leader writes the
 // newer token back from memory.
 func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
-	if old := s.cur.Load(); !resync && !plant.On(plant.AdoptOlder) && old != nil && old.Value != t.Value && !seen.Before(old.seen) &&
+	if old := s.cur.Load(); !resync && !plant.On(plant.AdoptOlder) && old != nil && old.Value != t.Value &&
 		(t.Deadline.Before(old.Deadline) || t.Generation > 0 && t.Generation < old.Generation) && old.Remaining(s.cfg.Clock.Now()) > 0 {
+		if !seen.After(old.seen) {
+			// Sent no later than the newer token was seen: it may have
+			// been served before that token was written, which is no news.
+			return
+		}
 		if !s.behind.Swap(true) {
 			s.metrics.anomaly(anomalyTokenOlder)
 			s.log.Warn("Redis holds an older token than this replica: keeping the newer one; the leader writes it back "+
