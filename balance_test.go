@@ -36,7 +36,7 @@ func (s *hourSource) Token(context.Context) (tokenkeeper.UpstreamToken, error) {
 type catalogReplica struct {
 	k    *tokenkeeper.Keeper
 	link *redistest.Link
-	stop context.CancelFunc
+	stop func()
 }
 
 // startCatalogReplica starts instance over srv with the given lock TTL,
@@ -63,11 +63,7 @@ func startCatalogReplica(t *testing.T, srv *redistest.Server, instance string, n
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- k.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return &catalogReplica{k: k, link: link, stop: cancel}
+	return &catalogReplica{k: k, link: link, stop: keepertest.Run(t, instance, k)}
 }
 
 // TestCatalogFailoverWithinLockTTL kills (no release) a replica leading

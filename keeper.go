@@ -204,11 +204,14 @@ func (k *Keeper) Run(ctx context.Context) error {
 	follow, stopFollowing := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopFollowing()
 	var wg sync.WaitGroup
-	errs := make(chan error, 2*len(k.tokens)+8)
+	errs := make(chan error, 1) // the first part's failure; later ones are dropped
 	part := func(ctx context.Context, name string, f func(context.Context) error) {
 		wg.Go(func() {
 			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				errs <- fmt.Errorf("%s: %w", name, err)
+				select {
+				case errs <- fmt.Errorf("%s: %w", name, err):
+				default:
+				}
 			}
 		})
 	}
@@ -217,6 +220,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 	part(lead, "Redis", k.checkCommands)
 	part(follow, "events", k.events.Run)
 	part(follow, "sentinel", k.followSentinel)
+	refs := make([]*refresher.Refresher, 0, len(k.tokens))
 	for _, t := range k.tokens {
 		prefix := ""
 		if !k.cfg.single {
@@ -224,10 +228,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 		}
 		part(follow, prefix+"cache", t.store.Run)
 		part(lead, prefix+"refresher", t.ref.Run)
-	}
-	refs := make([]*refresher.Refresher, len(k.tokens))
-	for i, t := range k.tokens {
-		refs[i] = t.ref
+		refs = append(refs, t.ref)
 	}
 	part(lead, "heartbeat", func(ctx context.Context) error { return refresher.Heartbeats(ctx, refs) })
 	part(lead, "beat", func(ctx context.Context) error {

@@ -133,17 +133,7 @@ func (f *catalogFleet) startWith(name string, srcs []*countingSource) (*tokenkee
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- k.Run(ctx) }()
-	stop := sync.OnceFunc(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("%s: Run: %v", name, err)
-		}
-	})
-	t.Cleanup(stop)
-	return k, stop
+	return k, keepertest.Run(t, name, k)
 }
 
 func newCatalogFleet(t *testing.T, lifetimes ...time.Duration) *catalogFleet {

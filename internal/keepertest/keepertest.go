@@ -6,6 +6,7 @@ package keepertest
 import (
 	"context"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -76,14 +77,23 @@ func (f *Fleet) StartWith(t *testing.T, name string, adjust func(*tokenkeeper.Co
 	if err != nil {
 		t.Fatal(err)
 	}
+	Run(t, name, k)
+	return k
+}
+
+// Run runs k until the returned stop is called or the test ends, and then
+// checks that Run returned cleanly; stop may be called more than once.
+func Run(t *testing.T, name string, k *tokenkeeper.Keeper) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- k.Run(ctx) }()
-	t.Cleanup(func() {
+	stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("%s: Run: %v", name, err)
 		}
 	})
-	return k
+	t.Cleanup(stop)
+	return stop
 }
