@@ -194,11 +194,15 @@ var releaseLua string
 //go:embed budget.lua
 var budgetLua string
 
+//go:embed hold.lua
+var holdLua string
+
 var (
 	readScript    = redis.NewScript(readLua)
 	storeScript   = redis.NewScript(storeLua)
 	releaseScript = redis.NewScript(releaseLua)
 	budgetScript  = redis.NewScript(budgetLua)
+	holdScript    = redis.NewScript(holdLua)
 )
 
 // Token returns the device's token: the one stored for it while it has
@@ -230,12 +234,17 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 		}
 		won = won || plant.On(plant.DeviceClaimOff)
 		if won {
+			// The claim is kept alive while this replica works: a slow
+			// Redis or upstream must not let it lapse, and another replica
+			// mint too, before the token is stored.
+			release := m.hold(ctx, claim, owner)
 			// A replica that held the claim until just now may have stored
 			// the device's token since it was read above.
 			tok, ok, err := m.stored(ctx, key)
 			if err == nil && !ok {
 				tok, err = m.mint(ctx, key, digest)
 			}
+			release()
 			releaseScript.Run(context.WithoutCancel(ctx), m.rdb, []string{claim}, owner)
 			return tok, err
 		}
@@ -246,6 +255,35 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 		if err := m.pause(ctx); err != nil {
 			return cache.Token{}, err
 		}
+	}
+}
+
+// hold keeps owner's claim from expiring until the returned func is
+// called (which waits for the keeping to end): it sets the claim's time
+// to live back to Claim every third of it. A claim that lapsed all the
+// same (Redis unreachable for longer) and was taken over is left alone.
+func (m *Minter) hold(ctx context.Context, claim, owner string) (release func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := m.cfg.Clock.NewTicker(m.cfg.Claim / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C():
+				err := holdScript.Run(ctx, m.rdb, []string{claim}, owner, m.cfg.Claim.Milliseconds()).Err()
+				if err != nil && ctx.Err() == nil {
+					m.log.Debug("keeping a device's mint claim", "error", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
 	}
 }
 
@@ -296,33 +334,60 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (_ cache.Token, e
 		return cache.Token{}, fmt.Errorf("%w: %w", fault.ErrUnavailable, err)
 	}
 	m.met.mints.WithLabelValues("ok").Inc()
-	m.countMint(ctx)
 	tok := cache.Token{Value: ut.Value, Deadline: ut.Sent.Add(ut.Lifetime), FetchedAt: ut.Sent}
 	span.SetAttributes(tracing.Fingerprint.String(tok.Fingerprint()))
-	ttl := tok.Deadline.Sub(m.cfg.Clock.Now())
-	if ttl <= m.cfg.ServeMargin {
-		return cache.Token{}, fmt.Errorf("%w: the upstream's token has %v left, not more than the serve margin", fault.ErrUnavailable, ttl.Round(time.Millisecond))
+	left := tok.Deadline.Sub(m.cfg.Clock.Now())
+	if left <= m.cfg.ServeMargin {
+		m.countMint(ctx)
+		return cache.Token{}, fmt.Errorf("%w: the upstream's token has %v left, not more than the serve margin", fault.ErrUnavailable, left.Round(time.Millisecond))
 	}
+	m.keep(ctx, key, digest, tok)
+	m.countMint(ctx)
+	m.log.InfoContext(ctx, "device token minted", "device", digest[:12], "caller", CallerFrom(ctx),
+		"fingerprint", tok.Fingerprint(), "expires_in", left.Round(time.Second))
+	return tok, nil
+}
+
+// storeAttempts is how many times a new device token's store is sent
+// before the replica gives up on it: a store that failed (a connection
+// reset, an answer later than its budget) is sent again at once, on
+// another connection.
+const storeAttempts = 3
+
+// keep stores the device's new token in Redis for its lifetime. A token
+// that cannot be stored is still good, but the device's next ask mints
+// again; so the store is sent again, up to storeAttempts times, while the
+// device's claim is held.
+func (m *Minter) keep(ctx context.Context, key, digest string, tok cache.Token) {
 	// Redis starts the stored life when the script runs, which may be as
 	// late as the client's read timeout (a slow round trip, or go-redis
-	// sending it again): the store gets that long to be sent, and the
+	// sending it again): each store gets that long to be sent, and the
 	// stored life is cut by it, so that no replica reading it dates the
 	// token late.
-	sctx, cancel := ctx, context.CancelFunc(func() {})
-	if budget := cache.ReadTimeout(m.rdb); budget > 0 && !plant.On(plant.DeviceStoreUncut) {
-		sctx, cancel = context.WithTimeout(ctx, budget)
-		ttl -= budget
+	budget := cache.ReadTimeout(m.rdb)
+	if plant.On(plant.DeviceStoreUncut) {
+		budget = 0
 	}
-	defer cancel()
-	if ttl <= 0 {
-		// Too short to store: the next ask mints again.
-	} else if err := m.store(sctx, key, ut.Value, ttl); err != nil {
-		// The token is good; the next ask mints again.
-		m.log.WarnContext(ctx, "a device's token could not be stored", "device", digest[:12], "error", err)
+	for attempt := 1; ; attempt++ {
+		ttl := tok.Deadline.Sub(m.cfg.Clock.Now()) - budget
+		if ttl <= 0 {
+			return // too short to store: the next ask mints again
+		}
+		sctx, cancel := ctx, context.CancelFunc(func() {})
+		if budget > 0 {
+			sctx, cancel = context.WithTimeout(ctx, budget)
+		}
+		err := m.store(sctx, key, tok.Value, ttl)
+		cancel()
+		if err == nil {
+			return
+		}
+		if attempt == storeAttempts || ctx.Err() != nil {
+			m.log.WarnContext(ctx, "a device's token could not be stored; its next ask mints again", "device", digest[:12], "attempts", attempt, "error", err)
+			return
+		}
+		m.log.DebugContext(ctx, "storing a device's token", "device", digest[:12], "attempt", attempt, "error", err)
 	}
-	m.log.InfoContext(ctx, "device token minted", "device", digest[:12], "caller", CallerFrom(ctx),
-		"fingerprint", tok.Fingerprint(), "expires_in", ttl.Round(time.Second))
-	return tok, nil
 }
 
 // renew returns an access token other than refused, which the upstream
@@ -511,5 +576,12 @@ func (m *Minter) store(ctx context.Context, key, value string, ttl time.Duration
 		tracing.Fail(span, err)
 		span.End()
 	}()
-	return storeScript.Run(ctx, m.rdb, []string{key}, value, ttl.Milliseconds()).Err()
+	// EVAL, not EVALSHA: one round trip whatever Redis's script cache
+	// holds (a flushed cache costs EVALSHA's NOSCRIPT and then EVAL, which
+	// a slow Redis can make longer than the store's budget, every time),
+	// and a mint is rare enough that sending the script costs nothing.
+	if plant.On(plant.DeviceStoreCached) {
+		return storeScript.Run(ctx, m.rdb, []string{key}, value, ttl.Milliseconds()).Err()
+	}
+	return storeScript.Eval(ctx, m.rdb, []string{key}, value, ttl.Milliseconds()).Err()
 }

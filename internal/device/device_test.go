@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -342,4 +343,90 @@ func TestPerDeviceCap(t *testing.T) {
 	if _, err := m.Token(ctx, "phone"); err != nil {
 		t.Errorf("after the window: %v", err)
 	}
+}
+
+// TestClaimOutlivesASlowMint: a replica whose mint takes longer than the
+// device's claim (a slow upstream, or a slow Redis before it) keeps the
+// claim while it works, so a replica asked meanwhile waits for its token
+// instead of minting a second one.
+func TestClaimOutlivesASlowMint(t *testing.T) {
+	f := newFixture(t)
+	const claim = 3 * time.Second
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	slow := func(ctx context.Context, access string) (upstream.Token, error) {
+		once.Do(func() { close(entered); <-gate })
+		return f.up.Mint(ctx, access)
+	}
+	a := f.minterWith(t, func(c *device.Config) { c.Claim, c.Mint = claim, slow })
+	b := f.minterWith(t, func(c *device.Config) { c.Claim = claim })
+	ctx := context.Background()
+
+	type answer struct {
+		tok cache.Token
+		err error
+	}
+	ask := func(m *device.Minter) <-chan answer {
+		c := make(chan answer, 1)
+		go func() {
+			tok, err := m.Token(ctx, "phone")
+			c <- answer{tok, err}
+		}()
+		return c
+	}
+	fromA := ask(a)
+	<-entered
+	key := claimKey(t, f)
+	// Three times the claim's life goes by while a's upstream call hangs;
+	// each third of it, a sets the claim's life back to the whole.
+	for range 9 {
+		f.advance(claim / 3)
+		// The keeper runs on a goroutine of its own: let time creep on
+		// until it has set the claim's life back, or the claim lapses,
+		// which it never should.
+		for left := f.mr.TTL(key); f.mr.TTL(key) <= left; {
+			if !f.mr.Exists(key) {
+				t.Fatalf("the claim lapsed while its owner was minting")
+			}
+			f.advance(time.Millisecond)
+			runtime.Gosched()
+		}
+	}
+	fromB := ask(b)
+	for f.fake.Waiters() < 2 { // a's keeper, and b waiting for a's token
+		runtime.Gosched()
+	}
+	close(gate)
+	ra := <-fromA
+	var rb answer
+	for done := false; !done; {
+		select {
+		case rb = <-fromB:
+			done = true
+		default:
+			f.advance(25 * time.Millisecond) // b looks again
+			runtime.Gosched()
+		}
+	}
+	if ra.err != nil || rb.err != nil {
+		t.Fatalf("a: %v; b: %v", ra.err, rb.err)
+	}
+	if n := f.up.mints.Load(); n != 1 || ra.tok.Value != rb.tok.Value {
+		t.Errorf("upstream mints %d, tokens %q and %q; want one token, minted once", n, ra.tok.Value, rb.tok.Value)
+	}
+	if f.mr.Exists(key) {
+		t.Errorf("the claim outlived the mint")
+	}
+}
+
+// claimKey returns the one device claim in Redis.
+func claimKey(t *testing.T, f *fixture) string {
+	t.Helper()
+	for _, k := range f.mr.Keys() {
+		if strings.HasSuffix(k, ":claim") {
+			return k
+		}
+	}
+	t.Fatalf("no device claim in Redis: %v", f.mr.Keys())
+	return ""
 }

@@ -60,6 +60,12 @@ const (
 	// Redis lost the secret makes another, so two replicas mint a device
 	// two tokens (invariant 6; the regression test of that defect).
 	DeviceSecretKept Bug = "device-secret-kept"
+	// DeviceStoreCached: a device's new token is stored with EVALSHA, as
+	// before the simulator found that after SCRIPT FLUSH a Redis slower
+	// than half the store's budget fails every store (EVALSHA, NOSCRIPT,
+	// then EVAL), so the device's next ask mints again (invariant 6; the
+	// regression test of that defect).
+	DeviceStoreCached Bug = "device-store-cached"
 )
 
 // All lists every plantable bug.
@@ -70,7 +76,7 @@ func All() []Bug {
 }
 
 var bugs = []Bug{ServeExpired, DatedFromArrival, AdoptOlder, NoReleaseOnStop, BudgetOff, UnsavedForgotten, FenceOff, WriteBudgetOff,
-	DeviceStoreUncut, DeviceClaimOff, DeviceSecretKept}
+	DeviceStoreUncut, DeviceClaimOff, DeviceSecretKept, DeviceStoreCached}
 
 var on [16]atomic.Bool
 
