@@ -143,6 +143,10 @@ type Minter struct {
 	mu      sync.Mutex
 	secret  []byte    // the fleet's digest key, once read
 	checked time.Time // when secret was last checked against Redis
+
+	fmu     sync.Mutex
+	flights map[string]*flight     // by device digest
+	unsaved map[string]cache.Token // tokens minted here and not stored yet, by device digest
 }
 
 // New returns a Minter. It makes no call to Redis.
@@ -179,7 +183,8 @@ func New(rdb Redis, cfg Config) (*Minter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Minter{rdb: rdb, cfg: cfg, log: tracing.Logger(cfg.Logger), met: met, tracer: tracing.Tracer(cfg.TracerProvider)}, nil
+	return &Minter{rdb: rdb, cfg: cfg, log: tracing.Logger(cfg.Logger), met: met, tracer: tracing.Tracer(cfg.TracerProvider),
+		flights: map[string]*flight{}, unsaved: map[string]cache.Token{}}, nil
 }
 
 //go:embed read.lua
@@ -217,6 +222,54 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 		return cache.Token{}, fmt.Errorf("%w: %w", fault.ErrUnavailable, err)
 	}
 	digest := digestOf(secret, device)
+	f := m.join(ctx, digest)
+	select {
+	case <-f.done:
+		return f.tok, f.err
+	case <-ctx.Done():
+		return cache.Token{}, ctx.Err()
+	}
+}
+
+// flight is the asks for one device under way on this replica: the first
+// does the work, the rest wait for its answer.
+type flight struct {
+	done chan struct{} // closed when tok and err are set
+	tok  cache.Token
+	err  error
+}
+
+// join returns the flight of asks for the device digest under way on this
+// replica, or starts one. Asks for one device on one replica share one
+// answer, whatever happens to Redis meanwhile: a store that failed (the
+// replica was frozen past its budget, Redis was cut) must not make the
+// next ask waiting here mint the device a second token. The flight runs
+// to its end even when the asks that wait for it give up, so that a token
+// minted is stored.
+func (m *Minter) join(ctx context.Context, digest string) *flight {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	if f, ok := m.flights[digest]; ok {
+		return f
+	}
+	f := &flight{done: make(chan struct{})}
+	m.flights[digest] = f
+	go func() {
+		f.tok, f.err = m.token(context.WithoutCancel(ctx), digest)
+		m.fmu.Lock()
+		delete(m.flights, digest)
+		m.fmu.Unlock()
+		close(f.done)
+	}()
+	return f
+}
+
+// token returns the device's token, stored or minted (Token's work).
+func (m *Minter) token(ctx context.Context, digest string) (cache.Token, error) {
+	if tok, ok := m.unsavedFor(digest); ok {
+		m.met.hits.Inc()
+		return tok, nil
+	}
 	key := m.cfg.Keys.Devices + digest
 	claim := key + ":claim"
 	deadline := m.cfg.Clock.Now().Add(m.cfg.Claim)
@@ -242,7 +295,7 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 			// the device's token since it was read above.
 			tok, ok, err := m.stored(ctx, key)
 			if err == nil && !ok {
-				tok, err = m.mint(ctx, key, digest)
+				tok, err = m.mint(ctx, mintOf{key: key, claim: claim, owner: owner, digest: digest})
 			}
 			release()
 			releaseScript.Run(context.WithoutCancel(ctx), m.rdb, []string{claim}, owner)
@@ -306,7 +359,8 @@ func (m *Minter) stored(ctx context.Context, key string) (cache.Token, bool, err
 // mint asks the upstream for the device's token with the shared access
 // token, once more after renewing it if the upstream refuses it, and
 // stores the token for its lifetime.
-func (m *Minter) mint(ctx context.Context, key, digest string) (_ cache.Token, err error) {
+func (m *Minter) mint(ctx context.Context, d mintOf) (_ cache.Token, err error) {
+	key, digest := d.key, d.digest
 	ctx, span := m.tracer.Start(ctx, "tokenkeeper.device.mint", trace.WithAttributes(
 		tracing.Token.String(tracing.TokenName(m.cfg.Keys.Token)), tracing.Device.String(digest[:12])))
 	defer func() {
@@ -341,24 +395,62 @@ func (m *Minter) mint(ctx context.Context, key, digest string) (_ cache.Token, e
 		m.countMint(ctx)
 		return cache.Token{}, fmt.Errorf("%w: the upstream's token has %v left, not more than the serve margin", fault.ErrUnavailable, left.Round(time.Millisecond))
 	}
-	m.keep(ctx, key, digest, tok)
+	theirs, ok := m.keep(ctx, d, tok)
 	m.countMint(ctx)
+	if ok {
+		m.log.InfoContext(ctx, "another replica minted this device's token meanwhile; handing out that one", "device", digest[:12],
+			"caller", CallerFrom(ctx), "fingerprint", theirs.Fingerprint(), "discarded", tok.Fingerprint())
+		return theirs, nil
+	}
 	m.log.InfoContext(ctx, "device token minted", "device", digest[:12], "caller", CallerFrom(ctx),
 		"fingerprint", tok.Fingerprint(), "expires_in", left.Round(time.Second))
 	return tok, nil
 }
 
-// storeAttempts is how many times a new device token's store is sent
-// before the replica gives up on it: a store that failed (a connection
-// reset, an answer later than its budget) is sent again at once, on
-// another connection.
+// mintOf is a mint for one device: its token's key, its claim and the
+// claim's owner (the replica minting), and the device's digest.
+type mintOf struct {
+	key, claim, owner, digest string
+}
+
+// storeAttempts is how many times a new device token's store is sent at
+// once before the replica gives up on it for a while: a store that
+// failed (a connection reset, an answer later than its budget) is sent
+// again at once, on another connection.
 const storeAttempts = 3
 
 // keep stores the device's new token in Redis for its lifetime. A token
-// that cannot be stored is still good, but the device's next ask mints
-// again; so the store is sent again, up to storeAttempts times, while the
-// device's claim is held.
-func (m *Minter) keep(ctx context.Context, key, digest string, tok cache.Token) {
+// that cannot be stored is still good, but another ask would mint again:
+// so the store is sent again, up to storeAttempts times while the
+// device's claim is held, and then, if it still failed, the token is
+// remembered on this replica (unsaved) and stored in the background. When
+// the device holds another token to hand out (this replica lost its claim
+// while frozen or slow, and another minted meanwhile), nothing is stored
+// and keep returns that token, with ok.
+func (m *Minter) keep(ctx context.Context, d mintOf, tok cache.Token) (theirs cache.Token, ok bool) {
+	var err error
+	attempts := storeAttempts
+	if plant.On(plant.DeviceStoreOnce) {
+		attempts = 1
+	}
+	for attempt := 1; attempt <= attempts && ctx.Err() == nil; attempt++ {
+		if theirs, ok, _, err = m.storeNew(ctx, d, tok); err == nil {
+			return theirs, ok
+		}
+		m.log.DebugContext(ctx, "storing a device's token", "device", d.digest[:12], "attempt", attempt, "error", err)
+	}
+	if plant.On(plant.DeviceStoreOnce) {
+		return cache.Token{}, false
+	}
+	m.log.WarnContext(ctx, "a device's token could not be stored; this replica keeps it and tries again", "device", d.digest[:12], "error", err)
+	m.remember(ctx, d, tok)
+	return cache.Token{}, false
+}
+
+// storeNew sends one store of the device's new token tok, and returns the
+// token the device holds instead, if any (see keep). tried is false when
+// tok has too little life left to be stored.
+func (m *Minter) storeNew(ctx context.Context, d mintOf, tok cache.Token) (theirs cache.Token, ok, tried bool, err error) {
 	// Redis starts the stored life when the script runs, which may be as
 	// late as the client's read timeout (a slow round trip, or go-redis
 	// sending it again): each store gets that long to be sent, and the
@@ -368,26 +460,79 @@ func (m *Minter) keep(ctx context.Context, key, digest string, tok cache.Token) 
 	if plant.On(plant.DeviceStoreUncut) {
 		budget = 0
 	}
-	for attempt := 1; ; attempt++ {
-		ttl := tok.Deadline.Sub(m.cfg.Clock.Now()) - budget
-		if ttl <= 0 {
-			return // too short to store: the next ask mints again
-		}
-		sctx, cancel := ctx, context.CancelFunc(func() {})
-		if budget > 0 {
-			sctx, cancel = context.WithTimeout(ctx, budget)
-		}
-		err := m.store(sctx, key, tok.Value, ttl)
-		cancel()
-		if err == nil {
-			return
-		}
-		if attempt == storeAttempts || ctx.Err() != nil {
-			m.log.WarnContext(ctx, "a device's token could not be stored; its next ask mints again", "device", digest[:12], "attempts", attempt, "error", err)
-			return
-		}
-		m.log.DebugContext(ctx, "storing a device's token", "device", digest[:12], "attempt", attempt, "error", err)
+	sent := m.cfg.Clock.Now()
+	ttl := tok.Deadline.Sub(sent) - budget
+	if ttl <= 0 {
+		return cache.Token{}, false, false, nil // too short to store: the next ask mints again
 	}
+	if budget > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, budget)
+		defer cancel()
+	}
+	held, left, err := m.store(ctx, d, tok.Value, ttl)
+	if err != nil {
+		return cache.Token{}, false, true, err
+	}
+	theirs = cache.Token{Value: held, Deadline: sent.Add(left)}
+	ok = held != "" && held != tok.Value && theirs.ServableAt(m.cfg.Clock.Now(), m.cfg.ServeMargin) && !plant.On(plant.DeviceClaimOff)
+	return theirs, ok, true, nil
+}
+
+// unsavedRetry is how long a replica waits before it sends again the store
+// of a device token it keeps unsaved.
+const unsavedRetry = time.Second
+
+// remember keeps tok, minted for the device of d but not stored, on this
+// replica: the device's asks here get it, and it is stored in the
+// background, once a second while it can be handed out, until a store
+// is answered.
+func (m *Minter) remember(ctx context.Context, d mintOf, tok cache.Token) {
+	m.fmu.Lock()
+	m.unsaved[d.digest] = tok
+	m.fmu.Unlock()
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		defer m.forget(d.digest, tok)
+		t := m.cfg.Clock.NewTimer(unsavedRetry)
+		defer t.Stop()
+		for {
+			<-t.C()
+			if !tok.ServableAt(m.cfg.Clock.Now(), m.cfg.ServeMargin) {
+				return
+			}
+			_, _, tried, err := m.storeNew(ctx, d, tok)
+			if !tried || err == nil {
+				if err == nil {
+					m.log.InfoContext(ctx, "a device's token kept unsaved is stored", "device", d.digest[:12], "fingerprint", tok.Fingerprint())
+				}
+				return
+			}
+			m.log.DebugContext(ctx, "storing a device's token kept unsaved", "device", d.digest[:12], "error", err)
+			t.Reset(unsavedRetry)
+		}
+	}()
+}
+
+// forget drops the device's unsaved token if it is still tok.
+func (m *Minter) forget(digest string, tok cache.Token) {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	if m.unsaved[digest].Value == tok.Value {
+		delete(m.unsaved, digest)
+	}
+}
+
+// unsavedFor returns the token this replica minted for the device and
+// keeps unsaved, while it may be handed out.
+func (m *Minter) unsavedFor(digest string) (cache.Token, bool) {
+	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	tok, ok := m.unsaved[digest]
+	if !ok || !tok.ServableAt(m.cfg.Clock.Now(), m.cfg.ServeMargin) {
+		return cache.Token{}, false
+	}
+	return tok, true
 }
 
 // renew returns an access token other than refused, which the upstream
@@ -568,10 +713,12 @@ func digestOf(secret []byte, device string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// store keeps a device's token for ttl, with a span under the mint's.
-func (m *Minter) store(ctx context.Context, key, value string, ttl time.Duration) (err error) {
+// store keeps a device's token for ttl, with a span under the mint's,
+// unless the device holds the token to hand out (see store.lua): then it
+// returns that token and how long it has left.
+func (m *Minter) store(ctx context.Context, d mintOf, value string, ttl time.Duration) (held string, left time.Duration, err error) {
 	ctx, span := tracing.Child(ctx, "tokenkeeper.device.store", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(tracing.DBSystem.String("redis"), tracing.DBOperation.String("EVALSHA")))
+		trace.WithAttributes(tracing.DBSystem.String("redis"), tracing.DBOperation.String("EVAL")))
 	defer func() {
 		tracing.Fail(span, err)
 		span.End()
@@ -580,8 +727,18 @@ func (m *Minter) store(ctx context.Context, key, value string, ttl time.Duration
 	// holds (a flushed cache costs EVALSHA's NOSCRIPT and then EVAL, which
 	// a slow Redis can make longer than the store's budget, every time),
 	// and a mint is rare enough that sending the script costs nothing.
-	if plant.On(plant.DeviceStoreCached) {
-		return storeScript.Run(ctx, m.rdb, []string{key}, value, ttl.Milliseconds()).Err()
+	run := storeScript.Eval
+	if plant.On(plant.DeviceStoreOnce) {
+		run = storeScript.Run
 	}
-	return storeScript.Eval(ctx, m.rdb, []string{key}, value, ttl.Milliseconds()).Err()
+	res, err := run(ctx, m.rdb, []string{d.key, d.claim}, value, ttl.Milliseconds(), d.owner, m.cfg.ServeMargin.Milliseconds()).Slice()
+	if err != nil {
+		return "", 0, err
+	}
+	if stored, _ := res[0].(int64); stored == 1 || len(res) < 3 {
+		return "", 0, nil
+	}
+	held, _ = res[1].(string)
+	ms, _ := res[2].(int64)
+	return held, time.Duration(ms) * time.Millisecond, nil
 }

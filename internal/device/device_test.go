@@ -430,3 +430,105 @@ func claimKey(t *testing.T, f *fixture) string {
 	t.Fatalf("no device claim in Redis: %v", f.mr.Keys())
 	return ""
 }
+
+// TestFrozenMinterHandsOutTheFleetsToken: a replica frozen in the middle
+// of a mint (a GC pause, SIGSTOP) cannot keep its claim; another replica
+// asked for the device meanwhile mints and hands out its token. The
+// frozen one, once it runs again, finds that token stored and its claim
+// gone, and hands out that token instead of its own: a device holds one
+// token, whatever the upstream was asked.
+func TestFrozenMinterHandsOutTheFleetsToken(t *testing.T) {
+	// a's token expires before b's (asked for first), or after (the
+	// upstream gave it a longer life: it would win on expiry alone).
+	for _, longer := range []time.Duration{0, time.Minute} {
+		t.Run(fmt.Sprintf("longer=%v", longer), func(t *testing.T) { testFrozenMinter(t, longer) })
+	}
+}
+
+func testFrozenMinter(t *testing.T, longer time.Duration) {
+	f := newFixture(t)
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	frozen := func(ctx context.Context, access string) (upstream.Token, error) {
+		tok, err := f.up.Mint(ctx, access)
+		tok.Lifetime += longer
+		once.Do(func() { close(entered); <-gate })
+		return tok, err
+	}
+	a := f.minterWith(t, func(c *device.Config) { c.Mint = frozen })
+	b := f.minter(t)
+	ctx := context.Background()
+
+	fromA := make(chan cache.Token, 1)
+	go func() {
+		tok, err := a.Token(ctx, "phone")
+		if err != nil {
+			t.Errorf("a: %v", err)
+		}
+		fromA <- tok
+	}()
+	<-entered
+	// a is frozen with its token in hand: its claim lapses.
+	f.mr.Del(claimKey(t, f))
+	tb, err := b.Token(ctx, "phone")
+	if err != nil {
+		t.Fatalf("b: %v", err)
+	}
+	close(gate)
+	ta := <-fromA
+	if ta.Value != tb.Value {
+		t.Errorf("the device got two tokens: %q from a, %q from b", ta.Value, tb.Value)
+	}
+	if again, err := a.Token(ctx, "phone"); err != nil || again.Value != tb.Value {
+		t.Errorf("the device's next ask: %q, %v; want %q", again.Value, err, tb.Value)
+	}
+	if n := f.up.mints.Load(); n != 2 {
+		t.Errorf("upstream mints %d, want 2 (a's, discarded, and b's)", n)
+	}
+}
+
+// TestUnstoredTokenIsKeptAndStoredLater: a device's new token whose store
+// fails (here Redis answers it with an error; in the simulator, a replica
+// frozen past every attempt's budget) is still the device's: the next ask
+// on the replica gets it, not a second mint, and the replica stores it
+// once Redis takes it, so that the other replicas hand out the same.
+func TestUnstoredTokenIsKeptAndStoredLater(t *testing.T) {
+	f := newFixture(t)
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	gated := func(ctx context.Context, access string) (upstream.Token, error) {
+		once.Do(func() { close(entered); <-gate })
+		return f.up.Mint(ctx, access)
+	}
+	a := f.minterWith(t, func(c *device.Config) { c.Mint = gated })
+	b := f.minter(t)
+	ctx := context.Background()
+
+	fromA := make(chan cache.Token, 1)
+	go func() {
+		tok, err := a.Token(ctx, "phone")
+		if err != nil {
+			t.Errorf("a: %v", err)
+		}
+		fromA <- tok
+	}()
+	<-entered
+	key := strings.TrimSuffix(claimKey(t, f), ":claim")
+	f.mr.Set(key, "not a hash") // every store of a's token fails (WRONGTYPE)
+	close(gate)
+	first := <-fromA
+	if again, err := a.Token(ctx, "phone"); err != nil || again.Value != first.Value {
+		t.Fatalf("the next ask on a: %q, %v; want the unsaved %q", again.Value, err, first.Value)
+	}
+	f.mr.Del(key) // Redis takes the store again
+	for !f.mr.Exists(key) {
+		f.advance(100 * time.Millisecond) // a tries again every second
+		runtime.Gosched()
+	}
+	if other, err := b.Token(ctx, "phone"); err != nil || other.Value != first.Value {
+		t.Errorf("b: %q, %v; want %q", other.Value, err, first.Value)
+	}
+	if n := f.up.mints.Load(); n != 1 {
+		t.Errorf("upstream mints %d, want 1", n)
+	}
+}

@@ -271,7 +271,7 @@ func TestPlantedBugsAreFound(t *testing.T) {
 			continue
 		}
 		if _, ok := plantBound[bug]; !ok {
-			// DeviceSecretKept and DeviceStoreCached: asserted by their
+			// DeviceSecretKept and DeviceStoreOnce: asserted by their
 			// regression tests (TestRegressionDeviceSecretLost,
 			// TestRegressionDeviceMintedTwice).
 			continue
