@@ -318,9 +318,9 @@ func (m *Minter) token(ctx context.Context, digest string) (cache.Token, error) 
 func (m *Minter) hold(ctx context.Context, claim, owner string) (release func()) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
+	t := m.cfg.Clock.NewTicker(m.cfg.Claim / 3)
 	go func() {
 		defer close(done)
-		t := m.cfg.Clock.NewTicker(m.cfg.Claim / 3)
 		defer t.Stop()
 		for {
 			select {
@@ -492,9 +492,9 @@ func (m *Minter) remember(ctx context.Context, d mintOf, tok cache.Token) {
 	m.unsaved[d.digest] = tok
 	m.fmu.Unlock()
 	ctx = context.WithoutCancel(ctx)
+	t := m.cfg.Clock.NewTimer(unsavedRetry)
 	go func() {
 		defer m.forget(d.digest, tok)
-		t := m.cfg.Clock.NewTimer(unsavedRetry)
 		defer t.Stop()
 		for {
 			<-t.C()

@@ -114,8 +114,19 @@ func (f *fixture) minter(t *testing.T) *device.Minter {
 // minterWith is minter with its Config adjusted by mod.
 func (f *fixture) minterWith(t *testing.T, mod func(*device.Config)) *device.Minter {
 	t.Helper()
+	return f.minterOver(t, f.client(t), mod)
+}
+
+// client is a Redis client of the fixture's Redis, closed at t's end.
+func (f *fixture) client(t *testing.T) *redis.Client {
 	rdb := redis.NewClient(&redis.Options{Addr: f.mr.Addr(), ReadTimeout: storeBudget})
 	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// minterOver is minterWith over the Redis client rdb.
+func (f *fixture) minterOver(t *testing.T, rdb *redis.Client, mod func(*device.Config)) *device.Minter {
+	t.Helper()
 	cfg := device.Config{
 		Keys: cache.KeysFor("liveness"), ServeMargin: time.Minute,
 		Access: f.up.Access, RenewAccess: f.up.RenewAccess, Mint: f.up.Mint,
@@ -358,7 +369,13 @@ func TestClaimOutlivesASlowMint(t *testing.T) {
 		once.Do(func() { close(entered); <-gate })
 		return f.up.Mint(ctx, access)
 	}
-	a := f.minterWith(t, func(c *device.Config) { c.Claim, c.Mint = claim, slow })
+	// kept signals each answered command of a's that keeps a claim: a
+	// script with one key, a claim, and two arguments (its owner and its
+	// life; a release has one).
+	kept := make(chan struct{}, 16)
+	rdb := f.client(t)
+	rdb.AddHook(keptHook(kept))
+	a := f.minterOver(t, rdb, func(c *device.Config) { c.Claim, c.Mint = claim, slow })
 	b := f.minterWith(t, func(c *device.Config) { c.Claim = claim })
 	ctx := context.Background()
 
@@ -379,17 +396,14 @@ func TestClaimOutlivesASlowMint(t *testing.T) {
 	key := claimKey(t, f)
 	// Three times the claim's life goes by while a's upstream call hangs;
 	// each third of it, a sets the claim's life back to the whole.
+	if f.fake.Waiters() == 0 {
+		t.Fatal("a waits for its upstream call with no timer to keep its claim alive")
+	}
 	for range 9 {
 		f.advance(claim / 3)
-		// The keeper runs on a goroutine of its own: let time creep on
-		// until it has set the claim's life back, or the claim lapses,
-		// which it never should.
-		for left := f.mr.TTL(key); f.mr.TTL(key) <= left; {
-			if !f.mr.Exists(key) {
-				t.Fatalf("the claim lapsed while its owner was minting")
-			}
-			f.advance(time.Millisecond)
-			runtime.Gosched()
+		<-kept // the keeper runs on a goroutine of its own
+		if left := f.mr.TTL(key); left != claim {
+			t.Fatalf("the claim has %v left after its owner kept it, want %v", left, claim)
 		}
 	}
 	fromB := ask(b)
@@ -521,14 +535,43 @@ func TestUnstoredTokenIsKeptAndStoredLater(t *testing.T) {
 		t.Fatalf("the next ask on a: %q, %v; want the unsaved %q", again.Value, err, first.Value)
 	}
 	f.mr.Del(key) // Redis takes the store again
+	if f.fake.Waiters() == 0 {
+		t.Fatal("a keeps no timer to store its unsaved token again")
+	}
+	f.advance(time.Second) // a tries again every second
 	for !f.mr.Exists(key) {
-		f.advance(100 * time.Millisecond) // a tries again every second
-		runtime.Gosched()
+		runtime.Gosched() // a's store runs on a goroutine of its own
 	}
 	if other, err := b.Token(ctx, "phone"); err != nil || other.Value != first.Value {
 		t.Errorf("b: %q, %v; want %q", other.Value, err, first.Value)
 	}
 	if n := f.up.mints.Load(); n != 1 {
 		t.Errorf("upstream mints %d, want 1", n)
+	}
+}
+
+// keptHook sends on kept after each answered script call that keeps a
+// device claim (see TestClaimOutlivesASlowMint).
+func keptHook(kept chan<- struct{}) redis.Hook { return keptHooks{kept} }
+
+type keptHooks struct{ kept chan<- struct{} }
+
+func (keptHooks) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (keptHooks) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h keptHooks) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		args := cmd.Args()
+		name := strings.ToLower(cmd.Name())
+		if err == nil && (name == "evalsha" || name == "eval") && len(args) == 6 {
+			if key, _ := args[3].(string); strings.HasSuffix(key, ":claim") {
+				h.kept <- struct{}{}
+			}
+		}
+		return err
 	}
 }
