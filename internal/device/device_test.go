@@ -363,12 +363,7 @@ func TestPerDeviceCap(t *testing.T) {
 func TestClaimOutlivesASlowMint(t *testing.T) {
 	f := newFixture(t)
 	const claim = 3 * time.Second
-	entered, gate := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	slow := func(ctx context.Context, access string) (upstream.Token, error) {
-		once.Do(func() { close(entered); <-gate })
-		return f.up.Mint(ctx, access)
-	}
+	slow, entered, gate := f.heldMint(0)
 	// kept signals each answered command of a's that keeps a claim: a
 	// script with one key, a claim, and two arguments (its owner and its
 	// life; a release has one).
@@ -377,21 +372,8 @@ func TestClaimOutlivesASlowMint(t *testing.T) {
 	rdb.AddHook(keptHook(kept))
 	a := f.minterOver(t, rdb, func(c *device.Config) { c.Claim, c.Mint = claim, slow })
 	b := f.minterWith(t, func(c *device.Config) { c.Claim = claim })
-	ctx := context.Background()
 
-	type answer struct {
-		tok cache.Token
-		err error
-	}
-	ask := func(m *device.Minter) <-chan answer {
-		c := make(chan answer, 1)
-		go func() {
-			tok, err := m.Token(ctx, "phone")
-			c <- answer{tok, err}
-		}()
-		return c
-	}
-	fromA := ask(a)
+	fromA := ask(a, "phone")
 	<-entered
 	key := claimKey(t, f)
 	// Three times the claim's life goes by while a's upstream call hangs;
@@ -406,7 +388,7 @@ func TestClaimOutlivesASlowMint(t *testing.T) {
 			t.Fatalf("the claim has %v left after its owner kept it, want %v", left, claim)
 		}
 	}
-	fromB := ask(b)
+	fromB := ask(b, "phone")
 	for f.fake.Waiters() < 2 { // a's keeper, and b waiting for a's token
 		runtime.Gosched()
 	}
@@ -461,26 +443,12 @@ func TestFrozenMinterHandsOutTheFleetsToken(t *testing.T) {
 
 func testFrozenMinter(t *testing.T, longer time.Duration) {
 	f := newFixture(t)
-	entered, gate := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	frozen := func(ctx context.Context, access string) (upstream.Token, error) {
-		tok, err := f.up.Mint(ctx, access)
-		tok.Lifetime += longer
-		once.Do(func() { close(entered); <-gate })
-		return tok, err
-	}
+	frozen, entered, gate := f.heldMint(longer)
 	a := f.minterWith(t, func(c *device.Config) { c.Mint = frozen })
 	b := f.minter(t)
 	ctx := context.Background()
 
-	fromA := make(chan cache.Token, 1)
-	go func() {
-		tok, err := a.Token(ctx, "phone")
-		if err != nil {
-			t.Errorf("a: %v", err)
-		}
-		fromA <- tok
-	}()
+	fromA := ask(a, "phone")
 	<-entered
 	// a is frozen with its token in hand: its claim lapses.
 	f.mr.Del(claimKey(t, f))
@@ -489,7 +457,11 @@ func testFrozenMinter(t *testing.T, longer time.Duration) {
 		t.Fatalf("b: %v", err)
 	}
 	close(gate)
-	ta := <-fromA
+	ra := <-fromA
+	if ra.err != nil {
+		t.Fatalf("a: %v", ra.err)
+	}
+	ta := ra.tok
 	if ta.Value != tb.Value {
 		t.Errorf("the device got two tokens: %q from a, %q from b", ta.Value, tb.Value)
 	}
@@ -508,29 +480,21 @@ func testFrozenMinter(t *testing.T, longer time.Duration) {
 // once Redis takes it, so that the other replicas hand out the same.
 func TestUnstoredTokenIsKeptAndStoredLater(t *testing.T) {
 	f := newFixture(t)
-	entered, gate := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	gated := func(ctx context.Context, access string) (upstream.Token, error) {
-		once.Do(func() { close(entered); <-gate })
-		return f.up.Mint(ctx, access)
-	}
+	gated, entered, gate := f.heldMint(0)
 	a := f.minterWith(t, func(c *device.Config) { c.Mint = gated })
 	b := f.minter(t)
 	ctx := context.Background()
 
-	fromA := make(chan cache.Token, 1)
-	go func() {
-		tok, err := a.Token(ctx, "phone")
-		if err != nil {
-			t.Errorf("a: %v", err)
-		}
-		fromA <- tok
-	}()
+	fromA := ask(a, "phone")
 	<-entered
 	key := strings.TrimSuffix(claimKey(t, f), ":claim")
 	f.mr.Set(key, "not a hash") // every store of a's token fails (WRONGTYPE)
 	close(gate)
-	first := <-fromA
+	ra := <-fromA
+	if ra.err != nil {
+		t.Fatalf("a: %v", ra.err)
+	}
+	first := ra.tok
 	if again, err := a.Token(ctx, "phone"); err != nil || again.Value != first.Value {
 		t.Fatalf("the next ask on a: %q, %v; want the unsaved %q", again.Value, err, first.Value)
 	}
@@ -574,4 +538,36 @@ func (h keptHooks) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		}
 		return err
 	}
+}
+
+// heldMint returns an upstream Mint whose first call, once the fake has
+// answered it (with longer added to the token's life), waits until
+// release is closed: a replica minting slowly, or frozen with its token
+// in hand. entered is closed when it starts waiting.
+func (f *fixture) heldMint(longer time.Duration) (mint func(context.Context, string) (upstream.Token, error), entered, release chan struct{}) {
+	entered, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	mint = func(ctx context.Context, access string) (upstream.Token, error) {
+		tok, err := f.up.Mint(ctx, access)
+		tok.Lifetime += longer
+		once.Do(func() { close(entered); <-release })
+		return tok, err
+	}
+	return mint, entered, release
+}
+
+// answer is what a Minter's Token returned.
+type answer struct {
+	tok cache.Token
+	err error
+}
+
+// ask asks m for device's token on a goroutine of its own.
+func ask(m *device.Minter, device string) <-chan answer {
+	c := make(chan answer, 1)
+	go func() {
+		tok, err := m.Token(context.Background(), device)
+		c <- answer{tok, err}
+	}()
+	return c
 }
