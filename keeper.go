@@ -228,6 +228,9 @@ func (k *Keeper) Run(ctx context.Context) error {
 		}
 		part(follow, prefix+"cache", t.store.Run)
 		part(lead, prefix+"refresher", t.ref.Run)
+		if t.devices != nil {
+			part(follow, prefix+"devices", t.devices.Run)
+		}
 		refs = append(refs, t.ref)
 	}
 	part(lead, "heartbeat", func(ctx context.Context) error { return refresher.Heartbeats(ctx, refs) })

@@ -147,6 +147,9 @@ type Minter struct {
 	fmu     sync.Mutex
 	flights map[string]*flight     // by device digest
 	unsaved map[string]cache.Token // tokens minted here and not stored yet, by device digest
+	bg      context.Context        // ends when Run's context does: the work in the background stops
+	stop    context.CancelFunc
+	work    sync.WaitGroup // the flights and the stores of unsaved tokens
 }
 
 // New returns a Minter. It makes no call to Redis.
@@ -183,8 +186,22 @@ func New(rdb Redis, cfg Config) (*Minter, error) {
 	if err != nil {
 		return nil, err
 	}
+	bg, stop := context.WithCancel(context.Background())
 	return &Minter{rdb: rdb, cfg: cfg, log: tracing.Logger(cfg.Logger), met: met, tracer: tracing.Tracer(cfg.TracerProvider),
-		flights: map[string]*flight{}, unsaved: map[string]cache.Token{}}, nil
+		flights: map[string]*flight{}, unsaved: map[string]cache.Token{}, bg: bg, stop: stop}, nil
+}
+
+// Run returns when ctx ends, once the Minter's work in the background
+// (asks under way, stores of tokens kept unsaved) has stopped; asks after
+// that fail with fault.ErrUnavailable. Without Run, that work ends by
+// itself (an ask with its timeouts, an unsaved token at its serve margin).
+func (m *Minter) Run(ctx context.Context) error {
+	<-ctx.Done()
+	m.fmu.Lock()
+	m.stop()
+	m.fmu.Unlock()
+	m.work.Wait()
+	return ctx.Err()
 }
 
 //go:embed read.lua
@@ -223,6 +240,9 @@ func (m *Minter) Token(ctx context.Context, device string) (cache.Token, error) 
 	}
 	digest := digestOf(secret, device)
 	f := m.join(ctx, digest)
+	if f == nil {
+		return cache.Token{}, fmt.Errorf("%w: stopping", fault.ErrUnavailable)
+	}
 	select {
 	case <-f.done:
 		return f.tok, f.err
@@ -245,22 +265,30 @@ type flight struct {
 // replica was frozen past its budget, Redis was cut) must not make the
 // next ask waiting here mint the device a second token. The flight runs
 // to its end even when the asks that wait for it give up, so that a token
-// minted is stored.
+// minted is stored; it stops when Run returns. join returns nil once Run
+// has been told to stop.
 func (m *Minter) join(ctx context.Context, digest string) *flight {
 	m.fmu.Lock()
 	defer m.fmu.Unlock()
 	if f, ok := m.flights[digest]; ok {
 		return f
 	}
+	if m.bg.Err() != nil {
+		return nil
+	}
 	f := &flight{done: make(chan struct{})}
 	m.flights[digest] = f
-	go func() {
-		f.tok, f.err = m.token(context.WithoutCancel(ctx), digest)
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(m.bg, cancel)
+	m.work.Go(func() {
+		defer cancel()
+		defer stop()
+		f.tok, f.err = m.token(fctx, digest)
 		m.fmu.Lock()
 		delete(m.flights, digest)
 		m.fmu.Unlock()
 		close(f.done)
-	}()
+	})
 	return f
 }
 
@@ -489,15 +517,25 @@ const unsavedRetry = time.Second
 // is answered.
 func (m *Minter) remember(ctx context.Context, d mintOf, tok cache.Token) {
 	m.fmu.Lock()
+	defer m.fmu.Unlock()
+	if m.bg.Err() != nil {
+		return
+	}
 	m.unsaved[d.digest] = tok
-	m.fmu.Unlock()
-	ctx = context.WithoutCancel(ctx)
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(m.bg, cancel)
 	t := m.cfg.Clock.NewTimer(unsavedRetry)
-	go func() {
+	m.work.Go(func() {
 		defer m.forget(d.digest, tok)
+		defer cancel()
+		defer stop()
 		defer t.Stop()
 		for {
-			<-t.C()
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C():
+			}
 			if !tok.ServableAt(m.cfg.Clock.Now(), m.cfg.ServeMargin) {
 				return
 			}
@@ -511,7 +549,7 @@ func (m *Minter) remember(ctx context.Context, d mintOf, tok cache.Token) {
 			m.log.DebugContext(ctx, "storing a device's token kept unsaved", "device", d.digest[:12], "error", err)
 			t.Reset(unsavedRetry)
 		}
-	}()
+	})
 }
 
 // forget drops the device's unsaved token if it is still tok.

@@ -571,3 +571,33 @@ func ask(m *device.Minter, device string) <-chan answer {
 	}()
 	return c
 }
+
+// TestRunStopsTheBackgroundWork: Run returns once the asks under way have
+// ended, and asks after it fail as unavailable, so that a stopped Keeper
+// leaves nothing running against its closed Redis client.
+func TestRunStopsTheBackgroundWork(t *testing.T) {
+	f := newFixture(t)
+	held, entered, release := f.heldMint(0)
+	m := f.minterWith(t, func(c *device.Config) { c.Mint = held })
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- m.Run(ctx) }()
+	first := ask(m, "phone")
+	<-entered
+	cancel()
+	select {
+	case err := <-ran:
+		t.Fatalf("Run returned (%v) while an ask was under way", err)
+	case <-first:
+		t.Fatal("the ask under way answered while its upstream call was held")
+	default:
+	}
+	close(release)
+	<-first
+	if err := <-ran; !errors.Is(err, context.Canceled) {
+		t.Errorf("Run: %v, want context.Canceled", err)
+	}
+	if _, err := m.Token(context.Background(), "tablet"); !errors.Is(err, fault.ErrUnavailable) {
+		t.Errorf("an ask after Run returned: %v, want %v", err, fault.ErrUnavailable)
+	}
+}
