@@ -264,9 +264,23 @@ func slowRedis(t *testing.T, tm timings, lo, hi time.Duration) {
 		}
 	}
 	checkServedBy(f, res, f.replicas, t1, deadline)
+	// The calls are counted up to the earliest the refresh after tok#2 can
+	// fall due (by the same reckoning as onAt's for tok#1): a case that
+	// ends later, on a loaded machine, sees that refresh too, which is on
+	// time, not extra.
+	cutoff := res.end
+	if fresh := res.stats.issuedBetween(onAt, res.end); len(fresh) > 0 {
+		cutoff = fresh[0].ExpiresAt.Add(-f.tm.LockTTL/2 - f.tm.RefreshBefore - f.tm.RefreshBefore/10)
+	}
+	calls := 0
+	for _, c := range res.stats.Calls {
+		if c.Op == "liveness" && c.At.Before(cutoff) {
+			calls++
+		}
+	}
 	f.figure("upstream_liveness_calls_ideal", 2)
-	if got := res.stats.LivenessCalls; got != 2 {
-		t.Errorf("upstream liveness calls = %d, want 2 (the first token and one refresh)", got)
+	if calls != 2 {
+		t.Errorf("upstream liveness calls before %s = %d, want 2 (the first token and one refresh)", f.tl.rel(cutoff), calls)
 	}
 }
 
