@@ -95,9 +95,10 @@ func newRealFixture(t *testing.T) *fixture {
 }
 
 // advance moves the fake clock and Redis's time together.
+// Redis's first, so that a timer the move fires sees Redis's time moved.
 func (f *fixture) advance(d time.Duration) {
+	f.mr.SetTime(f.fake.Now().Add(d))
 	f.fake.Advance(d)
-	f.mr.SetTime(f.fake.Now())
 }
 
 // storeBudget is the read timeout of the fixture's Redis clients: a
