@@ -278,11 +278,9 @@ func (m *Minter) join(ctx context.Context, digest string) *flight {
 	}
 	f := &flight{done: make(chan struct{})}
 	m.flights[digest] = f
-	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(m.bg, cancel)
+	fctx, cancel := m.detach(ctx)
 	m.work.Go(func() {
 		defer cancel()
-		defer stop()
 		f.tok, f.err = m.token(fctx, digest)
 		m.fmu.Lock()
 		delete(m.flights, digest)
@@ -290,6 +288,18 @@ func (m *Minter) join(ctx context.Context, digest string) *flight {
 		close(f.done)
 	})
 	return f
+}
+
+// detach returns a context for work in the background on behalf of ctx:
+// it keeps ctx's values, not its end, and ends when Run stops the
+// Minter's background work or cancel is called.
+func (m *Minter) detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(m.bg, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
 }
 
 // token returns the device's token, stored or minted (Token's work).
@@ -522,13 +532,11 @@ func (m *Minter) remember(ctx context.Context, d mintOf, tok cache.Token) {
 		return
 	}
 	m.unsaved[d.digest] = tok
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(m.bg, cancel)
+	ctx, cancel := m.detach(ctx)
 	t := m.cfg.Clock.NewTimer(unsavedRetry)
 	m.work.Go(func() {
 		defer m.forget(d.digest, tok)
 		defer cancel()
-		defer stop()
 		defer t.Stop()
 		for {
 			select {
