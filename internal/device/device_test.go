@@ -94,8 +94,8 @@ func newRealFixture(t *testing.T) *fixture {
 	return &fixture{mr: mr, clk: clock.Real(), up: up}
 }
 
-// advance moves the fake clock and Redis's time together.
-// Redis's first, so that a timer the move fires sees Redis's time moved.
+// advance moves the fake clock and Redis's time together, Redis's first,
+// so that a timer the move fires sees Redis's time moved.
 func (f *fixture) advance(d time.Duration) {
 	f.mr.SetTime(f.fake.Now().Add(d))
 	f.fake.Advance(d)
