@@ -11,6 +11,19 @@ package cache
 // its own. A beat names each token with how long its lock's lease has
 // left, as the leader counts it (Store.Lead).
 //
+// Over plain pub/sub every replica's subscription carries every leader's
+// beats, and Redis delivers each to the whole fleet: L leaders beating
+// every period would cost Redis L·N deliveries a period, for proofs one
+// beat gives. So a leader that heard, since its own last tick, the beat
+// of a leader whose instance name sorts before its own lets that one
+// prove the fleet's subscriptions, and beats only when the leases it
+// announced are half spent (quiet), so that the followers' hints never
+// lapse while it leads. The leader first by name beats every period; when
+// it stops, the next beats again at its next tick but one. The fleet
+// publishes one proof a period, and each leader one beat per half lease.
+// The order by name breaks the tie between leaders ticking at the same
+// moment, which would otherwise each keep quiet for the other.
+//
 // A follower takes a beat for two things. It proves the subscription it
 // came on alive, as a PONG does (follow): Redis hands a connection its
 // messages in the order it ran their PUBLISH, so every message published
@@ -64,6 +77,9 @@ func (s *Store) Lead(until time.Time) {
 	e := s.events
 	e.leaseMu.Lock()
 	s.route.leaseUntil = until
+	if until.IsZero() {
+		s.route.announcedAt, s.route.announcedUntil = time.Time{}, time.Time{}
+	}
 	e.leaseMu.Unlock()
 	if until.IsZero() {
 		e.beating <- struct{}{} // waits for a beat in flight
@@ -109,14 +125,38 @@ func (e *Events) beatLoop(ctx context.Context) {
 	every := beatEvery(routes)
 	tick := e.clock.NewTicker(every)
 	defer tick.Stop()
+	last := e.clock.Now() // the previous tick
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C():
 		}
-		e.beat(ctx, routes)
+		// A beat of a leader before this one by name, since the previous
+		// tick, proves the subscriptions this one's would.
+		h := e.heard.Load()
+		heard := !e.sharded.Load() && h != 0 && h >= last.UnixNano()
+		last = e.clock.Now()
+		e.beat(ctx, routes, heard)
 	}
+}
+
+// heardBeat records that a beat of a replica before this one by name
+// arrived at at.
+func (e *Events) heardBeat(at time.Time) {
+	for {
+		was := e.heard.Load()
+		if at.UnixNano() <= was || e.heard.CompareAndSwap(was, at.UnixNano()) {
+			return
+		}
+	}
+}
+
+// announceDue reports whether r's lease is to be announced at now: the
+// followers' hint, the lease the last beat of this term named, is half
+// spent (none was named yet: at once). Guarded by the Events' leaseMu.
+func (r *route) announceDue(now time.Time) bool {
+	return !now.Before(r.announcedAt.Add(r.announcedUntil.Sub(r.announcedAt) / 2))
 }
 
 // beat publishes one beat per subscription naming the tokens of routes
@@ -127,21 +167,32 @@ func (e *Events) beatLoop(ctx context.Context) {
 // burn the pool's connections, so that the lock's renewal had to dial
 // (three round trips) and could miss its lease. A slow beat delays the
 // next (ticks meanwhile are dropped); the followers PING meanwhile.
-func (e *Events) beat(ctx context.Context, routes []*route) {
+//
+// With quiet set (another leader's beat proved the subscriptions since
+// the last tick), it publishes only when a lease it announced is half
+// spent (announceDue), naming every token it leads all the same.
+func (e *Events) beat(ctx context.Context, routes []*route, quiet bool) {
 	e.beating <- struct{}{}
 	defer func() { <-e.beating }()
 	now := e.clock.Now()
 	var led []*route
+	due := !quiet
 	e.leaseMu.Lock()
 	leases := make(map[*route]int64)
 	for _, r := range routes {
 		if left := r.leaseUntil.Sub(now); left > 0 {
 			led = append(led, r)
 			leases[r] = left.Milliseconds()
+			due = due || r.announceDue(now)
+		}
+	}
+	if due {
+		for _, r := range led {
+			r.announcedAt, r.announcedUntil = now, r.leaseUntil
 		}
 	}
 	e.leaseMu.Unlock()
-	if len(led) == 0 {
+	if len(led) == 0 || !due {
 		return
 	}
 	groups := [][]*route{led} // plain pub/sub: one connection carries every channel
@@ -198,6 +249,9 @@ func (e *Events) takeBeat(payload string, via *route, routes []*route, at time.T
 	}
 	for _, r := range routes {
 		r.prove(proof)
+	}
+	if len(routes) > 0 && m.From < routes[0].store.cfg.Instance {
+		e.heardBeat(at)
 	}
 	for _, r := range routes {
 		if ms, ok := body.Leases[r.store.name]; ok && ms > 0 {

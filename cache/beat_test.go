@@ -180,3 +180,77 @@ func TestStaleRoundTripStopsCostingPings(t *testing.T) {
 		}
 	})
 }
+
+// Over plain pub/sub every leader's beat reaches the whole fleet: two
+// leaders beat about as often as one, the quiet one only to keep its
+// lease announced, and the followers stay proven and hinted.
+func TestLeadersShareTheProof(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tl, srv := onFakeTime(t)
+		const tokens = 2
+		replica := func(name string) ([]*cache.Store, *redistest.Link) {
+			link := srv.NewLink(t)
+			rdb := link.Client(t)
+			e := cache.NewEvents(rdb, cache.EventsConfig{Clock: tl.Clock, Logger: quiet})
+			var stores []*cache.Store
+			for i := range tokens {
+				s, err := cache.New(rdb, cache.Config{Keys: cache.KeysFor(fmt.Sprintf("shared-%d", i)), ServeMargin: time.Second,
+					PollInterval: testPoll, RestPollInterval: time.Hour, Instance: name, Clock: tl.Clock, Logger: quiet, Events: e})
+				if err != nil {
+					t.Fatal(err)
+				}
+				stores = append(stores, s)
+			}
+			runEvents(t, e)
+			for _, s := range stores {
+				run(t, s)
+			}
+			return stores, link
+		}
+		a, alink := replica("a")
+		b, blink := replica("b")
+		follower, flink := replica("follower")
+		lease := time.Hour
+		a[0].Lead(tl.Now().Add(lease))
+		b[1].Lead(tl.Now().Add(lease))
+		tl.Advance(2 * testPoll)
+
+		beats := func() int64 { return alink.Writes() + blink.Writes() }
+		sentBeats, sentFollower := beats(), flink.Writes()
+		const periods = 600 // of testPoll/2, the beat's period
+		for range periods / 60 {
+			tl.Advance(30 * testPoll)
+			for i, s := range follower {
+				if !s.EventsProven() {
+					t.Fatalf("token %d: the follower's events are not proven alive with two leaders", i)
+				}
+				if _, until := s.LockHint(); !until.After(tl.Now()) {
+					t.Fatalf("token %d: the lease is no longer announced (hint until %v)", i, until)
+				}
+			}
+		}
+		if got := flink.Writes() - sentFollower; got != 0 {
+			t.Fatalf("the follower sent Redis %d writes at rest with two leaders, want none", got)
+		}
+		// One beat a period proves the fleet; each lease is announced again
+		// when half spent (twice here at most).
+		if got := beats() - sentBeats; got > periods+periods/10 {
+			t.Fatalf("two leaders sent %d writes in %d beat periods, want one beat a period (each leader beating: %d)", got, periods, 2*periods)
+		}
+
+		// The leader that proved the fleet stops leading: the other takes
+		// over within a PING or two of each subscription.
+		a[0].Lead(time.Time{})
+		sentFollower = flink.Writes()
+		tl.Advance(time.Minute)
+		if !follower[1].EventsProven() {
+			t.Fatal("the remaining leader's beats do not prove the follower's events")
+		}
+		if _, until := follower[1].LockHint(); !until.After(tl.Now()) {
+			t.Fatalf("the remaining leader's lease is not announced (hint until %v)", until)
+		}
+		if got := flink.Writes() - sentFollower; got > 2 {
+			t.Fatalf("the follower sent Redis %d writes in the minute after a leader stopped, want a PING at most", got)
+		}
+	})
+}

@@ -58,6 +58,9 @@ type Events struct {
 	// that waiting for it is a durable block in a synctest bubble.
 	leaseMu sync.Mutex
 	beating chan struct{}
+	// heard is when the last beat of another replica arrived over plain
+	// pub/sub, in Unix nanoseconds (beatLoop).
+	heard atomic.Int64
 }
 
 // Resubscribe ends the subscriptions in use; Run subscribes again at once,
@@ -146,6 +149,10 @@ type route struct {
 	// as Store.Lead last announced it; zero when it does not lead.
 	// Guarded by the Events' leaseMu.
 	leaseUntil time.Time
+	// announcedAt and announcedUntil are when this replica last beat
+	// naming the route's lease, and the lease's end it named. Guarded by
+	// the Events' leaseMu.
+	announcedAt, announcedUntil time.Time
 	// hintFrom and hintUntil are the last lease a leader's beat
 	// announced (LockHint). Guarded by mu.
 	hintFrom  string
