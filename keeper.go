@@ -39,6 +39,7 @@ type Keeper struct {
 	byName map[string]*kept
 	api    *httpapi.Server
 	events *cache.Events // every token's events, over one subscription (or one per shard)
+	locks  *refresher.LockChecks
 }
 
 // kept is one token of the catalog as this replica keeps it.
@@ -56,7 +57,8 @@ func New(cfg Config) (*Keeper, error) {
 		return nil, err
 	}
 	k := &Keeper{cfg: cfg, log: cfg.Logger, byName: make(map[string]*kept, len(cfg.Tokens)),
-		events: cache.NewEvents(cfg.Redis, cache.EventsConfig{Sharded: cfg.RedisMode == RedisCluster, Logger: cfg.Logger, Clock: cfg.Clock})}
+		events: cache.NewEvents(cfg.Redis, cache.EventsConfig{Sharded: cfg.RedisMode == RedisCluster, Logger: cfg.Logger, Clock: cfg.Clock}),
+		locks:  refresher.NewLockChecks(cfg.Redis, cfg.LockTTL)}
 	served := make([]httpapi.Token, 0, len(cfg.Tokens))
 	for _, tc := range cfg.Tokens {
 		t, err := k.keep(tc)
@@ -138,7 +140,7 @@ func (k *Keeper) keep(tc TokenConfig) (*kept, error) {
 		Version: cfg.Version, Registerer: reg,
 		Replication: cache.Replication(cfg.RedisWait), WatchMaster: cfg.RedisMode != RedisSingle,
 		MasterAuthority: cfg.SentinelMaster, Clock: cfg.Clock, TracerProvider: cfg.TracerProvider,
-		Leading: k.leading,
+		Leading: k.leading, LockChecks: k.locks,
 	}, cfg.Redis, store, src)
 	if err != nil {
 		return nil, err
@@ -218,6 +220,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 	lead, stopLeading := context.WithCancel(ctx)
 	defer stopLeading()
 	part(lead, "Redis", k.checkCommands)
+	part(lead, "lock checks", k.locks.Run)
 	part(follow, "events", k.events.Run)
 	part(follow, "sentinel", k.followSentinel)
 	refs := make([]*refresher.Refresher, 0, len(k.tokens))

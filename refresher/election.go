@@ -176,7 +176,13 @@ func (r *Refresher) hintedHold() time.Duration {
 // holds it (a millisecond more, to wake after it expires; at most the lock
 // TTL), or 0 when it is free or its state is unknown.
 func (r *Refresher) lockHeldFor(ctx context.Context) time.Duration {
-	d, err := r.rdb.PTTL(ctx, r.store.Keys().Lock).Result()
+	var d time.Duration
+	var err error
+	if r.cfg.LockChecks != nil {
+		d, err = r.cfg.LockChecks.pttl(ctx, r.store.Keys().Lock)
+	} else {
+		d, err = r.rdb.PTTL(ctx, r.store.Keys().Lock).Result()
+	}
 	if err != nil || d <= 0 { // -2: no lock; -1: no expiry, left to Obtain
 		return 0
 	}

@@ -10,6 +10,7 @@ var (
 	NextRefresh = nextRefreshAt
 	HolderOf    = holderOf
 	OnLiveConn  = onLiveConn
+	PTTL        = (*LockChecks).pttl
 )
 
 var ErrAuthBudget = errAuthBudget

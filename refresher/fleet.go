@@ -581,15 +581,17 @@ type heartbeatWritten struct {
 }
 
 // Heartbeats writes this replica's state for each token of refs into Redis
-// (each token's replicas hash) when it changes, looking five times a
-// second in memory, and at least every half stateTTL, until ctx ends, then
-// removes it. The state counts in the fleet view while the replica's beat
-// (Beat) is fresh: at rest it costs Redis nothing. One loop looks at every
-// token, so that a replica keeping many tokens wakes five times a second,
-// not five times per token; each write goes on its own, so a slow Redis
-// delays no other token's. Redis being unreachable is counted and logged
-// at Debug, and the write retried after HeartbeatEvery, not returned. refs
-// share one Clock. It returns ctx's error.
+// (each token's replicas hash) when it changes, looking in memory five
+// times a second (at most lookBatch tokens a look, in turn, and each
+// token at least once a second), and at least every half stateTTL, until
+// ctx ends, then removes it. The state counts in the fleet view while the
+// replica's beat (Beat) is fresh: at rest it costs Redis nothing. One loop
+// looks at every token, so that a replica keeping many tokens wakes five
+// times a second, not five times per token; each write goes on its own,
+// so a slow Redis delays no other token's. Redis being unreachable is
+// counted and logged at Debug, and the write retried after
+// HeartbeatEvery, not returned. refs share one Clock. It returns ctx's
+// error.
 func Heartbeats(ctx context.Context, refs []*Refresher) error {
 	if len(refs) == 0 {
 		<-ctx.Done()
@@ -616,6 +618,10 @@ func Heartbeats(ctx context.Context, refs []*Refresher) error {
 	}
 	watch := clk.NewTicker(every)
 	defer watch.Stop()
+	// Each look takes the next batch of tokens, so that every token is
+	// looked at at least once a second.
+	batch := max(lookBatch, (len(states)*int(every/time.Millisecond)+999)/1000)
+	next := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -638,7 +644,9 @@ func Heartbeats(ctx context.Context, refs []*Refresher) error {
 		case <-watch.C():
 			// Looking costs nothing: the state is known in memory.
 			now := clk.Now()
-			for _, st := range states {
+			for range min(batch, len(states)) {
+				st := states[next]
+				next = (next + 1) % len(states)
 				for m, ok := st.sub.Next(); ok; m, ok = st.sub.Next() {
 					st.r.fleet.sawEvent(now, m.Type)
 					st.events++
@@ -650,6 +658,12 @@ func Heartbeats(ctx context.Context, refs []*Refresher) error {
 		}
 	}
 }
+
+// lookBatch is how many tokens one look of Heartbeats takes at most, more
+// when a second of looks would not cover every token: five looks a second
+// over each token's state cost a replica keeping a hundred tokens little,
+// but touch each token's memory 500 times a second.
+const lookBatch = 20
 
 // due reports whether st's state is to be written at now.
 func (st *heartbeatState) due(now time.Time) bool {

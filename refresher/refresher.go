@@ -139,6 +139,9 @@ type Config struct {
 	// replica takes it and leadership over a catalog spreads as it moves.
 	// An expired lock is tried as soon as ever. Default: none, no delay.
 	Leading func() int
+	// LockChecks, shared by a replica's Refreshers, reads their locks
+	// together (LockChecks). Default: none, each reads its own.
+	LockChecks *LockChecks
 }
 
 // Refresher runs the election and, while leading, the refresh loop.
