@@ -451,3 +451,35 @@ func TestResubscribeReadsRedisAgain(t *testing.T) {
 		}
 	})
 }
+
+// TestEventsOverAStaleRoundTripAreAdopted: a replica whose longest recent
+// round trip dates from a busy moment dates an event by its arrival much
+// earlier than by its reading of Redis's clock. It adopts the token with
+// the earlier deadline, early by no more than that round trip, instead of
+// reading Redis at every refresh.
+func TestEventsOverAStaleRoundTripAreAdopted(t *testing.T) {
+	_, writer, reader := eventPair(t)
+	const stale = time.Second // the fixture's read timeout, rttCut's cap
+	cache.SetRTT(reader, stale)
+	loads := reader.Loads()
+	sent := time.Now()
+	w, err := writer.Write(t.Context(), cache.Write{LockValue: "holder", Value: "tok", Deadline: sent.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	trip := time.Since(sent)
+	testkit.Eventually(t, 10*time.Second, "the reader adopts tok", func() bool {
+		got, ok := reader.Current()
+		return ok && got.Value == "tok"
+	})
+	if n := reader.Loads() - loads; n != 0 {
+		t.Fatalf("the reader read Redis %d times for an event it can date early", n)
+	}
+	got, _ := reader.Held()
+	if got.Deadline.After(w.Deadline.Add(trip)) {
+		t.Fatalf("the reader dates it %v later than its writer, more than the write's round trip %v", got.Deadline.Sub(w.Deadline), trip)
+	}
+	if early := w.Deadline.Sub(got.Deadline); early > stale+time.Second+writeBudget {
+		t.Fatalf("the reader dates it %v earlier than its writer, more than the stale round trip %v and the write's budget", early, stale)
+	}
+}

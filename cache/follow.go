@@ -113,12 +113,18 @@ const eventSkew = 250 * time.Millisecond
 // before the reading, and a later token must expire later. Dated by the
 // event's arrival (less the longest recent round trip), it is late by
 // however long the event took to arrive beyond a round trip. The store
-// takes the earlier of the two, and reads Redis instead when they
-// disagree by more than eventSkew (the event was slow, or Redis's clock
-// is another server's or was stepped: a failover), when Redis's clock
-// ran faster than this replica's since the reading, or when the token is
-// within the serve margin of its end. The next poll reads the token in
-// full, which never moves its deadline later.
+// takes the earlier of the two, and reads Redis instead when the arrival
+// dates it later by more than eventSkew (the event was slow, or Redis's
+// clock is another server's, or was stepped, and behind), when Redis's
+// clock ran faster than this replica's since the reading, or when the
+// token is within the serve margin of its end. The arrival dating it
+// earlier than the reading means no more than that the round trip
+// subtracted is longer than the event took: the longest recent one,
+// which at rest may date from a busy moment minutes ago. That deadline
+// is early by at most the read timeout, and taken: reading instead would
+// have every replica read Redis at each refresh until its round trips
+// were measured short again. The next poll reads the token in full,
+// which never moves its deadline later.
 func (s *Store) adoptEvent(e *eventToken) bool {
 	ref := s.clockRef.Load()
 	if e == nil || e.Value == "" || e.ExpMS <= e.NowMS || ref == nil {
@@ -132,7 +138,7 @@ func (s *Store) adoptEvent(e *eventToken) bool {
 	// Redis's clock counts whole milliseconds: one more keeps it early.
 	byRef := ref.sent.Add(ms(e.ExpMS-ref.ms) - time.Millisecond)
 	byArrival := now.Add(ms(e.ExpMS-e.NowMS) - s.rttCut())
-	if d := byArrival.Sub(byRef); d > eventSkew || d < -eventSkew {
+	if byArrival.Sub(byRef) > eventSkew {
 		return false
 	}
 	t := Token{
