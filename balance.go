@@ -19,8 +19,8 @@ import (
 // replicas, rounded up; one at least). It releases their locks, and the
 // others take them within milliseconds, the replica leading fewest first
 // (refresher's Config.Leading); no token goes unserved meanwhile. The counts come from
-// the heartbeats, which a replica rewrites within a fifth of a second of
-// gaining or losing a lock. A fleet started one replica after another,
+// the heartbeats, which a replica rewrites within a second of gaining or
+// losing a lock (a fifth of a second with up to 20 tokens). A fleet started one replica after another,
 // the first taking every lock, spreads in a round or two, not one token
 // per round.
 

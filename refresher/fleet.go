@@ -569,7 +569,6 @@ type heartbeatState struct {
 	sentAt  time.Time
 	retryAt time.Time // after a failed write: when to write again
 	lazyAt  time.Time // when to write a new token or event seen
-	events  int       // events seen since the last write
 	writing bool      // a write is in flight
 }
 
@@ -609,7 +608,7 @@ func Heartbeats(ctx context.Context, refs []*Refresher) error {
 	var inflight sync.WaitGroup
 	write := func(st *heartbeatState) {
 		now := clk.Now()
-		st.sent, st.sentAt, st.events, st.lazyAt, st.writing = st.r.self(), now, 0, time.Time{}, true
+		st.sent, st.sentAt, st.lazyAt, st.writing = st.r.self(), now, time.Time{}, true
 		hb := st.sent
 		inflight.Go(func() { written <- heartbeatWritten{st, now, st.r.writeState(ctx, hb)} })
 	}
@@ -649,7 +648,6 @@ func Heartbeats(ctx context.Context, refs []*Refresher) error {
 				next = (next + 1) % len(states)
 				for m, ok := st.sub.Next(); ok; m, ok = st.sub.Next() {
 					st.r.fleet.sawEvent(now, m.Type)
-					st.events++
 				}
 				if !st.writing && st.due(now) {
 					write(st)
@@ -673,10 +671,13 @@ func (st *heartbeatState) due(now time.Time) bool {
 		return !now.Before(st.retryAt)
 	case cur.differs(st.sent), now.Sub(st.sentAt) >= stateTTL/2:
 		return true
-	case st.events > 0 || cur.Fingerprint != st.sent.Fingerprint:
-		// A new token or an event reaches every replica at once: their
-		// writes are spread over lazyWindow rather than sent to Redis
-		// together with the fan-out.
+	case cur.Fingerprint != st.sent.Fingerprint:
+		// A new token reaches every replica at once: their writes are
+		// spread over lazyWindow rather than sent to Redis together with
+		// the fan-out. A control message (a lock released, a refresh
+		// asked) writes nothing of its own: the last event seen rides
+		// along with the next write, or every release a balancer makes
+		// would cost the whole fleet a write.
 		if st.lazyAt.IsZero() {
 			st.lazyAt = now.Add(mrand.N(max(lazyWindow, st.r.cfg.HeartbeatEvery)))
 		}

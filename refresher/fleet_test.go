@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -405,6 +406,43 @@ func TestHeartbeatsWriteEachTokenOnItsOwn(t *testing.T) {
 		cancel()
 		if err := <-done; !errors.Is(err, context.Canceled) {
 			t.Errorf("Heartbeats returned %v, want context.Canceled", err)
+		}
+	})
+}
+
+// A control message reaches every replica at once; it makes none write its
+// state (the last event rides along with the next write), or each lock a
+// balancer releases would cost the whole fleet a write.
+func TestControlMessagesWriteNoState(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		ctx := t.Context()
+		src := w.source(hour)
+		a := w.startObserved("a", src, timings{lifetime: hour})
+		b := w.startObserved("b", src, timings{lifetime: hour})
+		oneLeader(t, []*replica{a, b}, time.Minute)
+		w.tl.Until("both replicas' states written", time.Minute, func() bool {
+			reps, err := refresher.ReadReplicas(ctx, w.admin, w.keys)
+			return err == nil && len(reps) == 2 && reps[0].Fingerprint != "" && reps[1].Fingerprint != ""
+		})
+		w.tl.Advance(2 * time.Minute) // past every lazy write of the first token
+		states := func() map[string]string {
+			m, err := w.admin.HGetAll(ctx, w.keys.Replicas).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m
+		}
+		before := states()
+		if err := a.store.Publish(ctx, cache.Message{Type: "control-test"}); err != nil {
+			t.Fatal(err)
+		}
+		w.tl.Advance(2 * time.Minute)
+		after := states()
+		for _, name := range []string{"a", "b"} {
+			if before[name] == "" || after[name] != before[name] {
+				t.Errorf("%s's state was %q before a control message and %q after, want it written once, before", name, before[name], after[name])
+			}
 		}
 	})
 }
