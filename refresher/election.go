@@ -46,8 +46,9 @@ func (r *Refresher) Run(ctx context.Context) error {
 			releasedBy = sc
 			r.store.ForgetLockHint() // announced before the release
 			if d := r.releasedYield(); d > 0 {
-				// Let a replica that leads fewer tokens take it first;
-				// then a PTTL tells whether one did.
+				// Let a replica that leads fewer tokens take it first, and
+				// the replicas that lead as few draw lots; then a PTTL
+				// tells whether one did.
 				wake.Reset(d)
 				continue
 			}
@@ -114,18 +115,20 @@ func (r *Refresher) Run(ctx context.Context) error {
 
 // releasedYield is how long this replica waits before trying a lock just
 // released: ElectEvery/20 for each token it leads, at most ElectEvery/2,
-// so that a replica leading fewer tokens wins the lock (Config.Leading).
-// Half ElectEvery is within what a follower already waits for a lock it
-// cannot see come free.
+// so that a replica leading fewer tokens wins the lock (Config.Leading),
+// and a random part of another ElectEvery/20. Redis hands a message to
+// the subscribers of a channel in the order they subscribed, so without
+// it the same replica would hear every release first and, when a leader
+// hands several tokens over at once, take them all, to hand them over
+// again a round later. Half ElectEvery is within what a follower already
+// waits for a lock it cannot see come free.
 func (r *Refresher) releasedYield() time.Duration {
 	if r.cfg.Leading == nil {
 		return 0
 	}
-	n := min(r.cfg.Leading(), 10)
-	if n <= 0 {
-		return 0
-	}
-	return time.Duration(n) * r.cfg.ElectEvery / 20
+	n := max(min(r.cfg.Leading(), 10), 0)
+	tier := r.cfg.ElectEvery / 20
+	return time.Duration(n)*tier + time.Duration(r.rand.Int64N(int64(tier)+1))
 }
 
 func (r *Refresher) asideTill() time.Time {

@@ -134,9 +134,10 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// Leading, when set, tells how many tokens this replica leads (a
 	// catalog's Keeper counts its refreshers). A lock released on purpose
-	// (a hand-over, a stop) is tried at once by a replica that leads none,
-	// and later the more it leads (releasedYield), so that the least busy
-	// replica takes it and leadership over a catalog spreads as it moves.
+	// (a hand-over, a stop) is tried within ElectEvery/20 by a replica that
+	// leads none, at random, and later the more it leads (releasedYield),
+	// so that the least busy replica takes it and leadership over a
+	// catalog spreads as it moves.
 	// An expired lock is tried as soon as ever. Default: none, no delay.
 	Leading func() int
 	// LockChecks, shared by a replica's Refreshers, reads their locks
