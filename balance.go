@@ -26,7 +26,8 @@ import (
 
 // balance spreads leadership every lock TTL until ctx ends, looking less
 // often (up to every balanceIdleMax lock TTLs) while it finds nothing to
-// hand over and its own leadership does not change. A fleet of one token
+// hand over and neither its own leadership nor the number of replicas it
+// sees changes. A fleet of one token
 // returns at once. After a hand-over it waits two lock TTLs before
 // handing more over, so that the heartbeats show who took them, and so
 // that a replica that died leading none (its heartbeat lives on for up
@@ -43,7 +44,7 @@ func (k *Keeper) balance(ctx context.Context) error {
 	defer tick.Stop()
 	var quietUntil, idleUntil time.Time
 	var idle time.Duration
-	lastLed := -1
+	lastLed, lastSeen := -1, -1
 	for {
 		select {
 		case <-ctx.Done():
@@ -58,8 +59,14 @@ func (k *Keeper) balance(ctx context.Context) error {
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, k.cfg.LockTTL)
-		surplus := k.overLed(rctx)
+		surplus, seen := k.overLed(rctx)
 		cancel()
+		if seen >= 0 && seen != lastSeen {
+			// The fleet grew or shrank (a fleet starting, replicas
+			// becoming ready): look again within a lock TTL until it
+			// stops changing.
+			lastSeen, idle = seen, 0
+		}
 		stepped := false
 		for _, t := range surplus {
 			if t.ref.StepDown() {
@@ -101,11 +108,13 @@ func (k *Keeper) leading() int {
 // token it leads to which a replica leading at least two fewer stands (its
 // heartbeat fresh, ready, not leading it, not out of the election after
 // handing over), that replica counted as leading one more for the next,
-// up to its surplus. A failed read decides nothing.
-func (k *Keeper) overLed(ctx context.Context) []*kept {
+// up to its surplus. It returns too how many replicas it saw standing for
+// or leading the tokens, -1 when it read nothing. A failed read decides
+// nothing.
+func (k *Keeper) overLed(ctx context.Context) ([]*kept, int) {
 	led := k.leading()
 	if led < 2 {
-		return nil
+		return nil, -1
 	}
 	leads := map[string]int{} // instance -> tokens it leads, by its heartbeats
 	standing := make([][]string, len(k.tokens))
@@ -115,7 +124,7 @@ func (k *Keeper) overLed(ctx context.Context) []*kept {
 	}
 	views, err := refresher.ReadReplicasOf(ctx, k.cfg.Redis, keys)
 	if err != nil {
-		return nil
+		return nil, -1
 	}
 	for i, reps := range views {
 		for _, r := range reps {
@@ -152,5 +161,5 @@ func (k *Keeper) overLed(ctx context.Context) []*kept {
 		leads[to]++
 		led--
 	}
-	return out
+	return out, len(leads)
 }

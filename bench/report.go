@@ -565,7 +565,7 @@ func (r *report) scaleMarkdown(b *strings.Builder) {
 		"(Keeper.Refresh), each replica polled until it serves the new value, counted from when the leader serves it (its " +
 		"write answered; the request's own way to the leader, over the events channel, is given apart as *answered*); the " +
 		"refreshes go round the tokens. *At rest*: INFO " +
-		"commandstats over a quiet interval once every token has a leader (Redis counts the commands a script runs as well as the " +
+		"commandstats over a quiet interval once leadership is spread (no replica leading two tokens more than another) and unchanged for three lock TTLs (Redis counts the commands a script runs as well as the " +
 		"EVALSHA), per replica and split: *as followers*, what every replica sends whatever it leads, which the target judges: " +
 		"*PINGs* through the events connections (sent only when no leader's beat proves the connection), *lock checks* (PTTL of a " +
 		"followed token's lock, sent only when no leader's beat announces its lease) and *replica beats and polls*, the rest (the " +

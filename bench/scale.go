@@ -229,11 +229,12 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		return nil, err
 	}
 	// At rest is after the fleet settled, not while it still spreads
-	// leadership or writes what it adopted: a replica hands one token over
-	// at most every lock TTL and then waits two more (balance.go), so
-	// leadership unchanged for three lock TTLs is settled; and a replica
-	// spreads the state writes of a token it adopted over 30 s
-	// (refresher's lazyWindow), counted from the first start.
+	// leadership or writes what it adopted: the balancer stops once no
+	// replica leads two tokens more than another, and hands over at most
+	// every three lock TTLs (balance.go), so leadership so spread and
+	// unchanged for three lock TTLs is settled; and a replica spreads the
+	// state writes of a token it adopted over 30 s (refresher's
+	// lazyWindow), counted from the first start.
 	leadership := func() []int {
 		ls := make([]int, t)
 		for i, name := range names {
@@ -241,7 +242,7 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		}
 		return ls
 	}
-	settled, err := settle(ctx, scaleLockTTL, t0.Add(scaleLazyWindow), leadership)
+	settled, err := settle(ctx, n, scaleLockTTL, t0.Add(scaleLazyWindow), leadership, say)
 	if err != nil {
 		return nil, err
 	}
@@ -418,15 +419,37 @@ const (
 )
 
 // settleCap is how long settle waits at most.
-const settleCap = 5 * time.Minute
+const settleCap = 10 * time.Minute
 
-// settle waits until leaders (each token's leader) has not changed for
-// three lock TTLs, and not before notBefore, for settleCap at most; it
-// reports whether leadership settled.
-func settle(ctx context.Context, lockTTL time.Duration, notBefore time.Time, leaders func() []int) (bool, error) {
-	give := time.Now().Add(settleCap)
-	prev, since := leaders(), time.Now()
-	for time.Since(since) < 3*lockTTL || time.Now().Before(notBefore) {
+// settle waits until leadership over the n replicas is spread as the
+// balancer spreads it (no replica leads two tokens more than another) and
+// leaders (each token's leader) has not changed for three lock TTLs, and
+// not before notBefore, for settleCap at most; it reports whether
+// leadership settled, saying every minute how far it is.
+func settle(ctx context.Context, n int, lockTTL time.Duration, notBefore time.Time, leaders func() []int, say func(string, ...any)) (bool, error) {
+	start := time.Now()
+	give := start.Add(settleCap)
+	prev, since := leaders(), start
+	spread := func(ls []int) (leading, most int, even bool) {
+		led := make([]int, n)
+		for _, l := range ls {
+			if l >= 0 {
+				led[l]++
+			}
+		}
+		for _, c := range led {
+			if c > 0 {
+				leading++
+			}
+		}
+		return leading, slices.Max(led), slices.Max(led)-slices.Min(led) <= 1
+	}
+	next := start.Add(time.Minute)
+	for {
+		_, _, even := spread(prev)
+		if even && time.Since(since) >= 3*lockTTL && !time.Now().Before(notBefore) {
+			return true, nil
+		}
 		if !time.Now().Before(give) {
 			return false, nil
 		}
@@ -438,6 +461,10 @@ func settle(ctx context.Context, lockTTL time.Duration, notBefore time.Time, lea
 		if cur := leaders(); !slices.Equal(cur, prev) {
 			prev, since = cur, time.Now()
 		}
+		if time.Now().After(next) {
+			leading, most, _ := spread(prev)
+			say("    leadership after %v: %d replicas lead, at most %d tokens each", time.Since(start).Round(time.Second), leading, most)
+			next = next.Add(time.Minute)
+		}
 	}
-	return true, nil
 }
