@@ -572,21 +572,21 @@ func (r *report) scaleMarkdown(b *strings.Builder) {
 		"replica beat, the polls' MGET); then *leaders*, the leaders' lock renewals, polls of " +
 		"their tokens' hashes and balancing reads of the fleet view (GET, 2 × PEXPIRE, HGET, 3 × HGETALL, HDEL); *leaders' beats*, " +
 		"the PUBLISH of the beats that tell the followers a leader lives. *Memory*: INFO used_memory at rest. *Leaders*: the replicas leading at least one token, and the most tokens one " +
-		"replica leads. *CPU per refresh*: the harness process's CPU time during the refreshes divided by refreshes and N (each " +
+		"replica leads; *changes of leader at rest*: how often a token's leader changed during the window at rest, sampled every second. *CPU per refresh*: the harness process's CPU time during the refreshes divided by refreshes and N (each " +
 		"replica's share of the fan-out, the polling included), and redis-server's per refresh. *RSS per replica*: the harness's resident set grown by the fleet, divided by N (one `tokenkeeper serve` " +
 		"process with one token: figure 7). Figure 6 runs 100 real `tokenkeeper serve` processes.\n\n")
-	b.WriteString("| N | T | start | restart | propagation p50 / p99 / max | commands/s at rest | per replica | as followers | PINGs | lock checks | replica beats and polls | leaders | leaders' beats | used_memory | clients | leaders (most tokens) | RSS per replica |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| N | T | start | restart | propagation p50 / p99 / max | commands/s at rest | per replica | as followers | PINGs | lock checks | replica beats and polls | leaders | leaders' beats | used_memory | clients | leaders (most tokens) | changes of leader at rest | RSS per replica |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.scale {
 		if x.Skipped != "" {
-			fmt.Fprintf(b, "| %d | %d | not run: %s |  |  |  |  |  |  |  |  |  |  |  |  |  |  |\n", x.N, x.T, x.Skipped)
+			fmt.Fprintf(b, "| %d | %d | not run: %s |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |\n", x.N, x.T, x.Skipped)
 			continue
 		}
-		fmt.Fprintf(b, "| %d | %d | %s | %s | %s / %s / %s | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %d | %d (%d) | %s |\n", x.N, x.T,
+		fmt.Fprintf(b, "| %d | %d | %s | %s | %s / %s / %s | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %d | %d (%d) | %d | %s |\n", x.N, x.T,
 			fmtDur(x.Start), fmtDur(x.Restart), fmtDur(x.PropP50), fmtDur(x.PropP99), fmtDur(x.PropMax),
 			fmtCount(int64(x.RestPerSec+0.5)), x.PerReplica, x.FollowersPerReplica, x.PingPerReplica, x.LockChecksPerReplica,
 			x.OthersPerReplica, x.LeadersPerReplica, x.BeatsPerReplica, fmtMiB(x.UsedMemory/1024), x.Clients,
-			x.Leaders, x.MostLed, fmtMiB(x.RSSPerReplica))
+			x.Leaders, x.MostLed, x.RestMoves, fmtMiB(x.RSSPerReplica))
 	}
 	b.WriteString("\n![propagation against N](propagation.png)\n\n![Redis load against N·T](redis-load.png)\n")
 	b.WriteString("\nBy command, at rest:\n\n")

@@ -56,6 +56,7 @@ type scaleResult struct {
 	Clients    int64 // INFO clients connected_clients, at rest
 
 	Leaders, MostLed int   // replicas leading at least one token; most tokens one replica leads
+	RestMoves        int   // changes of a token's leader seen during the window at rest
 	RSSPerReplica    int64 // KiB: the harness's resident set grown by the fleet, divided by N
 }
 
@@ -267,7 +268,19 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		return nil, err
 	}
 	r0 := time.Now()
-	time.Sleep(restD)
+	// Leadership sampled every second: a token that changed leader in the
+	// window cost the fleet an election (its followers' lock checks).
+	was := leadership()
+	for time.Since(r0) < restD {
+		time.Sleep(min(time.Second, restD-time.Since(r0)))
+		now := leadership()
+		for i := range now {
+			if now[i] != was[i] {
+				res.RestMoves++
+			}
+		}
+		was = now
+	}
 	after, err := rs.Commands(ctx)
 	if err != nil {
 		return nil, err
@@ -294,10 +307,10 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	if res.Clients, err = rs.infoInt(ctx, "clients", "connected_clients"); err != nil {
 		return nil, err
 	}
-	say("  N=%d T=%d: at rest %.0f commands/s (%.3f per replica: as followers %.3f (PINGs %.3f, lock checks %.3f, replica beats and polls %.3f); leaders' work %.3f, leaders' beats %.3f), used_memory %s, %d clients; %d replicas lead, at most %d tokens each",
+	say("  N=%d T=%d: at rest %.0f commands/s (%.3f per replica: as followers %.3f (PINGs %.3f, lock checks %.3f, replica beats and polls %.3f); leaders' work %.3f, leaders' beats %.3f), used_memory %s, %d clients; %d replicas lead, at most %d tokens each; %d changes of leader in the window",
 		n, t, res.RestPerSec, res.PerReplica, res.FollowersPerReplica, res.PingPerReplica, res.LockChecksPerReplica, res.OthersPerReplica,
 		res.LeadersPerReplica, res.BeatsPerReplica,
-		fmtMiB(res.UsedMemory/1024), res.Clients, res.Leaders, res.MostLed)
+		fmtMiB(res.UsedMemory/1024), res.Clients, res.Leaders, res.MostLed, res.RestMoves)
 
 	// Propagation: a refresh on the token's leader, every replica polled
 	// until it serves a different value, counted from when the leader
