@@ -137,9 +137,10 @@ func TestGenerationOnlyGrows(t *testing.T) {
 // takes what Redis has; Resync takes it whatever it holds.
 func TestOlderTokenInRedisIsNotAdopted(t *testing.T) {
 	// The older token may come back expiring sooner than the newer one, or
-	// later as it may be dated: the expiries of two tokens fetched close
-	// together are each cut by their own round trips. Its generation tells.
-	for _, restoredLife := range []time.Duration{time.Minute, 3 * time.Minute} {
+	// a little later as it may be dated: the expiries of two tokens fetched
+	// close together are each cut by their own round trips. Its generation
+	// tells.
+	for _, restoredLife := range []time.Duration{time.Minute, 2*time.Minute + time.Second} {
 		t.Run(restoredLife.String(), func(t *testing.T) { olderTokenInRedisIsNotAdopted(t, restoredLife) })
 	}
 }
@@ -215,6 +216,49 @@ func olderTokenInRedisIsNotAdopted(t *testing.T, restoredLife time.Duration) {
 	}
 	if got, _ := reader.Current(); got.Value != "tok-old" || reader.Behind() {
 		t.Fatalf("after Resync: serving %q, behind %v; want tok-old, false", got.Value, reader.Behind())
+	}
+}
+
+// TestGenerationRestartedIsNewer: Redis loses everything and a replica
+// that had seen no generation (just started) writes a new token, which
+// expires minutes after the one the others hold, at generation 1. They
+// take it: a lower generation says older only while the two expiries are
+// as close as their datings can misorder them.
+func TestGenerationRestartedIsNewer(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	f.lock(t, "holder")
+	writer := f.store(t, cache.Config{ServeMargin: time.Second})
+	now := time.Now()
+	for i := range 3 {
+		if _, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "tok-" + strconv.Itoa(i), Deadline: now.Add(time.Duration(i+1) * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reader := f.store(t, cache.Config{ServeMargin: time.Second})
+	if _, err := reader.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := reader.Current(); got.Generation != 3 {
+		t.Fatalf("the reader holds generation %d, want 3", got.Generation)
+	}
+	if err := f.rdb.FlushAll(ctx).Err(); err != nil { // Redis restarts empty
+		t.Fatal(err)
+	}
+	f.lock(t, "fresh")
+	fresh := f.store(t, cache.Config{ServeMargin: time.Second})
+	tok, err := fresh.Write(ctx, cache.Write{LockValue: "fresh", Value: "tok-new", Deadline: now.Add(10 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Generation != 1 {
+		t.Fatalf("the fresh writer stored generation %d, want 1: the test proves nothing", tok.Generation)
+	}
+	if _, err := reader.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := reader.Current(); got.Value != "tok-new" || reader.Behind() {
+		t.Fatalf("after the generation restarted: serving %q, behind %v; want tok-new, false", got.Value, reader.Behind())
 	}
 }
 

@@ -157,7 +157,7 @@ func (s *Store) LockLost() {
 // newer token back from memory.
 func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
 	if old := s.cur.Load(); !resync && !plant.On(plant.AdoptOlder) && old != nil && old.Value != t.Value &&
-		(t.Deadline.Before(old.Deadline) || t.Generation > 0 && t.Generation < old.Generation) && old.Remaining(s.cfg.Clock.Now()) > 0 {
+		s.older(t, old.Token) && old.Remaining(s.cfg.Clock.Now()) > 0 {
 		if !seen.After(old.seen) {
 			// Sent no later than the newer token was seen: it may have
 			// been served before that token was written, which is no news.
@@ -175,6 +175,22 @@ func (s *Store) adoptRead(t Token, seen time.Time, resync bool) {
 	}
 	s.behind.Store(false)
 	s.adopt(t, seen)
+}
+
+// older reports whether t is an older token than held: it expires
+// earlier, or it has a lower generation and expires no later than the
+// dating of two tokens written close together can misorder them (each
+// stored life is cut by its write's budget, each reading dated early by
+// up to a round trip: twice the read timeout, 5 s at least). A token
+// of a lower generation that expires later than that is newer: Redis lost
+// everything (a restart empty, a flush) and a writer that had seen no
+// generation, a replica just started, counted again from one.
+func (s *Store) older(t, held Token) bool {
+	if t.Deadline.Before(held.Deadline) {
+		return true
+	}
+	misdated := max(2*s.rttCap, 5*time.Second)
+	return t.Generation > 0 && t.Generation < held.Generation && !t.Deadline.After(held.Deadline.Add(misdated))
 }
 
 // ReadTimeout returns the read timeout of rdb, a go-redis client: a

@@ -87,11 +87,15 @@ const (
 // request. Upstream faults cost none: a refused, slow, late, expired or
 // malformed answer issues no usable token. A Redis blip of the whole
 // fleet shorter than the lock's life costs none either: the leader keeps
-// the token it could not store and stores it when Redis is back.
+// the token it could not store and stores it when Redis is back. Redis
+// restarting empty loses every token at once: a replica that takes a lock
+// with nothing in memory (one just started) fetches each, one per upstream.
 func earlyAllowance(k Kind) int {
 	switch k {
+	case RedisEmpty:
+		return len(tokenNames)
 	case AdminRefresh, Crash, Stop, Restart, Freeze, FreezeAtCall, HeldWrite, RedisCut, RedisRefuse, RedisLatency, RedisSlow,
-		RedisEmpty, RedisRestoreOld, RedisRestoreAtCall, RedisFailover, ClientPause, EvictLock, EvictToken, ForeignValue:
+		RedisRestoreOld, RedisRestoreAtCall, RedisFailover, ClientPause, EvictLock, EvictToken, ForeignValue:
 		return 1
 	}
 	return 0
