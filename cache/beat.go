@@ -224,6 +224,11 @@ func (e *Events) beat(ctx context.Context, routes []*route, quiet bool) {
 	}
 	if _, err := pipe.Exec(ctx); err != nil && ctx.Err() == nil {
 		e.log.Debug("publishing this replica's beat failed; the followers PING meanwhile", "error", err)
+		e.leaseMu.Lock()
+		for _, r := range led {
+			r.announcedAt, r.announcedUntil = time.Time{}, time.Time{} // announced at the next tick
+		}
+		e.leaseMu.Unlock()
 	}
 }
 
