@@ -38,8 +38,8 @@ type Keeper struct {
 	tokens []*kept
 	byName map[string]*kept
 	api    *httpapi.Server
-	events *cache.Events // every token's events, over one subscription (or one per shard)
-	locks  *refresher.LockChecks
+	events *cache.Events         // every token's events, over one subscription (or one per shard)
+	locks  *refresher.LockChecks // the elections' lock checks, pipelined; nil in Cluster mode
 }
 
 // kept is one token of the catalog as this replica keeps it.
@@ -57,8 +57,12 @@ func New(cfg Config) (*Keeper, error) {
 		return nil, err
 	}
 	k := &Keeper{cfg: cfg, log: cfg.Logger, byName: make(map[string]*kept, len(cfg.Tokens)),
-		events: cache.NewEvents(cfg.Redis, cache.EventsConfig{Sharded: cfg.RedisMode == RedisCluster, Logger: cfg.Logger, Clock: cfg.Clock}),
-		locks:  refresher.NewLockChecks(cfg.Redis, cfg.LockTTL)}
+		events: cache.NewEvents(cfg.Redis, cache.EventsConfig{Sharded: cfg.RedisMode == RedisCluster, Logger: cfg.Logger, Clock: cfg.Clock})}
+	if cfg.RedisMode != RedisCluster {
+		// In a Cluster a pipeline waits for its slowest shard: a dead
+		// master would hold every token's check, not its own tokens'.
+		k.locks = refresher.NewLockChecks(cfg.Redis, cfg.LockTTL)
+	}
 	served := make([]httpapi.Token, 0, len(cfg.Tokens))
 	for _, tc := range cfg.Tokens {
 		t, err := k.keep(tc)
@@ -220,7 +224,9 @@ func (k *Keeper) Run(ctx context.Context) error {
 	lead, stopLeading := context.WithCancel(ctx)
 	defer stopLeading()
 	part(lead, "Redis", k.checkCommands)
-	part(lead, "lock checks", k.locks.Run)
+	if k.locks != nil {
+		part(lead, "lock checks", k.locks.Run)
+	}
 	part(follow, "events", k.events.Run)
 	part(follow, "sentinel", k.followSentinel)
 	refs := make([]*refresher.Refresher, 0, len(k.tokens))
