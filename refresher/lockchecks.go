@@ -17,7 +17,8 @@ import (
 //
 // Create it with NewLockChecks, run it with Run, and give it to each
 // token's Refresher (Config.LockChecks). Its methods are safe for
-// concurrent use.
+// concurrent use. Not for a Redis Cluster client: a pipeline there waits
+// for its slowest shard, so a dead master would hold every token's check.
 type LockChecks struct {
 	rdb     pipeliner
 	timeout time.Duration
