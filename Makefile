@@ -1,5 +1,5 @@
 # Benchmarks. `make bench` measures every figure in one run and writes
-# bench/RESULTS.md, bench/profile-reads.txt and the plots (about twenty
+# bench/RESULTS.md, bench/profile-reads.txt and the plots (about fifty
 # minutes); `make bench-smoke` proves the harness works in a minute or two,
 # judges nothing and writes its table to a temporary folder.
 
