@@ -498,9 +498,8 @@ func TestResubscribeReadsRedisAgain(t *testing.T) {
 
 // TestEventsOverAStaleRoundTripAreAdopted: a replica whose longest recent
 // round trip dates from a busy moment dates an event by its arrival much
-// earlier than by its reading of Redis's clock. It adopts the token with
-// the earlier deadline, early by no more than that round trip, instead of
-// reading Redis at every refresh.
+// earlier than by its reading of Redis's clock. It adopts the token, dated
+// by the reading, instead of reading Redis at every refresh.
 func TestEventsOverAStaleRoundTripAreAdopted(t *testing.T) {
 	_, writer, reader := eventPair(t)
 	const stale = time.Second // the fixture's read timeout, rttCut's cap
@@ -523,7 +522,9 @@ func TestEventsOverAStaleRoundTripAreAdopted(t *testing.T) {
 	if got.Deadline.After(w.Deadline.Add(trip)) {
 		t.Fatalf("the reader dates it %v later than its writer, more than the write's round trip %v", got.Deadline.Sub(w.Deadline), trip)
 	}
-	if early := w.Deadline.Sub(got.Deadline); early > stale+time.Second+writeBudget {
-		t.Fatalf("the reader dates it %v earlier than its writer, more than the stale round trip %v and the write's budget", early, stale)
+	// Dated by the reading of Redis's clock, not early by the stale round
+	// trip.
+	if early := w.Deadline.Sub(got.Deadline); early > writeBudget+stale/2 {
+		t.Fatalf("the reader dates it %v earlier than its writer, more than the write's budget %v: early by the stale round trip (%v)", early, writeBudget, stale)
 	}
 }

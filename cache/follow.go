@@ -118,13 +118,15 @@ const eventSkew = 250 * time.Millisecond
 // clock is another server's, or was stepped, and behind), when Redis's
 // clock ran faster than this replica's since the reading, or when the
 // token is within the serve margin of its end. The arrival dating it
-// earlier than the reading means no more than that the round trip
-// subtracted is longer than the event took: the longest recent one,
-// which at rest may date from a busy moment minutes ago. That deadline
-// is early by at most the read timeout, and taken: reading instead would
-// have every replica read Redis at each refresh until its round trips
-// were measured short again. The next poll reads the token in full,
-// which never moves its deadline later.
+// earlier than the reading by more than eventSkew means no more than
+// that the round trip subtracted is longer than the event took: the
+// longest recent one, which at rest may date from a busy moment minutes
+// ago (Redis's clock running ahead is refused before). The reading's
+// deadline is taken then: never late while Redis's clock does not run
+// ahead, and not early by a stale round trip; reading Redis instead would
+// have every replica read at each refresh until its round trips were
+// measured short again. The next poll reads the token in full, which
+// never moves its deadline later.
 func (s *Store) adoptEvent(e *eventToken) bool {
 	ref := s.clockRef.Load()
 	if e == nil || e.Value == "" || e.ExpMS <= e.NowMS || ref == nil {
@@ -138,7 +140,8 @@ func (s *Store) adoptEvent(e *eventToken) bool {
 	// Redis's clock counts whole milliseconds: one more keeps it early.
 	byRef := ref.sent.Add(ms(e.ExpMS-ref.ms) - time.Millisecond)
 	byArrival := now.Add(ms(e.ExpMS-e.NowMS) - s.rttCut())
-	if byArrival.Sub(byRef) > eventSkew {
+	d := byArrival.Sub(byRef)
+	if d > eventSkew {
 		return false
 	}
 	t := Token{
@@ -148,7 +151,7 @@ func (s *Store) adoptEvent(e *eventToken) bool {
 		Writer:     e.Writer,
 		Generation: uint64(max(e.Gen, 0)),
 	}
-	if byArrival.Before(byRef) {
+	if d < 0 && d >= -eventSkew {
 		t.Deadline = byArrival
 	}
 	if t.Remaining(now) <= s.cfg.ServeMargin {
