@@ -619,7 +619,8 @@ func Heartbeats(ctx context.Context, refs []*Refresher) error {
 	defer watch.Stop()
 	// Each look takes the next batch of tokens, so that every token is
 	// looked at at least once a second.
-	batch := max(lookBatch, (len(states)*int(every/time.Millisecond)+999)/1000)
+	looksPerSecond := max(int(time.Second/every), 1)
+	batch := max(lookBatch, (len(states)+looksPerSecond-1)/looksPerSecond)
 	next := 0
 	for {
 		select {
