@@ -18,11 +18,16 @@ import (
 // its surplus over its share of the catalog (the tokens over the
 // replicas, rounded up; one at least). It releases their locks, and the
 // others take them within milliseconds, the replica leading fewest first
-// (refresher's Config.Leading); no token goes unserved meanwhile. The counts come from
-// the heartbeats, which a replica rewrites within a second of gaining or
-// losing a lock (a fifth of a second with up to 20 tokens). A fleet started one replica after another,
-// the first taking every lock, spreads in a round or two, not one token
-// per round.
+// (refresher's Config.Leading); no token goes unserved meanwhile. The
+// counts come from the fleet's beats, which a replica rewrites within a
+// second of the number of tokens it leads changing
+// (refresher.BeatConfig.Leading), and who stands for a token from the
+// fleet views of the tokens the replica leads, rewritten within a second
+// of a replica gaining or losing a lock (a fifth of a second with up to
+// 20 tokens): a look reads the beats and a few views, not every token's
+// view, so a catalog of a hundred tokens costs no more than one of five.
+// A fleet started one replica after another, the first taking every lock,
+// spreads in a round or two, not one token per round.
 
 // balance spreads leadership every lock TTL until ctx ends, looking less
 // often (up to every balanceIdleMax lock TTLs) while it finds nothing to
@@ -108,36 +113,44 @@ func (k *Keeper) leading() int {
 // token it leads to which a replica leading at least two fewer stands (its
 // heartbeat fresh, ready, not leading it, not out of the election after
 // handing over), that replica counted as leading one more for the next,
-// up to its surplus. It returns too how many replicas it saw standing for
-// or leading the tokens, -1 when it read nothing. A failed read decides
-// nothing.
+// up to its surplus. It returns too how many other replicas it saw beating,
+// -1 when it read nothing. A failed read decides nothing.
+//
+// It counts each replica's leadership from the fleet's beats, which say it
+// (refresher.BeatConfig.Leading), and reads only the fleet views of the
+// tokens it leads: one beat and a few views a look, whatever the size of
+// the catalog. While a replica of an earlier version beats without saying,
+// it counts from every token's view instead.
 func (k *Keeper) overLed(ctx context.Context) ([]*kept, int) {
 	led := k.leading()
 	if led < 2 {
 		return nil, -1
 	}
-	leads := map[string]int{} // instance -> tokens it leads, by its heartbeats
-	standing := make([][]string, len(k.tokens))
-	keys := make([]cache.Keys, len(k.tokens))
-	for i, t := range k.tokens {
-		keys[i] = t.store.Keys()
-	}
-	views, err := refresher.ReadReplicasOf(ctx, k.cfg.Redis, keys)
+	f, err := refresher.ReadBeats(ctx, k.cfg.Redis, cache.FleetKey)
 	if err != nil {
 		return nil, -1
 	}
-	for i, reps := range views {
-		for _, r := range reps {
-			if r.Instance == k.cfg.Instance {
-				continue
-			}
-			leads[r.Instance] += 0
-			if r.Leader {
-				leads[r.Instance]++
-			} else if r.Ready && r.Problem == "" && r.AsideFor == 0 {
-				standing[i] = append(standing[i], r.Instance)
-			}
+	delete(f.Leading, k.cfg.Instance)
+	complete := f.Complete()
+	// The views to read: the tokens this replica leads, or every token
+	// while some beat does not say, to count from.
+	var read []*kept
+	for _, t := range k.tokens {
+		if !complete || t.ref.IsLeader() {
+			read = append(read, t)
 		}
+	}
+	keys := make([]cache.Keys, len(read))
+	for i, t := range read {
+		keys[i] = t.store.Keys()
+	}
+	views, err := f.Views(ctx, k.cfg.Redis, keys)
+	if err != nil {
+		return nil, -1
+	}
+	leads := f.Leading // instance -> tokens it leads
+	if !complete {
+		leads = leadsIn(views, k.cfg.Instance)
 	}
 	// At most the surplus over this replica's share (the catalog over the
 	// replicas, rounded up), or one: replicas shedding at once must not
@@ -145,14 +158,23 @@ func (k *Keeper) overLed(ctx context.Context) ([]*kept, int) {
 	share := (len(k.tokens) + len(leads)) / (len(leads) + 1)
 	budget := max(led-share, 1)
 	var out []*kept
-	for i, t := range k.tokens {
+	for i, t := range read {
 		if len(out) == budget {
 			break
 		}
-		if !t.ref.IsLeader() || len(standing[i]) == 0 {
+		if !t.ref.IsLeader() {
 			continue
 		}
-		to := slices.MinFunc(standing[i], func(a, b string) int { return leads[a] - leads[b] })
+		var standing []string // ready, sound, not aside, not leading it
+		for _, r := range views[i] {
+			if _, live := leads[r.Instance]; live && !r.Leader && r.Ready && r.Problem == "" && r.AsideFor == 0 {
+				standing = append(standing, r.Instance)
+			}
+		}
+		if len(standing) == 0 {
+			continue
+		}
+		to := slices.MinFunc(standing, func(a, b string) int { return leads[a] - leads[b] })
 		if leads[to]+2 > led {
 			continue
 		}
@@ -162,4 +184,22 @@ func (k *Keeper) overLed(ctx context.Context) ([]*kept, int) {
 		led--
 	}
 	return out, len(leads)
+}
+
+// leadsIn counts how many tokens each replica but self leads in views,
+// every token's fleet view: for a fleet where some beat does not say.
+func leadsIn(views [][]refresher.Replica, self string) map[string]int {
+	leads := map[string]int{}
+	for _, reps := range views {
+		for _, r := range reps {
+			if r.Instance == self {
+				continue
+			}
+			leads[r.Instance] += 0
+			if r.Leader {
+				leads[r.Instance]++
+			}
+		}
+	}
+	return leads
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper"
+	"github.com/tokenkeeper/tokenkeeper/cache"
 	"github.com/tokenkeeper/tokenkeeper/internal/keepertest"
 	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
@@ -131,26 +132,8 @@ func TestCatalogFailoverWithinLockTTL(t *testing.T) {
 // viewReads counts the reads of a token's fleet view (a script on its
 // replicas hash, tokenkeeper:{NAME}:replicas) a client sends: at rest,
 // only the balancer sends them (a replica writes its own state there only
-// when it changes).
+// when it changes). Its hook is redistest.OnCommand(h.count).
 type viewReads struct{ n atomic.Int64 }
-
-func (h *viewReads) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *viewReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.count(cmd)
-		return next(ctx, cmd)
-	}
-}
-
-func (h *viewReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, c := range cmds {
-			h.count(c)
-		}
-		return next(ctx, cmds)
-	}
-}
 
 func (h *viewReads) count(cmd redis.Cmder) {
 	args := cmd.Args()
@@ -166,12 +149,30 @@ func (h *viewReads) count(cmd redis.Cmder) {
 // four balancing rounds (a round is three lock TTLs: balance.go) no
 // replica leads more than one token more than another, where handing one
 // token over per round would take nine. Every replica serves every token
-// throughout. Then, at rest, a replica reads the fleet view at most once
-// every balanceIdleMax (30) lock TTLs.
+// throughout. Then, at rest, a replica reads the fleet views at most once
+// every balanceIdleMax (30) lock TTLs, and only those of the tokens it
+// leads.
+//
+// Beside a replica of an earlier version, whose beat does not say how many
+// tokens it leads, leadership spreads the same, counted from every token's
+// view, which a look then reads.
 func TestLeadershipSpreadsInRounds(t *testing.T) {
+	t.Run("every beat says", func(t *testing.T) { testLeadershipSpreads(t, false) })
+	t.Run("beside an earlier version", func(t *testing.T) { testLeadershipSpreads(t, true) })
+}
+
+func testLeadershipSpreads(t *testing.T, earlier bool) {
 	synctest.Test(t, func(t *testing.T) {
 		const lockTTL = 10 * time.Second
 		srv := redistest.NewPiped(t)
+		if earlier {
+			// An earlier version's beat: no count of the tokens it leads.
+			rdb := redis.NewClient(srv.NewLink(t).Options())
+			t.Cleanup(func() { rdb.Close() })
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			go refresher.Beat(ctx, rdb, cache.FleetKey, refresher.BeatConfig{Instance: "earlier", Logger: slog.New(slog.DiscardHandler)})
+		}
 		var names []string
 		for i := range 12 {
 			names = append(names, fmt.Sprintf("token-%02d", i))
@@ -181,7 +182,7 @@ func TestLeadershipSpreadsInRounds(t *testing.T) {
 		start := func(i int) {
 			h := &viewReads{}
 			reads = append(reads, h)
-			keepers = append(keepers, startCatalogReplica(t, srv, fmt.Sprintf("r%d", i), names, lockTTL, h).k)
+			keepers = append(keepers, startCatalogReplica(t, srv, fmt.Sprintf("r%d", i), names, lockTTL, redistest.OnCommand(h.count)).k)
 		}
 		counts := func() []int {
 			c := make([]int, len(keepers))
@@ -226,8 +227,9 @@ func TestLeadershipSpreadsInRounds(t *testing.T) {
 		}
 
 		// At rest: past the balancer's first looks (1, 2, 4, ... lock
-		// TTLs), each replica reads its twelve tokens' views at most once
-		// per 30 lock TTLs, and once more for the window's edge.
+		// TTLs), each replica reads the views of the tokens it leads (the
+		// beats say who leads how many), not all twelve, at most once per
+		// 30 lock TTLs, and once more for the window's edge.
 		spread := counts()
 		time.Sleep(120 * lockTTL)
 		const window = 60 * lockTTL
@@ -239,10 +241,25 @@ func TestLeadershipSpreadsInRounds(t *testing.T) {
 		if c := counts(); !slices.Equal(c, spread) {
 			t.Fatalf("leadership moved at rest: %v, then %v", spread, c)
 		}
+		var most int64 // the most reads of a replica at rest
 		for i, h := range reads {
-			if n, limit := h.n.Load()-before[i], int64(len(names)*int(window/(30*lockTTL)+1)); n > limit {
-				t.Errorf("replica %d read the fleet view of a token %d times in %v at rest, want at most %d", i, n, window, limit)
+			n := h.n.Load() - before[i]
+			most = max(most, n)
+			if earlier {
+				// Each look reads every token's view, once in 30 lock TTLs.
+				if limit := int64(len(names) * int(window/(30*lockTTL)+1)); n > limit {
+					t.Errorf("replica %d read the fleet view of a token %d times in %v at rest, want at most %d", i, n, window, limit)
+				}
+				continue
 			}
+			if limit := int64(spread[i] * int(window/(30*lockTTL)+1)); n > limit {
+				t.Errorf("replica %d, leading %d tokens, read the fleet view of a token %d times in %v at rest, want at most %d", i, spread[i], n, window, limit)
+			}
+		}
+		// Every replica leads three and looks at least once in the window:
+		// beside an earlier version, a look reads all twelve views to count.
+		if earlier && most < int64(len(names)) {
+			t.Errorf("beside an earlier version's beat, no replica read every token's view in %v at rest (most: %d reads): the counts did not come from the views", window, most)
 		}
 	})
 }

@@ -246,7 +246,7 @@ func (k *Keeper) Run(ctx context.Context) error {
 	part(lead, "beat", func(ctx context.Context) error {
 		return refresher.Beat(ctx, k.cfg.Redis, cache.FleetKey, refresher.BeatConfig{
 			Instance: k.cfg.Instance, Version: k.cfg.Version, Clock: k.cfg.Clock, Logger: k.cfg.Logger,
-			Timeout: refresher.RedisTimeout(k.cfg.LockTTL)})
+			Timeout: refresher.RedisTimeout(k.cfg.LockTTL), Leading: k.leading})
 	})
 	part(lead, "replica count", k.countReplicas)
 	part(lead, "balance", k.balance)

@@ -247,6 +247,10 @@ type heartbeat struct {
 type beatWire struct {
 	Instance string `json:"instance"`
 	Version  string `json:"version,omitempty"`
+	// Leading is how many tokens the replica leads, when it says
+	// (BeatConfig.Leading): a balancer counts every replica's leadership
+	// from the beats alone. Earlier versions do not say.
+	Leading *int `json:"leading,omitempty"`
 }
 
 // attemptWire is an Attempt on the wire.
@@ -298,37 +302,61 @@ func fromMS(n int64) time.Duration { return time.Duration(n) * time.Millisecond 
 
 func fromSeconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-// ReadReplicasOf reads, for each token of keys, the replicas whose beat is
-// fresh and that keep it, as ReadReplicas does, reading the fleet's beats
-// once (every keys must share one Fleet).
-func ReadReplicasOf(ctx context.Context, rdb redis.Scripter, keys []cache.Keys) ([][]Replica, error) {
-	if len(keys) == 0 {
-		return nil, nil
+// Beats are the fleet's beats as one read found them: who is alive, and
+// how many tokens each leads. A balancer reads it once a look, then the
+// fleet views of the tokens it needs (Views).
+type Beats struct {
+	// Leading is, by instance, how many tokens each replica whose beat
+	// is fresh leads, as its beat says; -1 when its beat does not say (a
+	// replica of an earlier version).
+	Leading map[string]int
+	beats   map[string]time.Time // when each beat was written, on the reader's clock
+	local   time.Time            // when the beats were read, on the reader's clock
+}
+
+// ReadBeats reads the fleet's beats from the hash key (cache.FleetKey).
+func ReadBeats(ctx context.Context, rdb redis.Scripter, key string) (Beats, error) {
+	f := Beats{local: time.Now()}
+	var err error
+	f.beats, f.Leading, err = readBeats(ctx, rdb, key, f.local)
+	return f, err
+}
+
+// Complete reports whether every live replica's beat says how many tokens
+// it leads.
+func (f Beats) Complete() bool {
+	for _, n := range f.Leading {
+		if n < 0 {
+			return false
+		}
 	}
-	local := time.Now()
-	beats, err := readBeats(ctx, rdb, keys[0].Fleet, local)
-	if err != nil {
-		return nil, err
-	}
-	out := make([][]Replica, len(keys))
+	return true
+}
+
+// Views reads the replicas keeping each token of keys, in order, as
+// ReadReplicas does, by f's beats.
+func (f Beats) Views(ctx context.Context, rdb redis.Scripter, keys []cache.Keys) ([][]Replica, error) {
+	views := make([][]Replica, len(keys))
 	for i, k := range keys {
-		if out[i], err = readStates(ctx, rdb, k.Replicas, beats, local); err != nil {
+		var err error
+		if views[i], err = readStates(ctx, rdb, k.Replicas, f.beats, f.local); err != nil {
 			return nil, err
 		}
 	}
-	return out, nil
+	return views, nil
 }
 
 // readBeats reads the fleet's beats: when each live replica last beat, on
-// the reader's clock, whose time is local when the read is sent.
-func readBeats(ctx context.Context, rdb redis.Scripter, fleet string, local time.Time) (map[string]time.Time, error) {
-	beats := map[string]time.Time{}
+// the reader's clock, whose time is local when the read is sent, and how
+// many tokens it leads (-1: its beat does not say).
+func readBeats(ctx context.Context, rdb redis.Scripter, fleet string, local time.Time) (map[string]time.Time, map[string]int, error) {
+	beats, leading := map[string]time.Time{}, map[string]int{}
 	if fleet == "" {
-		return beats, nil
+		return beats, leading, nil
 	}
 	now, vals, err := scriptList(ctx, rdb, replicasScript, fleet)
 	if err != nil {
-		return nil, fmt.Errorf("refresher: read beats: %w", err)
+		return nil, nil, fmt.Errorf("refresher: read beats: %w", err)
 	}
 	for _, v := range vals {
 		at, body, ok := splitStamped(v, true)
@@ -337,8 +365,12 @@ func readBeats(ctx context.Context, rdb redis.Scripter, fleet string, local time
 			continue
 		}
 		beats[b.Instance] = local.Add(-fromMS(now - at))
+		leading[b.Instance] = -1
+		if b.Leading != nil {
+			leading[b.Instance] = max(*b.Leading, 0)
+		}
 	}
-	return beats, nil
+	return beats, leading, nil
 }
 
 // readReplicas reads the fleet's beats and the replicas' states for the
@@ -346,7 +378,7 @@ func readBeats(ctx context.Context, rdb redis.Scripter, fleet string, local time
 // when the reads are sent: the replicas whose beat is fresh and that keep
 // the token (and those of earlier versions whose state has not expired).
 func readReplicas(ctx context.Context, rdb redis.Scripter, keys cache.Keys, local time.Time) ([]Replica, error) {
-	beats, err := readBeats(ctx, rdb, keys.Fleet, local)
+	beats, _, err := readBeats(ctx, rdb, keys.Fleet, local)
 	if err != nil {
 		return nil, err
 	}
@@ -740,7 +772,17 @@ type BeatConfig struct {
 	Logger *slog.Logger
 	// Timeout bounds each write. Default: Every.
 	Timeout time.Duration
+	// Leading, when set, returns how many tokens the replica leads: the
+	// beat carries it, and is rewritten within LeadingEvery of it
+	// changing, so that a balancer counts the fleet's leadership from the
+	// beats alone (ReadBeats). A replica whose leadership stays as
+	// it is writes no more than without it.
+	Leading func() int
 }
+
+// LeadingEvery is how often Beat looks whether the number of tokens the
+// replica leads changed (BeatConfig.Leading).
+const LeadingEvery = time.Second
 
 // DefaultBeatEvery is how often a replica beats by default. Each beat is
 // one script (EVALSHA, TIME, HSET: three commands as Redis counts them),
@@ -751,7 +793,8 @@ const DefaultBeatEvery = 40 * time.Second
 // Beat writes this replica's beat into the fleet's hash of live replicas
 // (key, cache.FleetKey) every cfg.Every until ctx ends, then removes it:
 // one write per replica per period, whatever the number of tokens it
-// keeps. A beat expires after three periods. Redis being unreachable is
+// keeps, and one more within LeadingEvery of the number it leads changing
+// (BeatConfig.Leading). A beat expires after three periods. Redis being unreachable is
 // logged at Debug, not returned. It returns ctx's error.
 func Beat(ctx context.Context, rdb redis.Scripter, key string, cfg BeatConfig) error {
 	if cfg.Every <= 0 {
@@ -766,19 +809,29 @@ func Beat(ctx context.Context, rdb redis.Scripter, key string, cfg BeatConfig) e
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = cfg.Every
 	}
-	b, err := json.Marshal(beatWire{Instance: cfg.Instance, Version: cfg.Version})
-	if err != nil {
-		return err
-	}
 	ttl := 3 * cfg.Every
-	tick := cfg.Clock.NewTicker(cfg.Every)
+	step := cfg.Every // how often to look whether to beat
+	if cfg.Leading != nil {
+		step = min(step, LeadingEvery)
+	}
+	tick := cfg.Clock.NewTicker(step)
 	defer tick.Stop()
+	var wrote time.Time // when the last beat was written, or tried
+	said := -1          // the count it carried
 	for {
-		bctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-		err := aliveScript.Run(bctx, rdb, []string{key}, cfg.Instance, ttl.Milliseconds(), string(b)).Err()
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			cfg.Logger.Debug("beat failed", "error", err)
+		now := cfg.Clock.Now()
+		n := -1
+		if cfg.Leading != nil {
+			n = cfg.Leading()
+		}
+		if wrote.IsZero() || n != said || now.Sub(wrote) >= cfg.Every {
+			// A beat that did not get through waits for the next period
+			// or change: a replica cut off from Redis does not retry
+			// every second.
+			wrote, said = now, n
+			if err := beatOnce(ctx, rdb, key, cfg, ttl, n); err != nil && ctx.Err() == nil {
+				cfg.Logger.Debug("beat failed", "error", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -789,6 +842,21 @@ func Beat(ctx context.Context, rdb redis.Scripter, key string, cfg BeatConfig) e
 		case <-tick.C():
 		}
 	}
+}
+
+// beatOnce writes one beat, saying leading unless it is negative.
+func beatOnce(ctx context.Context, rdb redis.Scripter, key string, cfg BeatConfig, ttl time.Duration, leading int) error {
+	w := beatWire{Instance: cfg.Instance, Version: cfg.Version}
+	if leading >= 0 {
+		w.Leading = &leading
+	}
+	b, err := json.Marshal(w)
+	if err != nil {
+		return err
+	}
+	bctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	return aliveScript.Run(bctx, rdb, []string{key}, cfg.Instance, ttl.Milliseconds(), string(b)).Err()
 }
 
 // fleetStatus fills the fleet view of s: from Redis when it answers, else

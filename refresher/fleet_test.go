@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeeper/tokenkeeper/cache"
+	"github.com/tokenkeeper/tokenkeeper/internal/redistest"
 	"github.com/tokenkeeper/tokenkeeper/internal/testkit"
 	"github.com/tokenkeeper/tokenkeeper/refresher"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
@@ -443,6 +446,63 @@ func TestControlMessagesWriteNoState(t *testing.T) {
 			if before[name] == "" || after[name] != before[name] {
 				t.Errorf("%s's state was %q before a control message and %q after, want it written once, before", name, before[name], after[name])
 			}
+		}
+	})
+}
+
+// A beat says how many tokens its replica leads, and says it again within
+// LeadingEvery of the number changing, so that a balancer reads every
+// replica's count from the beats alone; while the number stays, it costs
+// no write more than a beat a period. A beat of an earlier version, which
+// does not say, leaves the leadership read incomplete.
+func TestBeatsSayHowManyTokensTheReplicaLeads(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		ctx := t.Context()
+		rdb := w.srv.Client(t)
+		var writes atomic.Int64 // scripts on the fleet's hash: beats
+		rdb.AddHook(redistest.OnCommand(func(cmd redis.Cmder) {
+			if args := cmd.Args(); len(args) > 3 && strings.HasPrefix(cmd.Name(), "eval") && args[3] == w.keys.Fleet {
+				writes.Add(1)
+			}
+		}))
+		var leading atomic.Int64
+		const every = 40 * time.Second
+		go refresher.Beat(ctx, rdb, w.keys.Fleet, refresher.BeatConfig{Instance: "a", Every: every,
+			Clock: w.tl.Clock, Logger: quiet, Leading: func() int { return int(leading.Load()) }})
+		read := func() refresher.Beats {
+			f, err := refresher.ReadBeats(ctx, w.admin, w.keys.Fleet)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+		w.tl.Until("the first beat", time.Minute, func() bool {
+			n, ok := read().Leading["a"]
+			return ok && n == 0
+		})
+
+		before := writes.Load()
+		w.tl.Advance(10 * every)
+		if n := writes.Load() - before; n < 9 || n > 10 {
+			t.Errorf("%d beats in %v with the leadership unchanged, want one a period (9 or 10)", n, 10*every)
+		}
+		leading.Store(3)
+		if took := w.tl.Until("the new count in the beat", time.Minute, func() bool { return read().Leading["a"] == 3 }); took > refresher.LeadingEvery {
+			t.Errorf("the beat said the new count %v after it changed, want within %v", took, refresher.LeadingEvery)
+		}
+		if f := read(); !f.Complete() {
+			t.Errorf("the beats read %v, want complete", f.Leading)
+		}
+
+		go refresher.Beat(ctx, w.admin, w.keys.Fleet, refresher.BeatConfig{Instance: "old", Every: every,
+			Clock: w.tl.Clock, Logger: quiet})
+		w.tl.Until("the beat that does not say", time.Minute, func() bool {
+			_, ok := read().Leading["old"]
+			return ok
+		})
+		if l := read(); l.Complete() || l.Leading["old"] != -1 || l.Leading["a"] != 3 {
+			t.Errorf("the leadership read %v, complete %v: want a replica's count as its beat says, and -1 for one whose beat does not say, so incomplete", l.Leading, l.Complete())
 		}
 	})
 }
