@@ -340,6 +340,10 @@ func (e *Events) shardedWorks(ctx context.Context, channel string) bool {
 // silently, a connection can otherwise look open for many minutes.
 func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...string) {
 	routes := e.routesOf(channels)
+	byName := make(map[string]*route, len(routes))
+	for _, r := range routes {
+		byName[r.store.name] = r
+	}
 	every := pingEvery(routes)
 	fctx, cancel := context.WithCancel(ctx)
 	defer func() {
@@ -449,7 +453,7 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 					return
 				}
 			case *redis.Message:
-				if e.takeBeat(m.Payload, e.routeOf(m.Channel), routes, e.clock.Now()) {
+				if e.takeBeat(m.Payload, e.routeOf(m.Channel), routes, byName, e.clock.Now()) {
 					continue
 				}
 				e.deliver(m.Channel, delivery{payload: m.Payload})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -458,27 +459,11 @@ func TestResubscribeReadsRedisAgain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tl, srv := onFakeTime(t)
 		keys := cache.KeysFor("liveness")
-		rdb := srv.Client(t)
-		events := cache.NewEvents(rdb, cache.EventsConfig{Logger: quiet, Clock: tl.Clock})
 		// The writer publishes elsewhere: its write reaches the reader by
 		// no event.
 		silent := keys
 		silent.Events += ":elsewhere"
-		writer, err := cache.New(srv.Client(t), cache.Config{Keys: silent, ServeMargin: time.Second, Clock: tl.Clock, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		reader, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: time.Hour, Clock: tl.Clock, Logger: quiet, Events: events})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		var wg sync.WaitGroup
-		wg.Go(func() { events.Run(ctx) })
-		wg.Go(func() { reader.Run(ctx) })
-		defer wg.Wait()
-		defer cancel()
-		tl.Settle()
+		events, writer, reader := pairOnFakeTime(t, tl, srv, srv.Client(t), keys, silent)
 
 		srv.Mini.Set(keys.Lock, "holder")
 		if _, err := writer.Write(t.Context(), cache.Write{LockValue: "holder", Value: "tok", Deadline: tl.Now().Add(time.Minute)}); err != nil {
@@ -527,4 +512,112 @@ func TestEventsOverAStaleRoundTripAreAdopted(t *testing.T) {
 	if early := w.Deadline.Sub(got.Deadline); early > writeBudget+stale/2 {
 		t.Fatalf("the reader dates it %v earlier than its writer, more than the write's budget %v: early by the stale round trip (%v)", early, writeBudget, stale)
 	}
+}
+
+// TestEventsAfterASlowReadingAreAdopted: a replica whose last reading of
+// Redis's clock waited long before Redis ran it (a fleet starting, its
+// Redis queueing every replica's first reads) relates Redis's clock to
+// its own early by that wait, and keeps the reading until its next full
+// read. Its round trips measured short since, an event arriving at once
+// is dated later by its arrival than by the reading, by about that wait.
+// The store adopts it, dated by the reading (early, never late), instead
+// of reading Redis: the discrepancy is the reading's own imprecision,
+// which its round trip bounds. An event whose arrival dates it later than
+// that (Redis's clock behind the one read) is still read.
+func TestEventsAfterASlowReadingAreAdopted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tl, srv := onFakeTime(t)
+		keys := cache.KeysFor("liveness")
+		const wait = 3 * time.Second // before Redis runs the slow reading
+		var slow atomic.Bool
+		rdb := srv.Client(t)
+		rdb.AddHook(redistest.OnCommand(func(cmd redis.Cmder) {
+			switch cmd.Name() {
+			case "evalsha_ro", "evalsha", "eval_ro", "eval":
+				if slow.Load() {
+					<-tl.Clock.NewTimer(wait).C()
+				}
+			}
+		}))
+		_, writer, reader := pairOnFakeTime(t, tl, srv, rdb, keys, keys)
+		ctx := t.Context()
+		srv.Mini.Set(keys.Lock, "holder")
+
+		// The slow reading: sent now, run by Redis wait later.
+		slow.Store(true)
+		read := make(chan error, 1)
+		go func() { _, err := reader.Load(ctx); read <- err }()
+		tl.Advance(wait)
+		if err := <-read; err != nil {
+			t.Fatal(err)
+		}
+		slow.Store(false)
+		cache.SetRTT(reader, time.Millisecond) // PONGs since measured the round trips short
+		loads := reader.Loads()
+
+		w, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "tok", Deadline: tl.Now().Add(time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tl.Settle()
+		got, ok := reader.Current()
+		if !ok || got.Value != "tok" {
+			t.Fatalf("the reader holds %q (%v), want tok from its event", got.Value, ok)
+		}
+		if n := reader.Loads() - loads; n != 0 {
+			t.Fatalf("the reader read Redis %d times for an event its reading dates early by no more than the reading's round trip", n)
+		}
+		got, _ = reader.Held()
+		if got.Deadline.After(w.Deadline) {
+			t.Fatalf("the reader dates tok %v later than its writer", got.Deadline.Sub(w.Deadline))
+		}
+		// The stored life is cut by the write's budget; the reading dates
+		// it early by up to its wait.
+		if early := w.Deadline.Sub(got.Deadline); early > writeBudget+wait+time.Millisecond {
+			t.Fatalf("the reader dates tok %v earlier than its writer, more than the write's budget %v and the reading's wait %v", early, writeBudget, wait)
+		}
+
+		// Redis's clock behind the one read by more than the reading's
+		// round trip and eventSkew: read.
+		now := redisTime(t, srv.Client(t)).Add(-wait - time.Second).UnixMilli()
+		payload := fmt.Sprintf(`{"type":"token","from":"x","tok":{"v":"behind","age":0,"exp":%d,"now":%d,"g":%d}}`,
+			now+2*time.Hour.Milliseconds(), now, got.Generation+1)
+		if err := srv.Client(t).Publish(ctx, keys.Events, payload).Err(); err != nil {
+			t.Fatal(err)
+		}
+		tl.Settle()
+		if n := reader.Loads() - loads; n != 1 {
+			t.Fatalf("the reader read Redis %d times for an event dated later by its arrival than the reading's round trip allows, want 1", n)
+		}
+		if got, _ := reader.Current(); got.Value != "tok" {
+			t.Fatalf("the reader serves %q, want tok, the token Redis holds", got.Value)
+		}
+	})
+}
+
+// pairOnFakeTime runs, in tl's bubble until the test ends, a reader of
+// keys on an Events over rdb, its poll never due, and returns them with a
+// writer (instance "w", a client of its own) publishing on writerKeys'
+// channel.
+func pairOnFakeTime(t *testing.T, tl *testkit.Timeline, srv *redistest.Server, rdb *redis.Client, keys, writerKeys cache.Keys) (*cache.Events, *cache.Store, *cache.Store) {
+	t.Helper()
+	events := cache.NewEvents(rdb, cache.EventsConfig{Logger: quiet, Clock: tl.Clock})
+	writer, err := cache.New(srv.Client(t), cache.Config{Keys: writerKeys, ServeMargin: time.Second, Clock: tl.Clock, Logger: quiet, Instance: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := cache.New(rdb, cache.Config{Keys: keys, ServeMargin: time.Second, PollInterval: time.Hour, Clock: tl.Clock, Logger: quiet, Events: events})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	wg.Go(func() { events.Run(ctx) })
+	wg.Go(func() { reader.Run(ctx) })
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	tl.Settle()
+	return events, writer, reader
 }

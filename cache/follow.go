@@ -98,8 +98,9 @@ func (s *Store) handle(ctx context.Context, payload string) {
 	s.broadcast(ev.Message)
 }
 
-// eventSkew is how far the two datings of a token event may disagree
-// before the store reads Redis instead (adoptEvent).
+// eventSkew is how far the two datings of a token event may disagree,
+// beyond the imprecision of the reading of Redis's clock, before the
+// store reads Redis instead (adoptEvent).
 const eventSkew = 250 * time.Millisecond
 
 // adoptEvent adopts the token an event carries, without a read, when it
@@ -114,10 +115,21 @@ const eventSkew = 250 * time.Millisecond
 // event's arrival (less the longest recent round trip), it is late by
 // however long the event took to arrive beyond a round trip. The store
 // takes the earlier of the two, and reads Redis instead when the arrival
-// dates it later by more than eventSkew (the event was slow, or Redis's
-// clock is another server's, or was stepped, and behind), when Redis's
-// clock ran faster than this replica's since the reading, or when the
-// token is within the serve margin of its end. The arrival dating it
+// dates it later by more than eventSkew and the reading's own round trip
+// (the event was slow, or Redis's clock is another server's, or was
+// stepped, and behind), when Redis's clock ran faster than this replica's
+// since the reading, or when the token is within the serve margin of its
+// end. The reading's round trip is allowed for because the reading dates
+// early by up to it: Redis read its clock somewhere in that round trip,
+// and the reading counts from its start. A reading taken in a busy moment
+// (a fleet starting, its Redis queueing every replica's first reads) is
+// early by seconds, and the store keeps it until its next full read,
+// which at rest comes only with a change: without the allowance the next
+// event of every token it keeps would find the arrival later by more than
+// eventSkew, and the store would read Redis at the moment its event
+// should have spared it that, in the tail of the fleet's propagation. The
+// reading's deadline, taken then, is early by up to that round trip; no
+// read stretches it later. The arrival dating it
 // earlier than the reading by more than eventSkew means no more than
 // that the round trip subtracted is longer than the event took: the
 // longest recent one, which at rest may date from a busy moment minutes
@@ -141,7 +153,7 @@ func (s *Store) adoptEvent(e *eventToken) bool {
 	byRef := ref.sent.Add(ms(e.ExpMS-ref.ms) - time.Millisecond)
 	byArrival := now.Add(ms(e.ExpMS-e.NowMS) - s.rttCut())
 	d := byArrival.Sub(byRef)
-	if d > eventSkew {
+	if d > eventSkew+ref.rtt {
 		return false
 	}
 	t := Token{

@@ -43,7 +43,7 @@ func (s *Store) load(ctx context.Context, resync bool) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("cache: read token: %w", err)
 	}
-	s.noteRTT(sent)
+	rtt := s.noteRTT(sent)
 	if len(res) == 2 {
 		// The key holds something else than a token: no token, as far as
 		// the fleet is concerned; the leader overwrites it under the lock.
@@ -61,7 +61,7 @@ func (s *Store) load(ctx context.Context, resync bool) (bool, error) {
 	keyID, _ := res[4].(string)
 	gen, _ := res[5].(int64)
 	if redisNow, _ := res[6].(int64); redisNow > 0 {
-		s.clockRef.Store(&redisClock{sent: sent, ms: redisNow})
+		s.clockRef.Store(&redisClock{sent: sent, ms: redisNow, rtt: rtt})
 	}
 	if value == "" || pttl <= 0 {
 		s.lost(sent)
@@ -216,15 +216,16 @@ func ReadTimeout(rdb any) time.Duration {
 	return d
 }
 
-// noteRTT records the round trip of a command sent at sent: rtt keeps the
-// longest, decaying by a quarter with each shorter one.
-func (s *Store) noteRTT(sent time.Time) {
-	d := int64(s.cfg.Clock.Now().Sub(sent))
+// noteRTT records the round trip of a command sent at sent, answered
+// now, and returns it: rtt keeps the longest, decaying by a quarter with
+// each shorter one.
+func (s *Store) noteRTT(sent time.Time) time.Duration {
+	d := s.cfg.Clock.Now().Sub(sent)
 	for {
 		old := s.rtt.Load()
-		v := max(d, old-old/4)
+		v := max(int64(d), old-old/4)
 		if v == old || s.rtt.CompareAndSwap(old, v) {
-			return
+			return d
 		}
 	}
 }

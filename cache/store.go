@@ -146,10 +146,13 @@ type Replication struct {
 }
 
 // redisClock is a reading of Redis's clock (Unix ms) by a command sent
-// at sent on this replica's clock.
+// at sent on this replica's clock and answered rtt later: Redis read its
+// clock somewhere in that round trip, so that relating an instant on
+// Redis's clock to sent dates it early by up to rtt, never late.
 type redisClock struct {
 	sent time.Time
 	ms   int64
+	rtt  time.Duration
 }
 
 // DefaultRestPollInterval is Config.RestPollInterval's default.
