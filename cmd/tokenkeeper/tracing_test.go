@@ -116,7 +116,14 @@ func TestTracesFollowTheOTELVariables(t *testing.T) {
 				map[string]string{"Traceparent": "00-" + traceID + "-b7ad6b7169203331-01"}); code != http.StatusOK {
 				t.Fatalf("GET token: %d", code)
 			}
-			metrics := getBody(t, r.url+"/metrics", map[string]string{"Accept": "application/openmetrics-text; version=1.0.0"})
+			// The histogram observes the refresh once its write has returned,
+			// which can be after the token is served.
+			var metrics string
+			testkit.Eventually(t, 10*time.Second, "the refresh is in the histogram", func() bool {
+				metrics = getBody(t, r.url+"/metrics", map[string]string{"Accept": "application/openmetrics-text; version=1.0.0"})
+				const count = `tokenkeeper_refresh_duration_seconds_count{token="liveness"} `
+				return strings.Contains(metrics, count) && !strings.Contains(metrics, count+"0\n")
+			})
 			r.stop() // flushes the batched spans
 
 			c.mu.Lock()
