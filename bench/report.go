@@ -524,12 +524,12 @@ func (r *report) scaleRows() []row {
 		scans += x.Scans
 		out = append(out, row{
 			fig: "11", what: fmt.Sprintf("propagation after a refresh, %d replicas × %d tokens", x.N, x.T),
-			value:  fmt.Sprintf("p50 %s, p99 %s, max %s", fmtDur(x.PropP50), fmtDur(x.PropP99), fmtDur(x.PropMax)),
+			value:  fmt.Sprintf("p50 %s, p99 %s, max %s%s", fmtDur(x.PropP50), fmtDur(x.PropP99), fmtDur(x.PropMax), lateNote(x.PropLate)),
 			target: "p99 < 100 ms",
 			ratio: fmt.Sprintf("%d samples of %d refreshes, each asked of the leader and answered in p50 %s, max %s; "+
 				"CPU per refresh %s per replica, redis-server %s",
 				x.PropSamples, x.PropWrites, fmtDur(x.AskP50), fmtDur(x.AskMax), fmtDur(x.PropCPUPerReplica), fmtDur(x.PropRedisCPU)),
-			met: x.PropP99 < 100*time.Millisecond, judged: true,
+			met: x.PropP99 < 100*time.Millisecond && x.PropLate == 0, judged: true,
 		})
 		out = append(out, row{
 			fig: "11", what: fmt.Sprintf("Redis commands/s at rest per replica, %d replicas × %d tokens", x.N, x.T),
@@ -562,7 +562,7 @@ func (r *report) scaleMarkdown(b *strings.Builder) {
 		"tokens (a source handing out hour-long tokens) with the default timings (lock TTL 10 s, poll 2 s), over one redis-server. " +
 		"*start*: from the first replica's start to every replica serving every token; *restart*: the same after stopping the whole " +
 		"fleet and starting it again (the tokens stay in Redis). *Propagation*: a refresh asked of a token's leader " +
-		"(Keeper.Refresh), each replica polled until it serves the new value, counted from when the leader serves it (its " +
+		"(Keeper.Refresh), each replica polled until it serves the new value (10 s at most: a replica that does not is counted late, as 10 s, and the target is not met), counted from when the leader serves it (its " +
 		"write answered; the request's own way to the leader, over the events channel, is given apart as *answered*); the " +
 		"refreshes go round the tokens. *At rest*: INFO " +
 		"commandstats over a quiet interval once leadership is spread (no replica leading two tokens more than another) and unchanged for three lock TTLs (Redis counts the commands a script runs as well as the " +
@@ -572,21 +572,22 @@ func (r *report) scaleMarkdown(b *strings.Builder) {
 		"replica beat, the polls' MGET); then *leaders*, the leaders' lock renewals, polls of " +
 		"their tokens' hashes and balancing reads of the fleet view (GET, 2 × PEXPIRE, HGET, 3 × HGETALL, HDEL); *leaders' beats*, " +
 		"the PUBLISH of the beats that tell the followers a leader lives. *Memory*: INFO used_memory at rest. *Leaders*: the replicas leading at least one token, and the most tokens one " +
-		"replica leads; *changes of leader at rest*: how often a token's leader changed during the window at rest, sampled every second. *CPU per refresh*: the harness process's CPU time during the refreshes divided by refreshes and N (each " +
-		"replica's share of the fan-out, the polling included), and redis-server's per refresh. *RSS per replica*: the harness's resident set grown by the fleet, divided by N (one `tokenkeeper serve` " +
-		"process with one token: figure 7). Figure 6 runs 100 real `tokenkeeper serve` processes.\n\n")
-	b.WriteString("| N | T | start | restart | propagation p50 / p99 / max | commands/s at rest | per replica | as followers | PINGs | lock checks | replica beats and polls | leaders | leaders' beats | used_memory | clients | leaders (most tokens) | changes of leader at rest | RSS per replica |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		"replica leads; *changes of leader at rest*: how often a token's leader changed during the window at rest, sampled every second; *harness cores at rest*: the harness process's CPU time during that window over its length, what the fleet's own loops take while nothing happens (the refreshes' fan-out has what is left of the machine's cores). *CPU per refresh*: the harness process's CPU time during the refreshes divided by refreshes and N (each " +
+		"replica's share of the fan-out, the polling included), and redis-server's per refresh. *RSS per replica*: the harness's resident set grown by the fleet, divided by N, once the heap is collected (one `tokenkeeper serve` " +
+		"process with one token: figure 7). *GC*: a fleet's thousand heaps are one heap here, so the harness collects it before the window at rest and runs the window and the refreshes at GOGC=400: " +
+		"at the default, collections of a 2 GB heap took 3 to 5 s of the two cores every 40 s or so, a stall no fleet has, which showed in the followers' doubt and propagation's tail. Figure 6 runs 100 real `tokenkeeper serve` processes.\n\n")
+	b.WriteString("| N | T | start | restart | propagation p50 / p99 / max | commands/s at rest | per replica | as followers | PINGs | lock checks | replica beats and polls | leaders | leaders' beats | used_memory | clients | leaders (most tokens) | changes of leader at rest | harness cores at rest | RSS per replica |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.scale {
 		if x.Skipped != "" {
-			fmt.Fprintf(b, "| %d | %d | not run: %s |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |\n", x.N, x.T, x.Skipped)
+			fmt.Fprintf(b, "| %d | %d | not run: %s |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |  |\n", x.N, x.T, x.Skipped)
 			continue
 		}
-		fmt.Fprintf(b, "| %d | %d | %s | %s | %s / %s / %s | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %d | %d (%d) | %d | %s |\n", x.N, x.T,
+		fmt.Fprintf(b, "| %d | %d | %s | %s | %s / %s / %s | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %d | %d (%d) | %d | %.2f | %s |\n", x.N, x.T,
 			fmtDur(x.Start), fmtDur(x.Restart), fmtDur(x.PropP50), fmtDur(x.PropP99), fmtDur(x.PropMax),
 			fmtCount(int64(x.RestPerSec+0.5)), x.PerReplica, x.FollowersPerReplica, x.PingPerReplica, x.LockChecksPerReplica,
 			x.OthersPerReplica, x.LeadersPerReplica, x.BeatsPerReplica, fmtMiB(x.UsedMemory/1024), x.Clients,
-			x.Leaders, x.MostLed, x.RestMoves, fmtMiB(x.RSSPerReplica))
+			x.Leaders, x.MostLed, x.RestMoves, x.RestCores, fmtMiB(x.RSSPerReplica))
 	}
 	b.WriteString("\n![propagation against N](propagation.png)\n\n![Redis load against N·T](redis-load.png)\n")
 	b.WriteString("\nBy command, at rest:\n\n")
@@ -634,4 +635,13 @@ func (r *report) deviceCostMarkdown(b *strings.Builder) {
 		"burst plus the rate times the time from the first ask to the last mint. The fake saw %d liveness calls during the hammering.\n",
 		c.Replicas, c.UpstreamLatency, c.MintsPerMinute, c.Mints, c.UpstreamLatency, c.Readers, c.ReadD, c.Hammers, c.HammerD,
 		d.FakeCalls-d.FakeCalls0)
+}
+
+// lateNote names the replicas that did not serve a refreshed token within
+// figure 11's wait, or nothing.
+func lateNote(late int) string {
+	if late == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d replica-refreshes not served within %v (each counted as %v)", late, propWait, propWait)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,7 +30,11 @@ type scaleResult struct {
 
 	PropP50, PropP99, PropMax time.Duration // the leader holding a new token to each other replica serving it
 	PropSamples, PropWrites   int
-	AskP50, AskMax            time.Duration // Keeper.Refresh asked of the leader, to its answer
+	// PropLate counts the replicas, over all the refreshes, that did not
+	// serve the new token within propWait: each is a sample of propWait
+	// in the percentiles, a lower bound of its delay.
+	PropLate       int
+	AskP50, AskMax time.Duration // Keeper.Refresh asked of the leader, to its answer
 	// CPU time per refresh: the harness's (every replica's work, and the
 	// polling), per replica; redis-server's, for the whole fan-out.
 	PropCPUPerReplica, PropRedisCPU time.Duration
@@ -55,10 +60,19 @@ type scaleResult struct {
 	UsedMemory int64 // bytes, INFO memory used_memory, at rest
 	Clients    int64 // INFO clients connected_clients, at rest
 
-	Leaders, MostLed int   // replicas leading at least one token; most tokens one replica leads
-	RestMoves        int   // changes of a token's leader seen during the window at rest
-	RSSPerReplica    int64 // KiB: the harness's resident set grown by the fleet, divided by N
+	Leaders, MostLed int // replicas leading at least one token; most tokens one replica leads
+	RestMoves        int // changes of a token's leader seen during the window at rest
+	// RestCores is the harness process's CPU time during the window at
+	// rest over the window's length: the cores the fleet's own loops take
+	// when nothing happens, which the fan-out of a refresh competes with.
+	RestCores     float64
+	RSSPerReplica int64 // KiB: the harness's resident set grown by the fleet, divided by N
 }
+
+// propWait is how long figure 11 waits for every replica to serve a
+// refreshed token before it counts the ones that do not as late and goes
+// on.
+const propWait = 10 * time.Second
 
 // scanCommands are the commands that walk the keyspace; no replica may
 // send one.
@@ -262,12 +276,19 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	if rss1, err := rssKiB(os.Getpid()); err == nil {
 		res.RSSPerReplica = max(rss1-rss0, 0) / int64(n)
 	}
+	// Just collected: the windows at rest and of the refreshes end before
+	// the next collection (scaleGCPercent).
+	defer debug.SetGCPercent(debug.SetGCPercent(scaleGCPercent))
 
 	before, err := rs.Commands(ctx)
 	if err != nil {
 		return nil, err
 	}
 	r0 := time.Now()
+	rc0, err := cpuTime(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
 	// Leadership sampled every second: a token that changed leader in the
 	// window cost the fleet an election (its followers' lock checks).
 	was := leadership()
@@ -286,6 +307,11 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		return nil, err
 	}
 	res.RestSeconds = time.Since(r0).Seconds()
+	rc1, err := cpuTime(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	res.RestCores = (rc1 - rc0).Seconds() / res.RestSeconds
 	delta := after.Sub(before)
 	res.RestTotal = delta.Total()
 	res.RestPerSec = float64(res.RestTotal) / res.RestSeconds
@@ -307,10 +333,10 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	if res.Clients, err = rs.infoInt(ctx, "clients", "connected_clients"); err != nil {
 		return nil, err
 	}
-	say("  N=%d T=%d: at rest %.0f commands/s (%.3f per replica: as followers %.3f (PINGs %.3f, lock checks %.3f, replica beats and polls %.3f); leaders' work %.3f, leaders' beats %.3f), used_memory %s, %d clients; %d replicas lead, at most %d tokens each; %d changes of leader in the window",
+	say("  N=%d T=%d: at rest %.0f commands/s (%.3f per replica: as followers %.3f (PINGs %.3f, lock checks %.3f, replica beats and polls %.3f); leaders' work %.3f, leaders' beats %.3f), used_memory %s, %d clients; %d replicas lead, at most %d tokens each; %d changes of leader in the window; the harness used %.2f cores at rest",
 		n, t, res.RestPerSec, res.PerReplica, res.FollowersPerReplica, res.PingPerReplica, res.LockChecksPerReplica, res.OthersPerReplica,
 		res.LeadersPerReplica, res.BeatsPerReplica,
-		fmtMiB(res.UsedMemory/1024), res.Clients, res.Leaders, res.MostLed, res.RestMoves)
+		fmtMiB(res.UsedMemory/1024), res.Clients, res.Leaders, res.MostLed, res.RestMoves, res.RestCores)
 
 	// Propagation: a refresh on the token's leader, every replica polled
 	// until it serves a different value, counted from when the leader
@@ -345,7 +371,7 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 			refreshed <- err
 		}()
 		left := n
-		deadline := start.Add(10 * time.Second)
+		deadline := start.Add(propWait)
 		for left > 0 && time.Now().Before(deadline) {
 			for i, k := range keepers {
 				if seen[i] >= 0 {
@@ -363,10 +389,17 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		if err := <-refreshed; err != nil {
 			return nil, fmt.Errorf("refresh %d of %s: %w", w, name, err)
 		}
+		if seen[li] < 0 {
+			return nil, fmt.Errorf("refresh %d of %s: its leader did not serve the new token within %v", w, name, propWait)
+		}
 		if left > 0 {
-			return nil, fmt.Errorf("refresh %d of %s: %d of %d replicas did not serve the new token within 10 s", w, name, left, n)
+			say("  N=%d T=%d: refresh %d of %s: %d of %d replicas did not serve the new token within %v", n, t, w, name, left, n, propWait)
+			res.PropLate += left
 		}
 		for i, d := range seen {
+			if d < 0 {
+				d = propWait // not served by then: a lower bound
+			}
 			if i != li {
 				lat = append(lat, max(d-seen[li], 0))
 			}
@@ -387,8 +420,8 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	res.PropP50, res.PropP99, res.PropMax = quantile(lat, 0.5), quantile(lat, 0.99), lat[len(lat)-1]
 	slices.Sort(asks)
 	res.AskP50, res.AskMax = quantile(asks, 0.5), asks[len(asks)-1]
-	say("  N=%d T=%d: propagation p50 %s p99 %s max %s (%d refreshes, answered p50 %s max %s); CPU per refresh: %s per replica, redis-server %s",
-		n, t, fmtDur(res.PropP50), fmtDur(res.PropP99), fmtDur(res.PropMax), writes, fmtDur(res.AskP50), fmtDur(res.AskMax),
+	say("  N=%d T=%d: propagation p50 %s p99 %s max %s (%d refreshes, %d replicas late, answered p50 %s max %s); CPU per refresh: %s per replica, redis-server %s",
+		n, t, fmtDur(res.PropP50), fmtDur(res.PropP99), fmtDur(res.PropMax), writes, res.PropLate, fmtDur(res.AskP50), fmtDur(res.AskMax),
 		fmtDur(res.PropCPUPerReplica), fmtDur(res.PropRedisCPU))
 
 	// A full restart: the tokens stay in Redis.
@@ -422,6 +455,21 @@ func leaderOf(keepers []*tokenkeeper.Keeper, name string) int {
 	}
 	return -1
 }
+
+// scaleGCPercent is the harness's GOGC while a fleet of figure 11 runs.
+// A fleet's thousand heaps are one heap here (about 2 GB at 1,000 × 100),
+// whose every collection marks all of it on the harness's two cores: at
+// the default of 100, a cycle of 3 to 5 s every 40 s or so, during which
+// the replicas' goroutines pay the marking as they allocate and a PONG or
+// a beat comes seconds late. That stall has no counterpart in a fleet,
+// where each replica collects its few megabytes on its own CPU; with it,
+// figure 11 measured the harness's collector, in the followers' doubt
+// (their proofs lapsing, so they poll) and in the tail of propagation. Set
+// to 400 once a collection has just ended, before the window at rest
+// (measureScale), it puts the next minutes later, after the window and the
+// refreshes. The fleet starts and settles at the default, so that the
+// resident set is measured as before.
+const scaleGCPercent = 400
 
 // scaleLockTTL is figure 11's lock TTL, and scaleLazyWindow the time over
 // which a replica spreads the state writes of a token it adopted
