@@ -348,11 +348,28 @@ func TestLeaderPartitionedFromRedis(t *testing.T) {
 func TestUpstreamOutageWithinLifetime(t *testing.T) {
 	f := newFleet(t, 3, fast)
 	t1 := f.token(1)
-	outFrom := t1.IssuedAt.Add(3 * time.Second)
-	outTo := t1.IssuedAt.Add(15 * time.Second) // 12 s > the 8 s window; tok#1 serves until +18 s
+	// The outage is longer than the advisory window and covers the time
+	// tok#1's refresh falls due (+9.7 s to +10.5 s: 20 s less the write's
+	// budget, the window and its jitter), so that the refresh and at least
+	// one retry fail. It ends well before the fleet's serve deadline
+	// (+16.5 s, tok#1 dated early by the write's budget): a failure just
+	// before its end can hand leadership over (the third in a row), and the
+	// next leader is elected and waits out Retry-After before it fetches.
+	// An outage ending at +15 s left that no room when the refresh fell
+	// due early in its jitter: the hand-over came at +14.9 s, the fetch
+	// after the serve deadline, and a replica answered 503.
+	outFrom := t1.IssuedAt.Add(2 * time.Second)
+	outTo := f.serveDeadline(t1).Add(-f.tm.RetryMax - f.tm.HandoverCooldown - f.tm.ServeMargin/4)
+	if outTo.Sub(outFrom) <= f.tm.RefreshBefore {
+		t.Fatalf("outage of %v, want longer than the advisory window %v", outTo.Sub(outFrom), f.tm.RefreshBefore)
+	}
 	sleepUntil(outFrom)
+	authBefore := f.stats().authCalls()
 	f.knobs(map[string]any{"liveness_status": 503, "auth_status": 503, "retry_after": "1s"})
 	sleepUntil(outTo)
+	// Every auth call in the outage failed: a leader without an access
+	// token fails there, before any liveness call.
+	authFailed := f.stats().authCalls() - authBefore
 	f.knobs(map[string]any{"liveness_status": 0, "auth_status": 0, "retry_after": "0s"})
 
 	t2 := f.tokenAfter(outTo, f.tm.RetryMax+5*time.Second)
@@ -367,9 +384,9 @@ func TestUpstreamOutageWithinLifetime(t *testing.T) {
 			failed = append(failed, c.At)
 		}
 	}
-	f.figure("upstream_failed_calls", len(failed))
-	if len(failed) < 2 {
-		t.Errorf("%d failed liveness calls during the outage, want at least 2 (a refresh and its retries)", len(failed))
+	f.figure("upstream_failed_calls", len(failed)+authFailed)
+	if len(failed)+authFailed < 2 {
+		t.Errorf("%d failed liveness and %d failed auth calls during the outage, want at least 2 in all (a refresh and its retries)", len(failed), authFailed)
 	}
 	var minGap, maxGap time.Duration
 	for i := 1; i < len(failed); i++ {
