@@ -557,7 +557,7 @@ func equalSelector(a, b *metav1.LabelSelector) bool {
 }
 
 // benchPeakRSS reads the peak RSS of one replica from bench/RESULTS.md
-// ("peak 21.2 MiB" in section 7), the figure the memory values are sized
+// ("peak 32.1 MiB" in section 7), the figure the memory values are sized
 // from.
 func benchPeakRSS(t *testing.T) resource.Quantity {
 	t.Helper()
