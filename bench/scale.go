@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -157,6 +158,28 @@ func raiseFileLimit() {
 // at rest over restD, refreshes writes tokens one after the other timing
 // each replica's pick-up, then stops the whole fleet, starts it again and
 // times its convergence.
+// restProfile, when set (-restprofile), is where figure 11 writes the
+// harness's CPU profile over each fleet's window at rest: what the fleet's
+// own loops cost while nothing happens.
+var restProfile string
+
+// startRestProfile starts the CPU profile of the window at rest of the
+// fleet N x T when restProfile asks for it, and returns what stops it.
+func startRestProfile(n, t int) (stop func(), err error) {
+	if restProfile == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(fmt.Sprintf("%s-%dx%d", restProfile, n, t))
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("profile at rest: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
 func measureScale(ctx context.Context, work string, n, t, writes int, restD time.Duration, say func(string, ...any)) (*scaleResult, error) {
 	res := &scaleResult{N: n, T: t}
 	if n*t > maxScaleStores {
@@ -284,6 +307,10 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	if err != nil {
 		return nil, err
 	}
+	stopProfile, err := startRestProfile(n, t)
+	if err != nil {
+		return nil, err
+	}
 	r0 := time.Now()
 	rc0, err := cpuTime(os.Getpid())
 	if err != nil {
@@ -302,6 +329,7 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		}
 		was = now
 	}
+	stopProfile()
 	after, err := rs.Commands(ctx)
 	if err != nil {
 		return nil, err

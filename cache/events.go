@@ -341,10 +341,18 @@ func (e *Events) shardedWorks(ctx context.Context, channel string) bool {
 func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...string) {
 	routes := e.routesOf(channels)
 	byName := make(map[string]*route, len(routes))
+	byChannel := make(map[string]*route, len(routes))
 	for _, r := range routes {
 		byName[r.store.name] = r
+		byChannel[r.store.cfg.Keys.Events] = r
 	}
 	every := pingEvery(routes)
+	// proved is the proof the last beat gave every route, zero after a
+	// doubt; a beat proves them again once its own is proofStep later
+	// (takeBeat). A tenth of pingEvery: the proofs lag the beats by less
+	// than the time a PING waits for one.
+	var proved time.Time
+	proofStep := every / 10
 	fctx, cancel := context.WithCancel(ctx)
 	defer func() {
 		cancel()
@@ -418,6 +426,7 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 				for _, rt := range routes {
 					rt.doubt(e.clock.Now())
 				}
+				proved = time.Time{}
 				clear(sent)
 				e.kickPoll()
 				continue
@@ -453,7 +462,7 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 					return
 				}
 			case *redis.Message:
-				if e.takeBeat(m.Payload, e.routeOf(m.Channel), routes, byName, e.clock.Now()) {
+				if e.takeBeat(m.Payload, byChannel[m.Channel], routes, byName, e.clock.Now(), &proved, proofStep) {
 					continue
 				}
 				e.deliver(m.Channel, delivery{payload: m.Payload})

@@ -77,7 +77,8 @@ func (e *Events) pollStep() time.Duration {
 // beat arrived (dated its arrival less a round trip).
 func (r *route) prove(at time.Time) {
 	r.mu.Lock()
-	if r.proof.IsZero() && !r.lost.IsZero() {
+	again := r.proof.IsZero() && !r.lost.IsZero()
+	if again {
 		// The first proof since a doubt: the new subscription stands
 		// now, and only a poll sent from now on covers what was
 		// published before it stood (due).
@@ -87,6 +88,9 @@ func (r *route) prove(at time.Time) {
 		r.proof = at
 	}
 	r.mu.Unlock()
+	if again {
+		r.store.events.kickPoll() // the route fell due
+	}
 }
 
 // doubt withdraws the route's proof at now: its connection broke or was
@@ -147,14 +151,18 @@ func (e *Events) kickPoll() {
 	}
 }
 
-// due reports whether r is to be polled at now.
-func (r *route) due(now time.Time) bool {
+// due reports whether r is to be polled at now and, when it is not, the
+// earliest moment it can fall due as time passes: its next poll, its
+// retry, the lapse of its proof. Whatever else makes it due wakes the
+// poll loop (kickPoll): a failed read, a doubt, the first proof after
+// one, a store to be polled often.
+func (r *route) due(now time.Time) (bool, time.Time) {
 	s := r.store
 	if r.failed.Swap(false) && r.backoff == 0 {
 		r.retryLater(now)
 	}
 	if !r.retryAt.IsZero() && !now.Before(r.retryAt) {
-		return true
+		return true, time.Time{}
 	}
 	interval := s.cfg.PollInterval
 	ok, since := r.proven(now)
@@ -176,10 +184,27 @@ func (r *route) due(now time.Time) bool {
 		interval = max(s.cfg.RestPollInterval, s.cfg.PollInterval)
 	}
 	if now.Sub(r.lastPoll) >= interval {
-		return true
+		return true, time.Time{}
 	}
 	// In doubt since a moment after the last poll: at once.
-	return !ok && !since.IsZero() && r.lastPoll.Before(since) && !now.Before(since)
+	if !ok && !since.IsZero() && r.lastPoll.Before(since) && !now.Before(since) {
+		return true, time.Time{}
+	}
+	next := r.lastPoll.Add(interval)
+	if ok {
+		next = earlier(next, since) // the proof lapses
+	}
+	if !r.retryAt.IsZero() {
+		next = earlier(next, r.retryAt)
+	}
+	return false, next
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // retryLater schedules the next read after a failed one: an eighth of
@@ -218,22 +243,36 @@ func (e *Events) pollLoop(ctx context.Context) {
 	}
 	tick := e.clock.NewTicker(e.pollStep())
 	defer tick.Stop()
+	// The loop looks at its routes at the first tick after the earliest
+	// moment one of them can fall due (wake), or at once when woken: at
+	// rest, once a proof's lapse or a poll at minutes, not every tick
+	// over every store a replica keeps.
+	var wake time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C():
+			if e.clock.Now().Before(wake) {
+				continue
+			}
 		case <-e.kick:
 		}
 		now := e.clock.Now()
 		var due []*route
+		wake = time.Time{}
 		for _, r := range routes {
-			if r.due(now) {
+			ok, next := r.due(now)
+			switch {
+			case ok:
 				due = append(due, r)
+			case wake.IsZero() || next.Before(wake):
+				wake = next
 			}
 		}
 		if len(due) > 0 {
 			e.poll(ctx, due)
+			wake = time.Time{} // the routes polled fall due again from now: look at the next tick
 		}
 	}
 }

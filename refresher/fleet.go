@@ -485,8 +485,12 @@ func (f *fleetState) fingerprint(tok cache.Token) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if tok.Value != f.fpOf {
-		f.fpOf, f.fp = tok.Value, tok.Fingerprint()
+		f.fp = tok.Fingerprint()
 	}
+	// Kept as this copy of the value: a token read again from Redis is an
+	// equal string in other memory, which a comparison would otherwise
+	// walk byte by byte every look.
+	f.fpOf = tok.Value
 	return f.fp
 }
 
