@@ -135,7 +135,7 @@ func run(ctx context.Context, args []string) int {
 	scaleN := fs.String("scale-n", "", "comma-separated fleet sizes of figure 11, instead of the mode's")
 	scaleT := fs.String("scale-t", "", "comma-separated catalog sizes of figure 11, instead of the mode's")
 	cpuProfile := fs.String("cpuprofile", "", "write the harness process's CPU profile to this file (figures run in process: 3, 5, 6, 8 to 12)")
-	fs.StringVar(&restProfile, "restprofile", "", "write the harness's CPU profile over figure 11's windows at rest to this file, suffixed with N and T (not with -cpuprofile)")
+	fs.StringVar(&restProfile, "restprofile", "", "write the harness's CPU profiles over figure 11's windows at rest and of the refreshes to files named so, suffixed with N and T (not with -cpuprofile)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

@@ -163,13 +163,14 @@ func raiseFileLimit() {
 // own loops cost while nothing happens.
 var restProfile string
 
-// startRestProfile starts the CPU profile of the window at rest of the
-// fleet N x T when restProfile asks for it, and returns what stops it.
-func startRestProfile(n, t int) (stop func(), err error) {
+// startRestProfile starts the CPU profile of a window (at rest, or the
+// refreshes') of the fleet N x T when restProfile asks for it, and
+// returns what stops it.
+func startRestProfile(n, t int, window string) (stop func(), err error) {
 	if restProfile == "" {
 		return func() {}, nil
 	}
-	f, err := os.Create(fmt.Sprintf("%s-%dx%d", restProfile, n, t))
+	f, err := os.Create(fmt.Sprintf("%s-%dx%d%s", restProfile, n, t, window))
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +178,7 @@ func startRestProfile(n, t int) (stop func(), err error) {
 		f.Close()
 		return nil, fmt.Errorf("profile at rest: %w", err)
 	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	return sync.OnceFunc(func() { pprof.StopCPUProfile(); f.Close() }), nil
 }
 
 func measureScale(ctx context.Context, work string, n, t, writes int, restD time.Duration, say func(string, ...any)) (*scaleResult, error) {
@@ -307,10 +308,11 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	if err != nil {
 		return nil, err
 	}
-	stopProfile, err := startRestProfile(n, t)
+	stopProfile, err := startRestProfile(n, t, "")
 	if err != nil {
 		return nil, err
 	}
+	defer func() { stopProfile() }() // on an early return; the one running
 	r0 := time.Now()
 	rc0, err := cpuTime(os.Getpid())
 	if err != nil {
@@ -378,6 +380,9 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 	if err := errors.Join(err1, err2, err3); err != nil {
 		return nil, err
 	}
+	if stopProfile, err = startRestProfile(n, t, "-refreshes"); err != nil {
+		return nil, err
+	}
 	for w := range writes {
 		name := names[w%t]
 		li := leaderOf(keepers, name)
@@ -434,6 +439,7 @@ func measureScale(ctx context.Context, work string, n, t, writes int, restD time
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	stopProfile()
 	cpu1, err1 := cpuTime(os.Getpid())
 	rcpu1, err2 := cpuTime(rs.proc.Pid())
 	cmds1, err3 := rs.Commands(ctx)

@@ -267,6 +267,18 @@ func (s *Store) Current() (Token, bool) {
 	return t.Token, true
 }
 
+// Stamp identifies what a store holds: its token in memory and why the
+// token in Redis is unreadable here. Two equal stamps mean neither changed
+// in between; time passing changes neither, though it ends the token's
+// servability (Current) and its life (Held).
+type Stamp struct {
+	cur  *held
+	seal *error
+}
+
+// Stamp returns the store's stamp now.
+func (s *Store) Stamp() Stamp { return Stamp{s.cur.Load(), s.sealErr.Load()} }
+
 // Held returns the token in memory, servable or not, as long as it has
 // not expired.
 func (s *Store) Held() (Token, bool) {

@@ -140,6 +140,7 @@ func (r *Refresher) asideTill() time.Time {
 func (r *Refresher) setAside(until time.Time) {
 	r.mu.Lock()
 	r.asideUntil = until
+	r.changes.Add(1)
 	r.mu.Unlock()
 }
 

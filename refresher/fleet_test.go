@@ -506,3 +506,48 @@ func TestBeatsSayHowManyTokensTheReplicaLeads(t *testing.T) {
 		}
 	})
 }
+
+// A replica's state for a token changes with time alone where a deadline
+// passes: a follower whose token's servability ends, nothing else
+// happening (no leader, no event, no refresh), shows not ready in the
+// fleet view within a look of that moment, though its looks at rest skip
+// building a state that cannot have changed.
+func TestStateFollowsTimeAtRest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := newWorld(t)
+		ctx := t.Context()
+		// A lock no replica can take, and a token written under it.
+		w.srv.Mini.Set(w.keys.Lock, "holder")
+		w.srv.Mini.SetTTL(w.keys.Lock, 24*time.Hour)
+		writer, err := cache.New(w.admin, cache.Config{Keys: w.keys, Clock: w.tl.Clock, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := writer.Write(ctx, cache.Write{LockValue: "holder", Value: "only", Deadline: w.tl.Now().Add(10 * time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		b := w.startObserved("b", w.source(hour), timings{lifetime: hour})
+		ready := func(want bool) func() bool {
+			return func() bool {
+				f, err := refresher.ReadFleet(ctx, w.admin, w.keys, time.Now())
+				return err == nil && len(f.Replicas) == 1 && f.Replicas[0].Ready == want
+			}
+		}
+		w.tl.Until("the follower ready in the fleet view", time.Minute, ready(true))
+		tok, ok := b.store.Current()
+		if !ok {
+			t.Fatal("the follower serves no token")
+		}
+		w.tl.Advance(5 * time.Minute) // at rest: many looks, nothing to write
+		if !ready(true)() {
+			t.Fatal("the follower's state says not ready while its token is servable")
+		}
+		w.tl.Advance(tok.Deadline.Add(-b.store.ServeMargin()).Sub(w.tl.Now()))
+		if _, ok := b.store.Current(); ok {
+			t.Fatal("the follower still serves its token at the end of its servability")
+		}
+		if took := w.tl.Until("the follower not ready in the fleet view", time.Minute, ready(false)); took > time.Second {
+			t.Errorf("the fleet view said not ready %v after the token's servability ended, want within a look (a second)", took)
+		}
+	})
+}

@@ -387,6 +387,7 @@ func (r *Refresher) noteUpstream(err error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.changes.Add(1)
 	if err == nil {
 		r.upstreamState, r.upstreamErr = upstreamOK, ""
 		return

@@ -176,6 +176,9 @@ type Refresher struct {
 	upstreamState string    // "", upstreamOK or upstreamFailing: this replica's last try
 	upstreamErr   string    // the error of the last failing try
 	asideUntil    time.Time // having handed over, out of elections until then
+	// changes counts the changes of the fields above that the fleet view
+	// shows (upstreamState, upstreamErr, asideUntil), for Heartbeats.
+	changes atomic.Uint64
 
 	spanMu sync.Mutex // guards span
 	span   trace.Span // the attempt running now, for lock events; nil when none
