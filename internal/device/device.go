@@ -222,10 +222,15 @@ var holdLua string
 var (
 	readScript    = redis.NewScript(readLua)
 	storeScript   = redis.NewScript(storeLua)
+	timeScript    = redis.NewScript("return redis.call('TIME')")
 	releaseScript = redis.NewScript(releaseLua)
 	budgetScript  = redis.NewScript(budgetLua)
 	holdScript    = redis.NewScript(holdLua)
 )
+
+// errStoredLate is a store that reached Redis too late to leave the token
+// any life (latestOnRedis): not stored.
+var errStoredLate = errors.New("the store reached Redis after the token's deadline")
 
 // Token returns the device's token: the one stored for it while it has
 // more than the serve margin left, else a new one, minted once for the
@@ -412,6 +417,14 @@ func (m *Minter) mint(ctx context.Context, d mintOf) (_ cache.Token, err error) 
 	if err := m.spend(ctx, key); err != nil {
 		return cache.Token{}, err
 	}
+	// Before the mint: what the store will bound the token's life by on
+	// Redis's clock (redisReading.latest).
+	var clk redisReading
+	if !plant.On(plant.DeviceStoreUncut) && !plant.On(plant.DeviceStoreUnbounded) {
+		if clk, err = m.readRedisClock(ctx, d); err != nil {
+			return cache.Token{}, err
+		}
+	}
 	start := m.cfg.Clock.Now()
 	defer func() { m.met.latency.Observe(m.cfg.Clock.Now().Sub(start).Seconds()) }()
 	ut, err := m.cfg.Mint(ctx, access.Value)
@@ -433,7 +446,7 @@ func (m *Minter) mint(ctx context.Context, d mintOf) (_ cache.Token, err error) 
 		m.countMint(ctx)
 		return cache.Token{}, fmt.Errorf("%w: the upstream's token has %v left, not more than the serve margin", fault.ErrUnavailable, left.Round(time.Millisecond))
 	}
-	theirs, ok := m.keep(ctx, d, tok)
+	theirs, ok := m.keep(ctx, d, tok, clk)
 	m.countMint(ctx)
 	if ok {
 		m.log.InfoContext(ctx, "another replica minted this device's token meanwhile; handing out that one", "device", digest[:12],
@@ -465,14 +478,14 @@ const storeAttempts = 3
 // the device holds another token to hand out (this replica lost its claim
 // while frozen or slow, and another minted meanwhile), nothing is stored
 // and keep returns that token, with ok.
-func (m *Minter) keep(ctx context.Context, d mintOf, tok cache.Token) (theirs cache.Token, ok bool) {
+func (m *Minter) keep(ctx context.Context, d mintOf, tok cache.Token, clk redisReading) (theirs cache.Token, ok bool) {
 	var err error
 	attempts := storeAttempts
 	if plant.On(plant.DeviceStoreOnce) {
 		attempts = 1
 	}
 	for attempt := 1; attempt <= attempts && ctx.Err() == nil; attempt++ {
-		if theirs, ok, _, err = m.storeNew(ctx, d, tok); err == nil {
+		if theirs, ok, _, err = m.storeNew(ctx, d, tok, clk); err == nil {
 			return theirs, ok
 		}
 		m.log.DebugContext(ctx, "storing a device's token", "device", d.digest[:12], "attempt", attempt, "error", err)
@@ -481,19 +494,21 @@ func (m *Minter) keep(ctx context.Context, d mintOf, tok cache.Token) (theirs ca
 		return cache.Token{}, false
 	}
 	m.log.WarnContext(ctx, "a device's token could not be stored; this replica keeps it and tries again", "device", d.digest[:12], "error", err)
-	m.remember(ctx, d, tok)
+	m.remember(ctx, d, tok, clk)
 	return cache.Token{}, false
 }
 
 // storeNew sends one store of the device's new token tok, and returns the
 // token the device holds instead, if any (see keep). tried is false when
 // tok has too little life left to be stored.
-func (m *Minter) storeNew(ctx context.Context, d mintOf, tok cache.Token) (theirs cache.Token, ok, tried bool, err error) {
+func (m *Minter) storeNew(ctx context.Context, d mintOf, tok cache.Token, clk redisReading) (theirs cache.Token, ok, tried bool, err error) {
 	// Redis starts the stored life when the script runs, which may be as
 	// late as the client's read timeout (a slow round trip, or go-redis
 	// sending it again): each store gets that long to be sent, and the
 	// stored life is cut by it, so that no replica reading it dates the
-	// token late.
+	// token late. A store that a slow link delivers later still, after
+	// its sender gave up on it, is bounded by the token's deadline on
+	// Redis's clock (redisReading.latest).
 	budget := cache.ReadTimeout(m.rdb)
 	if plant.On(plant.DeviceStoreUncut) {
 		budget = 0
@@ -508,13 +523,52 @@ func (m *Minter) storeNew(ctx context.Context, d mintOf, tok cache.Token) (their
 		ctx, cancel = context.WithTimeout(ctx, budget)
 		defer cancel()
 	}
-	held, left, err := m.store(ctx, d, tok.Value, ttl)
+	held, left, err := m.store(ctx, d, tok.Value, ttl, clk.latest(tok))
 	if err != nil {
 		return cache.Token{}, false, true, err
 	}
 	theirs = cache.Token{Value: held, Deadline: sent.Add(left)}
 	ok = held != "" && held != tok.Value && theirs.ServableAt(m.cfg.Clock.Now(), m.cfg.ServeMargin) && !plant.On(plant.DeviceClaimOff)
 	return theirs, ok, true, nil
+}
+
+// redisReading is a reading of the clock of the Redis server holding a
+// device's token: its time in Unix milliseconds, and when on this
+// replica's clock the answer came, later than Redis read it.
+type redisReading struct {
+	ms int64
+	at time.Time
+}
+
+// readRedisClock reads the clock of the Redis server holding the device's
+// token (a script on its key: in Redis Cluster, the master the store goes
+// to).
+func (m *Minter) readRedisClock(ctx context.Context, d mintOf) (redisReading, error) {
+	t, err := timeScript.Eval(ctx, m.rdb, []string{d.key}).Int64Slice()
+	if err != nil {
+		return redisReading{}, fmt.Errorf("%w: reading Redis's clock: %w", fault.ErrUnavailable, err)
+	}
+	if len(t) != 2 {
+		return redisReading{}, fmt.Errorf("%w: reading Redis's clock: %d fields, want 2", fault.ErrUnavailable, len(t))
+	}
+	return redisReading{ms: t[0]*1000 + t[1]/1000, at: m.cfg.Clock.Now()}, nil
+}
+
+// latest returns tok's deadline on Redis's clock, by the reading: the
+// latest the stored token may expire. Dated from the answer's arrival,
+// it is early by up to the reading's round trip, never late.
+//
+// The store's budget alone does not keep the stored life within the
+// token's: a slow link can deliver a store to Redis after its sender gave
+// up on it, and Redis then starts the life as late (the simulator found
+// it: writes paused for 6 s against a budget of 1 s). 0 (no bound)
+// without a reading: with the planted bugs that store the token uncut or
+// unbounded.
+func (r redisReading) latest(tok cache.Token) int64 {
+	if r.at.IsZero() {
+		return 0
+	}
+	return r.ms + tok.Deadline.Sub(r.at).Milliseconds() - 1
 }
 
 // unsavedRetry is how long a replica waits before it sends again the store
@@ -525,7 +579,7 @@ const unsavedRetry = time.Second
 // replica: the device's asks here get it, and it is stored in the
 // background, once a second while it can be handed out, until a store
 // is answered.
-func (m *Minter) remember(ctx context.Context, d mintOf, tok cache.Token) {
+func (m *Minter) remember(ctx context.Context, d mintOf, tok cache.Token, clk redisReading) {
 	m.fmu.Lock()
 	defer m.fmu.Unlock()
 	if m.bg.Err() != nil {
@@ -547,7 +601,7 @@ func (m *Minter) remember(ctx context.Context, d mintOf, tok cache.Token) {
 			if !tok.ServableAt(m.cfg.Clock.Now(), m.cfg.ServeMargin) {
 				return
 			}
-			_, _, tried, err := m.storeNew(ctx, d, tok)
+			_, _, tried, err := m.storeNew(ctx, d, tok, clk)
 			if !tried || err == nil {
 				if err == nil {
 					m.log.InfoContext(ctx, "a device's token kept unsaved is stored", "device", d.digest[:12], "fingerprint", tok.Fingerprint())
@@ -762,7 +816,7 @@ func digestOf(secret []byte, device string) string {
 // store keeps a device's token for ttl, with a span under the mint's,
 // unless the device holds the token to hand out (see store.lua): then it
 // returns that token and how long it has left.
-func (m *Minter) store(ctx context.Context, d mintOf, value string, ttl time.Duration) (held string, left time.Duration, err error) {
+func (m *Minter) store(ctx context.Context, d mintOf, value string, ttl time.Duration, latest int64) (held string, left time.Duration, err error) {
 	ctx, span := tracing.Child(ctx, "tokenkeeper.device.store", trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(tracing.DBSystem.String("redis"), tracing.DBOperation.String("EVAL")))
 	defer func() {
@@ -777,11 +831,13 @@ func (m *Minter) store(ctx context.Context, d mintOf, value string, ttl time.Dur
 	if plant.On(plant.DeviceStoreOnce) {
 		run = storeScript.Run
 	}
-	res, err := run(ctx, m.rdb, []string{d.key, d.claim}, value, ttl.Milliseconds(), d.owner, m.cfg.ServeMargin.Milliseconds()).Slice()
+	res, err := run(ctx, m.rdb, []string{d.key, d.claim}, value, ttl.Milliseconds(), d.owner, m.cfg.ServeMargin.Milliseconds(), latest).Slice()
 	if err != nil {
 		return "", 0, err
 	}
-	if stored, _ := res[0].(int64); stored == 1 || len(res) < 3 {
+	if stored, _ := res[0].(int64); stored == 2 {
+		return "", 0, errStoredLate
+	} else if stored == 1 || len(res) < 3 {
 		return "", 0, nil
 	}
 	held, _ = res[1].(string)

@@ -22,6 +22,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/clock"
 	"github.com/tokenkeeper/tokenkeeper/internal/clocktest"
 	"github.com/tokenkeeper/tokenkeeper/internal/device"
+	"github.com/tokenkeeper/tokenkeeper/internal/plant"
 	"github.com/tokenkeeper/tokenkeeper/upstream"
 )
 
@@ -600,5 +601,72 @@ func TestRunStopsTheBackgroundWork(t *testing.T) {
 	}
 	if _, err := m.Token(context.Background(), "tablet"); !errors.Is(err, fault.ErrUnavailable) {
 		t.Errorf("an ask after Run returned: %v, want %v", err, fault.ErrUnavailable)
+	}
+}
+
+// TestStoreDeliveredLateKeepsTheDeadline: a store that reaches Redis
+// later than its budget after it was sent (writes paused, a slow link
+// delivering what its sender gave up on) must not start the token's life
+// late: a replica reading the stored token dates it no later than the
+// upstream's expiry. (Defect 10 of docs/simulation.md: seed 3016 of a
+// sweep found it; without the fix, planted, the reading is late again.)
+func TestStoreDeliveredLateKeepsTheDeadline(t *testing.T) {
+	late := 3 * storeBudget
+	if over := storedLateOverstates(t, late); over > 0 {
+		t.Errorf("b dates the token %v later than it expires (the store ran %v after it was sent)", over, late)
+	}
+	plant.Set(plant.DeviceStoreUnbounded, true)
+	defer plant.Set(plant.DeviceStoreUnbounded, false)
+	if over := storedLateOverstates(t, late); over <= 0 {
+		t.Errorf("without the fix (plant %s), b dates the token %v before it expires, want later: the test no longer runs the store late", plant.DeviceStoreUnbounded, -over)
+	}
+}
+
+// storedLateOverstates mints a device's token on a replica whose store
+// runs late by late, and returns how much later than the upstream's
+// expiry another replica reading it dates it.
+func storedLateOverstates(t *testing.T, late time.Duration) time.Duration {
+	t.Helper()
+	f := newFixture(t)
+	rdb := f.client(t)
+	rdb.AddHook(lateStore{f: f, by: late})
+	a := f.minterOver(t, rdb, func(*device.Config) {})
+	b := f.minter(t)
+	ctx := context.Background()
+	minted, err := a.Token(ctx, "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	read, err := b.Token(ctx, "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if read.Value != minted.Value || f.up.mints.Load() != 1 {
+		t.Fatalf("b handed out %q after %d mints, want a's token %q after one", read.Value, f.up.mints.Load(), minted.Value)
+	}
+	return read.Deadline.Sub(minted.Deadline)
+}
+
+// lateStore runs the store of a device's token by later than it was
+// sent: the fixture's clock and Redis's move on before Redis runs it.
+type lateStore struct {
+	f  *fixture
+	by time.Duration
+}
+
+func (lateStore) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (lateStore) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h lateStore) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if args := cmd.Args(); strings.EqualFold(cmd.Name(), "eval") && len(args) > 1 {
+			if script, _ := args[1].(string); strings.Contains(script, "store.lua") {
+				h.f.advance(h.by)
+			}
+		}
+		return next(ctx, cmd)
 	}
 }

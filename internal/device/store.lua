@@ -2,8 +2,12 @@
 -- the one to hand out.
 -- KEYS[1]: the device's hash (v, exp); KEYS[2]: the device's mint claim.
 -- ARGV[1]: the token; ARGV[2]: its remaining life in ms; ARGV[3]: the
---   claim's owner (the replica storing); ARGV[4]: the serve margin in ms.
--- Reply: {1} when stored; {0, token, remaining ms} when the device holds
+--   claim's owner (the replica storing); ARGV[4]: the serve margin in ms;
+--   ARGV[5]: the latest the token may expire, on Redis's clock (Unix ms),
+--   or 0 for no such bound.
+-- Reply: {1} when stored; {2} when not, the store having come too late
+--   to leave the token any life by that bound; {0, token, remaining ms}
+--   when the device holds
 --   a token that expires as late or later (an earlier send of this
 --   store), or, once the claim is no longer the storer's (it lapsed while
 --   the storer was frozen or slow), a token with more than the serve
@@ -16,6 +20,15 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exp = now + tonumber(ARGV[2])
+-- A store that reached Redis late (a slow link delivers a command its
+-- sender gave up on) would otherwise start the token's life late.
+local latest = tonumber(ARGV[5]) or 0
+if latest > 0 and latest < exp then
+  exp = latest
+end
+if exp <= now then
+  return {2}
+end
 local held = redis.call('HGET', KEYS[1], 'v')
 if held then
   local old = tonumber(redis.call('HGET', KEYS[1], 'exp'))

@@ -67,6 +67,12 @@ const (
 	// EVALSHA, and the token forgotten if it fails, so the device's next
 	// ask mints again (invariant 6; the regression test of that defect).
 	DeviceStoreOnce Bug = "device-store-once"
+	// DeviceStoreUnbounded: a device's new token is stored with its life
+	// cut by the store's budget only, as before the simulator found that
+	// a link slower than the budget delivers a store its sender gave up
+	// on, and Redis starts the token's life that late (invariant 1; the
+	// regression test of that defect).
+	DeviceStoreUnbounded Bug = "device-store-unbounded"
 )
 
 // All lists every plantable bug.
@@ -77,7 +83,7 @@ func All() []Bug {
 }
 
 var bugs = []Bug{ServeExpired, DatedFromArrival, AdoptOlder, NoReleaseOnStop, BudgetOff, UnsavedForgotten, FenceOff, WriteBudgetOff,
-	DeviceStoreUncut, DeviceClaimOff, DeviceSecretKept, DeviceStoreOnce}
+	DeviceStoreUncut, DeviceClaimOff, DeviceSecretKept, DeviceStoreOnce, DeviceStoreUnbounded}
 
 var on [16]atomic.Bool
 
