@@ -229,7 +229,8 @@ var (
 )
 
 // errStoredLate is a store that reached Redis too late to leave the token
-// any life (latestOnRedis): not stored.
+// any life by the token's deadline on Redis's clock (redisReading.latest):
+// not stored.
 var errStoredLate = errors.New("the store reached Redis after the token's deadline")
 
 // Token returns the device's token: the one stored for it while it has
