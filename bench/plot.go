@@ -35,11 +35,13 @@ func plotThroughput(r *readsResult, title, path string) error {
 		kindTokenkeeper: color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
 		kindStatic:      color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
 		kindNaive:       color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+		kindDressed:     color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
 	}
 	shapes := map[string]draw.GlyphDrawer{
 		kindTokenkeeper: draw.CircleGlyph{},
 		kindStatic:      draw.SquareGlyph{},
 		kindNaive:       draw.TriangleGlyph{},
+		kindDressed:     draw.PlusGlyph{},
 	}
 	ymax := 0.0
 	for _, k := range kinds {

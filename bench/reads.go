@@ -31,9 +31,10 @@ const (
 	kindTokenkeeper = "tokenkeeper" // the httpapi server over a cache.Store kept by a refresher
 	kindStatic      = "static"      // (a) echo answering a constant JSON body of the same size
 	kindNaive       = "naive"       // (b) echo reading the token from Redis on every request
+	kindDressed     = "dressed"     // (a′) (a) wearing tokenkeeper's headers, on its server's limits
 )
 
-var kinds = []string{kindTokenkeeper, kindStatic, kindNaive}
+var kinds = []string{kindTokenkeeper, kindStatic, kindNaive, kindDressed}
 
 // kindLabel names a handler in tables and the plot.
 func kindLabel(k string) string {
@@ -42,6 +43,8 @@ func kindLabel(k string) string {
 		return "(a) static echo"
 	case kindNaive:
 		return "(b) Redis per read"
+	case kindDressed:
+		return "(a′) dressed echo"
 	default:
 		return "tokenkeeper"
 	}
@@ -68,10 +71,10 @@ func serveBare(ctx context.Context, ln net.Listener, h http.Handler) error {
 
 // serveSame serves h on ln until ctx ends with the limits httpapi's Serve
 // applies (an answer within the refresh timeout, 30s, + 10s), for the
-// harness's fake upstreams.
+// harness's fake upstreams and the dressed baseline (a′).
 func serveSame(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{
-		Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second,
 		WriteTimeout: 40 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
 	}
 	errc := make(chan error, 1)
@@ -146,6 +149,28 @@ func runServeHandler(ctx context.Context, args []string) error {
 			return c.JSONBlob(http.StatusOK, body)
 		})
 		return serveBare(ctx, ln, e)
+	case kindDressed:
+		// What any server must do that answers as tokenkeeper does, and
+		// nothing else: its response headers (the security headers, the
+		// instance and the generation) and its server's timeouts and
+		// header limit. tokenkeeper's gap to (a′) is its own work per read
+		// (the key check, the rate limiter, the metrics, the token's
+		// countdown); (a′)'s gap to (a) is net/http's for those headers
+		// and timeouts.
+		now := time.Now()
+		body := tokenBody(nil, benchToken, now.Add(time.Hour).UnixMilli(), now.UnixMilli())
+		e := echo.New()
+		e.GET("/v1/tokens/:name", func(c echo.Context) error {
+			h := c.Response().Header()
+			h.Set("X-Tokenkeeper-Instance", "bench")
+			h.Set("X-Content-Type-Options", "nosniff")
+			h.Set("X-Frame-Options", "DENY")
+			h.Set("Referrer-Policy", "no-referrer")
+			h.Set("Cache-Control", "no-store")
+			h.Set("X-Tokenkeeper-Generation", "1")
+			return c.JSONBlob(http.StatusOK, body)
+		})
+		return serveSame(ctx, ln, e)
 	case kindNaive:
 		rdb := redis.NewClient(&redis.Options{Addr: *redisAddr})
 		defer rdb.Close()
@@ -184,6 +209,10 @@ type readsResult struct {
 	// a round (the handlers ran back to back), which the machine's
 	// changing load disturbs less than a ratio of medians.
 	RatioA, RatioB, P99RatioA, CeilingAB []float64
+	// RatioDressed is tokenkeeper's to (a′), CeilingDressed (a′)'s to (a):
+	// the part of the gap to (a) that any server answering with
+	// tokenkeeper's headers and limits pays.
+	RatioDressed, CeilingDressed []float64
 	// CPUPerRead is the server process's CPU time (user and system) per
 	// request, by kind and concurrency index: the median of the rounds.
 	// Less disturbed by other load on the machine than throughput.
@@ -372,14 +401,18 @@ func measureReads(ctx context.Context, work, self string, cfg readsConfig, say f
 		}
 	}
 	for ci := range cfg.Conc {
-		tk, a, b := samples[kindTokenkeeper][ci], samples[kindStatic][ci], samples[kindNaive][ci]
-		var ra, rb, rp, ab []float64
+		tk, a, b, d := samples[kindTokenkeeper][ci], samples[kindStatic][ci], samples[kindNaive][ci], samples[kindDressed][ci]
+		var ra, rb, rp, ab, rd, da []float64
 		for i := range tk {
 			ra = append(ra, tk[i].rps/a[i].rps)
 			rb = append(rb, tk[i].rps/b[i].rps)
 			rp = append(rp, float64(tk[i].p99)/float64(a[i].p99))
 			ab = append(ab, a[i].rps/b[i].rps)
+			rd = append(rd, tk[i].rps/d[i].rps)
+			da = append(da, d[i].rps/a[i].rps)
 		}
+		res.RatioDressed = append(res.RatioDressed, median(rd))
+		res.CeilingDressed = append(res.CeilingDressed, median(da))
 		res.RatioA = append(res.RatioA, median(ra))
 		res.RatioB = append(res.RatioB, median(rb))
 		res.P99RatioA = append(res.P99RatioA, median(rp))
