@@ -354,27 +354,48 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 	var proved time.Time
 	proofStep := every / 10
 	fctx, cancel := context.WithCancel(ctx)
+	receiving := make(chan struct{}) // closed when the receiving goroutine returns
 	defer func() {
 		cancel()
 		ps.Close()
+		<-receiving // no beat proves a route after the doubt below
 		for _, r := range routes {
 			r.doubt(e.clock.Now())
 		}
 		e.kickPoll()
 	}()
+	// The goroutine that receives takes the messages (the beats, the
+	// events) itself: at rest a beat reaches every replica several times a
+	// second, and a hand-over to this loop for each would wake two
+	// goroutines instead of one. Anything else (a PONG, a subscription, an
+	// error) it hands over and waits until the loop has handled it, so
+	// the routes see proofs and doubts in the order they came.
 	type received struct {
 		msg any
 		err error
 	}
 	in := make(chan received)
+	handled := make(chan struct{})
 	go func() {
+		defer close(receiving)
 		for {
 			m, err := ps.Receive(fctx)
 			if fctx.Err() != nil {
 				return
 			}
+			if m, ok := m.(*redis.Message); ok && err == nil {
+				if !e.takeBeat(m.Payload, byChannel[m.Channel], routes, byName, e.clock.Now(), &proved, proofStep) {
+					e.deliver(m.Channel, delivery{payload: m.Payload})
+				}
+				continue
+			}
 			select {
 			case in <- received{m, err}:
+			case <-fctx.Done():
+				return
+			}
+			select {
+			case <-handled:
 			case <-fctx.Done():
 				return
 			}
@@ -420,55 +441,65 @@ func (e *Events) follow(ctx context.Context, ps *redis.PubSub, channels ...strin
 			lastPing = now
 			ping.Reset(every)
 		case r := <-in:
-			if r.err != nil {
-				// The connection broke: events may be lost until go-redis
-				// has subscribed again, which the stores then catch up on.
-				for _, rt := range routes {
-					rt.doubt(e.clock.Now())
-				}
-				proved = time.Time{}
-				clear(sent)
-				e.kickPoll()
-				continue
+			if !e.handOver(r.msg, r.err, routes, sent, &proved) {
+				return
 			}
-			switch m := r.msg.(type) {
-			case *redis.Pong:
-				n, err := strconv.ParseUint(m.Payload, 10, 64)
-				at, ok := sent[n]
-				if err != nil || !ok {
-					continue
-				}
-				for k := range sent {
-					if k <= n {
-						delete(sent, k)
-					}
-				}
-				// A PONG is a round trip through this connection, behind
-				// the messages Redis queued on it: the delay a beat's proof
-				// is dated back by (rttCut). Without it a round trip
-				// measured in a busy moment (a fleet starting) stayed the
-				// cut for as long as the store read nothing, every beat's
-				// proof came too old, and the follower PINGed at rest.
-				for _, rt := range routes {
-					rt.store.noteRTT(at)
-					rt.prove(at)
-				}
-			case *redis.Subscription:
-				switch m.Kind {
-				case "subscribe", "ssubscribe":
-					e.deliver(m.Channel, delivery{subscribed: true})
-				case "sunsubscribe":
-					e.log.Info("the events' shard changed; subscribing again", "channel", m.Channel)
-					return
-				}
-			case *redis.Message:
-				if e.takeBeat(m.Payload, byChannel[m.Channel], routes, byName, e.clock.Now(), &proved, proofStep) {
-					continue
-				}
-				e.deliver(m.Channel, delivery{payload: m.Payload})
+			select {
+			case handled <- struct{}{}:
+			case <-ctx.Done():
+				return
 			}
 		}
 	}
+}
+
+// handOver handles for follow what its receiving goroutine hands over:
+// an error (the connection broke), a PONG or a subscription. It reports
+// false when follow is to subscribe again.
+func (e *Events) handOver(msg any, err error, routes []*route, sent map[uint64]time.Time, proved *time.Time) bool {
+	if err != nil {
+		// The connection broke: events may be lost until go-redis has
+		// subscribed again, which the stores then catch up on.
+		for _, rt := range routes {
+			rt.doubt(e.clock.Now())
+		}
+		*proved = time.Time{}
+		clear(sent)
+		e.kickPoll()
+		return true
+	}
+	switch m := msg.(type) {
+	case *redis.Pong:
+		n, err := strconv.ParseUint(m.Payload, 10, 64)
+		at, ok := sent[n]
+		if err != nil || !ok {
+			return true
+		}
+		for k := range sent {
+			if k <= n {
+				delete(sent, k)
+			}
+		}
+		// A PONG is a round trip through this connection, behind the
+		// messages Redis queued on it: the delay a beat's proof is dated
+		// back by (rttCut). Without it a round trip measured in a busy
+		// moment (a fleet starting) stayed the cut for as long as the
+		// store read nothing, every beat's proof came too old, and the
+		// follower PINGed at rest.
+		for _, rt := range routes {
+			rt.store.noteRTT(at)
+			rt.prove(at)
+		}
+	case *redis.Subscription:
+		switch m.Kind {
+		case "subscribe", "ssubscribe":
+			e.deliver(m.Channel, delivery{subscribed: true})
+		case "sunsubscribe":
+			e.log.Info("the events' shard changed; subscribing again", "channel", m.Channel)
+			return false
+		}
+	}
+	return true
 }
 
 // deadPings is how many PING intervals a connection may leave a PING
