@@ -56,7 +56,21 @@ func kindLabel(k string) string {
 // connection wrapper): the gap between the two is all of what tokenkeeper
 // does per request that a bare handler does not.
 func serveBare(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h}
+	return serveUntil(ctx, ln, &http.Server{Handler: h})
+}
+
+// serveSame serves h on ln until ctx ends with the limits httpapi's Serve
+// applies (an answer within the refresh timeout, 30s, + 10s), for the
+// harness's fake upstreams and the dressed baseline (a′).
+func serveSame(ctx context.Context, ln net.Listener, h http.Handler) error {
+	return serveUntil(ctx, ln, &http.Server{
+		Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second,
+		WriteTimeout: 40 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
+	})
+}
+
+// serveUntil runs srv on ln until ctx ends, then shuts it down.
+func serveUntil(ctx context.Context, ln net.Listener, srv *http.Server) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -69,24 +83,22 @@ func serveBare(ctx context.Context, ln net.Listener, h http.Handler) error {
 	return srv.Shutdown(sctx)
 }
 
-// serveSame serves h on ln until ctx ends with the limits httpapi's Serve
-// applies (an answer within the refresh timeout, 30s, + 10s), for the
-// harness's fake upstreams and the dressed baseline (a′).
-func serveSame(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{
-		Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second,
-		WriteTimeout: 40 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return srv.Shutdown(sctx)
+// staticEcho is the baselines' echo handler: the token route answering a
+// constant body of the size tokenkeeper's answers have, with header's
+// values (the map's keys canonical, assigned as tokenkeeper assigns its
+// own) on each answer.
+func staticEcho(header http.Header) *echo.Echo {
+	now := time.Now()
+	body := tokenBody(nil, benchToken, now.Add(time.Hour).UnixMilli(), now.UnixMilli())
+	e := echo.New()
+	e.GET("/v1/tokens/:name", func(c echo.Context) error {
+		h := c.Response().Header()
+		for k, v := range header {
+			h[k] = v
+		}
+		return c.JSONBlob(http.StatusOK, body)
+	})
+	return e
 }
 
 // tokenBody is an answer of the token route, as httpapi writes it, for a
@@ -142,13 +154,7 @@ func runServeHandler(ctx context.Context, args []string) error {
 		defer r.Stop()
 		return r.keeper.Serve(ctx, ln) // the server `tokenkeeper serve` runs
 	case kindStatic:
-		now := time.Now()
-		body := tokenBody(nil, benchToken, now.Add(time.Hour).UnixMilli(), now.UnixMilli())
-		e := echo.New()
-		e.GET("/v1/tokens/:name", func(c echo.Context) error {
-			return c.JSONBlob(http.StatusOK, body)
-		})
-		return serveBare(ctx, ln, e)
+		return serveBare(ctx, ln, staticEcho(nil))
 	case kindDressed:
 		// What any server must do that answers as tokenkeeper does, and
 		// nothing else: its response headers (the security headers, the
@@ -157,20 +163,14 @@ func runServeHandler(ctx context.Context, args []string) error {
 		// (the key check, the rate limiter, the metrics, the token's
 		// countdown); (a′)'s gap to (a) is net/http's for those headers
 		// and timeouts.
-		now := time.Now()
-		body := tokenBody(nil, benchToken, now.Add(time.Hour).UnixMilli(), now.UnixMilli())
-		e := echo.New()
-		e.GET("/v1/tokens/:name", func(c echo.Context) error {
-			h := c.Response().Header()
-			h.Set("X-Tokenkeeper-Instance", "bench")
-			h.Set("X-Content-Type-Options", "nosniff")
-			h.Set("X-Frame-Options", "DENY")
-			h.Set("Referrer-Policy", "no-referrer")
-			h.Set("Cache-Control", "no-store")
-			h.Set("X-Tokenkeeper-Generation", "1")
-			return c.JSONBlob(http.StatusOK, body)
-		})
-		return serveSame(ctx, ln, e)
+		return serveSame(ctx, ln, staticEcho(http.Header{
+			"X-Tokenkeeper-Instance":   {"bench"},
+			"X-Content-Type-Options":   {"nosniff"},
+			"X-Frame-Options":          {"DENY"},
+			"Referrer-Policy":          {"no-referrer"},
+			"Cache-Control":            {"no-store"},
+			"X-Tokenkeeper-Generation": {"1"},
+		}))
 	case kindNaive:
 		rdb := redis.NewClient(&redis.Options{Addr: *redisAddr})
 		defer rdb.Close()
